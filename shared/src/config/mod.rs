@@ -1,0 +1,509 @@
+//! The configuration file: one TOML file declares the providers (each from a
+//! built-in preset plus overrides) and the syncs. It is parsed once at start-up
+//! and every mistake is reported with the file, line, column and field.
+//!
+//! ```toml
+//! [service]
+//! callback_url = "https://abc123.execute-api.eu-west-1.amazonaws.com/callback"
+//!
+//! [providers.exact]
+//! preset = "exact_online"
+//! credentials_secret = "oauth-sync/exact"   # {"client_id": ..., "client_secret": ...}
+//! params = { region = "be" }
+//!
+//! [syncs.projects]
+//! provider = "exact"
+//! endpoint = "/sync/Project/Projects"
+//! mode = "incremental"
+//! cursor_field = "Timestamp"
+//! ```
+
+mod provider;
+mod template;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+use provider::ProviderEntry;
+pub use provider::{
+    ClientAuth, DeadTokenRule, PRESETS_TOML, Pagination, PresetName, ProviderSettings,
+    RateLimitHeaders, ResetFormat, provider_message,
+};
+pub use template::{CONNECTION_PLACEHOLDERS, TemplateError, fill_template};
+
+/// The environment variable naming the configuration file.
+pub const CONFIG_ENV: &str = "OAUTH_SYNC_CONFIG";
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub service: ServiceSettings,
+    pub providers: BTreeMap<String, Provider>,
+    pub syncs: BTreeMap<String, Sync>,
+}
+
+/// Deployment-wide settings (`[service]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// The deployed `/callback` URL, registered at every provider as the
+    /// redirect URI (one per authorization server: RFC 9700 mix-up defence).
+    #[serde(default, deserialize_with = "de_opt_url")]
+    pub callback_url: Option<Url>,
+    /// Secrets Manager secret holding the token-encryption key ring.
+    #[serde(default = "default_token_key_secret")]
+    pub token_key_secret: String,
+    /// Secrets Manager secret holding the connect-link signing key.
+    #[serde(default = "default_link_key_secret")]
+    pub link_key_secret: String,
+    /// Where a finished login may send the user back to.
+    #[serde(default, deserialize_with = "de_url_list")]
+    pub return_url_allow_list: Vec<Url>,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            callback_url: None,
+            token_key_secret: default_token_key_secret(),
+            link_key_secret: default_link_key_secret(),
+            return_url_allow_list: Vec::new(),
+        }
+    }
+}
+
+fn default_token_key_secret() -> String {
+    "oauth-sync/token-keys".to_owned()
+}
+
+fn default_link_key_secret() -> String {
+    "oauth-sync/link-key".to_owned()
+}
+
+/// One configured provider.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// The name used in URLs (`/connect/{name}`) and connection records.
+    pub name: String,
+    pub preset: PresetName,
+    /// Secrets Manager secret holding `{"client_id": ..., "client_secret": ...}`.
+    pub credentials_secret: String,
+    pub settings: ProviderSettings,
+    pub authorize_url: Url,
+    pub token_url: Url,
+    pub revocation_url: Option<Url>,
+}
+
+/// How a sync pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Only what changed since the stored cursor.
+    Incremental,
+    /// Everything, every run; records not seen in a complete run are marked deleted.
+    Full,
+}
+
+/// One configured sync (`[syncs.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sync {
+    #[serde(skip)]
+    pub name: String,
+    /// The provider (a key of `[providers]`) whose connections this sync pulls.
+    pub provider: String,
+    /// Path under the provider's `api_base_url`, or a full URL.
+    pub endpoint: String,
+    #[serde(default = "default_mode")]
+    pub mode: SyncMode,
+    /// The record field that orders changes (required for `incremental`).
+    pub cursor_field: Option<String>,
+    /// Seconds between runs.
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_mode() -> SyncMode {
+    SyncMode::Full
+}
+
+fn default_interval() -> u64 {
+    3600
+}
+
+/// A configuration mistake, located.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the file could not be read.
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the offending field (`providers.exact.token_url`).
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    service: ServiceSettings,
+    #[serde(default)]
+    providers: BTreeMap<String, toml::Spanned<ProviderEntry>>,
+    #[serde(default)]
+    syncs: BTreeMap<String, toml::Spanned<Sync>>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Reads the file named by `OAUTH_SYNC_CONFIG` (default `oauth-sync.toml`).
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let path = std::env::var(CONFIG_ENV).unwrap_or_else(|_| "oauth-sync.toml".to_owned());
+        Config::load(Path::new(&path))
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let locate = Locator { text, file };
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| locate.error(e.span(), "", &format!("syntax error: {}", e.message())))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            // Spanned<T> adds a private path segment; the user never wrote it.
+            let field = e
+                .path()
+                .to_string()
+                .replace(".$__serde_spanned_private_value", "");
+            let inner = e.into_inner();
+            let field = if field == "." { String::new() } else { field };
+            locate.error(inner.span(), &field, inner.message())
+        })?;
+
+        let mut providers = BTreeMap::new();
+        for (name, entry) in raw.providers {
+            let span = entry.span();
+            let provider =
+                resolve_provider(&name, entry.into_inner()).map_err(|(key, message)| {
+                    locate.field_error(span, &format!("providers.{name}"), key, &message)
+                })?;
+            providers.insert(name, provider);
+        }
+
+        let mut syncs = BTreeMap::new();
+        for (name, entry) in raw.syncs {
+            let span = entry.span();
+            let mut sync = entry.into_inner();
+            sync.name = name.clone();
+            validate_sync(&sync, &providers).map_err(|(key, message)| {
+                locate.field_error(span, &format!("syncs.{name}"), key, &message)
+            })?;
+            syncs.insert(name, sync);
+        }
+
+        Ok(Config {
+            service: raw.service,
+            providers,
+            syncs,
+        })
+    }
+
+    /// The provider called `name`, or an error that lists the configured ones.
+    pub fn provider(&self, name: &str) -> Result<&Provider, UnknownProvider> {
+        self.providers.get(name).ok_or_else(|| UnknownProvider {
+            name: name.to_owned(),
+            known: self
+                .providers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+}
+
+/// A provider name that is not in the configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown provider `{name}` (configured: {known})")]
+pub struct UnknownProvider {
+    pub name: String,
+    pub known: String,
+}
+
+/// Turns byte spans into file:line:column.
+struct Locator<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Option<Range<usize>>, field: &str, message: &str) -> ConfigError {
+        let (line, column) = match span {
+            Some(span) => self.line_col(span.start),
+            None => (0, 0),
+        };
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            field: field.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+
+    /// An error found after parsing, about `key` inside the table at `table_span`:
+    /// points at the line that sets the key, or at the table when it is not set there.
+    fn field_error(
+        &self,
+        table_span: Range<usize>,
+        table: &str,
+        key: &str,
+        message: &str,
+    ) -> ConfigError {
+        let offset = self
+            .key_offset(&table_span, key)
+            .unwrap_or(table_span.start);
+        let (line, column) = self.line_col(offset);
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            field: if key.is_empty() {
+                table.to_owned()
+            } else {
+                format!("{table}.{key}")
+            },
+            message: message.to_owned(),
+        }
+    }
+
+    /// Where `key = ...` is set in the table whose header (or inline table)
+    /// starts at `span`: the table's lines run until the next `[header]`.
+    fn key_offset(&self, span: &Range<usize>, key: &str) -> Option<usize> {
+        if key.is_empty() {
+            return None;
+        }
+        let mut offset = span.start;
+        for (index, line) in self
+            .text
+            .get(span.start..)?
+            .split_inclusive('\n')
+            .enumerate()
+        {
+            let trimmed = line.trim_start();
+            if index > 0 && trimmed.starts_with('[') {
+                break;
+            }
+            if let Some(rest) = trimmed.strip_prefix(key)
+                && rest.trim_start().starts_with('=')
+            {
+                return Some(offset + (line.len() - trimmed.len()));
+            }
+            offset += line.len();
+        }
+        None
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+}
+
+/// (field, message) of a validation failure inside one table.
+type FieldProblem = (&'static str, String);
+
+fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldProblem> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err((
+            "",
+            format!(
+                "provider name `{name}` may use only a-z, 0-9, `_` and `-` (it appears in URLs)"
+            ),
+        ));
+    }
+    for (key, value) in [
+        ("client_id", &entry.client_id),
+        ("client_secret", &entry.client_secret),
+    ] {
+        if value.is_some() {
+            return Err((
+                key,
+                "client credentials never go in the config file: store them in the Secrets Manager secret named by `credentials_secret`".to_owned(),
+            ));
+        }
+    }
+    let preset = entry.preset.ok_or((
+        "preset",
+        format!(
+            "missing field `preset`; one of: {}",
+            PresetName::ALL.map(PresetName::as_str).join(", ")
+        ),
+    ))?;
+    let credentials_secret = entry.credentials_secret.clone().ok_or((
+        "credentials_secret",
+        "missing field `credentials_secret`: the Secrets Manager secret holding {\"client_id\": ..., \"client_secret\": ...}".to_owned(),
+    ))?;
+    let settings = preset.settings().with_overrides(entry.overrides());
+
+    let endpoint = |key: &'static str, template: &str| -> Result<Url, FieldProblem> {
+        if template.is_empty() {
+            return Err((
+                key,
+                format!("missing field `{key}` (preset `{preset}` does not provide one)"),
+            ));
+        }
+        let filled =
+            fill_template(template, &settings.params, &[]).map_err(|e| (key, e.to_string()))?;
+        parse_http_url(&filled).map_err(|e| (key, e))
+    };
+    let authorize_url = endpoint("authorize_url", &settings.authorize_url)?;
+    let token_url = endpoint("token_url", &settings.token_url)?;
+    let revocation_url = match &settings.revocation_url {
+        Some(template) => Some(endpoint("revocation_url", template)?),
+        None => None,
+    };
+    if let Some(template) = &settings.api_base_url {
+        let filled = fill_template(template, &settings.params, CONNECTION_PLACEHOLDERS)
+            .map_err(|e| ("api_base_url", e.to_string()))?;
+        // Per-connection values are filled at run time; check the shape with a stand-in.
+        let sample = filled
+            .replace("{instance_url}", "https://instance.example")
+            .replace("{api_domain}", "https://api.example");
+        let sample = CONNECTION_PLACEHOLDERS
+            .iter()
+            .fold(sample, |s, p| s.replace(&format!("{{{p}}}"), "x"));
+        parse_http_url(&sample).map_err(|e| ("api_base_url", e))?;
+    }
+    if settings.reuse_grace_secs > 0 && !settings.rotates_refresh_tokens {
+        return Err((
+            "reuse_grace_secs",
+            "a reuse grace period needs `rotates_refresh_tokens = true`".to_owned(),
+        ));
+    }
+    if preset == PresetName::ExactOnline && settings.refresh_lead_secs > 30 {
+        return Err((
+            "refresh_lead_secs",
+            "Exact Online refuses refreshes more than ~30 s before expiry (TooEarlyToRefreshTokens); use at most 30".to_owned(),
+        ));
+    }
+    Ok(Provider {
+        name: name.to_owned(),
+        preset,
+        credentials_secret,
+        settings,
+        authorize_url,
+        token_url,
+        revocation_url,
+    })
+}
+
+fn validate_sync(sync: &Sync, providers: &BTreeMap<String, Provider>) -> Result<(), FieldProblem> {
+    let provider = providers.get(&sync.provider).ok_or_else(|| {
+        let known = providers.keys().cloned().collect::<Vec<_>>().join(", ");
+        (
+            "provider",
+            format!("unknown provider `{}` (configured: {known})", sync.provider),
+        )
+    })?;
+    if sync.endpoint.trim().is_empty() {
+        return Err(("endpoint", "must not be empty".to_owned()));
+    }
+    if !sync.endpoint.starts_with('/')
+        && !sync.endpoint.starts_with("https://")
+        && !sync.endpoint.starts_with("http://")
+    {
+        return Err((
+            "endpoint",
+            format!(
+                "`{}` must start with `/` (under api_base_url) or be a full http(s) URL",
+                sync.endpoint
+            ),
+        ));
+    }
+    if sync.endpoint.starts_with('/') && provider.settings.api_base_url.is_none() {
+        return Err((
+            "endpoint",
+            format!(
+                "provider `{}` has no `api_base_url`, so the endpoint must be a full URL",
+                provider.name
+            ),
+        ));
+    }
+    if sync.mode == SyncMode::Incremental && sync.cursor_field.is_none() {
+        return Err((
+            "cursor_field",
+            "an incremental sync needs `cursor_field`".to_owned(),
+        ));
+    }
+    if sync.interval_secs < 60 {
+        return Err((
+            "interval_secs",
+            format!("{} is below the minimum of 60", sync.interval_secs),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses an absolute http(s) URL, with a message fit for a person.
+pub fn parse_http_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|e| format!("invalid URL `{text}`: {e}"))?;
+    match url.scheme() {
+        "https" | "http" if url.host().is_some() => Ok(url),
+        _ => Err(format!(
+            "invalid URL `{text}`: expected an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_http_url(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn de_url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Url>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|t| parse_http_url(t).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,354 @@
+//! What oauth-sync knows about one OAuth provider: endpoints, client
+//! authentication, refresh timing and rotation, how a dead refresh token
+//! looks, and how its data API pages and rate-limits.
+//!
+//! Every field exists three times: resolved in [`ProviderSettings`], and as an
+//! optional override in a preset (`presets.toml`) and in a user's
+//! `[providers.NAME]` table. One macro declares them once so the three never
+//! drift apart.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// How the client authenticates at the token and revocation endpoints
+/// (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`.
+    Basic,
+    /// `client_id` and `client_secret` as form fields in the request body.
+    Body,
+}
+
+/// One way a provider says "this refresh token is dead; the user must log in
+/// again". A response matches when every given part matches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadTokenRule {
+    /// HTTP status the answer must have; any status when absent.
+    pub status: Option<u16>,
+    /// Top-level JSON field to look at (`error` for RFC 6749 answers,
+    /// `status` for HubSpot).
+    #[serde(default = "default_error_field")]
+    pub field: String,
+    /// The value that field must have.
+    pub equals: String,
+    /// A substring the provider's message must contain (case-insensitive).
+    pub message_contains: Option<String>,
+}
+
+fn default_error_field() -> String {
+    "error".to_owned()
+}
+
+/// How the data API pages through results.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "style", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pagination {
+    /// OData v2: `{"d": {"results": [...], "__next": "<full url>"}}` (Exact Online).
+    OdataV2,
+    /// OData v4: `value` + `@odata.nextLink`, used verbatim (Microsoft Graph).
+    OdataNextLink,
+    /// Salesforce: `records`, `done`, `nextRecordsUrl` (relative to the instance).
+    NextRecordsUrl,
+    /// A cursor from the response sent back as a query parameter.
+    Cursor {
+        /// Query parameter that carries the cursor (`after`, `pageToken`).
+        param: String,
+        /// Dotted path of the next cursor in the response (`paging.next.after`).
+        next_field: String,
+        /// Dotted path of the record array (`results`, `items`).
+        items_field: String,
+    },
+    /// RFC 8288 `Link: <url>; rel="next"`.
+    LinkHeader,
+    /// Offset and limit query parameters.
+    Offset {
+        offset_param: String,
+        limit_param: String,
+        /// The offset of the first record (QuickBooks counts from 1).
+        #[serde(default)]
+        first: u64,
+    },
+    /// A page number query parameter (Xero `page=1, 2, …`).
+    PageNumber {
+        param: String,
+        #[serde(default = "one")]
+        first: u64,
+    },
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// How a reset header counts time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetFormat {
+    /// Unix time in milliseconds (Exact Online).
+    EpochMs,
+    /// Unix time in seconds.
+    EpochSecs,
+    /// Seconds from now.
+    DeltaSecs,
+}
+
+/// The headers that tell how much of the rate limit is left, so a sync slows
+/// down before the 429 instead of after it. `Retry-After` is always honoured.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitHeaders {
+    pub remaining_header: String,
+    pub reset_header: Option<String>,
+    pub reset_format: Option<ResetFormat>,
+}
+
+/// Combining a preset value with a user's override: lists and scalars are
+/// replaced, maps are merged key by key.
+trait Merge {
+    fn merge_from(&mut self, other: Self);
+}
+
+macro_rules! replace_on_merge {
+    ($($ty:ty),* $(,)?) => {
+        $(impl Merge for $ty {
+            fn merge_from(&mut self, other: Self) {
+                *self = other;
+            }
+        })*
+    };
+}
+
+replace_on_merge!(
+    String,
+    bool,
+    u64,
+    ClientAuth,
+    Vec<String>,
+    Vec<DeadTokenRule>,
+    Option<String>,
+    Option<u64>,
+    Option<Pagination>,
+    Option<RateLimitHeaders>,
+);
+
+impl Merge for BTreeMap<String, String> {
+    fn merge_from(&mut self, other: Self) {
+        self.extend(other);
+    }
+}
+
+macro_rules! provider_fields {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty = $default:expr; )*) => {
+        /// A provider after its preset and the user's overrides are applied.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct ProviderSettings {
+            $( $(#[$doc])* pub $field: $ty, )*
+        }
+
+        /// Optional values for every [`ProviderSettings`] field, as a preset or
+        /// a user's `[providers.NAME]` table gives them.
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(crate) struct ProviderFields {
+            $( #[serde(default)] pub(crate) $field: Option<$ty>, )*
+        }
+
+        /// A user's `[providers.NAME]` table: the preset it starts from, the
+        /// Secrets Manager secret with its client credentials, and overrides.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(crate) struct ProviderEntry {
+            pub(crate) preset: Option<PresetName>,
+            pub(crate) credentials_secret: Option<String>,
+            // Accepted only to reject them with a clear message: client
+            // credentials never live in the config file.
+            pub(crate) client_id: Option<toml::Value>,
+            pub(crate) client_secret: Option<toml::Value>,
+            $( #[serde(default)] pub(crate) $field: Option<$ty>, )*
+        }
+
+        impl ProviderSettings {
+            /// The values a field has when neither preset nor user sets it.
+            fn base() -> Self {
+                Self { $( $field: $default, )* }
+            }
+
+            fn apply(&mut self, fields: ProviderFields) {
+                $( if let Some(value) = fields.$field { self.$field.merge_from(value); } )*
+            }
+        }
+
+        impl ProviderEntry {
+            pub(crate) fn overrides(&self) -> ProviderFields {
+                ProviderFields { $( $field: self.$field.clone(), )* }
+            }
+        }
+    };
+}
+
+provider_fields! {
+    /// Authorization endpoint; `{name}` placeholders are filled from `params`.
+    authorize_url: String = String::new();
+    /// Token endpoint (code exchange and refresh).
+    token_url: String = String::new();
+    /// RFC 7009 revocation endpoint, when the provider has one.
+    revocation_url: Option<String> = None;
+    /// Values for the `{name}` placeholders in the URLs (tenant, region, host).
+    params: BTreeMap<String, String> = BTreeMap::new();
+    /// Client authentication at the token endpoint.
+    client_auth: ClientAuth = ClientAuth::Body;
+    /// Scopes requested at login.
+    scopes: Vec<String> = Vec::new();
+    /// The scope without which no refresh token comes back (`offline_access`),
+    /// named in warnings when a login returns none.
+    offline_scope: Option<String> = None;
+    /// Extra authorize parameters (`access_type = "offline"`, `prompt = "consent"`).
+    authorize_params: BTreeMap<String, String> = BTreeMap::new();
+    /// Send a PKCE S256 challenge (RFC 7636) at login.
+    pkce: bool = true;
+    /// The provider refuses redirect URIs that are not https (Exact Online
+    /// refuses localhost too).
+    redirect_requires_https: bool = false;
+    /// Refresh when the access token has at most this many seconds left.
+    refresh_lead_secs: u64 = 300;
+    /// At most one refresh per this many seconds (Exact Online: 570).
+    min_refresh_interval_secs: u64 = 0;
+    /// Each refresh returns a new refresh token and invalidates the old one.
+    rotates_refresh_tokens: bool = true;
+    /// How long a rotated-out refresh token still works (Xero: 1800 s);
+    /// 0 means reuse kills the connection.
+    reuse_grace_secs: u64 = 0;
+    /// A refresh token unused this long dies; the refresher keeps idle
+    /// connections alive before that.
+    refresh_token_idle_secs: Option<u64> = None;
+    /// Access-token lifetime to assume when the token response has no `expires_in`.
+    default_expires_in_secs: u64 = 3600;
+    /// Answers that mean the refresh token is dead (needs a new login).
+    dead_token: Vec<DeadTokenRule> = vec![DeadTokenRule {
+        status: None,
+        field: default_error_field(),
+        equals: "invalid_grant".to_owned(),
+        message_contains: None,
+    }];
+    /// Base URL of the data API; may name per-connection values such as
+    /// `{instance_url}` (Salesforce) or `{division}` (Exact Online).
+    api_base_url: Option<String> = None;
+    /// How the data API pages.
+    pagination: Option<Pagination> = None;
+    /// Rate-limit headers of the data API.
+    rate_limit: Option<RateLimitHeaders> = None;
+}
+
+/// The built-in presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresetName {
+    ExactOnline,
+    Microsoft,
+    Google,
+    Salesforce,
+    Xero,
+    Quickbooks,
+    Hubspot,
+    Zoho,
+    Dropbox,
+    Generic,
+}
+
+impl PresetName {
+    pub const ALL: [PresetName; 10] = [
+        PresetName::ExactOnline,
+        PresetName::Microsoft,
+        PresetName::Google,
+        PresetName::Salesforce,
+        PresetName::Xero,
+        PresetName::Quickbooks,
+        PresetName::Hubspot,
+        PresetName::Zoho,
+        PresetName::Dropbox,
+        PresetName::Generic,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresetName::ExactOnline => "exact_online",
+            PresetName::Microsoft => "microsoft",
+            PresetName::Google => "google",
+            PresetName::Salesforce => "salesforce",
+            PresetName::Xero => "xero",
+            PresetName::Quickbooks => "quickbooks",
+            PresetName::Hubspot => "hubspot",
+            PresetName::Zoho => "zoho",
+            PresetName::Dropbox => "dropbox",
+            PresetName::Generic => "generic",
+        }
+    }
+
+    /// The preset's settings: the base values with the preset's table from
+    /// `presets.toml` applied.
+    pub fn settings(self) -> ProviderSettings {
+        let mut settings = ProviderSettings::base();
+        if let Some(fields) = presets().remove(self.as_str()) {
+            settings.apply(fields);
+        }
+        settings
+    }
+}
+
+impl std::fmt::Display for PresetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The preset file shipped inside the binary. A unit test parses it, so a
+/// broken preset cannot be released.
+pub const PRESETS_TOML: &str = include_str!("presets.toml");
+
+fn presets() -> BTreeMap<String, ProviderFields> {
+    #[allow(clippy::expect_used)]
+    toml::from_str(PRESETS_TOML).expect("presets.toml is checked by a unit test")
+}
+
+impl ProviderSettings {
+    pub(crate) fn with_overrides(mut self, fields: ProviderFields) -> Self {
+        self.apply(fields);
+        self
+    }
+
+    /// Is this answer from the token endpoint one of the provider's ways of
+    /// saying the refresh token is dead?
+    pub fn is_dead_token(&self, status: u16, body: &serde_json::Value) -> bool {
+        self.dead_token
+            .iter()
+            .any(|rule| rule.matches(status, body))
+    }
+}
+
+impl DeadTokenRule {
+    fn matches(&self, status: u16, body: &serde_json::Value) -> bool {
+        if self.status.is_some_and(|wanted| wanted != status) {
+            return false;
+        }
+        if body.get(&self.field).and_then(|v| v.as_str()) != Some(self.equals.as_str()) {
+            return false;
+        }
+        match &self.message_contains {
+            None => true,
+            Some(needle) => provider_message(body)
+                .is_some_and(|m| m.to_lowercase().contains(&needle.to_lowercase())),
+        }
+    }
+}
+
+/// The human-readable message of a provider's error answer: RFC 6749's
+/// `error_description`, or `message` (HubSpot and others).
+pub fn provider_message(body: &serde_json::Value) -> Option<&str> {
+    ["error_description", "message"]
+        .iter()
+        .find_map(|key| body.get(key).and_then(|v| v.as_str()))
+}

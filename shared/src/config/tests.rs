@@ -1,0 +1,439 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "oauth-sync.toml")
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn presets_file_parses_and_names_every_preset_but_generic() {
+    let tables: BTreeMap<String, toml::Table> =
+        toml::from_str(PRESETS_TOML).expect("presets.toml parses");
+    for preset in PresetName::ALL {
+        assert!(
+            tables.contains_key(preset.as_str()),
+            "presets.toml lacks [{preset}]"
+        );
+    }
+    assert_eq!(
+        tables.len(),
+        PresetName::ALL.len(),
+        "presets.toml has a table no PresetName names"
+    );
+}
+
+#[test]
+fn every_preset_resolves_with_only_a_credentials_secret() {
+    for preset in PresetName::ALL
+        .into_iter()
+        .filter(|p| *p != PresetName::Generic)
+    {
+        let text = format!("[providers.p]\npreset = \"{preset}\"\ncredentials_secret = \"s\"\n");
+        let config = parse(&text).unwrap_or_else(|e| panic!("{preset}: {e}"));
+        let provider = &config.providers["p"];
+        assert_eq!(provider.preset, preset);
+        assert_eq!(provider.token_url.scheme(), "https", "{preset}");
+        assert!(!provider.settings.dead_token.is_empty(), "{preset}");
+        assert!(
+            provider.settings.pagination.is_some(),
+            "{preset} has no pagination style"
+        );
+        assert!(
+            provider.settings.api_base_url.is_some(),
+            "{preset} has no api_base_url"
+        );
+    }
+}
+
+#[test]
+fn preset_facts() {
+    let exact = PresetName::ExactOnline.settings();
+    assert_eq!(exact.client_auth, ClientAuth::Body);
+    assert!(exact.refresh_lead_secs <= 30);
+    assert_eq!(exact.min_refresh_interval_secs, 570);
+    assert!(exact.rotates_refresh_tokens);
+    assert_eq!(exact.reuse_grace_secs, 0);
+    assert_eq!(exact.refresh_token_idle_secs, Some(30 * 86_400));
+    assert!(exact.redirect_requires_https);
+    assert_eq!(
+        exact.rate_limit.as_ref().map(|r| r.reset_format),
+        Some(Some(ResetFormat::EpochMs))
+    );
+    assert_eq!(exact.pagination, Some(Pagination::OdataV2));
+
+    let xero = PresetName::Xero.settings();
+    assert_eq!(xero.client_auth, ClientAuth::Basic);
+    assert_eq!(xero.reuse_grace_secs, 1800);
+    assert_eq!(xero.refresh_token_idle_secs, Some(60 * 86_400));
+
+    let microsoft = PresetName::Microsoft.settings();
+    assert_eq!(microsoft.offline_scope.as_deref(), Some("offline_access"));
+    assert!(microsoft.scopes.iter().any(|s| s == "offline_access"));
+    assert_eq!(microsoft.refresh_token_idle_secs, Some(90 * 86_400));
+    assert_eq!(microsoft.pagination, Some(Pagination::OdataNextLink));
+
+    let google = PresetName::Google.settings();
+    assert_eq!(
+        google
+            .authorize_params
+            .get("access_type")
+            .map(String::as_str),
+        Some("offline")
+    );
+    assert_eq!(
+        google.authorize_params.get("prompt").map(String::as_str),
+        Some("consent")
+    );
+    assert!(!google.rotates_refresh_tokens);
+
+    let salesforce = PresetName::Salesforce.settings();
+    assert_eq!(salesforce.default_expires_in_secs, 7200);
+    assert_eq!(salesforce.pagination, Some(Pagination::NextRecordsUrl));
+    assert!(
+        salesforce
+            .api_base_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("{instance_url}"))
+    );
+
+    assert_eq!(
+        PresetName::Quickbooks.settings().client_auth,
+        ClientAuth::Basic
+    );
+    assert!(!PresetName::Hubspot.settings().rotates_refresh_tokens);
+    assert!(
+        PresetName::Zoho
+            .settings()
+            .authorize_params
+            .contains_key("access_type")
+    );
+    assert_eq!(
+        PresetName::Dropbox
+            .settings()
+            .authorize_params
+            .get("token_access_type")
+            .map(String::as_str),
+        Some("offline")
+    );
+    let generic = PresetName::Generic.settings();
+    assert!(generic.token_url.is_empty() && generic.pkce);
+}
+
+#[test]
+fn each_preset_recognises_its_dead_token_answer() {
+    use serde_json::json;
+    let cases = [
+        (
+            PresetName::ExactOnline,
+            401,
+            json!({"error": "unauthorized_client", "error_description": "Old refresh token used."}),
+        ),
+        (
+            PresetName::ExactOnline,
+            400,
+            json!({"error": "invalid_request", "error_description": "The refresh token expired at 2026-01-01"}),
+        ),
+        (
+            PresetName::Microsoft,
+            400,
+            json!({"error": "invalid_grant", "error_description": "AADSTS700082: The refresh token has expired due to inactivity."}),
+        ),
+        (
+            PresetName::Google,
+            400,
+            json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
+        ),
+        (
+            PresetName::Salesforce,
+            400,
+            json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}),
+        ),
+        (PresetName::Xero, 400, json!({"error": "invalid_grant"})),
+        (
+            PresetName::Quickbooks,
+            400,
+            json!({"error": "invalid_grant"}),
+        ),
+        (
+            PresetName::Hubspot,
+            400,
+            json!({"status": "BAD_REFRESH_TOKEN", "message": "missing or unknown refresh token"}),
+        ),
+        (PresetName::Zoho, 200, json!({"error": "invalid_code"})),
+        (PresetName::Dropbox, 400, json!({"error": "invalid_grant"})),
+        (
+            PresetName::Generic,
+            403,
+            json!({"error": "invalid_grant", "error_description": "Unknown or invalid refresh token."}),
+        ),
+    ];
+    for (preset, status, body) in cases {
+        assert!(
+            preset.settings().is_dead_token(status, &body),
+            "{preset} {status} {body}"
+        );
+    }
+    // Not dead: a server error, Exact's "too early", a bad client, HubSpot's rule on another status.
+    let not_dead = [
+        (
+            PresetName::ExactOnline,
+            503,
+            json!({"error": "temporarily_unavailable"}),
+        ),
+        (
+            PresetName::ExactOnline,
+            400,
+            json!({"error": "invalid_request", "error_description": "TooEarlyToRefreshTokens"}),
+        ),
+        (
+            PresetName::ExactOnline,
+            401,
+            json!({"error": "unauthorized_client", "error_description": "Client not allowed."}),
+        ),
+        (
+            PresetName::Microsoft,
+            401,
+            json!({"error": "invalid_client"}),
+        ),
+        (
+            PresetName::Hubspot,
+            500,
+            json!({"status": "BAD_REFRESH_TOKEN"}),
+        ),
+    ];
+    for (preset, status, body) in not_dead {
+        assert!(
+            !preset.settings().is_dead_token(status, &body),
+            "{preset} {status} {body}"
+        );
+    }
+}
+
+#[test]
+fn a_full_config_resolves_overrides_and_placeholders() {
+    let config = parse(
+        r#"
+[service]
+callback_url = "https://example.execute-api.eu-west-1.amazonaws.com/callback"
+return_url_allow_list = ["https://app.example.com/connected"]
+
+[providers.graph]
+preset = "microsoft"
+credentials_secret = "oauth-sync/graph"
+params = { tenant = "contoso.onmicrosoft.com" }
+scopes = ["offline_access", "Contacts.Read"]
+
+[providers.exact]
+preset = "exact_online"
+credentials_secret = "oauth-sync/exact"
+params = { region = "be" }
+token_url = "http://127.0.0.1:9000/token"
+
+[providers.local]
+preset = "generic"
+credentials_secret = "oauth-sync/local"
+authorize_url = "http://127.0.0.1:9000/authorize"
+token_url = "http://127.0.0.1:9000/token"
+client_auth = "basic"
+reuse_grace_secs = 30
+
+[syncs.contacts]
+provider = "graph"
+endpoint = "/me/contacts"
+
+[syncs.projects]
+provider = "exact"
+endpoint = "/sync/Project/Projects"
+mode = "incremental"
+cursor_field = "Timestamp"
+interval_secs = 900
+"#,
+    )
+    .expect("valid config");
+    let graph = &config.providers["graph"];
+    assert_eq!(
+        graph.token_url.as_str(),
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+    assert_eq!(graph.settings.scopes, ["offline_access", "Contacts.Read"]);
+    let exact = &config.providers["exact"];
+    assert_eq!(
+        exact.authorize_url.as_str(),
+        "https://start.exactonline.be/api/oauth2/auth"
+    );
+    assert_eq!(exact.token_url.as_str(), "http://127.0.0.1:9000/token");
+    assert_eq!(
+        exact.settings.min_refresh_interval_secs, 570,
+        "preset value kept"
+    );
+    let local = &config.providers["local"];
+    assert_eq!(local.settings.client_auth, ClientAuth::Basic);
+    assert_eq!(local.settings.reuse_grace_secs, 30);
+    assert_eq!(config.syncs["projects"].mode, SyncMode::Incremental);
+    assert_eq!(config.syncs["contacts"].mode, SyncMode::Full);
+    assert_eq!(config.syncs["contacts"].name, "contacts");
+    assert_eq!(config.service.return_url_allow_list.len(), 1);
+    assert_eq!(config.service.token_key_secret, "oauth-sync/token-keys");
+    assert!(
+        config
+            .provider("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("exact, graph, local")
+    );
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let e = err(
+        "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\ntokn_url = \"https://x\"\n",
+    );
+    assert_eq!((e.file.as_str(), e.line), ("oauth-sync.toml", 4), "{e}");
+    assert!(e.field.starts_with("providers.exact"), "{e}");
+    assert!(e.message.contains("unknown field `tokn_url`"), "{e}");
+    assert!(e.to_string().starts_with("oauth-sync.toml:4:"), "{e}");
+
+    let e = err("[service]\ncallback = \"https://x\"\n");
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.contains("unknown field `callback`"), "{e}");
+
+    let e = err("[sync.x]\nprovider = \"p\"\n");
+    assert_eq!(e.line, 1, "{e}");
+    assert!(e.message.contains("unknown field `sync`"), "{e}");
+}
+
+#[test]
+fn bad_url_is_named_with_its_line() {
+    let e = err(
+        "[providers.g]\npreset = \"generic\"\ncredentials_secret = \"s\"\nauthorize_url = \"https://a.example/auth\"\ntoken_url = \"htp:/nowhere\"\n",
+    );
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (5, "providers.g.token_url"),
+        "{e}"
+    );
+    assert!(e.message.contains("invalid URL `htp:/nowhere`"), "{e}");
+
+    let e = err("[service]\ncallback_url = \"not a url\"\n");
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (2, "service.callback_url"),
+        "{e}"
+    );
+    assert!(e.message.contains("invalid URL"), "{e}");
+}
+
+#[test]
+fn missing_fields_are_named() {
+    let e = err(
+        "[providers.g]\npreset = \"generic\"\ncredentials_secret = \"s\"\nauthorize_url = \"https://a.example/auth\"\n",
+    );
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (1, "providers.g.token_url"),
+        "{e}"
+    );
+    assert!(e.message.contains("missing field `token_url`"), "{e}");
+
+    let e = err("[providers.g]\npreset = \"google\"\n");
+    assert_eq!(e.field, "providers.g.credentials_secret", "{e}");
+
+    let e = err("[providers.g]\ncredentials_secret = \"s\"\n");
+    assert_eq!(e.field, "providers.g.preset", "{e}");
+    assert!(e.message.contains("exact_online"), "lists the presets: {e}");
+
+    let e = err(
+        "[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n\n[syncs.s]\nprovider = \"g\"\n",
+    );
+    assert!(e.field.starts_with("syncs.s"), "{e}");
+    assert!(e.message.contains("missing field `endpoint`"), "{e}");
+    assert_eq!(e.line, 5, "{e}");
+}
+
+#[test]
+fn unknown_preset_lists_the_known_ones() {
+    let e = err("[providers.x]\npreset = \"exakt_online\"\ncredentials_secret = \"s\"\n");
+    assert_eq!((e.line, e.field.as_str()), (2, "providers.x.preset"), "{e}");
+    assert!(e.message.contains("unknown variant `exakt_online`"), "{e}");
+    assert!(e.message.contains("exact_online"), "{e}");
+}
+
+#[test]
+fn semantic_mistakes_are_located() {
+    let base = "[providers.ms]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\n";
+
+    // An unfilled placeholder.
+    let e = err(
+        "[providers.ms]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\ntoken_url = \"https://login.example/{tennant}/token\"\n",
+    );
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (4, "providers.ms.token_url"),
+        "{e}"
+    );
+    assert!(e.message.contains("params.tennant"), "{e}");
+
+    // Inline credentials are refused with the fix named.
+    let e = err(&format!("{base}client_secret = \"hunter2\"\n"));
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (4, "providers.ms.client_secret"),
+        "{e}"
+    );
+    assert!(e.message.contains("Secrets Manager"), "{e}");
+    assert!(
+        !e.to_string().contains("hunter2"),
+        "the secret is not echoed: {e}"
+    );
+
+    // A sync naming a provider that does not exist.
+    let e = err(&format!(
+        "{base}\n[syncs.c]\nprovider = \"graph\"\nendpoint = \"/me/contacts\"\n"
+    ));
+    assert_eq!((e.line, e.field.as_str()), (6, "syncs.c.provider"), "{e}");
+    assert!(e.message.contains("unknown provider `graph`"), "{e}");
+
+    // Incremental without a cursor field.
+    let e = err(&format!(
+        "{base}\n[syncs.c]\nprovider = \"ms\"\nendpoint = \"/me/contacts\"\nmode = \"incremental\"\n"
+    ));
+    assert_eq!(e.field, "syncs.c.cursor_field", "{e}");
+
+    // Exact Online refuses early refreshes.
+    let e = err(
+        "[providers.e]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\nrefresh_lead_secs = 300\n",
+    );
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (4, "providers.e.refresh_lead_secs"),
+        "{e}"
+    );
+
+    // A wrong type.
+    let e = err(&format!("{base}pkce = \"yes\"\n"));
+    assert_eq!((e.line, e.field.as_str()), (4, "providers.ms.pkce"), "{e}");
+
+    // A bad provider name.
+    let e = err("[providers.\"Bad Name\"]\npreset = \"google\"\ncredentials_secret = \"s\"\n");
+    assert!(e.message.contains("may use only"), "{e}");
+}
+
+#[test]
+fn syntax_errors_are_located() {
+    let e = err("[providers.x]\npreset = \"google\n");
+    assert_eq!(e.line, 2, "{e}");
+    assert!(e.message.starts_with("syntax error"), "{e}");
+}
+
+#[test]
+fn unreadable_file_is_named() {
+    let e = Config::load(Path::new("/nonexistent/oauth-sync.toml")).unwrap_err();
+    assert_eq!(e.file, "/nonexistent/oauth-sync.toml");
+    assert!(e.message.contains("cannot read"), "{e}");
+}
