@@ -142,7 +142,21 @@ impl TokenEndpoint<'_> {
             form.push(("code_verifier", verifier.secret()));
         }
         let (status, body) = self.post(self.provider.token_url.clone(), form).await?;
-        parse_token_response(&self.provider.settings, status, &body, &[code.secret()])
+        parse_token_response(&self.provider.settings, status, &body, &[code.secret()]).map_err(
+            |e| match e {
+                // `invalid_grant` here refuses the code, not a refresh token.
+                TokenError::DeadToken {
+                    status,
+                    error,
+                    message,
+                } => TokenError::Rejected {
+                    status,
+                    error,
+                    message,
+                },
+                other => other,
+            },
+        )
     }
 
     /// Spends a refresh token (RFC 6749 §6). Call this only while holding the

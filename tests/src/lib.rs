@@ -1,1 +1,7 @@
-//! stub
+//! Test-side code of oauth-sync: the provider simulator, the table definitions
+//! read from `infra/template.yaml`, and helpers for tests that run against the
+//! local stack (DynamoDB Local, the Secrets Manager emulator, the simulator).
+
+pub mod simulator;
+pub mod stack;
+pub mod template;

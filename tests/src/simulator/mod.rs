@@ -1,0 +1,598 @@
+//! A strict OAuth 2.0 authorization server that behaves like the providers we
+//! support, for tests and the local demo.
+//!
+//! - `GET /authorize` approves headlessly: it redirects straight back with a
+//!   code and the state (or `error=access_denied` when told to deny).
+//! - `POST /token` serves `authorization_code` (single-use codes bound to the
+//!   client and redirect URI, PKCE S256 verified; a replayed code revokes what
+//!   it issued) and `refresh_token` (rotating single-use refresh tokens; reuse
+//!   outside the grace period revokes the whole token family).
+//! - `POST /revoke` is RFC 7009.
+//! - `GET /api/me` answers 200 for a live access token and 401 otherwise.
+//! - Each preset's response and error quirks (Exact Online's string
+//!   `expires_in` and 401 "Old refresh token used.", HubSpot's
+//!   `BAD_REFRESH_TOKEN`, Salesforce without `expires_in`, Zoho's HTTP 200
+//!   errors, …).
+//! - Fault injection on the token endpoint: a 5xx, a delay after processing,
+//!   and accept-then-drop (process, then close the connection unanswered).
+//! - Counters for tests to assert on, also at `GET /_sim/counters`; faults can
+//!   be queued over HTTP at `POST /_sim/faults` for other processes.
+
+mod server;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use shared::config::{ClientAuth, PresetName};
+
+pub use server::SimulatorHandle;
+
+/// How the simulator behaves. Start from [`SimConfig::for_preset`].
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Whose quirks to reproduce.
+    pub preset: PresetName,
+    pub client_id: String,
+    pub client_secret: String,
+    /// The client authentication the token endpoint accepts (only this one).
+    pub client_auth: ClientAuth,
+    /// Exact redirect URIs registered for the client; empty accepts any.
+    pub redirect_uris: Vec<String>,
+    pub access_token_ttl: Duration,
+    pub code_ttl: Duration,
+    /// Refresh returns a new refresh token and retires the old one.
+    pub rotate_refresh_tokens: bool,
+    /// How long a retired refresh token still works.
+    pub reuse_grace: Duration,
+    /// Refuse a code request without an S256 challenge.
+    pub require_pkce: bool,
+    /// Issue a refresh token at code exchange.
+    pub issue_refresh_token: bool,
+    /// Exact Online: refuse a refresh while the access token has more than this left.
+    pub too_early: Option<Duration>,
+    /// Scopes granted regardless of the request (`None`: grant what was asked).
+    pub granted_scopes: Option<Vec<String>>,
+    /// The account that "logs in".
+    pub user: String,
+    pub tenant: String,
+}
+
+impl SimConfig {
+    /// The simulator as the preset's provider behaves, with test credentials.
+    pub fn for_preset(preset: PresetName) -> SimConfig {
+        let settings = preset.settings();
+        SimConfig {
+            preset,
+            client_id: "sim-client".to_owned(),
+            client_secret: "sim-secret:with+special/chars".to_owned(),
+            client_auth: settings.client_auth,
+            redirect_uris: Vec::new(),
+            access_token_ttl: Duration::from_secs(settings.default_expires_in_secs),
+            code_ttl: Duration::from_secs(180),
+            rotate_refresh_tokens: settings.rotates_refresh_tokens,
+            reuse_grace: Duration::from_secs(settings.reuse_grace_secs),
+            require_pkce: true,
+            issue_refresh_token: true,
+            too_early: None,
+            granted_scopes: None,
+            user: "user@example.com".to_owned(),
+            tenant: "tenant-1".to_owned(),
+        }
+    }
+}
+
+/// Which token-endpoint requests a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    AuthorizationCode,
+    RefreshToken,
+    Revoke,
+}
+
+/// Something to go wrong on the next matching request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// Answer with this status, without processing the request.
+    Status { status: u16 },
+    /// Process the request, then wait this long before answering.
+    DelayAfterProcessing { millis: u64 },
+    /// Process the request, then close the connection without answering.
+    DropAfterProcessing,
+}
+
+/// A fault for the next `times` requests of `grant`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultPlan {
+    pub grant: Grant,
+    pub fault: Fault,
+    #[serde(default = "one")]
+    pub times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What happened, for tests to assert on. Everything counts since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub authorize_requests: u64,
+    pub code_requests: u64,
+    pub refresh_requests: u64,
+    pub revoke_requests: u64,
+    pub api_requests: u64,
+    /// Access tokens issued (one per successful code exchange or refresh).
+    pub tokens_issued: u64,
+    /// Successful refreshes.
+    pub refreshes: u64,
+    /// A retired refresh token used outside the grace period.
+    pub refresh_tokens_reused: u64,
+    /// A retired refresh token used inside the grace period (allowed).
+    pub grace_reuses: u64,
+    /// Token families revoked because of reuse, code replay or RFC 7009.
+    pub families_revoked: u64,
+    pub codes_replayed: u64,
+    pub pkce_failures: u64,
+    pub invalid_client: u64,
+    pub too_early: u64,
+    pub faults_injected: u64,
+    /// Connections closed without an answer after processing.
+    pub dropped_after_processing: u64,
+}
+
+/// The simulator's state, shared by its handlers and the test that owns it.
+#[derive(Debug)]
+pub struct Simulator {
+    config: Mutex<SimConfig>,
+    state: Mutex<State>,
+    pub(crate) base_url: Mutex<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    codes: HashMap<String, CodeRecord>,
+    refresh_tokens: HashMap<String, RefreshRecord>,
+    access_tokens: HashMap<String, AccessRecord>,
+    families: Vec<Family>,
+    faults: VecDeque<FaultPlan>,
+    deny_next_authorize: bool,
+    counters: Counters,
+}
+
+#[derive(Debug)]
+struct CodeRecord {
+    redirect_uri: String,
+    challenge: Option<String>,
+    scopes: Vec<String>,
+    issued: Instant,
+    /// Set once redeemed; a second redemption revokes this family.
+    family: Option<usize>,
+}
+
+#[derive(Debug)]
+struct RefreshRecord {
+    family: usize,
+    /// When it was rotated out; `None` while it is the family's live token.
+    retired: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct AccessRecord {
+    family: usize,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Family {
+    revoked: bool,
+    scopes: Vec<String>,
+    live_refresh_token: Option<String>,
+    last_access_expires: Instant,
+}
+
+/// An answer of the token endpoint: status and JSON body.
+pub(crate) type Answer = (u16, serde_json::Value);
+
+impl Simulator {
+    pub fn new(config: SimConfig) -> Arc<Simulator> {
+        Arc::new(Simulator {
+            config: Mutex::new(config),
+            state: Mutex::new(State::default()),
+            base_url: Mutex::new(String::new()),
+        })
+    }
+
+    /// Starts serving on `addr` (use port 0 for a free port).
+    pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimulatorHandle> {
+        server::serve(Simulator::new(config), addr).await
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> SimConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the behaviour from now on (e.g. a shorter access-token lifetime).
+    pub fn reconfigure(&self, change: impl FnOnce(&mut SimConfig)) {
+        change(&mut self.config.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.state().counters.clone()
+    }
+
+    pub fn inject(&self, plan: FaultPlan) {
+        self.state().faults.push_back(plan);
+    }
+
+    /// The next `/authorize` answers `error=access_denied` (the user cancelled).
+    pub fn deny_next_authorize(&self) {
+        self.state().deny_next_authorize = true;
+    }
+
+    pub(crate) fn take_fault(&self, grant: Grant) -> Option<Fault> {
+        let mut state = self.state();
+        let index = state.faults.iter().position(|p| p.grant == grant)?;
+        let plan = &mut state.faults[index];
+        let fault = plan.fault.clone();
+        plan.times = plan.times.saturating_sub(1);
+        if plan.times == 0 {
+            state.faults.remove(index);
+        }
+        state.counters.faults_injected += 1;
+        Some(fault)
+    }
+
+    pub(crate) fn note_dropped(&self) {
+        self.state().counters.dropped_after_processing += 1;
+    }
+
+    pub(crate) fn count(&self, grant: Option<Grant>) {
+        let mut state = self.state();
+        let counters = &mut state.counters;
+        match grant {
+            Some(Grant::AuthorizationCode) => counters.code_requests += 1,
+            Some(Grant::RefreshToken) => counters.refresh_requests += 1,
+            Some(Grant::Revoke) => counters.revoke_requests += 1,
+            None => counters.api_requests += 1,
+        }
+    }
+
+    /// `/authorize`: where to send the browser, or an error page (never a
+    /// redirect to an unverified redirect URI).
+    pub(crate) fn authorize(&self, query: &HashMap<String, String>) -> Result<String, String> {
+        let config = self.config();
+        let mut state = self.state();
+        state.counters.authorize_requests += 1;
+        let get = |k: &str| query.get(k).map(String::as_str).unwrap_or_default();
+        if get("client_id") != config.client_id {
+            return Err("unknown client_id".to_owned());
+        }
+        let redirect_uri = get("redirect_uri");
+        let mut redirect =
+            url::Url::parse(redirect_uri).map_err(|_| "redirect_uri is not a URL".to_owned())?;
+        if !config.redirect_uris.is_empty()
+            && !config.redirect_uris.iter().any(|u| u == redirect_uri)
+        {
+            return Err("redirect_uri is not registered for this client".to_owned());
+        }
+        let mut params: Vec<(&str, String)> = Vec::new();
+        let challenge = query.get("code_challenge").cloned();
+        if get("response_type") != "code" {
+            params.push(("error", "unsupported_response_type".to_owned()));
+        } else if config.require_pkce
+            && (challenge.is_none() || get("code_challenge_method") != "S256")
+        {
+            params.push(("error", "invalid_request".to_owned()));
+            params.push(("error_description", "PKCE with S256 is required".to_owned()));
+        } else if std::mem::take(&mut state.deny_next_authorize) {
+            params.push(("error", "access_denied".to_owned()));
+            params.push((
+                "error_description",
+                "The user denied the request".to_owned(),
+            ));
+        } else {
+            let code = new_token("code");
+            let scopes = get("scope").split_whitespace().map(str::to_owned).collect();
+            state.codes.insert(
+                code.clone(),
+                CodeRecord {
+                    redirect_uri: redirect_uri.to_owned(),
+                    challenge,
+                    scopes,
+                    issued: Instant::now(),
+                    family: None,
+                },
+            );
+            params.push(("code", code));
+        }
+        if let Some(s) = query.get("state") {
+            params.push(("state", s.clone()));
+        }
+        redirect.query_pairs_mut().extend_pairs(params);
+        Ok(redirect.into())
+    }
+
+    /// Checks client authentication as the configured style demands.
+    pub(crate) fn authenticate(
+        &self,
+        basic: Option<(String, String)>,
+        form: &HashMap<String, String>,
+    ) -> Result<(), Answer> {
+        let config = self.config();
+        let given = match config.client_auth {
+            ClientAuth::Basic => basic,
+            ClientAuth::Body => match (form.get("client_id"), form.get("client_secret")) {
+                (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+                _ => None,
+            },
+        };
+        if given == Some((config.client_id.clone(), config.client_secret.clone())) {
+            return Ok(());
+        }
+        self.state().counters.invalid_client += 1;
+        Err((
+            401,
+            serde_json::json!({"error": "invalid_client", "error_description": "client authentication failed"}),
+        ))
+    }
+
+    pub(crate) fn exchange_code(&self, form: &HashMap<String, String>) -> Answer {
+        let config = self.config();
+        let mut state = self.state();
+        let code = form.get("code").cloned().unwrap_or_default();
+        let Some(record) = state.codes.get(&code) else {
+            return invalid_grant("unknown authorization code");
+        };
+        if let Some(family) = record.family {
+            // RFC 6749 §4.1.2: a replayed code revokes what it issued.
+            state.counters.codes_replayed += 1;
+            revoke_family(&mut state, family);
+            return invalid_grant("authorization code already used");
+        }
+        if record.issued.elapsed() > config.code_ttl {
+            return invalid_grant("authorization code expired");
+        }
+        if form.get("redirect_uri").map(String::as_str) != Some(record.redirect_uri.as_str()) {
+            return invalid_grant("redirect_uri does not match the authorization request");
+        }
+        if let Some(challenge) = &record.challenge {
+            let verifier = form
+                .get("code_verifier")
+                .map(String::as_str)
+                .unwrap_or_default();
+            if shared::crypto::Pkce::challenge_of(verifier) != *challenge {
+                state.counters.pkce_failures += 1;
+                return invalid_grant("PKCE verification failed");
+            }
+        }
+        let scopes = config
+            .granted_scopes
+            .clone()
+            .unwrap_or_else(|| record.scopes.clone());
+        let family = state.families.len();
+        state.families.push(Family {
+            revoked: false,
+            scopes,
+            live_refresh_token: None,
+            last_access_expires: Instant::now(),
+        });
+        if let Some(record) = state.codes.get_mut(&code) {
+            record.family = Some(family);
+        }
+        let refresh = config
+            .issue_refresh_token
+            .then(|| new_refresh_token(&mut state, family));
+        issue(&config, &mut state, family, refresh, self.base_url())
+    }
+
+    pub(crate) fn refresh(&self, form: &HashMap<String, String>) -> Answer {
+        let config = self.config();
+        let mut state = self.state();
+        let token = form.get("refresh_token").cloned().unwrap_or_default();
+        let Some(record) = state.refresh_tokens.get(&token) else {
+            return dead_token(config.preset, "unknown refresh token");
+        };
+        let family = record.family;
+        let retired = record.retired;
+        if state.families[family].revoked {
+            return dead_token(config.preset, "refresh token revoked");
+        }
+        if let Some(retired_at) = retired {
+            if retired_at.elapsed() > config.reuse_grace {
+                state.counters.refresh_tokens_reused += 1;
+                revoke_family(&mut state, family);
+                return dead_token(config.preset, "refresh token reused; token family revoked");
+            }
+            // Inside the grace period: answer with the family's live token.
+            state.counters.grace_reuses += 1;
+            state.counters.refreshes += 1;
+            let live = state.families[family].live_refresh_token.clone();
+            return issue(&config, &mut state, family, live, self.base_url());
+        }
+        if let Some(too_early) = config.too_early {
+            let left = state.families[family]
+                .last_access_expires
+                .saturating_duration_since(Instant::now());
+            if left > too_early {
+                state.counters.too_early += 1;
+                return (
+                    400,
+                    serde_json::json!({"error": "invalid_request", "error_description": "TooEarlyToRefreshTokens"}),
+                );
+            }
+        }
+        state.counters.refreshes += 1;
+        let refresh = if config.rotate_refresh_tokens {
+            if let Some(record) = state.refresh_tokens.get_mut(&token) {
+                record.retired = Some(Instant::now());
+            }
+            Some(new_refresh_token(&mut state, family))
+        } else if config.preset == PresetName::Hubspot {
+            Some(token) // HubSpot echoes the same refresh token.
+        } else {
+            None
+        };
+        issue(&config, &mut state, family, refresh, self.base_url())
+    }
+
+    /// RFC 7009: revoking a refresh token revokes its family; 200 even for unknown tokens.
+    pub(crate) fn revoke(&self, form: &HashMap<String, String>) -> Answer {
+        let mut state = self.state();
+        let token = form.get("token").cloned().unwrap_or_default();
+        if let Some(family) = state.refresh_tokens.get(&token).map(|r| r.family) {
+            revoke_family(&mut state, family);
+        } else if let Some(access) = state.access_tokens.remove(&token) {
+            drop(access);
+        }
+        (200, serde_json::json!({}))
+    }
+
+    /// `/api/me`: who the bearer token belongs to, if it is live.
+    pub(crate) fn whoami(&self, bearer: Option<&str>) -> Option<serde_json::Value> {
+        let config = self.config();
+        let state = self.state();
+        let record = state.access_tokens.get(bearer?)?;
+        let family = &state.families[record.family];
+        (record.expires > Instant::now() && !family.revoked)
+            .then(|| serde_json::json!({"user": config.user, "tenant": config.tenant, "scopes": family.scopes}))
+    }
+
+    fn base_url(&self) -> String {
+        self.base_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn new_token(prefix: &str) -> String {
+    #[allow(clippy::expect_used)]
+    let random = shared::crypto::random_token().expect("system random number generator");
+    format!("{prefix}-{random}")
+}
+
+fn new_refresh_token(state: &mut State, family: usize) -> String {
+    let token = new_token("rt");
+    state.refresh_tokens.insert(
+        token.clone(),
+        RefreshRecord {
+            family,
+            retired: None,
+        },
+    );
+    state.families[family].live_refresh_token = Some(token.clone());
+    token
+}
+
+fn revoke_family(state: &mut State, family: usize) {
+    if !state.families[family].revoked {
+        state.families[family].revoked = true;
+        state.counters.families_revoked += 1;
+    }
+}
+
+fn invalid_grant(description: &str) -> Answer {
+    (
+        400,
+        serde_json::json!({"error": "invalid_grant", "error_description": description}),
+    )
+}
+
+/// How each provider says "this refresh token is dead".
+fn dead_token(preset: PresetName, description: &str) -> Answer {
+    use serde_json::json;
+    match preset {
+        PresetName::ExactOnline => (
+            401,
+            json!({"error": "unauthorized_client", "error_description": "Old refresh token used."}),
+        ),
+        PresetName::Hubspot => (
+            400,
+            json!({"status": "BAD_REFRESH_TOKEN", "message": "missing or unknown refresh token", "correlationId": "sim"}),
+        ),
+        PresetName::Microsoft => (
+            400,
+            json!({"error": "invalid_grant", "error_description": format!("AADSTS70000: {description}"), "error_codes": [70000]}),
+        ),
+        PresetName::Zoho => (200, json!({"error": "invalid_code"})),
+        PresetName::Google => (
+            400,
+            json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
+        ),
+        _ => invalid_grant(description),
+    }
+}
+
+/// A successful token answer in the preset's shape.
+fn issue(
+    config: &SimConfig,
+    state: &mut State,
+    family: usize,
+    refresh: Option<String>,
+    base_url: String,
+) -> Answer {
+    use serde_json::{Value, json};
+    let access = new_token("at");
+    let expires = Instant::now() + config.access_token_ttl;
+    state
+        .access_tokens
+        .insert(access.clone(), AccessRecord { family, expires });
+    state.families[family].last_access_expires = expires;
+    state.counters.tokens_issued += 1;
+    let ttl = config.access_token_ttl.as_secs();
+    let scopes = state.families[family].scopes.clone();
+    let mut body = json!({"access_token": access, "token_type": "Bearer", "expires_in": ttl});
+    if let Some(refresh) = refresh {
+        body["refresh_token"] = json!(refresh);
+    }
+    match config.preset {
+        PresetName::ExactOnline => {
+            body["token_type"] = json!("bearer");
+            body["expires_in"] = json!(ttl.to_string());
+        }
+        PresetName::Microsoft => {
+            body["ext_expires_in"] = json!(ttl);
+            let echoed: Vec<_> = scopes
+                .iter()
+                .filter(|s| s.as_str() != "offline_access")
+                .cloned()
+                .collect();
+            body["scope"] = json!(echoed.join(" "));
+        }
+        PresetName::Salesforce => {
+            if let Some(map) = body.as_object_mut() {
+                map.remove("expires_in");
+            }
+            body["instance_url"] = json!(base_url);
+            body["issued_at"] = json!(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or_default()
+                    .to_string()
+            );
+            body["signature"] = json!("sim-signature");
+            body["scope"] = json!(scopes.join(" "));
+        }
+        PresetName::Zoho => body["api_domain"] = json!(base_url),
+        PresetName::Quickbooks => body["x_refresh_token_expires_in"] = json!(8_640_000),
+        _ => {
+            if !scopes.is_empty() {
+                body["scope"] = Value::String(scopes.join(" "));
+            }
+        }
+    }
+    (200, body)
+}

@@ -1,0 +1,254 @@
+//! The simulator's HTTP side. Connections are served one task each so that a
+//! handler can close its own connection without answering (accept-then-drop).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot};
+
+use super::{Answer, Fault, FaultPlan, Grant, Simulator};
+
+/// A running simulator; dropping it stops the server.
+#[derive(Debug)]
+pub struct SimulatorHandle {
+    pub sim: Arc<Simulator>,
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`
+    pub base_url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl SimulatorHandle {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+}
+
+impl Drop for SimulatorHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Closes the current connection without an answer when notified.
+#[derive(Clone)]
+struct Kill(Arc<Notify>);
+
+pub(super) async fn serve(
+    sim: Arc<Simulator>,
+    addr: SocketAddr,
+) -> std::io::Result<SimulatorHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let base_url = format!("http://{addr}");
+    *sim.base_url.lock().unwrap_or_else(|p| p.into_inner()) = base_url.clone();
+    let router = Router::new()
+        .route("/authorize", get(authorize))
+        .route("/token", post(token))
+        .route("/revoke", post(revoke))
+        .route("/api/me", get(me))
+        .route("/_sim/counters", get(counters))
+        .route("/_sim/faults", post(faults))
+        .with_state(sim.clone());
+    let (tx, mut rx) = oneshot::channel();
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = &mut rx => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => continue,
+                },
+            };
+            let kill = Arc::new(Notify::new());
+            let service =
+                TowerToHyperService::new(router.clone().layer(Extension(Kill(kill.clone()))));
+            tokio::spawn(async move {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    // Dropping the connection closes the socket, unanswered.
+                    _ = kill.notified() => {}
+                }
+            });
+        }
+    });
+    Ok(SimulatorHandle {
+        sim,
+        addr,
+        base_url,
+        shutdown: Some(tx),
+    })
+}
+
+async fn authorize(
+    State(sim): State<Arc<Simulator>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    match sim.authorize(&query) {
+        Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
+        Err(problem) => (
+            StatusCode::BAD_REQUEST,
+            Html(format!(
+                "<h1>Bad authorization request</h1><p>{problem}</p>"
+            )),
+        )
+            .into_response(),
+    }
+}
+
+async fn token(
+    State(sim): State<Arc<Simulator>>,
+    Extension(kill): Extension<Kill>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let form = parse_form(&body);
+    let grant = match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => Grant::AuthorizationCode,
+        Some("refresh_token") => Grant::RefreshToken,
+        _ => return answer((400, serde_json::json!({"error": "unsupported_grant_type"}))),
+    };
+    sim.count(Some(grant));
+    with_faults(
+        &sim,
+        &kill,
+        grant,
+        &headers,
+        &form,
+        |sim, form| match grant {
+            Grant::AuthorizationCode => sim.exchange_code(form),
+            _ => sim.refresh(form),
+        },
+    )
+    .await
+}
+
+async fn revoke(
+    State(sim): State<Arc<Simulator>>,
+    Extension(kill): Extension<Kill>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let form = parse_form(&body);
+    sim.count(Some(Grant::Revoke));
+    with_faults(
+        &sim,
+        &kill,
+        Grant::Revoke,
+        &headers,
+        &form,
+        Simulator::revoke,
+    )
+    .await
+}
+
+/// Authenticates the client and processes the request, with whatever fault is queued.
+async fn with_faults(
+    sim: &Simulator,
+    kill: &Kill,
+    grant: Grant,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    process: impl FnOnce(&Simulator, &HashMap<String, String>) -> Answer,
+) -> Response {
+    let fault = sim.take_fault(grant);
+    if let Some(Fault::Status { status }) = fault {
+        return answer((
+            status,
+            serde_json::json!({"error": "temporarily_unavailable"}),
+        ));
+    }
+    if let Err(refused) = sim.authenticate(basic_credentials(headers), form) {
+        return answer(refused);
+    }
+    let result = process(sim, form);
+    match fault {
+        Some(Fault::DelayAfterProcessing { millis }) => {
+            tokio::time::sleep(Duration::from_millis(millis)).await
+        }
+        Some(Fault::DropAfterProcessing) => {
+            sim.note_dropped();
+            kill.0.notify_one();
+            std::future::pending::<()>().await;
+        }
+        _ => {}
+    }
+    answer(result)
+}
+
+async fn me(State(sim): State<Arc<Simulator>>, headers: HeaderMap) -> Response {
+    sim.count(None);
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match sim.whoami(bearer) {
+        Some(body) => Json(body).into_response(),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+            Json(serde_json::json!({"error": "invalid_token"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn counters(State(sim): State<Arc<Simulator>>) -> Response {
+    Json(sim.counters()).into_response()
+}
+
+async fn faults(State(sim): State<Arc<Simulator>>, Json(plans): Json<Vec<FaultPlan>>) -> Response {
+    for plan in plans {
+        sim.inject(plan);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn answer((status, body): Answer) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+fn parse_form(body: &str) -> HashMap<String, String> {
+    url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// RFC 6749 §2.3.1: base64, then form-urldecode id and secret. A client that
+/// skipped the encoding gets its `+` read as a space, and fails.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .ok()?,
+    )
+    .ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((unescape(id)?, unescape(secret)?))
+}
