@@ -9,11 +9,13 @@
 //! - [`crypto`]: randomness, hashing, PKCE
 //! - [`aws`]: AWS clients from the standard environment
 //! - [`telemetry`]: logging for CloudWatch
+//! - [`runtime`]: start-up of every binary (clients and configuration, once)
 
 pub mod aws;
 pub mod config;
 pub mod crypto;
 pub mod oauth;
+pub mod runtime;
 pub mod secret;
 pub mod secrets;
 pub mod telemetry;

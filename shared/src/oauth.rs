@@ -91,10 +91,7 @@ pub enum TokenError {
     },
     /// 429, 500 or 503: the request was not processed; try again later.
     #[error("the provider is unavailable (HTTP {status}){}", retry_after.map(|s| format!("; retry after {s} s")).unwrap_or_default())]
-    Unavailable {
-        status: u16,
-        retry_after: Option<u64>,
-    },
+    Unavailable { status: u16, retry_after: Option<u64> },
     /// The request never reached the provider (connection refused, DNS): safe to retry.
     #[error("cannot reach the provider: {0}")]
     Unreachable(String),
@@ -110,10 +107,7 @@ pub enum TokenError {
 impl TokenError {
     /// Worth trying again later without a new login.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            TokenError::Unavailable { .. } | TokenError::Unreachable(_)
-        )
+        matches!(self, TokenError::Unavailable { .. } | TokenError::Unreachable(_))
     }
 }
 
@@ -142,21 +136,11 @@ impl TokenEndpoint<'_> {
             form.push(("code_verifier", verifier.secret()));
         }
         let (status, body) = self.post(self.provider.token_url.clone(), form).await?;
-        parse_token_response(&self.provider.settings, status, &body, &[code.secret()]).map_err(
-            |e| match e {
-                // `invalid_grant` here refuses the code, not a refresh token.
-                TokenError::DeadToken {
-                    status,
-                    error,
-                    message,
-                } => TokenError::Rejected {
-                    status,
-                    error,
-                    message,
-                },
-                other => other,
-            },
-        )
+        parse_token_response(&self.provider.settings, status, &body, &[code.secret()]).map_err(|e| match e {
+            // `invalid_grant` here refuses the code, not a refresh token.
+            TokenError::DeadToken { status, error, message } => TokenError::Rejected { status, error, message },
+            other => other,
+        })
     }
 
     /// Spends a refresh token (RFC 6749 §6). Call this only while holding the
@@ -167,12 +151,7 @@ impl TokenEndpoint<'_> {
             ("refresh_token", refresh_token.secret()),
         ];
         let (status, body) = self.post(self.provider.token_url.clone(), form).await?;
-        parse_token_response(
-            &self.provider.settings,
-            status,
-            &body,
-            &[refresh_token.secret()],
-        )
+        parse_token_response(&self.provider.settings, status, &body, &[refresh_token.secret()])
     }
 
     /// Revokes a token (RFC 7009). `Ok(false)` when the provider has no
@@ -186,28 +165,16 @@ impl TokenEndpoint<'_> {
         if status.is_success() {
             return Ok(true);
         }
-        Err(classify_error(
-            &self.provider.settings,
-            status,
-            &body,
-            &[token],
-        ))
+        Err(classify_error(&self.provider.settings, status, &body, &[token]))
     }
 
-    async fn post(
-        &self,
-        url: Url,
-        mut form: Vec<(&str, &str)>,
-    ) -> Result<(StatusCode, Vec<u8>), TokenError> {
+    async fn post(&self, url: Url, mut form: Vec<(&str, &str)>) -> Result<(StatusCode, Vec<u8>), TokenError> {
         let mut request = self.http.post(url).header("Accept", "application/json");
         match self.provider.settings.client_auth {
             ClientAuth::Basic => {
                 request = request.header(
                     "Authorization",
-                    basic_auth(
-                        &self.credentials.client_id,
-                        self.credentials.client_secret.secret(),
-                    ),
+                    basic_auth(&self.credentials.client_id, self.credentials.client_secret.secret()),
                 );
             }
             ClientAuth::Body => {
@@ -400,22 +367,15 @@ pub fn parse_token_response(
 /// A number of seconds given as a JSON number or, like Exact Online, a string.
 fn seconds(value: &Value) -> Option<u64> {
     match value {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| *f >= 0.0 && f.is_finite())
-                .map(|f| f as u64)
-        }),
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64)),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
 }
 
-fn classify_error(
-    settings: &ProviderSettings,
-    status: StatusCode,
-    body: &[u8],
-    sent: &[&str],
-) -> TokenError {
+fn classify_error(settings: &ProviderSettings, status: StatusCode, body: &[u8], sent: &[&str]) -> TokenError {
     let code = status.as_u16();
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let error = ["error", "status", "errorCode"]
@@ -426,10 +386,7 @@ fn classify_error(
     let message = match provider_message(&json) {
         Some(m) => excerpt(m, sent),
         None if json.is_null() && !body.is_empty() => {
-            format!(
-                "non-JSON answer: {}",
-                excerpt(&String::from_utf8_lossy(body), sent)
-            )
+            format!("non-JSON answer: {}", excerpt(&String::from_utf8_lossy(body), sent))
         }
         None => "no description".to_owned(),
     };
@@ -464,11 +421,7 @@ fn classify_error(
 
 /// A short, single-line piece of provider text with every secret we sent removed.
 fn excerpt(text: &str, sent: &[&str]) -> String {
-    let mut text: String = text
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_MESSAGE)
-        .collect();
+    let mut text: String = text.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE).collect();
     for secret in sent.iter().filter(|s| s.len() >= 4) {
         text = text.replace(secret, "[redacted]");
     }
@@ -495,9 +448,7 @@ mod tests {
     fn basic_auth_form_encodes_before_base64() {
         // RFC 6749 §2.3.1: "a:b+c" becomes "a%3Ab%2Bc" before base64.
         let header = basic_auth("id 1", "a:b+c");
-        let decoded = STANDARD
-            .decode(header.trim_start_matches("Basic "))
-            .expect("base64");
+        let decoded = STANDARD.decode(header.trim_start_matches("Basic ")).expect("base64");
         assert_eq!(String::from_utf8(decoded).expect("utf8"), "id+1:a%3Ab%2Bc");
     }
 
@@ -510,10 +461,7 @@ mod tests {
         )
         .expect("parses");
         assert_eq!((set.expires_in, set.expires_in_assumed), (600, false));
-        assert_eq!(
-            set.refresh_token.map(|t| t.secret().to_owned()).as_deref(),
-            Some("rt")
-        );
+        assert_eq!(set.refresh_token.map(|t| t.secret().to_owned()).as_deref(), Some("rt"));
     }
 
     #[test]
@@ -575,10 +523,7 @@ mod tests {
             json!({"access_token": "at-planted", "expires_in": "ten"}),
         )
         .unwrap_err();
-        assert!(
-            e.to_string().contains("`expires_in` is not a number"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("`expires_in` is not a number"), "{e}");
         assert!(!e.to_string().contains("planted"));
 
         let e = parse(
@@ -630,15 +575,15 @@ mod tests {
         let e = parse(PresetName::Zoho, 200, json!({"error": "invalid_code"})).unwrap_err();
         assert!(matches!(e, TokenError::DeadToken { .. }), "{e}");
 
-        let e = parse(PresetName::Microsoft, 401, json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."})).unwrap_err();
-        assert!(matches!(e, TokenError::InvalidClient { .. }), "{e}");
-
         let e = parse(
-            PresetName::Xero,
-            503,
-            json!({"error": "temporarily_unavailable"}),
+            PresetName::Microsoft,
+            401,
+            json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}),
         )
         .unwrap_err();
+        assert!(matches!(e, TokenError::InvalidClient { .. }), "{e}");
+
+        let e = parse(PresetName::Xero, 503, json!({"error": "temporarily_unavailable"})).unwrap_err();
         assert!(e.is_transient(), "{e}");
         let e = parse(PresetName::Xero, 504, json!({})).unwrap_err();
         assert!(

@@ -51,9 +51,7 @@ impl SecretStore {
                 let error = aws_sdk_secretsmanager::Error::from(e);
                 match error {
                     aws_sdk_secretsmanager::Error::ResourceNotFoundException(_) => {
-                        SecretsError::NotFound {
-                            name: name.to_owned(),
-                        }
+                        SecretsError::NotFound { name: name.to_owned() }
                     }
                     other => SecretsError::Service {
                         name: name.to_owned(),
@@ -61,9 +59,9 @@ impl SecretStore {
                     },
                 }
             })?;
-        output.secret_string.ok_or_else(|| SecretsError::NotText {
-            name: name.to_owned(),
-        })
+        output
+            .secret_string
+            .ok_or_else(|| SecretsError::NotText { name: name.to_owned() })
     }
 
     /// A provider's client credentials: `{"client_id": "...", "client_secret": "..."}`.
@@ -74,8 +72,7 @@ impl SecretStore {
 
 /// Parses a client-credentials secret without ever quoting it.
 pub fn parse_client_credentials(name: &str, text: &str) -> Result<ClientCredentials, SecretsError> {
-    const SHAPE: &str =
-        "expected a JSON object with non-empty string fields `client_id` and `client_secret`";
+    const SHAPE: &str = "expected a JSON object with non-empty string fields `client_id` and `client_secret`";
     let malformed = || SecretsError::Malformed {
         name: name.to_owned(),
         reason: SHAPE,
@@ -105,13 +102,8 @@ mod tests {
 
     #[test]
     fn client_credentials_parse_and_never_echo() {
-        let ok =
-            parse_client_credentials("s", r#"{"client_id": "id", "client_secret": "planted"}"#)
-                .expect("parses");
-        assert_eq!(
-            (ok.client_id.as_str(), ok.client_secret.secret()),
-            ("id", "planted")
-        );
+        let ok = parse_client_credentials("s", r#"{"client_id": "id", "client_secret": "planted"}"#).expect("parses");
+        assert_eq!((ok.client_id.as_str(), ok.client_secret.secret()), ("id", "planted"));
         for bad in [
             r#"{"client_id": "id", "client_secret": 12345678}"#,
             "planted-not-json",

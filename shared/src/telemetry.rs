@@ -33,9 +33,7 @@ pub fn json_requested() -> bool {
 
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(target: Target) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
-        .with_ansi(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(env_filter()).with_ansi(false);
     let result = match (target, json_requested()) {
         (Target::Lambda, true) => builder
             .json()

@@ -16,10 +16,7 @@ const NOT_RUNNING: &str = "the local stack is not running: run the README's test
 /// AWS clients for the local stack. Panics with the fix when it is not running:
 /// these tests never pass by skipping.
 pub async fn aws() -> AwsClients {
-    for var in [
-        "AWS_ENDPOINT_URL_DYNAMODB",
-        "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-    ] {
+    for var in ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SECRETS_MANAGER"] {
         let value = std::env::var(var).unwrap_or_default();
         assert!(
             value.starts_with("http://127.0.0.1:"),
@@ -62,10 +59,7 @@ pub fn provider_for(sim: &SimulatorHandle) -> shared::config::Provider {
          authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\nrevocation_url = \"{base}/revoke\"\n"
     );
     match shared::config::Config::parse(&text, "simulator.toml") {
-        Ok(mut config) => config
-            .providers
-            .remove("sim")
-            .unwrap_or_else(|| unreachable!()),
+        Ok(mut config) => config.providers.remove("sim").unwrap_or_else(|| unreachable!()),
         Err(e) => panic!("{e}"),
     }
 }
@@ -100,12 +94,8 @@ pub async fn authorize(http: &reqwest::Client, url: &url::Url) -> AuthorizeResul
         .await
         .unwrap_or_else(|e| panic!("authorize: {e}"));
     assert_eq!(response.status(), 302, "authorize should redirect");
-    let location = response.headers()["location"]
-        .to_str()
-        .unwrap_or_default()
-        .to_owned();
-    let location =
-        url::Url::parse(&location).unwrap_or_else(|e| panic!("redirect {location}: {e}"));
+    let location = response.headers()["location"].to_str().unwrap_or_default().to_owned();
+    let location = url::Url::parse(&location).unwrap_or_else(|e| panic!("redirect {location}: {e}"));
     let get = |key: &str| {
         location
             .query_pairs()
@@ -132,10 +122,7 @@ pub async fn login(sim: &SimulatorHandle, http: &reqwest::Client) -> shared::oau
         "st",
         Some(&pkce.challenge),
     );
-    let code = authorize(http, &url)
-        .await
-        .code
-        .unwrap_or_else(|| panic!("no code"));
+    let code = authorize(http, &url).await.code.unwrap_or_else(|| panic!("no code"));
     let endpoint = shared::oauth::TokenEndpoint {
         provider: &provider,
         credentials: &credentials,

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TimeToLiveSpecification,
 };
 use serde::Deserialize;
 
@@ -18,10 +18,7 @@ pub fn template_path() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
     #[error("creating table {table}: {message}")]
@@ -111,13 +108,9 @@ pub fn table_definitions(path: &Path) -> Result<Vec<TableDefinition>, TemplateEr
         if resource.kind != "AWS::DynamoDB::Table" {
             continue;
         }
-        let mut table: TableDefinition = serde_yaml::from_value(resource.properties)
-            .map_err(|e| invalid(format!("{logical_id}: {e}")))?;
-        if table
-            .billing_mode
-            .as_deref()
-            .is_some_and(|m| m != "PAY_PER_REQUEST")
-        {
+        let mut table: TableDefinition =
+            serde_yaml::from_value(resource.properties).map_err(|e| invalid(format!("{logical_id}: {e}")))?;
+        if table.billing_mode.as_deref().is_some_and(|m| m != "PAY_PER_REQUEST") {
             return Err(invalid(format!(
                 "{logical_id}: only PAY_PER_REQUEST tables are supported"
             )));
@@ -187,12 +180,9 @@ async fn create_table(
     }
     for index in &table.global_secondary_indexes {
         let projection = Projection::builder()
-            .projection_type(ProjectionType::from(
-                index.projection.projection_type.as_str(),
-            ))
+            .projection_type(ProjectionType::from(index.projection.projection_type.as_str()))
             .set_non_key_attributes(
-                (!index.projection.non_key_attributes.is_empty())
-                    .then(|| index.projection.non_key_attributes.clone()),
+                (!index.projection.non_key_attributes.is_empty()).then(|| index.projection.non_key_attributes.clone()),
             )
             .build();
         let mut gsi = GlobalSecondaryIndex::builder()
@@ -259,10 +249,7 @@ mod tests {
             ]
         );
         let connections = &tables[0];
-        assert_eq!(
-            connections.global_secondary_indexes[0].index_name,
-            "refresh-due"
-        );
+        assert_eq!(connections.global_secondary_indexes[0].index_name, "refresh-due");
         let attempts = &tables[1];
         assert_eq!(
             attempts

@@ -69,10 +69,7 @@ async fn a_conditional_write_that_must_fail_fails() {
         aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => c.item.clone(),
         other => panic!("{other:?}"),
     };
-    assert_eq!(
-        item.and_then(|i| i.get("token_version").cloned()),
-        Some(n(1))
-    );
+    assert_eq!(item.and_then(|i| i.get("token_version").cloned()), Some(n(1)));
 
     // With the version it read, it succeeds.
     db.update_item()
@@ -126,10 +123,7 @@ async fn concurrent_conditional_writes_have_exactly_one_winner() {
         for task in tasks {
             winners += usize::from(task.await.expect("task"));
         }
-        assert_eq!(
-            winners, 1,
-            "round {round}: exactly one worker may win the version"
-        );
+        assert_eq!(winners, 1, "round {round}: exactly one worker may win the version");
     }
 }
 
@@ -151,12 +145,7 @@ async fn tables_match_the_template() {
         let keys: HashMap<_, _> = described
             .key_schema()
             .iter()
-            .map(|k| {
-                (
-                    k.attribute_name().to_owned(),
-                    k.key_type().as_str().to_owned(),
-                )
-            })
+            .map(|k| (k.attribute_name().to_owned(), k.key_type().as_str().to_owned()))
             .collect();
         for key in &definition.key_schema {
             assert_eq!(keys.get(&key.attribute_name), Some(&key.key_type), "{name}");
@@ -180,9 +169,7 @@ async fn tables_match_the_template() {
                 .send()
                 .await
                 .expect("ttl");
-            let attribute = described
-                .time_to_live_description()
-                .and_then(|d| d.attribute_name());
+            let attribute = described.time_to_live_description().and_then(|d| d.attribute_name());
             assert_eq!(attribute, Some(ttl.attribute_name.as_str()), "{name}");
         }
     }
@@ -208,9 +195,6 @@ async fn a_secret_round_trips_and_a_missing_one_is_named() {
 
     let missing = format!("{name}-missing");
     let e = store.client_credentials(&missing).await.unwrap_err();
-    assert!(
-        matches!(&e, SecretsError::NotFound { name } if *name == missing),
-        "{e}"
-    );
+    assert!(matches!(&e, SecretsError::NotFound { name } if *name == missing), "{e}");
     assert!(e.to_string().contains(&missing));
 }

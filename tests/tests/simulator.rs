@@ -6,9 +6,7 @@
 use std::time::Duration;
 
 use oauth_sync_tests::simulator::{Counters, Fault, FaultPlan, Grant, SimConfig};
-use oauth_sync_tests::stack::{
-    REDIRECT_URI, authorize, credentials_for, http, login, provider_for, simulator,
-};
+use oauth_sync_tests::stack::{REDIRECT_URI, authorize, credentials_for, http, login, provider_for, simulator};
 use shared::config::PresetName;
 use shared::crypto::Pkce;
 use shared::oauth::{TokenEndpoint, TokenError, TokenHint, authorize_url};
@@ -94,10 +92,7 @@ async fn code_flow_verifies_pkce_and_codes_are_single_use() {
         "s",
         Some(&pkce.challenge),
     );
-    assert_eq!(
-        http.get(other).send().await.expect("authorize").status(),
-        400
-    );
+    assert_eq!(http.get(other).send().await.expect("authorize").status(), 400);
 
     // No PKCE: the simulator insists.
     let bare = authorize_url(&provider, &credentials.client_id, REDIRECT_URI, "s", None);
@@ -108,10 +103,7 @@ async fn code_flow_verifies_pkce_and_codes_are_single_use() {
     // A user who cancels.
     sim.sim.deny_next_authorize();
     let result = authorize(&http, &url).await;
-    assert_eq!(
-        (result.error.as_deref(), result.code),
-        (Some("access_denied"), None)
-    );
+    assert_eq!((result.error.as_deref(), result.code), (Some("access_denied"), None));
 }
 
 #[tokio::test]
@@ -126,10 +118,7 @@ async fn rotation_is_single_use_and_reuse_revokes_the_family() {
         http: &http,
     };
 
-    let first = login(&sim, &http)
-        .await
-        .refresh_token
-        .expect("refresh token");
+    let first = login(&sim, &http).await.refresh_token.expect("refresh token");
     let second = endpoint
         .refresh(&first)
         .await
@@ -145,10 +134,7 @@ async fn rotation_is_single_use_and_reuse_revokes_the_family() {
     let e = endpoint.refresh(&first).await.unwrap_err();
     assert!(matches!(e, TokenError::DeadToken { .. }), "{e}");
     let counters = sim.sim.counters();
-    assert_eq!(
-        (counters.refresh_tokens_reused, counters.families_revoked),
-        (1, 1)
-    );
+    assert_eq!((counters.refresh_tokens_reused, counters.families_revoked), (1, 1));
     let e = endpoint.refresh(&third).await.unwrap_err();
     assert!(
         matches!(e, TokenError::DeadToken { .. }),
@@ -164,30 +150,21 @@ async fn grace_period_allows_reuse_without_revoking() {
     let http = http(TIMEOUT);
     let provider = provider_for(&sim);
     let credentials = credentials_for(&sim);
-    assert!(
-        credentials.client_secret.secret().contains(':')
-            && credentials.client_secret.secret().contains('+')
-    );
+    assert!(credentials.client_secret.secret().contains(':') && credentials.client_secret.secret().contains('+'));
     let endpoint = TokenEndpoint {
         provider: &provider,
         credentials: &credentials,
         http: &http,
     };
 
-    let first = login(&sim, &http)
-        .await
-        .refresh_token
-        .expect("refresh token");
+    let first = login(&sim, &http).await.refresh_token.expect("refresh token");
     let second = endpoint
         .refresh(&first)
         .await
         .expect("rotation")
         .refresh_token
         .expect("rotated");
-    let again = endpoint
-        .refresh(&first)
-        .await
-        .expect("reuse inside the grace period");
+    let again = endpoint.refresh(&first).await.expect("reuse inside the grace period");
     assert_eq!(
         again.refresh_token.as_ref(),
         Some(&second),
@@ -240,15 +217,9 @@ async fn each_preset_answers_with_its_quirks() {
 
         match preset {
             PresetName::Salesforce => {
-                assert!(
-                    refreshed.expires_in_assumed,
-                    "Salesforce sends no expires_in"
-                );
+                assert!(refreshed.expires_in_assumed, "Salesforce sends no expires_in");
                 assert_eq!(refreshed.expires_in, 7200);
-                assert_eq!(
-                    refreshed.instance_url.as_deref(),
-                    Some(sim.base_url.as_str())
-                );
+                assert_eq!(refreshed.instance_url.as_deref(), Some(sim.base_url.as_str()));
             }
             PresetName::Zoho => {
                 assert_eq!(refreshed.api_domain.as_deref(), Some(sim.base_url.as_str()))
@@ -259,24 +230,16 @@ async fn each_preset_answers_with_its_quirks() {
             _ => assert!(!refreshed.expires_in_assumed, "{preset}"),
         }
         if preset == PresetName::ExactOnline {
-            assert_eq!(
-                refreshed.expires_in, 600,
-                "Exact's string expires_in is read"
-            );
+            assert_eq!(refreshed.expires_in, 600, "Exact's string expires_in is read");
         }
         match (settings.rotates_refresh_tokens, preset) {
             (true, _) => assert!(
-                refreshed
-                    .refresh_token
-                    .as_ref()
-                    .is_some_and(|t| *t != refresh_token),
+                refreshed.refresh_token.as_ref().is_some_and(|t| *t != refresh_token),
                 "{preset} rotates"
             ),
-            (false, PresetName::Hubspot) => assert_eq!(
-                refreshed.refresh_token.as_ref(),
-                Some(&refresh_token),
-                "HubSpot echoes"
-            ),
+            (false, PresetName::Hubspot) => {
+                assert_eq!(refreshed.refresh_token.as_ref(), Some(&refresh_token), "HubSpot echoes")
+            }
             (false, _) => assert!(
                 refreshed.refresh_token.is_none(),
                 "{preset}: no new refresh token; keep the old one"
@@ -303,10 +266,7 @@ async fn client_authentication_is_strict() {
     let sim = simulator(SimConfig::for_preset(PresetName::Xero)).await;
     let http = http(TIMEOUT);
     let provider = provider_for(&sim);
-    let refresh_token = login(&sim, &http)
-        .await
-        .refresh_token
-        .expect("refresh token");
+    let refresh_token = login(&sim, &http).await.refresh_token.expect("refresh token");
     let mut wrong = credentials_for(&sim);
     wrong.client_secret = shared::secret::ClientSecret::new("not-the-secret");
     let endpoint = TokenEndpoint {
@@ -344,10 +304,7 @@ async fn faults_are_injected_as_configured() {
         credentials: &credentials,
         http: &http,
     };
-    let token = login(&sim, &http)
-        .await
-        .refresh_token
-        .expect("refresh token");
+    let token = login(&sim, &http).await.refresh_token.expect("refresh token");
 
     // A 503 processes nothing: the same token still works afterwards.
     sim.sim.inject(FaultPlan {
@@ -374,20 +331,14 @@ async fn faults_are_injected_as_configured() {
     let e = endpoint.refresh(&token).await.unwrap_err();
     assert!(matches!(e, TokenError::OutcomeUnknown(_)), "{e}");
     let counters = sim.sim.counters();
-    assert_eq!(
-        (counters.refreshes, counters.dropped_after_processing),
-        (2, 1)
-    );
+    assert_eq!((counters.refreshes, counters.dropped_after_processing), (2, 1));
     // Which is why a blind retry is fatal: the token was spent.
     let e = endpoint.refresh(&token).await.unwrap_err();
     assert!(matches!(e, TokenError::DeadToken { .. }), "{e}");
     assert_eq!(sim.sim.counters().families_revoked, 1);
 
     // A delay longer than the client's timeout, after processing: also unknown.
-    let token = login(&sim, &http)
-        .await
-        .refresh_token
-        .expect("refresh token");
+    let token = login(&sim, &http).await.refresh_token.expect("refresh token");
     sim.sim.inject(FaultPlan {
         grant: Grant::RefreshToken,
         fault: Fault::DelayAfterProcessing { millis: 3000 },

@@ -31,8 +31,8 @@ use url::Url;
 
 use provider::ProviderEntry;
 pub use provider::{
-    ClientAuth, DeadTokenRule, PRESETS_TOML, Pagination, PresetName, ProviderSettings,
-    RateLimitHeaders, ResetFormat, provider_message,
+    ClientAuth, DeadTokenRule, PRESETS_TOML, Pagination, PresetName, ProviderSettings, RateLimitHeaders, ResetFormat,
+    provider_message,
 };
 pub use template::{CONNECTION_PLACEHOLDERS, TemplateError, fill_template};
 
@@ -199,10 +199,7 @@ impl Config {
             .map_err(|e| locate.error(e.span(), "", &format!("syntax error: {}", e.message())))?;
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             // Spanned<T> adds a private path segment; the user never wrote it.
-            let field = e
-                .path()
-                .to_string()
-                .replace(".$__serde_spanned_private_value", "");
+            let field = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             let field = if field == "." { String::new() } else { field };
             locate.error(inner.span(), &field, inner.message())
@@ -211,10 +208,8 @@ impl Config {
         let mut providers = BTreeMap::new();
         for (name, entry) in raw.providers {
             let span = entry.span();
-            let provider =
-                resolve_provider(&name, entry.into_inner()).map_err(|(key, message)| {
-                    locate.field_error(span, &format!("providers.{name}"), key, &message)
-                })?;
+            let provider = resolve_provider(&name, entry.into_inner())
+                .map_err(|(key, message)| locate.field_error(span, &format!("providers.{name}"), key, &message))?;
             providers.insert(name, provider);
         }
 
@@ -223,9 +218,8 @@ impl Config {
             let span = entry.span();
             let mut sync = entry.into_inner();
             sync.name = name.clone();
-            validate_sync(&sync, &providers).map_err(|(key, message)| {
-                locate.field_error(span, &format!("syncs.{name}"), key, &message)
-            })?;
+            validate_sync(&sync, &providers)
+                .map_err(|(key, message)| locate.field_error(span, &format!("syncs.{name}"), key, &message))?;
             syncs.insert(name, sync);
         }
 
@@ -240,12 +234,7 @@ impl Config {
     pub fn provider(&self, name: &str) -> Result<&Provider, UnknownProvider> {
         self.providers.get(name).ok_or_else(|| UnknownProvider {
             name: name.to_owned(),
-            known: self
-                .providers
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: self.providers.keys().cloned().collect::<Vec<_>>().join(", "),
         })
     }
 }
@@ -281,16 +270,8 @@ impl Locator<'_> {
 
     /// An error found after parsing, about `key` inside the table at `table_span`:
     /// points at the line that sets the key, or at the table when it is not set there.
-    fn field_error(
-        &self,
-        table_span: Range<usize>,
-        table: &str,
-        key: &str,
-        message: &str,
-    ) -> ConfigError {
-        let offset = self
-            .key_offset(&table_span, key)
-            .unwrap_or(table_span.start);
+    fn field_error(&self, table_span: Range<usize>, table: &str, key: &str, message: &str) -> ConfigError {
+        let offset = self.key_offset(&table_span, key).unwrap_or(table_span.start);
         let (line, column) = self.line_col(offset);
         ConfigError {
             file: self.file.to_owned(),
@@ -312,12 +293,7 @@ impl Locator<'_> {
             return None;
         }
         let mut offset = span.start;
-        for (index, line) in self
-            .text
-            .get(span.start..)?
-            .split_inclusive('\n')
-            .enumerate()
-        {
+        for (index, line) in self.text.get(span.start..)?.split_inclusive('\n').enumerate() {
             let trimmed = line.trim_start();
             if index > 0 && trimmed.starts_with('[') {
                 break;
@@ -351,15 +327,10 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
     {
         return Err((
             "",
-            format!(
-                "provider name `{name}` may use only a-z, 0-9, `_` and `-` (it appears in URLs)"
-            ),
+            format!("provider name `{name}` may use only a-z, 0-9, `_` and `-` (it appears in URLs)"),
         ));
     }
-    for (key, value) in [
-        ("client_id", &entry.client_id),
-        ("client_secret", &entry.client_secret),
-    ] {
+    for (key, value) in [("client_id", &entry.client_id), ("client_secret", &entry.client_secret)] {
         if value.is_some() {
             return Err((
                 key,
@@ -379,6 +350,7 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
         "missing field `credentials_secret`: the Secrets Manager secret holding {\"client_id\": ..., \"client_secret\": ...}".to_owned(),
     ))?;
     let settings = preset.settings().with_overrides(entry.overrides());
+    check_params_are_used(&settings, entry.params.iter().flat_map(|p| p.keys()))?;
 
     let endpoint = |key: &'static str, template: &str| -> Result<Url, FieldProblem> {
         if template.is_empty() {
@@ -387,8 +359,7 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
                 format!("missing field `{key}` (preset `{preset}` does not provide one)"),
             ));
         }
-        let filled =
-            fill_template(template, &settings.params, &[]).map_err(|e| (key, e.to_string()))?;
+        let filled = fill_template(template, &settings.params, &[]).map_err(|e| (key, e.to_string()))?;
         parse_http_url(&filled).map_err(|e| (key, e))
     };
     let authorize_url = endpoint("authorize_url", &settings.authorize_url)?;
@@ -418,7 +389,8 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
     if preset == PresetName::ExactOnline && settings.refresh_lead_secs > 30 {
         return Err((
             "refresh_lead_secs",
-            "Exact Online refuses refreshes more than ~30 s before expiry (TooEarlyToRefreshTokens); use at most 30".to_owned(),
+            "Exact Online refuses refreshes more than ~30 s before expiry (TooEarlyToRefreshTokens); use at most 30"
+                .to_owned(),
         ));
     }
     Ok(Provider {
@@ -430,6 +402,43 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
         token_url,
         revocation_url,
     })
+}
+
+/// A `params` key the user set that no URL uses is a typo (`tennant`), which
+/// would otherwise leave the preset's default in place without a word. (A
+/// preset's own default may go unused when the user replaces its URLs.)
+fn check_params_are_used<'a>(
+    settings: &ProviderSettings,
+    mut user_keys: impl Iterator<Item = &'a String>,
+) -> Result<(), FieldProblem> {
+    let templates = [
+        Some(&settings.authorize_url),
+        Some(&settings.token_url),
+        settings.revocation_url.as_ref(),
+        settings.api_base_url.as_ref(),
+    ];
+    let used = |key: &str| templates.iter().flatten().any(|t| t.contains(&format!("{{{key}}}")));
+    match user_keys.find(|key| !used(key)) {
+        None => Ok(()),
+        Some(unused) => {
+            let mut known: Vec<String> = settings
+                .params
+                .keys()
+                .filter(|k| used(k))
+                .map(|k| format!("`{k}`"))
+                .collect();
+            known.dedup();
+            let known = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            };
+            Err((
+                "params",
+                format!("no URL of this provider uses `{{{unused}}}` (its parameters: {known})"),
+            ))
+        }
+    }
 }
 
 fn validate_sync(sync: &Sync, providers: &BTreeMap<String, Provider>) -> Result<(), FieldProblem> {
@@ -465,10 +474,7 @@ fn validate_sync(sync: &Sync, providers: &BTreeMap<String, Provider>) -> Result<
         ));
     }
     if sync.mode == SyncMode::Incremental && sync.cursor_field.is_none() {
-        return Err((
-            "cursor_field",
-            "an incremental sync needs `cursor_field`".to_owned(),
-        ));
+        return Err(("cursor_field", "an incremental sync needs `cursor_field`".to_owned()));
     }
     if sync.interval_secs < 60 {
         return Err((
@@ -492,9 +498,7 @@ pub fn parse_http_url(text: &str) -> Result<Url, String> {
 
 fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
     let text = String::deserialize(d)?;
-    parse_http_url(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    parse_http_url(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn de_url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Url>, D::Error> {

@@ -323,9 +323,7 @@ impl ProviderSettings {
     /// Is this answer from the token endpoint one of the provider's ways of
     /// saying the refresh token is dead?
     pub fn is_dead_token(&self, status: u16, body: &serde_json::Value) -> bool {
-        self.dead_token
-            .iter()
-            .any(|rule| rule.matches(status, body))
+        self.dead_token.iter().any(|rule| rule.matches(status, body))
     }
 }
 
@@ -339,8 +337,7 @@ impl DeadTokenRule {
         }
         match &self.message_contains {
             None => true,
-            Some(needle) => provider_message(body)
-                .is_some_and(|m| m.to_lowercase().contains(&needle.to_lowercase())),
+            Some(needle) => provider_message(body).is_some_and(|m| m.to_lowercase().contains(&needle.to_lowercase())),
         }
     }
 }

@@ -7,13 +7,7 @@ use std::collections::BTreeMap;
 /// Placeholders a URL may keep until a connection fills them: Salesforce's
 /// `instance_url` and Zoho's `api_domain` (token response), Exact Online's
 /// `division`, QuickBooks' `realm_id`, Xero's `tenant_id`.
-pub const CONNECTION_PLACEHOLDERS: &[&str] = &[
-    "instance_url",
-    "api_domain",
-    "division",
-    "realm_id",
-    "tenant_id",
-];
+pub const CONNECTION_PLACEHOLDERS: &[&str] = &["instance_url", "api_domain", "division", "realm_id", "tenant_id"];
 
 /// A placeholder that has no value, or a brace that does not close.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,12 +61,7 @@ mod tests {
             Ok("https://h/contoso/t")
         );
         assert_eq!(
-            fill_template(
-                "{instance_url}/x/{tenant}",
-                &params,
-                CONNECTION_PLACEHOLDERS
-            )
-            .as_deref(),
+            fill_template("{instance_url}/x/{tenant}", &params, CONNECTION_PLACEHOLDERS).as_deref(),
             Ok("{instance_url}/x/contoso")
         );
         assert_eq!(

@@ -13,13 +13,9 @@ fn err(text: &str) -> ConfigError {
 
 #[test]
 fn presets_file_parses_and_names_every_preset_but_generic() {
-    let tables: BTreeMap<String, toml::Table> =
-        toml::from_str(PRESETS_TOML).expect("presets.toml parses");
+    let tables: BTreeMap<String, toml::Table> = toml::from_str(PRESETS_TOML).expect("presets.toml parses");
     for preset in PresetName::ALL {
-        assert!(
-            tables.contains_key(preset.as_str()),
-            "presets.toml lacks [{preset}]"
-        );
+        assert!(tables.contains_key(preset.as_str()), "presets.toml lacks [{preset}]");
     }
     assert_eq!(
         tables.len(),
@@ -30,10 +26,7 @@ fn presets_file_parses_and_names_every_preset_but_generic() {
 
 #[test]
 fn every_preset_resolves_with_only_a_credentials_secret() {
-    for preset in PresetName::ALL
-        .into_iter()
-        .filter(|p| *p != PresetName::Generic)
-    {
+    for preset in PresetName::ALL.into_iter().filter(|p| *p != PresetName::Generic) {
         let text = format!("[providers.p]\npreset = \"{preset}\"\ncredentials_secret = \"s\"\n");
         let config = parse(&text).unwrap_or_else(|e| panic!("{preset}: {e}"));
         let provider = &config.providers["p"];
@@ -44,10 +37,7 @@ fn every_preset_resolves_with_only_a_credentials_secret() {
             provider.settings.pagination.is_some(),
             "{preset} has no pagination style"
         );
-        assert!(
-            provider.settings.api_base_url.is_some(),
-            "{preset} has no api_base_url"
-        );
+        assert!(provider.settings.api_base_url.is_some(), "{preset} has no api_base_url");
     }
 }
 
@@ -80,10 +70,7 @@ fn preset_facts() {
 
     let google = PresetName::Google.settings();
     assert_eq!(
-        google
-            .authorize_params
-            .get("access_type")
-            .map(String::as_str),
+        google.authorize_params.get("access_type").map(String::as_str),
         Some("offline")
     );
     assert_eq!(
@@ -102,17 +89,9 @@ fn preset_facts() {
             .is_some_and(|u| u.starts_with("{instance_url}"))
     );
 
-    assert_eq!(
-        PresetName::Quickbooks.settings().client_auth,
-        ClientAuth::Basic
-    );
+    assert_eq!(PresetName::Quickbooks.settings().client_auth, ClientAuth::Basic);
     assert!(!PresetName::Hubspot.settings().rotates_refresh_tokens);
-    assert!(
-        PresetName::Zoho
-            .settings()
-            .authorize_params
-            .contains_key("access_type")
-    );
+    assert!(PresetName::Zoho.settings().authorize_params.contains_key("access_type"));
     assert_eq!(
         PresetName::Dropbox
             .settings()
@@ -155,11 +134,7 @@ fn each_preset_recognises_its_dead_token_answer() {
             json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}),
         ),
         (PresetName::Xero, 400, json!({"error": "invalid_grant"})),
-        (
-            PresetName::Quickbooks,
-            400,
-            json!({"error": "invalid_grant"}),
-        ),
+        (PresetName::Quickbooks, 400, json!({"error": "invalid_grant"})),
         (
             PresetName::Hubspot,
             400,
@@ -196,16 +171,8 @@ fn each_preset_recognises_its_dead_token_answer() {
             401,
             json!({"error": "unauthorized_client", "error_description": "Client not allowed."}),
         ),
-        (
-            PresetName::Microsoft,
-            401,
-            json!({"error": "invalid_client"}),
-        ),
-        (
-            PresetName::Hubspot,
-            500,
-            json!({"status": "BAD_REFRESH_TOKEN"}),
-        ),
+        (PresetName::Microsoft, 401, json!({"error": "invalid_client"})),
+        (PresetName::Hubspot, 500, json!({"status": "BAD_REFRESH_TOKEN"})),
     ];
     for (preset, status, body) in not_dead {
         assert!(
@@ -268,10 +235,7 @@ interval_secs = 900
         "https://start.exactonline.be/api/oauth2/auth"
     );
     assert_eq!(exact.token_url.as_str(), "http://127.0.0.1:9000/token");
-    assert_eq!(
-        exact.settings.min_refresh_interval_secs, 570,
-        "preset value kept"
-    );
+    assert_eq!(exact.settings.min_refresh_interval_secs, 570, "preset value kept");
     let local = &config.providers["local"];
     assert_eq!(local.settings.client_auth, ClientAuth::Basic);
     assert_eq!(local.settings.reuse_grace_secs, 30);
@@ -291,9 +255,7 @@ interval_secs = 900
 
 #[test]
 fn unknown_key_is_named_with_its_line() {
-    let e = err(
-        "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\ntokn_url = \"https://x\"\n",
-    );
+    let e = err("[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\ntokn_url = \"https://x\"\n");
     assert_eq!((e.file.as_str(), e.line), ("oauth-sync.toml", 4), "{e}");
     assert!(e.field.starts_with("providers.exact"), "{e}");
     assert!(e.message.contains("unknown field `tokn_url`"), "{e}");
@@ -313,19 +275,11 @@ fn bad_url_is_named_with_its_line() {
     let e = err(
         "[providers.g]\npreset = \"generic\"\ncredentials_secret = \"s\"\nauthorize_url = \"https://a.example/auth\"\ntoken_url = \"htp:/nowhere\"\n",
     );
-    assert_eq!(
-        (e.line, e.field.as_str()),
-        (5, "providers.g.token_url"),
-        "{e}"
-    );
+    assert_eq!((e.line, e.field.as_str()), (5, "providers.g.token_url"), "{e}");
     assert!(e.message.contains("invalid URL `htp:/nowhere`"), "{e}");
 
     let e = err("[service]\ncallback_url = \"not a url\"\n");
-    assert_eq!(
-        (e.line, e.field.as_str()),
-        (2, "service.callback_url"),
-        "{e}"
-    );
+    assert_eq!((e.line, e.field.as_str()), (2, "service.callback_url"), "{e}");
     assert!(e.message.contains("invalid URL"), "{e}");
 }
 
@@ -334,11 +288,7 @@ fn missing_fields_are_named() {
     let e = err(
         "[providers.g]\npreset = \"generic\"\ncredentials_secret = \"s\"\nauthorize_url = \"https://a.example/auth\"\n",
     );
-    assert_eq!(
-        (e.line, e.field.as_str()),
-        (1, "providers.g.token_url"),
-        "{e}"
-    );
+    assert_eq!((e.line, e.field.as_str()), (1, "providers.g.token_url"), "{e}");
     assert!(e.message.contains("missing field `token_url`"), "{e}");
 
     let e = err("[providers.g]\npreset = \"google\"\n");
@@ -348,9 +298,7 @@ fn missing_fields_are_named() {
     assert_eq!(e.field, "providers.g.preset", "{e}");
     assert!(e.message.contains("exact_online"), "lists the presets: {e}");
 
-    let e = err(
-        "[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n\n[syncs.s]\nprovider = \"g\"\n",
-    );
+    let e = err("[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n\n[syncs.s]\nprovider = \"g\"\n");
     assert!(e.field.starts_with("syncs.s"), "{e}");
     assert!(e.message.contains("missing field `endpoint`"), "{e}");
     assert_eq!(e.line, 5, "{e}");
@@ -372,25 +320,27 @@ fn semantic_mistakes_are_located() {
     let e = err(
         "[providers.ms]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\ntoken_url = \"https://login.example/{tennant}/token\"\n",
     );
-    assert_eq!(
-        (e.line, e.field.as_str()),
-        (4, "providers.ms.token_url"),
+    assert_eq!((e.line, e.field.as_str()), (4, "providers.ms.token_url"), "{e}");
+    assert!(e.message.contains("params.tennant"), "{e}");
+
+    // A misspelt URL parameter would silently keep the preset's default.
+    let e =
+        err("[providers.ms]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\nparams = { tennant = \"contoso\" }\n");
+    assert_eq!((e.line, e.field.as_str()), (4, "providers.ms.params"), "{e}");
+    assert!(
+        e.message.contains("`{tennant}`") && e.message.contains("`tenant`"),
         "{e}"
     );
-    assert!(e.message.contains("params.tennant"), "{e}");
+
+    // Replacing the URLs leaves the preset's own `tenant` unused, which is fine.
+    parse("[providers.ms]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\nauthorize_url = \"https://a.example/a\"\ntoken_url = \"https://a.example/t\"\n")
+        .expect("preset params may go unused");
 
     // Inline credentials are refused with the fix named.
     let e = err(&format!("{base}client_secret = \"hunter2\"\n"));
-    assert_eq!(
-        (e.line, e.field.as_str()),
-        (4, "providers.ms.client_secret"),
-        "{e}"
-    );
+    assert_eq!((e.line, e.field.as_str()), (4, "providers.ms.client_secret"), "{e}");
     assert!(e.message.contains("Secrets Manager"), "{e}");
-    assert!(
-        !e.to_string().contains("hunter2"),
-        "the secret is not echoed: {e}"
-    );
+    assert!(!e.to_string().contains("hunter2"), "the secret is not echoed: {e}");
 
     // A sync naming a provider that does not exist.
     let e = err(&format!(
@@ -406,14 +356,8 @@ fn semantic_mistakes_are_located() {
     assert_eq!(e.field, "syncs.c.cursor_field", "{e}");
 
     // Exact Online refuses early refreshes.
-    let e = err(
-        "[providers.e]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\nrefresh_lead_secs = 300\n",
-    );
-    assert_eq!(
-        (e.line, e.field.as_str()),
-        (4, "providers.e.refresh_lead_secs"),
-        "{e}"
-    );
+    let e = err("[providers.e]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\nrefresh_lead_secs = 300\n");
+    assert_eq!((e.line, e.field.as_str()), (4, "providers.e.refresh_lead_secs"), "{e}");
 
     // A wrong type.
     let e = err(&format!("{base}pkce = \"yes\"\n"));

@@ -20,14 +20,11 @@ async fn main() -> anyhow::Result<()> {
     let mut port = 0u16;
     let mut overrides = Vec::new();
     while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
+        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--preset" => {
-                let preset: PresetName =
-                    serde_json::from_value(serde_json::Value::String(value.clone()))
-                        .with_context(|| format!("unknown preset `{value}`"))?;
+                let preset: PresetName = serde_json::from_value(serde_json::Value::String(value.clone()))
+                    .with_context(|| format!("unknown preset `{value}`"))?;
                 config = SimConfig::for_preset(preset);
             }
             "--port" => port = value.parse().context("--port")?,
@@ -39,12 +36,9 @@ async fn main() -> anyhow::Result<()> {
             "--client-id" => config.client_id = value,
             "--client-secret" => config.client_secret = value,
             "--access-ttl-secs" => {
-                config.access_token_ttl =
-                    Duration::from_secs(value.parse().context("--access-ttl-secs")?)
+                config.access_token_ttl = Duration::from_secs(value.parse().context("--access-ttl-secs")?)
             }
-            "--grace-secs" => {
-                config.reuse_grace = Duration::from_secs(value.parse().context("--grace-secs")?)
-            }
+            "--grace-secs" => config.reuse_grace = Duration::from_secs(value.parse().context("--grace-secs")?),
             "--rotate" => config.rotate_refresh_tokens = value.parse().context("--rotate")?,
             other => bail!("unknown flag {other}"),
         }

@@ -8,9 +8,7 @@ use oauth_sync_tests::template::{create_tables, template_path};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let prefix = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "oauth-sync-".to_owned());
+    let prefix = std::env::args().nth(1).unwrap_or_else(|| "oauth-sync-".to_owned());
     let config = shared::aws::load_sdk_config().await;
     let client = aws_sdk_dynamodb::Client::new(&config);
     let names = create_tables(&client, &template_path(), &prefix)

@@ -217,10 +217,7 @@ impl Simulator {
     }
 
     pub fn config(&self) -> SimConfig {
-        self.config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Changes the behaviour from now on (e.g. a shorter access-token lifetime).
@@ -280,28 +277,20 @@ impl Simulator {
             return Err("unknown client_id".to_owned());
         }
         let redirect_uri = get("redirect_uri");
-        let mut redirect =
-            url::Url::parse(redirect_uri).map_err(|_| "redirect_uri is not a URL".to_owned())?;
-        if !config.redirect_uris.is_empty()
-            && !config.redirect_uris.iter().any(|u| u == redirect_uri)
-        {
+        let mut redirect = url::Url::parse(redirect_uri).map_err(|_| "redirect_uri is not a URL".to_owned())?;
+        if !config.redirect_uris.is_empty() && !config.redirect_uris.iter().any(|u| u == redirect_uri) {
             return Err("redirect_uri is not registered for this client".to_owned());
         }
         let mut params: Vec<(&str, String)> = Vec::new();
         let challenge = query.get("code_challenge").cloned();
         if get("response_type") != "code" {
             params.push(("error", "unsupported_response_type".to_owned()));
-        } else if config.require_pkce
-            && (challenge.is_none() || get("code_challenge_method") != "S256")
-        {
+        } else if config.require_pkce && (challenge.is_none() || get("code_challenge_method") != "S256") {
             params.push(("error", "invalid_request".to_owned()));
             params.push(("error_description", "PKCE with S256 is required".to_owned()));
         } else if std::mem::take(&mut state.deny_next_authorize) {
             params.push(("error", "access_denied".to_owned()));
-            params.push((
-                "error_description",
-                "The user denied the request".to_owned(),
-            ));
+            params.push(("error_description", "The user denied the request".to_owned()));
         } else {
             let code = new_token("code");
             let scopes = get("scope").split_whitespace().map(str::to_owned).collect();
@@ -368,19 +357,13 @@ impl Simulator {
             return invalid_grant("redirect_uri does not match the authorization request");
         }
         if let Some(challenge) = &record.challenge {
-            let verifier = form
-                .get("code_verifier")
-                .map(String::as_str)
-                .unwrap_or_default();
+            let verifier = form.get("code_verifier").map(String::as_str).unwrap_or_default();
             if shared::crypto::Pkce::challenge_of(verifier) != *challenge {
                 state.counters.pkce_failures += 1;
                 return invalid_grant("PKCE verification failed");
             }
         }
-        let scopes = config
-            .granted_scopes
-            .clone()
-            .unwrap_or_else(|| record.scopes.clone());
+        let scopes = config.granted_scopes.clone().unwrap_or_else(|| record.scopes.clone());
         let family = state.families.len();
         state.families.push(Family {
             revoked: false,
@@ -453,8 +436,8 @@ impl Simulator {
         let token = form.get("token").cloned().unwrap_or_default();
         if let Some(family) = state.refresh_tokens.get(&token).map(|r| r.family) {
             revoke_family(&mut state, family);
-        } else if let Some(access) = state.access_tokens.remove(&token) {
-            drop(access);
+        } else {
+            state.access_tokens.remove(&token);
         }
         (200, serde_json::json!({}))
     }
@@ -470,10 +453,7 @@ impl Simulator {
     }
 
     fn base_url(&self) -> String {
-        self.base_url
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.base_url.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -485,13 +465,9 @@ fn new_token(prefix: &str) -> String {
 
 fn new_refresh_token(state: &mut State, family: usize) -> String {
     let token = new_token("rt");
-    state.refresh_tokens.insert(
-        token.clone(),
-        RefreshRecord {
-            family,
-            retired: None,
-        },
-    );
+    state
+        .refresh_tokens
+        .insert(token.clone(), RefreshRecord { family, retired: None });
     state.families[family].live_refresh_token = Some(token.clone());
     token
 }
@@ -536,13 +512,7 @@ fn dead_token(preset: PresetName, description: &str) -> Answer {
 }
 
 /// A successful token answer in the preset's shape.
-fn issue(
-    config: &SimConfig,
-    state: &mut State,
-    family: usize,
-    refresh: Option<String>,
-    base_url: String,
-) -> Answer {
+fn issue(config: &SimConfig, state: &mut State, family: usize, refresh: Option<String>, base_url: String) -> Answer {
     use serde_json::{Value, json};
     let access = new_token("at");
     let expires = Instant::now() + config.access_token_ttl;

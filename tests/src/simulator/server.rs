@@ -47,10 +47,7 @@ impl Drop for SimulatorHandle {
 #[derive(Clone)]
 struct Kill(Arc<Notify>);
 
-pub(super) async fn serve(
-    sim: Arc<Simulator>,
-    addr: SocketAddr,
-) -> std::io::Result<SimulatorHandle> {
+pub(super) async fn serve(sim: Arc<Simulator>, addr: SocketAddr) -> std::io::Result<SimulatorHandle> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let base_url = format!("http://{addr}");
@@ -74,11 +71,10 @@ pub(super) async fn serve(
                 },
             };
             let kill = Arc::new(Notify::new());
-            let service =
-                TowerToHyperService::new(router.clone().layer(Extension(Kill(kill.clone()))));
+            let service = TowerToHyperService::new(router.clone().layer(Extension(Kill(kill.clone()))));
             tokio::spawn(async move {
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
+                let connection =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
                 tokio::select! {
                     _ = connection => {}
                     // Dropping the connection closes the socket, unanswered.
@@ -95,17 +91,12 @@ pub(super) async fn serve(
     })
 }
 
-async fn authorize(
-    State(sim): State<Arc<Simulator>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
+async fn authorize(State(sim): State<Arc<Simulator>>, Query(query): Query<HashMap<String, String>>) -> Response {
     match sim.authorize(&query) {
         Ok(location) => (StatusCode::FOUND, [(header::LOCATION, location)]).into_response(),
         Err(problem) => (
             StatusCode::BAD_REQUEST,
-            Html(format!(
-                "<h1>Bad authorization request</h1><p>{problem}</p>"
-            )),
+            Html(format!("<h1>Bad authorization request</h1><p>{problem}</p>")),
         )
             .into_response(),
     }
@@ -124,17 +115,10 @@ async fn token(
         _ => return answer((400, serde_json::json!({"error": "unsupported_grant_type"}))),
     };
     sim.count(Some(grant));
-    with_faults(
-        &sim,
-        &kill,
-        grant,
-        &headers,
-        &form,
-        |sim, form| match grant {
-            Grant::AuthorizationCode => sim.exchange_code(form),
-            _ => sim.refresh(form),
-        },
-    )
+    with_faults(&sim, &kill, grant, &headers, &form, |sim, form| match grant {
+        Grant::AuthorizationCode => sim.exchange_code(form),
+        _ => sim.refresh(form),
+    })
     .await
 }
 
@@ -146,15 +130,7 @@ async fn revoke(
 ) -> Response {
     let form = parse_form(&body);
     sim.count(Some(Grant::Revoke));
-    with_faults(
-        &sim,
-        &kill,
-        Grant::Revoke,
-        &headers,
-        &form,
-        Simulator::revoke,
-    )
-    .await
+    with_faults(&sim, &kill, Grant::Revoke, &headers, &form, Simulator::revoke).await
 }
 
 /// Authenticates the client and processes the request, with whatever fault is queued.
@@ -168,19 +144,14 @@ async fn with_faults(
 ) -> Response {
     let fault = sim.take_fault(grant);
     if let Some(Fault::Status { status }) = fault {
-        return answer((
-            status,
-            serde_json::json!({"error": "temporarily_unavailable"}),
-        ));
+        return answer((status, serde_json::json!({"error": "temporarily_unavailable"})));
     }
     if let Err(refused) = sim.authenticate(basic_credentials(headers), form) {
         return answer(refused);
     }
     let result = process(sim, form);
     match fault {
-        Some(Fault::DelayAfterProcessing { millis }) => {
-            tokio::time::sleep(Duration::from_millis(millis)).await
-        }
+        Some(Fault::DelayAfterProcessing { millis }) => tokio::time::sleep(Duration::from_millis(millis)).await,
         Some(Fault::DropAfterProcessing) => {
             sim.note_dropped();
             kill.0.notify_one();
@@ -225,9 +196,7 @@ fn answer((status, body): Answer) -> Response {
 }
 
 fn parse_form(body: &str) -> HashMap<String, String> {
-    url::form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect()
+    url::form_urlencoded::parse(body.as_bytes()).into_owned().collect()
 }
 
 /// RFC 6749 §2.3.1: base64, then form-urldecode id and secret. A client that
@@ -238,12 +207,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
         .to_str()
         .ok()?
         .strip_prefix("Basic ")?;
-    let decoded = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(value)
-            .ok()?,
-    )
-    .ok()?;
+    let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(value).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
     let unescape = |s: &str| {
         url::form_urlencoded::parse(format!("x={s}").as_bytes())

@@ -1,0 +1,53 @@
+//! What every binary does before its first request: build the AWS clients
+//! once and load the configuration, failing at start-up rather than mid-request.
+//!
+//! The configuration comes from the file named by `OAUTH_SYNC_CONFIG`, or,
+//! in Lambda, from the Secrets Manager secret named by
+//! `OAUTH_SYNC_CONFIG_SECRET` (set by infra/template.yaml).
+
+use crate::aws::AwsClients;
+use crate::config::{CONFIG_ENV, Config, ConfigError};
+use crate::secrets::{SecretStore, SecretsError};
+
+/// The environment variable naming the secret that holds the configuration text.
+pub const CONFIG_SECRET_ENV: &str = "OAUTH_SYNC_CONFIG_SECRET";
+
+/// Why a binary cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("configuration secret: {0}")]
+    Secret(#[from] SecretsError),
+}
+
+/// Clients and configuration, built once per process and borrowed by handlers.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub config: Config,
+    pub aws: AwsClients,
+    pub secrets: SecretStore,
+}
+
+impl App {
+    pub async fn from_env() -> Result<App, StartupError> {
+        let aws = AwsClients::from_env().await;
+        let secrets = SecretStore::new(aws.secrets.clone());
+        let config = load_config(&secrets).await?;
+        Ok(App { config, aws, secrets })
+    }
+}
+
+/// `OAUTH_SYNC_CONFIG_SECRET` when set, else the file of `OAUTH_SYNC_CONFIG`.
+pub async fn load_config(secrets: &SecretStore) -> Result<Config, StartupError> {
+    match std::env::var(CONFIG_SECRET_ENV) {
+        Ok(name) if !name.is_empty() => {
+            let text = secrets.text(&name).await?;
+            Ok(Config::parse(&text, &format!("secret {name}"))?)
+        }
+        _ => {
+            tracing::debug!(variable = CONFIG_ENV, "reading the configuration file");
+            Ok(Config::from_env()?)
+        }
+    }
+}
