@@ -143,3 +143,49 @@ pub fn http(timeout: std::time::Duration) -> reqwest::Client {
     #[allow(clippy::expect_used)]
     shared::oauth::http_client(timeout).expect("http client")
 }
+
+/// A simulator with the product's OAuth client set up against it.
+#[derive(Debug)]
+pub struct OauthFixture {
+    pub sim: SimulatorHandle,
+    pub http: reqwest::Client,
+    pub provider: shared::config::Provider,
+    pub credentials: shared::oauth::ClientCredentials,
+}
+
+impl OauthFixture {
+    /// Starts a simulator; the client's calls time out after `timeout`.
+    pub async fn start(config: SimConfig, timeout: std::time::Duration) -> OauthFixture {
+        let sim = simulator(config).await;
+        let provider = provider_for(&sim);
+        let credentials = credentials_for(&sim);
+        OauthFixture {
+            sim,
+            http: http(timeout),
+            provider,
+            credentials,
+        }
+    }
+
+    pub fn endpoint(&self) -> shared::oauth::TokenEndpoint<'_> {
+        shared::oauth::TokenEndpoint {
+            provider: &self.provider,
+            credentials: &self.credentials,
+            http: &self.http,
+        }
+    }
+
+    /// A whole login: authorize with PKCE, exchange the code.
+    pub async fn login(&self) -> shared::oauth::TokenSet {
+        login(&self.sim, &self.http).await
+    }
+
+    /// Does the simulator's API accept this access token?
+    pub async fn api_accepts(&self, token: &str) -> bool {
+        let response = self.http.get(self.sim.url("/api/me")).bearer_auth(token).send().await;
+        response
+            .unwrap_or_else(|e| panic!("api call: {e}"))
+            .status()
+            .is_success()
+    }
+}
