@@ -13,8 +13,10 @@
 
 pub mod aws;
 pub mod config;
+pub mod connection;
 pub mod crypto;
 pub mod oauth;
+pub mod refresh;
 pub mod runtime;
 pub mod secret;
 pub mod secrets;

@@ -1,0 +1,653 @@
+//! The connections table in DynamoDB: every read and every token write.
+//!
+//! Each write is conditional. A write that loses its condition comes back as
+//! [`Write::Conflict`] with the item as it is now (DynamoDB's
+//! `ReturnValuesOnConditionCheckFailure`), so the caller decides from facts,
+//! not guesses: "was that my commit whose response got lost?" is answered by
+//! the `commit_id` in the returned item.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+
+use super::{Connection, ConnectionId, ConnectionKind, Lease, Sealed, Status, now_ms};
+
+/// DynamoDB calls made, for the benchmark and for tests that count them.
+#[derive(Debug, Default)]
+pub struct OpCounts {
+    pub reads: AtomicU64,
+    pub writes: AtomicU64,
+    pub queries: AtomicU64,
+}
+
+impl OpCounts {
+    /// (reads, writes, queries)
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.reads.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+            self.queries.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DynamoDB {operation} on table {table} failed")]
+    Dynamo {
+        operation: &'static str,
+        table: String,
+        /// Throttling, a 5xx, a timeout or a connection failure: worth retrying.
+        transient: bool,
+        #[source]
+        source: Box<aws_sdk_dynamodb::Error>,
+    },
+    #[error("connection {id}: the stored item is malformed ({reason})")]
+    Malformed { id: String, reason: String },
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Dynamo { transient: true, .. })
+    }
+}
+
+/// The result of a conditional write.
+#[derive(Debug)]
+pub enum Write {
+    Done,
+    /// The condition did not hold; the item as it is now, when it exists.
+    Conflict(Option<Box<Connection>>),
+}
+
+/// The tokens of a successful login, sealed, for [`ConnectionStore::save_login`].
+#[derive(Debug, Clone)]
+pub struct NewLogin {
+    pub id: ConnectionId,
+    pub provider: String,
+    pub kind: ConnectionKind,
+    pub access_token: Sealed,
+    /// `None` keeps the refresh token the connection already has, if any.
+    pub refresh_token: Option<Sealed>,
+    pub access_expires_at: i64,
+    pub scopes: Vec<String>,
+    pub refresh_due_at: i64,
+    pub instance_url: Option<String>,
+    pub api_domain: Option<String>,
+}
+
+/// A refreshed token set, sealed, for [`ConnectionStore::commit`].
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub id: ConnectionId,
+    /// The version the lease was taken on; the commit writes `seen_version + 1`.
+    pub seen_version: u64,
+    pub owner: String,
+    pub commit_id: String,
+    pub access_token: Sealed,
+    /// `None` when the provider returned no new refresh token: the old one stays.
+    pub refresh_token: Option<Sealed>,
+    pub access_expires_at: i64,
+    pub scopes: Option<Vec<String>>,
+    pub refresh_due_at: i64,
+    pub instance_url: Option<String>,
+}
+
+/// The connections table.
+#[derive(Debug, Clone)]
+pub struct ConnectionStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    ops: Arc<OpCounts>,
+}
+
+const LEASE_FIELDS: &str = "lease_owner, lease_until, lease_taken_at";
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn b(value: &Sealed) -> AttributeValue {
+    AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(value.0.clone()))
+}
+
+fn is_transient<E>(error: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> bool {
+    match error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
+        _ => false,
+    }
+}
+
+impl ConnectionStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> ConnectionStore {
+        ConnectionStore {
+            client,
+            table: table.into(),
+            ops: Arc::new(OpCounts::default()),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn ops(&self) -> &OpCounts {
+        &self.ops
+    }
+
+    fn fail<E>(
+        &self,
+        operation: &'static str,
+        error: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    ) -> StoreError
+    where
+        aws_sdk_dynamodb::Error: From<SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
+    {
+        let transient = is_transient(&error);
+        let source = aws_sdk_dynamodb::Error::from(error);
+        let transient = transient
+            || matches!(
+                source,
+                aws_sdk_dynamodb::Error::ProvisionedThroughputExceededException(_)
+                    | aws_sdk_dynamodb::Error::RequestLimitExceeded(_)
+                    | aws_sdk_dynamodb::Error::InternalServerError(_)
+                    | aws_sdk_dynamodb::Error::ThrottlingException(_)
+            );
+        StoreError::Dynamo {
+            operation,
+            table: self.table.clone(),
+            transient,
+            source: Box::new(source),
+        }
+    }
+
+    /// A strongly consistent read: the protocol never decides on stale data.
+    pub async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        self.ops.reads.fetch_add(1, Ordering::Relaxed);
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("id", s(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.fail("GetItem", e))?;
+        output.item.map(from_item).transpose()
+    }
+
+    /// Stores the tokens of a login: creates the connection at version 1, or
+    /// gives an existing one (same id) new tokens at the next version, active
+    /// again whatever its status was.
+    pub async fn save_login(&self, login: &NewLogin) -> Result<Connection, StoreError> {
+        for _ in 0..8 {
+            let now = now_ms();
+            let existing = self.get(&login.id).await?;
+            let written = match &existing {
+                None => self.create(login, now).await?,
+                Some(current) => self.replace_tokens(login, current.token_version, now).await?,
+            };
+            if let Write::Done = written
+                && let Some(connection) = self.get(&login.id).await?
+            {
+                return Ok(connection);
+            }
+        }
+        Err(StoreError::Malformed {
+            id: login.id.to_string(),
+            reason: "the login kept losing to concurrent writes".into(),
+        })
+    }
+
+    async fn create(&self, login: &NewLogin, now: i64) -> Result<Write, StoreError> {
+        self.ops.writes.fetch_add(1, Ordering::Relaxed);
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("id", s(login.id.as_str()))
+            .item("provider", s(&login.provider))
+            .item("kind", s(login.kind.as_str()))
+            .item("status", s(Status::Active.as_str()))
+            .item("access_token", b(&login.access_token))
+            .item("access_expires_at", n(login.access_expires_at))
+            .item("scopes", s(&login.scopes.join(" ")))
+            .item("token_version", n(1))
+            .item("consecutive_failures", n(0))
+            .item("due_shard", s(&login.id.due_shard()))
+            .item("refresh_due_at", n(login.refresh_due_at))
+            .item("last_refresh_at", n(now))
+            .item("created_at", n(now))
+            .item("updated_at", n(now))
+            .condition_expression("attribute_not_exists(id)");
+        if let Some(refresh) = &login.refresh_token {
+            request = request.item("refresh_token", b(refresh));
+        }
+        for (key, value) in [("instance_url", &login.instance_url), ("api_domain", &login.api_domain)] {
+            if let Some(value) = value {
+                request = request.item(key, s(value));
+            }
+        }
+        match request.send().await {
+            Ok(_) => Ok(Write::Done),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Write::Conflict(None))
+            }
+            Err(e) => Err(self.fail("PutItem", e)),
+        }
+    }
+
+    async fn replace_tokens(&self, login: &NewLogin, seen: u64, now: i64) -> Result<Write, StoreError> {
+        let mut set = vec![
+            "provider = :provider",
+            "kind = :kind",
+            "#status = :active",
+            "access_token = :access",
+            "access_expires_at = :expires",
+            "scopes = :scopes",
+            "token_version = :next",
+            "consecutive_failures = :zero",
+            "due_shard = :shard",
+            "refresh_due_at = :due",
+            "last_refresh_at = :now",
+            "updated_at = :now",
+        ];
+        let mut remove = vec![
+            "status_reason",
+            "provider_message",
+            "lease_owner",
+            "lease_until",
+            "lease_taken_at",
+            "next_attempt_at",
+            "outcome_unknown_since",
+        ];
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(login.id.as_str()))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":provider", s(&login.provider))
+            .expression_attribute_values(":kind", s(login.kind.as_str()))
+            .expression_attribute_values(":active", s(Status::Active.as_str()))
+            .expression_attribute_values(":access", b(&login.access_token))
+            .expression_attribute_values(":expires", n(login.access_expires_at))
+            .expression_attribute_values(":scopes", s(&login.scopes.join(" ")))
+            .expression_attribute_values(":seen", n(seen))
+            .expression_attribute_values(":next", n(seen + 1))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":shard", s(&login.id.due_shard()))
+            .expression_attribute_values(":due", n(login.refresh_due_at))
+            .expression_attribute_values(":now", n(now));
+        if let Some(refresh) = &login.refresh_token {
+            set.push("refresh_token = :refresh");
+            request = request.expression_attribute_values(":refresh", b(refresh));
+        }
+        for (key, placeholder, value) in [
+            ("instance_url", ":instance_url", &login.instance_url),
+            ("api_domain", ":api_domain", &login.api_domain),
+        ] {
+            match value {
+                Some(value) => {
+                    set.push(if key == "instance_url" {
+                        "instance_url = :instance_url"
+                    } else {
+                        "api_domain = :api_domain"
+                    });
+                    request = request.expression_attribute_values(placeholder, s(value));
+                }
+                None => remove.push(key),
+            }
+        }
+        let update = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
+        self.conditional_update(
+            "UpdateItem(login)",
+            request
+                .update_expression(update)
+                .condition_expression("token_version = :seen"),
+        )
+        .await
+    }
+
+    /// Takes the refresh lease, if the version is still `seen` and nobody holds a live lease.
+    pub async fn take_lease(
+        &self,
+        id: &ConnectionId,
+        seen: u64,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Write, StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id.as_str()))
+            .update_expression("SET lease_owner = :me, lease_until = :until, lease_taken_at = :now")
+            .condition_expression(
+                "token_version = :seen AND #status = :active AND (attribute_not_exists(lease_owner) OR lease_until < :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":seen", n(seen))
+            .expression_attribute_values(":active", s(Status::Active.as_str()));
+        self.conditional_update("UpdateItem(lease)", request).await
+    }
+
+    /// Takes over a lease whose holder vanished after it may have sent the
+    /// refresh, remembering when that send happened (`outcome_unknown_since`).
+    pub async fn take_over_lease(
+        &self,
+        id: &ConnectionId,
+        seen: u64,
+        abandoned: &Lease,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Write, StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id.as_str()))
+            .update_expression(
+                "SET lease_owner = :me, lease_until = :until, lease_taken_at = :now, \
+                 outcome_unknown_since = if_not_exists(outcome_unknown_since, :sent)",
+            )
+            .condition_expression("token_version = :seen AND lease_owner = :old AND lease_until < :now")
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":sent", n(abandoned.taken_at))
+            .expression_attribute_values(":seen", n(seen))
+            .expression_attribute_values(":old", s(&abandoned.owner));
+        self.conditional_update("UpdateItem(take over lease)", request).await
+    }
+
+    /// Extends the caller's own lease (before a grace-period resend).
+    pub async fn extend_lease(
+        &self,
+        id: &ConnectionId,
+        seen: u64,
+        owner: &str,
+        until: i64,
+    ) -> Result<Write, StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id.as_str()))
+            .update_expression("SET lease_until = :until")
+            .condition_expression("token_version = :seen AND lease_owner = :me")
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":seen", n(seen))
+            .expression_attribute_values(":me", s(owner));
+        self.conditional_update("UpdateItem(extend lease)", request).await
+    }
+
+    /// Commits a refreshed token set: version + 1, lease released, failures cleared.
+    pub async fn commit(&self, commit: &Commit) -> Result<Write, StoreError> {
+        let now = now_ms();
+        let mut set = vec![
+            "access_token = :access",
+            "access_expires_at = :expires",
+            "token_version = :next",
+            "commit_id = :commit",
+            "last_refresh_at = :now",
+            "last_refresh_outcome = :ok",
+            "consecutive_failures = :zero",
+            "refresh_due_at = :due",
+            "due_shard = :shard",
+            "updated_at = :now",
+        ];
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(commit.id.as_str()))
+            .expression_attribute_values(":access", b(&commit.access_token))
+            .expression_attribute_values(":expires", n(commit.access_expires_at))
+            .expression_attribute_values(":seen", n(commit.seen_version))
+            .expression_attribute_values(":next", n(commit.seen_version + 1))
+            .expression_attribute_values(":commit", s(&commit.commit_id))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":ok", s("ok"))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":due", n(commit.refresh_due_at))
+            .expression_attribute_values(":shard", s(&commit.id.due_shard()))
+            .expression_attribute_values(":me", s(&commit.owner));
+        if let Some(refresh) = &commit.refresh_token {
+            set.push("refresh_token = :refresh");
+            request = request.expression_attribute_values(":refresh", b(refresh));
+        }
+        if let Some(scopes) = &commit.scopes {
+            set.push("scopes = :scopes");
+            request = request.expression_attribute_values(":scopes", s(&scopes.join(" ")));
+        }
+        if let Some(instance_url) = &commit.instance_url {
+            set.push("instance_url = :instance_url");
+            request = request.expression_attribute_values(":instance_url", s(instance_url));
+        }
+        let update = format!(
+            "SET {} REMOVE {LEASE_FIELDS}, next_attempt_at, outcome_unknown_since",
+            set.join(", ")
+        );
+        let request = request
+            .update_expression(update)
+            .condition_expression("token_version = :seen AND lease_owner = :me");
+        self.conditional_update("UpdateItem(commit)", request).await
+    }
+
+    /// Releases the lease after a refresh that did not happen (the provider
+    /// was down or refused), recording the failure and when to try again.
+    pub async fn release_after_failure(
+        &self,
+        id: &ConnectionId,
+        seen: u64,
+        owner: &str,
+        outcome: &str,
+        failures: u32,
+        next_attempt_at: i64,
+    ) -> Result<Write, StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id.as_str()))
+            .update_expression(format!(
+                "SET last_refresh_outcome = :outcome, consecutive_failures = :failures, next_attempt_at = :next, \
+                 refresh_due_at = :next, updated_at = :now REMOVE {LEASE_FIELDS}"
+            ))
+            .condition_expression("token_version = :seen AND lease_owner = :me")
+            .expression_attribute_values(":outcome", s(outcome))
+            .expression_attribute_values(":failures", n(failures))
+            .expression_attribute_values(":next", n(next_attempt_at))
+            .expression_attribute_values(":now", n(now_ms()))
+            .expression_attribute_values(":seen", n(seen))
+            .expression_attribute_values(":me", s(owner));
+        self.conditional_update("UpdateItem(release)", request).await
+    }
+
+    /// Moves the connection to `needs_reauth` (out of the refresh-due index),
+    /// if the version is still `seen` and the caller holds the lease.
+    pub async fn mark_needs_reauth(
+        &self,
+        id: &ConnectionId,
+        seen: u64,
+        owner: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<Write, StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id.as_str()))
+            .update_expression(format!(
+                "SET #status = :needs, status_reason = :reason, provider_message = :message, \
+                 last_refresh_outcome = :reason, updated_at = :now REMOVE {LEASE_FIELDS}, due_shard, refresh_due_at"
+            ))
+            .condition_expression("token_version = :seen AND lease_owner = :me")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":needs", s(Status::NeedsReauth.as_str()))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":message", s(message))
+            .expression_attribute_values(":now", n(now_ms()))
+            .expression_attribute_values(":seen", n(seen))
+            .expression_attribute_values(":me", s(owner));
+        self.conditional_update("UpdateItem(needs_reauth)", request).await
+    }
+
+    /// Ids of active connections in `shard` whose refresh is due by `now`.
+    pub async fn due(&self, shard: &str, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
+        self.ops.queries.fetch_add(1, Ordering::Relaxed);
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name("refresh-due")
+            .key_condition_expression("due_shard = :shard AND refresh_due_at <= :now")
+            .expression_attribute_values(":shard", s(shard))
+            .expression_attribute_values(":now", n(now))
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| self.fail("Query(refresh-due)", e))?;
+        output
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(|item| match item.get("id") {
+                Some(AttributeValue::S(id)) => ConnectionId::parse(id).map_err(|e| StoreError::Malformed {
+                    id: id.clone(),
+                    reason: e.to_string(),
+                }),
+                _ => Err(StoreError::Malformed {
+                    id: "?".into(),
+                    reason: "index item without id".into(),
+                }),
+            })
+            .collect()
+    }
+
+    async fn conditional_update(
+        &self,
+        operation: &'static str,
+        request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    ) -> Result<Write, StoreError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+        self.ops.writes.fetch_add(1, Ordering::Relaxed);
+        let request = request.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match request.send().await {
+            Ok(_) => Ok(Write::Done),
+            Err(SdkError::ServiceError(service)) => match service.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => {
+                    let now = failed.item.map(from_item).transpose()?;
+                    Ok(Write::Conflict(now.map(Box::new)))
+                }
+                other => Err(StoreError::Dynamo {
+                    operation,
+                    table: self.table.clone(),
+                    transient: matches!(
+                        other,
+                        UpdateItemError::ProvisionedThroughputExceededException(_)
+                            | UpdateItemError::RequestLimitExceeded(_)
+                            | UpdateItemError::InternalServerError(_)
+                            | UpdateItemError::ThrottlingException(_)
+                    ),
+                    source: Box::new(aws_sdk_dynamodb::Error::from(other)),
+                }),
+            },
+            Err(e) => Err(self.fail(operation, e)),
+        }
+    }
+}
+
+fn from_item(item: HashMap<String, AttributeValue>) -> Result<Connection, StoreError> {
+    let id_text = match item.get("id") {
+        Some(AttributeValue::S(id)) => id.clone(),
+        _ => {
+            return Err(StoreError::Malformed {
+                id: "?".into(),
+                reason: "no id".into(),
+            });
+        }
+    };
+    let malformed = |reason: String| StoreError::Malformed {
+        id: id_text.clone(),
+        reason,
+    };
+    let id = ConnectionId::parse(&id_text).map_err(|e| malformed(e.to_string()))?;
+    let text = |key: &str| match item.get(key) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let number = |key: &str| -> Result<Option<i64>, StoreError> {
+        match item.get(key) {
+            Some(AttributeValue::N(v)) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| malformed(format!("{key} is not a number"))),
+            None => Ok(None),
+            Some(_) => Err(malformed(format!("{key} is not a number"))),
+        }
+    };
+    let sealed = |key: &str| match item.get(key) {
+        Some(AttributeValue::B(blob)) => Some(Sealed(blob.clone().into_inner())),
+        _ => None,
+    };
+    let required = |key: &str| text(key).ok_or_else(|| malformed(format!("no {key}")));
+    let lease = match (text("lease_owner"), number("lease_until")?) {
+        (Some(owner), Some(until)) => Some(Lease {
+            owner,
+            until,
+            taken_at: number("lease_taken_at")?.unwrap_or(until),
+        }),
+        _ => None,
+    };
+    let count = |key: &str| -> Result<u64, StoreError> {
+        number(key)?.map_or(Ok(0), |v| {
+            u64::try_from(v).map_err(|_| malformed(format!("{key} is negative")))
+        })
+    };
+    Ok(Connection {
+        provider: required("provider")?,
+        kind: ConnectionKind::parse(&required("kind")?).ok_or_else(|| malformed("unknown kind".into()))?,
+        status: Status::parse(&required("status")?).ok_or_else(|| malformed("unknown status".into()))?,
+        status_reason: text("status_reason"),
+        provider_message: text("provider_message"),
+        access_token: sealed("access_token"),
+        refresh_token: sealed("refresh_token"),
+        access_expires_at: number("access_expires_at")?,
+        scopes: text("scopes")
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        token_version: count("token_version")?,
+        lease,
+        commit_id: text("commit_id"),
+        last_refresh_at: number("last_refresh_at")?,
+        last_refresh_outcome: text("last_refresh_outcome"),
+        consecutive_failures: u32::try_from(count("consecutive_failures")?).unwrap_or(u32::MAX),
+        next_attempt_at: number("next_attempt_at")?,
+        outcome_unknown_since: number("outcome_unknown_since")?,
+        refresh_due_at: number("refresh_due_at")?,
+        instance_url: text("instance_url"),
+        api_domain: text("api_domain"),
+        created_at: number("created_at")?.unwrap_or_default(),
+        updated_at: number("updated_at")?.unwrap_or_default(),
+        id,
+    })
+}

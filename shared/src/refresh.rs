@@ -1,0 +1,686 @@
+//! The refresh protocol (DESIGN.md, invariants 1–6): a single-use refresh
+//! token is never sent twice concurrently, a rotated one is never lost, an old
+//! token set never overwrites a newer one, a send whose outcome is unknown is
+//! recorded, and a dead connection says so and stops.
+//!
+//! One call, one worker:
+//!
+//! 1. Consistent read: `token_version = v`, expiry, lease.
+//! 2. Fresh enough (or someone else just refreshed)? Use the access token.
+//! 3. Take the lease: a conditional write on `token_version = v` and no live
+//!    lease. Lost the race: wait for a version above `v` and use that.
+//! 4. Send the refresh, with a timeout `T` shorter than the lease; no send
+//!    starts with less than `T` of lease left.
+//! 5. Commit the new tokens with `token_version = v + 1`, conditional on
+//!    (`v`, lease owner = me), retrying with backoff while the lease lasts. A
+//!    lost response is resolved from the item DynamoDB returns with the failed
+//!    condition: is its `commit_id` mine?
+//!
+//! Failures: a dead-token answer moves the connection to `needs_reauth` with
+//! the provider's message (after a consistent re-read); a provider that is
+//! down releases the lease and backs off exponentially, with jitter, per
+//! connection; a send whose outcome is unknown (timeout, dropped connection,
+//! a worker that vanished holding the lease) is sent again only where that
+//! is safe — the provider does not rotate, or the retired token is still
+//! inside the provider's reuse grace period — and otherwise moves the
+//! connection to `needs_reauth` with reason `refresh_outcome_unknown`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, Provider, UnknownProvider};
+use crate::connection::store::{Commit, ConnectionStore, StoreError, Write};
+use crate::connection::{Connection, ConnectionId, DUE_SHARDS, Lease, Status, now_ms, reason, refresh_due_at};
+use crate::crypto::{CryptoError, KeyRing, random_token};
+use crate::oauth::{ClientCredentials, TokenEndpoint, TokenError, TokenSet, http_client};
+use crate::secret::{AccessToken, RefreshToken};
+use crate::secrets::{SecretStore, SecretsError};
+
+/// Timing of the protocol.
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    /// `T`: the token call's timeout.
+    pub token_timeout: Duration,
+    /// Lease time kept after `T` for committing (with retries).
+    pub commit_budget: Duration,
+    /// First backoff after a failed refresh; doubles per consecutive failure.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How often a worker that lost the lease race looks for the new version.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+}
+
+impl Default for RefreshSettings {
+    fn default() -> Self {
+        RefreshSettings {
+            token_timeout: Duration::from_secs(10),
+            commit_budget: Duration::from_secs(20),
+            base_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(3600),
+            poll_min: Duration::from_millis(50),
+            poll_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RefreshSettings {
+    fn lease_ms(&self) -> i64 {
+        millis(self.token_timeout + self.commit_budget)
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A usable access token.
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub access_token: AccessToken,
+    pub token_version: u64,
+    /// Epoch milliseconds.
+    pub expires_at: i64,
+    /// Whether this call refreshed it.
+    pub refreshed: bool,
+}
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("connection {0} does not exist")]
+    NotFound(ConnectionId),
+    #[error("connection {id} is {}{}", status.as_str(), reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    NotActive {
+        id: ConnectionId,
+        status: Status,
+        reason: Option<String>,
+        message: Option<String>,
+    },
+    #[error("connection {id} needs a new login ({reason}): {message}")]
+    NeedsReauth {
+        id: ConnectionId,
+        reason: &'static str,
+        message: String,
+    },
+    #[error("refreshing connection {id} failed ({cause}); next attempt at {until} (epoch ms)")]
+    RetryLater {
+        id: ConnectionId,
+        until: i64,
+        cause: String,
+    },
+    #[error("connection {id}: not enough time left in this invocation to refresh safely")]
+    Deadline { id: ConnectionId },
+    #[error("connection {id}: {source}")]
+    Store { id: ConnectionId, source: StoreError },
+    #[error("connection {id}: {source}")]
+    Crypto { id: ConnectionId, source: CryptoError },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    UnknownProvider(#[from] UnknownProvider),
+}
+
+/// What [`TokenService::refresh_due`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DueSummary {
+    pub due: u64,
+    pub refreshed: u64,
+    pub still_fresh: u64,
+    pub needs_reauth: u64,
+    pub retry_later: u64,
+    pub failed: u64,
+}
+
+/// Whether a call refreshes only when due, or now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    IfDue,
+    Force,
+}
+
+/// What one pass of the protocol concluded.
+enum Step {
+    Done(Fresh),
+    /// The connection changed under us: read it again.
+    Again,
+}
+
+/// The one entry point for access tokens: every function and the CLI go
+/// through it. Build it once per process.
+#[derive(Debug)]
+pub struct TokenService {
+    store: ConnectionStore,
+    keys: Arc<KeyRing>,
+    config: Arc<Config>,
+    secrets: SecretStore,
+    credentials: Mutex<HashMap<String, ClientCredentials>>,
+    http: reqwest::Client,
+    settings: RefreshSettings,
+    worker: String,
+}
+
+impl TokenService {
+    /// Loads the key ring named by the configuration from Secrets Manager.
+    pub async fn load(
+        config: Arc<Config>,
+        store: ConnectionStore,
+        secrets: SecretStore,
+        settings: RefreshSettings,
+    ) -> Result<TokenService, StartupError> {
+        let text = secrets.text(&config.service.token_key_secret).await?;
+        let keys = KeyRing::from_json(&text).map_err(|source| StartupError::KeyRing {
+            secret: config.service.token_key_secret.clone(),
+            source,
+        })?;
+        let http = http_client(settings.token_timeout).map_err(StartupError::Http)?;
+        Ok(TokenService {
+            store,
+            keys: Arc::new(keys),
+            config,
+            secrets,
+            credentials: Mutex::new(HashMap::new()),
+            http,
+            settings,
+            worker: random_token().map(|t| t[..8].to_owned()).unwrap_or_default(),
+        })
+    }
+
+    pub fn store(&self) -> &ConnectionStore {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// A valid access token for the connection, refreshed through the protocol when due.
+    pub async fn access_token(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
+        self.run(id, Mode::IfDue, deadline).await
+    }
+
+    /// Refreshes now, unless another worker refreshed it while this call waited.
+    pub async fn refresh_now(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
+        self.run(id, Mode::Force, deadline).await
+    }
+
+    /// Refreshes every connection the refresh-due index says is due, at most
+    /// `concurrency` at a time (the token-refresher's job).
+    pub async fn refresh_due(
+        self: &Arc<Self>,
+        deadline: Instant,
+        concurrency: usize,
+    ) -> Result<DueSummary, StoreError> {
+        let now = now_ms();
+        let mut ids = Vec::new();
+        for shard in 0..DUE_SHARDS {
+            ids.extend(self.store.due(&shard.to_string(), now, 500).await?);
+        }
+        let mut summary = DueSummary {
+            due: ids.len() as u64,
+            ..DueSummary::default()
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in ids {
+            let (service, permits) = (Arc::clone(self), Arc::clone(&permits));
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                service.access_token(&id, deadline).await
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(Ok(fresh)) if fresh.refreshed => summary.refreshed += 1,
+                Ok(Ok(_)) => summary.still_fresh += 1,
+                Ok(Err(RefreshError::NeedsReauth { .. } | RefreshError::NotActive { .. })) => summary.needs_reauth += 1,
+                Ok(Err(RefreshError::RetryLater { .. })) => summary.retry_later += 1,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "refresh failed");
+                    summary.failed += 1;
+                }
+                Err(e) => {
+                    error!(error = %e, "refresh task failed");
+                    summary.failed += 1;
+                }
+            }
+        }
+        Ok(summary)
+    }
+
+    async fn run(&self, id: &ConnectionId, mode: Mode, deadline: Instant) -> Result<Fresh, RefreshError> {
+        let owner = format!(
+            "{}/{}",
+            self.worker,
+            random_token().map(|t| t[..8].to_owned()).unwrap_or_default()
+        );
+        let mut forced_from: Option<u64> = None;
+        let mut poll = self.settings.poll_min;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(RefreshError::Deadline { id: id.clone() });
+            }
+            let conn = self.read(id).await?;
+            if conn.status != Status::Active {
+                return Err(RefreshError::NotActive {
+                    id: id.clone(),
+                    status: conn.status,
+                    reason: conn.status_reason,
+                    message: conn.provider_message,
+                });
+            }
+            let provider = self.config.provider(&conn.provider)?;
+            let now = now_ms();
+            let access_valid = conn.access_token.is_some() && conn.access_expires_at.is_some_and(|e| e > now + 5_000);
+            let due = match mode {
+                Mode::IfDue => !access_valid || is_due(&conn, provider, now),
+                Mode::Force => match forced_from {
+                    None => {
+                        forced_from = Some(conn.token_version);
+                        true
+                    }
+                    // Another worker refreshed while we waited: that is the refresh we asked for.
+                    Some(version) => conn.token_version == version,
+                },
+            };
+            if !due {
+                return self.fresh(&conn, false);
+            }
+            if let Some(until) = conn.next_attempt_at.filter(|t| *t > now) {
+                if access_valid && mode == Mode::IfDue {
+                    return self.fresh(&conn, false);
+                }
+                let cause = conn
+                    .last_refresh_outcome
+                    .unwrap_or_else(|| "earlier failures".to_owned());
+                return Err(RefreshError::RetryLater {
+                    id: id.clone(),
+                    until,
+                    cause,
+                });
+            }
+            let step = match &conn.lease {
+                Some(lease) if lease.until > now => {
+                    // Someone else holds the lease: wait for their new version, never spend.
+                    debug!(connection = %id, version = conn.token_version, "waiting for another worker's refresh");
+                    tokio::time::sleep(jitter(poll)).await;
+                    poll = (poll * 2).min(self.settings.poll_max);
+                    continue;
+                }
+                Some(lease) => {
+                    self.recover_abandoned(&conn, lease, provider, &owner, deadline, mode)
+                        .await?
+                }
+                None => {
+                    let until = self.lease_until(id, now, deadline)?;
+                    match self.write(
+                        id,
+                        self.store.take_lease(id, conn.token_version, &owner, now, until).await,
+                    )? {
+                        Write::Conflict(_) => Step::Again,
+                        Write::Done => self.send(&conn, provider, &owner, until, deadline, None, mode).await?,
+                    }
+                }
+            };
+            match step {
+                Step::Done(fresh) => return Ok(fresh),
+                Step::Again => continue,
+            }
+        }
+    }
+
+    /// The lease end for a send starting now: it outlives the token call's
+    /// timeout plus the commit budget. No send starts unless the invocation
+    /// has at least the timeout and a second to commit left.
+    fn lease_until(&self, id: &ConnectionId, now: i64, deadline: Instant) -> Result<i64, RefreshError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left < self.settings.token_timeout + Duration::from_secs(1) {
+            return Err(RefreshError::Deadline { id: id.clone() });
+        }
+        Ok(now + self.settings.lease_ms().min(millis(left)))
+    }
+
+    /// Holding the lease: spend the refresh token and act on the answer.
+    /// `resent_after` is set when this send repeats one whose outcome is unknown.
+    async fn send(
+        &self,
+        conn: &Connection,
+        provider: &Provider,
+        owner: &str,
+        lease_until: i64,
+        deadline: Instant,
+        resent_after: Option<&str>,
+        mode: Mode,
+    ) -> Result<Step, RefreshError> {
+        let id = &conn.id;
+        let Some(sealed) = &conn.refresh_token else {
+            return self
+                .needs_reauth(conn, owner, "no_refresh_token", "the login returned no refresh token")
+                .await;
+        };
+        let refresh_token = RefreshToken::new(
+            self.keys
+                .open(id.as_str(), "refresh_token", &sealed.0)
+                .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?,
+        );
+        let credentials = match self.credentials(provider).await {
+            Ok(credentials) => credentials,
+            Err(e) => {
+                self.back_off(conn, owner, "client credentials unavailable").await?;
+                return Err(e.into());
+            }
+        };
+        // Invariant 1: never start a send with less lease left than the call's timeout.
+        if lease_until - now_ms() < millis(self.settings.token_timeout) {
+            self.back_off(conn, owner, "lease too short to send").await?;
+            return Err(RefreshError::Deadline { id: id.clone() });
+        }
+        let sent_at = now_ms();
+        let endpoint = TokenEndpoint {
+            provider,
+            credentials: &credentials,
+            http: &self.http,
+        };
+        debug!(connection = %id, version = conn.token_version, resend = resent_after.is_some(), "sending refresh");
+        match endpoint.refresh(&refresh_token).await {
+            Ok(tokens) => self.commit(conn, provider, owner, tokens, lease_until, deadline).await,
+            Err(TokenError::DeadToken { status, error, message }) => {
+                // Consistent re-read: a newer version means someone else rotated, not a dead connection.
+                let now = self.read(id).await?;
+                if now.token_version != conn.token_version || now.lease.as_ref().is_none_or(|l| l.owner != owner) {
+                    return Ok(Step::Again);
+                }
+                let message = format!("{message} (HTTP {status}, {error})");
+                self.needs_reauth(conn, owner, reason::DEAD_REFRESH_TOKEN, &message)
+                    .await
+            }
+            Err(e @ (TokenError::OutcomeUnknown(_) | TokenError::InvalidResponse(_))) => {
+                let detail = e.to_string();
+                warn!(connection = %id, version = conn.token_version, error = %detail, "refresh outcome unknown");
+                if resent_after.is_none() && self.may_resend(provider, sent_at) {
+                    let until = self.lease_until(id, now_ms(), deadline)?;
+                    return match self.write(id, self.store.extend_lease(id, conn.token_version, owner, until).await)? {
+                        Write::Conflict(_) => Ok(Step::Again),
+                        Write::Done => {
+                            Box::pin(self.send(conn, provider, owner, until, deadline, Some(&detail), mode)).await
+                        }
+                    };
+                }
+                let message = unknown_outcome_message(provider, sent_at, resent_after.unwrap_or(&detail));
+                self.needs_reauth(conn, owner, reason::REFRESH_OUTCOME_UNKNOWN, &message)
+                    .await
+            }
+            Err(e) => {
+                let until = self.back_off(conn, owner, &e.to_string()).await?;
+                let now = now_ms();
+                // Asked for a token: the current one still works. Asked to refresh: it failed, say so.
+                if mode == Mode::IfDue
+                    && conn.access_token.is_some()
+                    && conn.access_expires_at.is_some_and(|x| x > now + 5_000)
+                {
+                    return self.fresh(conn, false).map(Step::Done);
+                }
+                Err(RefreshError::RetryLater {
+                    id: id.clone(),
+                    until,
+                    cause: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// A lease whose holder vanished before committing or releasing: it may
+    /// have sent the refresh. Send again only where that is safe; otherwise
+    /// the connection needs a new login.
+    async fn recover_abandoned(
+        &self,
+        conn: &Connection,
+        abandoned: &Lease,
+        provider: &Provider,
+        owner: &str,
+        deadline: Instant,
+        mode: Mode,
+    ) -> Result<Step, RefreshError> {
+        let id = &conn.id;
+        let sent_at = conn.outcome_unknown_since.unwrap_or(abandoned.taken_at);
+        let now = now_ms();
+        let until = self.lease_until(id, now, deadline)?;
+        let taken = self
+            .store
+            .take_over_lease(id, conn.token_version, abandoned, owner, now, until)
+            .await;
+        if let Write::Conflict(_) = self.write(id, taken)? {
+            return Ok(Step::Again);
+        }
+        warn!(connection = %id, version = conn.token_version, abandoned_by = %abandoned.owner, "took over an abandoned refresh lease");
+        if self.may_resend(provider, sent_at) {
+            return self.send(conn, provider, owner, until, deadline, None, mode).await;
+        }
+        let message = unknown_outcome_message(
+            provider,
+            sent_at,
+            "the worker that sent it stopped before recording the answer",
+        );
+        self.needs_reauth(conn, owner, reason::REFRESH_OUTCOME_UNKNOWN, &message)
+            .await
+    }
+
+    /// May the refresh token sent at `sent_at` be sent again? Only where the
+    /// provider does not rotate, or the retired token is still inside the
+    /// reuse grace period for the whole of the new call.
+    fn may_resend(&self, provider: &Provider, sent_at: i64) -> bool {
+        let settings = &provider.settings;
+        if !settings.rotates_refresh_tokens {
+            return true;
+        }
+        let grace = i64::try_from(settings.reuse_grace_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        grace > 0 && now_ms() + millis(self.settings.token_timeout) < sent_at.saturating_add(grace)
+    }
+
+    /// Invariant 2: the new token set is committed before anything uses it,
+    /// retrying with backoff while the lease (and the invocation) lasts.
+    async fn commit(
+        &self,
+        conn: &Connection,
+        provider: &Provider,
+        owner: &str,
+        tokens: TokenSet,
+        lease_until: i64,
+        deadline: Instant,
+    ) -> Result<Step, RefreshError> {
+        let id = &conn.id;
+        let seal = |field: &str, value: &str| {
+            self.keys
+                .seal(id.as_str(), field, value)
+                .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
+        };
+        let now = now_ms();
+        let expires_at = now.saturating_add(i64::try_from(tokens.expires_in.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let commit = Commit {
+            id: id.clone(),
+            seen_version: conn.token_version,
+            owner: owner.to_owned(),
+            commit_id: random_token().map_err(|e| RefreshError::Crypto {
+                id: id.clone(),
+                source: e.into(),
+            })?,
+            access_token: crate::connection::Sealed(seal("access_token", tokens.access_token.secret())?),
+            refresh_token: match &tokens.refresh_token {
+                Some(token) => Some(crate::connection::Sealed(seal("refresh_token", token.secret())?)),
+                None => None,
+            },
+            access_expires_at: expires_at,
+            scopes: tokens.scope.clone(),
+            refresh_due_at: refresh_due_at(&provider.settings, expires_at, Some(now)),
+            instance_url: tokens.instance_url.clone(),
+        };
+        let give_up_at = lease_until - 1_000;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.commit(&commit).await {
+                Ok(Write::Done) => break,
+                // The write landed and its response was lost: DynamoDB shows our commit id.
+                Ok(Write::Conflict(Some(now))) if now.commit_id.as_deref() == Some(commit.commit_id.as_str()) => {
+                    info!(connection = %id, "commit confirmed after a lost response");
+                    break;
+                }
+                Ok(Write::Conflict(_)) => {
+                    error!(connection = %id, version = conn.token_version, "commit refused: the connection changed under our lease");
+                    return Ok(Step::Again);
+                }
+                Err(e)
+                    if e.is_transient()
+                        && now_ms() + millis(delay) < give_up_at
+                        && Instant::now() + delay < deadline =>
+                {
+                    warn!(connection = %id, error = %e, "commit failed; retrying");
+                    tokio::time::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    error!(connection = %id, version = conn.token_version, error = %e,
+                        "the rotated tokens could not be stored; the next worker will find the lease abandoned");
+                    return Err(RefreshError::Store {
+                        id: id.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        info!(connection = %id, version = conn.token_version + 1, expires_in = tokens.expires_in, rotated = tokens.refresh_token.is_some(), "refreshed");
+        Ok(Step::Done(Fresh {
+            access_token: tokens.access_token,
+            token_version: conn.token_version + 1,
+            expires_at,
+            refreshed: true,
+        }))
+    }
+
+    async fn needs_reauth(
+        &self,
+        conn: &Connection,
+        owner: &str,
+        why: &'static str,
+        message: &str,
+    ) -> Result<Step, RefreshError> {
+        let id = &conn.id;
+        match self.write(
+            id,
+            self.store
+                .mark_needs_reauth(id, conn.token_version, owner, why, message)
+                .await,
+        )? {
+            Write::Conflict(_) => Ok(Step::Again),
+            Write::Done => {
+                warn!(connection = %id, reason = why, message, "connection needs a new login");
+                Err(RefreshError::NeedsReauth {
+                    id: id.clone(),
+                    reason: why,
+                    message: message.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// Releases the lease after a refresh that did not happen, with
+    /// exponential backoff and jitter per connection. Returns the next attempt time.
+    async fn back_off(&self, conn: &Connection, owner: &str, cause: &str) -> Result<i64, RefreshError> {
+        let failures = conn.consecutive_failures.saturating_add(1);
+        let exponent = failures.saturating_sub(1).min(16);
+        let delay = (self.settings.base_backoff * 2u32.saturating_pow(exponent)).min(self.settings.max_backoff);
+        let next = now_ms() + millis(jitter(delay));
+        warn!(connection = %conn.id, failures, cause, "refresh failed; backing off");
+        self.write(
+            &conn.id,
+            self.store
+                .release_after_failure(&conn.id, conn.token_version, owner, cause, failures, next)
+                .await,
+        )?;
+        Ok(next)
+    }
+
+    fn fresh(&self, conn: &Connection, refreshed: bool) -> Result<Fresh, RefreshError> {
+        let id = &conn.id;
+        let sealed = conn.access_token.as_ref().ok_or_else(|| RefreshError::NotActive {
+            id: id.clone(),
+            status: conn.status,
+            reason: Some("no access token".to_owned()),
+            message: None,
+        })?;
+        let access = self
+            .keys
+            .open(id.as_str(), "access_token", &sealed.0)
+            .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?;
+        Ok(Fresh {
+            access_token: AccessToken::new(access),
+            token_version: conn.token_version,
+            expires_at: conn.access_expires_at.unwrap_or_default(),
+            refreshed,
+        })
+    }
+
+    async fn read(&self, id: &ConnectionId) -> Result<Connection, RefreshError> {
+        self.store
+            .get(id)
+            .await
+            .map_err(|source| RefreshError::Store { id: id.clone(), source })?
+            .ok_or_else(|| RefreshError::NotFound(id.clone()))
+    }
+
+    fn write(&self, id: &ConnectionId, result: Result<Write, StoreError>) -> Result<Write, RefreshError> {
+        result.map_err(|source| RefreshError::Store { id: id.clone(), source })
+    }
+
+    async fn credentials(&self, provider: &Provider) -> Result<ClientCredentials, SecretsError> {
+        if let Some(found) = self
+            .credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&provider.name)
+        {
+            return Ok(found.clone());
+        }
+        let loaded = self.secrets.client_credentials(&provider.credentials_secret).await?;
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(provider.name.clone(), loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// Due by the refresh-due rule (lead before expiry, idle keep-alive, minimum interval)?
+fn is_due(conn: &Connection, provider: &Provider, now: i64) -> bool {
+    let Some(expires_at) = conn.access_expires_at else {
+        return true;
+    };
+    now >= refresh_due_at(&provider.settings, expires_at, conn.last_refresh_at)
+}
+
+fn unknown_outcome_message(provider: &Provider, sent_at: i64, detail: &str) -> String {
+    format!(
+        "a refresh sent at {sent_at} (epoch ms) has an unknown outcome ({detail}); provider `{}` rotates refresh \
+         tokens without a reuse grace period, so the old one was not sent again",
+        provider.name
+    )
+}
+
+/// A random duration between half and all of `d`, so workers and connections
+/// do not retry in lockstep.
+pub fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+/// Why a [`TokenService`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("token key ring in secret `{secret}`: {source}")]
+    KeyRing { secret: String, source: CryptoError },
+    #[error("HTTP client: {0}")]
+    Http(reqwest::Error),
+}
