@@ -2,6 +2,8 @@
 //! read from `infra/template.yaml`, and helpers for tests that run against the
 //! local stack (DynamoDB Local, the Secrets Manager emulator, the simulator).
 
+pub mod proxy;
+pub mod serve;
 pub mod simulator;
 pub mod stack;
 pub mod template;

@@ -189,3 +189,155 @@ impl OauthFixture {
             .is_success()
     }
 }
+
+/// Everything a refresh-protocol test needs: a simulator, private tables,
+/// the client credentials and a token key ring in the Secrets Manager
+/// emulator, a configuration pointing at the simulator, and a `TokenService`.
+#[derive(Debug)]
+pub struct RefreshFixture {
+    pub oauth: OauthFixture,
+    pub aws: AwsClients,
+    pub tables: BTreeMap<String, String>,
+    /// The configuration text, for worker processes.
+    pub config_text: String,
+    pub config: std::sync::Arc<shared::config::Config>,
+    pub service: std::sync::Arc<shared::refresh::TokenService>,
+}
+
+/// The provider name the fixture's configuration uses.
+pub const PROVIDER: &str = "sim";
+
+impl RefreshFixture {
+    /// `overrides` are extra lines for the `[providers.sim]` table.
+    pub async fn start(
+        sim: SimConfig,
+        settings: shared::refresh::RefreshSettings,
+        overrides: &str,
+        test: &str,
+    ) -> RefreshFixture {
+        let oauth = OauthFixture::start(sim, std::time::Duration::from_secs(10)).await;
+        let aws = aws().await;
+        let tables = fresh_tables(&aws, test).await;
+        let prefix = unique_prefix(test);
+        let credentials_secret = format!("{prefix}credentials");
+        let keys_secret = format!("{prefix}keys");
+        let credentials = serde_json::json!({
+            "client_id": oauth.credentials.client_id,
+            "client_secret": oauth.credentials.client_secret.secret(),
+        });
+        for (name, value) in [
+            (&credentials_secret, credentials.to_string()),
+            (&keys_secret, shared::crypto::KeyRing::generate_json("k1").expect("rng")),
+        ] {
+            aws.secrets
+                .create_secret()
+                .name(name)
+                .secret_string(value)
+                .send()
+                .await
+                .expect("create secret");
+        }
+        let base = &oauth.sim.base_url;
+        let preset = oauth.sim.sim.config().preset;
+        let config_text = format!(
+            "[service]\ntoken_key_secret = \"{keys_secret}\"\n\n[providers.{PROVIDER}]\npreset = \"{preset}\"\n\
+             credentials_secret = \"{credentials_secret}\"\nauthorize_url = \"{base}/authorize\"\n\
+             token_url = \"{base}/token\"\nrevocation_url = \"{base}/revoke\"\n{overrides}\n"
+        );
+        let config = std::sync::Arc::new(
+            shared::config::Config::parse(&config_text, "fixture.toml").unwrap_or_else(|e| panic!("{e}")),
+        );
+        let store = shared::connection::store::ConnectionStore::new(aws.dynamodb.clone(), &tables["ConnectionsTable"]);
+        let service = shared::refresh::TokenService::load(
+            config.clone(),
+            store,
+            shared::secrets::SecretStore::new(aws.secrets.clone()),
+            settings,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        RefreshFixture {
+            oauth,
+            aws,
+            tables,
+            config_text,
+            config,
+            service: std::sync::Arc::new(service),
+        }
+    }
+
+    pub fn sim(&self) -> &std::sync::Arc<Simulator> {
+        &self.oauth.sim.sim
+    }
+
+    pub fn connections_table(&self) -> &str {
+        &self.tables["ConnectionsTable"]
+    }
+
+    /// Logs in at the simulator and stores the tokens as connection `id`.
+    pub async fn connect(&self, id: &str) -> shared::connection::ConnectionId {
+        let id = shared::connection::ConnectionId::parse(id).expect("connection id");
+        let tokens = self.oauth.login().await;
+        let keys = self.service.keys();
+        let seal =
+            |field: &str, value: &str| shared::connection::Sealed(keys.seal(id.as_str(), field, value).expect("seal"));
+        let now = shared::connection::now_ms();
+        let expires_at = now + i64::try_from(tokens.expires_in).expect("secs") * 1000;
+        let settings = &self.config.providers[PROVIDER].settings;
+        let login = shared::connection::store::NewLogin {
+            id: id.clone(),
+            provider: PROVIDER.to_owned(),
+            kind: shared::connection::ConnectionKind::Shared,
+            access_token: seal("access_token", tokens.access_token.secret()),
+            refresh_token: tokens.refresh_token.as_ref().map(|t| seal("refresh_token", t.secret())),
+            access_expires_at: expires_at,
+            scopes: tokens.scope.clone().unwrap_or_default(),
+            refresh_due_at: shared::connection::refresh_due_at(settings, expires_at, Some(now)),
+            instance_url: tokens.instance_url.clone(),
+            api_domain: tokens.api_domain.clone(),
+        };
+        self.service.store().save_login(&login).await.expect("save login");
+        id
+    }
+
+    /// The stored connection, read consistently.
+    pub async fn connection(&self, id: &shared::connection::ConnectionId) -> shared::connection::Connection {
+        self.service
+            .store()
+            .get(id)
+            .await
+            .expect("read")
+            .expect("the connection exists")
+    }
+
+    /// The stored refresh token, decrypted.
+    pub async fn stored_refresh_token(&self, id: &shared::connection::ConnectionId) -> shared::secret::RefreshToken {
+        let connection = self.connection(id).await;
+        let sealed = connection.refresh_token.expect("a refresh token");
+        shared::secret::RefreshToken::new(
+            self.service
+                .keys()
+                .open(id.as_str(), "refresh_token", &sealed.0)
+                .expect("open"),
+        )
+    }
+
+    /// Do the stored tokens work? The access token at the API, and the refresh
+    /// token at the token endpoint (which spends it: call last).
+    pub async fn stored_tokens_work(&self, id: &shared::connection::ConnectionId) -> bool {
+        let connection = self.connection(id).await;
+        let sealed = connection.access_token.expect("an access token");
+        let access = self
+            .service
+            .keys()
+            .open(id.as_str(), "access_token", &sealed.0)
+            .expect("open");
+        let refresh = self.stored_refresh_token(id).await;
+        self.oauth.api_accepts(&access).await && self.oauth.endpoint().refresh(&refresh).await.is_ok()
+    }
+}
+
+/// A deadline this many seconds away.
+pub fn deadline(secs: u64) -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(secs)
+}

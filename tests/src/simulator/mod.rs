@@ -103,6 +103,9 @@ pub enum Fault {
     DelayAfterProcessing { millis: u64 },
     /// Process the request, then close the connection without answering.
     DropAfterProcessing,
+    /// Process the request, then answer with this raw body instead (a
+    /// truncated or non-JSON answer).
+    BodyAfterProcessing { status: u16, body: String },
 }
 
 /// A fault for the next `times` requests of `grant`.
@@ -231,6 +234,28 @@ impl Simulator {
 
     pub fn inject(&self, plan: FaultPlan) {
         self.state().faults.push_back(plan);
+    }
+
+    /// Every token value (codes, access and refresh tokens) issued so far, for
+    /// tests that search logs for them.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        let state = self.state();
+        state
+            .codes
+            .keys()
+            .chain(state.access_tokens.keys())
+            .chain(state.refresh_tokens.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Kills the token family of this refresh token, as a provider does when
+    /// the user revokes access or the token expires.
+    pub fn kill_family_of(&self, refresh_token: &str) {
+        let mut state = self.state();
+        if let Some(family) = state.refresh_tokens.get(refresh_token).map(|r| r.family) {
+            revoke_family(&mut state, family);
+        }
     }
 
     /// The next `/authorize` answers `error=access_denied` (the user cancelled).

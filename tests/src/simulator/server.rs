@@ -12,10 +12,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::{Notify, oneshot};
+
+use crate::serve::{Kill, Server};
 
 use super::{Answer, Fault, FaultPlan, Grant, Simulator};
 
@@ -26,7 +24,7 @@ pub struct SimulatorHandle {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT`
     pub base_url: String,
-    shutdown: Option<oneshot::Sender<()>>,
+    _server: Server,
 }
 
 impl SimulatorHandle {
@@ -35,23 +33,7 @@ impl SimulatorHandle {
     }
 }
 
-impl Drop for SimulatorHandle {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-/// Closes the current connection without an answer when notified.
-#[derive(Clone)]
-struct Kill(Arc<Notify>);
-
 pub(super) async fn serve(sim: Arc<Simulator>, addr: SocketAddr) -> std::io::Result<SimulatorHandle> {
-    let listener = TcpListener::bind(addr).await?;
-    let addr = listener.local_addr()?;
-    let base_url = format!("http://{addr}");
-    *sim.base_url.lock().unwrap_or_else(|p| p.into_inner()) = base_url.clone();
     let router = Router::new()
         .route("/authorize", get(authorize))
         .route("/token", post(token))
@@ -60,34 +42,15 @@ pub(super) async fn serve(sim: Arc<Simulator>, addr: SocketAddr) -> std::io::Res
         .route("/_sim/counters", get(counters))
         .route("/_sim/faults", post(faults))
         .with_state(sim.clone());
-    let (tx, mut rx) = oneshot::channel();
-    tokio::spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                _ = &mut rx => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(_) => continue,
-                },
-            };
-            let kill = Arc::new(Notify::new());
-            let service = TowerToHyperService::new(router.clone().layer(Extension(Kill(kill.clone()))));
-            tokio::spawn(async move {
-                let connection =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                tokio::select! {
-                    _ = connection => {}
-                    // Dropping the connection closes the socket, unanswered.
-                    _ = kill.notified() => {}
-                }
-            });
-        }
-    });
+    let server = crate::serve::serve(router, addr, || true).await?;
+    let addr = server.addr;
+    let base_url = format!("http://{addr}");
+    *sim.base_url.lock().unwrap_or_else(|p| p.into_inner()) = base_url.clone();
     Ok(SimulatorHandle {
         sim,
         addr,
         base_url,
-        shutdown: Some(tx),
+        _server: server,
     })
 }
 
@@ -154,8 +117,11 @@ async fn with_faults(
         Some(Fault::DelayAfterProcessing { millis }) => tokio::time::sleep(Duration::from_millis(millis)).await,
         Some(Fault::DropAfterProcessing) => {
             sim.note_dropped();
-            kill.0.notify_one();
-            std::future::pending::<()>().await;
+            kill.drop_connection().await;
+        }
+        Some(Fault::BodyAfterProcessing { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return (status, body).into_response();
         }
         _ => {}
     }

@@ -1,0 +1,163 @@
+//! A fault-injecting HTTP proxy in front of DynamoDB Local, for the commit
+//! faults of the refresh protocol: a write that lands but whose response is
+//! lost, and a DynamoDB that refuses connections for a while.
+//!
+//! Requests are matched by a marker in their body (the commit's UpdateItem is
+//! the only request carrying `commit_id`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
+
+use crate::serve::{Kill, Server, serve};
+
+/// What goes wrong, once armed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyFault {
+    /// Forward the next request whose body contains `marker`, then close the
+    /// connection without returning DynamoDB's answer.
+    LoseResponse { marker: String },
+    /// From the next request whose body contains `marker` on, refuse every
+    /// connection and request (unforwarded) for `duration`.
+    RefuseFor { marker: String, duration: Duration },
+}
+
+#[derive(Debug)]
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    fault: Mutex<Option<ProxyFault>>,
+    refusing_until: Mutex<Option<Instant>>,
+    /// Requests forwarded whose answer was thrown away.
+    lost_responses: AtomicU64,
+    /// Connections and requests refused.
+    refused: AtomicU64,
+}
+
+impl ProxyState {
+    fn refusing(&self) -> bool {
+        self.refusing_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+}
+
+/// A running proxy; dropping it stops it.
+#[derive(Debug)]
+pub struct DynamoProxy {
+    /// `http://127.0.0.1:PORT`, for `endpoint_url`.
+    pub url: String,
+    state: Arc<ProxyState>,
+    _server: Server,
+}
+
+impl DynamoProxy {
+    /// Starts a proxy to `upstream` (DynamoDB Local's URL) on a free loopback port.
+    pub async fn start(upstream: &str) -> std::io::Result<DynamoProxy> {
+        let state = Arc::new(ProxyState {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(std::io::Error::other)?,
+            fault: Mutex::new(None),
+            refusing_until: Mutex::new(None),
+            lost_responses: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        });
+        let router = Router::new().fallback(forward).with_state(state.clone());
+        let gate = state.clone();
+        let server = serve(router, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), move || {
+            let refuse = gate.refusing();
+            if refuse {
+                gate.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            !refuse
+        })
+        .await?;
+        Ok(DynamoProxy {
+            url: format!("http://{}", server.addr),
+            state,
+            _server: server,
+        })
+    }
+
+    pub fn arm(&self, fault: ProxyFault) {
+        *self.state.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+    }
+
+    pub fn lost_responses(&self) -> u64 {
+        self.state.lost_responses.load(Ordering::Relaxed)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.state.refused.load(Ordering::Relaxed)
+    }
+}
+
+async fn forward(
+    State(state): State<Arc<ProxyState>>,
+    Extension(kill): Extension<Kill>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if state.refusing() {
+        state.refused.fetch_add(1, Ordering::Relaxed);
+        kill.drop_connection().await;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let triggered = {
+        let mut fault = state.fault.lock().unwrap_or_else(|p| p.into_inner());
+        let hit = match fault.as_ref() {
+            Some(ProxyFault::LoseResponse { marker } | ProxyFault::RefuseFor { marker, .. }) => {
+                text.contains(marker.as_str())
+            }
+            None => false,
+        };
+        if hit { fault.take() } else { None }
+    };
+    if let Some(ProxyFault::RefuseFor { duration, .. }) = &triggered {
+        *state.refusing_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + *duration);
+        state.refused.fetch_add(1, Ordering::Relaxed);
+        kill.drop_connection().await;
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = state
+        .http
+        .request(method, format!("{}{path}", state.upstream))
+        .body(body.clone());
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.unwrap_or_default();
+    if matches!(triggered, Some(ProxyFault::LoseResponse { .. })) {
+        // DynamoDB applied the write; its caller never hears.
+        state.lost_responses.fetch_add(1, Ordering::Relaxed);
+        kill.drop_connection().await;
+    }
+    let mut out = (status, body).into_response();
+    for (name, value) in &headers {
+        if name != "transfer-encoding" && name != "connection" && name != "content-length" {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
