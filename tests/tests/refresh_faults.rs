@@ -1,0 +1,270 @@
+//! Invariants 2 and 4 under faults: a worker killed between send and commit,
+//! a provider that processes the refresh and drops the connection (or answers
+//! too late, or with garbage), a commit whose response is lost, and DynamoDB
+//! refusing connections during the commit. Each ends in the state DESIGN.md
+//! names, and no refresh token is sent twice except the documented
+//! grace-period (or non-rotating) retry.
+
+use std::time::Duration;
+
+use oauth_sync_tests::proxy::{DynamoProxy, ProxyFault};
+use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
+use oauth_sync_tests::stack::{RefreshFixture, deadline};
+use shared::config::PresetName;
+use shared::connection::store::ConnectionStore;
+use shared::connection::{Status, reason};
+use shared::refresh::{RefreshError, RefreshSettings, TokenService};
+use shared::secrets::SecretStore;
+
+fn settings() -> RefreshSettings {
+    RefreshSettings {
+        token_timeout: Duration::from_secs(2),
+        commit_budget: Duration::from_secs(6),
+        poll_min: Duration::from_millis(20),
+        poll_max: Duration::from_millis(200),
+        ..RefreshSettings::default()
+    }
+}
+
+async fn fixture(preset: PresetName, test: &str) -> RefreshFixture {
+    RefreshFixture::start(SimConfig::for_preset(preset), settings(), "", test).await
+}
+
+fn fault(fault: Fault) -> FaultPlan {
+    FaultPlan {
+        grant: Grant::RefreshToken,
+        fault,
+        times: 1,
+    }
+}
+
+/// Kills a worker process after the provider processed its refresh and before
+/// it could commit, then lets this process find the abandoned lease.
+async fn kill_worker_after_send(fixture: &RefreshFixture, id: &str) -> Result<shared::refresh::Fresh, RefreshError> {
+    let id = fixture.connect(id).await;
+    fixture
+        .sim()
+        .inject(fault(Fault::DelayAfterProcessing { millis: 30_000 }));
+    let config = std::env::temp_dir().join(format!("oauth-sync-kill-{}-{id}.toml", std::process::id()));
+    std::fs::write(&config, &fixture.config_text).expect("write config");
+    let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_refresh-worker"))
+        .env("OAUTH_SYNC_CONFIG", &config)
+        .env("OAUTH_SYNC_CONNECTIONS_TABLE", fixture.connections_table())
+        .env("WORKER_IDS", id.as_str())
+        .env("WORKER_TARGET", "2")
+        .env("WORKER_TASKS", "1")
+        .env("WORKER_TOKEN_TIMEOUT_MS", "10000")
+        .env("WORKER_COMMIT_BUDGET_MS", "1000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn worker");
+    // Wait (bounded) until the provider has processed the refresh, then kill.
+    for _ in 0..500 {
+        if fixture.sim().counters().refreshes == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fixture.sim().counters().refreshes,
+        1,
+        "the worker's refresh reached the provider"
+    );
+    worker.kill().expect("kill");
+    worker.wait().expect("reap");
+    std::fs::remove_file(&config).ok();
+    let connection = fixture.connection(&id).await;
+    assert!(
+        connection.lease.is_some() && connection.token_version == 1,
+        "killed holding the lease, before committing"
+    );
+    // The lease (10 s + 1 s) must run out before anyone may act; this call waits for it.
+    fixture.service.refresh_now(&id, deadline(60)).await
+}
+
+#[tokio::test]
+async fn killed_after_sending_without_grace_needs_reauth_and_never_resends() {
+    let fixture = fixture(PresetName::Generic, "kill-generic").await;
+    let e = kill_worker_after_send(&fixture, "killed").await.unwrap_err();
+    assert!(
+        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
+        "{e}"
+    );
+    let id = shared::connection::ConnectionId::parse("killed").expect("id");
+    let connection = fixture.connection(&id).await;
+    assert_eq!(connection.status, Status::NeedsReauth);
+    assert_eq!(
+        connection.status_reason.as_deref(),
+        Some(reason::REFRESH_OUTCOME_UNKNOWN)
+    );
+    assert!(connection.lease.is_none());
+    let counters = fixture.sim().counters();
+    assert_eq!(
+        (counters.refresh_requests, counters.refresh_tokens_reused),
+        (1, 0),
+        "the old token was not sent again"
+    );
+}
+
+#[tokio::test]
+async fn killed_after_sending_with_grace_resends_once_and_recovers() {
+    let fixture = fixture(PresetName::Xero, "kill-xero").await;
+    let fresh = kill_worker_after_send(&fixture, "killed")
+        .await
+        .expect("recovered inside the grace period");
+    assert!(fresh.refreshed);
+    assert_eq!(fresh.token_version, 2);
+    let counters = fixture.sim().counters();
+    assert_eq!(
+        (counters.refresh_requests, counters.grace_reuses),
+        (2, 1),
+        "one documented grace-period resend"
+    );
+    assert_eq!((counters.refresh_tokens_reused, counters.families_revoked), (0, 0));
+    let id = shared::connection::ConnectionId::parse("killed").expect("id");
+    assert_eq!(fixture.connection(&id).await.status, Status::Active);
+    assert!(fixture.stored_tokens_work(&id).await);
+}
+
+#[tokio::test]
+async fn provider_drops_the_connection_after_processing() {
+    // Rotating, no grace: the outcome is unknown and the token may be spent.
+    let generic = fixture(PresetName::Generic, "drop-generic").await;
+    let id = generic.connect("dropped").await;
+    generic.sim().inject(fault(Fault::DropAfterProcessing));
+    let e = generic.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert!(
+        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
+        "{e}"
+    );
+    assert!(e.to_string().contains("outcome"), "{e}");
+    let connection = generic.connection(&id).await;
+    assert_eq!((connection.status, connection.token_version), (Status::NeedsReauth, 1));
+    let counters = generic.sim().counters();
+    assert_eq!((counters.refresh_requests, counters.refresh_tokens_reused), (1, 0));
+
+    // Xero: the retired token still works for 30 minutes, so one resend recovers.
+    let xero = fixture(PresetName::Xero, "drop-xero").await;
+    let id = xero.connect("dropped").await;
+    xero.sim().inject(fault(Fault::DropAfterProcessing));
+    let fresh = xero.service.refresh_now(&id, deadline(30)).await.expect("grace resend");
+    assert_eq!(fresh.token_version, 2);
+    assert_eq!(xero.sim().counters().grace_reuses, 1);
+    assert!(xero.stored_tokens_work(&id).await);
+
+    // Google does not rotate: sending the same token again is harmless.
+    let google = fixture(PresetName::Google, "drop-google").await;
+    let id = google.connect("dropped").await;
+    google.sim().inject(fault(Fault::DropAfterProcessing));
+    google
+        .service
+        .refresh_now(&id, deadline(30))
+        .await
+        .expect("resend of a non-rotating token");
+    assert_eq!(google.sim().counters().refresh_requests, 2);
+    assert!(google.stored_tokens_work(&id).await);
+}
+
+#[tokio::test]
+async fn a_late_or_garbled_answer_is_an_unknown_outcome() {
+    let fixture = fixture(PresetName::Generic, "late").await;
+    // Processed, but the answer comes after the 2 s timeout.
+    let id = fixture.connect("late").await;
+    fixture
+        .sim()
+        .inject(fault(Fault::DelayAfterProcessing { millis: 4_000 }));
+    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert!(
+        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
+        "{e}"
+    );
+
+    // Processed, then a truncated body: the new refresh token is lost either way.
+    let id = fixture.connect("garbled").await;
+    fixture.sim().inject(fault(Fault::BodyAfterProcessing {
+        status: 200,
+        body: "{\"access_token\": \"at-".into(),
+    }));
+    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert!(
+        matches!(&e, RefreshError::NeedsReauth { message, .. } if message.contains("not a JSON object")),
+        "{e}"
+    );
+    assert_eq!(fixture.sim().counters().refresh_tokens_reused, 0);
+}
+
+/// A TokenService whose DynamoDB traffic goes through a fault proxy.
+async fn through_proxy(fixture: &RefreshFixture, proxy: &DynamoProxy) -> TokenService {
+    let sdk = shared::aws::load_sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .endpoint_url(&proxy.url)
+            .build(),
+    );
+    let store = ConnectionStore::new(dynamodb, fixture.connections_table());
+    TokenService::load(
+        fixture.config.clone(),
+        store,
+        SecretStore::new(fixture.aws.secrets.clone()),
+        settings(),
+    )
+    .await
+    .expect("token service")
+}
+
+fn upstream() -> String {
+    std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack is running")
+}
+
+#[tokio::test]
+async fn a_lost_commit_response_is_resolved_by_reading_not_guessing() {
+    let fixture = fixture(PresetName::Generic, "lost-commit").await;
+    let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
+    let service = through_proxy(&fixture, &proxy).await;
+    let id = fixture.connect("lost").await;
+    proxy.arm(ProxyFault::LoseResponse {
+        marker: "commit_id".into(),
+    });
+
+    let fresh = service
+        .refresh_now(&id, deadline(30))
+        .await
+        .expect("the commit is recognised as ours");
+    assert_eq!((fresh.token_version, fresh.refreshed), (2, true));
+    assert_eq!(proxy.lost_responses(), 1, "the commit's answer was lost");
+    let connection = fixture.connection(&id).await;
+    assert_eq!((connection.status, connection.token_version), (Status::Active, 2));
+    assert!(connection.lease.is_none());
+    let counters = fixture.sim().counters();
+    assert_eq!((counters.refreshes, counters.refresh_tokens_reused), (1, 0));
+    assert!(fixture.stored_tokens_work(&id).await);
+}
+
+#[tokio::test]
+async fn dynamodb_refusing_connections_during_the_commit_is_outlasted() {
+    let fixture = fixture(PresetName::Generic, "refused-commit").await;
+    let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
+    let service = through_proxy(&fixture, &proxy).await;
+    let id = fixture.connect("refused").await;
+    proxy.arm(ProxyFault::RefuseFor {
+        marker: "commit_id".into(),
+        duration: Duration::from_secs(2),
+    });
+
+    let fresh = service
+        .refresh_now(&id, deadline(30))
+        .await
+        .expect("the commit lands after the outage");
+    assert_eq!(fresh.token_version, 2);
+    assert!(
+        proxy.refused() >= 2,
+        "DynamoDB was unreachable for a while ({} refusals)",
+        proxy.refused()
+    );
+    let connection = fixture.connection(&id).await;
+    assert_eq!((connection.status, connection.token_version), (Status::Active, 2));
+    let counters = fixture.sim().counters();
+    assert_eq!((counters.refreshes, counters.refresh_tokens_reused), (1, 0));
+    assert!(fixture.stored_tokens_work(&id).await);
+}
