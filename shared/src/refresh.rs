@@ -149,6 +149,15 @@ enum Step {
     Again,
 }
 
+/// One worker's attempt on one read of the connection.
+struct Attempt<'a> {
+    conn: &'a Connection,
+    provider: &'a Provider,
+    owner: &'a str,
+    deadline: Instant,
+    mode: Mode,
+}
+
 /// The one entry point for access tokens: every function and the CLI go
 /// through it. Build it once per process.
 #[derive(Debug)]
@@ -302,6 +311,13 @@ impl TokenService {
                     cause,
                 });
             }
+            let attempt = Attempt {
+                conn: &conn,
+                provider,
+                owner: &owner,
+                deadline,
+                mode,
+            };
             let step = match &conn.lease {
                 Some(lease) if lease.until > now => {
                     // Someone else holds the lease: wait for their new version, never spend.
@@ -310,10 +326,7 @@ impl TokenService {
                     poll = (poll * 2).min(self.settings.poll_max);
                     continue;
                 }
-                Some(lease) => {
-                    self.recover_abandoned(&conn, lease, provider, &owner, deadline, mode)
-                        .await?
-                }
+                Some(lease) => self.recover_abandoned(&attempt, lease).await?,
                 None => {
                     let until = self.lease_until(id, now, deadline)?;
                     match self.write(
@@ -321,7 +334,7 @@ impl TokenService {
                         self.store.take_lease(id, conn.token_version, &owner, now, until).await,
                     )? {
                         Write::Conflict(_) => Step::Again,
-                        Write::Done => self.send(&conn, provider, &owner, until, deadline, None, mode).await?,
+                        Write::Done => self.send(&attempt, until, None).await?,
                     }
                 }
             };
@@ -347,18 +360,21 @@ impl TokenService {
     /// `resent_after` is set when this send repeats one whose outcome is unknown.
     async fn send(
         &self,
-        conn: &Connection,
-        provider: &Provider,
-        owner: &str,
+        attempt: &Attempt<'_>,
         lease_until: i64,
-        deadline: Instant,
         resent_after: Option<&str>,
-        mode: Mode,
     ) -> Result<Step, RefreshError> {
+        let Attempt {
+            conn,
+            provider,
+            owner,
+            deadline,
+            mode,
+        } = *attempt;
         let id = &conn.id;
         let Some(sealed) = &conn.refresh_token else {
             return self
-                .needs_reauth(conn, owner, "no_refresh_token", "the login returned no refresh token")
+                .needs_reauth(attempt, "no_refresh_token", "the login returned no refresh token")
                 .await;
         };
         let refresh_token = RefreshToken::new(
@@ -369,13 +385,13 @@ impl TokenService {
         let credentials = match self.credentials(provider).await {
             Ok(credentials) => credentials,
             Err(e) => {
-                self.back_off(conn, owner, "client credentials unavailable").await?;
+                self.back_off(attempt, "client credentials unavailable").await?;
                 return Err(e.into());
             }
         };
         // Invariant 1: never start a send with less lease left than the call's timeout.
         if lease_until - now_ms() < millis(self.settings.token_timeout) {
-            self.back_off(conn, owner, "lease too short to send").await?;
+            self.back_off(attempt, "lease too short to send").await?;
             return Err(RefreshError::Deadline { id: id.clone() });
         }
         let sent_at = now_ms();
@@ -386,7 +402,7 @@ impl TokenService {
         };
         debug!(connection = %id, version = conn.token_version, resend = resent_after.is_some(), "sending refresh");
         match endpoint.refresh(&refresh_token).await {
-            Ok(tokens) => self.commit(conn, provider, owner, tokens, lease_until, deadline).await,
+            Ok(tokens) => self.commit(attempt, tokens, lease_until).await,
             Err(TokenError::DeadToken { status, error, message }) => {
                 // Consistent re-read: a newer version means someone else rotated, not a dead connection.
                 let now = self.read(id).await?;
@@ -394,8 +410,7 @@ impl TokenService {
                     return Ok(Step::Again);
                 }
                 let message = format!("{message} (HTTP {status}, {error})");
-                self.needs_reauth(conn, owner, reason::DEAD_REFRESH_TOKEN, &message)
-                    .await
+                self.needs_reauth(attempt, reason::DEAD_REFRESH_TOKEN, &message).await
             }
             Err(e @ (TokenError::OutcomeUnknown(_) | TokenError::InvalidResponse(_))) => {
                 let detail = e.to_string();
@@ -404,17 +419,15 @@ impl TokenService {
                     let until = self.lease_until(id, now_ms(), deadline)?;
                     return match self.write(id, self.store.extend_lease(id, conn.token_version, owner, until).await)? {
                         Write::Conflict(_) => Ok(Step::Again),
-                        Write::Done => {
-                            Box::pin(self.send(conn, provider, owner, until, deadline, Some(&detail), mode)).await
-                        }
+                        Write::Done => Box::pin(self.send(attempt, until, Some(&detail))).await,
                     };
                 }
                 let message = unknown_outcome_message(provider, sent_at, resent_after.unwrap_or(&detail));
-                self.needs_reauth(conn, owner, reason::REFRESH_OUTCOME_UNKNOWN, &message)
+                self.needs_reauth(attempt, reason::REFRESH_OUTCOME_UNKNOWN, &message)
                     .await
             }
             Err(e) => {
-                let until = self.back_off(conn, owner, &e.to_string()).await?;
+                let until = self.back_off(attempt, &e.to_string()).await?;
                 let now = now_ms();
                 // Asked for a token: the current one still works. Asked to refresh: it failed, say so.
                 if mode == Mode::IfDue
@@ -435,15 +448,14 @@ impl TokenService {
     /// A lease whose holder vanished before committing or releasing: it may
     /// have sent the refresh. Send again only where that is safe; otherwise
     /// the connection needs a new login.
-    async fn recover_abandoned(
-        &self,
-        conn: &Connection,
-        abandoned: &Lease,
-        provider: &Provider,
-        owner: &str,
-        deadline: Instant,
-        mode: Mode,
-    ) -> Result<Step, RefreshError> {
+    async fn recover_abandoned(&self, attempt: &Attempt<'_>, abandoned: &Lease) -> Result<Step, RefreshError> {
+        let Attempt {
+            conn,
+            provider,
+            owner,
+            deadline,
+            ..
+        } = *attempt;
         let id = &conn.id;
         let sent_at = conn.outcome_unknown_since.unwrap_or(abandoned.taken_at);
         let now = now_ms();
@@ -457,14 +469,14 @@ impl TokenService {
         }
         warn!(connection = %id, version = conn.token_version, abandoned_by = %abandoned.owner, "took over an abandoned refresh lease");
         if self.may_resend(provider, sent_at) {
-            return self.send(conn, provider, owner, until, deadline, None, mode).await;
+            return self.send(attempt, until, None).await;
         }
         let message = unknown_outcome_message(
             provider,
             sent_at,
             "the worker that sent it stopped before recording the answer",
         );
-        self.needs_reauth(conn, owner, reason::REFRESH_OUTCOME_UNKNOWN, &message)
+        self.needs_reauth(attempt, reason::REFRESH_OUTCOME_UNKNOWN, &message)
             .await
     }
 
@@ -482,15 +494,14 @@ impl TokenService {
 
     /// Invariant 2: the new token set is committed before anything uses it,
     /// retrying with backoff while the lease (and the invocation) lasts.
-    async fn commit(
-        &self,
-        conn: &Connection,
-        provider: &Provider,
-        owner: &str,
-        tokens: TokenSet,
-        lease_until: i64,
-        deadline: Instant,
-    ) -> Result<Step, RefreshError> {
+    async fn commit(&self, attempt: &Attempt<'_>, tokens: TokenSet, lease_until: i64) -> Result<Step, RefreshError> {
+        let Attempt {
+            conn,
+            provider,
+            owner,
+            deadline,
+            ..
+        } = *attempt;
         let id = &conn.id;
         let seal = |field: &str, value: &str| {
             self.keys
@@ -561,11 +572,11 @@ impl TokenService {
 
     async fn needs_reauth(
         &self,
-        conn: &Connection,
-        owner: &str,
+        attempt: &Attempt<'_>,
         why: &'static str,
         message: &str,
     ) -> Result<Step, RefreshError> {
+        let (conn, owner) = (attempt.conn, attempt.owner);
         let id = &conn.id;
         match self.write(
             id,
@@ -587,7 +598,8 @@ impl TokenService {
 
     /// Releases the lease after a refresh that did not happen, with
     /// exponential backoff and jitter per connection. Returns the next attempt time.
-    async fn back_off(&self, conn: &Connection, owner: &str, cause: &str) -> Result<i64, RefreshError> {
+    async fn back_off(&self, attempt: &Attempt<'_>, cause: &str) -> Result<i64, RefreshError> {
+        let (conn, owner) = (attempt.conn, attempt.owner);
         let failures = conn.consecutive_failures.saturating_add(1);
         let exponent = failures.saturating_sub(1).min(16);
         let delay = (self.settings.base_backoff * 2u32.saturating_pow(exponent)).min(self.settings.max_backoff);

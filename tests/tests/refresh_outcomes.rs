@@ -1,0 +1,263 @@
+//! Invariants 4 and 5, and the parsing of token responses, through the whole
+//! protocol: each preset's dead-token answer moves the connection to
+//! `needs_reauth` with the provider's message; a 503 or an unreachable
+//! provider does not, and backs off instead of retrying in a storm; each
+//! preset's response quirks end up correctly in the store.
+
+use std::time::Duration;
+
+use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
+use oauth_sync_tests::stack::{PROVIDER, RefreshFixture, deadline};
+use shared::config::PresetName;
+use shared::connection::{DUE_SHARDS, Status, now_ms, reason};
+use shared::refresh::{RefreshError, RefreshSettings};
+
+fn settings() -> RefreshSettings {
+    RefreshSettings {
+        token_timeout: Duration::from_secs(2),
+        commit_budget: Duration::from_secs(4),
+        base_backoff: Duration::from_secs(1),
+        ..RefreshSettings::default()
+    }
+}
+
+async fn fixture(preset: PresetName, overrides: &str, test: &str) -> RefreshFixture {
+    RefreshFixture::start(SimConfig::for_preset(preset), settings(), overrides, test).await
+}
+
+async fn in_due_index(fixture: &RefreshFixture, id: &shared::connection::ConnectionId) -> bool {
+    let mut due = Vec::new();
+    for shard in 0..DUE_SHARDS {
+        due.extend(
+            fixture
+                .service
+                .store()
+                .due(&shard.to_string(), i64::MAX / 2, 100)
+                .await
+                .expect("query"),
+        );
+    }
+    due.contains(id)
+}
+
+#[tokio::test]
+async fn each_presets_dead_token_answer_needs_reauth_with_its_message() {
+    let expected = |preset: PresetName| match preset {
+        PresetName::ExactOnline => "Old refresh token used.",
+        PresetName::Hubspot => "missing or unknown refresh token",
+        PresetName::Microsoft => "AADSTS70000",
+        PresetName::Google => "Token has been expired or revoked.",
+        PresetName::Zoho => "invalid_code",
+        _ => "refresh token revoked",
+    };
+    for preset in PresetName::ALL {
+        let fixture = fixture(preset, "", "dead").await;
+        let id = fixture.connect("dead").await;
+        assert!(
+            in_due_index(&fixture, &id).await,
+            "{preset}: active connections are in the due index"
+        );
+        let refresh = fixture.stored_refresh_token(&id).await;
+        fixture.sim().kill_family_of(refresh.secret());
+
+        let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+        let RefreshError::NeedsReauth {
+            reason: why, message, ..
+        } = &e
+        else {
+            panic!("{preset}: {e}")
+        };
+        assert_eq!(*why, reason::DEAD_REFRESH_TOKEN, "{preset}");
+        assert!(message.contains(expected(preset)), "{preset}: {message}");
+        let connection = fixture.connection(&id).await;
+        assert_eq!(connection.status, Status::NeedsReauth, "{preset}");
+        assert_eq!(
+            connection.status_reason.as_deref(),
+            Some(reason::DEAD_REFRESH_TOKEN),
+            "{preset}"
+        );
+        assert!(
+            connection
+                .provider_message
+                .as_deref()
+                .is_some_and(|m| m.contains(expected(preset))),
+            "{preset}"
+        );
+        assert!(connection.lease.is_none(), "{preset}");
+        assert!(
+            !in_due_index(&fixture, &id).await,
+            "{preset}: a dead connection leaves the due index"
+        );
+
+        // It stops: no further call reaches the provider.
+        let before = fixture.sim().counters().refresh_requests;
+        let e = fixture.service.access_token(&id, deadline(30)).await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RefreshError::NotActive {
+                    status: Status::NeedsReauth,
+                    ..
+                }
+            ),
+            "{preset}: {e}"
+        );
+        assert_eq!(fixture.sim().counters().refresh_requests, before, "{preset}");
+    }
+}
+
+#[tokio::test]
+async fn a_503_backs_off_exponentially_and_keeps_the_connection() {
+    let fixture = fixture(PresetName::ExactOnline, "", "unavailable").await;
+    let id = fixture.connect("busy").await;
+    let unavailable = FaultPlan {
+        grant: Grant::RefreshToken,
+        fault: Fault::Status { status: 503 },
+        times: 1,
+    };
+
+    fixture.sim().inject(unavailable.clone());
+    let before = now_ms();
+    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    let after = now_ms();
+    assert!(
+        matches!(&e, RefreshError::RetryLater { cause, .. } if cause.contains("503")),
+        "{e}"
+    );
+    let connection = fixture.connection(&id).await;
+    assert_eq!(
+        (
+            connection.status,
+            connection.consecutive_failures,
+            connection.token_version
+        ),
+        (Status::Active, 1, 1)
+    );
+    // 1 s base backoff, jittered to 0.5–1 s after the failure (which happened between `before` and `after`).
+    let next = connection.next_attempt_at.expect("a next attempt");
+    assert!(
+        (before + 500..=after + 1_000).contains(&next),
+        "{} ms after the call began",
+        next - before
+    );
+    assert!(connection.lease.is_none());
+
+    // No retry storm: while backing off, nothing is sent; a caller that only
+    // needs a token gets the one that still works.
+    let fresh = fixture
+        .service
+        .access_token(&id, deadline(30))
+        .await
+        .expect("the current token");
+    assert!(!fresh.refreshed);
+    assert!(matches!(
+        fixture.service.refresh_now(&id, deadline(30)).await,
+        Err(RefreshError::RetryLater { .. })
+    ));
+    assert_eq!(fixture.sim().counters().refresh_requests, 1);
+
+    // The second consecutive failure waits twice as long.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    fixture.sim().inject(unavailable);
+    let before = now_ms();
+    fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    let after = now_ms();
+    let connection = fixture.connection(&id).await;
+    assert_eq!(connection.consecutive_failures, 2);
+    let next = connection.next_attempt_at.expect("a next attempt");
+    assert!(
+        (before + 1_000..=after + 2_000).contains(&next),
+        "2 s backoff, jittered: {} ms",
+        next - before
+    );
+
+    // Once the provider answers again, the failures are forgotten.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let fresh = fixture.service.refresh_now(&id, deadline(30)).await.expect("refreshed");
+    assert_eq!(fresh.token_version, 2);
+    let connection = fixture.connection(&id).await;
+    assert_eq!((connection.consecutive_failures, connection.next_attempt_at), (0, None));
+    assert_eq!(fixture.sim().counters().refresh_tokens_reused, 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_is_transient() {
+    // Nothing listens on port 9 (discard) on loopback: the request never leaves.
+    let fixture = fixture(PresetName::Generic, "", "unreachable").await;
+    let id = fixture.connect("unreachable").await;
+    let mut config = (*fixture.config).clone();
+    config.providers.get_mut(PROVIDER).expect("provider").token_url = "http://127.0.0.1:9/token".parse().expect("url");
+    let service = shared::refresh::TokenService::load(
+        std::sync::Arc::new(config),
+        fixture.service.store().clone(),
+        shared::secrets::SecretStore::new(fixture.aws.secrets.clone()),
+        settings(),
+    )
+    .await
+    .expect("service");
+    let e = service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert!(
+        matches!(&e, RefreshError::RetryLater { cause, .. } if cause.contains("cannot reach")),
+        "{e}"
+    );
+    let connection = fixture.connection(&id).await;
+    assert_eq!(
+        (connection.status, connection.consecutive_failures),
+        (Status::Active, 1)
+    );
+}
+
+#[tokio::test]
+async fn token_responses_are_stored_as_each_preset_says() {
+    // Exact Online: expires_in is the string "600".
+    let exact = fixture(PresetName::ExactOnline, "", "parse-exact").await;
+    let id = exact.connect("exact").await;
+    let before = now_ms();
+    let fresh = exact.service.refresh_now(&id, deadline(30)).await.expect("refresh");
+    assert!(
+        (before + 600_000..=now_ms() + 600_000).contains(&fresh.expires_at),
+        "600 s from the string"
+    );
+    let connection = exact.connection(&id).await;
+    assert_eq!(connection.access_expires_at, Some(fresh.expires_at));
+    // Due 25 s before expiry, never sooner than 570 s after the last refresh.
+    assert_eq!(connection.refresh_due_at, Some(fresh.expires_at - 25_000));
+
+    // Salesforce: no expires_in (2 h assumed), no new refresh token (the old
+    // one is kept and keeps working), and instance_url recorded.
+    let salesforce = fixture(PresetName::Salesforce, "", "parse-sf").await;
+    let id = salesforce.connect("sf").await;
+    let old = salesforce.stored_refresh_token(&id).await;
+    let before = now_ms();
+    let fresh = salesforce
+        .service
+        .refresh_now(&id, deadline(30))
+        .await
+        .expect("refresh");
+    assert!((before + 7_200_000..=now_ms() + 7_200_000).contains(&fresh.expires_at));
+    assert_eq!(
+        salesforce.stored_refresh_token(&id).await,
+        old,
+        "no refresh token returned: the old one stays"
+    );
+    assert_eq!(
+        salesforce.connection(&id).await.instance_url.as_deref(),
+        Some(salesforce.oauth.sim.base_url.as_str())
+    );
+    salesforce
+        .service
+        .refresh_now(&id, deadline(30))
+        .await
+        .expect("the kept token still refreshes");
+
+    // Microsoft: extra fields (ext_expires_in, id_token-like noise) are ignored; granted scopes are recorded.
+    let microsoft = fixture(
+        PresetName::Microsoft,
+        "scopes = [\"offline_access\", \"User.Read\"]",
+        "parse-ms",
+    )
+    .await;
+    let id = microsoft.connect("ms").await;
+    microsoft.service.refresh_now(&id, deadline(30)).await.expect("refresh");
+    assert_eq!(microsoft.connection(&id).await.scopes, ["User.Read"]);
+}
