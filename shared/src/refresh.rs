@@ -179,13 +179,13 @@ impl TokenService {
         store: ConnectionStore,
         secrets: SecretStore,
         settings: RefreshSettings,
-    ) -> Result<TokenService, StartupError> {
+    ) -> Result<TokenService, LoadError> {
         let text = secrets.text(&config.service.token_key_secret).await?;
-        let keys = KeyRing::from_json(&text).map_err(|source| StartupError::KeyRing {
+        let keys = KeyRing::from_json(&text).map_err(|source| LoadError::KeyRing {
             secret: config.service.token_key_secret.clone(),
             source,
         })?;
-        let http = http_client(settings.token_timeout).map_err(StartupError::Http)?;
+        let http = http_client(settings.token_timeout).map_err(LoadError::Http)?;
         Ok(TokenService {
             store,
             keys: Arc::new(keys),
@@ -688,7 +688,7 @@ pub fn jitter(d: Duration) -> Duration {
 
 /// Why a [`TokenService`] could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum StartupError {
+pub enum LoadError {
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     #[error("token key ring in secret `{secret}`: {source}")]

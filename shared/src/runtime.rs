@@ -5,9 +5,16 @@
 //! in Lambda, from the Secrets Manager secret named by
 //! `OAUTH_SYNC_CONFIG_SECRET` (set by infra/template.yaml).
 
+use std::sync::Arc;
+
 use crate::aws::AwsClients;
 use crate::config::{CONFIG_ENV, Config, ConfigError};
+use crate::connection::store::ConnectionStore;
+use crate::refresh::{LoadError, RefreshSettings, TokenService};
 use crate::secrets::{SecretStore, SecretsError};
+
+/// The environment variable naming the connections table (set by infra/template.yaml).
+pub const CONNECTIONS_TABLE_ENV: &str = "OAUTH_SYNC_CONNECTIONS_TABLE";
 
 /// The environment variable naming the secret that holds the configuration text.
 pub const CONFIG_SECRET_ENV: &str = "OAUTH_SYNC_CONFIG_SECRET";
@@ -19,6 +26,10 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("configuration secret: {0}")]
     Secret(#[from] SecretsError),
+    #[error("environment variable {0} is not set")]
+    MissingEnv(&'static str),
+    #[error("token service: {0}")]
+    TokenService(#[from] LoadError),
 }
 
 /// Clients and configuration, built once per process and borrowed by handlers.
@@ -35,6 +46,20 @@ impl App {
         let secrets = SecretStore::new(aws.secrets.clone());
         let config = load_config(&secrets).await?;
         Ok(App { config, aws, secrets })
+    }
+
+    /// The connection store on the table named by `OAUTH_SYNC_CONNECTIONS_TABLE`.
+    pub fn connection_store(&self) -> Result<ConnectionStore, StartupError> {
+        let table =
+            std::env::var(CONNECTIONS_TABLE_ENV).map_err(|_| StartupError::MissingEnv(CONNECTIONS_TABLE_ENV))?;
+        Ok(ConnectionStore::new(self.aws.dynamodb.clone(), table))
+    }
+
+    /// The token service (loads the key ring from Secrets Manager).
+    pub async fn token_service(&self) -> Result<TokenService, StartupError> {
+        let config = Arc::new(self.config.clone());
+        let store = self.connection_store()?;
+        Ok(TokenService::load(config, store, self.secrets.clone(), RefreshSettings::default()).await?)
     }
 }
 

@@ -261,3 +261,49 @@ async fn token_responses_are_stored_as_each_preset_says() {
     microsoft.service.refresh_now(&id, deadline(30)).await.expect("refresh");
     assert_eq!(microsoft.connection(&id).await.scopes, ["User.Read"]);
 }
+
+#[tokio::test]
+async fn the_refresher_finds_due_connections_through_the_index() {
+    let fixture = fixture(PresetName::Generic, "", "due").await;
+    // Access tokens for an hour: due 5 minutes before expiry, so not yet.
+    let fresh_ids = [fixture.connect("fresh-1").await, fixture.connect("fresh-2").await];
+    // Access tokens for a minute: inside the 5-minute lead, so due now.
+    fixture
+        .sim()
+        .reconfigure(|c| c.access_token_ttl = Duration::from_secs(60));
+    let mut due_ids = Vec::new();
+    for i in 0..5 {
+        due_ids.push(fixture.connect(&format!("due-{i}")).await);
+    }
+    // A dead one: out of the index, never touched.
+    let dead = fixture.connect("dead").await;
+    fixture
+        .sim()
+        .kill_family_of(fixture.stored_refresh_token(&dead).await.secret());
+    fixture.service.refresh_now(&dead, deadline(30)).await.unwrap_err();
+    let requests_before = fixture.sim().counters().refresh_requests;
+
+    fixture
+        .sim()
+        .reconfigure(|c| c.access_token_ttl = Duration::from_secs(3600));
+    let summary = fixture.service.refresh_due(deadline(60), 4).await.expect("refresh due");
+    assert_eq!(
+        (summary.due, summary.refreshed, summary.failed),
+        (5, 5, 0),
+        "{summary:?}"
+    );
+    assert_eq!(
+        fixture.sim().counters().refresh_requests - requests_before,
+        5,
+        "only the due ones were sent"
+    );
+    for id in &due_ids {
+        assert_eq!(fixture.connection(id).await.token_version, 2, "{id}");
+    }
+    for id in &fresh_ids {
+        assert_eq!(fixture.connection(id).await.token_version, 1, "{id}");
+    }
+    // Refreshed for an hour now: nothing is due any more.
+    let summary = fixture.service.refresh_due(deadline(60), 4).await.expect("refresh due");
+    assert_eq!(summary.due, 0, "{summary:?}");
+}

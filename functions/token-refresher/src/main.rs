@@ -1,7 +1,7 @@
-//! The `token-refresher` Lambda function: refreshes every connection whose access token is due (EventBridge schedule).
-//! `main` wires; [`handler`] holds the logic.
+//! Wires the `token-refresher` function: logging, clients and the token
+//! service are built once; each scheduled invocation runs the handler.
 
-mod handler;
+use std::sync::Arc;
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use shared::runtime::App;
@@ -11,8 +11,9 @@ use shared::telemetry::{Target, init};
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
     let app = App::from_env().await?;
+    let service = Arc::new(app.token_service().await?);
     run(service_fn(|event: LambdaEvent<serde_json::Value>| {
-        handler::function_handler(&app, event)
+        token_refresher::function_handler(&service, event)
     }))
     .await
 }

@@ -1,0 +1,57 @@
+//! The `token-refresher` Lambda function: on an EventBridge schedule, refreshes
+//! every connection whose access token is due (or whose refresh token would
+//! otherwise die of idleness), found through the sharded refresh-due index.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use shared::connection::now_ms;
+use shared::connection::store::StoreError;
+use shared::refresh::{DueSummary, TokenService};
+
+/// Connections refreshed at the same time.
+pub const CONCURRENCY: usize = 16;
+/// Time kept back from the invocation's deadline: no refresh starts in it.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// The due-index query failed: worth retrying (the next schedule will, too).
+#[derive(Debug, thiserror::Error)]
+#[error("finding due connections failed: {0}")]
+pub struct RefresherError(#[from] StoreError);
+
+impl From<RefresherError> for Diagnostic {
+    fn from(error: RefresherError) -> Diagnostic {
+        Diagnostic {
+            error_type: "Retryable".to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
+/// The invocation's deadline as an `Instant`, less a margin.
+pub fn deadline_of(context: &lambda_runtime::Context) -> Instant {
+    let left = i64::try_from(context.deadline)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(now_ms());
+    let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+    Instant::now() + left.saturating_sub(DEADLINE_MARGIN)
+}
+
+pub async fn function_handler(
+    service: &Arc<TokenService>,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<DueSummary, RefresherError> {
+    let deadline = deadline_of(&event.context);
+    let summary = service.refresh_due(deadline, CONCURRENCY).await?;
+    tracing::info!(
+        request_id = %event.context.request_id,
+        due = summary.due,
+        refreshed = summary.refreshed,
+        needs_reauth = summary.needs_reauth,
+        retry_later = summary.retry_later,
+        failed = summary.failed,
+        "refresh run finished"
+    );
+    Ok(summary)
+}
