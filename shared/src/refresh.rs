@@ -206,6 +206,50 @@ impl TokenService {
         &self.keys
     }
 
+    /// Stores the tokens of a login (sealed) as connection `id`: a new
+    /// connection at version 1, or an existing one at its next version,
+    /// active again. Without a new refresh token the old one is kept.
+    pub async fn save_login(
+        &self,
+        id: &ConnectionId,
+        provider: &str,
+        kind: crate::connection::ConnectionKind,
+        tokens: &TokenSet,
+    ) -> Result<Connection, RefreshError> {
+        let settings = &self.config.provider(provider)?.settings;
+        let seal = |field: &str, value: &str| {
+            self.keys
+                .seal(id.as_str(), field, value)
+                .map(crate::connection::Sealed)
+                .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
+        };
+        let now = now_ms();
+        let expires_at = now.saturating_add(i64::try_from(tokens.expires_in.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let login = crate::connection::store::NewLogin {
+            id: id.clone(),
+            provider: provider.to_owned(),
+            kind,
+            access_token: seal("access_token", tokens.access_token.secret())?,
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| seal("refresh_token", t.secret()))
+                .transpose()?,
+            access_expires_at: expires_at,
+            scopes: tokens.scope.clone().unwrap_or_default(),
+            refresh_due_at: refresh_due_at(settings, expires_at, Some(now)),
+            instance_url: tokens.instance_url.clone(),
+            api_domain: tokens.api_domain.clone(),
+        };
+        let saved = self
+            .store
+            .save_login(&login)
+            .await
+            .map_err(|source| RefreshError::Store { id: id.clone(), source })?;
+        info!(connection = %id, provider, version = saved.token_version, "login stored");
+        Ok(saved)
+    }
+
     /// A valid access token for the connection, refreshed through the protocol when due.
     pub async fn access_token(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
         self.run(id, Mode::IfDue, deadline).await

@@ -278,25 +278,11 @@ impl RefreshFixture {
     pub async fn connect(&self, id: &str) -> shared::connection::ConnectionId {
         let id = shared::connection::ConnectionId::parse(id).expect("connection id");
         let tokens = self.oauth.login().await;
-        let keys = self.service.keys();
-        let seal =
-            |field: &str, value: &str| shared::connection::Sealed(keys.seal(id.as_str(), field, value).expect("seal"));
-        let now = shared::connection::now_ms();
-        let expires_at = now + i64::try_from(tokens.expires_in).expect("secs") * 1000;
-        let settings = &self.config.providers[PROVIDER].settings;
-        let login = shared::connection::store::NewLogin {
-            id: id.clone(),
-            provider: PROVIDER.to_owned(),
-            kind: shared::connection::ConnectionKind::Shared,
-            access_token: seal("access_token", tokens.access_token.secret()),
-            refresh_token: tokens.refresh_token.as_ref().map(|t| seal("refresh_token", t.secret())),
-            access_expires_at: expires_at,
-            scopes: tokens.scope.clone().unwrap_or_default(),
-            refresh_due_at: shared::connection::refresh_due_at(settings, expires_at, Some(now)),
-            instance_url: tokens.instance_url.clone(),
-            api_domain: tokens.api_domain.clone(),
-        };
-        self.service.store().save_login(&login).await.expect("save login");
+        let kind = shared::connection::ConnectionKind::Shared;
+        self.service
+            .save_login(&id, PROVIDER, kind, &tokens)
+            .await
+            .expect("save login");
         id
     }
 

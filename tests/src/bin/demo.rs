@@ -7,21 +7,29 @@
 //! 4. refreshes twice (single-use rotation)
 //! 5. replays a spent refresh token to show what oauth-sync exists to prevent:
 //!    the provider revokes the whole token family
+//! 6. stores a connection, encrypted, in DynamoDB Local, and lets 16
+//!    concurrent workers ask for a fresh token through the refresh protocol:
+//!    one refreshes, the others wait for its result, nothing is spent twice
 //!
 //! Token values are never printed; fingerprints (first characters of their
 //! SHA-256) are.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use oauth_sync_tests::simulator::{Counters, SimConfig};
 use shared::config::{Config, PresetName};
-use shared::crypto::{Pkce, random_token, sha256_b64url};
+use shared::connection::store::ConnectionStore;
+use shared::connection::{ConnectionId, ConnectionKind};
+use shared::crypto::{KeyRing, Pkce, random_token, sha256_b64url};
 use shared::oauth::{TokenEndpoint, TokenError, authorize_url, http_client};
+use shared::refresh::{RefreshSettings, TokenService};
 use shared::secret::AuthorizationCode;
 use shared::secrets::SecretStore;
 
 const SECRET_NAME: &str = "oauth-sync/demo-exact";
+const KEY_RING_NAME: &str = "oauth-sync/demo-token-keys";
 const REDIRECT_URI: &str = "https://demo.example/callback";
 
 fn say(text: &str) {
@@ -74,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
 
     say("2. configuration");
     let text = format!(
-        "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"{SECRET_NAME}\"\n\
+        "[service]\ntoken_key_secret = \"{KEY_RING_NAME}\"\n\n\
+         [providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"{SECRET_NAME}\"\n\
          authorize_url = \"{simulator}/authorize\"\ntoken_url = \"{simulator}/token\"\n"
     );
     let config = Config::parse(&text, "demo.toml")?;
@@ -171,20 +180,118 @@ async fn main() -> anyhow::Result<()> {
         counters.tokens_issued, counters.refreshes, counters.refresh_tokens_reused, counters.families_revoked
     ));
 
-    let tables: Vec<String> = aws
-        .dynamodb
-        .list_tables()
+    say("6. the refresh protocol: 16 workers, one connection, one refresh");
+    let key_ring = KeyRing::generate_json("demo-1")?;
+    if let Err(e) = aws
+        .secrets
+        .create_secret()
+        .name(KEY_RING_NAME)
+        .secret_string(&key_ring)
+        .send()
+        .await
+        && !e.as_service_error().is_some_and(|e| e.is_resource_exists_exception())
+    {
+        return Err(e).context("storing the token key ring");
+    }
+    let table = std::env::var("OAUTH_SYNC_CONNECTIONS_TABLE").context("OAUTH_SYNC_CONNECTIONS_TABLE")?;
+    let store = ConnectionStore::new(aws.dynamodb.clone(), table.clone());
+    let settings = RefreshSettings {
+        poll_min: Duration::from_millis(10),
+        ..RefreshSettings::default()
+    };
+    let service = Arc::new(
+        TokenService::load(
+            Arc::new(config.clone()),
+            store,
+            SecretStore::new(aws.secrets.clone()),
+            settings,
+        )
+        .await?,
+    );
+    let id = ConnectionId::parse("demo-exact-1")?;
+    let login = {
+        let pkce = Pkce::generate()?;
+        let url = authorize_url(
+            provider,
+            &credentials.client_id,
+            REDIRECT_URI,
+            "s",
+            Some(&pkce.challenge),
+        );
+        let location = http
+            .get(url)
+            .send()
+            .await?
+            .headers()
+            .get("location")
+            .context("no redirect")?
+            .to_str()?
+            .to_owned();
+        let location = url::Url::parse(&location)?;
+        let code = location
+            .query_pairs()
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+            .context("no code")?;
+        endpoint
+            .exchange_code(&AuthorizationCode::new(code), REDIRECT_URI, Some(&pkce.verifier))
+            .await?
+    };
+    let stored = service.save_login(&id, "exact", ConnectionKind::Shared, &login).await?;
+    say(&format!(
+        "   connection `{id}` stored in {table}: token_version {}, access and refresh token encrypted (AES-256-GCM, {} and {})",
+        stored.token_version,
+        stored
+            .access_token
+            .as_ref()
+            .map(|s| format!("{} bytes", s.0.len()))
+            .unwrap_or_default(),
+        stored
+            .refresh_token
+            .as_ref()
+            .map(|s| format!("{} bytes", s.0.len()))
+            .unwrap_or_default(),
+    ));
+    let before: Counters = http
+        .get(format!("{simulator}/_sim/counters"))
         .send()
         .await?
-        .table_names
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|t| t.starts_with("oauth-sync-"))
-        .collect();
+        .json()
+        .await?;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (service, id) = (service.clone(), id.clone());
+        workers.spawn(async move { service.refresh_now(&id, Instant::now() + Duration::from_secs(60)).await });
+    }
+    let mut refreshed = 0;
+    while let Some(result) = workers.join_next().await {
+        refreshed += usize::from(result??.refreshed);
+    }
+    let after: Counters = http
+        .get(format!("{simulator}/_sim/counters"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let stored = service.store().get(&id).await?.context("the connection")?;
     say(&format!(
-        "\nDynamoDB Local holds the tables of infra/template.yaml: {}",
-        tables.join(", ")
+        "   16 concurrent refresh_now calls: {refreshed} sent the refresh, {} waited for it and used its result",
+        16 - refreshed
     ));
-    say("Next (issue 3): the connection store and refresh protocol that makes step 5 impossible.");
+    say(&format!(
+        "   provider side: {} refresh request(s), {} refresh token reused, {} family revoked; stored token_version {}",
+        after.refresh_requests - before.refresh_requests,
+        after.refresh_tokens_reused - before.refresh_tokens_reused,
+        after.families_revoked - before.families_revoked,
+        stored.token_version
+    ));
+    let fresh = service
+        .access_token(&id, Instant::now() + Duration::from_secs(10))
+        .await?;
+    say(&format!(
+        "   access_token() now answers from the store without a refresh: {} (refreshed: {})",
+        fingerprint(fresh.access_token.secret()),
+        fresh.refreshed
+    ));
     Ok(())
 }

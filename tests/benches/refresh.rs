@@ -1,0 +1,88 @@
+//! Refresh throughput: 1,000 due connections refreshed through the protocol
+//! (`TokenService::refresh_due`) against DynamoDB Local and the simulator,
+//! with the DynamoDB operations each refresh costs.
+//!
+//! Needs the local stack:
+//!   scripts/stack start && . .local/stack.env && cargo bench -p oauth-sync-tests --bench refresh
+//! Optional: BENCH_CONNECTIONS (default 1000), BENCH_CONCURRENCY (default "1,8,32").
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oauth_sync_tests::simulator::SimConfig;
+use oauth_sync_tests::stack::{RefreshFixture, deadline};
+use shared::config::PresetName;
+use shared::refresh::RefreshSettings;
+
+#[tokio::main]
+async fn main() {
+    let connections: usize = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let levels: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,8,32".to_owned())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let mut rows = Vec::new();
+    for concurrency in levels {
+        // A fresh set of tables and connections per level, all due: 60 s access
+        // tokens are inside the generic preset's 5-minute refresh lead.
+        let sim = SimConfig {
+            access_token_ttl: Duration::from_secs(60),
+            ..SimConfig::for_preset(PresetName::Generic)
+        };
+        let fixture = Arc::new(RefreshFixture::start(sim, RefreshSettings::default(), "", "bench").await);
+        seed(&fixture, connections).await;
+        let before = fixture.service.store().ops().snapshot();
+        let started = Instant::now();
+        let summary = fixture
+            .service
+            .refresh_due(deadline(600), concurrency)
+            .await
+            .expect("refresh_due");
+        let elapsed = started.elapsed();
+        let after = fixture.service.store().ops().snapshot();
+        assert_eq!(summary.refreshed as usize, connections, "{summary:?}");
+        let counters = fixture.sim().counters();
+        assert_eq!((counters.refresh_tokens_reused, counters.families_revoked), (0, 0));
+        let per = |a: u64, b: u64| (a - b) as f64 / summary.refreshed as f64;
+        rows.push(format!(
+            "| {connections} | {concurrency} | {:.1} | {:.0} | {:.2} | {:.2} | {} |",
+            elapsed.as_secs_f64(),
+            summary.refreshed as f64 / elapsed.as_secs_f64(),
+            per(after.0, before.0),
+            per(after.1, before.1),
+            after.2 - before.2,
+        ));
+    }
+    let mut out = String::from(
+        "| connections | concurrency | seconds | refreshes/s | reads/refresh | writes/refresh | index queries |\n\
+         | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for row in rows {
+        out.push_str(&row);
+        out.push('\n');
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        print!("{out}");
+    }
+}
+
+/// Logs `n` connections in at the simulator, 32 at a time.
+async fn seed(fixture: &Arc<RefreshFixture>, n: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(32));
+    for i in 0..n {
+        let (fixture, permits) = (fixture.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            fixture.connect(&format!("bench-{i}")).await;
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("seed");
+    }
+}
