@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
 use super::{Connection, ConnectionId, ConnectionKind, Lease, Sealed, Status, now_ms};
@@ -169,6 +170,14 @@ impl ConnectionStore {
         }
     }
 
+    /// An `UpdateItem` on the connection `id`, to be given its expressions.
+    fn update(&self, id: &ConnectionId) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id.as_str()))
+    }
+
     /// A strongly consistent read: the protocol never decides on stale data.
     pub async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         self.ops.reads.fetch_add(1, Ordering::Relaxed);
@@ -273,10 +282,7 @@ impl ConnectionStore {
             "outcome_unknown_since",
         ];
         let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("id", s(login.id.as_str()))
+            .update(&login.id)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":provider", s(&login.provider))
             .expression_attribute_values(":kind", s(login.kind.as_str()))
@@ -329,11 +335,7 @@ impl ConnectionStore {
         now: i64,
         until: i64,
     ) -> Result<Write, StoreError> {
-        let request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("id", s(id.as_str()))
+        let request = self.update(id)
             .update_expression("SET lease_owner = :me, lease_until = :until, lease_taken_at = :now")
             .condition_expression(
                 "token_version = :seen AND #status = :active AND (attribute_not_exists(lease_owner) OR lease_until < :now)",
@@ -359,10 +361,7 @@ impl ConnectionStore {
         until: i64,
     ) -> Result<Write, StoreError> {
         let request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("id", s(id.as_str()))
+            .update(id)
             .update_expression(
                 "SET lease_owner = :me, lease_until = :until, lease_taken_at = :now, \
                  outcome_unknown_since = if_not_exists(outcome_unknown_since, :sent)",
@@ -386,10 +385,7 @@ impl ConnectionStore {
         until: i64,
     ) -> Result<Write, StoreError> {
         let request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("id", s(id.as_str()))
+            .update(id)
             .update_expression("SET lease_until = :until")
             .condition_expression("token_version = :seen AND lease_owner = :me")
             .expression_attribute_values(":until", n(until))
@@ -414,10 +410,7 @@ impl ConnectionStore {
             "updated_at = :now",
         ];
         let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("id", s(commit.id.as_str()))
+            .update(&commit.id)
             .expression_attribute_values(":access", b(&commit.access_token))
             .expression_attribute_values(":expires", n(commit.access_expires_at))
             .expression_attribute_values(":seen", n(commit.seen_version))
@@ -463,10 +456,7 @@ impl ConnectionStore {
         next_attempt_at: i64,
     ) -> Result<Write, StoreError> {
         let request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("id", s(id.as_str()))
+            .update(id)
             .update_expression(format!(
                 "SET last_refresh_outcome = :outcome, consecutive_failures = :failures, next_attempt_at = :next, \
                  refresh_due_at = :next, updated_at = :now REMOVE {LEASE_FIELDS}"
@@ -492,10 +482,7 @@ impl ConnectionStore {
         message: &str,
     ) -> Result<Write, StoreError> {
         let request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("id", s(id.as_str()))
+            .update(id)
             .update_expression(format!(
                 "SET #status = :needs, status_reason = :reason, provider_message = :message, \
                  last_refresh_outcome = :reason, updated_at = :now REMOVE {LEASE_FIELDS}, due_shard, refresh_due_at"
@@ -546,7 +533,7 @@ impl ConnectionStore {
     async fn conditional_update(
         &self,
         operation: &'static str,
-        request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+        request: UpdateItemFluentBuilder,
     ) -> Result<Write, StoreError> {
         use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         self.ops.writes.fetch_add(1, Ordering::Relaxed);
