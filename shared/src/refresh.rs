@@ -342,6 +342,26 @@ impl TokenService {
             if !due {
                 return self.fresh(&conn, false);
             }
+            // The provider's own limit (Exact Online: one refresh per 570 s): do not even ask.
+            let interval = millis(Duration::from_secs(provider.settings.min_refresh_interval_secs));
+            if let Some(until) = conn
+                .last_refresh_at
+                .map(|t| t.saturating_add(interval))
+                .filter(|t| *t > now)
+            {
+                if access_valid && mode == Mode::IfDue {
+                    return self.fresh(&conn, false);
+                }
+                let cause = format!(
+                    "provider `{}` allows one refresh per {} s",
+                    provider.name, provider.settings.min_refresh_interval_secs
+                );
+                return Err(RefreshError::RetryLater {
+                    id: id.clone(),
+                    until,
+                    cause,
+                });
+            }
             if let Some(until) = conn.next_attempt_at.filter(|t| *t > now) {
                 if access_valid && mode == Mode::IfDue {
                     return self.fresh(&conn, false);

@@ -51,7 +51,8 @@ async fn each_presets_dead_token_answer_needs_reauth_with_its_message() {
         _ => "refresh token revoked",
     };
     for preset in PresetName::ALL {
-        let fixture = fixture(preset, "", "dead").await;
+        // Exact Online's one-refresh-per-570 s limit would (rightly) hold the refresh back.
+        let fixture = fixture(preset, "min_refresh_interval_secs = 0", "dead").await;
         let id = fixture.connect("dead").await;
         assert!(
             in_due_index(&fixture, &id).await,
@@ -108,7 +109,7 @@ async fn each_presets_dead_token_answer_needs_reauth_with_its_message() {
 
 #[tokio::test]
 async fn a_503_backs_off_exponentially_and_keeps_the_connection() {
-    let fixture = fixture(PresetName::ExactOnline, "", "unavailable").await;
+    let fixture = fixture(PresetName::ExactOnline, "min_refresh_interval_secs = 0", "unavailable").await;
     let id = fixture.connect("busy").await;
     let unavailable = FaultPlan {
         grant: Grant::RefreshToken,
@@ -210,7 +211,7 @@ async fn an_unreachable_provider_is_transient() {
 #[tokio::test]
 async fn token_responses_are_stored_as_each_preset_says() {
     // Exact Online: expires_in is the string "600".
-    let exact = fixture(PresetName::ExactOnline, "", "parse-exact").await;
+    let exact = fixture(PresetName::ExactOnline, "min_refresh_interval_secs = 0", "parse-exact").await;
     let id = exact.connect("exact").await;
     let before = now_ms();
     let fresh = exact.service.refresh_now(&id, deadline(30)).await.expect("refresh");
@@ -220,7 +221,7 @@ async fn token_responses_are_stored_as_each_preset_says() {
     );
     let connection = exact.connection(&id).await;
     assert_eq!(connection.access_expires_at, Some(fresh.expires_at));
-    // Due 25 s before expiry, never sooner than 570 s after the last refresh.
+    // Due 25 s before expiry.
     assert_eq!(connection.refresh_due_at, Some(fresh.expires_at - 25_000));
 
     // Salesforce: no expires_in (2 h assumed), no new refresh token (the old
@@ -306,4 +307,30 @@ async fn the_refresher_finds_due_connections_through_the_index() {
     // Refreshed for an hour now: nothing is due any more.
     let summary = fixture.service.refresh_due(deadline(60), 4).await.expect("refresh due");
     assert_eq!(summary.due, 0, "{summary:?}");
+}
+
+#[tokio::test]
+async fn exact_onlines_refresh_limit_is_kept_without_asking() {
+    let fixture = fixture(PresetName::ExactOnline, "", "exact-limit").await;
+    let id = fixture.connect("exact").await;
+    // The login counts: a refresh within 570 s is not sent at all.
+    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert!(
+        matches!(&e, RefreshError::RetryLater { cause, .. } if cause.contains("one refresh per 570 s")),
+        "{e}"
+    );
+    // A caller that needs a token gets the valid one.
+    let fresh = fixture
+        .service
+        .access_token(&id, deadline(30))
+        .await
+        .expect("the current token");
+    assert!(!fresh.refreshed);
+    assert_eq!(fixture.sim().counters().refresh_requests, 0);
+    let connection = fixture.connection(&id).await;
+    assert_eq!(
+        (connection.consecutive_failures, connection.lease),
+        (0, None),
+        "not a failure, nothing held"
+    );
 }

@@ -84,12 +84,15 @@ async fn main() -> anyhow::Result<()> {
     let text = format!(
         "[service]\ntoken_key_secret = \"{KEY_RING_NAME}\"\n\n\
          [providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"{SECRET_NAME}\"\n\
-         authorize_url = \"{simulator}/authorize\"\ntoken_url = \"{simulator}/token\"\n"
+         authorize_url = \"{simulator}/authorize\"\ntoken_url = \"{simulator}/token\"\n\
+         # The simulator does not enforce Exact Online's one-refresh-per-570 s limit.\n\
+         min_refresh_interval_secs = 0\n"
     );
     let config = Config::parse(&text, "demo.toml")?;
     let provider = config.provider("exact")?;
     say(&format!(
-        "   provider `exact` from preset exact_online: client auth {:?}, refresh lead {} s, at most one refresh per {} s, reuse grace {} s",
+        "   provider `exact` from preset exact_online: client auth {:?}, refresh lead {} s, \
+         refresh limit lifted to {} s for the simulator (Exact Online: 570), reuse grace {} s",
         provider.settings.client_auth,
         provider.settings.refresh_lead_secs,
         provider.settings.min_refresh_interval_secs,
