@@ -334,3 +334,29 @@ async fn exact_onlines_refresh_limit_is_kept_without_asking() {
         "not a failure, nothing held"
     );
 }
+
+#[tokio::test]
+async fn a_new_login_brings_a_dead_connection_back_with_the_same_id() {
+    let fixture = fixture(PresetName::Xero, "", "relogin").await;
+    let id = fixture.connect("tenant").await;
+    fixture
+        .sim()
+        .kill_family_of(fixture.stored_refresh_token(&id).await.secret());
+    fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert_eq!(fixture.connection(&id).await.status, Status::NeedsReauth);
+
+    // The same id logs in again: the next version, active, reason and message cleared, due again.
+    let again = fixture.connect("tenant").await;
+    assert_eq!(again, id);
+    let connection = fixture.connection(&id).await;
+    assert_eq!((connection.status, connection.token_version), (Status::Active, 2));
+    assert_eq!((connection.status_reason, connection.provider_message), (None, None));
+    assert!(in_due_index(&fixture, &id).await);
+    let fresh = fixture
+        .service
+        .refresh_now(&id, deadline(30))
+        .await
+        .expect("refreshes again");
+    assert_eq!(fresh.token_version, 3);
+    assert!(fixture.stored_tokens_work(&id).await);
+}
