@@ -136,7 +136,9 @@ impl TokenEndpoint<'_> {
             form.push(("code_verifier", verifier.secret()));
         }
         let (status, body) = self.post(self.provider.token_url.clone(), form).await?;
-        parse_token_response(&self.provider.settings, status, &body, &[code.secret()]).map_err(|e| match e {
+        let secret = self.credentials.client_secret.secret();
+        let sent = [code.secret(), verifier.map_or("", |v| v.secret()), secret];
+        parse_token_response(&self.provider.settings, status, &body, &sent).map_err(|e| match e {
             // `invalid_grant` here refuses the code, not a refresh token.
             TokenError::DeadToken { status, error, message } => TokenError::Rejected { status, error, message },
             other => other,
@@ -151,7 +153,8 @@ impl TokenEndpoint<'_> {
             ("refresh_token", refresh_token.secret()),
         ];
         let (status, body) = self.post(self.provider.token_url.clone(), form).await?;
-        parse_token_response(&self.provider.settings, status, &body, &[refresh_token.secret()])
+        let sent = [refresh_token.secret(), self.credentials.client_secret.secret()];
+        parse_token_response(&self.provider.settings, status, &body, &sent)
     }
 
     /// Revokes a token (RFC 7009). `Ok(false)` when the provider has no
@@ -165,7 +168,12 @@ impl TokenEndpoint<'_> {
         if status.is_success() {
             return Ok(true);
         }
-        Err(classify_error(&self.provider.settings, status, &body, &[token]))
+        Err(classify_error(
+            &self.provider.settings,
+            status,
+            &body,
+            &[token, self.credentials.client_secret.secret()],
+        ))
     }
 
     async fn post(&self, url: Url, mut form: Vec<(&str, &str)>) -> Result<(StatusCode, Vec<u8>), TokenError> {
@@ -370,7 +378,13 @@ fn seconds(value: &Value) -> Option<u64> {
         Value::Number(n) => n
             .as_u64()
             .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64)),
-        Value::String(s) => s.trim().parse().ok(),
+        Value::String(s) => s.trim().parse().ok().or_else(|| {
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| *f >= 0.0 && f.is_finite())
+                .map(|f| f as u64)
+        }),
         _ => None,
     }
 }
@@ -419,13 +433,16 @@ fn classify_error(settings: &ProviderSettings, status: StatusCode, body: &[u8], 
     }
 }
 
-/// A short, single-line piece of provider text with every secret we sent removed.
+/// A short, single-line piece of provider text with every secret we sent
+/// removed, as sent and form-encoded, before it is cut to length (so no cut
+/// can leave half a secret behind).
 fn excerpt(text: &str, sent: &[&str]) -> String {
-    let mut text: String = text.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE).collect();
+    let mut text: String = text.chars().filter(|c| !c.is_control()).collect();
     for secret in sent.iter().filter(|s| s.len() >= 4) {
-        text = text.replace(secret, "[redacted]");
+        let encoded: String = byte_serialize(secret.as_bytes()).collect();
+        text = text.replace(secret, "[redacted]").replace(&encoded, "[redacted]");
     }
-    text
+    text.chars().take(MAX_MESSAGE).collect()
 }
 
 #[cfg(test)]
@@ -546,6 +563,39 @@ mod tests {
             "{e}"
         );
         assert!(!e.to_string().contains("planted"));
+    }
+
+    #[test]
+    fn echoed_secrets_are_scrubbed_even_encoded_or_at_the_cut() {
+        let secret = "cs:planted+secret/value";
+        let encoded: String = byte_serialize(secret.as_bytes()).collect();
+        let long = format!("{}{secret}", "x".repeat(MAX_MESSAGE - 5));
+        for description in [format!("bad client {secret}"), format!("bad client {encoded}"), long] {
+            let body = json!({"error": "invalid_request", "error_description": description});
+            let e = parse_token_response(
+                &PresetName::Generic.settings(),
+                StatusCode::BAD_REQUEST,
+                body.to_string().as_bytes(),
+                &["rt-sent", secret],
+            )
+            .unwrap_err();
+            let text = format!("{e} {e:?}");
+            assert!(
+                !text.contains("planted") && !text.contains("cs:p") && !text.contains("cs%3Ap"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn expires_in_as_a_decimal_string_is_read() {
+        let set = parse(
+            PresetName::Generic,
+            200,
+            json!({"access_token": "at", "expires_in": "3600.0"}),
+        )
+        .expect("parses");
+        assert_eq!(set.expires_in, 3600);
     }
 
     #[test]

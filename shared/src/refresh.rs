@@ -158,6 +158,21 @@ struct Attempt<'a> {
     mode: Mode,
 }
 
+/// An earlier send of the same refresh token whose outcome is unknown: when
+/// it left, and what is known about it. Every decision to send again is
+/// measured from the first send, never from a retry.
+#[derive(Debug, Clone, Copy)]
+struct Unknown<'a> {
+    sent_at: i64,
+    detail: &'a str,
+}
+
+/// Clock difference between workers that a lease end is allowed to have:
+/// nobody treats a lease as abandoned until this long after it ended.
+const CLOCK_SKEW_MS: i64 = 2_000;
+/// Time a commit needs at least: one DynamoDB attempt (see `aws::ATTEMPT_TIMEOUT`).
+const MIN_COMMIT: Duration = Duration::from_secs(5);
+
 /// The one entry point for access tokens: every function and the CLI go
 /// through it. Build it once per process.
 #[derive(Debug)]
@@ -194,7 +209,7 @@ impl TokenService {
             credentials: Mutex::new(HashMap::new()),
             http,
             settings,
-            worker: random_token().map(|t| t[..8].to_owned()).unwrap_or_default(),
+            worker: format!("{:08x}", fastrand::u32(..)),
         })
     }
 
@@ -305,11 +320,8 @@ impl TokenService {
     }
 
     async fn run(&self, id: &ConnectionId, mode: Mode, deadline: Instant) -> Result<Fresh, RefreshError> {
-        let owner = format!(
-            "{}/{}",
-            self.worker,
-            random_token().map(|t| t[..8].to_owned()).unwrap_or_default()
-        );
+        // Lease owners only need to differ, not to be secret.
+        let owner = format!("{}/{:016x}", self.worker, fastrand::u64(..));
         let mut forced_from: Option<u64> = None;
         let mut poll = self.settings.poll_min;
         loop {
@@ -383,7 +395,7 @@ impl TokenService {
                 mode,
             };
             let step = match &conn.lease {
-                Some(lease) if lease.until > now => {
+                Some(lease) if lease.until.saturating_add(CLOCK_SKEW_MS) > now => {
                     // Someone else holds the lease: wait for their new version, never spend.
                     debug!(connection = %id, version = conn.token_version, "waiting for another worker's refresh");
                     tokio::time::sleep(jitter(poll)).await;
@@ -398,7 +410,14 @@ impl TokenService {
                         self.store.take_lease(id, conn.token_version, &owner, now, until).await,
                     )? {
                         Write::Conflict(_) => Step::Again,
-                        Write::Done => self.send(&attempt, until, None).await?,
+                        Write::Done => {
+                            // A refresh whose outcome is still unknown is only ever repeated where that is safe.
+                            let earlier = conn.outcome_unknown_since.map(|sent_at| Unknown {
+                                sent_at,
+                                detail: "an earlier refresh's outcome is unknown",
+                            });
+                            self.send(&attempt, until, earlier).await?
+                        }
                     }
                 }
             };
@@ -411,51 +430,66 @@ impl TokenService {
 
     /// The lease end for a send starting now: it outlives the token call's
     /// timeout plus the commit budget. No send starts unless the invocation
-    /// has at least the timeout and a second to commit left.
+    /// has at least the timeout and time for one commit attempt left.
     fn lease_until(&self, id: &ConnectionId, now: i64, deadline: Instant) -> Result<i64, RefreshError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left < self.settings.token_timeout + Duration::from_secs(1) {
+        if left < self.settings.token_timeout + MIN_COMMIT {
             return Err(RefreshError::Deadline { id: id.clone() });
         }
         Ok(now + self.settings.lease_ms().min(millis(left)))
     }
 
     /// Holding the lease: spend the refresh token and act on the answer.
-    /// `resent_after` is set when this send repeats one whose outcome is unknown.
+    /// `earlier` is set when this send repeats one whose outcome is unknown.
     async fn send(
         &self,
         attempt: &Attempt<'_>,
         lease_until: i64,
-        resent_after: Option<&str>,
+        earlier: Option<Unknown<'_>>,
     ) -> Result<Step, RefreshError> {
         let Attempt {
             conn,
             provider,
             owner,
             deadline,
-            mode,
+            ..
         } = *attempt;
         let id = &conn.id;
+        if let Some(first) = earlier
+            && !self.may_resend(provider, first.sent_at)
+        {
+            let message = unknown_outcome_message(provider, first.sent_at, first.detail);
+            return self
+                .needs_reauth(attempt, reason::REFRESH_OUTCOME_UNKNOWN, &message)
+                .await;
+        }
+        let still_unknown = earlier.map(|u| u.sent_at);
         let Some(sealed) = &conn.refresh_token else {
             return self
                 .needs_reauth(attempt, "no_refresh_token", "the login returned no refresh token")
                 .await;
         };
-        let refresh_token = RefreshToken::new(
-            self.keys
-                .open(id.as_str(), "refresh_token", &sealed.0)
-                .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?,
-        );
+        // Every exit before the send releases the lease: a lease left behind
+        // would make the next worker assume a send happened.
+        let refresh_token = match self.keys.open(id.as_str(), "refresh_token", &sealed.0) {
+            Ok(token) => RefreshToken::new(token),
+            Err(source) => {
+                self.back_off(attempt, "the stored refresh token cannot be decrypted", still_unknown)
+                    .await?;
+                return Err(RefreshError::Crypto { id: id.clone(), source });
+            }
+        };
         let credentials = match self.credentials(provider).await {
             Ok(credentials) => credentials,
             Err(e) => {
-                self.back_off(attempt, "client credentials unavailable").await?;
+                self.back_off(attempt, "client credentials unavailable", still_unknown)
+                    .await?;
                 return Err(e.into());
             }
         };
         // Invariant 1: never start a send with less lease left than the call's timeout.
         if lease_until - now_ms() < millis(self.settings.token_timeout) {
-            self.back_off(attempt, "lease too short to send").await?;
+            self.back_off(attempt, "lease too short to send", still_unknown).await?;
             return Err(RefreshError::Deadline { id: id.clone() });
         }
         let sent_at = now_ms();
@@ -464,9 +498,9 @@ impl TokenService {
             credentials: &credentials,
             http: &self.http,
         };
-        debug!(connection = %id, version = conn.token_version, resend = resent_after.is_some(), "sending refresh");
+        debug!(connection = %id, version = conn.token_version, resend = earlier.is_some(), "sending refresh");
         match endpoint.refresh(&refresh_token).await {
-            Ok(tokens) => self.commit(attempt, tokens, lease_until).await,
+            Ok(tokens) => self.commit(attempt, tokens, lease_until, sent_at).await,
             Err(TokenError::DeadToken { status, error, message }) => {
                 // Consistent re-read: a newer version means someone else rotated, not a dead connection.
                 let now = self.read(id).await?;
@@ -479,34 +513,53 @@ impl TokenService {
             Err(e @ (TokenError::OutcomeUnknown(_) | TokenError::InvalidResponse(_))) => {
                 let detail = e.to_string();
                 warn!(connection = %id, version = conn.token_version, error = %detail, "refresh outcome unknown");
-                if resent_after.is_none() && self.may_resend(provider, sent_at) {
+                let first = earlier.unwrap_or(Unknown {
+                    sent_at,
+                    detail: &detail,
+                });
+                if earlier.is_none() && self.may_resend(provider, first.sent_at) {
                     let until = self.lease_until(id, now_ms(), deadline)?;
                     return match self.write(id, self.store.extend_lease(id, conn.token_version, owner, until).await)? {
                         Write::Conflict(_) => Ok(Step::Again),
-                        Write::Done => Box::pin(self.send(attempt, until, Some(&detail))).await,
+                        Write::Done => Box::pin(self.send(attempt, until, Some(first))).await,
                     };
                 }
-                let message = unknown_outcome_message(provider, sent_at, resent_after.unwrap_or(&detail));
+                if !provider.settings.rotates_refresh_tokens {
+                    // The old token stays good: a provider that keeps failing is simply down.
+                    return self.not_refreshed(attempt, &detail, None).await;
+                }
+                let message = unknown_outcome_message(provider, first.sent_at, first.detail);
                 self.needs_reauth(attempt, reason::REFRESH_OUTCOME_UNKNOWN, &message)
                     .await
             }
-            Err(e) => {
-                let until = self.back_off(attempt, &e.to_string()).await?;
-                let now = now_ms();
-                // Asked for a token: the current one still works. Asked to refresh: it failed, say so.
-                if mode == Mode::IfDue
-                    && conn.access_token.is_some()
-                    && conn.access_expires_at.is_some_and(|x| x > now + 5_000)
-                {
-                    return self.fresh(conn, false).map(Step::Done);
-                }
-                Err(RefreshError::RetryLater {
-                    id: id.clone(),
-                    until,
-                    cause: e.to_string(),
-                })
-            }
+            // The refresh did not happen. An earlier unknown outcome stays on record.
+            Err(e) => self.not_refreshed(attempt, &e.to_string(), still_unknown).await,
         }
+    }
+
+    /// A refresh that did not happen: back off, then give the caller who only
+    /// needs a token the current one while it lasts; tell a caller who asked
+    /// for a refresh that it failed.
+    async fn not_refreshed(
+        &self,
+        attempt: &Attempt<'_>,
+        cause: &str,
+        unknown_since: Option<i64>,
+    ) -> Result<Step, RefreshError> {
+        let conn = attempt.conn;
+        let until = self.back_off(attempt, cause, unknown_since).await?;
+        let now = now_ms();
+        if attempt.mode == Mode::IfDue
+            && conn.access_token.is_some()
+            && conn.access_expires_at.is_some_and(|x| x > now + 5_000)
+        {
+            return self.fresh(conn, false).map(Step::Done);
+        }
+        Err(RefreshError::RetryLater {
+            id: conn.id.clone(),
+            until,
+            cause: cause.to_owned(),
+        })
     }
 
     /// A lease whose holder vanished before committing or releasing: it may
@@ -514,14 +567,13 @@ impl TokenService {
     /// the connection needs a new login.
     async fn recover_abandoned(&self, attempt: &Attempt<'_>, abandoned: &Lease) -> Result<Step, RefreshError> {
         let Attempt {
-            conn,
-            provider,
-            owner,
-            deadline,
-            ..
+            conn, owner, deadline, ..
         } = *attempt;
         let id = &conn.id;
-        let sent_at = conn.outcome_unknown_since.unwrap_or(abandoned.taken_at);
+        let first = Unknown {
+            sent_at: conn.outcome_unknown_since.unwrap_or(abandoned.taken_at),
+            detail: "the worker that sent it stopped before recording the answer",
+        };
         let now = now_ms();
         let until = self.lease_until(id, now, deadline)?;
         let taken = self
@@ -532,16 +584,8 @@ impl TokenService {
             return Ok(Step::Again);
         }
         warn!(connection = %id, version = conn.token_version, abandoned_by = %abandoned.owner, "took over an abandoned refresh lease");
-        if self.may_resend(provider, sent_at) {
-            return self.send(attempt, until, None).await;
-        }
-        let message = unknown_outcome_message(
-            provider,
-            sent_at,
-            "the worker that sent it stopped before recording the answer",
-        );
-        self.needs_reauth(attempt, reason::REFRESH_OUTCOME_UNKNOWN, &message)
-            .await
+        // `send` decides, from the first send's time, whether repeating it is safe.
+        self.send(attempt, until, Some(first)).await
     }
 
     /// May the refresh token sent at `sent_at` be sent again? Only where the
@@ -557,8 +601,16 @@ impl TokenService {
     }
 
     /// Invariant 2: the new token set is committed before anything uses it,
-    /// retrying with backoff while the lease (and the invocation) lasts.
-    async fn commit(&self, attempt: &Attempt<'_>, tokens: TokenSet, lease_until: i64) -> Result<Step, RefreshError> {
+    /// retrying with backoff while the lease (and the invocation) lasts. Each
+    /// DynamoDB call is cut off at the lease's end, and before giving up a
+    /// last read checks whether one of them landed after all.
+    async fn commit(
+        &self,
+        attempt: &Attempt<'_>,
+        tokens: TokenSet,
+        lease_until: i64,
+        sent_at: i64,
+    ) -> Result<Step, RefreshError> {
         let Attempt {
             conn,
             provider,
@@ -572,8 +624,10 @@ impl TokenService {
                 .seal(id.as_str(), field, value)
                 .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
         };
+        // The lifetime counts from when the provider could have issued it.
         let now = now_ms();
-        let expires_at = now.saturating_add(i64::try_from(tokens.expires_in.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let expires_at =
+            sent_at.saturating_add(i64::try_from(tokens.expires_in.saturating_mul(1000)).unwrap_or(i64::MAX));
         let commit = Commit {
             id: id.clone(),
             seen_version: conn.token_version,
@@ -595,7 +649,15 @@ impl TokenService {
         let give_up_at = lease_until - 1_000;
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.store.commit(&commit).await {
+            let left = Duration::from_millis(u64::try_from(give_up_at - now_ms()).unwrap_or(0))
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let result = match tokio::time::timeout(left, self.store.commit(&commit)).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::TimedOut {
+                    operation: "UpdateItem(commit)",
+                }),
+            };
+            match result {
                 Ok(Write::Done) => break,
                 // The write landed and its response was lost: DynamoDB shows our commit id.
                 Ok(Write::Conflict(Some(now))) if now.commit_id.as_deref() == Some(commit.commit_id.as_str()) => {
@@ -616,6 +678,13 @@ impl TokenService {
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
+                    // Did one of the attempts land after all?
+                    if let Ok(Some(now)) = self.store.get(id).await
+                        && now.commit_id.as_deref() == Some(commit.commit_id.as_str())
+                    {
+                        info!(connection = %id, "commit confirmed by a last read");
+                        break;
+                    }
                     error!(connection = %id, version = conn.token_version, error = %e,
                         "the rotated tokens could not be stored; the next worker will find the lease abandoned");
                     return Err(RefreshError::Store {
@@ -662,7 +731,14 @@ impl TokenService {
 
     /// Releases the lease after a refresh that did not happen, with
     /// exponential backoff and jitter per connection. Returns the next attempt time.
-    async fn back_off(&self, attempt: &Attempt<'_>, cause: &str) -> Result<i64, RefreshError> {
+    /// `unknown_since` keeps an earlier send with an unknown outcome on record,
+    /// so no later attempt repeats it where that is not safe.
+    async fn back_off(
+        &self,
+        attempt: &Attempt<'_>,
+        cause: &str,
+        unknown_since: Option<i64>,
+    ) -> Result<i64, RefreshError> {
         let (conn, owner) = (attempt.conn, attempt.owner);
         let failures = conn.consecutive_failures.saturating_add(1);
         let exponent = failures.saturating_sub(1).min(16);
@@ -672,7 +748,15 @@ impl TokenService {
         self.write(
             &conn.id,
             self.store
-                .release_after_failure(&conn.id, conn.token_version, owner, cause, failures, next)
+                .release_after_failure(
+                    &conn.id,
+                    conn.token_version,
+                    owner,
+                    cause,
+                    failures,
+                    next,
+                    unknown_since,
+                )
                 .await,
         )?;
         Ok(next)

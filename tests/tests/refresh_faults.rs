@@ -39,12 +39,20 @@ fn fault(fault: Fault) -> FaultPlan {
 }
 
 /// Kills a worker process after the provider processed its refresh and before
-/// it could commit, then lets this process find the abandoned lease.
-async fn kill_worker_after_send(fixture: &RefreshFixture, id: &str) -> Result<shared::refresh::Fresh, RefreshError> {
+/// it could commit, then lets this process find the abandoned lease. `then`
+/// is a fault for the send after the killed one.
+async fn kill_worker_after_send(
+    fixture: &RefreshFixture,
+    id: &str,
+    then: Option<Fault>,
+) -> Result<shared::refresh::Fresh, RefreshError> {
     let id = fixture.connect(id).await;
     fixture
         .sim()
         .inject(fault(Fault::DelayAfterProcessing { millis: 30_000 }));
+    if let Some(then) = then {
+        fixture.sim().inject(fault(then));
+    }
     let config = std::env::temp_dir().join(format!("oauth-sync-kill-{}-{id}.toml", std::process::id()));
     std::fs::write(&config, &fixture.config_text).expect("write config");
     let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_refresh-worker"))
@@ -86,7 +94,7 @@ async fn kill_worker_after_send(fixture: &RefreshFixture, id: &str) -> Result<sh
 #[tokio::test]
 async fn killed_after_sending_without_grace_needs_reauth_and_never_resends() {
     let fixture = fixture(PresetName::Generic, "kill-generic").await;
-    let e = kill_worker_after_send(&fixture, "killed").await.unwrap_err();
+    let e = kill_worker_after_send(&fixture, "killed", None).await.unwrap_err();
     assert!(
         matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
         "{e}"
@@ -110,7 +118,7 @@ async fn killed_after_sending_without_grace_needs_reauth_and_never_resends() {
 #[tokio::test]
 async fn killed_after_sending_with_grace_resends_once_and_recovers() {
     let fixture = fixture(PresetName::Xero, "kill-xero").await;
-    let fresh = kill_worker_after_send(&fixture, "killed")
+    let fresh = kill_worker_after_send(&fixture, "killed", None)
         .await
         .expect("recovered inside the grace period");
     assert!(fresh.refreshed);
@@ -267,4 +275,90 @@ async fn dynamodb_refusing_connections_during_the_commit_is_outlasted() {
     let counters = fixture.sim().counters();
     assert_eq!((counters.refreshes, counters.refresh_tokens_reused), (1, 0));
     assert!(fixture.stored_tokens_work(&id).await);
+}
+
+#[tokio::test]
+async fn a_takeover_resend_that_fails_too_is_not_repeated() {
+    // Inside Xero's grace the takeover may resend once, measured from the
+    // killed worker's send; when that resend's outcome is unknown too, no third send.
+    let fixture = fixture(PresetName::Xero, "takeover-twice").await;
+    let e = kill_worker_after_send(&fixture, "killed", Some(Fault::DropAfterProcessing))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("stopped before recording"),
+        "names the first send: {e}"
+    );
+    let counters = fixture.sim().counters();
+    assert_eq!(counters.refresh_requests, 2, "the killed send and one resend, no more");
+    assert_eq!(counters.refresh_tokens_reused, 0);
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_stays_on_record_when_the_resend_fails() {
+    // A 4-second grace period (configured, as a provider might): the resend
+    // meets a 503, and by the next attempt the grace no longer covers a send.
+    let sim = SimConfig {
+        reuse_grace: Duration::from_secs(4),
+        ..SimConfig::for_preset(PresetName::Xero)
+    };
+    let settings = RefreshSettings {
+        base_backoff: Duration::from_millis(500),
+        ..settings()
+    };
+    let fixture = RefreshFixture::start(sim, settings, "reuse_grace_secs = 4", "unknown-kept").await;
+    let id = fixture.connect("tenant").await;
+    fixture.sim().inject(fault(Fault::DropAfterProcessing));
+    fixture.sim().inject(fault(Fault::Status { status: 503 }));
+
+    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert!(matches!(e, RefreshError::RetryLater { .. }), "{e}");
+    let connection = fixture.connection(&id).await;
+    assert_eq!(connection.status, Status::Active);
+    assert!(
+        connection.outcome_unknown_since.is_some(),
+        "the unknown outcome is on record"
+    );
+    assert!(connection.lease.is_none());
+
+    // Past the backoff and past what the grace period can cover for a 2 s call.
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert!(
+        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
+        "{e}"
+    );
+    let counters = fixture.sim().counters();
+    assert_eq!(
+        counters.refresh_requests, 2,
+        "the old token was not sent outside the grace period"
+    );
+    assert_eq!(counters.refresh_tokens_reused, 0);
+}
+
+#[tokio::test]
+async fn a_non_rotating_provider_that_keeps_dropping_is_just_down() {
+    let fixture = fixture(PresetName::Google, "non-rotating-down").await;
+    let id = fixture.connect("google").await;
+    fixture.sim().inject(FaultPlan {
+        grant: Grant::RefreshToken,
+        fault: Fault::DropAfterProcessing,
+        times: 2,
+    });
+    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert!(matches!(e, RefreshError::RetryLater { .. }), "{e}");
+    let connection = fixture.connection(&id).await;
+    assert_eq!(
+        (connection.status, connection.consecutive_failures),
+        (Status::Active, 1)
+    );
+    assert_eq!(
+        connection.outcome_unknown_since, None,
+        "nothing to remember: the old token stays good"
+    );
+    assert_eq!(fixture.sim().counters().refresh_requests, 2);
 }

@@ -48,11 +48,16 @@ pub enum StoreError {
     },
     #[error("connection {id}: the stored item is malformed ({reason})")]
     Malformed { id: String, reason: String },
+    #[error("DynamoDB {operation} did not answer in the time left")]
+    TimedOut { operation: &'static str },
 }
 
 impl StoreError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Dynamo { transient: true, .. })
+        matches!(
+            self,
+            StoreError::Dynamo { transient: true, .. } | StoreError::TimedOut { .. }
+        )
     }
 }
 
@@ -326,7 +331,9 @@ impl ConnectionStore {
         .await
     }
 
-    /// Takes the refresh lease, if the version is still `seen` and nobody holds a live lease.
+    /// Takes the refresh lease, if the version is still `seen` and nobody holds
+    /// a lease. An expired lease is not free: its holder may have sent the
+    /// refresh, so it goes through [`ConnectionStore::take_over_lease`].
     pub async fn take_lease(
         &self,
         id: &ConnectionId,
@@ -335,11 +342,10 @@ impl ConnectionStore {
         now: i64,
         until: i64,
     ) -> Result<Write, StoreError> {
-        let request = self.update(id)
+        let request = self
+            .update(id)
             .update_expression("SET lease_owner = :me, lease_until = :until, lease_taken_at = :now")
-            .condition_expression(
-                "token_version = :seen AND #status = :active AND (attribute_not_exists(lease_owner) OR lease_until < :now)",
-            )
+            .condition_expression("token_version = :seen AND #status = :active AND attribute_not_exists(lease_owner)")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":until", n(until))
@@ -445,7 +451,10 @@ impl ConnectionStore {
     }
 
     /// Releases the lease after a refresh that did not happen (the provider
-    /// was down or refused), recording the failure and when to try again.
+    /// was down or refused), recording the failure and when to try again, and
+    /// keeping (`Some`) or clearing (`None`) the time of an earlier send whose
+    /// outcome is unknown.
+    #[allow(clippy::too_many_arguments)]
     pub async fn release_after_failure(
         &self,
         id: &ConnectionId,
@@ -454,12 +463,17 @@ impl ConnectionStore {
         outcome: &str,
         failures: u32,
         next_attempt_at: i64,
+        unknown_since: Option<i64>,
     ) -> Result<Write, StoreError> {
-        let request = self
+        let (unknown_set, unknown_remove) = match unknown_since {
+            Some(_) => (", outcome_unknown_since = :unknown", ""),
+            None => ("", ", outcome_unknown_since"),
+        };
+        let mut request = self
             .update(id)
             .update_expression(format!(
                 "SET last_refresh_outcome = :outcome, consecutive_failures = :failures, next_attempt_at = :next, \
-                 refresh_due_at = :next, updated_at = :now REMOVE {LEASE_FIELDS}"
+                 refresh_due_at = :next, updated_at = :now{unknown_set} REMOVE {LEASE_FIELDS}{unknown_remove}"
             ))
             .condition_expression("token_version = :seen AND lease_owner = :me")
             .expression_attribute_values(":outcome", s(outcome))
@@ -468,6 +482,9 @@ impl ConnectionStore {
             .expression_attribute_values(":now", n(now_ms()))
             .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":me", s(owner));
+        if let Some(sent_at) = unknown_since {
+            request = request.expression_attribute_values(":unknown", n(sent_at));
+        }
         self.conditional_update("UpdateItem(release)", request).await
     }
 
