@@ -396,7 +396,11 @@ impl TokenService {
             };
             let step = match &conn.lease {
                 Some(lease) if lease.until.saturating_add(CLOCK_SKEW_MS) > now => {
-                    // Someone else holds the lease: wait for their new version, never spend.
+                    // Someone else is refreshing. A caller whose token still works uses it;
+                    // one that needs the new token waits for the new version. Nobody spends.
+                    if access_valid && mode == Mode::IfDue {
+                        return self.fresh(&conn, false);
+                    }
                     debug!(connection = %id, version = conn.token_version, "waiting for another worker's refresh");
                     tokio::time::sleep(jitter(poll)).await;
                     poll = (poll * 2).min(self.settings.poll_max);
