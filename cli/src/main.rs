@@ -1,15 +1,19 @@
-//! `oauth-sync`: the operator's command line. Human-readable tables by
-//! default, `--json` for scripts. Later commands (connect links, list, refresh,
-//! revoke, doctor) talk to DynamoDB and Secrets Manager through the same
-//! standard AWS environment as the functions.
+//! `oauth-sync`: the operator's command line. Human-readable output by
+//! default, `--json` for scripts. Commands that need AWS talk to DynamoDB and
+//! Secrets Manager through the same standard environment as the functions
+//! (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL_*`).
 
 mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shared::config::{CONFIG_ENV, Config, PresetName};
+use shared::connection::{ConnectionId, ConnectionKind, now_ms};
+use shared::login::{ConnectClaims, LinkKeys, check_return_url, parse_lifetime};
+use shared::secrets::SecretStore;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,6 +25,9 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// The configuration file (default: $OAUTH_SYNC_CONFIG, then ./oauth-sync.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,18 +41,43 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Make a signed connect link that lets one person connect one account.
+    ConnectLink {
+        /// The provider (a key of [providers] in the configuration).
+        #[arg(long)]
+        provider: String,
+        /// The connection id the login will create or renew.
+        #[arg(long)]
+        connection: String,
+        /// One service account shared by everyone, instead of a per-user connection.
+        #[arg(long)]
+        shared: bool,
+        /// Where to send the user afterwards (must be on service.return_url_allow_list).
+        #[arg(long)]
+        return_url: Option<String>,
+        /// How long the link works: 90s, 30m, 1h, 7d (at most 30d).
+        #[arg(long, default_value = "1h")]
+        expires: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration file and show the resolved providers and syncs.
     Check {
-        /// The file (default: $OAUTH_SYNC_CONFIG, then ./oauth-sync.toml).
+        /// The file (default: --config, $OAUTH_SYNC_CONFIG, then ./oauth-sync.toml).
         file: Option<PathBuf>,
     },
 }
 
-fn main() -> ExitCode {
+fn config_path(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("oauth-sync.toml"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
     shared::telemetry::init(shared::telemetry::Target::Cli);
     let cli = Cli::parse();
     let result = match cli.command {
@@ -55,14 +87,25 @@ fn main() -> ExitCode {
         }
         Command::Config {
             command: ConfigCommand::Check { file },
+        } => match Config::load(&config_path(file.or(cli.config))) {
+            Ok(config) => output::config(&config, cli.json),
+            Err(e) => Err(anyhow::Error::new(e)),
+        },
+        Command::ConnectLink {
+            provider,
+            connection,
+            shared,
+            return_url,
+            expires,
         } => {
-            let file = file
-                .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("oauth-sync.toml"));
-            match Config::load(&file) {
-                Ok(config) => output::config(&config, cli.json),
-                Err(e) => Err(anyhow::Error::new(e)),
-            }
+            let request = LinkRequest {
+                provider,
+                connection,
+                shared,
+                return_url,
+                expires,
+            };
+            connect_link(config_path(cli.config), request, cli.json).await
         }
     };
     match result {
@@ -72,4 +115,49 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Debug)]
+struct LinkRequest {
+    provider: String,
+    connection: String,
+    shared: bool,
+    return_url: Option<String>,
+    expires: String,
+}
+
+/// Checks everything it can before touching AWS, then signs with the link key.
+async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool) -> anyhow::Result<()> {
+    let config = Config::load(&config_file)?;
+    let provider = config.provider(&request.provider)?;
+    let connection = ConnectionId::parse(&request.connection)?;
+    let lifetime = parse_lifetime(&request.expires).context("--expires")?;
+    let return_url = match &request.return_url {
+        Some(text) => {
+            let url = shared::config::parse_http_url(text)
+                .map_err(anyhow::Error::msg)
+                .context("--return-url")?;
+            check_return_url(&url, &config.service.return_url_allow_list)?;
+            Some(url)
+        }
+        None => None,
+    };
+    let expires_at = now_ms() / 1000 + i64::try_from(lifetime.as_secs())?;
+    let claims = ConnectClaims {
+        provider: provider.name.clone(),
+        connection,
+        kind: if request.shared {
+            ConnectionKind::Shared
+        } else {
+            ConnectionKind::PerUser
+        },
+        return_url,
+        expires_at,
+    };
+    let aws = shared::aws::AwsClients::from_env().await;
+    let secret = &config.service.link_key_secret;
+    let text = SecretStore::new(aws.secrets).text(secret).await?;
+    let keys = LinkKeys::from_json(&text).with_context(|| format!("link key secret `{secret}`"))?;
+    let url = keys.connect_url(config.service.callback_url.as_ref(), &claims)?;
+    output::connect_link(&url, &claims, as_json)
 }

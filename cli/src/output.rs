@@ -173,3 +173,17 @@ pub fn config(config: &Config, as_json: bool) -> anyhow::Result<()> {
     }
     write_out(&out)
 }
+
+pub fn connect_link(url: &url::Url, claims: &shared::login::ConnectClaims, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let value = json!({
+            "url": url.as_str(),
+            "provider": claims.provider,
+            "connection": claims.connection.as_str(),
+            "kind": claims.kind.as_str(),
+            "expires_at": claims.expires_at,
+        });
+        return write_out(&format!("{value}\n"));
+    }
+    write_out(&format!("{url}\n"))
+}

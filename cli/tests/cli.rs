@@ -72,3 +72,88 @@ fn presets_are_listed() {
         assert!(stdout.contains(preset), "{preset} missing from\n{stdout}");
     }
 }
+
+/// Against the local stack's Secrets Manager: the link the CLI prints verifies
+/// with the same key, and a return URL off the allow-list is refused.
+#[tokio::test]
+async fn connect_link_signs_with_the_link_key_from_secrets_manager() {
+    use shared::crypto::KeyRing;
+    use shared::login::LinkKeys;
+
+    let aws = oauth_sync_tests::stack::aws().await;
+    let secret = format!("{}link-key", oauth_sync_tests::stack::unique_prefix("cli"));
+    let key_json = KeyRing::generate_json("l1").expect("rng");
+    aws.secrets
+        .create_secret()
+        .name(&secret)
+        .secret_string(&key_json)
+        .send()
+        .await
+        .expect("secret");
+    let text = std::fs::read_to_string(example())
+        .expect("example")
+        .replace("[service]\n", &format!("[service]\nlink_key_secret = \"{secret}\"\n"));
+    let path = std::env::temp_dir().join(format!("oauth-sync-link-{}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write");
+    let config = path.to_str().expect("utf8 path");
+
+    let (ok, stdout, stderr) = oauth_sync(&[
+        "--json",
+        "--config",
+        config,
+        "connect-link",
+        "--provider",
+        "exact",
+        "--connection",
+        "acme-1",
+        "--shared",
+        "--return-url",
+        "https://app.example.com/integrations/done",
+        "--expires",
+        "2h",
+    ]);
+    assert!(ok, "{stderr}");
+    let out: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let url = url::Url::parse(out["url"].as_str().expect("url")).expect("url");
+    assert!(
+        url.as_str()
+            .starts_with("https://abc123.execute-api.eu-west-1.amazonaws.com/connect/exact?"),
+        "{url}"
+    );
+    let keys = LinkKeys::from_json(&key_json).expect("keys");
+    let query = url.query_pairs().into_owned().collect();
+    let allow = [url::Url::parse("https://app.example.com/integrations").expect("url")];
+    let now = shared::connection::now_ms() / 1000;
+    let claims = keys
+        .verify("exact", &query, now, &allow)
+        .expect("the printed link verifies");
+    assert_eq!((claims.connection.as_str(), claims.kind.as_str()), ("acme-1", "shared"));
+    assert!((now + 7_100..=now + 7_300).contains(&claims.expires_at), "two hours");
+
+    let (ok, _, stderr) = oauth_sync(&[
+        "--config",
+        config,
+        "connect-link",
+        "--provider",
+        "exact",
+        "--connection",
+        "acme-1",
+        "--return-url",
+        "https://evil.example/",
+    ]);
+    assert!(
+        !ok && stderr.contains("not on service.return_url_allow_list"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = oauth_sync(&[
+        "--config",
+        config,
+        "connect-link",
+        "--provider",
+        "nope",
+        "--connection",
+        "a",
+    ]);
+    assert!(!ok && stderr.contains("unknown provider `nope`"), "{stderr}");
+    std::fs::remove_file(&path).ok();
+}

@@ -99,33 +99,14 @@ impl fmt::Debug for KeyRing {
 impl KeyRing {
     /// Parses the key ring secret. Errors describe the shape, never the content.
     pub fn from_json(text: &str) -> Result<KeyRing, CryptoError> {
-        #[derive(serde::Deserialize)]
-        struct Raw {
-            current: String,
-            keys: BTreeMap<String, String>,
-        }
-        let raw: Raw = serde_json::from_str(text).map_err(|_| {
-            CryptoError::KeyRing(r#"expected {"current": "<key id>", "keys": {"<key id>": "<base64 of 32 bytes>"}}"#)
-        })?;
+        let (current, raw) = parse_key_ring(text)?;
         let mut keys = BTreeMap::new();
-        for (id, encoded) in raw.keys {
-            if id.is_empty() || id.len() > 64 {
-                return Err(CryptoError::KeyRing("key ids are 1 to 64 bytes long"));
-            }
-            let bytes = STANDARD
-                .decode(encoded.trim())
-                .map_err(|_| CryptoError::KeyRing("a key is not base64"))?;
+        for (id, bytes) in raw {
             let key = UnboundKey::new(&AES_256_GCM, &bytes)
                 .map_err(|_| CryptoError::KeyRing("a key is not 32 bytes (AES-256)"))?;
             keys.insert(id, LessSafeKey::new(key));
         }
-        if !keys.contains_key(&raw.current) {
-            return Err(CryptoError::KeyRing("`current` names a key that `keys` does not list"));
-        }
-        Ok(KeyRing {
-            current: raw.current,
-            keys,
-        })
+        Ok(KeyRing { current, keys })
     }
 
     /// A new key ring secret with one fresh random key, for `oauth-sync` set-up and tests.
@@ -183,6 +164,37 @@ impl KeyRing {
             .map_err(|_| CryptoError::Corrupt)?;
         String::from_utf8(plaintext.to_vec()).map_err(|_| CryptoError::Corrupt)
     }
+}
+
+/// A key ring secret, `{"current": "<id>", "keys": {"<id>": "<base64>"}}`:
+/// the current key id and every key's bytes. Used for the token keys and the
+/// connect-link signing keys, so both rotate the same way.
+pub(crate) fn parse_key_ring(text: &str) -> Result<(String, BTreeMap<String, Vec<u8>>), CryptoError> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        current: String,
+        keys: BTreeMap<String, String>,
+    }
+    let raw: Raw = serde_json::from_str(text).map_err(|_| {
+        CryptoError::KeyRing(r#"expected {"current": "<key id>", "keys": {"<key id>": "<base64 of 32 bytes>"}}"#)
+    })?;
+    let mut keys = BTreeMap::new();
+    for (id, encoded) in raw.keys {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(CryptoError::KeyRing("key ids are 1 to 64 printable ASCII characters"));
+        }
+        let bytes = STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| CryptoError::KeyRing("a key is not base64"))?;
+        if bytes.len() != 32 {
+            return Err(CryptoError::KeyRing("a key is not 32 bytes (AES-256)"));
+        }
+        keys.insert(id, bytes);
+    }
+    if !keys.contains_key(&raw.current) {
+        return Err(CryptoError::KeyRing("`current` names a key that `keys` does not list"));
+    }
+    Ok((raw.current, keys))
 }
 
 fn aad(connection_id: &str, field: &str) -> Aad<Vec<u8>> {

@@ -4,9 +4,12 @@
 //! - [`config`]: the configuration file and the built-in provider presets
 //! - [`oauth`]: the provider's authorization server (authorize URL, code
 //!   exchange, refresh, revocation) with each provider's quirks
+//! - [`connection`]: connection records and the connections table (every token write)
+//! - [`refresh`]: the refresh protocol and `TokenService`, the one entry point for tokens
 //! - [`secret`]: secret newtypes whose `Debug` is redacted
 //! - [`secrets`]: Secrets Manager
-//! - [`crypto`]: randomness, hashing, PKCE
+//! - [`crypto`]: randomness, hashing, PKCE, the token key ring
+//! - [`login`]: the login flow: signed connect links
 //! - [`aws`]: AWS clients from the standard environment
 //! - [`telemetry`]: logging for CloudWatch
 //! - [`runtime`]: start-up of every binary (clients and configuration, once)
@@ -15,6 +18,7 @@ pub mod aws;
 pub mod config;
 pub mod connection;
 pub mod crypto;
+pub mod login;
 pub mod oauth;
 pub mod refresh;
 pub mod runtime;

@@ -1,0 +1,344 @@
+//! The login flow. So far: signed connect links (DESIGN invariant 7). A login
+//! starts only from a link the operator made. The link is signed with
+//! HMAC-SHA256 over the provider, connection id, kind, return URL and expiry,
+//! using a key ring from Secrets Manager (`service.link_key_secret`, same
+//! `{"current", "keys"}` format as the token keys), so link keys rotate
+//! without breaking links already sent. An unsigned, tampered or expired link
+//! is refused before anything is written.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use url::Url;
+
+use crate::connection::{ConnectionId, ConnectionKind};
+use crate::crypto::{CryptoError, parse_key_ring};
+
+/// The longest a connect link may live.
+pub const MAX_LINK_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
+/// What a connect link grants: one login, for this connection at this provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectClaims {
+    pub provider: String,
+    pub connection: ConnectionId,
+    pub kind: ConnectionKind,
+    /// Where to send the user after the login; must be on the allow-list.
+    pub return_url: Option<Url>,
+    /// Epoch seconds.
+    pub expires_at: i64,
+}
+
+/// Why a connect link was refused. Each is shown to a person as "this link
+/// cannot be used" with the reason; none changes anything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("the link has no `{0}`: it was not made by `oauth-sync connect-link`")]
+    Missing(&'static str),
+    #[error("the link's `{0}` is malformed")]
+    Malformed(&'static str),
+    #[error("the link's signature does not match: it was changed, or its key is no longer listed")]
+    BadSignature,
+    #[error("the link expired at {0} (epoch seconds); ask for a new one")]
+    Expired(i64),
+    #[error("the link is for provider `{link}`, not `{path}`")]
+    WrongProvider { link: String, path: String },
+    #[error("return URL `{0}` is not on service.return_url_allow_list")]
+    ReturnUrlNotAllowed(String),
+    #[error("a link may live at most {} days", MAX_LINK_LIFETIME.as_secs() / 86_400)]
+    TooLong,
+    #[error("service.callback_url is not set, so there is no address for the link")]
+    NoCallbackUrl,
+    #[error(transparent)]
+    Keys(#[from] CryptoError),
+}
+
+/// The connect-link signing keys.
+pub struct LinkKeys {
+    current: String,
+    keys: BTreeMap<String, hmac::Key>,
+}
+
+impl std::fmt::Debug for LinkKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkKeys")
+            .field("current", &self.current)
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl LinkKeys {
+    /// Parses the link key secret (create one with `KeyRing::generate_json`).
+    pub fn from_json(text: &str) -> Result<LinkKeys, CryptoError> {
+        let (current, raw) = parse_key_ring(text)?;
+        let keys = raw
+            .into_iter()
+            .map(|(id, bytes)| (id, hmac::Key::new(hmac::HMAC_SHA256, &bytes)))
+            .collect();
+        Ok(LinkKeys { current, keys })
+    }
+
+    /// The link: `{callback_url without its last segment}/connect/{provider}?…`,
+    /// signed with the current key.
+    pub fn connect_url(&self, callback_url: Option<&Url>, claims: &ConnectClaims) -> Result<Url, LinkError> {
+        let mut url = callback_url.ok_or(LinkError::NoCallbackUrl)?.clone();
+        let base = url.path().rsplit_once('/').map_or("", |(base, _)| base).to_owned();
+        url.set_path(&format!("{base}/connect/{}", claims.provider));
+        url.set_fragment(None);
+        let key = self
+            .keys
+            .get(&self.current)
+            .ok_or_else(|| CryptoError::UnknownKey(self.current.clone()))?;
+        let signature = URL_SAFE_NO_PAD.encode(hmac::sign(key, message(claims).as_bytes()));
+        {
+            let mut query = url.query_pairs_mut();
+            query.clear();
+            query.append_pair("connection", claims.connection.as_str());
+            query.append_pair("kind", claims.kind.as_str());
+            if let Some(return_url) = &claims.return_url {
+                query.append_pair("return", return_url.as_str());
+            }
+            query.append_pair("expires", &claims.expires_at.to_string());
+            query.append_pair("kid", &self.current);
+            query.append_pair("sig", &signature);
+        }
+        Ok(url)
+    }
+
+    /// Checks a link's query for `/connect/{provider}`: signature (constant
+    /// time), expiry and the return URL allow-list.
+    pub fn verify(
+        &self,
+        provider: &str,
+        query: &BTreeMap<String, String>,
+        now_secs: i64,
+        allow_list: &[Url],
+    ) -> Result<ConnectClaims, LinkError> {
+        let get = |key: &'static str| query.get(key).map(String::as_str).ok_or(LinkError::Missing(key));
+        let connection = ConnectionId::parse(get("connection")?).map_err(|_| LinkError::Malformed("connection"))?;
+        let kind = match get("kind")? {
+            "per_user" => ConnectionKind::PerUser,
+            "shared" => ConnectionKind::Shared,
+            _ => return Err(LinkError::Malformed("kind")),
+        };
+        let return_url = match query.get("return") {
+            Some(text) => Some(Url::parse(text).map_err(|_| LinkError::Malformed("return"))?),
+            None => None,
+        };
+        let expires_at: i64 = get("expires")?.parse().map_err(|_| LinkError::Malformed("expires"))?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(get("sig")?)
+            .map_err(|_| LinkError::Malformed("sig"))?;
+        let key = self.keys.get(get("kid")?).ok_or(LinkError::BadSignature)?;
+        let claims = ConnectClaims {
+            provider: provider.to_owned(),
+            connection,
+            kind,
+            return_url,
+            expires_at,
+        };
+        hmac::verify(key, message(&claims).as_bytes(), &signature).map_err(|_| LinkError::BadSignature)?;
+        if expires_at <= now_secs {
+            return Err(LinkError::Expired(expires_at));
+        }
+        if let Some(return_url) = &claims.return_url {
+            check_return_url(return_url, allow_list)?;
+        }
+        Ok(claims)
+    }
+}
+
+/// The signed text. No field can hold a newline (ids and provider names are
+/// restricted, URLs are serialised, the expiry is digits), so it is unambiguous.
+fn message(claims: &ConnectClaims) -> String {
+    format!(
+        "oauth-sync connect v1\n{}\n{}\n{}\n{}\n{}",
+        claims.provider,
+        claims.connection,
+        claims.kind.as_str(),
+        claims.return_url.as_ref().map_or("", Url::as_str),
+        claims.expires_at
+    )
+}
+
+/// A return URL is allowed when an allow-list entry has its scheme, host and
+/// port, and the entry's path is a prefix of its path.
+pub fn check_return_url(url: &Url, allow_list: &[Url]) -> Result<(), LinkError> {
+    let allowed = allow_list.iter().any(|entry| {
+        entry.scheme() == url.scheme()
+            && entry.host_str() == url.host_str()
+            && entry.port_or_known_default() == url.port_or_known_default()
+            && url.path().starts_with(entry.path())
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(LinkError::ReturnUrlNotAllowed(url.to_string()))
+    }
+}
+
+/// A link lifetime such as `90s`, `30m`, `1h` or `7d`, at most 30 days.
+pub fn parse_lifetime(text: &str) -> Result<Duration, LinkError> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| LinkError::Malformed("expires"))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.saturating_mul(60),
+        "h" => number.saturating_mul(3600),
+        "d" => number.saturating_mul(86_400),
+        _ => return Err(LinkError::Malformed("expires")),
+    };
+    let lifetime = Duration::from_secs(seconds);
+    if lifetime.is_zero() {
+        return Err(LinkError::Malformed("expires"));
+    }
+    if lifetime > MAX_LINK_LIFETIME {
+        return Err(LinkError::TooLong);
+    }
+    Ok(lifetime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyRing;
+
+    fn keys(id: &str) -> (String, LinkKeys) {
+        let json = KeyRing::generate_json(id).expect("rng");
+        let keys = LinkKeys::from_json(&json).expect("keys");
+        (json, keys)
+    }
+
+    fn claims() -> ConnectClaims {
+        ConnectClaims {
+            provider: "exact".to_owned(),
+            connection: ConnectionId::parse("acme-1").expect("id"),
+            kind: ConnectionKind::Shared,
+            return_url: Some(Url::parse("https://app.example.com/integrations/done?x=1").expect("url")),
+            expires_at: 2_000,
+        }
+    }
+
+    fn allow() -> Vec<Url> {
+        vec![Url::parse("https://app.example.com/integrations").expect("url")]
+    }
+
+    fn query_of(url: &Url) -> BTreeMap<String, String> {
+        url.query_pairs().into_owned().collect()
+    }
+
+    fn callback() -> Url {
+        Url::parse("https://abc.execute-api.eu-west-1.amazonaws.com/prod/callback").expect("url")
+    }
+
+    #[test]
+    fn a_signed_link_verifies_and_names_its_claims() {
+        let (_, keys) = keys("k1");
+        let url = keys.connect_url(Some(&callback()), &claims()).expect("link");
+        assert!(
+            url.as_str()
+                .starts_with("https://abc.execute-api.eu-west-1.amazonaws.com/prod/connect/exact?"),
+            "{url}"
+        );
+        let verified = keys.verify("exact", &query_of(&url), 1_000, &allow()).expect("valid");
+        assert_eq!(verified, claims());
+    }
+
+    #[test]
+    fn tampering_expiry_and_wrong_keys_are_refused() {
+        let (_, keys) = keys("k1");
+        let url = keys.connect_url(Some(&callback()), &claims()).expect("link");
+        let query = query_of(&url);
+        for (key, value) in [
+            ("connection", "acme-2"),
+            ("kind", "per_user"),
+            ("return", "https://app.example.com/integrations/other"),
+            ("expires", "999999"),
+            ("sig", "AAAA"),
+        ] {
+            let mut tampered = query.clone();
+            tampered.insert(key.to_owned(), value.to_owned());
+            assert_eq!(
+                keys.verify("exact", &tampered, 1_000, &allow()),
+                Err(LinkError::BadSignature),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            keys.verify("xero", &query, 1_000, &allow()),
+            Err(LinkError::BadSignature),
+            "another provider"
+        );
+        assert_eq!(
+            keys.verify("exact", &query, 2_000, &allow()),
+            Err(LinkError::Expired(2_000))
+        );
+        let mut unsigned = query.clone();
+        unsigned.remove("sig");
+        assert_eq!(
+            keys.verify("exact", &unsigned, 1_000, &allow()),
+            Err(LinkError::Missing("sig"))
+        );
+        let (_, other) = self::keys("k1");
+        assert_eq!(
+            other.verify("exact", &query, 1_000, &allow()),
+            Err(LinkError::BadSignature),
+            "another key"
+        );
+    }
+
+    #[test]
+    fn link_keys_rotate() {
+        let (old_json, old) = keys("k1");
+        let url = old.connect_url(Some(&callback()), &claims()).expect("link");
+        let old: serde_json::Value = serde_json::from_str(&old_json).expect("json");
+        let new: serde_json::Value = serde_json::from_str(&KeyRing::generate_json("k2").expect("rng")).expect("json");
+        let both = serde_json::json!({"current": "k2", "keys": {"k1": old["keys"]["k1"], "k2": new["keys"]["k2"]}});
+        let rotated = LinkKeys::from_json(&both.to_string()).expect("keys");
+        rotated
+            .verify("exact", &query_of(&url), 1_000, &allow())
+            .expect("links signed with k1 still work");
+        let fresh = rotated.connect_url(Some(&callback()), &claims()).expect("link");
+        assert_eq!(query_of(&fresh)["kid"], "k2");
+    }
+
+    #[test]
+    fn return_urls_must_be_on_the_allow_list() {
+        let allowed = allow();
+        for bad in [
+            "https://app.example.com.evil.example/integrations",
+            "http://app.example.com/integrations",
+            "https://app.example.com:8443/integrations",
+            "https://app.example.com/other",
+        ] {
+            let url = Url::parse(bad).expect("url");
+            assert!(check_return_url(&url, &allowed).is_err(), "{bad}");
+        }
+        let (_, keys) = keys("k1");
+        let mut claims = claims();
+        claims.return_url = Some(Url::parse("https://evil.example/").expect("url"));
+        let url = keys.connect_url(Some(&callback()), &claims).expect("link");
+        assert!(matches!(
+            keys.verify("exact", &query_of(&url), 1_000, &allowed),
+            Err(LinkError::ReturnUrlNotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn lifetimes_parse() {
+        assert_eq!(parse_lifetime("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_lifetime("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_lifetime("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_lifetime("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_lifetime("31d"), Err(LinkError::TooLong));
+        for bad in ["", "h", "10", "0h", "1w", "-1h"] {
+            assert!(parse_lifetime(bad).is_err(), "{bad}");
+        }
+    }
+}
