@@ -221,6 +221,11 @@ impl TokenService {
         &self.keys
     }
 
+    /// The HTTP client for authorization servers (no redirects, timeouts).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Stores the tokens of a login (sealed) as connection `id`: a new
     /// connection at version 1, or an existing one at its next version,
     /// active again. Without a new refresh token the old one is kept.
@@ -798,7 +803,8 @@ impl TokenService {
         result.map_err(|source| RefreshError::Store { id: id.clone(), source })
     }
 
-    async fn credentials(&self, provider: &Provider) -> Result<ClientCredentials, SecretsError> {
+    /// The provider's client credentials, read from Secrets Manager once per process.
+    pub(crate) async fn credentials(&self, provider: &Provider) -> Result<ClientCredentials, SecretsError> {
         if let Some(found) = self
             .credentials
             .lock()

@@ -1,4 +1,4 @@
-//! The login flow. So far: signed connect links (DESIGN invariant 7). A login
+//! Signed connect links (DESIGN invariant 7). A login
 //! starts only from a link the operator made. The link is signed with
 //! HMAC-SHA256 over the provider, connection id, kind, return URL and expiry,
 //! using a key ring from Secrets Manager (`service.link_key_secret`, same

@@ -1,0 +1,197 @@
+//! Login attempts in the login-attempts table, keyed by a hash of the `state`
+//! (the state itself is never stored). An attempt is consumed with one
+//! conditional write that also checks expiry and the browser binding, so a
+//! replayed, expired or foreign-browser callback changes nothing.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+
+use crate::connection::{ConnectionId, ConnectionKind, Sealed};
+use crate::crypto::sha256_b64url;
+
+/// A login in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub provider: String,
+    pub connection: ConnectionId,
+    pub kind: ConnectionKind,
+    pub return_url: Option<String>,
+    /// The exact redirect URI sent to the provider (the code exchange repeats it).
+    pub redirect_uri: String,
+    /// The PKCE verifier, sealed for (`login:{state hash}`, `pkce_verifier`).
+    pub pkce_verifier: Sealed,
+    /// Epoch seconds (the table's TTL attribute).
+    pub expires_at: i64,
+}
+
+/// Why a callback's `state` cannot be used. None of these changes the attempt.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error("this login link was already used; start again from a new connect link")]
+    Replayed,
+    #[error("this login took too long and expired; start again from a new connect link")]
+    Expired,
+    #[error("this login was started in another browser; finish it in the browser that opened the connect link")]
+    OtherBrowser,
+    #[error("this login is unknown; start again from a new connect link")]
+    Unknown,
+    #[error("DynamoDB {operation} on table {table} failed")]
+    Dynamo {
+        operation: &'static str,
+        table: String,
+        #[source]
+        source: Box<aws_sdk_dynamodb::Error>,
+    },
+    #[error("a stored login attempt is malformed ({0})")]
+    Malformed(&'static str),
+}
+
+/// The login-attempts table.
+#[derive(Debug, Clone)]
+pub struct AttemptStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+/// The key of an attempt: the state's hash, so a table dump reveals no state.
+pub fn state_key(state: &str) -> String {
+    sha256_b64url(state.as_bytes())
+}
+
+/// The browser binding: a hash of the cookie's value.
+pub fn browser_key(cookie: &str) -> String {
+    sha256_b64url(format!("browser:{cookie}").as_bytes())
+}
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+impl AttemptStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> AttemptStore {
+        AttemptStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    fn fail<E>(
+        &self,
+        operation: &'static str,
+        error: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    ) -> AttemptError
+    where
+        aws_sdk_dynamodb::Error: From<SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
+    {
+        AttemptError::Dynamo {
+            operation,
+            table: self.table.clone(),
+            source: Box::new(error.into()),
+        }
+    }
+
+    /// Stores a new attempt under `state`, bound to the browser holding `cookie`.
+    pub async fn put(&self, state: &str, cookie: &str, attempt: &Attempt, now_ms: i64) -> Result<(), AttemptError> {
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("state_hash", s(&state_key(state)))
+            .item("browser_hash", s(&browser_key(cookie)))
+            .item("provider", s(&attempt.provider))
+            .item("connection_id", s(attempt.connection.as_str()))
+            .item("kind", s(attempt.kind.as_str()))
+            .item("redirect_uri", s(&attempt.redirect_uri))
+            .item(
+                "pkce_verifier",
+                AttributeValue::B(attempt.pkce_verifier.0.clone().into()),
+            )
+            .item("created_at", n(now_ms))
+            .item("expires_at", n(attempt.expires_at))
+            .condition_expression("attribute_not_exists(state_hash)");
+        if let Some(return_url) = &attempt.return_url {
+            request = request.item("return_url", s(return_url));
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| self.fail("PutItem(login attempt)", e))?;
+        Ok(())
+    }
+
+    /// Consumes the attempt for `state`, once: only if it exists, is not used,
+    /// has not expired and belongs to the browser holding `cookie`.
+    pub async fn consume(&self, state: &str, cookie: Option<&str>, now_secs: i64) -> Result<Attempt, AttemptError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("state_hash", s(&state_key(state)))
+            .update_expression("SET consumed_at = :now")
+            .condition_expression(
+                "attribute_exists(state_hash) AND attribute_not_exists(consumed_at) AND expires_at > :now \
+                 AND browser_hash = :browser",
+            )
+            .expression_attribute_values(":now", n(now_secs))
+            .expression_attribute_values(":browser", s(&cookie.map(browser_key).unwrap_or_default()))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match request.send().await {
+            Ok(output) => from_item(output.attributes.unwrap_or_default()),
+            Err(SdkError::ServiceError(service)) => match service.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => Err(match failed.item {
+                    None => AttemptError::Unknown,
+                    Some(item) if item.contains_key("consumed_at") => AttemptError::Replayed,
+                    Some(item) if number(&item, "expires_at").is_none_or(|e| e <= now_secs) => AttemptError::Expired,
+                    Some(_) => AttemptError::OtherBrowser,
+                }),
+                other => Err(AttemptError::Dynamo {
+                    operation: "UpdateItem(consume login attempt)",
+                    table: self.table.clone(),
+                    source: Box::new(aws_sdk_dynamodb::Error::from(other)),
+                }),
+            },
+            Err(e) => Err(self.fail("UpdateItem(consume login attempt)", e)),
+        }
+    }
+}
+
+fn number(item: &HashMap<String, AttributeValue>, key: &str) -> Option<i64> {
+    match item.get(key) {
+        Some(AttributeValue::N(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
+
+fn from_item(item: HashMap<String, AttributeValue>) -> Result<Attempt, AttemptError> {
+    let text = |key: &'static str| match item.get(key) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        _ => Err(AttemptError::Malformed(key)),
+    };
+    let kind = match text("kind")?.as_str() {
+        "shared" => ConnectionKind::Shared,
+        "per_user" => ConnectionKind::PerUser,
+        _ => return Err(AttemptError::Malformed("kind")),
+    };
+    let pkce_verifier = match item.get("pkce_verifier") {
+        Some(AttributeValue::B(blob)) => Sealed(blob.clone().into_inner()),
+        _ => return Err(AttemptError::Malformed("pkce_verifier")),
+    };
+    Ok(Attempt {
+        provider: text("provider")?,
+        connection: ConnectionId::parse(&text("connection_id")?)
+            .map_err(|_| AttemptError::Malformed("connection_id"))?,
+        kind,
+        return_url: text("return_url").ok(),
+        redirect_uri: text("redirect_uri")?,
+        pkce_verifier,
+        expires_at: number(&item, "expires_at").ok_or(AttemptError::Malformed("expires_at"))?,
+    })
+}

@@ -1,0 +1,275 @@
+//! `/connect` and `/callback` as plain functions: the HTTP function only maps
+//! requests to these and their results to pages.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use url::Url;
+
+use super::attempts::{Attempt, AttemptError, AttemptStore, state_key};
+use super::link::{LinkError, LinkKeys};
+use crate::config::{Config, Provider, UnknownProvider};
+use crate::connection::{ConnectionId, Sealed, now_ms};
+use crate::crypto::{CryptoError, Pkce, random_token};
+use crate::oauth::{TokenEndpoint, TokenError, TokenSet, authorize_url, missing_scopes};
+use crate::refresh::{RefreshError, TokenService};
+use crate::secret::{AuthorizationCode, PkceVerifier};
+use crate::secrets::{SecretStore, SecretsError};
+
+/// How long a login may take from `/connect` to `/callback`.
+pub const ATTEMPT_TTL: Duration = Duration::from_secs(600);
+
+/// Where to send the browser, and the cookie that binds the login to it.
+#[derive(Debug, Clone)]
+pub struct Begin {
+    pub location: Url,
+    /// Value of the `__Host-` cookie to set (the same one if the browser had it).
+    pub cookie: String,
+}
+
+/// A finished login.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub connection: ConnectionId,
+    pub provider: String,
+    pub token_version: u64,
+    pub return_url: Option<String>,
+    /// What the operator should know: no refresh token, narrower scopes.
+    pub warnings: Vec<String>,
+}
+
+/// Why a login could not start or finish. Each maps to a readable page.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    UnknownProvider(#[from] UnknownProvider),
+    #[error(transparent)]
+    Attempt(#[from] AttemptError),
+    #[error("the login at {provider} was cancelled; nothing was changed")]
+    Cancelled { provider: String },
+    #[error("{provider} refused the login ({error}): {description}")]
+    Refused {
+        provider: String,
+        error: String,
+        description: String,
+    },
+    #[error("the provider's answer has no `{0}`")]
+    BadCallback(&'static str),
+    #[error("exchanging the authorization code failed: {0}")]
+    Exchange(TokenError),
+    #[error(transparent)]
+    Store(#[from] RefreshError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+impl From<crate::crypto::RandomError> for LoginError {
+    fn from(error: crate::crypto::RandomError) -> LoginError {
+        LoginError::Crypto(error.into())
+    }
+}
+
+impl LoginError {
+    /// The HTTP status of the page that explains it.
+    pub fn status(&self) -> u16 {
+        match self {
+            LoginError::Link(_) => 403,
+            LoginError::UnknownProvider(_) => 404,
+            LoginError::Attempt(AttemptError::Dynamo { .. } | AttemptError::Malformed(_)) => 503,
+            LoginError::Attempt(_) | LoginError::BadCallback(_) | LoginError::Cancelled { .. } => 400,
+            LoginError::Refused { .. } | LoginError::Exchange(_) => 502,
+            LoginError::Store(_) | LoginError::Secrets(_) | LoginError::Crypto(_) => 503,
+        }
+    }
+}
+
+/// The login flow, built once per process.
+#[derive(Debug)]
+pub struct LoginService {
+    config: Arc<Config>,
+    tokens: Arc<TokenService>,
+    attempts: AttemptStore,
+    links: LinkKeys,
+    attempt_ttl: Duration,
+}
+
+impl LoginService {
+    /// Loads the link keys named by the configuration from Secrets Manager.
+    pub async fn load(
+        config: Arc<Config>,
+        tokens: Arc<TokenService>,
+        attempts: AttemptStore,
+        secrets: &SecretStore,
+        attempt_ttl: Duration,
+    ) -> Result<LoginService, LoginError> {
+        let links = LinkKeys::from_json(&secrets.text(&config.service.link_key_secret).await?)?;
+        Ok(LoginService {
+            config,
+            tokens,
+            attempts,
+            links,
+            attempt_ttl,
+        })
+    }
+
+    /// `GET /connect/{provider}?…`: checks the link, records the attempt and
+    /// answers where the browser goes next. A bad link writes nothing.
+    pub async fn begin(
+        &self,
+        provider: &str,
+        query: &BTreeMap<String, String>,
+        browser_cookie: Option<&str>,
+    ) -> Result<Begin, LoginError> {
+        let provider = self.config.provider(provider)?;
+        let now = now_ms();
+        let claims = self.links.verify(
+            &provider.name,
+            query,
+            now / 1000,
+            &self.config.service.return_url_allow_list,
+        )?;
+        let redirect_uri = self
+            .config
+            .service
+            .callback_url
+            .clone()
+            .ok_or(LinkError::NoCallbackUrl)?;
+        let state = random_token()?;
+        let pkce = Pkce::generate()?;
+        // One cookie per browser, kept across logins, so two tabs do not break each other.
+        let cookie = match browser_cookie.filter(|c| c.len() == 43 && c.bytes().all(is_base64url)) {
+            Some(existing) => existing.to_owned(),
+            None => random_token()?,
+        };
+        let sealed = self
+            .tokens
+            .keys()
+            .seal(&attempt_aad(&state), "pkce_verifier", pkce.verifier.secret())?;
+        let ttl = i64::try_from(self.attempt_ttl.as_secs()).unwrap_or(600);
+        let attempt = Attempt {
+            provider: provider.name.clone(),
+            connection: claims.connection,
+            kind: claims.kind,
+            return_url: claims.return_url.map(String::from),
+            redirect_uri: redirect_uri.to_string(),
+            pkce_verifier: Sealed(sealed),
+            expires_at: now / 1000 + ttl,
+        };
+        self.attempts.put(&state, &cookie, &attempt, now).await?;
+        let credentials = self.tokens.credentials(provider).await?;
+        let location = authorize_url(
+            provider,
+            &credentials.client_id,
+            redirect_uri.as_str(),
+            &state,
+            Some(&pkce.challenge),
+        );
+        tracing::info!(provider = %provider.name, connection = %attempt.connection, "login started");
+        Ok(Begin { location, cookie })
+    }
+
+    /// `GET /callback?…`: consumes the attempt once (it must come back to the
+    /// browser that started it), exchanges the code and stores the tokens.
+    pub async fn finish(
+        &self,
+        query: &BTreeMap<String, String>,
+        browser_cookie: Option<&str>,
+    ) -> Result<Finished, LoginError> {
+        let state = query.get("state").ok_or(LoginError::BadCallback("state"))?;
+        let attempt = self.attempts.consume(state, browser_cookie, now_ms() / 1000).await?;
+        if let Some(error) = query.get("error") {
+            let provider = attempt.provider;
+            tracing::info!(%provider, connection = %attempt.connection, error, "login not completed at the provider");
+            return Err(if error == "access_denied" {
+                LoginError::Cancelled { provider }
+            } else {
+                let description = query
+                    .get("error_description")
+                    .cloned()
+                    .unwrap_or_else(|| "no description".into());
+                LoginError::Refused {
+                    provider,
+                    error: error.clone(),
+                    description,
+                }
+            });
+        }
+        let code = AuthorizationCode::new(query.get("code").ok_or(LoginError::BadCallback("code"))?.clone());
+        let provider = self.config.provider(&attempt.provider)?;
+        let verifier = PkceVerifier::new(self.tokens.keys().open(
+            &attempt_aad(state),
+            "pkce_verifier",
+            &attempt.pkce_verifier.0,
+        )?);
+        let credentials = self.tokens.credentials(provider).await?;
+        let endpoint = TokenEndpoint {
+            provider,
+            credentials: &credentials,
+            http: self.tokens.http(),
+        };
+        let tokens = endpoint
+            .exchange_code(&code, &attempt.redirect_uri, Some(&verifier))
+            .await
+            .map_err(LoginError::Exchange)?;
+        let warnings = warnings(provider, &tokens);
+        for warning in &warnings {
+            tracing::warn!(provider = %provider.name, connection = %attempt.connection, "{warning}");
+        }
+        let stored = self
+            .tokens
+            .save_login(&attempt.connection, &provider.name, attempt.kind, &tokens)
+            .await?;
+        Ok(Finished {
+            connection: attempt.connection,
+            provider: provider.name.clone(),
+            token_version: stored.token_version,
+            return_url: attempt.return_url,
+            warnings,
+        })
+    }
+}
+
+/// The sealed verifier belongs to this attempt only.
+fn attempt_aad(state: &str) -> String {
+    format!("login:{}", state_key(state))
+}
+
+fn is_base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// What the operator must know about a login that worked, with the likely fix.
+pub fn warnings(provider: &Provider, tokens: &TokenSet) -> Vec<String> {
+    let settings = &provider.settings;
+    let mut warnings = Vec::new();
+    if tokens.refresh_token.is_none() {
+        let fix = match (&settings.offline_scope, settings.authorize_params.get("access_type")) {
+            (Some(scope), _) if !settings.scopes.contains(scope) => format!("add the `{scope}` scope"),
+            (_, Some(_)) => {
+                "keep `access_type=offline` with `prompt=consent`, or revoke the app's earlier grant at the \
+                             provider so that consent is asked again"
+                    .to_owned()
+            }
+            _ => "check that the app at the provider may use refresh tokens, or revoke its earlier grant there"
+                .to_owned(),
+        };
+        warnings.push(format!(
+            "no refresh token came back, so this connection stops working when the access token expires: {fix}"
+        ));
+    }
+    if let Some(granted) = &tokens.scope {
+        let missing = missing_scopes(&settings.scopes, granted);
+        if !missing.is_empty() {
+            warnings.push(format!(
+                "the provider granted fewer scopes than requested; missing: {}",
+                missing.join(" ")
+            ));
+        }
+    }
+    warnings
+}
