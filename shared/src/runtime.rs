@@ -15,6 +15,8 @@ use crate::secrets::{SecretStore, SecretsError};
 
 /// The environment variable naming the connections table (set by infra/template.yaml).
 pub const CONNECTIONS_TABLE_ENV: &str = "OAUTH_SYNC_CONNECTIONS_TABLE";
+/// The environment variable naming the login-attempts table (set by infra/template.yaml).
+pub const LOGIN_ATTEMPTS_TABLE_ENV: &str = "OAUTH_SYNC_LOGIN_ATTEMPTS_TABLE";
 
 /// The environment variable naming the secret that holds the configuration text.
 pub const CONFIG_SECRET_ENV: &str = "OAUTH_SYNC_CONFIG_SECRET";
@@ -53,6 +55,16 @@ impl App {
         let table =
             std::env::var(CONNECTIONS_TABLE_ENV).map_err(|_| StartupError::MissingEnv(CONNECTIONS_TABLE_ENV))?;
         Ok(ConnectionStore::new(self.aws.dynamodb.clone(), table))
+    }
+
+    /// The login-attempt store on the table named by `OAUTH_SYNC_LOGIN_ATTEMPTS_TABLE`.
+    pub fn attempt_store(&self) -> Result<crate::login::attempts::AttemptStore, StartupError> {
+        let table =
+            std::env::var(LOGIN_ATTEMPTS_TABLE_ENV).map_err(|_| StartupError::MissingEnv(LOGIN_ATTEMPTS_TABLE_ENV))?;
+        Ok(crate::login::attempts::AttemptStore::new(
+            self.aws.dynamodb.clone(),
+            table,
+        ))
     }
 
     /// The token service (loads the key ring from Secrets Manager).

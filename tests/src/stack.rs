@@ -327,3 +327,116 @@ impl RefreshFixture {
 pub fn deadline(secs: u64) -> std::time::Instant {
     std::time::Instant::now() + std::time::Duration::from_secs(secs)
 }
+
+pub const CALLBACK: &str = "https://auth.example.com/prod/callback";
+pub const RETURN_TO: &str = "https://app.example.com/integrations/done";
+
+/// A refresh fixture plus the login side: a link key in Secrets Manager and a
+/// configuration with a callback URL and a return-URL allow-list.
+#[derive(Debug)]
+pub struct LoginFixture {
+    pub fixture: RefreshFixture,
+    pub links: shared::login::LinkKeys,
+    pub config: std::sync::Arc<shared::config::Config>,
+}
+
+impl LoginFixture {
+    pub async fn start(sim: SimConfig, test: &str) -> LoginFixture {
+        let fixture = RefreshFixture::start(sim, shared::refresh::RefreshSettings::default(), "", test).await;
+        let secret = format!("{}link-key", unique_prefix(test));
+        let key = shared::crypto::KeyRing::generate_json("l1").expect("rng");
+        fixture
+            .aws
+            .secrets
+            .create_secret()
+            .name(&secret)
+            .secret_string(&key)
+            .send()
+            .await
+            .expect("secret");
+        let text = fixture.config_text.replace(
+            "[service]\n",
+            &format!(
+                "[service]\nlink_key_secret = \"{secret}\"\ncallback_url = \"{CALLBACK}\"\n\
+                 return_url_allow_list = [\"https://app.example.com/integrations\"]\n"
+            ),
+        );
+        let config =
+            std::sync::Arc::new(shared::config::Config::parse(&text, "login.toml").unwrap_or_else(|e| panic!("{e}")));
+        LoginFixture {
+            links: shared::login::LinkKeys::from_json(&key).expect("keys"),
+            fixture,
+            config,
+        }
+    }
+
+    pub async fn service(&self, ttl: std::time::Duration) -> shared::login::flow::LoginService {
+        let attempts = shared::login::attempts::AttemptStore::new(
+            self.fixture.aws.dynamodb.clone(),
+            &self.fixture.tables["LoginAttemptsTable"],
+        );
+        let secrets = shared::secrets::SecretStore::new(self.fixture.aws.secrets.clone());
+        shared::login::flow::LoginService::load(
+            self.config.clone(),
+            self.fixture.service.clone(),
+            attempts,
+            &secrets,
+            ttl,
+        )
+        .await
+        .expect("login service")
+    }
+
+    /// The query of a fresh connect link for `connection`.
+    pub fn link(&self, connection: &str) -> BTreeMap<String, String> {
+        let claims = shared::login::ConnectClaims {
+            provider: PROVIDER.to_owned(),
+            connection: shared::connection::ConnectionId::parse(connection).expect("id"),
+            kind: shared::connection::ConnectionKind::PerUser,
+            return_url: Some(url::Url::parse(RETURN_TO).expect("url")),
+            expires_at: shared::connection::now_ms() / 1000 + 600,
+        };
+        let callback = url::Url::parse(CALLBACK).expect("url");
+        let url = self.links.connect_url(Some(&callback), &claims).expect("link");
+        assert_eq!(url.path(), "/prod/connect/sim");
+        url.query_pairs().into_owned().collect()
+    }
+
+    /// `/connect`, then the provider's headless approval: the callback's query and the cookie.
+    pub async fn to_callback(
+        &self,
+        service: &shared::login::flow::LoginService,
+        connection: &str,
+    ) -> (BTreeMap<String, String>, String) {
+        let begin = service
+            .begin(PROVIDER, &self.link(connection), None)
+            .await
+            .expect("begin");
+        assert!(begin.location.as_str().starts_with(&self.fixture.oauth.sim.base_url));
+        let result = authorize(&self.fixture.oauth.http, &begin.location).await;
+        let mut query = BTreeMap::new();
+        query.insert("state".to_owned(), result.state.expect("state"));
+        if let Some(code) = result.code {
+            query.insert("code".to_owned(), code);
+        }
+        if let Some(error) = result.error {
+            query.insert("error".to_owned(), error);
+        }
+        (query, begin.cookie)
+    }
+
+    /// How many login attempts are stored.
+    pub async fn attempts_stored(&self) -> usize {
+        let table = &self.fixture.tables["LoginAttemptsTable"];
+        let scan = self
+            .fixture
+            .aws
+            .dynamodb
+            .scan()
+            .table_name(table)
+            .send()
+            .await
+            .expect("scan");
+        scan.items.unwrap_or_default().len()
+    }
+}

@@ -2,129 +2,19 @@
 //! the Secrets Manager emulator and the simulator: a whole login, and each
 //! way it must fail without changing anything it should not.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{PROVIDER, RefreshFixture, authorize, unique_prefix};
-use shared::config::{Config, PresetName};
-use shared::connection::{ConnectionId, ConnectionKind, Status, now_ms};
-use shared::crypto::KeyRing;
-use shared::login::attempts::{AttemptError, AttemptStore};
-use shared::login::flow::{ATTEMPT_TTL, LoginError, LoginService};
-use shared::login::{ConnectClaims, LinkError, LinkKeys};
-use shared::refresh::RefreshSettings;
-use shared::secrets::SecretStore;
-use url::Url;
-
-const CALLBACK: &str = "https://auth.example.com/prod/callback";
-const RETURN_TO: &str = "https://app.example.com/integrations/done";
-
-struct Login {
-    fixture: RefreshFixture,
-    links: LinkKeys,
-    config: Arc<Config>,
-}
-
-impl Login {
-    async fn start(sim: SimConfig, test: &str) -> Login {
-        let fixture = RefreshFixture::start(sim, RefreshSettings::default(), "", test).await;
-        let secret = format!("{}link-key", unique_prefix(test));
-        let key = KeyRing::generate_json("l1").expect("rng");
-        fixture
-            .aws
-            .secrets
-            .create_secret()
-            .name(&secret)
-            .secret_string(&key)
-            .send()
-            .await
-            .expect("secret");
-        let text = fixture.config_text.replace(
-            "[service]\n",
-            &format!(
-                "[service]\nlink_key_secret = \"{secret}\"\ncallback_url = \"{CALLBACK}\"\n\
-                 return_url_allow_list = [\"https://app.example.com/integrations\"]\n"
-            ),
-        );
-        let config = Arc::new(Config::parse(&text, "login.toml").unwrap_or_else(|e| panic!("{e}")));
-        Login {
-            links: LinkKeys::from_json(&key).expect("keys"),
-            fixture,
-            config,
-        }
-    }
-
-    async fn service(&self, ttl: Duration) -> LoginService {
-        let attempts = AttemptStore::new(
-            self.fixture.aws.dynamodb.clone(),
-            &self.fixture.tables["LoginAttemptsTable"],
-        );
-        let secrets = SecretStore::new(self.fixture.aws.secrets.clone());
-        LoginService::load(
-            self.config.clone(),
-            self.fixture.service.clone(),
-            attempts,
-            &secrets,
-            ttl,
-        )
-        .await
-        .expect("login service")
-    }
-
-    /// The query of a fresh connect link for `connection`.
-    fn link(&self, connection: &str) -> BTreeMap<String, String> {
-        let claims = ConnectClaims {
-            provider: PROVIDER.to_owned(),
-            connection: ConnectionId::parse(connection).expect("id"),
-            kind: ConnectionKind::PerUser,
-            return_url: Some(Url::parse(RETURN_TO).expect("url")),
-            expires_at: now_ms() / 1000 + 600,
-        };
-        let callback = Url::parse(CALLBACK).expect("url");
-        let url = self.links.connect_url(Some(&callback), &claims).expect("link");
-        assert_eq!(url.path(), "/prod/connect/sim");
-        url.query_pairs().into_owned().collect()
-    }
-
-    /// `/connect`, then the provider's headless approval: the callback's query and the cookie.
-    async fn to_callback(&self, service: &LoginService, connection: &str) -> (BTreeMap<String, String>, String) {
-        let begin = service
-            .begin(PROVIDER, &self.link(connection), None)
-            .await
-            .expect("begin");
-        assert!(begin.location.as_str().starts_with(&self.fixture.oauth.sim.base_url));
-        let result = authorize(&self.fixture.oauth.http, &begin.location).await;
-        let mut query = BTreeMap::new();
-        query.insert("state".to_owned(), result.state.expect("state"));
-        if let Some(code) = result.code {
-            query.insert("code".to_owned(), code);
-        }
-        if let Some(error) = result.error {
-            query.insert("error".to_owned(), error);
-        }
-        (query, begin.cookie)
-    }
-
-    async fn attempts_stored(&self) -> usize {
-        let table = &self.fixture.tables["LoginAttemptsTable"];
-        let scan = self
-            .fixture
-            .aws
-            .dynamodb
-            .scan()
-            .table_name(table)
-            .send()
-            .await
-            .expect("scan");
-        scan.items.unwrap_or_default().len()
-    }
-}
+use oauth_sync_tests::stack::{LoginFixture, PROVIDER, RETURN_TO};
+use shared::config::PresetName;
+use shared::connection::{ConnectionId, ConnectionKind, Status};
+use shared::login::LinkError;
+use shared::login::attempts::AttemptError;
+use shared::login::flow::{ATTEMPT_TTL, LoginError};
 
 #[tokio::test]
 async fn a_whole_login_stores_an_active_connection() {
-    let login = Login::start(SimConfig::for_preset(PresetName::Generic), "login-ok").await;
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-ok").await;
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = login.to_callback(&service, "acme-1").await;
     let finished = service.finish(&query, Some(&cookie)).await.expect("finish");
@@ -153,7 +43,7 @@ async fn a_whole_login_stores_an_active_connection() {
 
 #[tokio::test]
 async fn a_login_must_finish_in_the_browser_that_started_it() {
-    let login = Login::start(SimConfig::for_preset(PresetName::Generic), "login-browser").await;
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-browser").await;
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = login.to_callback(&service, "acme-2").await;
     for foreign in [None, Some("not-the-cookie")] {
@@ -170,7 +60,7 @@ async fn a_login_must_finish_in_the_browser_that_started_it() {
 
 #[tokio::test]
 async fn an_expired_login_is_refused() {
-    let login = Login::start(SimConfig::for_preset(PresetName::Generic), "login-expired").await;
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-expired").await;
     let service = login.service(Duration::from_secs(1)).await;
     let (query, cookie) = login.to_callback(&service, "acme-3").await;
     tokio::time::sleep(Duration::from_millis(2_100)).await;
@@ -181,7 +71,7 @@ async fn an_expired_login_is_refused() {
 
 #[tokio::test]
 async fn bad_links_write_nothing() {
-    let login = Login::start(SimConfig::for_preset(PresetName::Generic), "login-links").await;
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-links").await;
     let service = login.service(ATTEMPT_TTL).await;
     let good = login.link("acme-4");
     let mut tampered = good.clone();
@@ -207,7 +97,7 @@ async fn bad_links_write_nothing() {
 
 #[tokio::test]
 async fn a_cancelled_login_changes_nothing() {
-    let login = Login::start(SimConfig::for_preset(PresetName::Generic), "login-cancel").await;
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-cancel").await;
     let service = login.service(ATTEMPT_TTL).await;
     login.fixture.sim().deny_next_authorize();
     let (query, cookie) = login.to_callback(&service, "acme-5").await;
@@ -235,7 +125,7 @@ async fn a_login_without_a_refresh_token_names_the_fix() {
         issue_refresh_token: false,
         ..SimConfig::for_preset(PresetName::Google)
     };
-    let login = Login::start(sim, "login-no-rt").await;
+    let login = LoginFixture::start(sim, "login-no-rt").await;
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = login.to_callback(&service, "acme-6").await;
     let finished = service.finish(&query, Some(&cookie)).await.expect("finish");
@@ -245,7 +135,7 @@ async fn a_login_without_a_refresh_token_names_the_fix() {
 
 #[tokio::test]
 async fn a_new_login_renews_a_connection_that_needs_one() {
-    let login = Login::start(SimConfig::for_preset(PresetName::Xero), "login-renew").await;
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Xero), "login-renew").await;
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = login.to_callback(&service, "tenant").await;
     service.finish(&query, Some(&cookie)).await.expect("first login");

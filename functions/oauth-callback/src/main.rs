@@ -1,9 +1,10 @@
-//! The `oauth-callback` Lambda function: serves GET /connect/{provider} and GET /callback (API Gateway HTTP API).
-//! `main` wires; [`handler`] holds the logic.
+//! Wires the `oauth-callback` function: logging, clients, the token service
+//! and the login service are built once; each request runs the handler.
 
-mod handler;
+use std::sync::Arc;
 
-use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use lambda_http::{Error, Request, run, service_fn};
+use shared::login::flow::{ATTEMPT_TTL, LoginService};
 use shared::runtime::App;
 use shared::telemetry::{Target, init};
 
@@ -11,8 +12,8 @@ use shared::telemetry::{Target, init};
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
     let app = App::from_env().await?;
-    run(service_fn(|event: LambdaEvent<serde_json::Value>| {
-        handler::function_handler(&app, event)
-    }))
-    .await
+    let tokens = Arc::new(app.token_service().await?);
+    let config = Arc::new(app.config.clone());
+    let login = LoginService::load(config, tokens, app.attempt_store()?, &app.secrets, ATTEMPT_TTL).await?;
+    run(service_fn(|request: Request| oauth_callback::handle(&login, request))).await
 }
