@@ -11,8 +11,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shared::config::{CONFIG_ENV, Config, PresetName};
+use std::time::{Duration, Instant};
+
+use shared::connection::store::ConnectionStore;
 use shared::connection::{ConnectionId, ConnectionKind, now_ms};
 use shared::login::{ConnectClaims, LinkKeys, check_return_url, parse_lifetime};
+use shared::refresh::{RefreshSettings, TokenService};
+use shared::runtime::CONNECTIONS_TABLE_ENV;
 use shared::secrets::SecretStore;
 
 #[derive(Debug, Parser)]
@@ -41,6 +46,14 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// List the connections: status, token expiry, last refresh.
+    List,
+    /// Show one connection (never its tokens).
+    Show { id: String },
+    /// Refresh a connection's tokens now, through the refresh protocol.
+    Refresh { id: String },
+    /// Disconnect: revoke the tokens at the provider (RFC 7009), erase them, mark revoked.
+    Revoke { id: String },
     /// Make a signed connect link that lets one person connect one account.
     ConnectLink {
         /// The provider (a key of [providers] in the configuration).
@@ -91,6 +104,10 @@ async fn main() -> ExitCode {
             Ok(config) => output::config(&config, cli.json),
             Err(e) => Err(anyhow::Error::new(e)),
         },
+        Command::List => list(config_path(cli.config), None, cli.json).await,
+        Command::Show { id } => list(config_path(cli.config), Some(id), cli.json).await,
+        Command::Refresh { id } => refresh(config_path(cli.config), &id, cli.json).await,
+        Command::Revoke { id } => revoke(config_path(cli.config), &id, cli.json).await,
         Command::ConnectLink {
             provider,
             connection,
@@ -160,4 +177,58 @@ async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool)
     let keys = LinkKeys::from_json(&text).with_context(|| format!("link key secret `{secret}`"))?;
     let url = keys.connect_url(config.service.callback_url.as_ref(), &claims)?;
     output::connect_link(&url, &claims, as_json)
+}
+
+/// The connections table, from `OAUTH_SYNC_CONNECTIONS_TABLE` (the stack's
+/// `ConnectionsTableName` output).
+async fn store() -> anyhow::Result<(shared::aws::AwsClients, ConnectionStore)> {
+    let table = std::env::var(CONNECTIONS_TABLE_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .with_context(|| {
+            format!("set {CONNECTIONS_TABLE_ENV} to the connections table (the stack's ConnectionsTableName output)")
+        })?;
+    let aws = shared::aws::AwsClients::from_env().await;
+    let store = ConnectionStore::new(aws.dynamodb.clone(), table);
+    Ok((aws, store))
+}
+
+async fn token_service(config_file: &std::path::Path) -> anyhow::Result<TokenService> {
+    let config = std::sync::Arc::new(Config::load(config_file)?);
+    let (aws, store) = store().await?;
+    Ok(TokenService::load(config, store, SecretStore::new(aws.secrets), RefreshSettings::default()).await?)
+}
+
+async fn list(config_file: PathBuf, id: Option<String>, as_json: bool) -> anyhow::Result<()> {
+    let _ = Config::load(&config_file)?;
+    let (_, store) = store().await?;
+    let connections = match id {
+        Some(id) => {
+            let id = ConnectionId::parse(&id)?;
+            vec![
+                store
+                    .get(&id)
+                    .await?
+                    .with_context(|| format!("connection {id} does not exist"))?,
+            ]
+        }
+        None => store.list().await?,
+    };
+    output::connections(&connections, as_json)
+}
+
+async fn refresh(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
+    let service = token_service(&config_file).await?;
+    let id = ConnectionId::parse(id)?;
+    let fresh = service
+        .refresh_now(&id, Instant::now() + Duration::from_secs(60))
+        .await?;
+    output::refreshed(&id, &fresh, as_json)
+}
+
+async fn revoke(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
+    let service = token_service(&config_file).await?;
+    let id = ConnectionId::parse(id)?;
+    let revoked = service.revoke(&id).await?;
+    output::revoked(&id, revoked, as_json)
 }

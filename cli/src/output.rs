@@ -187,3 +187,125 @@ pub fn connect_link(url: &url::Url, claims: &shared::login::ConnectClaims, as_js
     }
     write_out(&format!("{url}\n"))
 }
+
+/// "in 5m", "3h ago": how far an epoch-ms time is from now.
+fn relative(ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return "-".to_owned() };
+    let delta = (ms - shared::connection::now_ms()) / 1000;
+    let (amount, unit) = match delta.unsigned_abs() {
+        s if s < 120 => (s, "s"),
+        s if s < 7_200 => (s / 60, "m"),
+        s if s < 172_800 => (s / 3_600, "h"),
+        s => (s / 86_400, "d"),
+    };
+    if delta >= 0 {
+        format!("in {amount}{unit}")
+    } else {
+        format!("{amount}{unit} ago")
+    }
+}
+
+fn connection_json(c: &shared::connection::Connection) -> Value {
+    json!({
+        "id": c.id.as_str(),
+        "provider": c.provider,
+        "kind": c.kind.as_str(),
+        "status": c.status.as_str(),
+        "status_reason": c.status_reason,
+        "provider_message": c.provider_message,
+        "token_version": c.token_version,
+        "has_access_token": c.access_token.is_some(),
+        "has_refresh_token": c.refresh_token.is_some(),
+        "access_expires_at": c.access_expires_at,
+        "scopes": c.scopes,
+        "last_refresh_at": c.last_refresh_at,
+        "last_refresh_outcome": c.last_refresh_outcome,
+        "consecutive_failures": c.consecutive_failures,
+        "next_attempt_at": c.next_attempt_at,
+        "refresh_due_at": c.refresh_due_at,
+        "lease_owner": c.lease.as_ref().map(|l| l.owner.clone()),
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    })
+}
+
+pub fn connections(list: &[shared::connection::Connection], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let values: Vec<Value> = list.iter().map(connection_json).collect();
+        return write_out(&format!("{}\n", serde_json::to_string_pretty(&values)?));
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.provider.clone(),
+                c.status.as_str().to_owned() + &c.status_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                c.token_version.to_string(),
+                relative(c.access_expires_at),
+                format!(
+                    "{} {}",
+                    relative(c.last_refresh_at),
+                    c.last_refresh_outcome.as_deref().unwrap_or_default()
+                )
+                .trim()
+                .to_owned(),
+                "-".to_owned(),
+            ]
+        })
+        .collect();
+    write_out(&table(
+        &[
+            "connection",
+            "provider",
+            "status",
+            "version",
+            "access token expires",
+            "last refresh",
+            "last sync",
+        ],
+        &rows,
+    ))
+}
+
+pub fn refreshed(
+    id: &shared::connection::ConnectionId,
+    fresh: &shared::refresh::Fresh,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    if as_json {
+        let value = json!({"id": id.as_str(), "token_version": fresh.token_version, "expires_at": fresh.expires_at, "refreshed": fresh.refreshed});
+        return write_out(&format!("{value}\n"));
+    }
+    let how = if fresh.refreshed {
+        "refreshed"
+    } else {
+        "refreshed meanwhile by another worker"
+    };
+    write_out(&format!(
+        "{id}: {how}; token_version {}, access token expires {}\n",
+        fresh.token_version,
+        relative(Some(fresh.expires_at))
+    ))
+}
+
+pub fn revoked(
+    id: &shared::connection::ConnectionId,
+    revoked: shared::refresh::Revoked,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    if as_json {
+        return write_out(&format!(
+            "{}\n",
+            json!({"id": id.as_str(), "at_provider": revoked.at_provider, "already": revoked.already})
+        ));
+    }
+    let text = match (revoked.already, revoked.at_provider) {
+        (true, _) => format!("{id} was already revoked\n"),
+        (false, true) => format!("{id}: revoked at the provider, tokens erased\n"),
+        (false, false) => format!(
+            "{id}: tokens erased; the provider has no revocation endpoint, so also remove the app's access in the provider's settings\n"
+        ),
+    };
+    write_out(&text)
+}

@@ -157,3 +157,76 @@ async fn connect_link_signs_with_the_link_key_from_secrets_manager() {
     assert!(!ok && stderr.contains("unknown provider `nope`"), "{stderr}");
     std::fs::remove_file(&path).ok();
 }
+
+fn oauth_sync_with(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_oauth-sync"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// list, show, refresh and revoke against the local stack and the simulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_show_refresh_and_revoke_connections() {
+    use oauth_sync_tests::simulator::SimConfig;
+    use oauth_sync_tests::stack::RefreshFixture;
+    use shared::config::PresetName;
+
+    let fixture = RefreshFixture::start(
+        SimConfig::for_preset(PresetName::Google),
+        shared::refresh::RefreshSettings::default(),
+        "",
+        "cli-ops",
+    )
+    .await;
+    let id = fixture.connect("acme-google").await;
+    let path = std::env::temp_dir().join(format!("oauth-sync-ops-{}.toml", std::process::id()));
+    std::fs::write(&path, &fixture.config_text).expect("write");
+    let config = path.to_str().expect("utf8 path");
+    let env = [("OAUTH_SYNC_CONNECTIONS_TABLE", fixture.connections_table())];
+
+    let (ok, stdout, stderr) = oauth_sync_with(&["--config", config, "list"], &env);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("acme-google") && stdout.contains("active"), "{stdout}");
+    let (ok, stdout, _) = oauth_sync_with(&["--config", config, "--json", "show", "acme-google"], &env);
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(shown[0]["token_version"], 1);
+    assert!(
+        !stdout.contains("at-") && !stdout.contains("rt-"),
+        "no token values: {stdout}"
+    );
+
+    let (ok, stdout, stderr) = oauth_sync_with(&["--config", config, "--json", "refresh", "acme-google"], &env);
+    assert!(ok, "{stderr}");
+    let refreshed: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(
+        (refreshed["token_version"].as_u64(), refreshed["refreshed"].as_bool()),
+        (Some(2), Some(true))
+    );
+
+    let (ok, stdout, stderr) = oauth_sync_with(&["--config", config, "revoke", "acme-google"], &env);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("revoked at the provider"), "{stdout}");
+    let connection = fixture.connection(&id).await;
+    assert_eq!(connection.status, shared::connection::Status::Revoked);
+    assert!(
+        connection.access_token.is_none() && connection.refresh_token.is_none(),
+        "tokens erased"
+    );
+    assert_eq!(fixture.sim().counters().families_revoked, 1, "RFC 7009 at the provider");
+
+    let (ok, _, stderr) = oauth_sync_with(&["--config", config, "refresh", "acme-google"], &env);
+    assert!(!ok && stderr.contains("revoked"), "{stderr}");
+    let (ok, _, stderr) = oauth_sync_with(&["--config", config, "show", "nobody"], &env);
+    assert!(!ok && stderr.contains("does not exist"), "{stderr}");
+    let (ok, _, stderr) = oauth_sync_with(&["--config", config, "list"], &[("OAUTH_SYNC_CONNECTIONS_TABLE", "")]);
+    assert!(!ok && stderr.contains("OAUTH_SYNC_CONNECTIONS_TABLE"), "{stderr}");
+    std::fs::remove_file(&path).ok();
+}

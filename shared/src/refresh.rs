@@ -88,6 +88,15 @@ pub struct Fresh {
     pub refreshed: bool,
 }
 
+/// What [`TokenService::revoke`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revoked {
+    /// The provider's RFC 7009 endpoint confirmed the revocation.
+    pub at_provider: bool,
+    /// The connection was revoked before this call.
+    pub already: bool,
+}
+
 /// Why no access token could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -278,6 +287,90 @@ impl TokenService {
     /// Refreshes now, unless another worker refreshed it while this call waited.
     pub async fn refresh_now(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
         self.run(id, Mode::Force, deadline).await
+    }
+
+    /// Disconnects: revokes the tokens at the provider's RFC 7009 endpoint
+    /// when it has one (the refresh token first, which ends the whole grant),
+    /// then erases them and marks the connection revoked. A provider that
+    /// cannot revoke right now (503) leaves everything as it was: the tokens
+    /// still live there, so they are kept and the caller retries.
+    pub async fn revoke(&self, id: &ConnectionId) -> Result<Revoked, RefreshError> {
+        for _ in 0..5 {
+            let conn = self.read(id).await?;
+            if conn.status == Status::Revoked {
+                return Ok(Revoked {
+                    at_provider: false,
+                    already: true,
+                });
+            }
+            if conn
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.until.saturating_add(CLOCK_SKEW_MS) > now_ms())
+            {
+                return Err(RefreshError::RetryLater {
+                    id: id.clone(),
+                    until: now_ms() + 1_000,
+                    cause: "a refresh is in progress".to_owned(),
+                });
+            }
+            let provider = self.config.provider(&conn.provider)?;
+            let mut at_provider = false;
+            if provider.revocation_url.is_some() {
+                let credentials = self.credentials(provider).await?;
+                let endpoint = TokenEndpoint {
+                    provider,
+                    credentials: &credentials,
+                    http: &self.http,
+                };
+                let open = |field: &str, sealed: &crate::connection::Sealed| {
+                    self.keys
+                        .open(id.as_str(), field, &sealed.0)
+                        .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
+                };
+                let tokens = [
+                    (
+                        conn.refresh_token.as_ref(),
+                        "refresh_token",
+                        crate::oauth::TokenHint::RefreshToken,
+                    ),
+                    (
+                        conn.access_token.as_ref(),
+                        "access_token",
+                        crate::oauth::TokenHint::AccessToken,
+                    ),
+                ];
+                for (sealed, field, hint) in tokens {
+                    if let Some(sealed) = sealed {
+                        let token = open(field, sealed)?;
+                        at_provider |= endpoint
+                            .revoke(&token, hint)
+                            .await
+                            .map_err(|e| RefreshError::RetryLater {
+                                id: id.clone(),
+                                until: now_ms() + 60_000,
+                                cause: format!("revocation at the provider failed, nothing was erased: {e}"),
+                            })?;
+                    }
+                }
+            }
+            match self.store.mark_revoked(id, conn.token_version).await {
+                Ok(Write::Done) => {
+                    info!(connection = %id, at_provider, "connection revoked");
+                    return Ok(Revoked {
+                        at_provider,
+                        already: false,
+                    });
+                }
+                Ok(Write::Conflict(_)) => continue,
+                Err(source) => return Err(RefreshError::Store { id: id.clone(), source }),
+            }
+        }
+        Err(RefreshError::RetryLater {
+            id: id.clone(),
+            until: now_ms() + 1_000,
+            cause: "the connection kept changing".into(),
+        })
     }
 
     /// Refreshes every connection the refresh-due index says is due, at most

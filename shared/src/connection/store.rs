@@ -515,6 +515,52 @@ impl ConnectionStore {
         self.conditional_update("UpdateItem(needs_reauth)", request).await
     }
 
+    /// Marks the connection revoked and erases its tokens, if the version is
+    /// still `seen` and no refresh is in flight (no lease).
+    pub async fn mark_revoked(&self, id: &ConnectionId, seen: u64) -> Result<Write, StoreError> {
+        let request = self
+            .update(id)
+            .update_expression(format!(
+                "SET #status = :revoked, token_version = :next, updated_at = :now \
+                 REMOVE access_token, refresh_token, access_expires_at, due_shard, refresh_due_at, {LEASE_FIELDS}, \
+                 status_reason, provider_message, next_attempt_at, outcome_unknown_since"
+            ))
+            .condition_expression("token_version = :seen AND attribute_not_exists(lease_owner)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":revoked", s(Status::Revoked.as_str()))
+            .expression_attribute_values(":seen", n(seen))
+            .expression_attribute_values(":next", n(seen + 1))
+            .expression_attribute_values(":now", n(now_ms()));
+        self.conditional_update("UpdateItem(revoke)", request).await
+    }
+
+    /// Every connection, for the operator's `list` (a paginated Scan: an
+    /// operator command, never on a function's path).
+    pub async fn list(&self) -> Result<Vec<Connection>, StoreError> {
+        let mut connections = Vec::new();
+        let mut start = None;
+        loop {
+            self.ops.queries.fetch_add(1, Ordering::Relaxed);
+            let output = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| self.fail("Scan", e))?;
+            for item in output.items.unwrap_or_default() {
+                connections.push(from_item(item)?);
+            }
+            start = output.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        connections.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(connections)
+    }
+
     /// Ids of active connections in `shard` whose refresh is due by `now`.
     pub async fn due(&self, shard: &str, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
         self.ops.queries.fetch_add(1, Ordering::Relaxed);
