@@ -54,6 +54,8 @@ enum Command {
     Refresh { id: String },
     /// Disconnect: revoke the tokens at the provider (RFC 7009), erase them, mark revoked.
     Revoke { id: String },
+    /// Check the set-up of one provider (or all) and name the fix for what is wrong.
+    Doctor { provider: Option<String> },
     /// Make a signed connect link that lets one person connect one account.
     ConnectLink {
         /// The provider (a key of [providers] in the configuration).
@@ -108,6 +110,7 @@ async fn main() -> ExitCode {
         Command::Show { id } => list(config_path(cli.config), Some(id), cli.json).await,
         Command::Refresh { id } => refresh(config_path(cli.config), &id, cli.json).await,
         Command::Revoke { id } => revoke(config_path(cli.config), &id, cli.json).await,
+        Command::Doctor { provider } => doctor(config_path(cli.config), provider, cli.json).await,
         Command::ConnectLink {
             provider,
             connection,
@@ -231,4 +234,25 @@ async fn revoke(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result
     let id = ConnectionId::parse(id)?;
     let revoked = service.revoke(&id).await?;
     output::revoked(&id, revoked, as_json)
+}
+
+async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> anyhow::Result<()> {
+    use shared::doctor::{Verdict, check_credentials, check_service_secrets, check_settings};
+    let config = Config::load(&config_file)?;
+    let providers: Vec<_> = match &only {
+        Some(name) => vec![config.provider(name)?],
+        None => config.providers.values().collect(),
+    };
+    let aws = shared::aws::AwsClients::from_env().await;
+    let secrets = SecretStore::new(aws.secrets);
+    let http = shared::oauth::http_client(Duration::from_secs(10))?;
+    let mut findings = check_service_secrets(&config.service, &secrets).await;
+    for provider in providers {
+        findings.extend(check_settings(provider, &config.service));
+        findings.extend(check_credentials(provider, &secrets, &http).await);
+    }
+    output::findings(&findings, as_json)?;
+    let failed = findings.iter().filter(|f| f.verdict == Verdict::Fail).count();
+    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
+    Ok(())
 }

@@ -309,3 +309,26 @@ pub fn revoked(
     };
     write_out(&text)
 }
+
+pub fn findings(findings: &[shared::doctor::Finding], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        return write_out(&format!("{}\n", serde_json::to_string_pretty(findings)?));
+    }
+    let rows: Vec<Vec<String>> = findings
+        .iter()
+        .map(|f| {
+            let verdict = match f.verdict {
+                shared::doctor::Verdict::Ok => "ok",
+                shared::doctor::Verdict::Warn => "warn",
+                shared::doctor::Verdict::Fail => "FAIL",
+            };
+            vec![
+                f.subject.clone(),
+                f.check.to_owned(),
+                verdict.to_owned(),
+                f.detail.clone(),
+            ]
+        })
+        .collect();
+    write_out(&table(&["subject", "check", "result", "detail"], &rows))
+}

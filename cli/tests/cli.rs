@@ -230,3 +230,76 @@ async fn operators_list_show_refresh_and_revoke_connections() {
     assert!(!ok && stderr.contains("OAUTH_SYNC_CONNECTIONS_TABLE"), "{stderr}");
     std::fs::remove_file(&path).ok();
 }
+
+/// doctor names what is wrong and how to fix it, against the stack and the simulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_the_fix() {
+    use oauth_sync_tests::simulator::SimConfig;
+    use oauth_sync_tests::stack::{LoginFixture, unique_prefix};
+    use shared::config::PresetName;
+
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "doctor").await;
+    let aws = &login.fixture.aws;
+    let bad = format!("{}bad-credentials", unique_prefix("doctor"));
+    let wrong = r#"{"client_id": "sim-client", "client_secret": "wrong"}"#;
+    aws.secrets
+        .create_secret()
+        .name(&bad)
+        .secret_string(wrong)
+        .send()
+        .await
+        .expect("secret");
+    let good = &login.config.providers["sim"].credentials_secret;
+    let base = &login.fixture.oauth.sim.base_url;
+    let endpoints = format!("authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\n");
+    let text =
+        std::fs::read_to_string(&login.fixture.config_text).unwrap_or_else(|_| login.fixture.config_text.clone());
+    let text = text.replace(
+        "[service]\n",
+        &format!(
+            "[service]\nlink_key_secret = \"{}\"\ncallback_url = \"https://auth.example.com/prod/callback\"\n",
+            login.config.service.link_key_secret
+        ),
+    ) + &format!(
+        "\n[providers.badsecret]\npreset = \"generic\"\ncredentials_secret = \"{bad}\"\n{endpoints}\
+         \n[providers.noscope]\npreset = \"microsoft\"\ncredentials_secret = \"{good}\"\nscopes = [\"User.Read\"]\n{endpoints}\
+         \n[providers.nosecret]\npreset = \"generic\"\ncredentials_secret = \"{bad}-missing\"\n{endpoints}"
+    );
+    let path = std::env::temp_dir().join(format!("oauth-sync-doctor-{}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write");
+    let config = path.to_str().expect("utf8 path");
+
+    let (ok, stdout, stderr) = oauth_sync_with(&["--config", config, "doctor", "sim"], &[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("accepted") && stdout.contains("valid key ring"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = oauth_sync_with(&["--config", config, "--json", "doctor"], &[]);
+    assert!(!ok && stderr.contains("check(s) failed"), "{stderr}");
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("json");
+    let verdict = |subject: &str, check: &str| {
+        findings
+            .iter()
+            .find(|f| f["subject"] == subject && f["check"] == check)
+            .map(|f| {
+                (
+                    f["verdict"].as_str().unwrap_or_default().to_owned(),
+                    f["detail"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no {subject}/{check} in {stdout}"))
+    };
+    let (v, detail) = verdict("badsecret", "client id and secret");
+    assert!(
+        v == "fail" && detail.contains("rejected the client id or secret"),
+        "{detail}"
+    );
+    let (v, detail) = verdict("noscope", "refresh token scope");
+    assert!(v == "fail" && detail.contains("offline_access"), "{detail}");
+    let (v, detail) = verdict("nosecret", "client credentials secret");
+    assert!(v == "fail" && detail.contains("does not exist"), "{detail}");
+    assert_eq!(verdict("sim", "client id and secret").0, "ok");
+    std::fs::remove_file(&path).ok();
+}

@@ -10,6 +10,7 @@
 //! - [`secrets`]: Secrets Manager
 //! - [`crypto`]: randomness, hashing, PKCE, the token key ring
 //! - [`login`]: the login flow: signed connect links
+//! - [`doctor`]: set-up checks with the fix named
 //! - [`aws`]: AWS clients from the standard environment
 //! - [`telemetry`]: logging for CloudWatch
 //! - [`runtime`]: start-up of every binary (clients and configuration, once)
@@ -18,6 +19,7 @@ pub mod aws;
 pub mod config;
 pub mod connection;
 pub mod crypto;
+pub mod doctor;
 pub mod login;
 pub mod oauth;
 pub mod refresh;
