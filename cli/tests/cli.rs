@@ -252,9 +252,7 @@ async fn doctor_names_the_fix() {
     let good = &login.config.providers["sim"].credentials_secret;
     let base = &login.fixture.oauth.sim.base_url;
     let endpoints = format!("authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\n");
-    let text =
-        std::fs::read_to_string(&login.fixture.config_text).unwrap_or_else(|_| login.fixture.config_text.clone());
-    let text = text.replace(
+    let text = login.fixture.config_text.replace(
         "[service]\n",
         &format!(
             "[service]\nlink_key_secret = \"{}\"\ncallback_url = \"https://auth.example.com/prod/callback\"\n",
