@@ -338,6 +338,8 @@ pub struct LoginFixture {
     pub fixture: RefreshFixture,
     pub links: shared::login::LinkKeys,
     pub config: std::sync::Arc<shared::config::Config>,
+    /// The whole configuration text (service settings included).
+    pub config_text: String,
 }
 
 impl LoginFixture {
@@ -367,6 +369,7 @@ impl LoginFixture {
             links: shared::login::LinkKeys::from_json(&key).expect("keys"),
             fixture,
             config,
+            config_text: text,
         }
     }
 

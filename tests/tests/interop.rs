@@ -1,0 +1,98 @@
+//! Interoperability: a whole login, a refresh and a revocation through the
+//! product's own code against an OAuth 2.0 server we did not write, the
+//! unmodified npm package `oauth2-mock-server` (PKCE S256 verified,
+//! refresh-token grant, RFC 7009 revocation).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use oauth_sync_tests::simulator::SimConfig;
+use oauth_sync_tests::stack::{LoginFixture, PROVIDER, deadline};
+use shared::config::{Config, PresetName};
+use shared::connection::store::ConnectionStore;
+use shared::connection::{ConnectionId, Status};
+use shared::login::attempts::AttemptStore;
+use shared::login::flow::{ATTEMPT_TTL, LoginService};
+use shared::refresh::{RefreshSettings, TokenService};
+use shared::secrets::SecretStore;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The third-party server, on a free loopback port; stopped when dropped.
+struct MockServer {
+    _child: tokio::process::Child,
+    url: String,
+}
+
+async fn start_mock_server() -> MockServer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/oauth2-mock-server.mjs");
+    let mut child = tokio::process::Command::new("node")
+        .arg(script)
+        .arg("0")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (installed by scripts/bootstrap) runs tools/oauth2-mock-server.mjs");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("oauth2-mock-server started within 30 s")
+        .expect("read")
+        .expect("a line");
+    let url = line
+        .strip_prefix("listening ")
+        .expect("the listening line")
+        .replace("localhost", "127.0.0.1");
+    MockServer { _child: child, url }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_refresh_and_revoke_against_oauth2_mock_server() {
+    let mock = start_mock_server().await;
+    // The fixture's secrets and tables, with the provider's endpoints moved to the mock server.
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "interop").await;
+    let text = login.config_text.replace(&login.fixture.oauth.sim.base_url, &mock.url);
+    let config = Arc::new(Config::parse(&text, "interop.toml").unwrap_or_else(|e| panic!("{e}")));
+    assert!(config.providers[PROVIDER].token_url.as_str().starts_with(&mock.url));
+    let aws = &login.fixture.aws;
+    let secrets = SecretStore::new(aws.secrets.clone());
+    let store = ConnectionStore::new(aws.dynamodb.clone(), login.fixture.connections_table());
+    let tokens = Arc::new(
+        TokenService::load(config.clone(), store, secrets.clone(), RefreshSettings::default())
+            .await
+            .expect("tokens"),
+    );
+    let attempts = AttemptStore::new(aws.dynamodb.clone(), &login.fixture.tables["LoginAttemptsTable"]);
+    let service = LoginService::load(config, tokens.clone(), attempts, &secrets, ATTEMPT_TTL)
+        .await
+        .expect("login");
+
+    // Login: /connect, the third-party /authorize redirect, /callback.
+    let begin = service
+        .begin(PROVIDER, &login.link("interop-1"), None)
+        .await
+        .expect("begin");
+    assert!(begin.location.as_str().starts_with(&mock.url), "{}", begin.location);
+    let result = oauth_sync_tests::stack::authorize(&login.fixture.oauth.http, &begin.location).await;
+    let mut query = std::collections::BTreeMap::new();
+    query.insert("state".to_owned(), result.state.expect("state round-trips"));
+    query.insert("code".to_owned(), result.code.expect("a code"));
+    let finished = service
+        .finish(&query, Some(&begin.cookie))
+        .await
+        .expect("code exchange with PKCE S256");
+    assert_eq!(finished.token_version, 1);
+    assert!(finished.warnings.is_empty(), "{:?}", finished.warnings);
+
+    // Refresh through the protocol.
+    let id = ConnectionId::parse("interop-1").expect("id");
+    let fresh = tokens.refresh_now(&id, deadline(30)).await.expect("refresh");
+    assert_eq!((fresh.token_version, fresh.refreshed), (2, true));
+
+    // Revoke (RFC 7009), then the tokens are gone.
+    let revoked = tokens.revoke(&id).await.expect("revoke");
+    assert!(revoked.at_provider);
+    let connection = tokens.store().get(&id).await.expect("read").expect("exists");
+    assert_eq!(connection.status, Status::Revoked);
+    assert!(connection.access_token.is_none() && connection.refresh_token.is_none());
+}
