@@ -7,9 +7,11 @@
 //! 4. refreshes twice (single-use rotation)
 //! 5. replays a spent refresh token to show what oauth-sync exists to prevent:
 //!    the provider revokes the whole token family
-//! 6. stores a connection, encrypted, in DynamoDB Local, and lets 16
-//!    concurrent workers ask for a fresh token through the refresh protocol:
-//!    one refreshes, the others wait for its result, nothing is spent twice
+//! 6. logs in the way an end user does: a signed connect link, `/connect`,
+//!    the provider, `/callback` (the connection is stored encrypted)
+//! 7. lets 16 concurrent workers refresh that connection through the refresh
+//!    protocol: one refreshes, the others wait for its result, nothing is
+//!    spent twice
 //!
 //! Token values are never printed; fingerprints (first characters of their
 //! SHA-256) are.
@@ -20,9 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use oauth_sync_tests::simulator::{Counters, SimConfig};
 use shared::config::{Config, PresetName};
+use shared::connection::now_ms;
 use shared::connection::store::ConnectionStore;
 use shared::connection::{ConnectionId, ConnectionKind};
 use shared::crypto::{KeyRing, Pkce, random_token, sha256_b64url};
+use shared::login::attempts::AttemptStore;
+use shared::login::flow::{ATTEMPT_TTL, LoginService};
+use shared::login::{ConnectClaims, LinkKeys};
 use shared::oauth::{TokenEndpoint, TokenError, authorize_url, http_client};
 use shared::refresh::{RefreshSettings, TokenService};
 use shared::secret::AuthorizationCode;
@@ -30,6 +36,7 @@ use shared::secrets::SecretStore;
 
 const SECRET_NAME: &str = "oauth-sync/demo-exact";
 const KEY_RING_NAME: &str = "oauth-sync/demo-token-keys";
+const LINK_KEY_NAME: &str = "oauth-sync/demo-link-key";
 const REDIRECT_URI: &str = "https://demo.example/callback";
 
 fn say(text: &str) {
@@ -82,7 +89,8 @@ async fn main() -> anyhow::Result<()> {
 
     say("2. configuration");
     let text = format!(
-        "[service]\ntoken_key_secret = \"{KEY_RING_NAME}\"\n\n\
+        "[service]\ntoken_key_secret = \"{KEY_RING_NAME}\"\nlink_key_secret = \"{LINK_KEY_NAME}\"\n\
+         callback_url = \"{REDIRECT_URI}\"\n\n\
          [providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"{SECRET_NAME}\"\n\
          authorize_url = \"{simulator}/authorize\"\ntoken_url = \"{simulator}/token\"\n\
          # The simulator does not enforce Exact Online's one-refresh-per-570 s limit.\n\
@@ -183,18 +191,20 @@ async fn main() -> anyhow::Result<()> {
         counters.tokens_issued, counters.refreshes, counters.refresh_tokens_reused, counters.families_revoked
     ));
 
-    say("6. the refresh protocol: 16 workers, one connection, one refresh");
-    let key_ring = KeyRing::generate_json("demo-1")?;
-    if let Err(e) = aws
-        .secrets
-        .create_secret()
-        .name(KEY_RING_NAME)
-        .secret_string(&key_ring)
-        .send()
-        .await
-        && !e.as_service_error().is_some_and(|e| e.is_resource_exists_exception())
-    {
-        return Err(e).context("storing the token key ring");
+    say("6. a login the way an end user makes it: signed connect link, /connect, the provider, /callback");
+    for (name, key_id) in [(KEY_RING_NAME, "demo-1"), (LINK_KEY_NAME, "link-1")] {
+        let key_ring = KeyRing::generate_json(key_id)?;
+        if let Err(e) = aws
+            .secrets
+            .create_secret()
+            .name(name)
+            .secret_string(&key_ring)
+            .send()
+            .await
+            && !e.as_service_error().is_some_and(|e| e.is_resource_exists_exception())
+        {
+            return Err(e).context("storing a key ring");
+        }
     }
     let table = std::env::var("OAUTH_SYNC_CONNECTIONS_TABLE").context("OAUTH_SYNC_CONNECTIONS_TABLE")?;
     let store = ConnectionStore::new(aws.dynamodb.clone(), table.clone());
@@ -212,35 +222,45 @@ async fn main() -> anyhow::Result<()> {
         .await?,
     );
     let id = ConnectionId::parse("demo-exact-1")?;
-    let login = {
-        let pkce = Pkce::generate()?;
-        let url = authorize_url(
-            provider,
-            &credentials.client_id,
-            REDIRECT_URI,
-            "s",
-            Some(&pkce.challenge),
-        );
-        let location = http
-            .get(url)
-            .send()
-            .await?
-            .headers()
-            .get("location")
-            .context("no redirect")?
-            .to_str()?
-            .to_owned();
-        let location = url::Url::parse(&location)?;
-        let code = location
-            .query_pairs()
-            .find(|(k, _)| k == "code")
-            .map(|(_, v)| v.into_owned())
-            .context("no code")?;
-        endpoint
-            .exchange_code(&AuthorizationCode::new(code), REDIRECT_URI, Some(&pkce.verifier))
-            .await?
+    let secrets = SecretStore::new(aws.secrets.clone());
+    let attempts_table = std::env::var("OAUTH_SYNC_LOGIN_ATTEMPTS_TABLE").context("OAUTH_SYNC_LOGIN_ATTEMPTS_TABLE")?;
+    let attempts = AttemptStore::new(aws.dynamodb.clone(), attempts_table);
+    let login = LoginService::load(
+        Arc::new(config.clone()),
+        service.clone(),
+        attempts,
+        &secrets,
+        ATTEMPT_TTL,
+    )
+    .await?;
+    let links = LinkKeys::from_json(&secrets.text(LINK_KEY_NAME).await?)?;
+    let claims = ConnectClaims {
+        provider: "exact".to_owned(),
+        connection: id.clone(),
+        kind: ConnectionKind::Shared,
+        return_url: None,
+        expires_at: now_ms() / 1000 + 3600,
     };
-    let stored = service.save_login(&id, "exact", ConnectionKind::Shared, &login).await?;
+    let link = links.connect_url(config.service.callback_url.as_ref(), &claims)?;
+    say(&format!(
+        "   connect link (HMAC-SHA256, 1 h): {}…",
+        &link.as_str()[..link.as_str().len().min(90)]
+    ));
+    let begin = login
+        .begin("exact", &link.query_pairs().into_owned().collect(), None)
+        .await?;
+    say("   /connect: link verified, login attempt stored (state hashed, PKCE verifier encrypted), browser cookie set");
+    let approved = http.get(begin.location).send().await?;
+    let back = url::Url::parse(approved.headers().get("location").context("no redirect")?.to_str()?)?;
+    let finished = login
+        .finish(&back.query_pairs().into_owned().collect(), Some(&begin.cookie))
+        .await?;
+    say(&format!(
+        "   /callback: state consumed once, code exchanged with the PKCE verifier, connection `{}` version {}",
+        finished.connection, finished.token_version
+    ));
+    let stored = service.store().get(&id).await?.context("the connection")?;
+
     say(&format!(
         "   connection `{id}` stored in {table}: token_version {}, access and refresh token encrypted (AES-256-GCM, {} and {})",
         stored.token_version,
@@ -255,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|s| format!("{} bytes", s.0.len()))
             .unwrap_or_default(),
     ));
+    say("7. the refresh protocol: 16 workers, one connection, one refresh");
     let before: Counters = http
         .get(format!("{simulator}/_sim/counters"))
         .send()
