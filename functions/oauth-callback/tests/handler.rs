@@ -176,3 +176,35 @@ async fn refusals_are_pages_a_person_can_read() {
         "nothing was stored"
     );
 }
+
+#[tokio::test]
+async fn a_refused_code_exchange_stores_nothing() {
+    use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant};
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "handler-pkce").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let (query, cookie) = connect(&login, &service, "acme").await;
+    // The provider refuses the exchange as it does on a PKCE mismatch.
+    let refusal = r#"{"error": "invalid_grant", "error_description": "PKCE verification failed"}"#;
+    login.fixture.sim().inject(FaultPlan {
+        grant: Grant::AuthorizationCode,
+        fault: Fault::BodyAfterProcessing {
+            status: 400,
+            body: refusal.to_owned(),
+        },
+        times: 1,
+    });
+    let response = oauth_callback::handle(&service, event("/callback", &query, &[cookie], None))
+        .await
+        .expect("handle");
+    assert_eq!(response.status(), 502);
+    let page = body(&response);
+    assert!(
+        page.contains("PKCE verification failed") && !page.contains(&query["code"]),
+        "{page}"
+    );
+    let id = shared::connection::ConnectionId::parse("acme").expect("id");
+    assert!(
+        login.fixture.service.store().get(&id).await.expect("read").is_none(),
+        "nothing was stored"
+    );
+}
