@@ -85,6 +85,16 @@ pub struct AuthorizeResult {
     pub error: Option<String>,
 }
 
+impl AuthorizeResult {
+    /// The query the browser brings to `/callback`.
+    pub fn callback_query(&self) -> BTreeMap<String, String> {
+        [("state", &self.state), ("code", &self.code), ("error", &self.error)]
+            .into_iter()
+            .filter_map(|(key, value)| value.clone().map(|v| (key.to_owned(), v)))
+            .collect()
+    }
+}
+
 /// The browser's part of a login, headless: open the authorize URL and read
 /// the redirect.
 pub async fn authorize(http: &reqwest::Client, url: &url::Url) -> AuthorizeResult {
@@ -416,15 +426,10 @@ impl LoginFixture {
             .await
             .expect("begin");
         assert!(begin.location.as_str().starts_with(&self.fixture.oauth.sim.base_url));
-        let result = authorize(&self.fixture.oauth.http, &begin.location).await;
-        let mut query = BTreeMap::new();
-        query.insert("state".to_owned(), result.state.expect("state"));
-        if let Some(code) = result.code {
-            query.insert("code".to_owned(), code);
-        }
-        if let Some(error) = result.error {
-            query.insert("error".to_owned(), error);
-        }
+        let query = authorize(&self.fixture.oauth.http, &begin.location)
+            .await
+            .callback_query();
+        assert!(query.contains_key("state"), "the state comes back");
         (query, begin.cookie)
     }
 

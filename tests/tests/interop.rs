@@ -73,10 +73,10 @@ async fn login_refresh_and_revoke_against_oauth2_mock_server() {
         .await
         .expect("begin");
     assert!(begin.location.as_str().starts_with(&mock.url), "{}", begin.location);
-    let result = oauth_sync_tests::stack::authorize(&login.fixture.oauth.http, &begin.location).await;
-    let mut query = std::collections::BTreeMap::new();
-    query.insert("state".to_owned(), result.state.expect("state round-trips"));
-    query.insert("code".to_owned(), result.code.expect("a code"));
+    let query = oauth_sync_tests::stack::authorize(&login.fixture.oauth.http, &begin.location)
+        .await
+        .callback_query();
+    assert!(query.contains_key("state") && query.contains_key("code"), "{query:?}");
     let finished = service
         .finish(&query, Some(&begin.cookie))
         .await

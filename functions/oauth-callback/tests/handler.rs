@@ -70,15 +70,8 @@ async fn connect(
             .as_deref(),
         Some("S256")
     );
-    let result = authorize(&login.fixture.oauth.http, &location).await;
-    let mut query = BTreeMap::new();
-    query.insert("state".to_owned(), result.state.expect("state"));
-    if let Some(code) = result.code {
-        query.insert("code".to_owned(), code);
-    }
-    if let Some(error) = result.error {
-        query.insert("error".to_owned(), error);
-    }
+    let query = authorize(&login.fixture.oauth.http, &location).await.callback_query();
+    assert!(query.contains_key("state"), "the state comes back");
     let value = cookie.split(';').next().expect("pair").to_owned();
     (query, value)
 }
