@@ -18,6 +18,7 @@ use url::form_urlencoded::byte_serialize;
 
 use crate::config::{ClientAuth, Provider, ProviderSettings, provider_message};
 use crate::secret::{AccessToken, AuthorizationCode, ClientSecret, PkceVerifier, RefreshToken};
+use crate::telemetry::error_chain;
 
 /// Largest token-endpoint answer read; a bigger one is refused.
 const MAX_BODY: usize = 256 * 1024;
@@ -232,27 +233,15 @@ pub fn basic_auth(client_id: &str, client_secret: &str) -> String {
 fn transport_error(error: reqwest::Error) -> TokenError {
     let error = error.without_url();
     if error.is_connect() {
-        TokenError::Unreachable(chain(&error))
+        TokenError::Unreachable(error_chain(&error))
     } else if error.is_timeout() {
-        TokenError::OutcomeUnknown(format!("no answer before the timeout ({})", chain(&error)))
+        TokenError::OutcomeUnknown(format!("no answer before the timeout ({})", error_chain(&error)))
     } else {
         TokenError::OutcomeUnknown(format!(
             "the connection failed after the request was sent ({})",
-            chain(&error)
+            error_chain(&error)
         ))
     }
-}
-
-/// An error and its causes on one line ("error sending request: connection closed").
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The login URL for the user's browser (RFC 6749 §4.1.1 with RFC 7636 S256).

@@ -9,6 +9,7 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TimeToLiveSpecification,
 };
 use serde::Deserialize;
+use shared::telemetry::error_chain;
 
 /// `infra/template.yaml` of this checkout.
 pub fn template_path() -> PathBuf {
@@ -198,7 +199,7 @@ async fn create_table(
         Err(e) => {
             let e = aws_sdk_dynamodb::Error::from(e);
             if !matches!(e, aws_sdk_dynamodb::Error::ResourceInUseException(_)) {
-                return Err(fail(shared_error_text(&e)));
+                return Err(fail(error_chain(&e)));
             }
         }
     }
@@ -215,20 +216,9 @@ async fn create_table(
             )
             .send()
             .await
-            .map_err(|e| fail(shared_error_text(&aws_sdk_dynamodb::Error::from(e))))?;
+            .map_err(|e| fail(error_chain(&aws_sdk_dynamodb::Error::from(e))))?;
     }
     Ok(())
-}
-
-fn shared_error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
