@@ -246,14 +246,9 @@ impl TokenService {
         tokens: &TokenSet,
     ) -> Result<Connection, RefreshError> {
         let settings = &self.config.provider(provider)?.settings;
-        let seal = |field: &str, value: &str| {
-            self.keys
-                .seal(id.as_str(), field, value)
-                .map(crate::connection::Sealed)
-                .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
-        };
+        let seal = |field: &str, value: &str| self.seal(id, field, value);
         let now = now_ms();
-        let expires_at = now.saturating_add(i64::try_from(tokens.expires_in.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let expires_at = expiry(now, tokens.expires_in);
         let login = crate::connection::store::NewLogin {
             id: id.clone(),
             provider: provider.to_owned(),
@@ -437,7 +432,7 @@ impl TokenService {
             }
             let provider = self.config.provider(&conn.provider)?;
             let now = now_ms();
-            let access_valid = conn.access_token.is_some() && conn.access_expires_at.is_some_and(|e| e > now + 5_000);
+            let access_valid = usable(&conn, now);
             let due = match mode {
                 Mode::IfDue => !access_valid || is_due(&conn, provider, now),
                 Mode::Force => match forced_from {
@@ -459,31 +454,18 @@ impl TokenService {
                 .map(|t| t.saturating_add(interval))
                 .filter(|t| *t > now)
             {
-                if access_valid && mode == Mode::IfDue {
-                    return self.fresh(&conn, false);
-                }
                 let cause = format!(
                     "provider `{}` allows one refresh per {} s",
                     provider.name, provider.settings.min_refresh_interval_secs
                 );
-                return Err(RefreshError::RetryLater {
-                    id: id.clone(),
-                    until,
-                    cause,
-                });
+                return self.held_back(&conn, mode, now, until, cause);
             }
             if let Some(until) = conn.next_attempt_at.filter(|t| *t > now) {
-                if access_valid && mode == Mode::IfDue {
-                    return self.fresh(&conn, false);
-                }
                 let cause = conn
                     .last_refresh_outcome
+                    .clone()
                     .unwrap_or_else(|| "earlier failures".to_owned());
-                return Err(RefreshError::RetryLater {
-                    id: id.clone(),
-                    until,
-                    cause,
-                });
+                return self.held_back(&conn, mode, now, until, cause);
             }
             let attempt = Attempt {
                 conn: &conn,
@@ -648,19 +630,29 @@ impl TokenService {
         cause: &str,
         unknown_since: Option<i64>,
     ) -> Result<Step, RefreshError> {
-        let conn = attempt.conn;
         let until = self.back_off(attempt, cause, unknown_since).await?;
-        let now = now_ms();
-        if attempt.mode == Mode::IfDue
-            && conn.access_token.is_some()
-            && conn.access_expires_at.is_some_and(|x| x > now + 5_000)
-        {
-            return self.fresh(conn, false).map(Step::Done);
+        self.held_back(attempt.conn, attempt.mode, now_ms(), until, cause.to_owned())
+            .map(Step::Done)
+    }
+
+    /// No refresh now: a caller who only needs a token gets the current one
+    /// while it still works; a caller who asked for a refresh learns when to
+    /// try again.
+    fn held_back(
+        &self,
+        conn: &Connection,
+        mode: Mode,
+        now: i64,
+        until: i64,
+        cause: String,
+    ) -> Result<Fresh, RefreshError> {
+        if mode == Mode::IfDue && usable(conn, now) {
+            return self.fresh(conn, false);
         }
         Err(RefreshError::RetryLater {
             id: conn.id.clone(),
             until,
-            cause: cause.to_owned(),
+            cause,
         })
     }
 
@@ -721,15 +713,10 @@ impl TokenService {
             ..
         } = *attempt;
         let id = &conn.id;
-        let seal = |field: &str, value: &str| {
-            self.keys
-                .seal(id.as_str(), field, value)
-                .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
-        };
+        let seal = |field: &str, value: &str| self.seal(id, field, value);
         // The lifetime counts from when the provider could have issued it.
         let now = now_ms();
-        let expires_at =
-            sent_at.saturating_add(i64::try_from(tokens.expires_in.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let expires_at = expiry(sent_at, tokens.expires_in);
         let commit = Commit {
             id: id.clone(),
             seen_version: conn.token_version,
@@ -738,11 +725,12 @@ impl TokenService {
                 id: id.clone(),
                 source: e.into(),
             })?,
-            access_token: crate::connection::Sealed(seal("access_token", tokens.access_token.secret())?),
-            refresh_token: match &tokens.refresh_token {
-                Some(token) => Some(crate::connection::Sealed(seal("refresh_token", token.secret())?)),
-                None => None,
-            },
+            access_token: seal("access_token", tokens.access_token.secret())?,
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| seal("refresh_token", t.secret()))
+                .transpose()?,
             access_expires_at: expires_at,
             scopes: tokens.scope.clone(),
             refresh_due_at: refresh_due_at(&provider.settings, expires_at, Some(now)),
@@ -864,6 +852,14 @@ impl TokenService {
         Ok(next)
     }
 
+    /// Seals a token for `field` of connection `id`.
+    fn seal(&self, id: &ConnectionId, field: &str, value: &str) -> Result<crate::connection::Sealed, RefreshError> {
+        self.keys
+            .seal(id.as_str(), field, value)
+            .map(crate::connection::Sealed)
+            .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
+    }
+
     fn fresh(&self, conn: &Connection, refreshed: bool) -> Result<Fresh, RefreshError> {
         let id = &conn.id;
         let sealed = conn.access_token.as_ref().ok_or_else(|| RefreshError::NotActive {
@@ -913,6 +909,19 @@ impl TokenService {
             .insert(provider.name.clone(), loaded.clone());
         Ok(loaded)
     }
+}
+
+/// An access token with less than this left is not handed out.
+const USABLE_MARGIN_MS: i64 = 5_000;
+
+/// Is the stored access token still good to hand out?
+fn usable(conn: &Connection, now: i64) -> bool {
+    conn.access_token.is_some() && conn.access_expires_at.is_some_and(|e| e > now + USABLE_MARGIN_MS)
+}
+
+/// When a token issued at `issued_at` (epoch ms) that lives `expires_in` seconds expires.
+fn expiry(issued_at: i64, expires_in: u64) -> i64 {
+    issued_at.saturating_add(i64::try_from(expires_in.saturating_mul(1000)).unwrap_or(i64::MAX))
 }
 
 /// Due by the refresh-due rule (lead before expiry, idle keep-alive, minimum interval)?
