@@ -158,8 +158,18 @@ impl ConnectionStore {
         aws_sdk_dynamodb::Error: From<SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
     {
         let transient = is_transient(&error);
-        let source = aws_sdk_dynamodb::Error::from(error);
-        let transient = transient
+        self.dynamo_error(operation, aws_sdk_dynamodb::Error::from(error), transient)
+    }
+
+    /// A DynamoDB error, transient when the transport said so or DynamoDB
+    /// throttled or failed internally.
+    fn dynamo_error(
+        &self,
+        operation: &'static str,
+        source: aws_sdk_dynamodb::Error,
+        transport_transient: bool,
+    ) -> StoreError {
+        let transient = transport_transient
             || matches!(
                 source,
                 aws_sdk_dynamodb::Error::ProvisionedThroughputExceededException(_)
@@ -608,18 +618,7 @@ impl ConnectionStore {
                     let now = failed.item.map(from_item).transpose()?;
                     Ok(Write::Conflict(now.map(Box::new)))
                 }
-                other => Err(StoreError::Dynamo {
-                    operation,
-                    table: self.table.clone(),
-                    transient: matches!(
-                        other,
-                        UpdateItemError::ProvisionedThroughputExceededException(_)
-                            | UpdateItemError::RequestLimitExceeded(_)
-                            | UpdateItemError::InternalServerError(_)
-                            | UpdateItemError::ThrottlingException(_)
-                    ),
-                    source: Box::new(aws_sdk_dynamodb::Error::from(other)),
-                }),
+                other => Err(self.dynamo_error(operation, aws_sdk_dynamodb::Error::from(other), false)),
             },
             Err(e) => Err(self.fail(operation, e)),
         }
