@@ -95,16 +95,16 @@ async fn rotation_is_single_use_and_reuse_revokes_the_family() {
     let endpoint = f.endpoint();
 
     let first = f.login().await.refresh_token.expect("refresh token");
-    let second = endpoint
-        .refresh(&first)
-        .await
-        .expect("rotation 1")
-        .refresh_token
-        .expect("rotated");
+    let second_set = endpoint.refresh(&first).await.expect("rotation 1");
+    let second = second_set.refresh_token.clone().expect("rotated");
     assert_ne!(first, second, "a new refresh token on each use");
     let third_set = endpoint.refresh(&second).await.expect("rotation 2");
     let third = third_set.refresh_token.clone().expect("rotated");
     assert_eq!(f.sim.sim.counters().refreshes, 2);
+    let latest = third_set.access_token.secret();
+    assert!(f.sim.sim.is_latest_access_token(latest));
+    assert!(!f.sim.sim.is_latest_access_token(second_set.access_token.secret()));
+    assert!(!f.sim.sim.is_latest_access_token("at-never-issued"));
 
     // Spending a retired token again: refused, and the whole family dies.
     let e = endpoint.refresh(&first).await.unwrap_err();
@@ -117,6 +117,10 @@ async fn rotation_is_single_use_and_reuse_revokes_the_family() {
         "the live token died with its family: {e}"
     );
     assert!(!f.api_accepts(third_set.access_token.secret()).await);
+    assert!(
+        !f.sim.sim.is_latest_access_token(latest),
+        "a revoked family has no current access token"
+    );
 }
 
 #[tokio::test]

@@ -195,6 +195,8 @@ struct Family {
     revoked: bool,
     scopes: Vec<String>,
     live_refresh_token: Option<String>,
+    /// The newest access token issued to this family, and when it expires.
+    last_access_token: Option<String>,
     last_access_expires: Instant,
 }
 
@@ -394,6 +396,7 @@ impl Simulator {
             revoked: false,
             scopes,
             live_refresh_token: None,
+            last_access_token: None,
             last_access_expires: Instant::now(),
         });
         if let Some(record) = state.codes.get_mut(&code) {
@@ -465,6 +468,17 @@ impl Simulator {
             state.access_tokens.remove(&token);
         }
         (200, serde_json::json!({}))
+    }
+
+    /// Whether `token` is the newest access token of a family that is not
+    /// revoked, whether or not it has expired yet: what a client that lost no
+    /// rotation holds. Unlike `/api/me`, the answer does not depend on time.
+    pub fn is_latest_access_token(&self, token: &str) -> bool {
+        let state = self.state();
+        state.access_tokens.get(token).is_some_and(|record| {
+            let family = &state.families[record.family];
+            !family.revoked && family.last_access_token.as_deref() == Some(token)
+        })
     }
 
     /// `/api/me`: who the bearer token belongs to, if it is live.
@@ -545,6 +559,7 @@ fn issue(config: &SimConfig, state: &mut State, family: usize, refresh: Option<S
         .access_tokens
         .insert(access.clone(), AccessRecord { family, expires });
     state.families[family].last_access_expires = expires;
+    state.families[family].last_access_token = Some(access.clone());
     state.counters.tokens_issued += 1;
     let ttl = config.access_token_ttl.as_secs();
     let scopes = state.families[family].scopes.clone();
