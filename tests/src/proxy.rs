@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP proxy in front of DynamoDB Local, for the commit
 //! faults of the refresh protocol: a write that lands but whose response is
-//! lost, and a DynamoDB that refuses connections for a while.
+//! lost, a DynamoDB that refuses connections for a while, and one that
+//! answers 503 without doing anything.
 //!
 //! Requests are matched by a marker in their body (the commit's UpdateItem is
 //! the only request carrying `commit_id`).
@@ -27,6 +28,9 @@ pub enum ProxyFault {
     /// From the next request whose body contains `marker` on, refuse every
     /// connection and request (unforwarded) for `duration`.
     RefuseFor { marker: String, duration: Duration },
+    /// Answer the next `times` requests whose body contains `marker` with
+    /// HTTP 503 (unforwarded), the way DynamoDB says it is briefly unavailable.
+    Unavailable { marker: String, times: u32 },
 }
 
 #[derive(Debug)]
@@ -39,6 +43,8 @@ struct ProxyState {
     lost_responses: AtomicU64,
     /// Connections and requests refused.
     refused: AtomicU64,
+    /// Requests answered 503.
+    unavailable: AtomicU64,
 }
 
 impl ProxyState {
@@ -72,6 +78,7 @@ impl DynamoProxy {
             refusing_until: Mutex::new(None),
             lost_responses: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
         });
         let router = Router::new().fallback(forward).with_state(state.clone());
         let gate = state.clone();
@@ -101,6 +108,10 @@ impl DynamoProxy {
     pub fn refused(&self) -> u64 {
         self.state.refused.load(Ordering::Relaxed)
     }
+
+    pub fn unavailable(&self) -> u64 {
+        self.state.unavailable.load(Ordering::Relaxed)
+    }
 }
 
 async fn forward(
@@ -119,13 +130,32 @@ async fn forward(
     let triggered = {
         let mut fault = state.fault.lock().unwrap_or_else(|p| p.into_inner());
         let hit = match fault.as_ref() {
-            Some(ProxyFault::LoseResponse { marker } | ProxyFault::RefuseFor { marker, .. }) => {
-                text.contains(marker.as_str())
-            }
+            Some(
+                ProxyFault::LoseResponse { marker }
+                | ProxyFault::RefuseFor { marker, .. }
+                | ProxyFault::Unavailable { marker, .. },
+            ) => text.contains(marker.as_str()),
             None => false,
         };
-        if hit { fault.take() } else { None }
+        match fault.as_mut() {
+            Some(ProxyFault::Unavailable { times, .. }) if hit && *times > 1 => {
+                *times -= 1;
+                fault.clone()
+            }
+            _ if hit => fault.take(),
+            _ => None,
+        }
     };
+    if matches!(triggered, Some(ProxyFault::Unavailable { .. })) {
+        state.unavailable.fetch_add(1, Ordering::Relaxed);
+        let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#ServiceUnavailable","message":"Service unavailable (injected)"}"#;
+        let mut out = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        out.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/x-amz-json-1.0"),
+        );
+        return out;
+    }
     if let Some(ProxyFault::RefuseFor { duration, .. }) = &triggered {
         *state.refusing_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + *duration);
         state.refused.fetch_add(1, Ordering::Relaxed);

@@ -278,6 +278,34 @@ async fn dynamodb_refusing_connections_during_the_commit_is_outlasted() {
 }
 
 #[tokio::test]
+async fn dynamodb_answering_503_to_the_commit_is_outlasted() {
+    // More 503s than the SDK's own attempts: the protocol's retry must treat
+    // an unmodelled 5xx as transient, or the rotated tokens would be lost.
+    let fixture = fixture(PresetName::Generic, "unavailable-commit").await;
+    let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
+    let service = through_proxy(&fixture, &proxy).await;
+    let id = fixture.connect("unavailable").await;
+    let times = shared::aws::MAX_ATTEMPTS + 2;
+    proxy.arm(ProxyFault::Unavailable {
+        marker: "commit_id".into(),
+        times,
+    });
+
+    let fresh = service
+        .refresh_now(&id, deadline(30))
+        .await
+        .expect("the commit lands once DynamoDB answers again");
+    assert_eq!(fresh.token_version, 2);
+    assert_eq!(proxy.unavailable(), u64::from(times), "every injected 503 was seen");
+    let connection = fixture.connection(&id).await;
+    assert_eq!((connection.status, connection.token_version), (Status::Active, 2));
+    assert!(connection.lease.is_none());
+    let counters = fixture.sim().counters();
+    assert_eq!((counters.refreshes, counters.refresh_tokens_reused), (1, 0));
+    assert!(fixture.stored_tokens_work(&id).await);
+}
+
+#[tokio::test]
 async fn a_takeover_resend_that_fails_too_is_not_repeated() {
     // Inside Xero's grace the takeover may resend once, measured from the
     // killed worker's send; when that resend's outcome is unknown too, no third send.

@@ -161,8 +161,8 @@ impl ConnectionStore {
         self.dynamo_error(operation, aws_sdk_dynamodb::Error::from(error), transient)
     }
 
-    /// A DynamoDB error, transient when the transport said so or DynamoDB
-    /// throttled or failed internally.
+    /// A DynamoDB error, transient when the transport said so (a timeout, a
+    /// dropped connection, an HTTP 5xx) or DynamoDB throttled or failed internally.
     fn dynamo_error(
         &self,
         operation: &'static str,
@@ -613,13 +613,18 @@ impl ConnectionStore {
         let request = request.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         match request.send().await {
             Ok(_) => Ok(Write::Done),
-            Err(SdkError::ServiceError(service)) => match service.into_err() {
-                UpdateItemError::ConditionalCheckFailedException(failed) => {
-                    let now = failed.item.map(from_item).transpose()?;
-                    Ok(Write::Conflict(now.map(Box::new)))
+            Err(SdkError::ServiceError(service)) => {
+                // As on every other path, a 5xx is transient even when the SDK
+                // has no variant for it (e.g. a 503 ServiceUnavailable).
+                let server_error = service.raw().status().is_server_error();
+                match service.into_err() {
+                    UpdateItemError::ConditionalCheckFailedException(failed) => {
+                        let now = failed.item.map(from_item).transpose()?;
+                        Ok(Write::Conflict(now.map(Box::new)))
+                    }
+                    other => Err(self.dynamo_error(operation, aws_sdk_dynamodb::Error::from(other), server_error)),
                 }
-                other => Err(self.dynamo_error(operation, aws_sdk_dynamodb::Error::from(other), false)),
-            },
+            }
             Err(e) => Err(self.fail(operation, e)),
         }
     }
