@@ -225,84 +225,65 @@ fn upstream() -> String {
     std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack is running")
 }
 
-#[tokio::test]
-async fn a_lost_commit_response_is_resolved_by_reading_not_guessing() {
-    let fixture = fixture(PresetName::Generic, "lost-commit").await;
+/// One refresh through the fault proxy, armed with `fault` for the commit's
+/// UpdateItem (the only request carrying `commit_id`): the commit must land as
+/// version 2 after one provider call, with nothing spent twice.
+async fn refresh_through_commit_fault(name: &str, fault: ProxyFault) -> DynamoProxy {
+    let fixture = fixture(PresetName::Generic, name).await;
     let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
     let service = through_proxy(&fixture, &proxy).await;
-    let id = fixture.connect("lost").await;
-    proxy.arm(ProxyFault::LoseResponse {
-        marker: "commit_id".into(),
-    });
+    let id = fixture.connect(name).await;
+    proxy.arm(fault);
 
     let fresh = service
         .refresh_now(&id, deadline(30))
         .await
-        .expect("the commit is recognised as ours");
+        .expect("the commit lands despite the fault");
     assert_eq!((fresh.token_version, fresh.refreshed), (2, true));
-    assert_eq!(proxy.lost_responses(), 1, "the commit's answer was lost");
     let connection = fixture.connection(&id).await;
     assert_eq!((connection.status, connection.token_version), (Status::Active, 2));
     assert!(connection.lease.is_none());
     let counters = fixture.sim().counters();
     assert_eq!((counters.refreshes, counters.refresh_tokens_reused), (1, 0));
     assert!(fixture.stored_tokens_work(&id).await);
+    proxy
+}
+
+fn on_commit() -> String {
+    "commit_id".into()
+}
+
+#[tokio::test]
+async fn a_lost_commit_response_is_resolved_by_reading_not_guessing() {
+    let proxy = refresh_through_commit_fault("lost-commit", ProxyFault::LoseResponse { marker: on_commit() }).await;
+    assert_eq!(proxy.lost_responses(), 1, "the commit's answer was lost");
 }
 
 #[tokio::test]
 async fn dynamodb_refusing_connections_during_the_commit_is_outlasted() {
-    let fixture = fixture(PresetName::Generic, "refused-commit").await;
-    let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
-    let service = through_proxy(&fixture, &proxy).await;
-    let id = fixture.connect("refused").await;
-    proxy.arm(ProxyFault::RefuseFor {
-        marker: "commit_id".into(),
+    let fault = ProxyFault::RefuseFor {
+        marker: on_commit(),
         duration: Duration::from_secs(2),
-    });
-
-    let fresh = service
-        .refresh_now(&id, deadline(30))
-        .await
-        .expect("the commit lands after the outage");
-    assert_eq!(fresh.token_version, 2);
+    };
+    let proxy = refresh_through_commit_fault("refused-commit", fault).await;
     assert!(
         proxy.refused() >= 2,
         "DynamoDB was unreachable for a while ({} refusals)",
         proxy.refused()
     );
-    let connection = fixture.connection(&id).await;
-    assert_eq!((connection.status, connection.token_version), (Status::Active, 2));
-    let counters = fixture.sim().counters();
-    assert_eq!((counters.refreshes, counters.refresh_tokens_reused), (1, 0));
-    assert!(fixture.stored_tokens_work(&id).await);
 }
 
 #[tokio::test]
 async fn dynamodb_answering_503_to_the_commit_is_outlasted() {
     // More 503s than the SDK's own attempts: the protocol's retry must treat
     // an unmodelled 5xx as transient, or the rotated tokens would be lost.
-    let fixture = fixture(PresetName::Generic, "unavailable-commit").await;
-    let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
-    let service = through_proxy(&fixture, &proxy).await;
-    let id = fixture.connect("unavailable").await;
     let times = shared::aws::MAX_ATTEMPTS + 2;
-    proxy.arm(ProxyFault::Unavailable {
-        marker: "commit_id".into(),
+    let fault = ProxyFault::Unavailable {
+        marker: on_commit(),
         times,
-    });
-
-    let fresh = service
-        .refresh_now(&id, deadline(30))
-        .await
-        .expect("the commit lands once DynamoDB answers again");
-    assert_eq!(fresh.token_version, 2);
+    };
+    let proxy = refresh_through_commit_fault("unavailable-commit", fault).await;
     assert_eq!(proxy.unavailable(), u64::from(times), "every injected 503 was seen");
-    let connection = fixture.connection(&id).await;
-    assert_eq!((connection.status, connection.token_version), (Status::Active, 2));
-    assert!(connection.lease.is_none());
-    let counters = fixture.sim().counters();
-    assert_eq!((counters.refreshes, counters.refresh_tokens_reused), (1, 0));
-    assert!(fixture.stored_tokens_work(&id).await);
 }
 
 #[tokio::test]
