@@ -64,3 +64,53 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// A function's start-up failure: its error and causes on one line.
+///
+/// `main` returns it, and the runtime prints a returned error in `Debug`
+/// form, so `Debug` is that readable line too, not the nested structure.
+pub struct StartupError(String);
+
+impl std::fmt::Debug for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for StartupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartupError {}
+
+/// Logs a start-up failure as one error line (JSON in Lambda) and turns it
+/// into a [`StartupError`] for `main` to return: `App::from_env().await.map_err(startup_failed)?`.
+pub fn startup_failed(error: impl std::error::Error) -> StartupError {
+    let text = error_chain(&error);
+    tracing::error!(error = %text, "start-up failed");
+    StartupError(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the configuration could not be loaded")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_startup_error_prints_its_causes_on_one_line_in_debug_form() {
+        let error = startup_failed(Outer(std::io::Error::other("no such secret: oauth-sync/config")));
+        let expected = "the configuration could not be loaded: no such secret: oauth-sync/config";
+        assert_eq!(format!("{error:?}"), expected);
+        let boxed: Box<dyn std::error::Error + Send + Sync> = error.into();
+        assert_eq!(
+            format!("{boxed:?}"),
+            expected,
+            "as the runtime prints what main returns"
+        );
+    }
+}

@@ -6,14 +6,22 @@ use std::sync::Arc;
 use lambda_http::{Error, Request, run, service_fn};
 use shared::login::flow::{ATTEMPT_TTL, LoginService};
 use shared::runtime::App;
-use shared::telemetry::{Target, init};
+use shared::telemetry::{Target, init, startup_failed};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
-    let app = App::from_env().await?;
-    let tokens = Arc::new(app.token_service().await?);
+    let app = App::from_env().await.map_err(startup_failed)?;
+    let tokens = Arc::new(app.token_service().await.map_err(startup_failed)?);
     let config = Arc::new(app.config.clone());
-    let login = LoginService::load(config, tokens, app.attempt_store()?, &app.secrets, ATTEMPT_TTL).await?;
+    let login = LoginService::load(
+        config,
+        tokens,
+        app.attempt_store().map_err(startup_failed)?,
+        &app.secrets,
+        ATTEMPT_TTL,
+    )
+    .await
+    .map_err(startup_failed)?;
     run(service_fn(|request: Request| oauth_callback::handle(&login, request))).await
 }
