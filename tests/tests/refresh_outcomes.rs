@@ -14,15 +14,21 @@ use shared::refresh::{RefreshError, RefreshSettings};
 
 fn settings() -> RefreshSettings {
     RefreshSettings {
-        token_timeout: Duration::from_secs(2),
+        token_timeout: Duration::from_secs(10),
         commit_budget: Duration::from_secs(4),
-        base_backoff: Duration::from_secs(1),
+        base_backoff: Duration::from_secs(4),
         ..RefreshSettings::default()
     }
 }
 
 async fn fixture(preset: PresetName, overrides: &str, test: &str) -> RefreshFixture {
     RefreshFixture::start(SimConfig::for_preset(preset), settings(), overrides, test).await
+}
+
+/// Sleeps until a little past `at` (milliseconds since the epoch).
+async fn sleep_until_ms(at: i64) {
+    let wait = u64::try_from(at + 50 - now_ms()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
 }
 
 async fn in_due_index(fixture: &RefreshFixture, id: &shared::connection::ConnectionId) -> bool {
@@ -134,10 +140,10 @@ async fn a_503_backs_off_exponentially_and_keeps_the_connection() {
         ),
         (Status::Active, 1, 1)
     );
-    // 1 s base backoff, jittered to 0.5–1 s after the failure (which happened between `before` and `after`).
+    // 4 s base backoff, jittered to 2–4 s after the failure (which happened between `before` and `after`).
     let next = connection.next_attempt_at.expect("a next attempt");
     assert!(
-        (before + 500..=after + 1_000).contains(&next),
+        (before + 2_000..=after + 4_000).contains(&next),
         "{} ms after the call began",
         next - before
     );
@@ -158,7 +164,7 @@ async fn a_503_backs_off_exponentially_and_keeps_the_connection() {
     assert_eq!(fixture.sim().counters().refresh_requests, 1);
 
     // The second consecutive failure waits twice as long.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    sleep_until_ms(next).await;
     fixture.sim().inject(unavailable);
     let before = now_ms();
     fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
@@ -167,13 +173,13 @@ async fn a_503_backs_off_exponentially_and_keeps_the_connection() {
     assert_eq!(connection.consecutive_failures, 2);
     let next = connection.next_attempt_at.expect("a next attempt");
     assert!(
-        (before + 1_000..=after + 2_000).contains(&next),
-        "2 s backoff, jittered: {} ms",
+        (before + 4_000..=after + 8_000).contains(&next),
+        "8 s backoff, jittered: {} ms",
         next - before
     );
 
     // Once the provider answers again, the failures are forgotten.
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    sleep_until_ms(next).await;
     let fresh = fixture.service.refresh_now(&id, deadline(30)).await.expect("refreshed");
     assert_eq!(fresh.token_version, 2);
     let connection = fixture.connection(&id).await;

@@ -50,10 +50,12 @@ impl Write for Capture {
     }
 }
 
+/// Generous timeouts: on a loaded machine a slow send must not turn into an
+/// unknown outcome, which at a rotating provider ends in `needs_reauth`.
 fn settings() -> RefreshSettings {
     RefreshSettings {
-        token_timeout: Duration::from_secs(5),
-        commit_budget: Duration::from_secs(5),
+        token_timeout: Duration::from_secs(15),
+        commit_budget: Duration::from_secs(15),
         poll_min: Duration::from_millis(10),
         poll_max: Duration::from_millis(100),
         ..RefreshSettings::default()
@@ -165,6 +167,8 @@ async fn four_processes_never_spend_a_refresh_token_twice() {
                 .env("WORKER_IDS", &id_list)
                 .env("WORKER_TARGET", (ROTATIONS + 1).to_string())
                 .env("WORKER_TASKS", "4")
+                .env("WORKER_TOKEN_TIMEOUT_MS", "15000")
+                .env("WORKER_COMMIT_BUDGET_MS", "15000")
                 .env("RUST_LOG", "warn")
                 .kill_on_drop(true)
                 .output()

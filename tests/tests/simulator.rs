@@ -253,7 +253,7 @@ async fn client_authentication_is_strict() {
 
 #[tokio::test]
 async fn faults_are_injected_as_configured() {
-    let f = OauthFixture::start(SimConfig::for_preset(PresetName::Generic), Duration::from_millis(800)).await;
+    let f = OauthFixture::start(SimConfig::for_preset(PresetName::Generic), Duration::from_secs(3)).await;
     let endpoint = f.endpoint();
     let sim = &f.sim.sim;
     let token = f.login().await.refresh_token.expect("refresh token");
@@ -291,7 +291,7 @@ async fn faults_are_injected_as_configured() {
 
     // A delay longer than the client's timeout, after processing: also unknown.
     let token = f.login().await.refresh_token.expect("refresh token");
-    let fault = Fault::DelayAfterProcessing { millis: 3000 };
+    let fault = Fault::DelayAfterProcessing { millis: 60_000 };
     sim.inject(FaultPlan {
         grant: Grant::RefreshToken,
         fault,

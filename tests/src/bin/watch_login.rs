@@ -89,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
 
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(300))
+        .timeout(Duration::from_secs(900))
         .build()?;
     let base = format!("http://127.0.0.1:{port}/lambda-url/oauth-callback");
     let link = login.link("watch-1");
@@ -98,16 +98,14 @@ async fn main() -> anyhow::Result<()> {
         .finish();
     // The first request starts (and if need be builds) the function; wait for the server first.
     let mut answer = None;
-    for _ in 0..120 {
+    let give_up = std::time::Instant::now() + Duration::from_secs(300);
+    while answer.is_none() && std::time::Instant::now() < give_up {
         match http.get(format!("{base}/connect/sim?{link_query}")).send().await {
-            Ok(response) => {
-                answer = Some(response);
-                break;
-            }
+            Ok(response) => answer = Some(response),
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
-    let connect = answer.context("cargo lambda watch did not answer within 60 s")?;
+    let connect = answer.context("cargo lambda watch did not answer within 300 s")?;
     ensure!(connect.status() == 302, "/connect answered {}", connect.status());
     let cookie = connect
         .headers()
