@@ -52,6 +52,8 @@ pub struct RefreshSettings {
     /// How often a worker that lost the lease race looks for the new version.
     pub poll_min: Duration,
     pub poll_max: Duration,
+    /// Ids per query of the refresh-due index in [`TokenService::refresh_due`].
+    pub due_page_size: i32,
 }
 
 impl Default for RefreshSettings {
@@ -63,6 +65,7 @@ impl Default for RefreshSettings {
             max_backoff: Duration::from_secs(3600),
             poll_min: Duration::from_millis(50),
             poll_max: Duration::from_secs(1),
+            due_page_size: 100,
         }
     }
 }
@@ -136,12 +139,40 @@ pub enum RefreshError {
 /// What [`TokenService::refresh_due`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DueSummary {
+    /// Due connections found in the index (started or left for the next run).
     pub due: u64,
     pub refreshed: u64,
+    /// Someone else refreshed it first.
     pub still_fresh: u64,
     pub needs_reauth: u64,
     pub retry_later: u64,
     pub failed: u64,
+    /// Found due, not started: too little of the invocation was left.
+    pub left_for_next_run: u64,
+    /// Every shard was read to its end (`false` when time ran out first or a
+    /// query failed): what was not read waits for the next run.
+    pub complete: bool,
+    /// Shards whose index query failed (each logged with its error).
+    pub shards_failed: u64,
+}
+
+impl DueSummary {
+    fn count(&mut self, result: Result<Result<Fresh, RefreshError>, tokio::task::JoinError>) {
+        match result {
+            Ok(Ok(fresh)) if fresh.refreshed => self.refreshed += 1,
+            Ok(Ok(_)) => self.still_fresh += 1,
+            Ok(Err(RefreshError::NeedsReauth { .. } | RefreshError::NotActive { .. })) => self.needs_reauth += 1,
+            Ok(Err(RefreshError::RetryLater { .. })) => self.retry_later += 1,
+            Ok(Err(e)) => {
+                warn!(error = %e, "refresh failed");
+                self.failed += 1;
+            }
+            Err(e) => {
+                error!(error = %e, "refresh task failed");
+                self.failed += 1;
+            }
+        }
+    }
 }
 
 /// Whether a call refreshes only when due, or now.
@@ -369,47 +400,70 @@ impl TokenService {
     }
 
     /// Refreshes every connection the refresh-due index says is due, at most
-    /// `concurrency` at a time (the token-refresher's job).
-    pub async fn refresh_due(
-        self: &Arc<Self>,
-        deadline: Instant,
-        concurrency: usize,
-    ) -> Result<DueSummary, StoreError> {
+    /// `concurrency` at a time (the token-refresher's job). The index is read
+    /// a page at a time, shard by shard, while refreshes run; no refresh
+    /// starts once less than one send and one commit fit before `deadline`,
+    /// and what is left waits for the next run. A failed query of one shard is
+    /// logged and counted, and the other shards are still served.
+    pub async fn refresh_due(self: &Arc<Self>, deadline: Instant, concurrency: usize) -> DueSummary {
         let now = now_ms();
-        let mut ids = Vec::new();
-        for shard in 0..DUE_SHARDS {
-            ids.extend(self.store.due(&shard.to_string(), now, 500).await?);
-        }
+        let start_by = deadline
+            .checked_sub(self.settings.token_timeout + MIN_COMMIT)
+            .unwrap_or_else(Instant::now);
         let mut summary = DueSummary {
-            due: ids.len() as u64,
+            complete: true,
             ..DueSummary::default()
         };
         let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
-        for id in ids {
-            let (service, permits) = (Arc::clone(self), Arc::clone(&permits));
-            tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                service.access_token(&id, deadline).await
-            });
-        }
-        while let Some(result) = tasks.join_next().await {
-            match result {
-                Ok(Ok(fresh)) if fresh.refreshed => summary.refreshed += 1,
-                Ok(Ok(_)) => summary.still_fresh += 1,
-                Ok(Err(RefreshError::NeedsReauth { .. } | RefreshError::NotActive { .. })) => summary.needs_reauth += 1,
-                Ok(Err(RefreshError::RetryLater { .. })) => summary.retry_later += 1,
-                Ok(Err(e)) => {
-                    warn!(error = %e, "refresh failed");
-                    summary.failed += 1;
+        'shards: for shard in 0..DUE_SHARDS {
+            let mut after = None;
+            loop {
+                if Instant::now() >= start_by {
+                    summary.complete = false;
+                    break 'shards;
                 }
-                Err(e) => {
-                    error!(error = %e, "refresh task failed");
-                    summary.failed += 1;
+                let page = match self
+                    .store
+                    .due(&shard.to_string(), now, self.settings.due_page_size, after)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        error!(shard, error = %e, "the refresh-due index could not be read; this shard waits for the next run");
+                        summary.shards_failed += 1;
+                        summary.complete = false;
+                        break;
+                    }
+                };
+                summary.due += page.ids.len() as u64;
+                for id in page.ids {
+                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                        break 'shards;
+                    };
+                    while let Some(result) = tasks.try_join_next() {
+                        summary.count(result);
+                    }
+                    if Instant::now() >= start_by {
+                        summary.left_for_next_run += 1;
+                        continue;
+                    }
+                    let service = Arc::clone(self);
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        service.access_token(&id, deadline).await
+                    });
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
                 }
             }
         }
-        Ok(summary)
+        while let Some(result) = tasks.join_next().await {
+            summary.count(result);
+        }
+        summary
     }
 
     async fn run(&self, id: &ConnectionId, mode: Mode, deadline: Instant) -> Result<Fresh, RefreshError> {

@@ -284,6 +284,30 @@ impl RefreshFixture {
         &self.tables["ConnectionsTable"]
     }
 
+    /// A second `TokenService` on the same tables and configuration whose
+    /// DynamoDB traffic goes to `dynamodb_url` (a fault proxy).
+    pub async fn service_via(
+        &self,
+        dynamodb_url: &str,
+        settings: shared::refresh::RefreshSettings,
+    ) -> shared::refresh::TokenService {
+        let sdk = shared::aws::load_sdk_config().await;
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .endpoint_url(dynamodb_url)
+                .build(),
+        );
+        let store = shared::connection::store::ConnectionStore::new(dynamodb, self.connections_table());
+        shared::refresh::TokenService::load(
+            self.config.clone(),
+            store,
+            shared::secrets::SecretStore::new(self.aws.secrets.clone()),
+            settings,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Logs in at the simulator and stores the tokens as connection `id`.
     pub async fn connect(&self, id: &str) -> shared::connection::ConnectionId {
         let id = shared::connection::ConnectionId::parse(id).expect("connection id");
@@ -334,6 +358,15 @@ impl RefreshFixture {
         // still live: a test's short-lived tokens may expire before the check.
         self.sim().is_latest_access_token(&access) && self.oauth.endpoint().refresh(&refresh).await.is_ok()
     }
+}
+
+/// `count` ids named `{prefix}-N` whose refresh-due shard is `shard`.
+pub fn ids_in_shard(prefix: &str, shard: &str, count: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .filter(|name| shared::connection::ConnectionId::parse(name).is_ok_and(|id| id.due_shard() == shard))
+        .take(count)
+        .collect()
 }
 
 /// A deadline this many seconds away.

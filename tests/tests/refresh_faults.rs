@@ -11,10 +11,8 @@ use oauth_sync_tests::proxy::{DynamoProxy, ProxyFault};
 use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
 use oauth_sync_tests::stack::{RefreshFixture, deadline};
 use shared::config::PresetName;
-use shared::connection::store::ConnectionStore;
 use shared::connection::{Status, reason};
 use shared::refresh::{RefreshError, RefreshSettings, TokenService};
-use shared::secrets::SecretStore;
 
 fn settings() -> RefreshSettings {
     RefreshSettings {
@@ -200,28 +198,14 @@ async fn a_late_or_garbled_answer_is_an_unknown_outcome() {
     assert_eq!(fixture.sim().counters().refresh_tokens_reused, 0);
 }
 
-/// A TokenService whose DynamoDB traffic goes through a fault proxy.
+/// A TokenService whose DynamoDB traffic goes through a fault proxy, with a
+/// commit budget that outlasts the injected outages with room to spare.
 async fn through_proxy(fixture: &RefreshFixture, proxy: &DynamoProxy) -> TokenService {
-    let sdk = shared::aws::load_sdk_config().await;
-    let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .endpoint_url(&proxy.url)
-            .build(),
-    );
-    let store = ConnectionStore::new(dynamodb, fixture.connections_table());
-    // A commit budget that outlasts the injected outages with room to spare.
     let settings = RefreshSettings {
         commit_budget: Duration::from_secs(20),
         ..settings()
     };
-    TokenService::load(
-        fixture.config.clone(),
-        store,
-        SecretStore::new(fixture.aws.secrets.clone()),
-        settings,
-    )
-    .await
-    .expect("token service")
+    fixture.service_via(&proxy.url, settings).await
 }
 
 fn upstream() -> String {

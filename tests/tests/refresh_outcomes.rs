@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
-use oauth_sync_tests::stack::{PROVIDER, RefreshFixture, deadline};
+use oauth_sync_tests::stack::{PROVIDER, RefreshFixture, deadline, ids_in_shard};
 use shared::config::PresetName;
 use shared::connection::{DUE_SHARDS, Status, now_ms, reason};
 use shared::refresh::{RefreshError, RefreshSettings};
@@ -38,9 +38,10 @@ async fn in_due_index(fixture: &RefreshFixture, id: &shared::connection::Connect
             fixture
                 .service
                 .store()
-                .due(&shard.to_string(), i64::MAX / 2, 100)
+                .due(&shard.to_string(), i64::MAX / 2, 100, None)
                 .await
-                .expect("query"),
+                .expect("query")
+                .ids,
         );
     }
     due.contains(id)
@@ -293,10 +294,10 @@ async fn the_refresher_finds_due_connections_through_the_index() {
     fixture
         .sim()
         .reconfigure(|c| c.access_token_ttl = Duration::from_secs(3600));
-    let summary = fixture.service.refresh_due(deadline(60), 4).await.expect("refresh due");
+    let summary = fixture.service.refresh_due(deadline(60), 4).await;
     assert_eq!(
-        (summary.due, summary.refreshed, summary.failed),
-        (5, 5, 0),
+        (summary.due, summary.refreshed, summary.failed, summary.complete),
+        (5, 5, 0, true),
         "{summary:?}"
     );
     assert_eq!(
@@ -311,8 +312,82 @@ async fn the_refresher_finds_due_connections_through_the_index() {
         assert_eq!(fixture.connection(id).await.token_version, 1, "{id}");
     }
     // Refreshed for an hour now: nothing is due any more.
-    let summary = fixture.service.refresh_due(deadline(60), 4).await.expect("refresh due");
+    let summary = fixture.service.refresh_due(deadline(60), 4).await;
     assert_eq!(summary.due, 0, "{summary:?}");
+}
+
+#[tokio::test]
+async fn the_refresher_pages_through_a_shard_and_leaves_what_it_cannot_start() {
+    let settings = RefreshSettings {
+        due_page_size: 2,
+        ..settings()
+    };
+    let sim = SimConfig {
+        access_token_ttl: Duration::from_secs(60),
+        ..SimConfig::for_preset(PresetName::Generic)
+    };
+    let fixture = RefreshFixture::start(sim, settings, "", "paging").await;
+    let mut ids = Vec::new();
+    for name in ids_in_shard("page", "0", 5) {
+        ids.push(fixture.connect(&name).await);
+    }
+    fixture
+        .sim()
+        .reconfigure(|c| c.access_token_ttl = Duration::from_secs(3600));
+
+    // Five due in shard 0, two per page: three queries there, one per other shard.
+    let (_, _, queries_before) = fixture.service.store().ops().snapshot();
+    let summary = fixture.service.refresh_due(deadline(60), 4).await;
+    let (_, _, queries_after) = fixture.service.store().ops().snapshot();
+    assert_eq!(
+        (summary.due, summary.refreshed, summary.complete),
+        (5, 5, true),
+        "{summary:?}"
+    );
+    assert_eq!(queries_after - queries_before, u64::from(DUE_SHARDS) - 1 + 3);
+    for id in &ids {
+        assert_eq!(fixture.connection(id).await.token_version, 2, "{id}");
+    }
+
+    // Three more due; one at a time, and the first refresh answers after 8 s.
+    // No refresh starts once less than a send (10 s) and a commit (5 s) fit
+    // before the deadline, 3 s from now: the second is left for the next run,
+    // and the rest of the index is not read.
+    fixture
+        .sim()
+        .reconfigure(|c| c.access_token_ttl = Duration::from_secs(60));
+    let mut late = Vec::new();
+    for name in ids_in_shard("late", "0", 3) {
+        late.push(fixture.connect(&name).await);
+    }
+    fixture.sim().inject(FaultPlan {
+        grant: Grant::RefreshToken,
+        fault: Fault::DelayAfterProcessing { millis: 8_000 },
+        times: 1,
+    });
+    let requests_before = fixture.sim().counters().refresh_requests;
+    let summary = fixture.service.refresh_due(deadline(18), 1).await;
+    assert_eq!(
+        (
+            summary.due,
+            summary.refreshed,
+            summary.left_for_next_run,
+            summary.complete
+        ),
+        (2, 1, 1, false),
+        "{summary:?}"
+    );
+    assert_eq!(fixture.sim().counters().refresh_requests - requests_before, 1);
+    let versions = token_versions(&fixture, &late).await;
+    assert_eq!(versions.iter().filter(|v| **v == 2).count(), 1, "{versions:?}");
+}
+
+async fn token_versions(fixture: &RefreshFixture, ids: &[shared::connection::ConnectionId]) -> Vec<u64> {
+    let mut versions = Vec::new();
+    for id in ids {
+        versions.push(fixture.connection(id).await.token_version);
+    }
+    versions
 }
 
 #[tokio::test]

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lambda_runtime::{Diagnostic, LambdaEvent};
-use shared::connection::now_ms;
-use shared::connection::store::StoreError;
+use shared::connection::{DUE_SHARDS, now_ms};
 use shared::refresh::{DueSummary, TokenService};
 
 /// Connections refreshed at the same time.
@@ -15,10 +14,19 @@ pub const CONCURRENCY: usize = 16;
 /// Time kept back from the invocation's deadline: no refresh starts in it.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
-/// The due-index query failed: worth retrying (the next schedule will, too).
+/// Part of the refresh-due index could not be read (each failure is logged
+/// with its cause); the rest was served. Worth retrying, and the next
+/// schedule will.
 #[derive(Debug, thiserror::Error)]
-#[error("finding due connections failed: {0}")]
-pub struct RefresherError(#[from] StoreError);
+#[error(
+    "the refresh-due index could not be read for {shards_failed} of {DUE_SHARDS} shards; \
+     their connections wait for the next run"
+)]
+pub struct RefresherError {
+    pub shards_failed: u64,
+    /// What the run did with the shards it could read.
+    pub summary: DueSummary,
+}
 
 impl From<RefresherError> for Diagnostic {
     fn from(error: RefresherError) -> Diagnostic {
@@ -43,15 +51,31 @@ pub async fn function_handler(
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<DueSummary, RefresherError> {
     let deadline = deadline_of(&event.context);
-    let summary = service.refresh_due(deadline, CONCURRENCY).await?;
+    let summary = service.refresh_due(deadline, CONCURRENCY).await;
     tracing::info!(
         request_id = %event.context.request_id,
         due = summary.due,
         refreshed = summary.refreshed,
+        still_fresh = summary.still_fresh,
         needs_reauth = summary.needs_reauth,
         retry_later = summary.retry_later,
         failed = summary.failed,
+        left_for_next_run = summary.left_for_next_run,
+        complete = summary.complete,
+        shards_failed = summary.shards_failed,
         "refresh run finished"
     );
+    if summary.shards_failed > 0 {
+        return Err(RefresherError {
+            shards_failed: summary.shards_failed,
+            summary,
+        });
+    }
+    if !summary.complete {
+        tracing::warn!(
+            left_for_next_run = summary.left_for_next_run,
+            "the run ended before every due connection was started; raise the function's timeout or the schedule's rate if this persists"
+        );
+    }
     Ok(summary)
 }

@@ -1,33 +1,48 @@
 //! The handler, called directly with a fixture EventBridge schedule event,
 //! against the local stack and the simulator.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lambda_runtime::{Context, LambdaEvent};
+use lambda_runtime::{Context, Diagnostic, LambdaEvent};
+use oauth_sync_tests::proxy::{DynamoProxy, ProxyFault};
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::RefreshFixture;
+use oauth_sync_tests::stack::{RefreshFixture, deadline, ids_in_shard};
 use shared::config::PresetName;
 use shared::connection::now_ms;
 use shared::refresh::RefreshSettings;
 
-#[tokio::test]
-async fn a_scheduled_run_refreshes_what_is_due() {
-    let sim = SimConfig {
-        access_token_ttl: Duration::from_secs(60),
-        ..SimConfig::for_preset(PresetName::Xero)
-    };
-    let fixture = RefreshFixture::start(sim, RefreshSettings::default(), "", "handler").await;
-    let ids = [fixture.connect("tenant-a").await, fixture.connect("tenant-b").await];
-
+/// A scheduled event with a minute left in the invocation.
+fn scheduled_event() -> LambdaEvent<serde_json::Value> {
     let event: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/eventbridge-schedule.json")).expect("fixture event");
     let mut context = Context::default();
     context.request_id = "req-1".to_owned();
     context.deadline = u64::try_from(now_ms()).expect("time") + 60_000;
-    let summary = token_refresher::function_handler(&fixture.service, LambdaEvent::new(event, context))
+    LambdaEvent::new(event, context)
+}
+
+/// Simulated tokens that live a minute: inside every preset's refresh lead, so due at once.
+fn due_at_once(preset: PresetName) -> SimConfig {
+    SimConfig {
+        access_token_ttl: Duration::from_secs(60),
+        ..SimConfig::for_preset(preset)
+    }
+}
+
+#[tokio::test]
+async fn a_scheduled_run_refreshes_what_is_due() {
+    let fixture = RefreshFixture::start(due_at_once(PresetName::Xero), RefreshSettings::default(), "", "handler").await;
+    let ids = [fixture.connect("tenant-a").await, fixture.connect("tenant-b").await];
+
+    let summary = token_refresher::function_handler(&fixture.service, scheduled_event())
         .await
         .expect("the run succeeds");
-    assert_eq!((summary.due, summary.refreshed), (2, 2), "{summary:?}");
+    assert_eq!(
+        (summary.due, summary.refreshed, summary.complete),
+        (2, 2, true),
+        "{summary:?}"
+    );
     for id in &ids {
         assert_eq!(fixture.connection(id).await.token_version, 2);
     }
@@ -44,4 +59,73 @@ fn the_deadline_keeps_a_margin() {
         token_refresher::deadline_of(&context).saturating_duration_since(std::time::Instant::now()),
         Duration::ZERO
     );
+}
+
+#[tokio::test]
+async fn a_shard_whose_index_query_fails_is_reported_after_the_others_are_served() {
+    let fixture = RefreshFixture::start(
+        due_at_once(PresetName::Generic),
+        RefreshSettings::default(),
+        "",
+        "shard-down",
+    )
+    .await;
+    let mut in_3 = Vec::new();
+    for name in ids_in_shard("down", "3", 2) {
+        in_3.push(fixture.connect(&name).await);
+    }
+    let mut elsewhere = Vec::new();
+    for name in ids_in_shard("up", "5", 1)
+        .into_iter()
+        .chain(ids_in_shard("up", "12", 1))
+    {
+        elsewhere.push(fixture.connect(&name).await);
+    }
+    // Refreshed tokens live an hour: not due again in the second run.
+    fixture
+        .sim()
+        .reconfigure(|c| c.access_token_ttl = Duration::from_secs(3600));
+    let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack is running");
+    let proxy = DynamoProxy::start(&upstream).await.expect("proxy");
+    let service = Arc::new(fixture.service_via(&proxy.url, RefreshSettings::default()).await);
+    // Every attempt the SDK makes at shard 3's query is answered 503.
+    let times = shared::aws::MAX_ATTEMPTS;
+    proxy.arm(ProxyFault::Unavailable {
+        marker: r#"":shard":{"S":"3"}"#.into(),
+        times,
+    });
+
+    let e = token_refresher::function_handler(&service, scheduled_event())
+        .await
+        .unwrap_err();
+    assert_eq!(proxy.unavailable(), u64::from(times), "shard 3's query was refused");
+    assert!(e.to_string().contains("1 of 16 shards"), "{e}");
+    let summary = &e.summary;
+    assert_eq!(
+        (summary.shards_failed, summary.complete, summary.due, summary.refreshed),
+        (1, false, 2, 2),
+        "{summary:?}"
+    );
+    for id in &elsewhere {
+        assert_eq!(fixture.connection(id).await.token_version, 2, "{id} was served");
+    }
+    for id in &in_3 {
+        assert_eq!(
+            fixture.connection(id).await.token_version,
+            1,
+            "{id} waits for the next run"
+        );
+    }
+    assert_eq!(Diagnostic::from(e).error_type, "Retryable");
+
+    // Once DynamoDB answers again, the next run takes them.
+    let summary = service.refresh_due(deadline(60), 4).await;
+    assert_eq!(
+        (summary.shards_failed, summary.complete, summary.refreshed),
+        (0, true, 2),
+        "{summary:?}"
+    );
+    for id in &in_3 {
+        assert_eq!(fixture.connection(id).await.token_version, 2, "{id}");
+    }
 }

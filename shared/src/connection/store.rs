@@ -69,6 +69,19 @@ pub enum Write {
     Conflict(Option<Box<Connection>>),
 }
 
+/// One page of the refresh-due index, from [`ConnectionStore::due`].
+#[derive(Debug)]
+pub struct DuePage {
+    pub ids: Vec<ConnectionId>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<DueCursor>,
+}
+
+/// An opaque position in the refresh-due index (DynamoDB's `LastEvaluatedKey`:
+/// ids and due times only, nothing secret).
+#[derive(Debug, Clone)]
+pub struct DueCursor(HashMap<String, AttributeValue>);
+
 /// The tokens of a successful login, sealed, for [`ConnectionStore::save_login`].
 #[derive(Debug, Clone)]
 pub struct NewLogin {
@@ -571,8 +584,15 @@ impl ConnectionStore {
         Ok(connections)
     }
 
-    /// Ids of active connections in `shard` whose refresh is due by `now`.
-    pub async fn due(&self, shard: &str, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
+    /// One page of the ids of active connections in `shard` whose refresh is
+    /// due by `now`, oldest due first; `after` is the previous page's `next`.
+    pub async fn due(
+        &self,
+        shard: &str,
+        now: i64,
+        limit: i32,
+        after: Option<DueCursor>,
+    ) -> Result<DuePage, StoreError> {
         self.ops.queries.fetch_add(1, Ordering::Relaxed);
         let output = self
             .client
@@ -583,10 +603,11 @@ impl ConnectionStore {
             .expression_attribute_values(":shard", s(shard))
             .expression_attribute_values(":now", n(now))
             .limit(limit)
+            .set_exclusive_start_key(after.map(|cursor| cursor.0))
             .send()
             .await
             .map_err(|e| self.fail("Query(refresh-due)", e))?;
-        output
+        let ids = output
             .items
             .unwrap_or_default()
             .iter()
@@ -600,7 +621,11 @@ impl ConnectionStore {
                     reason: "index item without id".into(),
                 }),
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(DuePage {
+            ids,
+            next: output.last_evaluated_key.filter(|key| !key.is_empty()).map(DueCursor),
+        })
     }
 
     async fn conditional_update(
