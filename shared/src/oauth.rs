@@ -110,6 +110,27 @@ impl TokenError {
     pub fn is_transient(&self) -> bool {
         matches!(self, TokenError::Unavailable { .. } | TokenError::Unreachable(_))
     }
+
+    /// How long the provider asked us to wait (`Retry-After` on a 429/500/503).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            TokenError::Unavailable {
+                retry_after: Some(secs),
+                ..
+            } => Some(std::time::Duration::from_secs(*secs)),
+            _ => None,
+        }
+    }
+
+    fn with_retry_after(self, header: Option<u64>) -> TokenError {
+        match self {
+            TokenError::Unavailable { status, retry_after } => TokenError::Unavailable {
+                status,
+                retry_after: retry_after.or(header),
+            },
+            other => other,
+        }
+    }
 }
 
 /// The provider's token endpoint, with the credentials to call it.
@@ -136,13 +157,13 @@ impl TokenEndpoint<'_> {
         if let Some(verifier) = verifier {
             form.push(("code_verifier", verifier.secret()));
         }
-        let (status, body) = self.post(self.provider.token_url.clone(), form).await?;
+        let reply = self.post(self.provider.token_url.clone(), form).await?;
         let secret = self.credentials.client_secret.secret();
         let sent = [code.secret(), verifier.map_or("", |v| v.secret()), secret];
-        parse_token_response(&self.provider.settings, status, &body, &sent).map_err(|e| match e {
+        parse_token_response(&self.provider.settings, reply.status, &reply.body, &sent).map_err(|e| match e {
             // `invalid_grant` here refuses the code, not a refresh token.
             TokenError::DeadToken { status, error, message } => TokenError::Rejected { status, error, message },
-            other => other,
+            other => other.with_retry_after(reply.retry_after),
         })
     }
 
@@ -153,9 +174,10 @@ impl TokenEndpoint<'_> {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.secret()),
         ];
-        let (status, body) = self.post(self.provider.token_url.clone(), form).await?;
+        let reply = self.post(self.provider.token_url.clone(), form).await?;
         let sent = [refresh_token.secret(), self.credentials.client_secret.secret()];
-        parse_token_response(&self.provider.settings, status, &body, &sent)
+        parse_token_response(&self.provider.settings, reply.status, &reply.body, &sent)
+            .map_err(|e| e.with_retry_after(reply.retry_after))
     }
 
     /// Revokes a token (RFC 7009). `Ok(false)` when the provider has no
@@ -165,19 +187,20 @@ impl TokenEndpoint<'_> {
             return Ok(false);
         };
         let form = vec![("token", token), ("token_type_hint", hint.as_str())];
-        let (status, body) = self.post(url, form).await?;
-        if status.is_success() {
+        let reply = self.post(url, form).await?;
+        if reply.status.is_success() {
             return Ok(true);
         }
         Err(classify_error(
             &self.provider.settings,
-            status,
-            &body,
+            reply.status,
+            &reply.body,
             &[token, self.credentials.client_secret.secret()],
-        ))
+        )
+        .with_retry_after(reply.retry_after))
     }
 
-    async fn post(&self, url: Url, mut form: Vec<(&str, &str)>) -> Result<(StatusCode, Vec<u8>), TokenError> {
+    async fn post(&self, url: Url, mut form: Vec<(&str, &str)>) -> Result<Reply, TokenError> {
         let mut request = self.http.post(url).header("Accept", "application/json");
         match self.provider.settings.client_auth {
             ClientAuth::Basic => {
@@ -193,6 +216,7 @@ impl TokenEndpoint<'_> {
         }
         let mut response = request.form(&form).send().await.map_err(transport_error)?;
         let status = response.status();
+        let retry_after = retry_after(response.headers());
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
             if body.len() + chunk.len() > MAX_BODY {
@@ -202,8 +226,31 @@ impl TokenEndpoint<'_> {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok((status, body))
+        Ok(Reply {
+            status,
+            retry_after,
+            body,
+        })
     }
+}
+
+/// A token endpoint's answer.
+struct Reply {
+    status: StatusCode,
+    /// `Retry-After` in seconds, when given as such.
+    retry_after: Option<u64>,
+    body: Vec<u8>,
+}
+
+/// The longest `Retry-After` taken at its word (a day); longer is read as a day.
+const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+
+/// `Retry-After` as delta-seconds (RFC 9110 §10.2.3). The HTTP-date form is
+/// not read: token endpoints use seconds, and a date needs a clock we would
+/// have to trust over our own backoff.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    value.parse::<u64>().ok().map(|secs| secs.min(MAX_RETRY_AFTER_SECS))
 }
 
 /// RFC 7009 `token_type_hint`.
@@ -439,6 +486,34 @@ mod tests {
     use super::*;
     use crate::config::PresetName;
     use serde_json::json;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_and_bounded() {
+        let header = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::RETRY_AFTER,
+                reqwest::header::HeaderValue::from_str(value).expect("header value"),
+            );
+            retry_after(&headers)
+        };
+        assert_eq!(header("120"), Some(120));
+        assert_eq!(header(" 7 "), Some(7));
+        assert_eq!(header("99999999999"), Some(MAX_RETRY_AFTER_SECS));
+        assert_eq!(header("Wed, 21 Oct 2015 07:28:00 GMT"), None, "dates are not read");
+        assert_eq!(header("-5"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+
+        let e = TokenError::Unavailable {
+            status: 429,
+            retry_after: None,
+        }
+        .with_retry_after(Some(30));
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(30)));
+        assert!(e.to_string().contains("retry after 30 s"), "{e}");
+        let other = TokenError::Unreachable("refused".into()).with_retry_after(Some(30));
+        assert_eq!(other.retry_after(), None, "only an unavailable answer carries it");
+    }
 
     fn parse(preset: PresetName, status: u16, body: Value) -> Result<TokenSet, TokenError> {
         let status = StatusCode::from_u16(status).expect("status");

@@ -612,22 +612,28 @@ impl TokenService {
         let refresh_token = match self.keys.open(id.as_str(), "refresh_token", &sealed.0) {
             Ok(token) => RefreshToken::new(token),
             Err(source) => {
-                self.back_off(attempt, "the stored refresh token cannot be decrypted", still_unknown)
-                    .await?;
+                self.back_off(
+                    attempt,
+                    "the stored refresh token cannot be decrypted",
+                    still_unknown,
+                    None,
+                )
+                .await?;
                 return Err(RefreshError::Crypto { id: id.clone(), source });
             }
         };
         let credentials = match self.credentials(provider).await {
             Ok(credentials) => credentials,
             Err(e) => {
-                self.back_off(attempt, "client credentials unavailable", still_unknown)
+                self.back_off(attempt, "client credentials unavailable", still_unknown, None)
                     .await?;
                 return Err(e.into());
             }
         };
         // Invariant 1: never start a send with less lease left than the call's timeout.
         if lease_until - now_ms() < millis(self.settings.token_timeout) {
-            self.back_off(attempt, "lease too short to send", still_unknown).await?;
+            self.back_off(attempt, "lease too short to send", still_unknown, None)
+                .await?;
             return Err(RefreshError::Deadline { id: id.clone() });
         }
         let sent_at = now_ms();
@@ -664,14 +670,17 @@ impl TokenService {
                 }
                 if !provider.settings.rotates_refresh_tokens {
                     // The old token stays good: a provider that keeps failing is simply down.
-                    return self.not_refreshed(attempt, &detail, None).await;
+                    return self.not_refreshed(attempt, &detail, None, None).await;
                 }
                 let message = unknown_outcome_message(provider, first.sent_at, first.detail);
                 self.needs_reauth(attempt, reason::REFRESH_OUTCOME_UNKNOWN, &message)
                     .await
             }
             // The refresh did not happen. An earlier unknown outcome stays on record.
-            Err(e) => self.not_refreshed(attempt, &e.to_string(), still_unknown).await,
+            Err(e) => {
+                let wait = e.retry_after();
+                self.not_refreshed(attempt, &e.to_string(), still_unknown, wait).await
+            }
         }
     }
 
@@ -683,8 +692,9 @@ impl TokenService {
         attempt: &Attempt<'_>,
         cause: &str,
         unknown_since: Option<i64>,
+        wait_at_least: Option<Duration>,
     ) -> Result<Step, RefreshError> {
-        let until = self.back_off(attempt, cause, unknown_since).await?;
+        let until = self.back_off(attempt, cause, unknown_since, wait_at_least).await?;
         self.held_back(attempt.conn, attempt.mode, now_ms(), until, cause.to_owned())
             .map(Step::Done)
     }
@@ -876,18 +886,22 @@ impl TokenService {
     /// Releases the lease after a refresh that did not happen, with
     /// exponential backoff and jitter per connection. Returns the next attempt time.
     /// `unknown_since` keeps an earlier send with an unknown outcome on record,
-    /// so no later attempt repeats it where that is not safe.
+    /// so no later attempt repeats it where that is not safe. `wait_at_least`
+    /// is the provider's `Retry-After`: the backoff is never shorter, and never
+    /// longer than `max_backoff` because of it.
     async fn back_off(
         &self,
         attempt: &Attempt<'_>,
         cause: &str,
         unknown_since: Option<i64>,
+        wait_at_least: Option<Duration>,
     ) -> Result<i64, RefreshError> {
         let (conn, owner) = (attempt.conn, attempt.owner);
         let failures = conn.consecutive_failures.saturating_add(1);
         let exponent = failures.saturating_sub(1).min(16);
         let delay = (self.settings.base_backoff * 2u32.saturating_pow(exponent)).min(self.settings.max_backoff);
-        let next = now_ms() + millis(jitter(delay));
+        let floor = wait_at_least.unwrap_or_default().min(self.settings.max_backoff);
+        let next = now_ms() + millis(jitter(delay).max(floor));
         warn!(connection = %conn.id, failures, cause, "refresh failed; backing off");
         self.write(
             &conn.id,

@@ -317,6 +317,55 @@ async fn the_refresher_finds_due_connections_through_the_index() {
 }
 
 #[tokio::test]
+async fn a_retry_after_is_honoured_up_to_the_longest_backoff() {
+    // Longer than our own backoff (4 s base): the provider's word wins.
+    let fixture = fixture(PresetName::Generic, "", "retry-after").await;
+    let (e, waited) = throttled_refresh(&fixture, 120).await;
+    assert!(
+        matches!(&e, RefreshError::RetryLater { cause, .. } if cause.contains("retry after 120 s")),
+        "{e}"
+    );
+    assert!(waited.contains(&120_000), "{waited:?} ms");
+
+    // A day is more than the longest backoff (1 h): capped.
+    let settings = RefreshSettings {
+        max_backoff: Duration::from_secs(3600),
+        ..settings()
+    };
+    let fixture = RefreshFixture::start(SimConfig::for_preset(PresetName::Generic), settings, "", "retry-cap").await;
+    let (_, waited) = throttled_refresh(&fixture, 86_400).await;
+    assert!(waited.contains(&3_600_000), "{waited:?} ms");
+}
+
+/// A forced refresh answered 429 with `Retry-After: secs`: the error, and
+/// the range the wait until the next attempt lies in (the answer came
+/// sometime during the call).
+async fn throttled_refresh(fixture: &RefreshFixture, secs: u64) -> (RefreshError, std::ops::RangeInclusive<i64>) {
+    let id = fixture.connect("throttled").await;
+    fixture.sim().inject(FaultPlan {
+        grant: Grant::RefreshToken,
+        fault: Fault::RetryAfter { status: 429, secs },
+        times: 1,
+    });
+    let before = now_ms();
+    let e = fixture
+        .service
+        .refresh_now(&id, deadline(30))
+        .await
+        .expect_err("throttled");
+    let after = now_ms();
+    let connection = fixture.connection(&id).await;
+    let next = connection.next_attempt_at.expect("a next attempt");
+    assert_eq!(connection.refresh_due_at, Some(next), "out of the due index until then");
+    assert_eq!(
+        fixture.sim().counters().refreshes,
+        0,
+        "a throttled request processes nothing"
+    );
+    (e, next - after..=next - before)
+}
+
+#[tokio::test]
 async fn the_refresher_pages_through_a_shard_and_leaves_what_it_cannot_start() {
     let settings = RefreshSettings {
         due_page_size: 2,

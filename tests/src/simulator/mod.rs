@@ -99,6 +99,8 @@ pub enum Grant {
 pub enum Fault {
     /// Answer with this status, without processing the request.
     Status { status: u16 },
+    /// Answer with this status and `Retry-After: secs`, without processing.
+    RetryAfter { status: u16, secs: u64 },
     /// Process the request, then wait this long before answering.
     DelayAfterProcessing { millis: u64 },
     /// Process the request, then close the connection without answering.

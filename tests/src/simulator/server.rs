@@ -106,8 +106,17 @@ async fn with_faults(
     process: impl FnOnce(&Simulator, &HashMap<String, String>) -> Answer,
 ) -> Response {
     let fault = sim.take_fault(grant);
-    if let Some(Fault::Status { status }) = fault {
-        return answer((status, serde_json::json!({"error": "temporarily_unavailable"})));
+    let unavailable = serde_json::json!({"error": "temporarily_unavailable"});
+    match fault {
+        Some(Fault::Status { status }) => return answer((status, unavailable)),
+        Some(Fault::RetryAfter { status, secs }) => {
+            let mut response = answer((status, unavailable));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            return response;
+        }
+        _ => {}
     }
     if let Err(refused) = sim.authenticate(basic_credentials(headers), form) {
         return answer(refused);
