@@ -44,7 +44,10 @@ use crate::secrets::{SecretStore, SecretsError};
 pub struct RefreshSettings {
     /// `T`: the token call's timeout.
     pub token_timeout: Duration,
-    /// Lease time kept after `T` for committing (with retries).
+    /// Lease time kept after `T` for committing. A commit that needs longer
+    /// keeps retrying until the caller's deadline; from this lease's end plus
+    /// the clock-skew margin another worker may take the lease over, and then
+    /// the commit can no longer land.
     pub commit_budget: Duration,
     /// First backoff after a failed refresh; doubles per consecutive failure.
     pub base_backoff: Duration,
@@ -212,6 +215,10 @@ struct Unknown<'a> {
 const CLOCK_SKEW_MS: i64 = 2_000;
 /// Time a commit needs at least: one DynamoDB attempt (see `aws::ATTEMPT_TIMEOUT`).
 const MIN_COMMIT: Duration = Duration::from_secs(5);
+
+/// How long the read that looks for a commit that landed unseen may take
+/// after the deadline.
+const LAST_READ: Duration = Duration::from_secs(1);
 
 /// The one entry point for access tokens: every function and the CLI go
 /// through it. Build it once per process.
@@ -644,7 +651,7 @@ impl TokenService {
         };
         debug!(connection = %id, version = conn.token_version, resend = earlier.is_some(), "sending refresh");
         match endpoint.refresh(&refresh_token).await {
-            Ok(tokens) => self.commit(attempt, tokens, lease_until, sent_at).await,
+            Ok(tokens) => self.commit(attempt, tokens, sent_at).await,
             Err(TokenError::DeadToken { status, error, message }) => {
                 // Consistent re-read: a newer version means someone else rotated, not a dead connection.
                 let now = self.read(id).await?;
@@ -759,16 +766,12 @@ impl TokenService {
     }
 
     /// Invariant 2: the new token set is committed before anything uses it,
-    /// retrying with backoff while the lease (and the invocation) lasts. Each
-    /// DynamoDB call is cut off at the lease's end, and before giving up a
-    /// last read checks whether one of them landed after all.
-    async fn commit(
-        &self,
-        attempt: &Attempt<'_>,
-        tokens: TokenSet,
-        lease_until: i64,
-        sent_at: i64,
-    ) -> Result<Step, RefreshError> {
+    /// retrying with jittered backoff until the invocation's deadline, also
+    /// past the lease's end: the write is conditional on the lease owner, so
+    /// it can only land while nobody has taken the lease over. Each DynamoDB
+    /// call is cut off at the deadline, and before giving up a last read
+    /// checks whether one of them landed after all.
+    async fn commit(&self, attempt: &Attempt<'_>, tokens: TokenSet, sent_at: i64) -> Result<Step, RefreshError> {
         let Attempt {
             conn,
             provider,
@@ -800,11 +803,9 @@ impl TokenService {
             refresh_due_at: refresh_due_at(&provider.settings, expires_at, Some(now)),
             instance_url: tokens.instance_url.clone(),
         };
-        let give_up_at = lease_until - 1_000;
         let mut delay = Duration::from_millis(50);
         loop {
-            let left = Duration::from_millis(u64::try_from(give_up_at - now_ms()).unwrap_or(0))
-                .min(deadline.saturating_duration_since(Instant::now()));
+            let left = deadline.saturating_duration_since(Instant::now());
             let result = match tokio::time::timeout(left, self.store.commit(&commit)).await {
                 Ok(result) => result,
                 Err(_) => Err(StoreError::TimedOut {
@@ -822,18 +823,14 @@ impl TokenService {
                     error!(connection = %id, version = conn.token_version, "commit refused: the connection changed under our lease");
                     return Ok(Step::Again);
                 }
-                Err(e)
-                    if e.is_transient()
-                        && now_ms() + millis(delay) < give_up_at
-                        && Instant::now() + delay < deadline =>
-                {
+                Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
                     warn!(connection = %id, error = %e, "commit failed; retrying");
                     tokio::time::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
-                    // Did one of the attempts land after all?
-                    if let Ok(Some(now)) = self.store.get(id).await
+                    // Did one of the attempts land after all? (Briefly: the deadline has come.)
+                    if let Ok(Ok(Some(now))) = tokio::time::timeout(LAST_READ, self.store.get(id)).await
                         && now.commit_id.as_deref() == Some(commit.commit_id.as_str())
                     {
                         info!(connection = %id, "commit confirmed by a last read");

@@ -12,7 +12,7 @@ use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
 use oauth_sync_tests::stack::{RefreshFixture, deadline};
 use shared::config::PresetName;
 use shared::connection::{Status, reason};
-use shared::refresh::{RefreshError, RefreshSettings, TokenService};
+use shared::refresh::{RefreshError, RefreshSettings};
 
 fn settings() -> RefreshSettings {
     RefreshSettings {
@@ -198,27 +198,25 @@ async fn a_late_or_garbled_answer_is_an_unknown_outcome() {
     assert_eq!(fixture.sim().counters().refresh_tokens_reused, 0);
 }
 
-/// A TokenService whose DynamoDB traffic goes through a fault proxy, with a
-/// commit budget that outlasts the injected outages with room to spare.
-async fn through_proxy(fixture: &RefreshFixture, proxy: &DynamoProxy) -> TokenService {
-    let settings = RefreshSettings {
-        commit_budget: Duration::from_secs(20),
-        ..settings()
-    };
-    fixture.service_via(&proxy.url, settings).await
-}
+/// Leases long enough to outlast the injected outages with room to spare.
+const LONG_COMMIT_BUDGET: Duration = Duration::from_secs(20);
 
 fn upstream() -> String {
     std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack is running")
 }
 
 /// One refresh through the fault proxy, armed with `fault` for the commit's
-/// UpdateItem (the only request carrying `commit_id`): the commit must land as
-/// version 2 after one provider call, with nothing spent twice.
-async fn refresh_through_commit_fault(name: &str, fault: ProxyFault) -> DynamoProxy {
+/// UpdateItem (the only request carrying `commit_id`), with leases of the
+/// token timeout plus `commit_budget`: the commit must land as version 2
+/// after one provider call, with nothing spent twice.
+async fn refresh_through_commit_fault(name: &str, fault: ProxyFault, commit_budget: Duration) -> DynamoProxy {
     let fixture = fixture(PresetName::Generic, name).await;
     let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
-    let service = through_proxy(&fixture, &proxy).await;
+    let settings = RefreshSettings {
+        commit_budget,
+        ..settings()
+    };
+    let service = fixture.service_via(&proxy.url, settings).await;
     let id = fixture.connect(name).await;
     proxy.arm(fault);
 
@@ -242,7 +240,8 @@ fn on_commit() -> String {
 
 #[tokio::test]
 async fn a_lost_commit_response_is_resolved_by_reading_not_guessing() {
-    let proxy = refresh_through_commit_fault("lost-commit", ProxyFault::LoseResponse { marker: on_commit() }).await;
+    let fault = ProxyFault::LoseResponse { marker: on_commit() };
+    let proxy = refresh_through_commit_fault("lost-commit", fault, LONG_COMMIT_BUDGET).await;
     assert_eq!(proxy.lost_responses(), 1, "the commit's answer was lost");
 }
 
@@ -252,7 +251,7 @@ async fn dynamodb_refusing_connections_during_the_commit_is_outlasted() {
         marker: on_commit(),
         duration: Duration::from_secs(3),
     };
-    let proxy = refresh_through_commit_fault("refused-commit", fault).await;
+    let proxy = refresh_through_commit_fault("refused-commit", fault, LONG_COMMIT_BUDGET).await;
     assert!(
         proxy.refused() >= 2,
         "DynamoDB was unreachable for a while ({} refusals)",
@@ -269,8 +268,21 @@ async fn dynamodb_answering_503_to_the_commit_is_outlasted() {
         marker: on_commit(),
         times,
     };
-    let proxy = refresh_through_commit_fault("unavailable-commit", fault).await;
+    let proxy = refresh_through_commit_fault("unavailable-commit", fault, LONG_COMMIT_BUDGET).await;
     assert_eq!(proxy.unavailable(), u64::from(times), "every injected 503 was seen");
+}
+
+#[tokio::test]
+async fn a_commit_outlasts_its_lease_while_nobody_takes_over() {
+    // Leases of 5 s + 2 s; DynamoDB is unreachable for 10 s from the commit on.
+    // The commit is conditional on the lease owner, so retrying past the
+    // lease's end is safe, and it saves the rotated tokens (invariant 2).
+    let fault = ProxyFault::RefuseFor {
+        marker: on_commit(),
+        duration: Duration::from_secs(10),
+    };
+    let proxy = refresh_through_commit_fault("past-lease", fault, Duration::from_secs(2)).await;
+    assert!(proxy.refused() >= 2, "{} refusals", proxy.refused());
 }
 
 #[tokio::test]
