@@ -131,7 +131,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shared::telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

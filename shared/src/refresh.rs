@@ -38,6 +38,7 @@ use crate::crypto::{CryptoError, KeyRing, random_token};
 use crate::oauth::{ClientCredentials, TokenEndpoint, TokenError, TokenSet, http_client};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::secrets::{SecretStore, SecretsError};
+use crate::telemetry::error_chain;
 
 /// Timing of the protocol.
 #[derive(Debug, Clone)]
@@ -152,8 +153,9 @@ pub struct DueSummary {
     pub failed: u64,
     /// Found due, not started: too little of the invocation was left.
     pub left_for_next_run: u64,
-    /// Every shard was read to its end (`false` when time ran out first or a
-    /// query failed): what was not read waits for the next run.
+    /// Every shard was read to its end and every due connection started
+    /// (`false` when time ran out first or a query failed): the rest waits
+    /// for the next run.
     pub complete: bool,
     /// Shards whose index query failed (each logged with its error).
     pub shards_failed: u64,
@@ -166,8 +168,13 @@ impl DueSummary {
             Ok(Ok(_)) => self.still_fresh += 1,
             Ok(Err(RefreshError::NeedsReauth { .. } | RefreshError::NotActive { .. })) => self.needs_reauth += 1,
             Ok(Err(RefreshError::RetryLater { .. })) => self.retry_later += 1,
+            // Started, then found too little time left to send: as if never started.
+            Ok(Err(RefreshError::Deadline { .. })) => {
+                self.left_for_next_run += 1;
+                self.complete = false;
+            }
             Ok(Err(e)) => {
-                warn!(error = %e, "refresh failed");
+                warn!(error = %error_chain(&e), "refresh failed");
                 self.failed += 1;
             }
             Err(e) => {
@@ -437,12 +444,15 @@ impl TokenService {
                 {
                     Ok(page) => page,
                     Err(e) => {
-                        error!(shard, error = %e, "the refresh-due index could not be read; this shard waits for the next run");
+                        error!(shard, error = %error_chain(&e), "the refresh-due index could not be read; this shard waits for the next run");
                         summary.shards_failed += 1;
                         summary.complete = false;
                         break;
                     }
                 };
+                // A connection refreshed in this run is due no sooner than its
+                // refresh (`refresh_due_at`), after `now`: later pages never
+                // bring it up again.
                 summary.due += page.ids.len() as u64;
                 for id in page.ids {
                     let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
@@ -453,6 +463,7 @@ impl TokenService {
                     }
                     if Instant::now() >= start_by {
                         summary.left_for_next_run += 1;
+                        summary.complete = false;
                         continue;
                     }
                     let service = Arc::clone(self);
@@ -637,9 +648,13 @@ impl TokenService {
                 return Err(e.into());
             }
         };
-        // Invariant 1: never start a send with less lease left than the call's timeout.
-        if lease_until - now_ms() < millis(self.settings.token_timeout) {
-            self.back_off(attempt, "lease too short to send", still_unknown, None)
+        // Invariant 1: never start a send with less lease left than the call's
+        // timeout; and never one whose commit would have no time left (what
+        // came before the send, e.g. fetching the credentials, took it).
+        if lease_until - now_ms() < millis(self.settings.token_timeout)
+            || deadline.saturating_duration_since(Instant::now()) < self.settings.token_timeout + MIN_COMMIT
+        {
+            self.back_off(attempt, "too little time left to send and commit", still_unknown, None)
                 .await?;
             return Err(RefreshError::Deadline { id: id.clone() });
         }
@@ -824,7 +839,7 @@ impl TokenService {
                     return Ok(Step::Again);
                 }
                 Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
-                    warn!(connection = %id, error = %e, "commit failed; retrying");
+                    warn!(connection = %id, error = %error_chain(&e), "commit failed; retrying");
                     tokio::time::sleep(jitter(delay)).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
@@ -836,7 +851,7 @@ impl TokenService {
                         info!(connection = %id, "commit confirmed by a last read");
                         break;
                     }
-                    error!(connection = %id, version = conn.token_version, error = %e,
+                    error!(connection = %id, version = conn.token_version, error = %error_chain(&e),
                         "the rotated tokens could not be stored; the next worker will find the lease abandoned");
                     return Err(RefreshError::Store {
                         id: id.clone(),
@@ -897,8 +912,10 @@ impl TokenService {
         let failures = conn.consecutive_failures.saturating_add(1);
         let exponent = failures.saturating_sub(1).min(16);
         let delay = (self.settings.base_backoff * 2u32.saturating_pow(exponent)).min(self.settings.max_backoff);
-        let floor = wait_at_least.unwrap_or_default().min(self.settings.max_backoff);
-        let next = now_ms() + millis(jitter(delay).max(floor));
+        // The provider's wait, spread over a quarter more so that the
+        // connections one 429 stopped do not all come back at the same instant.
+        let floor = wait_at_least.map_or(Duration::ZERO, |wait| wait.mul_f64(1.0 + fastrand::f64() / 4.0));
+        let next = now_ms() + millis(jitter(delay).max(floor).min(self.settings.max_backoff));
         warn!(connection = %conn.id, failures, cause, "refresh failed; backing off");
         self.write(
             &conn.id,

@@ -53,13 +53,18 @@ pub fn init(target: Target) {
     drop(result);
 }
 
-/// An error and its causes on one line ("error sending request: connection closed").
+/// An error and its causes on one line ("error sending request: connection
+/// closed"). A cause whose text the line already ends with (an error that
+/// quotes its source in its own message) is not repeated.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -100,6 +105,23 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("the configuration could not be loaded")]
     struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection c1: {source}")]
+    struct Quoting {
+        source: Outer,
+    }
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let error = Quoting {
+            source: Outer(std::io::Error::other("refused")),
+        };
+        assert_eq!(
+            error_chain(&error),
+            "connection c1: the configuration could not be loaded: refused"
+        );
+    }
 
     #[test]
     fn a_startup_error_prints_its_causes_on_one_line_in_debug_form() {
