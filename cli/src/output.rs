@@ -42,32 +42,12 @@ fn auth(auth: ClientAuth) -> &'static str {
     }
 }
 
-fn settings_json(s: &ProviderSettings) -> Value {
-    json!({
-        "authorize_url": s.authorize_url,
-        "token_url": s.token_url,
-        "revocation_url": s.revocation_url,
-        "params": s.params,
-        "client_auth": auth(s.client_auth),
-        "scopes": s.scopes,
-        "authorize_params": s.authorize_params,
-        "pkce": s.pkce,
-        "refresh_lead_secs": s.refresh_lead_secs,
-        "min_refresh_interval_secs": s.min_refresh_interval_secs,
-        "rotates_refresh_tokens": s.rotates_refresh_tokens,
-        "reuse_grace_secs": s.reuse_grace_secs,
-        "refresh_token_idle_secs": s.refresh_token_idle_secs,
-        "default_expires_in_secs": s.default_expires_in_secs,
-        "api_base_url": s.api_base_url,
-    })
-}
-
 pub fn presets(presets: &[(&str, ProviderSettings)], as_json: bool) -> anyhow::Result<()> {
     if as_json {
         let map: serde_json::Map<String, Value> = presets
             .iter()
-            .map(|(name, s)| ((*name).to_owned(), settings_json(s)))
-            .collect();
+            .map(|(name, s)| Ok(((*name).to_owned(), serde_json::to_value(s)?)))
+            .collect::<Result<_, serde_json::Error>>()?;
         return write_out(&format!("{}\n", serde_json::to_string_pretty(&map)?));
     }
     let rows: Vec<Vec<String>> = presets
@@ -112,15 +92,15 @@ pub fn config(config: &Config, as_json: bool) -> anyhow::Result<()> {
             .providers
             .iter()
             .map(|(name, p)| {
-                let mut value = settings_json(&p.settings);
+                let mut value = serde_json::to_value(&p.settings)?;
                 value["preset"] = json!(p.preset.as_str());
                 value["credentials_secret"] = json!(p.credentials_secret);
                 value["authorize_url"] = json!(p.authorize_url.as_str());
                 value["token_url"] = json!(p.token_url.as_str());
                 value["revocation_url"] = json!(p.revocation_url.as_ref().map(|u| u.as_str()));
-                (name.clone(), value)
+                Ok((name.clone(), value))
             })
-            .collect();
+            .collect::<Result<_, serde_json::Error>>()?;
         let syncs: serde_json::Map<String, Value> = config
             .syncs
             .iter()

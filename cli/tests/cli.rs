@@ -71,6 +71,18 @@ fn presets_are_listed() {
     ] {
         assert!(stdout.contains(preset), "{preset} missing from\n{stdout}");
     }
+
+    // `--json` gives every value, in the shape of a config table.
+    let (ok, stdout, _) = oauth_sync(&["--json", "presets"]);
+    assert!(ok);
+    let presets: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let exact = &presets["exact_online"];
+    assert_eq!(exact["min_refresh_interval_secs"], 570);
+    assert_eq!(exact["redirect_requires_https"], true);
+    assert_eq!(exact["pagination"]["style"], "odata_v2");
+    assert_eq!(exact["dead_token"][0]["equals"], "unauthorized_client");
+    assert_eq!(presets["microsoft"]["offline_scope"], "offline_access");
+    assert_eq!(presets.as_object().map(|m| m.len()), Some(10));
 }
 
 /// Against the local stack's Secrets Manager: the link the CLI prints verifies

@@ -438,12 +438,17 @@ impl LoginFixture {
 
     /// The query of a fresh connect link for `connection`.
     pub fn link(&self, connection: &str) -> BTreeMap<String, String> {
+        self.link_expiring(connection, shared::connection::now_ms() / 1000 + 600)
+    }
+
+    /// A correctly signed link that expires at `expires_at` (epoch seconds).
+    pub fn link_expiring(&self, connection: &str, expires_at: i64) -> BTreeMap<String, String> {
         let claims = shared::login::ConnectClaims {
             provider: PROVIDER.to_owned(),
             connection: shared::connection::ConnectionId::parse(connection).expect("id"),
             kind: shared::connection::ConnectionKind::PerUser,
             return_url: Some(url::Url::parse(RETURN_TO).expect("url")),
-            expires_at: shared::connection::now_ms() / 1000 + 600,
+            expires_at,
         };
         let callback = url::Url::parse(CALLBACK).expect("url");
         let url = self.links.connect_url(Some(&callback), &claims).expect("link");

@@ -78,12 +78,15 @@ async fn bad_links_write_nothing() {
     tampered.insert("connection".to_owned(), "someone-else".to_owned());
     let mut unsigned = good.clone();
     unsigned.remove("sig");
-    let mut expired = good.clone();
-    expired.insert("expires".to_owned(), "1".to_owned());
+    let mut pushed_back = good.clone();
+    pushed_back.insert("expires".to_owned(), "1".to_owned());
+    let an_hour_ago = shared::connection::now_ms() / 1000 - 3600;
+    let expired = login.link_expiring("acme-4", an_hour_ago);
     for (query, expected) in [
         (tampered, LinkError::BadSignature),
         (unsigned, LinkError::Missing("sig")),
-        (expired, LinkError::BadSignature),
+        (pushed_back, LinkError::BadSignature),
+        (expired, LinkError::Expired(an_hour_ago)),
     ] {
         let e = service.begin(PROVIDER, &query, None).await.unwrap_err();
         assert!(matches!(&e, LoginError::Link(link) if *link == expected), "{e}");

@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How the client authenticates at the token and revocation endpoints
 /// (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`.
@@ -24,7 +24,7 @@ pub enum ClientAuth {
 
 /// One way a provider says "this refresh token is dead; the user must log in
 /// again". A response matches when every given part matches.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadTokenRule {
     /// HTTP status the answer must have; any status when absent.
@@ -44,7 +44,7 @@ fn default_error_field() -> String {
 }
 
 /// How the data API pages through results.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "style", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Pagination {
     /// OData v2: `{"d": {"results": [...], "__next": "<full url>"}}` (Exact Online).
@@ -85,7 +85,7 @@ fn one() -> u64 {
 }
 
 /// How a reset header counts time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResetFormat {
     /// Unix time in milliseconds (Exact Online).
@@ -98,7 +98,7 @@ pub enum ResetFormat {
 
 /// The headers that tell how much of the rate limit is left, so a sync slows
 /// down before the 429 instead of after it. `Retry-After` is always honoured.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitHeaders {
     pub remaining_header: String,
@@ -143,8 +143,9 @@ impl Merge for BTreeMap<String, String> {
 
 macro_rules! provider_fields {
     ($( $(#[$doc:meta])* $field:ident : $ty:ty = $default:expr; )*) => {
-        /// A provider after its preset and the user's overrides are applied.
-        #[derive(Debug, Clone, PartialEq)]
+        /// A provider after its preset and the user's overrides are applied;
+        /// serialized in the shape of a config table (`oauth-sync --json presets`).
+        #[derive(Debug, Clone, PartialEq, Serialize)]
         pub struct ProviderSettings {
             $( $(#[$doc])* pub $field: $ty, )*
         }

@@ -1,7 +1,7 @@
 //! The provider simulator as a process, for the demo and multi-process tests.
 //!
 //! ```text
-//! simulator [--preset exact_online] [--port 0] [--client-id ID] [--client-secret S]
+//! simulator [--preset generic] [--port 0] [--client-id ID] [--client-secret S]
 //!           [--access-ttl-secs N] [--grace-secs N] [--rotate true|false]
 //! ```
 //! Prints `listening http://127.0.0.1:PORT` on stdout once it accepts connections.
