@@ -472,7 +472,7 @@ fn classify_error(settings: &ProviderSettings, status: StatusCode, body: &[u8], 
 /// A short, single-line piece of provider text with every secret we sent
 /// removed, as sent and form-encoded, before it is cut to length (so no cut
 /// can leave half a secret behind).
-fn excerpt(text: &str, sent: &[&str]) -> String {
+pub fn excerpt(text: &str, sent: &[&str]) -> String {
     let mut text: String = text.chars().filter(|c| !c.is_control()).collect();
     for secret in sent.iter().filter(|s| s.len() >= 4) {
         let encoded: String = byte_serialize(secret.as_bytes()).collect();

@@ -161,3 +161,79 @@ async fn a_new_login_renews_a_connection_that_needs_one() {
     let connection = login.fixture.connection(&id).await;
     assert_eq!((connection.status, connection.status_reason), (Status::Active, None));
 }
+
+#[tokio::test]
+async fn a_connection_keeps_its_provider() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-other").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let id = ConnectionId::parse("acme-other").expect("id");
+    let now = shared::connection::now_ms();
+    let elsewhere = shared::connection::store::NewLogin {
+        id: id.clone(),
+        provider: "another-provider".to_owned(),
+        kind: ConnectionKind::PerUser,
+        access_token: shared::connection::Sealed(vec![1; 40]),
+        refresh_token: Some(shared::connection::Sealed(vec![2; 40])),
+        access_expires_at: now + 3_600_000,
+        scopes: Vec::new(),
+        refresh_due_at: now + 3_300_000,
+        instance_url: None,
+        api_domain: None,
+    };
+    let store = login.fixture.service.store();
+    store
+        .save_login(&elsewhere)
+        .await
+        .expect("a connection at another provider");
+
+    // Refused at /connect, before the user logs in: nothing is written.
+    let e = service
+        .begin(PROVIDER, &login.link("acme-other"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LoginError::OtherProvider { .. }), "{e}");
+    assert_eq!(e.status(), 409);
+    assert!(e.to_string().contains("another-provider"), "{e}");
+    assert_eq!(login.attempts_stored().await, 0);
+    assert_eq!(login.fixture.sim().counters().authorize_requests, 0);
+
+    // And by the store itself: the refresh token is never handed to another provider.
+    let tokens = login.fixture.oauth.login().await;
+    let e = login
+        .fixture
+        .service
+        .save_login(&id, PROVIDER, ConnectionKind::PerUser, &tokens)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("another-provider"), "{e}");
+    let connection = login.fixture.connection(&id).await;
+    assert_eq!(
+        (connection.provider.as_str(), connection.token_version),
+        ("another-provider", 1)
+    );
+}
+
+#[tokio::test]
+async fn a_new_login_without_a_refresh_token_drops_the_old_one() {
+    // The old refresh token may belong to another account at the provider:
+    // it must not sit next to the new access token.
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-drop-rt").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let (query, cookie) = login.to_callback(&service, "acme-7").await;
+    service.finish(&query, Some(&cookie)).await.expect("first login");
+    let id = ConnectionId::parse("acme-7").expect("id");
+    assert!(login.fixture.connection(&id).await.refresh_token.is_some());
+
+    login.fixture.sim().reconfigure(|c| c.issue_refresh_token = false);
+    let (query, cookie) = login.to_callback(&service, "acme-7").await;
+    let finished = service.finish(&query, Some(&cookie)).await.expect("second login");
+    assert_eq!(finished.token_version, 2);
+    assert!(
+        finished.warnings[0].contains("no refresh token"),
+        "{:?}",
+        finished.warnings
+    );
+    let connection = login.fixture.connection(&id).await;
+    assert!(connection.refresh_token.is_none(), "the old refresh token was removed");
+    assert_eq!(connection.status, Status::Active);
+}

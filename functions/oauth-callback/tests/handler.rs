@@ -146,13 +146,20 @@ async fn refusals_are_pages_a_person_can_read() {
     let (mut query, cookie) = connect(&login, &service, "acme").await;
     query.remove("code");
     query.insert("error".to_owned(), "invalid_scope".to_owned());
-    query.insert("error_description".to_owned(), "<script>alert(1)</script>".to_owned());
+    // Long, and with a line break: kept to one line of 300 characters.
+    let description = format!("<script>alert(1)</script>\r\nX-Injected: 1 {}", "y".repeat(2_000));
+    query.insert("error_description".to_owned(), description);
     let response = handle(event("/callback", &query, &[cookie], None))
         .await
         .expect("handle");
     assert_eq!(response.status(), 502);
     let page = body(&response);
     assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"), "{page}");
+    assert!(
+        page.contains("X-Injected") && !page.contains("\r\nX-Injected"),
+        "{page}"
+    );
+    assert!(!page.contains(&"y".repeat(300)), "the description was cut short");
     assert!(header_of(&response, header::CONTENT_SECURITY_POLICY).contains("default-src 'none'"));
 
     // The user cancels at the provider.

@@ -50,6 +50,16 @@ pub enum StoreError {
     Malformed { id: String, reason: String },
     #[error("DynamoDB {operation} did not answer in the time left")]
     TimedOut { operation: &'static str },
+    /// A connection belongs to one provider for life: its refresh token must
+    /// never be sent to another provider's token endpoint.
+    #[error(
+        "connection {id} is connected to provider `{existing}`; a login at `{requested}` cannot take it over (use another connection id)"
+    )]
+    OtherProvider {
+        id: String,
+        existing: String,
+        requested: String,
+    },
 }
 
 impl StoreError {
@@ -89,7 +99,7 @@ pub struct NewLogin {
     pub provider: String,
     pub kind: ConnectionKind,
     pub access_token: Sealed,
-    /// `None` keeps the refresh token the connection already has, if any.
+    /// `None` removes the refresh token the connection had, if any.
     pub refresh_token: Option<Sealed>,
     pub access_expires_at: i64,
     pub scopes: Vec<String>,
@@ -222,12 +232,22 @@ impl ConnectionStore {
     }
 
     /// Stores the tokens of a login: creates the connection at version 1, or
-    /// gives an existing one (same id) new tokens at the next version, active
-    /// again whatever its status was.
+    /// gives an existing one (same id, same provider) new tokens at the next
+    /// version, active again whatever its status was. A login without a
+    /// refresh token removes the old one: it may belong to another account.
     pub async fn save_login(&self, login: &NewLogin) -> Result<Connection, StoreError> {
         for _ in 0..8 {
             let now = now_ms();
             let existing = self.get(&login.id).await?;
+            if let Some(current) = &existing
+                && current.provider != login.provider
+            {
+                return Err(StoreError::OtherProvider {
+                    id: login.id.to_string(),
+                    existing: current.provider.clone(),
+                    requested: login.provider.clone(),
+                });
+            }
             let written = match &existing {
                 None => self.create(login, now).await?,
                 Some(current) => self.replace_tokens(login, current.token_version, now).await?,
@@ -287,7 +307,6 @@ impl ConnectionStore {
 
     async fn replace_tokens(&self, login: &NewLogin, seen: u64, now: i64) -> Result<Write, StoreError> {
         let mut set = vec![
-            "provider = :provider",
             "kind = :kind",
             "#status = :active",
             "access_token = :access",
@@ -324,9 +343,12 @@ impl ConnectionStore {
             .expression_attribute_values(":shard", s(&login.id.due_shard()))
             .expression_attribute_values(":due", n(login.refresh_due_at))
             .expression_attribute_values(":now", n(now));
-        if let Some(refresh) = &login.refresh_token {
-            set.push("refresh_token = :refresh");
-            request = request.expression_attribute_values(":refresh", b(refresh));
+        match &login.refresh_token {
+            Some(refresh) => {
+                set.push("refresh_token = :refresh");
+                request = request.expression_attribute_values(":refresh", b(refresh));
+            }
+            None => remove.push("refresh_token"),
         }
         for (key, placeholder, value) in [
             ("instance_url", ":instance_url", &login.instance_url),
@@ -349,7 +371,7 @@ impl ConnectionStore {
             "UpdateItem(login)",
             request
                 .update_expression(update)
-                .condition_expression("token_version = :seen"),
+                .condition_expression("token_version = :seen AND provider = :provider"),
         )
         .await
     }

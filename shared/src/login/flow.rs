@@ -10,9 +10,10 @@ use url::Url;
 use super::attempts::{Attempt, AttemptError, AttemptStore, state_key};
 use super::link::{LinkError, LinkKeys};
 use crate::config::{Config, Provider, UnknownProvider};
+use crate::connection::store::StoreError;
 use crate::connection::{ConnectionId, Sealed, now_ms};
 use crate::crypto::{CryptoError, Pkce, random_token};
-use crate::oauth::{TokenEndpoint, TokenError, TokenSet, authorize_url, missing_scopes};
+use crate::oauth::{TokenEndpoint, TokenError, TokenSet, authorize_url, excerpt, missing_scopes};
 use crate::refresh::{RefreshError, TokenService};
 use crate::secret::{AuthorizationCode, PkceVerifier};
 use crate::secrets::{SecretStore, SecretsError};
@@ -60,6 +61,14 @@ pub enum LoginError {
     BadCallback(&'static str),
     #[error("exchanging the authorization code failed: {0}")]
     Exchange(TokenError),
+    #[error(
+        "connection {connection} is connected to {existing}; a login at {requested} cannot take it over, so nothing was changed (ask for a link with another connection id)"
+    )]
+    OtherProvider {
+        connection: ConnectionId,
+        existing: String,
+        requested: String,
+    },
     #[error(transparent)]
     Store(#[from] RefreshError),
     #[error(transparent)]
@@ -83,6 +92,7 @@ impl LoginError {
             LoginError::Attempt(AttemptError::Dynamo { .. } | AttemptError::Malformed(_)) => 503,
             LoginError::Attempt(_) | LoginError::BadCallback(_) | LoginError::Cancelled { .. } => 400,
             LoginError::Refused { .. } | LoginError::Exchange(_) => 502,
+            LoginError::OtherProvider { .. } => 409,
             LoginError::Store(_) | LoginError::Secrets(_) | LoginError::Crypto(_) => 503,
         }
     }
@@ -139,6 +149,24 @@ impl LoginService {
             .callback_url
             .clone()
             .ok_or(LinkError::NoCallbackUrl)?;
+        // Refused before the user logs in: a connection keeps its provider.
+        if let Some(existing) =
+            self.tokens
+                .store()
+                .get(&claims.connection)
+                .await
+                .map_err(|source| RefreshError::Store {
+                    id: claims.connection.clone(),
+                    source,
+                })?
+            && existing.provider != provider.name
+        {
+            return Err(LoginError::OtherProvider {
+                connection: claims.connection,
+                existing: existing.provider,
+                requested: provider.name.clone(),
+            });
+        }
         let state = random_token()?;
         let pkce = Pkce::generate()?;
         // One cookie per browser, kept across logins, so two tabs do not break each other.
@@ -183,6 +211,8 @@ impl LoginService {
         let state = query.get("state").ok_or(LoginError::BadCallback("state"))?;
         let attempt = self.attempts.consume(state, browser_cookie, now_ms() / 1000).await?;
         if let Some(error) = query.get("error") {
+            // The provider's words, but short, on one line, without control characters.
+            let error = excerpt(error, &[]);
             let provider = attempt.provider;
             tracing::info!(%provider, connection = %attempt.connection, error, "login not completed at the provider");
             return Err(if error == "access_denied" {
@@ -190,11 +220,10 @@ impl LoginService {
             } else {
                 let description = query
                     .get("error_description")
-                    .cloned()
-                    .unwrap_or_else(|| "no description".into());
+                    .map_or_else(|| "no description".into(), |d| excerpt(d, &[]));
                 LoginError::Refused {
                     provider,
-                    error: error.clone(),
+                    error,
                     description,
                 }
             });
@@ -223,7 +252,21 @@ impl LoginService {
         let stored = self
             .tokens
             .save_login(&attempt.connection, &provider.name, attempt.kind, &tokens)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                RefreshError::Store {
+                    source:
+                        StoreError::OtherProvider {
+                            existing, requested, ..
+                        },
+                    id,
+                } => LoginError::OtherProvider {
+                    connection: id,
+                    existing,
+                    requested,
+                },
+                other => other.into(),
+            })?;
         Ok(Finished {
             connection: attempt.connection,
             provider: provider.name.clone(),
