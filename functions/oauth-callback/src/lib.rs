@@ -52,7 +52,7 @@ async fn route(login: &LoginService, request: &Request, path: &str, correlation:
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
     let cookie = browser_cookie(request);
-    if path.ends_with("/callback") {
+    if path.ends_with("/callback") && !path.contains("/connect/") {
         return match login.finish(&query, cookie.as_deref()).await {
             Ok(finished) => connected(&finished, correlation),
             Err(e) => failure(&e, correlation),

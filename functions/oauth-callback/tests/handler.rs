@@ -136,6 +136,12 @@ async fn refusals_are_pages_a_person_can_read() {
     assert_eq!(response.status(), 400);
     assert!(body(&response).contains("too long"));
 
+    // `/connect/callback` is a provider named "callback", not the callback.
+    let response = handle(event("/connect/callback", &BTreeMap::new(), &[], None))
+        .await
+        .expect("handle");
+    assert_eq!(response.status(), 404);
+
     // The callback without the cookie of the browser that started it.
     let (query, _) = connect(&login, &service, "acme").await;
     let response = handle(event("/callback", &query, &[], None)).await.expect("handle");

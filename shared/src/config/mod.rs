@@ -380,6 +380,16 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
             .fold(sample, |s, p| s.replace(&format!("{{{p}}}"), "x"));
         parse_http_url(&sample).map_err(|e| ("api_base_url", e))?;
     }
+    if let Some(reserved) = settings
+        .authorize_params
+        .keys()
+        .find(|key| RESERVED_AUTHORIZE_PARAMS.contains(&key.as_str()))
+    {
+        return Err((
+            "authorize_params",
+            format!("`{reserved}` is set by oauth-sync for every login and cannot be configured"),
+        ));
+    }
     if settings.reuse_grace_secs > 0 && !settings.rotates_refresh_tokens {
         return Err((
             "reuse_grace_secs",
@@ -403,6 +413,17 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
         revocation_url,
     })
 }
+
+/// Authorize-URL parameters each login sets itself (RFC 6749 §4.1.1, RFC 7636).
+const RESERVED_AUTHORIZE_PARAMS: [&str; 7] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+];
 
 /// A `params` key the user set that no URL uses is a typo (`tennant`), which
 /// would otherwise leave the preset's default in place without a word. (A

@@ -359,6 +359,13 @@ fn semantic_mistakes_are_located() {
     let e = err("[providers.e]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\nrefresh_lead_secs = 300\n");
     assert_eq!((e.line, e.field.as_str()), (4, "providers.e.refresh_lead_secs"), "{e}");
 
+    // A parameter every login sets itself.
+    let e = err(&format!(
+        "{base}authorize_params = {{ redirect_uri = \"https://evil.example/\" }}\n"
+    ));
+    assert_eq!((e.line, e.field.as_str()), (4, "providers.ms.authorize_params"), "{e}");
+    assert!(e.message.contains("`redirect_uri` is set by oauth-sync"), "{e}");
+
     // A wrong type.
     let e = err(&format!("{base}pkce = \"yes\"\n"));
     assert_eq!((e.line, e.field.as_str()), (4, "providers.ms.pkce"), "{e}");

@@ -22,11 +22,23 @@ use crate::secrets::{SecretStore, SecretsError};
 pub const ATTEMPT_TTL: Duration = Duration::from_secs(600);
 
 /// Where to send the browser, and the cookie that binds the login to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Begin {
     pub location: Url,
     /// Value of the `__Host-` cookie to set (the same one if the browser had it).
     pub cookie: String,
+}
+
+/// The location carries the login's `state`, and the cookie binds it: neither is printed.
+impl std::fmt::Debug for Begin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut location = self.location.clone();
+        location.set_query(Some("[redacted]"));
+        f.debug_struct("Begin")
+            .field("location", &location.as_str())
+            .field("cookie", &"[redacted]")
+            .finish()
+    }
 }
 
 /// A finished login.
@@ -242,7 +254,11 @@ impl LoginService {
             http: self.tokens.http(),
         };
         let tokens = endpoint
-            .exchange_code(&code, &attempt.redirect_uri, Some(&verifier))
+            .exchange_code(
+                &code,
+                &attempt.redirect_uri,
+                Some(&verifier).filter(|_| provider.settings.pkce),
+            )
             .await
             .map_err(LoginError::Exchange)?;
         let warnings = warnings(provider, &tokens);
@@ -315,4 +331,20 @@ pub fn warnings(provider: &Provider, tokens: &TokenSet) -> Vec<String> {
         }
     }
     warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_prints_neither_state_nor_cookie() {
+        let begin = Begin {
+            location: Url::parse("https://login.example/authorize?state=s3cr3t-state&client_id=c").expect("url"),
+            cookie: "c00kie-value".to_owned(),
+        };
+        let printed = format!("{begin:?}");
+        assert!(printed.contains("https://login.example/authorize"), "{printed}");
+        assert!(!printed.contains("s3cr3t-state") && !printed.contains("c00kie-value"), "{printed}");
+    }
 }

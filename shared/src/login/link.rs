@@ -145,6 +145,11 @@ impl LinkKeys {
         if expires_at <= now_secs {
             return Err(LinkError::Expired(expires_at));
         }
+        // Also checked when a link is made; here in case a key leaked into a hand-made one.
+        let longest = i64::try_from(MAX_LINK_LIFETIME.as_secs()).unwrap_or(i64::MAX);
+        if expires_at > now_secs.saturating_add(longest + 60) {
+            return Err(LinkError::TooLong);
+        }
         if let Some(return_url) = &claims.return_url {
             check_return_url(return_url, allow_list)?;
         }
@@ -166,14 +171,23 @@ fn message(claims: &ConnectClaims) -> String {
 }
 
 /// A return URL is allowed when an allow-list entry has its scheme, host and
-/// port, and the entry's path is a prefix of its path.
+/// port, and its path is the entry's path or below it (`/done` allows
+/// `/done` and `/done/x`, not `/done-evil`). A URL with user info
+/// (`https://user@host/`) is never allowed.
 pub fn check_return_url(url: &Url, allow_list: &[Url]) -> Result<(), LinkError> {
-    let allowed = allow_list.iter().any(|entry| {
-        entry.scheme() == url.scheme()
-            && entry.host_str() == url.host_str()
-            && entry.port_or_known_default() == url.port_or_known_default()
-            && url.path().starts_with(entry.path())
-    });
+    let below = |entry: &str, path: &str| {
+        path == entry
+            || entry.ends_with('/') && path.starts_with(entry)
+            || path.strip_prefix(entry).is_some_and(|rest| rest.starts_with('/'))
+    };
+    let no_user_info = url.username().is_empty() && url.password().is_none();
+    let allowed = no_user_info
+        && allow_list.iter().any(|entry| {
+            entry.scheme() == url.scheme()
+                && entry.host_str() == url.host_str()
+                && entry.port_or_known_default() == url.port_or_known_default()
+                && below(entry.path(), url.path())
+        });
     if allowed {
         Ok(())
     } else {
@@ -279,6 +293,11 @@ mod tests {
             keys.verify("exact", &query, 2_000, &allow()),
             Err(LinkError::Expired(2_000))
         );
+        // Signed, but longer-lived than any link `connect_url` makes.
+        assert_eq!(
+            keys.verify("exact", &query, 2_000 - 31 * 86_400, &allow()),
+            Err(LinkError::TooLong)
+        );
         let mut unsigned = query.clone();
         unsigned.remove("sig");
         assert_eq!(
@@ -316,10 +335,24 @@ mod tests {
             "http://app.example.com/integrations",
             "https://app.example.com:8443/integrations",
             "https://app.example.com/other",
+            "https://app.example.com/integrations-evil",
+            "https://user@app.example.com/integrations",
+            "https://user:pass@app.example.com/integrations/done",
         ] {
             let url = Url::parse(bad).expect("url");
             assert!(check_return_url(&url, &allowed).is_err(), "{bad}");
         }
+        for good in [
+            "https://app.example.com/integrations",
+            "https://app.example.com/integrations/done?x=1",
+            "https://app.example.com:443/integrations/",
+        ] {
+            let url = Url::parse(good).expect("url");
+            assert!(check_return_url(&url, &allowed).is_ok(), "{good}");
+        }
+        let folder = [Url::parse("https://app.example.com/integrations/").expect("url")];
+        let below = Url::parse("https://app.example.com/integrations/done").expect("url");
+        assert!(check_return_url(&below, &folder).is_ok());
         let (_, keys) = keys("k1");
         let mut claims = claims();
         claims.return_url = Some(Url::parse("https://evil.example/").expect("url"));
