@@ -172,6 +172,7 @@ async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool)
             ConnectionKind::PerUser
         },
         return_url,
+        issued_at: now_ms(),
         expires_at,
     };
     let aws = shared::aws::AwsClients::from_env().await;

@@ -438,16 +438,26 @@ impl LoginFixture {
 
     /// The query of a fresh connect link for `connection`.
     pub fn link(&self, connection: &str) -> BTreeMap<String, String> {
-        self.link_expiring(connection, shared::connection::now_ms() / 1000 + 600)
+        self.link_made(
+            connection,
+            shared::connection::now_ms(),
+            shared::connection::now_ms() / 1000 + 600,
+        )
     }
 
     /// A correctly signed link that expires at `expires_at` (epoch seconds).
     pub fn link_expiring(&self, connection: &str, expires_at: i64) -> BTreeMap<String, String> {
+        self.link_made(connection, shared::connection::now_ms() - 7_200_000, expires_at)
+    }
+
+    /// A correctly signed link made at `issued_at` (epoch ms), expiring at `expires_at` (epoch s).
+    pub fn link_made(&self, connection: &str, issued_at: i64, expires_at: i64) -> BTreeMap<String, String> {
         let claims = shared::login::ConnectClaims {
             provider: PROVIDER.to_owned(),
             connection: shared::connection::ConnectionId::parse(connection).expect("id"),
             kind: shared::connection::ConnectionKind::PerUser,
             return_url: Some(url::Url::parse(RETURN_TO).expect("url")),
+            issued_at,
             expires_at,
         };
         let callback = url::Url::parse(CALLBACK).expect("url");
@@ -462,10 +472,16 @@ impl LoginFixture {
         service: &shared::login::flow::LoginService,
         connection: &str,
     ) -> (BTreeMap<String, String>, String) {
-        let begin = service
-            .begin(PROVIDER, &self.link(connection), None)
-            .await
-            .expect("begin");
+        self.to_callback_via(service, &self.link(connection)).await
+    }
+
+    /// `/connect` with this link, then the provider's headless approval.
+    pub async fn to_callback_via(
+        &self,
+        service: &shared::login::flow::LoginService,
+        link: &BTreeMap<String, String>,
+    ) -> (BTreeMap<String, String>, String) {
+        let begin = service.begin(PROVIDER, link, None).await.expect("begin");
         assert!(begin.location.as_str().starts_with(&self.fixture.oauth.sim.base_url));
         let query = authorize(&self.fixture.oauth.http, &begin.location)
             .await
@@ -474,7 +490,7 @@ impl LoginFixture {
         (query, begin.cookie)
     }
 
-    /// How many login attempts are stored.
+    /// How many login attempts (and used-link records) are stored.
     pub async fn attempts_stored(&self) -> usize {
         let table = &self.fixture.tables["LoginAttemptsTable"];
         let scan = self

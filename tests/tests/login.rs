@@ -237,3 +237,61 @@ async fn a_new_login_without_a_refresh_token_drops_the_old_one() {
     assert!(connection.refresh_token.is_none(), "the old refresh token was removed");
     assert_eq!(connection.status, Status::Active);
 }
+
+#[tokio::test]
+async fn a_link_connects_once() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-once").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let link = login.link("acme-8");
+    let (query, cookie) = login.to_callback_via(&service, &link).await;
+    service.finish(&query, Some(&cookie)).await.expect("the first login");
+
+    // The same link again: refused at /connect, before the user logs in.
+    let authorizations = login.fixture.sim().counters().authorize_requests;
+    let e = service.begin(PROVIDER, &link, None).await.unwrap_err();
+    assert!(matches!(e, LoginError::Link(LinkError::Used)), "{e}");
+    assert_eq!(e.status(), 403);
+    assert_eq!(login.fixture.sim().counters().authorize_requests, authorizations);
+
+    // Two tabs opened from one link: the first to come back connects, the
+    // second is refused before its code is exchanged.
+    let link = login.link("acme-9");
+    let (first, first_cookie) = login.to_callback_via(&service, &link).await;
+    let (second, second_cookie) = login.to_callback_via(&service, &link).await;
+    service
+        .finish(&first, Some(&first_cookie))
+        .await
+        .expect("the first tab");
+    let exchanges = login.fixture.sim().counters().code_requests;
+    let e = service.finish(&second, Some(&second_cookie)).await.unwrap_err();
+    assert!(matches!(e, LoginError::Link(LinkError::Used)), "{e}");
+    assert_eq!(
+        login.fixture.sim().counters().code_requests,
+        exchanges,
+        "no code exchanged"
+    );
+    let id = ConnectionId::parse("acme-9").expect("id");
+    assert_eq!(login.fixture.connection(&id).await.token_version, 1);
+}
+
+#[tokio::test]
+async fn a_link_made_before_a_revoke_cannot_undo_it() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-revoked").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let made_before = shared::connection::now_ms() - 1_000;
+    let stale = login.link_made("acme-10", made_before, made_before / 1000 + 600);
+    let (query, cookie) = login.to_callback(&service, "acme-10").await;
+    service.finish(&query, Some(&cookie)).await.expect("login");
+    let id = ConnectionId::parse("acme-10").expect("id");
+    login.fixture.service.revoke(&id).await.expect("revoke");
+
+    let e = service.begin(PROVIDER, &stale, None).await.unwrap_err();
+    assert!(matches!(e, LoginError::Link(LinkError::PredatesRevoke(_))), "{e}");
+    assert_eq!(e.status(), 403);
+    assert_eq!(login.fixture.connection(&id).await.status, Status::Revoked);
+
+    // A link made after the revoke connects it again, same id.
+    let (query, cookie) = login.to_callback(&service, "acme-10").await;
+    service.finish(&query, Some(&cookie)).await.expect("a new login");
+    assert_eq!(login.fixture.connection(&id).await.status, Status::Active);
+}

@@ -2,6 +2,10 @@
 //! (the state itself is never stored). An attempt is consumed with one
 //! conditional write that also checks expiry and the browser binding, so a
 //! replayed, expired or foreign-browser callback changes nothing.
+//!
+//! The same table records which connect links have finished a login (keyed
+//! by the link's id, a hash of its signature, until the link expires), so a
+//! link connects once.
 
 use std::collections::HashMap;
 
@@ -23,6 +27,11 @@ pub struct Attempt {
     pub redirect_uri: String,
     /// The PKCE verifier, sealed for (`login:{state hash}`, `pkce_verifier`).
     pub pkce_verifier: Sealed,
+    /// The connect link that started it ([`crate::login::link_id`]).
+    pub link_id: String,
+    /// When that link was made (epoch ms) and when it expires (epoch s).
+    pub link_issued_at: i64,
+    pub link_expires_at: i64,
     /// Epoch seconds (the table's TTL attribute).
     pub expires_at: i64,
 }
@@ -113,6 +122,9 @@ impl AttemptStore {
                 "pkce_verifier",
                 AttributeValue::B(attempt.pkce_verifier.0.clone().into()),
             )
+            .item("link_id", s(&attempt.link_id))
+            .item("link_issued_at", n(attempt.link_issued_at))
+            .item("link_expires_at", n(attempt.link_expires_at))
             .item("created_at", n(now_ms))
             .item("expires_at", n(attempt.expires_at))
             .condition_expression("attribute_not_exists(state_hash)");
@@ -124,6 +136,46 @@ impl AttemptStore {
             .await
             .map_err(|e| self.fail("PutItem(login attempt)", e))?;
         Ok(())
+    }
+
+    /// Whether the link `link_id` has already finished a login (consistent read).
+    pub async fn link_used(&self, link_id: &str) -> Result<bool, AttemptError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("state_hash", s(link_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.fail("GetItem(connect link)", e))?;
+        Ok(output.item.is_some())
+    }
+
+    /// Marks the link `link_id` as used, once (a conditional write): `false`
+    /// when it already was. The record lives until the link expires, a day
+    /// at least after `now_secs`.
+    pub async fn use_link(&self, link_id: &str, link_expires_at: i64, now_secs: i64) -> Result<bool, AttemptError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("state_hash", s(link_id))
+            .item("used_at", n(now_secs))
+            .item("expires_at", n(link_expires_at.max(now_secs + 86_400)))
+            .condition_expression("attribute_not_exists(state_hash)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.fail("PutItem(connect link)", e)),
+        }
     }
 
     /// Consumes the attempt for `state`, once: only if it exists, is not used,
@@ -192,6 +244,9 @@ fn from_item(item: HashMap<String, AttributeValue>) -> Result<Attempt, AttemptEr
         return_url: text("return_url").ok(),
         redirect_uri: text("redirect_uri")?,
         pkce_verifier,
+        link_id: text("link_id")?,
+        link_issued_at: number(&item, "link_issued_at").ok_or(AttemptError::Malformed("link_issued_at"))?,
+        link_expires_at: number(&item, "link_expires_at").ok_or(AttemptError::Malformed("link_expires_at"))?,
         expires_at: number(&item, "expires_at").ok_or(AttemptError::Malformed("expires_at"))?,
     })
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use url::Url;
 
 use super::attempts::{Attempt, AttemptError, AttemptStore, state_key};
-use super::link::{LinkError, LinkKeys};
+use super::link::{LinkError, LinkKeys, link_id};
 use crate::config::{Config, Provider, UnknownProvider};
 use crate::connection::store::StoreError;
-use crate::connection::{ConnectionId, Sealed, now_ms};
+use crate::connection::{ConnectionId, Sealed, Status, now_ms};
 use crate::crypto::{CryptoError, Pkce, random_token};
 use crate::oauth::{TokenEndpoint, TokenError, TokenSet, authorize_url, excerpt, missing_scopes};
 use crate::refresh::{RefreshError, TokenService};
@@ -161,24 +161,14 @@ impl LoginService {
             .callback_url
             .clone()
             .ok_or(LinkError::NoCallbackUrl)?;
-        // Refused before the user logs in: a connection keeps its provider.
-        if let Some(existing) =
-            self.tokens
-                .store()
-                .get(&claims.connection)
-                .await
-                .map_err(|source| RefreshError::Store {
-                    id: claims.connection.clone(),
-                    source,
-                })?
-            && existing.provider != provider.name
-        {
-            return Err(LoginError::OtherProvider {
-                connection: claims.connection,
-                existing: existing.provider,
-                requested: provider.name.clone(),
-            });
+        // Refused before the user logs in: a used link, another provider's
+        // connection, a connection revoked after the link was made.
+        let link_id = link_id(query).ok_or(LinkError::Missing("sig"))?;
+        if self.attempts.link_used(&link_id).await? {
+            return Err(LinkError::Used.into());
         }
+        self.check_connection(&claims.connection, &provider.name, claims.issued_at)
+            .await?;
         let state = random_token()?;
         let pkce = Pkce::generate()?;
         // One cookie per browser, kept across logins, so two tabs do not break each other.
@@ -198,6 +188,9 @@ impl LoginService {
             return_url: claims.return_url.map(String::from),
             redirect_uri: redirect_uri.to_string(),
             pkce_verifier: Sealed(sealed),
+            link_id,
+            link_issued_at: claims.issued_at,
+            link_expires_at: claims.expires_at,
             expires_at: now / 1000 + ttl,
         };
         self.attempts.put(&state, &cookie, &attempt, now).await?;
@@ -242,6 +235,17 @@ impl LoginService {
         }
         let code = AuthorizationCode::new(query.get("code").ok_or(LoginError::BadCallback("code"))?.clone());
         let provider = self.config.provider(&attempt.provider)?;
+        // Checked again, now that the login is about to count: the connection
+        // may have been revoked meanwhile, and two tabs may race on one link.
+        self.check_connection(&attempt.connection, &provider.name, attempt.link_issued_at)
+            .await?;
+        if !self
+            .attempts
+            .use_link(&attempt.link_id, attempt.link_expires_at, now_ms() / 1000)
+            .await?
+        {
+            return Err(LinkError::Used.into());
+        }
         let verifier = PkceVerifier::new(self.tokens.keys().open(
             &attempt_aad(state),
             "pkce_verifier",
@@ -290,6 +294,39 @@ impl LoginService {
             return_url: attempt.return_url,
             warnings,
         })
+    }
+}
+
+impl LoginService {
+    /// May a login through a link made at `link_issued_at` (epoch ms) store
+    /// tokens in `connection` at `provider`? Not when the connection belongs
+    /// to another provider, nor when it was revoked after the link was made.
+    async fn check_connection(
+        &self,
+        connection: &ConnectionId,
+        provider: &str,
+        link_issued_at: i64,
+    ) -> Result<(), LoginError> {
+        let existing = self
+            .tokens
+            .store()
+            .get(connection)
+            .await
+            .map_err(|source| RefreshError::Store {
+                id: connection.clone(),
+                source,
+            })?;
+        match existing {
+            Some(existing) if existing.provider != provider => Err(LoginError::OtherProvider {
+                connection: connection.clone(),
+                existing: existing.provider,
+                requested: provider.to_owned(),
+            }),
+            Some(existing) if existing.status == Status::Revoked && existing.updated_at >= link_issued_at => {
+                Err(LinkError::PredatesRevoke(connection.clone()).into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -345,6 +382,9 @@ mod tests {
         };
         let printed = format!("{begin:?}");
         assert!(printed.contains("https://login.example/authorize"), "{printed}");
-        assert!(!printed.contains("s3cr3t-state") && !printed.contains("c00kie-value"), "{printed}");
+        assert!(
+            !printed.contains("s3cr3t-state") && !printed.contains("c00kie-value"),
+            "{printed}"
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! using a key ring from Secrets Manager (`service.link_key_secret`, same
 //! `{"current", "keys"}` format as the token keys), so link keys rotate
 //! without breaking links already sent. An unsigned, tampered or expired link
-//! is refused before anything is written.
+//! is refused before anything is written. A link finishes one login (see
+//! [`link_id`]), and one made before its connection was revoked cannot bring
+//! it back (`issued_at`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,9 +30,15 @@ pub struct ConnectClaims {
     pub kind: ConnectionKind,
     /// Where to send the user after the login; must be on the allow-list.
     pub return_url: Option<Url>,
+    /// When the link was made, epoch milliseconds.
+    pub issued_at: i64,
     /// Epoch seconds.
     pub expires_at: i64,
 }
+
+/// How far in the future a link's `issued` may lie (clock skew between the
+/// operator's machine and the function).
+const ISSUED_SKEW_SECS: i64 = 300;
 
 /// Why a connect link was refused. Each is shown to a person as "this link
 /// cannot be used" with the reason; none changes anything.
@@ -50,6 +58,10 @@ pub enum LinkError {
     ReturnUrlNotAllowed(String),
     #[error("a link may live at most {} days", MAX_LINK_LIFETIME.as_secs() / 86_400)]
     TooLong,
+    #[error("this link was already used to connect; ask for a new one")]
+    Used,
+    #[error("this link was made before connection {0} was disconnected; ask for a new one")]
+    PredatesRevoke(ConnectionId),
     #[error("service.callback_url is not set, so there is no address for the link")]
     NoCallbackUrl,
     #[error(transparent)]
@@ -102,6 +114,7 @@ impl LinkKeys {
             if let Some(return_url) = &claims.return_url {
                 query.append_pair("return", return_url.as_str());
             }
+            query.append_pair("issued", &claims.issued_at.to_string());
             query.append_pair("expires", &claims.expires_at.to_string());
             query.append_pair("kid", &self.current);
             query.append_pair("sig", &signature);
@@ -129,6 +142,7 @@ impl LinkKeys {
             Some(text) => Some(Url::parse(text).map_err(|_| LinkError::Malformed("return"))?),
             None => None,
         };
+        let issued_at: i64 = get("issued")?.parse().map_err(|_| LinkError::Malformed("issued"))?;
         let expires_at: i64 = get("expires")?.parse().map_err(|_| LinkError::Malformed("expires"))?;
         let signature = URL_SAFE_NO_PAD
             .decode(get("sig")?)
@@ -139,6 +153,7 @@ impl LinkKeys {
             connection,
             kind,
             return_url,
+            issued_at,
             expires_at,
         };
         hmac::verify(key, message(&claims).as_bytes(), &signature).map_err(|_| LinkError::BadSignature)?;
@@ -150,6 +165,9 @@ impl LinkKeys {
         if expires_at > now_secs.saturating_add(longest + 60) {
             return Err(LinkError::TooLong);
         }
+        if issued_at / 1000 > now_secs.saturating_add(ISSUED_SKEW_SECS) {
+            return Err(LinkError::Malformed("issued"));
+        }
         if let Some(return_url) = &claims.return_url {
             check_return_url(return_url, allow_list)?;
         }
@@ -158,16 +176,25 @@ impl LinkKeys {
 }
 
 /// The signed text. No field can hold a newline (ids and provider names are
-/// restricted, URLs are serialised, the expiry is digits), so it is unambiguous.
+/// restricted, URLs are serialised, times are digits), so it is unambiguous.
 fn message(claims: &ConnectClaims) -> String {
     format!(
-        "oauth-sync connect v1\n{}\n{}\n{}\n{}\n{}",
+        "oauth-sync connect v2\n{}\n{}\n{}\n{}\n{}\n{}",
         claims.provider,
         claims.connection,
         claims.kind.as_str(),
         claims.return_url.as_ref().map_or("", Url::as_str),
+        claims.issued_at,
         claims.expires_at
     )
+}
+
+/// A link's identity for "one login per link": the hash of its signature
+/// (which covers every claim), once the link has been verified.
+pub fn link_id(query: &BTreeMap<String, String>) -> Option<String> {
+    query
+        .get("sig")
+        .map(|sig| crate::crypto::sha256_b64url(format!("link:{sig}").as_bytes()))
 }
 
 /// A return URL is allowed when an allow-list entry has its scheme, host and
@@ -235,6 +262,7 @@ mod tests {
             connection: ConnectionId::parse("acme-1").expect("id"),
             kind: ConnectionKind::Shared,
             return_url: Some(Url::parse("https://app.example.com/integrations/done?x=1").expect("url")),
+            issued_at: 500_000,
             expires_at: 2_000,
         }
     }
@@ -274,6 +302,7 @@ mod tests {
             ("kind", "per_user"),
             ("return", "https://app.example.com/integrations/other"),
             ("expires", "999999"),
+            ("issued", "1"),
             ("sig", "AAAA"),
         ] {
             let mut tampered = query.clone();
@@ -292,6 +321,14 @@ mod tests {
         assert_eq!(
             keys.verify("exact", &query, 2_000, &allow()),
             Err(LinkError::Expired(2_000))
+        );
+        // Signed, but made in the future (beyond the clock-skew allowance).
+        let mut future = claims();
+        future.issued_at = 1_000_000 + 600_000;
+        let url = keys.connect_url(Some(&callback()), &future).expect("link");
+        assert_eq!(
+            keys.verify("exact", &query_of(&url), 1_000, &allow()),
+            Err(LinkError::Malformed("issued"))
         );
         // Signed, but longer-lived than any link `connect_url` makes.
         assert_eq!(

@@ -239,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
         connection: id.clone(),
         kind: ConnectionKind::Shared,
         return_url: None,
+        issued_at: now_ms(),
         expires_at: now_ms() / 1000 + 3600,
     };
     let link = links.connect_url(config.service.callback_url.as_ref(), &claims)?;
