@@ -206,6 +206,7 @@ fn connection_json(c: &shared::connection::Connection) -> Value {
         "lease_owner": c.lease.as_ref().map(|l| l.owner.clone()),
         "created_at": c.created_at,
         "updated_at": c.updated_at,
+        "revoked_at": c.revoked_at,
     })
 }
 

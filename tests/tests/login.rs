@@ -291,7 +291,35 @@ async fn a_link_made_before_a_revoke_cannot_undo_it() {
     assert_eq!(login.fixture.connection(&id).await.status, Status::Revoked);
 
     // A link made after the revoke connects it again, same id.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let (query, cookie) = login.to_callback(&service, "acme-10").await;
     service.finish(&query, Some(&cookie)).await.expect("a new login");
     assert_eq!(login.fixture.connection(&id).await.status, Status::Active);
+
+    // And the stale link stays refused once the connection is active again.
+    let e = service.begin(PROVIDER, &stale, None).await.unwrap_err();
+    assert!(matches!(e, LoginError::Link(LinkError::PredatesRevoke(_))), "{e}");
+}
+
+#[tokio::test]
+async fn a_retried_link_claim_finds_its_own_claim() {
+    // The claim's first write may land with its answer lost; the SDK's retry
+    // then meets the condition and must recognise the claim as its own.
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-claim").await;
+    let attempts = shared::login::attempts::AttemptStore::new(
+        login.fixture.aws.dynamodb.clone(),
+        &login.fixture.tables["LoginAttemptsTable"],
+    );
+    let now = shared::connection::now_ms() / 1000;
+    let link = "link-id-for-the-test";
+    assert!(attempts.use_link(link, "state-a", now + 600, now).await.expect("claim"));
+    assert!(
+        attempts.use_link(link, "state-a", now + 600, now).await.expect("retry"),
+        "our own claim"
+    );
+    assert!(
+        !attempts.use_link(link, "state-b", now + 600, now).await.expect("other"),
+        "another login's claim"
+    );
+    assert!(attempts.link_used(link).await.expect("read"));
 }

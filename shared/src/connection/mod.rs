@@ -173,6 +173,9 @@ pub struct Connection {
     pub api_domain: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// When it was last revoked (epoch ms), kept across later logins: no
+    /// connect link made before it may connect again.
+    pub revoked_at: Option<i64>,
 }
 
 /// When the connection should next be refreshed: `refresh_lead` before the

@@ -566,7 +566,7 @@ impl ConnectionStore {
         let request = self
             .update(id)
             .update_expression(format!(
-                "SET #status = :revoked, token_version = :next, updated_at = :now \
+                "SET #status = :revoked, token_version = :next, updated_at = :now, revoked_at = :now \
                  REMOVE access_token, refresh_token, access_expires_at, due_shard, refresh_due_at, {LEASE_FIELDS}, \
                  status_reason, provider_message, next_attempt_at, outcome_unknown_since"
             ))
@@ -749,6 +749,7 @@ fn from_item(item: HashMap<String, AttributeValue>) -> Result<Connection, StoreE
         api_domain: text("api_domain"),
         created_at: number("created_at")?.unwrap_or_default(),
         updated_at: number("updated_at")?.unwrap_or_default(),
+        revoked_at: number("revoked_at")?,
         id,
     })
 }

@@ -152,28 +152,44 @@ impl AttemptStore {
         Ok(output.item.is_some())
     }
 
-    /// Marks the link `link_id` as used, once (a conditional write): `false`
-    /// when it already was. The record lives until the link expires, a day
-    /// at least after `now_secs`.
-    pub async fn use_link(&self, link_id: &str, link_expires_at: i64, now_secs: i64) -> Result<bool, AttemptError> {
+    /// Marks the link `link_id` as used by the login whose state is `state`,
+    /// once (a conditional write): `false` when another login used it. A
+    /// retried write whose first try landed unseen finds its own claim and
+    /// counts as done. The record lives until the link expires, and a day at
+    /// least after `now_secs`.
+    pub async fn use_link(
+        &self,
+        link_id: &str,
+        state: &str,
+        link_expires_at: i64,
+        now_secs: i64,
+    ) -> Result<bool, AttemptError> {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        let claimed_by = state_key(state);
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
             .item("state_hash", s(link_id))
+            .item("claimed_by", s(&claimed_by))
             .item("used_at", n(now_secs))
             .item("expires_at", n(link_expires_at.max(now_secs + 86_400)))
             .condition_expression("attribute_not_exists(state_hash)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
+            Err(SdkError::ServiceError(service)) => match service.into_err() {
+                PutItemError::ConditionalCheckFailedException(failed) => Ok(failed.item.is_some_and(
+                    |item| matches!(item.get("claimed_by"), Some(AttributeValue::S(by)) if *by == claimed_by),
+                )),
+                other => Err(AttemptError::Dynamo {
+                    operation: "PutItem(connect link)",
+                    table: self.table.clone(),
+                    source: Box::new(aws_sdk_dynamodb::Error::from(other)),
+                }),
+            },
             Err(e) => Err(self.fail("PutItem(connect link)", e)),
         }
     }

@@ -11,7 +11,7 @@ use super::attempts::{Attempt, AttemptError, AttemptStore, state_key};
 use super::link::{LinkError, LinkKeys, link_id};
 use crate::config::{Config, Provider, UnknownProvider};
 use crate::connection::store::StoreError;
-use crate::connection::{ConnectionId, Sealed, Status, now_ms};
+use crate::connection::{ConnectionId, Sealed, now_ms};
 use crate::crypto::{CryptoError, Pkce, random_token};
 use crate::oauth::{TokenEndpoint, TokenError, TokenSet, authorize_url, excerpt, missing_scopes};
 use crate::refresh::{RefreshError, TokenService};
@@ -241,7 +241,7 @@ impl LoginService {
             .await?;
         if !self
             .attempts
-            .use_link(&attempt.link_id, attempt.link_expires_at, now_ms() / 1000)
+            .use_link(&attempt.link_id, state, attempt.link_expires_at, now_ms() / 1000)
             .await?
         {
             return Err(LinkError::Used.into());
@@ -322,7 +322,7 @@ impl LoginService {
                 existing: existing.provider,
                 requested: provider.to_owned(),
             }),
-            Some(existing) if existing.status == Status::Revoked && existing.updated_at >= link_issued_at => {
+            Some(existing) if existing.revoked_at.is_some_and(|revoked| revoked >= link_issued_at) => {
                 Err(LinkError::PredatesRevoke(connection.clone()).into())
             }
             _ => Ok(()),

@@ -1,6 +1,7 @@
 //! Signed connect links (DESIGN invariant 7). A login
 //! starts only from a link the operator made. The link is signed with
-//! HMAC-SHA256 over the provider, connection id, kind, return URL and expiry,
+//! HMAC-SHA256 over the provider, connection id, kind, return URL, issue time
+//! and expiry,
 //! using a key ring from Secrets Manager (`service.link_key_secret`, same
 //! `{"current", "keys"}` format as the token keys), so link keys rotate
 //! without breaking links already sent. An unsigned, tampered or expired link
