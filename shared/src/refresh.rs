@@ -78,6 +78,12 @@ impl RefreshSettings {
     fn lease_ms(&self) -> i64 {
         millis(self.token_timeout + self.commit_budget)
     }
+
+    /// The least time before the deadline in which a send may start: the
+    /// token call's timeout and one commit attempt.
+    fn time_for_a_send(&self) -> Duration {
+        self.token_timeout + MIN_COMMIT
+    }
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -422,7 +428,7 @@ impl TokenService {
     pub async fn refresh_due(self: &Arc<Self>, deadline: Instant, concurrency: usize) -> DueSummary {
         let now = now_ms();
         let start_by = deadline
-            .checked_sub(self.settings.token_timeout + MIN_COMMIT)
+            .checked_sub(self.settings.time_for_a_send())
             .unwrap_or_else(Instant::now);
         let mut summary = DueSummary {
             complete: true,
@@ -589,7 +595,7 @@ impl TokenService {
     /// has at least the timeout and time for one commit attempt left.
     fn lease_until(&self, id: &ConnectionId, now: i64, deadline: Instant) -> Result<i64, RefreshError> {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left < self.settings.token_timeout + MIN_COMMIT {
+        if left < self.settings.time_for_a_send() {
             return Err(RefreshError::Deadline { id: id.clone() });
         }
         Ok(now + self.settings.lease_ms().min(millis(left)))
@@ -652,7 +658,7 @@ impl TokenService {
         // timeout; and never one whose commit would have no time left (what
         // came before the send, e.g. fetching the credentials, took it).
         if lease_until - now_ms() < millis(self.settings.token_timeout)
-            || deadline.saturating_duration_since(Instant::now()) < self.settings.token_timeout + MIN_COMMIT
+            || deadline.saturating_duration_since(Instant::now()) < self.settings.time_for_a_send()
         {
             self.back_off(attempt, "too little time left to send and commit", still_unknown, None)
                 .await?;
