@@ -248,10 +248,9 @@ impl ConnectionStore {
                     requested: login.provider.clone(),
                 });
             }
-            let written = match &existing {
-                None => self.create(login, now).await?,
-                Some(current) => self.replace_tokens(login, current.token_version, now).await?,
-            };
+            let written = self
+                .write_login(login, existing.as_ref().map(|c| c.token_version), now)
+                .await?;
             if let Write::Done = written
                 && let Some(connection) = self.get(&login.id).await?
             {
@@ -264,49 +263,11 @@ impl ConnectionStore {
         })
     }
 
-    async fn create(&self, login: &NewLogin, now: i64) -> Result<Write, StoreError> {
-        self.ops.writes.fetch_add(1, Ordering::Relaxed);
-        let mut request = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("id", s(login.id.as_str()))
-            .item("provider", s(&login.provider))
-            .item("kind", s(login.kind.as_str()))
-            .item("status", s(Status::Active.as_str()))
-            .item("access_token", b(&login.access_token))
-            .item("access_expires_at", n(login.access_expires_at))
-            .item("scopes", s(&login.scopes.join(" ")))
-            .item("token_version", n(1))
-            .item("consecutive_failures", n(0))
-            .item("due_shard", s(&login.id.due_shard()))
-            .item("refresh_due_at", n(login.refresh_due_at))
-            .item("last_refresh_at", n(now))
-            .item("created_at", n(now))
-            .item("updated_at", n(now))
-            .condition_expression("attribute_not_exists(id)");
-        if let Some(refresh) = &login.refresh_token {
-            request = request.item("refresh_token", b(refresh));
-        }
-        for (key, value) in [("instance_url", &login.instance_url), ("api_domain", &login.api_domain)] {
-            if let Some(value) = value {
-                request = request.item(key, s(value));
-            }
-        }
-        match request.send().await {
-            Ok(_) => Ok(Write::Done),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Write::Conflict(None))
-            }
-            Err(e) => Err(self.fail("PutItem", e)),
-        }
-    }
-
-    async fn replace_tokens(&self, login: &NewLogin, seen: u64, now: i64) -> Result<Write, StoreError> {
+    /// One conditional UpdateItem for both cases: `seen` is the version of the
+    /// existing connection (same provider), or `None` to create it at version 1.
+    async fn write_login(&self, login: &NewLogin, seen: Option<u64>, now: i64) -> Result<Write, StoreError> {
         let mut set = vec![
+            "provider = :provider",
             "kind = :kind",
             "#status = :active",
             "access_token = :access",
@@ -318,6 +279,7 @@ impl ConnectionStore {
             "refresh_due_at = :due",
             "last_refresh_at = :now",
             "updated_at = :now",
+            "created_at = if_not_exists(created_at, :now)",
         ];
         let mut remove = vec![
             "status_reason",
@@ -337,8 +299,7 @@ impl ConnectionStore {
             .expression_attribute_values(":access", b(&login.access_token))
             .expression_attribute_values(":expires", n(login.access_expires_at))
             .expression_attribute_values(":scopes", s(&login.scopes.join(" ")))
-            .expression_attribute_values(":seen", n(seen))
-            .expression_attribute_values(":next", n(seen + 1))
+            .expression_attribute_values(":next", n(seen.unwrap_or(0) + 1))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":shard", s(&login.id.due_shard()))
             .expression_attribute_values(":due", n(login.refresh_due_at))
@@ -366,14 +327,15 @@ impl ConnectionStore {
                 None => remove.push(key),
             }
         }
+        request = match seen {
+            None => request.condition_expression("attribute_not_exists(id)"),
+            Some(seen) => request
+                .condition_expression("token_version = :seen AND provider = :provider")
+                .expression_attribute_values(":seen", n(seen)),
+        };
         let update = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
-        self.conditional_update(
-            "UpdateItem(login)",
-            request
-                .update_expression(update)
-                .condition_expression("token_version = :seen AND provider = :provider"),
-        )
-        .await
+        self.conditional_update("UpdateItem(login)", request.update_expression(update))
+            .await
     }
 
     /// Takes the refresh lease, if the version is still `seen` and nobody holds
