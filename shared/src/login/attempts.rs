@@ -99,10 +99,14 @@ impl AttemptStore {
     where
         aws_sdk_dynamodb::Error: From<SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
     {
+        self.dynamo(operation, error.into())
+    }
+
+    fn dynamo(&self, operation: &'static str, source: aws_sdk_dynamodb::Error) -> AttemptError {
         AttemptError::Dynamo {
             operation,
             table: self.table.clone(),
-            source: Box::new(error.into()),
+            source: Box::new(source),
         }
     }
 
@@ -184,11 +188,7 @@ impl AttemptStore {
                 PutItemError::ConditionalCheckFailedException(failed) => Ok(failed.item.is_some_and(
                     |item| matches!(item.get("claimed_by"), Some(AttributeValue::S(by)) if *by == claimed_by),
                 )),
-                other => Err(AttemptError::Dynamo {
-                    operation: "PutItem(connect link)",
-                    table: self.table.clone(),
-                    source: Box::new(aws_sdk_dynamodb::Error::from(other)),
-                }),
+                other => Err(self.dynamo("PutItem(connect link)", other.into())),
             },
             Err(e) => Err(self.fail("PutItem(connect link)", e)),
         }
@@ -220,11 +220,7 @@ impl AttemptStore {
                     Some(item) if number(&item, "expires_at").is_none_or(|e| e <= now_secs) => AttemptError::Expired,
                     Some(_) => AttemptError::OtherBrowser,
                 }),
-                other => Err(AttemptError::Dynamo {
-                    operation: "UpdateItem(consume login attempt)",
-                    table: self.table.clone(),
-                    source: Box::new(aws_sdk_dynamodb::Error::from(other)),
-                }),
+                other => Err(self.dynamo("UpdateItem(consume login attempt)", other.into())),
             },
             Err(e) => Err(self.fail("UpdateItem(consume login attempt)", e)),
         }
