@@ -10,6 +10,7 @@
 //! - [`secrets`]: Secrets Manager
 //! - [`crypto`]: randomness, hashing, PKCE, the token key ring
 //! - [`login`]: the login flow: signed connect links
+//! - [`sync`]: the sync engine: jobs, pages, rate limits, records
 //! - [`doctor`]: set-up checks with the fix named
 //! - [`aws`]: AWS clients from the standard environment
 //! - [`telemetry`]: logging for CloudWatch
@@ -26,4 +27,5 @@ pub mod refresh;
 pub mod runtime;
 pub mod secret;
 pub mod secrets;
+pub mod sync;
 pub mod telemetry;

@@ -297,6 +297,10 @@ impl TokenService {
         tokens: &TokenSet,
     ) -> Result<Connection, RefreshError> {
         let settings = &self.config.provider(provider)?.settings;
+        let (params, param_error) = crate::sync::discover(&self.http, settings, &tokens.access_token).await;
+        if let Some(error) = &param_error {
+            warn!(connection = %id, provider, error, "a connection parameter could not be learned; the connection will not be synced");
+        }
         let seal = |field: &str, value: &str| self.seal(id, field, value);
         let now = now_ms();
         let expires_at = expiry(now, tokens.expires_in);
@@ -315,6 +319,8 @@ impl TokenService {
             refresh_due_at: refresh_due_at(settings, expires_at, Some(now)),
             instance_url: tokens.instance_url.clone(),
             api_domain: tokens.api_domain.clone(),
+            params,
+            param_error,
         };
         let saved = self
             .store

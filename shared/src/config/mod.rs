@@ -14,11 +14,13 @@
 //! [syncs.projects]
 //! provider = "exact"
 //! endpoint = "/sync/Project/Projects"
+//! query = { "$select" = "ID,Code,Description,Timestamp" }
 //! mode = "incremental"
 //! cursor_field = "Timestamp"
 //! ```
 
 mod provider;
+mod sync;
 mod template;
 
 use std::collections::BTreeMap;
@@ -31,9 +33,11 @@ use url::Url;
 
 use provider::ProviderEntry;
 pub use provider::{
-    ClientAuth, DeadTokenRule, PRESETS_TOML, Pagination, PresetName, ProviderSettings, RateLimitHeaders, ResetFormat,
-    provider_message,
+    ClientAuth, DeadTokenRule, DeletedFeed, Discovery, IncrementalFilter, PRESETS_TOML, Pagination, PresetName,
+    ProviderSettings, RateLimitHeaders, ResetFormat, provider_message,
 };
+use sync::SyncEntry;
+pub use sync::{Sync, SyncMode};
 pub use template::{CONNECTION_PLACEHOLDERS, TemplateError, fill_template};
 
 /// The environment variable naming the configuration file.
@@ -99,43 +103,6 @@ pub struct Provider {
     pub revocation_url: Option<Url>,
 }
 
-/// How a sync pulls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// Only what changed since the stored cursor.
-    Incremental,
-    /// Everything, every run; records not seen in a complete run are marked deleted.
-    Full,
-}
-
-/// One configured sync (`[syncs.NAME]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Sync {
-    #[serde(skip)]
-    pub name: String,
-    /// The provider (a key of `[providers]`) whose connections this sync pulls.
-    pub provider: String,
-    /// Path under the provider's `api_base_url`, or a full URL.
-    pub endpoint: String,
-    #[serde(default = "default_mode")]
-    pub mode: SyncMode,
-    /// The record field that orders changes (required for `incremental`).
-    pub cursor_field: Option<String>,
-    /// Seconds between runs.
-    #[serde(default = "default_interval")]
-    pub interval_secs: u64,
-}
-
-fn default_mode() -> SyncMode {
-    SyncMode::Full
-}
-
-fn default_interval() -> u64 {
-    3600
-}
-
 /// A configuration mistake, located.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -169,7 +136,7 @@ struct RawConfig {
     #[serde(default)]
     providers: BTreeMap<String, toml::Spanned<ProviderEntry>>,
     #[serde(default)]
-    syncs: BTreeMap<String, toml::Spanned<Sync>>,
+    syncs: BTreeMap<String, toml::Spanned<SyncEntry>>,
 }
 
 impl Config {
@@ -216,9 +183,7 @@ impl Config {
         let mut syncs = BTreeMap::new();
         for (name, entry) in raw.syncs {
             let span = entry.span();
-            let mut sync = entry.into_inner();
-            sync.name = name.clone();
-            validate_sync(&sync, &providers)
+            let sync = sync::resolve(&name, entry.into_inner(), &providers)
                 .map_err(|(key, message)| locate.field_error(span, &format!("syncs.{name}"), key, &message))?;
             syncs.insert(name, sync);
         }
@@ -380,6 +345,13 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
             .fold(sample, |s, p| s.replace(&format!("{{{p}}}"), "x"));
         parse_http_url(&sample).map_err(|e| ("api_base_url", e))?;
     }
+    for (param, discovery) in &settings.discover {
+        let url = fill_template(&discovery.url, &settings.params, &[]).map_err(|e| ("discover", e.to_string()))?;
+        parse_http_url(&url).map_err(|e| ("discover", format!("{param}: {e}")))?;
+        if discovery.field.is_empty() {
+            return Err(("discover", format!("{param}: `field` must name where the value is")));
+        }
+    }
     if let Some(reserved) = settings
         .authorize_params
         .keys()
@@ -438,7 +410,11 @@ fn check_params_are_used<'a>(
         settings.revocation_url.as_ref(),
         settings.api_base_url.as_ref(),
     ];
-    let used = |key: &str| templates.iter().flatten().any(|t| t.contains(&format!("{{{key}}}")));
+    let used = |key: &str| {
+        let placeholder = format!("{{{key}}}");
+        templates.iter().flatten().any(|t| t.contains(&placeholder))
+            || settings.discover.values().any(|d| d.url.contains(&placeholder))
+    };
     match user_keys.find(|key| !used(key)) {
         None => Ok(()),
         Some(unused) => {
@@ -460,50 +436,6 @@ fn check_params_are_used<'a>(
             ))
         }
     }
-}
-
-fn validate_sync(sync: &Sync, providers: &BTreeMap<String, Provider>) -> Result<(), FieldProblem> {
-    let provider = providers.get(&sync.provider).ok_or_else(|| {
-        let known = providers.keys().cloned().collect::<Vec<_>>().join(", ");
-        (
-            "provider",
-            format!("unknown provider `{}` (configured: {known})", sync.provider),
-        )
-    })?;
-    if sync.endpoint.trim().is_empty() {
-        return Err(("endpoint", "must not be empty".to_owned()));
-    }
-    if !sync.endpoint.starts_with('/')
-        && !sync.endpoint.starts_with("https://")
-        && !sync.endpoint.starts_with("http://")
-    {
-        return Err((
-            "endpoint",
-            format!(
-                "`{}` must start with `/` (under api_base_url) or be a full http(s) URL",
-                sync.endpoint
-            ),
-        ));
-    }
-    if sync.endpoint.starts_with('/') && provider.settings.api_base_url.is_none() {
-        return Err((
-            "endpoint",
-            format!(
-                "provider `{}` has no `api_base_url`, so the endpoint must be a full URL",
-                provider.name
-            ),
-        ));
-    }
-    if sync.mode == SyncMode::Incremental && sync.cursor_field.is_none() {
-        return Err(("cursor_field", "an incremental sync needs `cursor_field`".to_owned()));
-    }
-    if sync.interval_secs < 60 {
-        return Err((
-            "interval_secs",
-            format!("{} is below the minimum of 60", sync.interval_secs),
-        ));
-    }
-    Ok(())
 }
 
 /// Parses an absolute http(s) URL, with a message fit for a person.

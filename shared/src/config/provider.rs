@@ -96,14 +96,55 @@ pub enum ResetFormat {
     DeltaSecs,
 }
 
-/// The headers that tell how much of the rate limit is left, so a sync slows
-/// down before the 429 instead of after it. `Retry-After` is always honoured.
+/// The headers of one rate-limit window (per minute, per day…) that tell how
+/// much of it is left, so a sync slows down before the 429 instead of after
+/// it. `Retry-After` is always honoured as well.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitHeaders {
     pub remaining_header: String,
     pub reset_header: Option<String>,
     pub reset_format: Option<ResetFormat>,
+}
+
+/// How an incremental sync asks for what changed since its cursor: a query
+/// parameter whose value is `filter` with `{field}` and `{cursor}` filled in
+/// (Exact Online: `$filter` = `{field} gt {cursor}L`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementalFilter {
+    pub param: String,
+    pub filter: String,
+    /// The cursor of a first run (Exact Online: `1`); without it a first run
+    /// sends no filter.
+    pub initial: Option<String>,
+}
+
+/// A provider's feed of deleted records (Exact Online `sync/Deleted`): paged
+/// like the data, filtered by entity type, ordered by its own cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletedFeed {
+    /// Path under `api_base_url`.
+    pub endpoint: String,
+    /// The field holding the deleted record's primary key.
+    pub key_field: String,
+    /// The field naming the entity type, filtered on with `{type_field} eq {n}`.
+    pub type_field: String,
+    /// The field that orders the feed (its cursor).
+    pub cursor_field: String,
+}
+
+/// A connection parameter learned at login by one API call with the new
+/// access token (Exact Online's division from `current/Me`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// The URL to call (`{name}` placeholders from `params`).
+    pub url: String,
+    /// Dotted path of the value in the JSON answer; numbers index arrays
+    /// (`d.results.0.CurrentDivision`).
+    pub field: String,
 }
 
 /// Combining a preset value with a user's override: lists and scalars are
@@ -132,10 +173,12 @@ replace_on_merge!(
     Option<String>,
     Option<u64>,
     Option<Pagination>,
-    Option<RateLimitHeaders>,
+    Vec<RateLimitHeaders>,
+    Option<IncrementalFilter>,
+    Option<DeletedFeed>,
 );
 
-impl Merge for BTreeMap<String, String> {
+impl<V> Merge for BTreeMap<String, V> {
     fn merge_from(&mut self, other: Self) {
         self.extend(other);
     }
@@ -240,8 +283,22 @@ provider_fields! {
     api_base_url: Option<String> = None;
     /// How the data API pages.
     pagination: Option<Pagination> = None;
-    /// Rate-limit headers of the data API.
-    rate_limit: Option<RateLimitHeaders> = None;
+    /// Rate-limit windows of the data API and their headers.
+    rate_limits: Vec<RateLimitHeaders> = Vec::new();
+    /// Error answers (4xx other than 429) a key may get per hour before the
+    /// provider blocks it (Exact Online: 10); a sync stops before that.
+    error_budget_per_hour: Option<u64> = None;
+    /// Dotted path of the record array in a page, when the pagination style
+    /// does not imply one (a sync's `records` overrides it).
+    records_path: Option<String> = None;
+    /// The primary key field(s) of a record (a sync's `primary_key` overrides it).
+    record_key: Vec<String> = Vec::new();
+    /// How an incremental sync filters on its cursor.
+    incremental: Option<IncrementalFilter> = None;
+    /// The provider's feed of deleted records, when it has one.
+    deleted_feed: Option<DeletedFeed> = None;
+    /// Connection parameters learned at login (`division`).
+    discover: BTreeMap<String, Discovery> = BTreeMap::new();
 }
 
 /// The built-in presets.

@@ -52,8 +52,8 @@ fn preset_facts() {
     assert_eq!(exact.refresh_token_idle_secs, Some(30 * 86_400));
     assert!(exact.redirect_requires_https);
     assert_eq!(
-        exact.rate_limit.as_ref().map(|r| r.reset_format),
-        Some(Some(ResetFormat::EpochMs))
+        exact.rate_limits.iter().map(|r| r.reset_format).collect::<Vec<_>>(),
+        [Some(ResetFormat::EpochMs); 2]
     );
     assert_eq!(exact.pagination, Some(Pagination::OdataV2));
 

@@ -171,11 +171,31 @@ pub struct Connection {
     pub refresh_due_at: Option<i64>,
     pub instance_url: Option<String>,
     pub api_domain: Option<String>,
+    /// Parameters learned at login for the data API's URLs (Exact Online's
+    /// `division`), see [`crate::config::Discovery`].
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Why a parameter could not be learned at login; the connection is not
+    /// synced until a new login learns it.
+    pub param_error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     /// When it was last revoked (epoch ms), kept across later logins: no
     /// connect link made before it may connect again.
     pub revoked_at: Option<i64>,
+}
+
+impl Connection {
+    /// Every value a URL template may name for this connection: the learned
+    /// parameters, and `instance_url` / `api_domain` from the token response.
+    pub fn url_params(&self) -> std::collections::BTreeMap<String, String> {
+        let mut params = self.params.clone();
+        for (key, value) in [("instance_url", &self.instance_url), ("api_domain", &self.api_domain)] {
+            if let Some(value) = value {
+                params.insert(key.to_owned(), value.trim_end_matches('/').to_owned());
+            }
+        }
+        params
+    }
 }
 
 /// When the connection should next be refreshed: `refresh_lead` before the

@@ -50,6 +50,13 @@ pub enum StoreError {
     Malformed { id: String, reason: String },
     #[error("DynamoDB {operation} did not answer in the time left")]
     TimedOut { operation: &'static str },
+    /// A batch kept coming back with unprocessed items (throttling).
+    #[error("DynamoDB {operation} on table {table} left items unprocessed after {attempts} attempts")]
+    Unprocessed {
+        operation: &'static str,
+        table: String,
+        attempts: u32,
+    },
     /// A connection belongs to one provider for life: its refresh token must
     /// never be sent to another provider's token endpoint.
     #[error(
@@ -66,7 +73,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Dynamo { transient: true, .. } | StoreError::TimedOut { .. }
+            StoreError::Dynamo { transient: true, .. } | StoreError::TimedOut { .. } | StoreError::Unprocessed { .. }
         )
     }
 }
@@ -106,6 +113,10 @@ pub struct NewLogin {
     pub refresh_due_at: i64,
     pub instance_url: Option<String>,
     pub api_domain: Option<String>,
+    /// Parameters learned at login (replacing the old ones).
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Why a parameter could not be learned.
+    pub param_error: Option<String>,
 }
 
 /// A refreshed token set, sealed, for [`ConnectionStore::commit`].
@@ -135,11 +146,11 @@ pub struct ConnectionStore {
 
 const LEASE_FIELDS: &str = "lease_owner, lease_until, lease_taken_at";
 
-fn s(value: &str) -> AttributeValue {
+pub(crate) fn s(value: &str) -> AttributeValue {
     AttributeValue::S(value.to_owned())
 }
 
-fn n(value: impl ToString) -> AttributeValue {
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
@@ -152,6 +163,43 @@ fn is_transient<E>(error: &SdkError<E, aws_sdk_dynamodb::config::http::HttpRespo
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
         SdkError::ServiceError(service) => service.raw().status().is_server_error(),
         _ => false,
+    }
+}
+
+/// An SDK error of `operation` on `table`, classified (see [`dynamo_error`]).
+pub(crate) fn sdk_failure<E>(
+    operation: &'static str,
+    table: &str,
+    error: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> StoreError
+where
+    aws_sdk_dynamodb::Error: From<SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
+{
+    let transient = is_transient(&error);
+    dynamo_error(operation, table, aws_sdk_dynamodb::Error::from(error), transient)
+}
+
+/// A DynamoDB error, transient when the transport said so (a timeout, a
+/// dropped connection, an HTTP 5xx) or DynamoDB throttled or failed internally.
+pub(crate) fn dynamo_error(
+    operation: &'static str,
+    table: &str,
+    source: aws_sdk_dynamodb::Error,
+    transport_transient: bool,
+) -> StoreError {
+    let transient = transport_transient
+        || matches!(
+            source,
+            aws_sdk_dynamodb::Error::ProvisionedThroughputExceededException(_)
+                | aws_sdk_dynamodb::Error::RequestLimitExceeded(_)
+                | aws_sdk_dynamodb::Error::InternalServerError(_)
+                | aws_sdk_dynamodb::Error::ThrottlingException(_)
+        );
+    StoreError::Dynamo {
+        operation,
+        table: table.to_owned(),
+        transient,
+        source: Box::new(source),
     }
 }
 
@@ -180,32 +228,16 @@ impl ConnectionStore {
     where
         aws_sdk_dynamodb::Error: From<SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
     {
-        let transient = is_transient(&error);
-        self.dynamo_error(operation, aws_sdk_dynamodb::Error::from(error), transient)
+        sdk_failure(operation, &self.table, error)
     }
 
-    /// A DynamoDB error, transient when the transport said so (a timeout, a
-    /// dropped connection, an HTTP 5xx) or DynamoDB throttled or failed internally.
     fn dynamo_error(
         &self,
         operation: &'static str,
         source: aws_sdk_dynamodb::Error,
         transport_transient: bool,
     ) -> StoreError {
-        let transient = transport_transient
-            || matches!(
-                source,
-                aws_sdk_dynamodb::Error::ProvisionedThroughputExceededException(_)
-                    | aws_sdk_dynamodb::Error::RequestLimitExceeded(_)
-                    | aws_sdk_dynamodb::Error::InternalServerError(_)
-                    | aws_sdk_dynamodb::Error::ThrottlingException(_)
-            );
-        StoreError::Dynamo {
-            operation,
-            table: self.table.clone(),
-            transient,
-            source: Box::new(source),
-        }
+        dynamo_error(operation, &self.table, source, transport_transient)
     }
 
     /// An `UpdateItem` on the connection `id`, to be given its expressions.
@@ -326,6 +358,20 @@ impl ConnectionStore {
                 }
                 None => remove.push(key),
             }
+        }
+        if login.params.is_empty() {
+            remove.push("params");
+        } else {
+            set.push("params = :params");
+            let map = login.params.iter().map(|(k, v)| (k.clone(), s(v))).collect();
+            request = request.expression_attribute_values(":params", AttributeValue::M(map));
+        }
+        match &login.param_error {
+            Some(error) => {
+                set.push("param_error = :param_error");
+                request = request.expression_attribute_values(":param_error", s(error));
+            }
+            None => remove.push("param_error"),
         }
         request = match seen {
             None => request.condition_expression("attribute_not_exists(id)"),
@@ -709,6 +755,17 @@ fn from_item(item: HashMap<String, AttributeValue>) -> Result<Connection, StoreE
         refresh_due_at: number("refresh_due_at")?,
         instance_url: text("instance_url"),
         api_domain: text("api_domain"),
+        params: match item.get("params") {
+            Some(AttributeValue::M(map)) => map
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    AttributeValue::S(v) => Some((k.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect(),
+            _ => std::collections::BTreeMap::new(),
+        },
+        param_error: text("param_error"),
         created_at: number("created_at")?.unwrap_or_default(),
         updated_at: number("updated_at")?.unwrap_or_default(),
         revoked_at: number("revoked_at")?,

@@ -1,0 +1,942 @@
+//! One run of one job, and the scheduled run over every due job.
+//!
+//! A run, like a refresh, is a lease and a checkpoint:
+//!
+//! 1. Claim the job's run lease (conditional write; the lease lasts past the
+//!    invocation's deadline, so a takeover can only follow a dead run).
+//! 2. Per page: gate on the rate budget → access token from the refresh
+//!    protocol → fetch (retries bounded, with jittered backoff; one
+//!    `refresh_now` after a 401) → read the stored hashes of the page's keys
+//!    → write only new or changed records → save the checkpoint (conditional
+//!    on the lease owner). Never the checkpoint before the writes.
+//! 3. At the end of a pass: the cursor moves to the highest value seen (an
+//!    incremental pass resumes from its next-page link, never from a cursor
+//!    value that records still to come may share); a complete sweep marks
+//!    what it did not see as deleted; the deleted-records feed follows.
+//! 4. Near the deadline, or when the rate budget says wait longer than the
+//!    run may, save the place and yield: the next invocation resumes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tracing::{info, warn};
+use url::Url;
+
+use super::jobs::{Checkpoint, Job, JobStore, Next, Phase, RunCounts, RunRecord, RunState, job_id};
+use super::pages::{Page, PageError, first_page, parse_page, set_param};
+use super::rate::Gate;
+use super::records::{Change, Incoming, MAX_ITEM_BYTES, RecordStore, content_hash};
+use super::{compare_cursors, scalar_text, value_at};
+use crate::config::{Config, Provider, Sync, SyncMode, fill_template};
+use crate::connection::store::StoreError;
+use crate::connection::{ConnectionId, DUE_SHARDS, Status, now_ms};
+use crate::oauth::excerpt;
+use crate::refresh::{RefreshError, TokenService, jitter};
+use crate::telemetry::error_chain;
+
+/// Timing and bounds of the engine.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// One page request's timeout.
+    pub page_timeout: Duration,
+    /// Attempts at one page after a 5xx, a timeout or a broken body.
+    pub page_attempts: u32,
+    /// 429 answers one page may get before the run yields.
+    pub max_throttled: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// The longest in-run wait for a rate-limit window; a longer one yields.
+    pub max_wait: Duration,
+    /// How long the run lease outlives the invocation's deadline.
+    pub lease_margin: Duration,
+    /// Time kept before the deadline for the last writes and the checkpoint.
+    pub commit_margin: Duration,
+    /// Jobs run at once by [`SyncEngine::run_due`].
+    pub concurrency: usize,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            page_timeout: Duration::from_secs(30),
+            page_attempts: 4,
+            max_throttled: 10,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            max_wait: Duration::from_secs(70),
+            lease_margin: Duration::from_secs(60),
+            commit_margin: Duration::from_secs(5),
+            concurrency: 4,
+        }
+    }
+}
+
+/// Why a run could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("unknown sync `{0}`")]
+    UnknownSync(String),
+    #[error("job {0}: {1}")]
+    Store(String, #[source] StoreError),
+    #[error("job {0} is running elsewhere (its lease is held)")]
+    Busy(String),
+    #[error("job {0} does not exist; it is created at login (or by `oauth-sync sync run`)")]
+    NoJob(String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "end", content = "detail", rename_all = "snake_case")]
+pub enum RunEnd {
+    /// Every page read; the next run is scheduled.
+    Finished,
+    /// Saved its place to go on at `until` (epoch ms): the deadline, a rate limit.
+    Yielded { until: i64, reason: String },
+    /// Out of the schedule until a new login: the connection cannot be synced.
+    Parked(String),
+    /// A page kept failing; the checkpoint stays where it was.
+    Failed(String),
+    /// Another holder took the lease; nothing more was written.
+    LostLease,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunReport {
+    pub job: String,
+    pub end: RunEnd,
+    pub counts: RunCounts,
+}
+
+/// What [`SyncEngine::run_due`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DueRuns {
+    pub due: u64,
+    pub finished: u64,
+    pub yielded: u64,
+    pub parked: u64,
+    pub failed: u64,
+    /// Claimed by another invocation first.
+    pub busy: u64,
+    /// Found due, not started: too little of the invocation was left.
+    pub left_for_next_run: u64,
+    /// Index shards whose query failed (each logged).
+    pub shards_failed: u64,
+}
+
+/// A page, fetched and read.
+struct Fetched {
+    page: Page,
+}
+
+/// Why fetching a page stopped the run.
+enum Stop {
+    Yield { until: i64, why: String },
+    Park(String),
+    Fail(String),
+}
+
+/// The sync engine: built once per process.
+#[derive(Debug)]
+pub struct SyncEngine {
+    config: Arc<Config>,
+    tokens: Arc<TokenService>,
+    jobs: JobStore,
+    records: RecordStore,
+    http: reqwest::Client,
+    settings: SyncSettings,
+    worker: String,
+}
+
+/// Something the run knows for its whole length.
+struct Context<'a> {
+    job: String,
+    connection: &'a ConnectionId,
+    sync: &'a Sync,
+    provider: &'a Provider,
+    params: BTreeMap<String, String>,
+    pk: String,
+    deadline: Instant,
+}
+
+impl SyncEngine {
+    pub fn new(
+        config: Arc<Config>,
+        tokens: Arc<TokenService>,
+        jobs: JobStore,
+        records: RecordStore,
+        settings: SyncSettings,
+    ) -> Result<SyncEngine, reqwest::Error> {
+        let http = crate::oauth::http_client(settings.page_timeout)?;
+        Ok(SyncEngine {
+            config,
+            tokens,
+            jobs,
+            records,
+            http,
+            settings,
+            worker: format!("sync-{:08x}", fastrand::u32(..)),
+        })
+    }
+
+    pub fn jobs(&self) -> &JobStore {
+        &self.jobs
+    }
+
+    pub fn records(&self) -> &RecordStore {
+        &self.records
+    }
+
+    /// Schedules every configured sync of the connection's provider (at login).
+    pub async fn schedule_connection(&self, connection: &ConnectionId, provider: &str) -> Result<(), SyncError> {
+        for sync in self.config.syncs.values().filter(|s| s.provider == provider) {
+            self.jobs
+                .schedule(connection, &sync.name)
+                .await
+                .map_err(|e| SyncError::Store(job_id(connection, &sync.name), e))?;
+        }
+        Ok(())
+    }
+
+    /// Runs every due job, `concurrency` at a time, until `deadline`.
+    pub async fn run_due(self: &Arc<Self>, deadline: Instant) -> DueRuns {
+        let mut summary = DueRuns::default();
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let start_by = deadline
+            .checked_sub(self.settings.page_timeout + self.settings.commit_margin)
+            .unwrap_or_else(Instant::now);
+        for shard in 0..DUE_SHARDS {
+            let mut start = None;
+            loop {
+                let page = match self.jobs.due(shard, now_ms(), 100, start).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        warn!(shard, error = %error_chain(&e), "the sync-due index could not be read");
+                        summary.shards_failed += 1;
+                        break;
+                    }
+                };
+                for id in page.ids {
+                    summary.due += 1;
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        break;
+                    };
+                    if Instant::now() >= start_by {
+                        summary.left_for_next_run += 1;
+                        continue;
+                    }
+                    let engine = self.clone();
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        engine.run_id(&id, deadline, false).await
+                    });
+                }
+                start = page.next;
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(Ok(report)) => match report.end {
+                    RunEnd::Finished => summary.finished += 1,
+                    RunEnd::Yielded { .. } => summary.yielded += 1,
+                    RunEnd::Parked(_) => summary.parked += 1,
+                    RunEnd::Failed(_) => summary.failed += 1,
+                    RunEnd::LostLease => summary.busy += 1,
+                },
+                Ok(Err(SyncError::Busy(_))) => summary.busy += 1,
+                Ok(Err(e)) => {
+                    warn!(error = %error_chain(&e), "sync run failed");
+                    summary.failed += 1;
+                }
+                Err(e) => {
+                    warn!(error = %e, "sync task failed");
+                    summary.failed += 1;
+                }
+            }
+        }
+        summary
+    }
+
+    /// Runs one job now (the CLI), creating it when the connection has none;
+    /// `on_page` sees the counts after every committed page.
+    pub async fn run_now(
+        &self,
+        connection: &ConnectionId,
+        sync: &str,
+        deadline: Instant,
+        on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
+    ) -> Result<RunReport, SyncError> {
+        if !self.config.syncs.contains_key(sync) {
+            return Err(SyncError::UnknownSync(sync.to_owned()));
+        }
+        let id = job_id(connection, sync);
+        self.jobs
+            .schedule(connection, sync)
+            .await
+            .map_err(|e| SyncError::Store(id.clone(), e))?;
+        self.run(&id, deadline, true, on_page).await
+    }
+
+    async fn run_id(&self, id: &str, deadline: Instant, force: bool) -> Result<RunReport, SyncError> {
+        self.run(id, deadline, force, &|_| {}).await
+    }
+
+    /// Claims the job and runs it until it finishes, yields or fails.
+    async fn run(
+        &self,
+        id: &str,
+        deadline: Instant,
+        force: bool,
+        on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
+    ) -> Result<RunReport, SyncError> {
+        let store_error = |e| SyncError::Store(id.to_owned(), e);
+        let until = now_ms() + millis(deadline.saturating_duration_since(Instant::now()) + self.settings.lease_margin);
+        let Some(job) = self.jobs.claim(id, &self.worker, until, force).await.map_err(store_error)? else {
+            return match self.jobs.get(id).await.map_err(store_error)? {
+                None => Err(SyncError::NoJob(id.to_owned())),
+                Some(_) => Err(SyncError::Busy(id.to_owned())),
+            };
+        };
+        let mut checkpoint = job.checkpoint.clone();
+        let (end, counts) = self.run_claimed(&job, &mut checkpoint, deadline, on_page).await;
+        let now = now_ms();
+        let sync = self.config.syncs.get(&job.sync);
+        let interval = sync.map_or(3_600_000, |s| i64::try_from(s.interval_secs).unwrap_or(3600) * 1000);
+        let run = checkpoint.run.clone();
+        let record = |status: &str, error: Option<String>| RunRecord {
+            run_id: run.as_ref().map(|r| r.run_id.clone()).unwrap_or_default(),
+            status: status.to_owned(),
+            started_at: run.as_ref().map_or(now, |r| r.started_at),
+            finished_at: now,
+            counts: counts.clone(),
+            error,
+        };
+        let (next, last_run) = match &end {
+            RunEnd::Finished => {
+                checkpoint.run = None;
+                (Next::At(now + interval), Some(record("finished", None)))
+            }
+            RunEnd::Yielded { until, .. } => (Next::At((*until).max(now)), None),
+            RunEnd::Parked(why) => (Next::Parked(why.clone()), Some(record("parked", Some(why.clone())))),
+            RunEnd::Failed(why) => {
+                // Keep the place; the next run resumes from it with fresh counts.
+                if let Some(run) = checkpoint.run.as_mut() {
+                    run.counts = RunCounts::default();
+                }
+                (Next::At(now + interval.min(900_000)), Some(record("failed", Some(why.clone()))))
+            }
+            RunEnd::LostLease => {
+                return Ok(RunReport {
+                    job: id.to_owned(),
+                    end,
+                    counts,
+                });
+            }
+        };
+        let released = self
+            .jobs
+            .release(id, &self.worker, &checkpoint, next, last_run.as_ref())
+            .await
+            .map_err(store_error)?;
+        if !released {
+            return Ok(RunReport {
+                job: id.to_owned(),
+                end: RunEnd::LostLease,
+                counts,
+            });
+        }
+        if let Some(run) = &last_run
+            && let Err(e) = self.jobs.record_run(id, run).await
+        {
+            warn!(job = id, error = %error_chain(&e), "the run history item could not be written");
+        }
+        info!(job = id, end = ?end, pages = counts.pages, fetched = counts.fetched, inserted = counts.inserted,
+              updated = counts.updated, unchanged = counts.unchanged, deleted = counts.deleted,
+              rejected = counts.rejected, requests = counts.requests, throttled = counts.throttled,
+              rate_limit_waits = counts.rate_limit_waits, "sync run ended");
+        Ok(RunReport {
+            job: id.to_owned(),
+            end,
+            counts,
+        })
+    }
+
+    /// The run itself, with the lease held. Returns how it ended and the
+    /// counts of this invocation's part of it.
+    async fn run_claimed(
+        &self,
+        job: &Job,
+        checkpoint: &mut Checkpoint,
+        deadline: Instant,
+        on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
+    ) -> (RunEnd, RunCounts) {
+        let Some(sync) = self.config.syncs.get(&job.sync) else {
+            return (
+                RunEnd::Parked(format!("sync `{}` is no longer configured", job.sync)),
+                RunCounts::default(),
+            );
+        };
+        let provider = match self.config.provider(&sync.provider) {
+            Ok(provider) => provider,
+            Err(e) => return (RunEnd::Parked(e.to_string()), RunCounts::default()),
+        };
+        let connection = match self.tokens.store().get(&job.connection).await {
+            Ok(Some(connection)) => connection,
+            Ok(None) => {
+                return (
+                    RunEnd::Parked(format!("connection {} does not exist", job.connection)),
+                    RunCounts::default(),
+                );
+            }
+            Err(e) => return (RunEnd::Failed(error_chain(&e)), RunCounts::default()),
+        };
+        if connection.status != Status::Active {
+            let reason = connection.status_reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            return (
+                RunEnd::Parked(format!(
+                    "connection {} is {}{reason}; a new login resumes the sync",
+                    job.connection,
+                    connection.status.as_str()
+                )),
+                RunCounts::default(),
+            );
+        }
+        if connection.provider != sync.provider {
+            return (
+                RunEnd::Parked(format!(
+                    "connection {} belongs to provider `{}`, not `{}`",
+                    job.connection, connection.provider, sync.provider
+                )),
+                RunCounts::default(),
+            );
+        }
+        let mut params = provider.settings.params.clone();
+        params.extend(connection.url_params());
+        if let Some(missing) = unfilled(&provider.settings.api_base_url, sync, &params) {
+            let why = connection.param_error.clone().unwrap_or_else(|| "not learned at login".to_owned());
+            return (
+                RunEnd::Parked(format!(
+                    "connection parameter `{missing}` is missing ({why}); a new login learns it"
+                )),
+                RunCounts::default(),
+            );
+        }
+        let context = Context {
+            job: job.id.clone(),
+            connection: &job.connection,
+            sync,
+            provider,
+            params,
+            pk: job.id.clone(),
+            deadline,
+        };
+        let now = now_ms();
+        let mut run = checkpoint.run.take().unwrap_or_else(|| RunState {
+            run_id: format!("{now:x}-{:04x}", fastrand::u16(..)),
+            started_at: now,
+            sweep: match sync.mode {
+                SyncMode::Full => true,
+                SyncMode::Delta => false,
+                SyncMode::Incremental => sync.sweep_interval_secs.is_some_and(|interval| {
+                    checkpoint
+                        .last_sweep_at
+                        .is_none_or(|at| now - at >= i64::try_from(interval).unwrap_or(i64::MAX) * 1000)
+                }),
+            },
+            ..RunState::default()
+        });
+        let end = self.pages(&context, checkpoint, &mut run, on_page).await;
+        let counts = run.counts.clone();
+        checkpoint.run = Some(run);
+        (end, counts)
+    }
+
+    /// Reads pages until the run ends.
+    async fn pages(
+        &self,
+        cx: &Context<'_>,
+        checkpoint: &mut Checkpoint,
+        run: &mut RunState,
+        on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
+    ) -> RunEnd {
+        loop {
+            let left = cx.deadline.saturating_duration_since(Instant::now());
+            if left < self.settings.page_timeout + self.settings.commit_margin {
+                return RunEnd::Yielded {
+                    until: now_ms(),
+                    reason: "the invocation's deadline is near".to_owned(),
+                };
+            }
+            let url = match &run.next_url {
+                Some(next) => match Url::parse(next) {
+                    Ok(url) => url,
+                    Err(e) => return RunEnd::Failed(format!("the stored next-page link is not a URL: {e}")),
+                },
+                None => match self.first_url(cx, checkpoint, run) {
+                    Ok(url) => url,
+                    Err(e) => return RunEnd::Parked(e),
+                },
+            };
+            let fetched = match self.fetch(cx, &url, checkpoint, &mut run.counts).await {
+                Ok(fetched) => fetched,
+                Err(Stop::Yield { until, why }) => return RunEnd::Yielded { until, reason: why },
+                Err(Stop::Park(why)) => return RunEnd::Parked(why),
+                Err(Stop::Fail(why)) => return RunEnd::Failed(why),
+            };
+            let page = fetched.page;
+            let changes = self.changes(cx, run, &page.records);
+            run.counts.fetched += page.records.len() as u64;
+            let seen: Vec<String> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Upsert(record) => Some(record.id.clone()),
+                    Change::Delete(_) => None,
+                })
+                .collect();
+            match self.records.apply(&cx.pk, changes, now_ms()).await {
+                Ok(applied) => {
+                    run.counts.inserted += applied.inserted;
+                    run.counts.updated += applied.updated;
+                    run.counts.unchanged += applied.unchanged;
+                    run.counts.deleted += applied.deleted;
+                }
+                Err(e) => return RunEnd::Failed(format!("storing the page failed: {}", error_chain(&e))),
+            }
+            if run.sweep && run.phase == Phase::Data {
+                if let Err(e) = self.jobs.save_seen(&cx.job, &run.run_id, run.pass_pages, &seen).await {
+                    return RunEnd::Failed(format!("saving the sweep's seen ids failed: {}", error_chain(&e)));
+                }
+            }
+            run.pass_pages += 1;
+            run.counts.pages += 1;
+            if run.phase == Phase::Data
+                && let Some(field) = &cx.sync.cursor_field
+            {
+                for record in &page.records {
+                    if let Some(value) = value_at(record, field).and_then(scalar_text)
+                        && run
+                            .pass_max
+                            .as_deref()
+                            .is_none_or(|max| compare_cursors(&value, max).is_gt())
+                    {
+                        run.pass_max = Some(value);
+                    }
+                }
+            }
+            if run.phase == Phase::Deleted
+                && let Some((feed, _)) = &cx.sync.deleted
+            {
+                for record in &page.records {
+                    if let Some(value) = value_at(record, &feed.cursor_field).and_then(scalar_text)
+                        && run
+                            .pass_max
+                            .as_deref()
+                            .is_none_or(|max| compare_cursors(&value, max).is_gt())
+                    {
+                        run.pass_max = Some(value);
+                    }
+                }
+            }
+            run.next_url = page.next.as_ref().map(Url::to_string);
+            let mut finished = false;
+            if page.next.is_none() {
+                // The pass is complete: move its cursors, sweep, go on to the
+                // deleted-records feed or finish.
+                match run.phase {
+                    Phase::Data => {
+                        if let Some(link) = &page.delta_link {
+                            checkpoint.delta_link = Some(link.to_string());
+                        }
+                        if let Some(max) = run.pass_max.take()
+                            && checkpoint
+                                .cursor
+                                .as_deref()
+                                .is_none_or(|c| compare_cursors(&max, c).is_gt())
+                        {
+                            checkpoint.cursor = Some(max);
+                        }
+                        if run.sweep {
+                            match self.sweep(cx, run).await {
+                                Ok(deleted) => run.counts.deleted += deleted,
+                                Err(e) => return RunEnd::Failed(format!("the sweep failed: {}", error_chain(&e))),
+                            }
+                            checkpoint.last_sweep_at = Some(run.started_at);
+                        }
+                        if cx.sync.deleted.is_some() {
+                            run.phase = Phase::Deleted;
+                            run.pass_pages = 0;
+                        } else {
+                            finished = true;
+                        }
+                    }
+                    Phase::Deleted => {
+                        if let Some(max) = run.pass_max.take() {
+                            checkpoint.deleted_cursor = Some(max);
+                        }
+                        finished = true;
+                    }
+                }
+            }
+            // The page's writes are durable: now the checkpoint.
+            let mut saved = checkpoint.clone();
+            saved.run = Some(run.clone());
+            match self.jobs.checkpoint(&cx.job, &self.worker, &saved).await {
+                Ok(true) => {}
+                Ok(false) => return RunEnd::LostLease,
+                Err(e) => return RunEnd::Failed(format!("saving the checkpoint failed: {}", error_chain(&e))),
+            }
+            on_page(&run.counts);
+            if finished {
+                return RunEnd::Finished;
+            }
+        }
+    }
+
+    /// Marks what a complete sweep did not see as deleted.
+    async fn sweep(&self, cx: &Context<'_>, run: &RunState) -> Result<u64, StoreError> {
+        let seen = self.jobs.seen(&cx.job, &run.run_id).await?;
+        self.records.sweep(&cx.pk, &seen, now_ms()).await
+    }
+
+    /// The first page of the current pass.
+    fn first_url(&self, cx: &Context<'_>, checkpoint: &Checkpoint, run: &RunState) -> Result<Url, String> {
+        let sync = cx.sync;
+        if run.phase == Phase::Data
+            && sync.mode == SyncMode::Delta
+            && let Some(link) = &checkpoint.delta_link
+        {
+            return Url::parse(link).map_err(|e| format!("the stored delta link is not a URL: {e}"));
+        }
+        let (endpoint, mut query, cursor_field, cursor) = match run.phase {
+            Phase::Data => (
+                sync.endpoint.as_str(),
+                sync.query.clone(),
+                sync.cursor_field.as_deref(),
+                if run.sweep { None } else { checkpoint.cursor.clone() },
+            ),
+            Phase::Deleted => {
+                let Some((feed, _)) = &sync.deleted else {
+                    return Err("no deleted-records feed".to_owned());
+                };
+                (
+                    feed.endpoint.as_str(),
+                    BTreeMap::new(),
+                    Some(feed.cursor_field.as_str()),
+                    checkpoint.deleted_cursor.clone(),
+                )
+            }
+        };
+        let filter_on_cursor = sync.mode == SyncMode::Incremental;
+        if filter_on_cursor
+            && let (Some(incremental), Some(field)) = (&sync.incremental, cursor_field)
+            && let Some(cursor) = cursor.or_else(|| incremental.initial.clone())
+        {
+            let filter = incremental.filter.replace("{field}", field).replace("{cursor}", &cursor);
+            let value = match query.remove(&incremental.param) {
+                Some(own) => format!("{own} and {filter}"),
+                None => filter,
+            };
+            query.insert(incremental.param.clone(), value);
+        }
+        if run.phase == Phase::Deleted
+            && let Some((feed, entity_type)) = &sync.deleted
+        {
+            let param = sync.incremental.as_ref().map_or("$filter", |i| i.param.as_str());
+            let extra = format!("{} eq {entity_type}", feed.type_field);
+            let value = match query.remove(param) {
+                Some(filter) => format!("{filter} and {extra}"),
+                None => extra,
+            };
+            query.insert(param.to_owned(), value);
+        }
+        let endpoint = fill_template(endpoint, &cx.params, &[]).map_err(|e| e.to_string())?;
+        let full = if endpoint.starts_with('/') {
+            let base = cx.provider.settings.api_base_url.as_deref().unwrap_or_default();
+            let base = fill_template(base, &cx.params, &[]).map_err(|e| e.to_string())?;
+            format!("{}{endpoint}", base.trim_end_matches('/'))
+        } else {
+            endpoint
+        };
+        let mut url = Url::parse(&full).map_err(|e| format!("the endpoint `{full}` is not a URL: {e}"))?;
+        for (key, value) in &query {
+            let value = fill_template(value, &cx.params, &[]).map_err(|e| e.to_string())?;
+            set_param(&mut url, key, &value);
+        }
+        Ok(first_page(&sync.pagination, url))
+    }
+
+    /// The page's records as changes; what cannot be stored is counted and named.
+    fn changes(&self, cx: &Context<'_>, run: &mut RunState, records: &[Value]) -> Vec<Change> {
+        let sync = cx.sync;
+        let mut changes = Vec::with_capacity(records.len());
+        for (index, record) in records.iter().enumerate() {
+            if run.phase == Phase::Deleted {
+                let key = sync
+                    .deleted
+                    .as_ref()
+                    .and_then(|(feed, _)| value_at(record, &feed.key_field))
+                    .and_then(scalar_text);
+                match key {
+                    Some(key) => changes.push(Change::Delete(key)),
+                    None => run.counts.reject(format!("deleted-feed entry {index}: no key")),
+                }
+                continue;
+            }
+            let id: Option<Vec<String>> = sync
+                .primary_key
+                .iter()
+                .map(|key| value_at(record, key).and_then(scalar_text).filter(|v| !v.is_empty()))
+                .collect();
+            let Some(id) = id else {
+                run.counts.reject(format!(
+                    "record {index} of page {}: no primary key `{}`",
+                    run.pass_pages + 1,
+                    sync.primary_key.join("`, `")
+                ));
+                continue;
+            };
+            let id = id.join("|");
+            if sync.mode == SyncMode::Delta && record.get("@removed").is_some() {
+                changes.push(Change::Delete(id));
+                continue;
+            }
+            let data = match &sync.fields {
+                Some(fields) => fields
+                    .iter()
+                    .map(|(name, source)| (name.clone(), value_at(record, source).cloned().unwrap_or(Value::Null)))
+                    .collect(),
+                None => match record {
+                    Value::Object(map) => map.clone(),
+                    _ => {
+                        run.counts.reject(format!("record {id}: not a JSON object"));
+                        continue;
+                    }
+                },
+            };
+            let size = serde_json::to_string(&data).map_or(usize::MAX, |t| t.len()) + 2 * id.len() + 256;
+            if size > MAX_ITEM_BYTES {
+                run.counts
+                    .reject(format!("record {id}: {size} bytes, over DynamoDB's 400 KB item limit"));
+                continue;
+            }
+            let hash = content_hash(&data);
+            changes.push(Change::Upsert(Incoming { id, data, hash }));
+        }
+        changes
+    }
+
+    /// One page: rate gate, token, request, with bounded retries.
+    async fn fetch(
+        &self,
+        cx: &Context<'_>,
+        url: &Url,
+        checkpoint: &mut Checkpoint,
+        counts: &mut RunCounts,
+    ) -> Result<Fetched, Stop> {
+        let settings = &cx.provider.settings;
+        let mut attempt = 0u32;
+        let mut throttled = 0u32;
+        let mut refreshed = false;
+        loop {
+            match checkpoint.rate.gate(now_ms(), settings.error_budget_per_hour) {
+                Gate::Go => {}
+                Gate::WaitUntil(until) => self.wait_until(cx, until, counts, "rate limit").await?,
+                Gate::ErrorBudgetSpent(until) => {
+                    return Err(Stop::Yield {
+                        until,
+                        why: "half of the provider's hourly error budget is used".to_owned(),
+                    });
+                }
+            }
+            let token = match self.tokens.access_token(cx.connection, cx.deadline).await {
+                Ok(fresh) => fresh.access_token,
+                Err(e) => return Err(token_stop(e)),
+            };
+            let mut request = self
+                .http
+                .get(url.clone())
+                .bearer_auth(token.secret())
+                .header(reqwest::header::ACCEPT, "application/json");
+            for (name, value) in &cx.sync.headers {
+                let value = fill_template(value, &cx.params, &[]).map_err(|e| Stop::Park(e.to_string()))?;
+                request = request.header(name.as_str(), value);
+            }
+            counts.requests += 1;
+            checkpoint.rate.spend();
+            let sent = request.send().await;
+            let now = now_ms();
+            let response = match sent {
+                Ok(response) => response,
+                Err(e) => {
+                    attempt += 1;
+                    let why = format!("the request failed: {}", error_chain(&e));
+                    self.retry(cx, attempt, None, counts, why).await?;
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            checkpoint.rate.observe(&settings.rate_limits, header, now);
+            let retry_after = headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let body = match response.bytes().await {
+                Ok(body) => body,
+                Err(e) => {
+                    attempt += 1;
+                    let why = format!("reading the page failed: {}", error_chain(&e));
+                    self.retry(cx, attempt, None, counts, why).await?;
+                    continue;
+                }
+            };
+            match status {
+                200..=299 => {
+                    let link = headers.get(reqwest::header::LINK).and_then(|v| v.to_str().ok());
+                    match parse_page(&cx.sync.pagination, &cx.sync.records, url, link, &body) {
+                        Ok(page) => return Ok(Fetched { page }),
+                        Err(e) if e.is_transient() => {
+                            attempt += 1;
+                            self.retry(cx, attempt, None, counts, e.to_string()).await?;
+                        }
+                        Err(e @ (PageError::NoRecords(_) | PageError::OtherOrigin(_) | PageError::BadLink(_))) => {
+                            return Err(Stop::Fail(format!("{url_path}: {e}", url_path = url.path())));
+                        }
+                        Err(e) => return Err(Stop::Fail(e.to_string())),
+                    }
+                }
+                401 if !refreshed => {
+                    // The token expired early or was revoked: one refresh through
+                    // the protocol, then this page again; never a loop.
+                    checkpoint.rate.count_error(now);
+                    refreshed = true;
+                    counts.token_refreshes += 1;
+                    if let Err(e) = self.tokens.refresh_now(cx.connection, cx.deadline).await {
+                        return Err(token_stop(e));
+                    }
+                }
+                429 => {
+                    counts.throttled += 1;
+                    throttled += 1;
+                    if throttled > self.settings.max_throttled {
+                        return Err(Stop::Yield {
+                            until: now + millis(self.settings.max_backoff),
+                            why: format!("{throttled} answers 429 in a row"),
+                        });
+                    }
+                    if let Some(secs) = retry_after {
+                        checkpoint.rate.retry_after(secs, now);
+                    }
+                    if !matches!(
+                        checkpoint.rate.gate(now, settings.error_budget_per_hour),
+                        Gate::WaitUntil(_)
+                    ) {
+                        // Nothing says how long: back off exponentially.
+                        let wait = self.backoff(throttled);
+                        checkpoint.rate.retry_after_until = Some(now + millis(wait));
+                    }
+                }
+                408 | 500..=599 => {
+                    attempt += 1;
+                    let why = format!("HTTP {status}: {}", excerpt(&String::from_utf8_lossy(&body), &[token.secret()]));
+                    self.retry(cx, attempt, retry_after, counts, why).await?;
+                }
+                _ => {
+                    checkpoint.rate.count_error(now);
+                    let text = excerpt(&String::from_utf8_lossy(&body), &[token.secret()]);
+                    return Err(Stop::Fail(format!("{} answered HTTP {status}: {text}", url.path())));
+                }
+            }
+        }
+    }
+
+    /// Waits for a transient failure, or ends the run when attempts or time run out.
+    async fn retry(
+        &self,
+        cx: &Context<'_>,
+        attempt: u32,
+        retry_after: Option<u64>,
+        counts: &mut RunCounts,
+        why: String,
+    ) -> Result<(), Stop> {
+        if attempt >= self.settings.page_attempts {
+            return Err(Stop::Fail(format!("{why} (after {attempt} attempts)")));
+        }
+        let wait = retry_after
+            .map(|s| Duration::from_secs(s).min(self.settings.max_backoff))
+            .unwrap_or_else(|| self.backoff(attempt));
+        counts.retries += 1;
+        warn!(job = cx.job, attempt, wait_ms = millis(wait), "{why}; trying the page again");
+        if Instant::now() + wait + self.settings.page_timeout + self.settings.commit_margin > cx.deadline {
+            return Err(Stop::Yield {
+                until: now_ms() + millis(wait),
+                why: format!("{why}; no time left to try again in this invocation"),
+            });
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// Sleeps until a rate-limit window resets, if that fits in the run.
+    async fn wait_until(&self, cx: &Context<'_>, until: i64, counts: &mut RunCounts, what: &str) -> Result<(), Stop> {
+        let wait = Duration::from_millis(u64::try_from(until - now_ms()).unwrap_or(0));
+        let fits = Instant::now() + wait + self.settings.page_timeout + self.settings.commit_margin <= cx.deadline;
+        if wait > self.settings.max_wait || !fits {
+            return Err(Stop::Yield {
+                until,
+                why: format!("waiting for the {what} to reset"),
+            });
+        }
+        counts.rate_limit_waits += 1;
+        counts.waited_ms += u64::try_from(millis(wait)).unwrap_or(0);
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// Exponential from `base_backoff`, capped, with full jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        jitter((self.settings.base_backoff * factor).min(self.settings.max_backoff))
+    }
+}
+
+/// A token that could not be had ends the run: a dead connection parks it,
+/// a provider that is down makes it wait.
+fn token_stop(error: RefreshError) -> Stop {
+    match error {
+        RefreshError::NeedsReauth { .. } | RefreshError::NotActive { .. } | RefreshError::NotFound(_) => {
+            Stop::Park(format!("{error}; a new login resumes the sync"))
+        }
+        RefreshError::RetryLater { until, .. } => Stop::Yield {
+            until,
+            why: error.to_string(),
+        },
+        other => Stop::Fail(format!("no access token: {}", error_chain(&other))),
+    }
+}
+
+/// The first placeholder of the sync's URL that the connection cannot fill.
+fn unfilled(api_base_url: &Option<String>, sync: &Sync, params: &BTreeMap<String, String>) -> Option<String> {
+    let templates = api_base_url
+        .iter()
+        .chain(std::iter::once(&sync.endpoint))
+        .chain(sync.query.values())
+        .chain(sync.headers.values());
+    for template in templates {
+        if let Err(crate::config::TemplateError::Unfilled(name)) = fill_template(template, params, &[]) {
+            return Some(name);
+        }
+    }
+    None
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

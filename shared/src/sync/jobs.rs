@@ -1,0 +1,512 @@
+//! The sync-state table: one job item per (connection, sync) with its run
+//! lease, checkpoint and next run, found through the sparse `sync-due` index
+//! (a parked job has no `next_run_at` and is not in it); and the sync-runs
+//! table: the run history (expires after 30 days) and, during a sweep, the
+//! ids each page saw.
+//!
+//! Every write by a run is conditional on the run's lease owner, so a run
+//! that lost its lease can change nothing.
+
+use std::collections::{HashMap, HashSet};
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use serde::{Deserialize, Serialize};
+
+use super::rate::RateState;
+use crate::connection::store::{StoreError, n, s, sdk_failure};
+use crate::connection::{ConnectionId, now_ms};
+
+/// How long run history is kept.
+pub const HISTORY_DAYS: i64 = 30;
+/// How long a sweep's seen-id markers are kept (a sweep may span invocations).
+const SEEN_TTL_SECS: i64 = 2 * 86_400;
+
+/// A job's id: `{connection}#{sync}` (neither may contain `#`).
+pub fn job_id(connection: &ConnectionId, sync: &str) -> String {
+    format!("{connection}#{sync}")
+}
+
+/// What a run counted. Kept on the job while the run lasts and in its history item.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunCounts {
+    /// Pages committed.
+    pub pages: u64,
+    /// Records (and deletions) received.
+    pub fetched: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    /// Records that could not be stored (no primary key, over 400 KB).
+    pub rejected: u64,
+    /// The first rejected records and why.
+    pub rejected_examples: Vec<String>,
+    /// HTTP requests to the data API.
+    pub requests: u64,
+    /// Answers 429.
+    pub throttled: u64,
+    /// Times the run waited for a rate-limit window, and how long in total.
+    pub rate_limit_waits: u64,
+    pub waited_ms: u64,
+    /// Requests sent again after a 5xx, a timeout or a broken page.
+    pub retries: u64,
+    /// Access tokens refreshed after a 401.
+    pub token_refreshes: u64,
+}
+
+impl RunCounts {
+    pub fn reject(&mut self, what: String) {
+        self.rejected += 1;
+        if self.rejected_examples.len() < 10 {
+            self.rejected_examples.push(what);
+        }
+    }
+}
+
+/// Which list a run is reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Data,
+    /// The provider's deleted-records feed, after the data.
+    Deleted,
+}
+
+/// A run in progress: where it is, so the next invocation resumes there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunState {
+    pub run_id: String,
+    pub started_at: i64,
+    pub phase: Phase,
+    /// This pass reads everything and marks what it did not see as deleted.
+    pub sweep: bool,
+    /// The next page of the current pass; `None` at its start.
+    pub next_url: Option<String>,
+    /// The highest cursor value seen in this pass.
+    pub pass_max: Option<String>,
+    /// Pages read in this pass (numbers the seen-id markers).
+    pub pass_pages: u64,
+    pub counts: RunCounts,
+}
+
+/// The checkpoint: everything a job keeps between runs and invocations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Checkpoint {
+    /// Incremental: every record up to this cursor value is stored.
+    pub cursor: Option<String>,
+    /// Delta: the link that starts the next pass.
+    pub delta_link: Option<String>,
+    /// The deleted-records feed's cursor.
+    pub deleted_cursor: Option<String>,
+    pub last_sweep_at: Option<i64>,
+    pub rate: RateState,
+    pub run: Option<RunState>,
+}
+
+/// How a run ended, for the history and `sync status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    /// `finished`, `failed` or `parked`.
+    pub status: String,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub counts: RunCounts,
+    pub error: Option<String>,
+}
+
+/// A job item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    pub connection: ConnectionId,
+    pub sync: String,
+    /// Absent while parked.
+    pub next_run_at: Option<i64>,
+    pub parked_reason: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub checkpoint: Checkpoint,
+    pub last_run: Option<RunRecord>,
+}
+
+/// One page of the sync-due index.
+#[derive(Debug)]
+pub struct DueJobs {
+    pub ids: Vec<String>,
+    pub next: Option<HashMap<String, AttributeValue>>,
+}
+
+/// The sync-state and sync-runs tables.
+#[derive(Debug, Clone)]
+pub struct JobStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    runs_table: String,
+}
+
+impl JobStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>, runs_table: impl Into<String>) -> JobStore {
+        JobStore {
+            client,
+            table: table.into(),
+            runs_table: runs_table.into(),
+        }
+    }
+
+    /// Creates the job if it does not exist and makes it due now if it is
+    /// parked (a new login brings a parked job back); a scheduled job keeps
+    /// its time.
+    pub async fn schedule(&self, connection: &ConnectionId, sync: &str) -> Result<(), StoreError> {
+        let id = job_id(connection, sync);
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(&id))
+            .update_expression(
+                "SET #connection = :connection, #sync = :sync, due_shard = :shard, \
+                 next_run_at = if_not_exists(next_run_at, :now), updated_at = :now REMOVE parked_reason",
+            )
+            .expression_attribute_names("#connection", "connection")
+            .expression_attribute_names("#sync", "sync")
+            .expression_attribute_values(":connection", s(connection.as_str()))
+            .expression_attribute_values(":sync", s(sync))
+            .expression_attribute_values(":shard", s(&shard_of(&id)))
+            .expression_attribute_values(":now", n(now_ms()))
+            .send()
+            .await
+            .map_err(|e| sdk_failure("UpdateItem(schedule job)", &self.table, e))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("id", s(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_failure("GetItem(job)", &self.table, e))?;
+        output.item.map(|item| from_item(&item)).transpose()
+    }
+
+    /// Every job item (the CLI's `sync status`; the functions never scan).
+    pub async fn all(&self) -> Result<Vec<Job>, StoreError> {
+        let mut jobs = Vec::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_failure("Scan(jobs)", &self.table, e))?;
+            for item in output.items.unwrap_or_default() {
+                jobs.push(from_item(&item)?);
+            }
+            start = output.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                return Ok(jobs);
+            }
+        }
+    }
+
+    /// Ids of jobs due by `now` in one shard of the `sync-due` index, a page at a time.
+    pub async fn due(
+        &self,
+        shard: u32,
+        now: i64,
+        page_size: i32,
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<DueJobs, StoreError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name("sync-due")
+            .key_condition_expression("due_shard = :shard AND next_run_at <= :now")
+            .expression_attribute_values(":shard", s(&shard.to_string()))
+            .expression_attribute_values(":now", n(now))
+            .limit(page_size)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| sdk_failure("Query(sync-due)", &self.table, e))?;
+        let ids = output
+            .items
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|item| match item.get("id") {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        Ok(DueJobs {
+            ids,
+            next: output.last_evaluated_key.filter(|k| !k.is_empty()),
+        })
+    }
+
+    /// Takes the run lease until `until` (epoch ms) when nobody holds a live
+    /// one and the job is due (or `force`: any job that is not running).
+    /// `None`: someone else runs it, or it is not due.
+    pub async fn claim(&self, id: &str, owner: &str, until: i64, force: bool) -> Result<Option<Job>, StoreError> {
+        let now = now_ms();
+        let free = "(attribute_not_exists(lease_until) OR lease_until < :now)";
+        let condition = if force {
+            format!("attribute_exists(id) AND {free}")
+        } else {
+            format!("attribute_exists(next_run_at) AND next_run_at <= :now AND {free}")
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id))
+            .update_expression("SET lease_owner = :owner, lease_until = :until, updated_at = :now")
+            .condition_expression(condition)
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":now", n(now))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(output) => output.attributes.map(|item| from_item(&item)).transpose(),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(sdk_failure("UpdateItem(claim job)", &self.table, e)),
+        }
+    }
+
+    /// Saves the checkpoint while holding the lease. `false`: the lease was lost.
+    pub async fn checkpoint(&self, id: &str, owner: &str, checkpoint: &Checkpoint) -> Result<bool, StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id))
+            .update_expression("SET #state = :state, updated_at = :now")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":state", s(&to_json(checkpoint)))
+            .expression_attribute_values(":now", n(now_ms()));
+        self.owned(request, owner, "UpdateItem(checkpoint)").await
+    }
+
+    /// Ends this holder's lease: saves the checkpoint, then either schedules
+    /// the next run at `next_run_at` or parks the job with `parked` (out of
+    /// the due index until a new login), and records the last run if given.
+    pub async fn release(
+        &self,
+        id: &str,
+        owner: &str,
+        checkpoint: &Checkpoint,
+        next: Next,
+        last_run: Option<&RunRecord>,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut set = vec!["#state = :state", "updated_at = :now"];
+        let mut remove = vec!["lease_owner", "lease_until"];
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id))
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":state", s(&to_json(checkpoint)))
+            .expression_attribute_values(":now", n(now));
+        match next {
+            Next::At(at) => {
+                set.push("next_run_at = :next");
+                remove.push("parked_reason");
+                request = request.expression_attribute_values(":next", n(at));
+            }
+            Next::Parked(reason) => {
+                set.push("parked_reason = :reason");
+                remove.push("next_run_at");
+                request = request.expression_attribute_values(":reason", s(&reason));
+            }
+        }
+        if let Some(run) = last_run {
+            set.push("last_run = :last");
+            request = request.expression_attribute_values(":last", s(&to_json(run)));
+        }
+        let request = request.update_expression(format!("SET {} REMOVE {}", set.join(", "), remove.join(", ")));
+        self.owned(request, owner, "UpdateItem(release job)").await
+    }
+
+    /// A conditional update that holds only while `owner` holds the lease.
+    async fn owned(
+        &self,
+        request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+        owner: &str,
+        operation: &'static str,
+    ) -> Result<bool, StoreError> {
+        let result = request
+            .condition_expression("lease_owner = :me")
+            .expression_attribute_values(":me", s(owner))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_failure(operation, &self.table, e)),
+        }
+    }
+
+    /// Writes a run's history item (expires after [`HISTORY_DAYS`]).
+    pub async fn record_run(&self, id: &str, run: &RunRecord) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.runs_table)
+            .item("job", s(id))
+            .item("sk", s(&format!("run#{:015}#{}", run.started_at, run.run_id)))
+            .item("run", s(&to_json(run)))
+            .item("expires_at", n(run.finished_at / 1000 + HISTORY_DAYS * 86_400))
+            .send()
+            .await
+            .map_err(|e| sdk_failure("PutItem(run history)", &self.runs_table, e))?;
+        Ok(())
+    }
+
+    /// The newest runs of a job, newest first.
+    pub async fn runs(&self, id: &str, limit: i32) -> Result<Vec<RunRecord>, StoreError> {
+        let output = self
+            .client
+            .query()
+            .table_name(&self.runs_table)
+            .key_condition_expression("job = :job AND begins_with(sk, :run)")
+            .expression_attribute_values(":job", s(id))
+            .expression_attribute_values(":run", s("run#"))
+            .scan_index_forward(false)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| sdk_failure("Query(run history)", &self.runs_table, e))?;
+        output
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(|item| match item.get("run") {
+                Some(AttributeValue::S(text)) => serde_json::from_str(text).map_err(|e| malformed(id, &e.to_string())),
+                _ => Err(malformed(id, "a run item without `run`")),
+            })
+            .collect()
+    }
+
+    /// Remembers the ids one page of a sweep saw (one write per page, none per record).
+    pub async fn save_seen(&self, id: &str, run_id: &str, page: u64, ids: &[String]) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.runs_table)
+            .item("job", s(id))
+            .item("sk", s(&format!("seen#{run_id}#{page:08}")))
+            .item("ids", AttributeValue::L(ids.iter().map(|i| s(i)).collect()))
+            .item("expires_at", n(now_ms() / 1000 + SEEN_TTL_SECS))
+            .send()
+            .await
+            .map_err(|e| sdk_failure("PutItem(seen ids)", &self.runs_table, e))?;
+        Ok(())
+    }
+
+    /// Every id the sweep `run_id` saw.
+    pub async fn seen(&self, id: &str, run_id: &str) -> Result<HashSet<String>, StoreError> {
+        let mut seen = HashSet::new();
+        let mut start = None;
+        loop {
+            let output = self
+                .client
+                .query()
+                .table_name(&self.runs_table)
+                .key_condition_expression("job = :job AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":job", s(id))
+                .expression_attribute_values(":prefix", s(&format!("seen#{run_id}#")))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_failure("Query(seen ids)", &self.runs_table, e))?;
+            for item in output.items.unwrap_or_default() {
+                if let Some(AttributeValue::L(ids)) = item.get("ids") {
+                    seen.extend(ids.iter().filter_map(|v| v.as_s().ok().cloned()));
+                }
+            }
+            start = output.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                return Ok(seen);
+            }
+        }
+    }
+}
+
+/// What follows a released lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// The next run, at this time (epoch ms).
+    At(i64),
+    /// Out of the schedule until a new login, for this reason.
+    Parked(String),
+}
+
+/// The shard of the `sync-due` index a job lives in.
+pub fn shard_of(job_id: &str) -> String {
+    match ConnectionId::parse(&job_id.replace('#', ".")) {
+        Ok(id) => id.due_shard(),
+        Err(_) => "0".to_owned(),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn malformed(id: &str, reason: &str) -> StoreError {
+    StoreError::Malformed {
+        id: id.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Job, StoreError> {
+    let text = |key: &str| item.get(key).and_then(|v| v.as_s().ok()).cloned();
+    let number = |key: &str| item.get(key).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok());
+    let id = text("id").ok_or_else(|| malformed("?", "no id"))?;
+    let connection = text("connection").ok_or_else(|| malformed(&id, "no connection"))?;
+    let connection = ConnectionId::parse(&connection).map_err(|e| malformed(&id, &e.to_string()))?;
+    let checkpoint = match text("state") {
+        Some(state) => serde_json::from_str(&state).map_err(|e| malformed(&id, &format!("state: {e}")))?,
+        None => Checkpoint::default(),
+    };
+    let last_run = match text("last_run") {
+        Some(run) => Some(serde_json::from_str(&run).map_err(|e| malformed(&id, &format!("last_run: {e}")))?),
+        None => None,
+    };
+    Ok(Job {
+        sync: text("sync").ok_or_else(|| malformed(&id, "no sync"))?,
+        connection,
+        next_run_at: number("next_run_at"),
+        parked_reason: text("parked_reason"),
+        lease_owner: text("lease_owner"),
+        lease_until: number("lease_until"),
+        checkpoint,
+        last_run,
+        id,
+    })
+}

@@ -1,0 +1,540 @@
+//! The records table: one item per synced record, `pk = "{connection}#{sync}"`,
+//! `record_id` its primary key. The record is stored as native DynamoDB
+//! attributes under `record` (so it can be queried: `record.Code`), with its
+//! content hash, `first_seen_at`, `updated_at` and, once the provider deleted
+//! it, `deleted_at` (a soft delete: downstream consumers of the table's stream
+//! see it as a change).
+//!
+//! A page costs one consistent `BatchGetItem` per 100 keys (projection: the
+//! hash and the delete mark) and writes only records that are new, changed or
+//! back from deletion, in `BatchWriteItem`s of 25 whose unprocessed items are
+//! retried with backoff: an unchanged record costs zero writes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use serde_json::{Map, Number, Value};
+
+use crate::connection::store::{OpCounts, StoreError, n, s, sdk_failure};
+
+/// DynamoDB's item size limit.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+/// DynamoDB nests attributes at most 32 levels deep; deeper values are kept as JSON text.
+const MAX_DEPTH: usize = 30;
+const GET_BATCH: usize = 100;
+const WRITE_BATCH: usize = 25;
+/// Attempts for a batch whose items keep coming back unprocessed.
+const BATCH_ATTEMPTS: u32 = 8;
+/// Batch writes of one page in flight at once.
+const WRITE_CONCURRENCY: usize = 4;
+
+/// A record ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub id: String,
+    pub data: Map<String, Value>,
+    /// SHA-256 of the canonical JSON of `data` (base64url).
+    pub hash: String,
+}
+
+/// What the provider said about one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Upsert(Incoming),
+    Delete(String),
+}
+
+impl Change {
+    fn id(&self) -> &str {
+        match self {
+            Change::Upsert(record) => &record.id,
+            Change::Delete(id) => id,
+        }
+    }
+}
+
+/// What one page changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+}
+
+/// A record as stored, for the CLI.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRecord {
+    pub id: String,
+    pub data: Value,
+    pub updated_at: Option<i64>,
+    pub deleted_at: Option<i64>,
+}
+
+/// The records table.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    ops: Arc<OpCounts>,
+}
+
+/// What is stored of a record the page needs to compare.
+struct Known {
+    hash: Option<String>,
+    deleted: bool,
+    first_seen_at: Option<i64>,
+}
+
+impl RecordStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> RecordStore {
+        RecordStore {
+            client,
+            table: table.into(),
+            ops: Arc::new(OpCounts::default()),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Items read (`reads`), items written (`writes`) and queries, for the
+    /// benchmark and for tests that count writes.
+    pub fn ops(&self) -> &OpCounts {
+        &self.ops
+    }
+
+    /// Applies one page: the last change of a record in the page wins.
+    pub async fn apply(&self, pk: &str, changes: Vec<Change>, now: i64) -> Result<Applied, StoreError> {
+        let mut latest: BTreeMap<String, Change> = BTreeMap::new();
+        for change in changes {
+            latest.insert(change.id().to_owned(), change);
+        }
+        let ids: Vec<&str> = latest.keys().map(String::as_str).collect();
+        let known = self.known(pk, &ids).await?;
+        let mut applied = Applied::default();
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        for (id, change) in &latest {
+            let stored = known.get(id);
+            match change {
+                Change::Upsert(record) => match stored {
+                    Some(k) if !k.deleted && k.hash.as_deref() == Some(record.hash.as_str()) => applied.unchanged += 1,
+                    Some(k) => {
+                        applied.updated += 1;
+                        puts.push(item(pk, record, k.first_seen_at.unwrap_or(now), now));
+                    }
+                    None => {
+                        applied.inserted += 1;
+                        puts.push(item(pk, record, now, now));
+                    }
+                },
+                Change::Delete(id) => {
+                    if stored.is_some_and(|k| !k.deleted) {
+                        deletes.push(id.clone());
+                    }
+                }
+            }
+        }
+        self.put_all(puts).await?;
+        applied.deleted = self.mark_deleted(pk, &deletes, now).await?;
+        Ok(applied)
+    }
+
+    /// Marks every stored, not yet deleted record of `pk` that is not in
+    /// `seen` as deleted (the end of a complete full pass).
+    pub async fn sweep(&self, pk: &str, seen: &HashSet<String>, now: i64) -> Result<u64, StoreError> {
+        let mut gone = Vec::new();
+        let mut start = None;
+        loop {
+            self.ops.queries.fetch_add(1, Ordering::Relaxed);
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(pk))
+                .projection_expression("record_id, deleted_at")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_failure("Query(records)", &self.table, e))?;
+            for item in output.items.unwrap_or_default() {
+                if item.contains_key("deleted_at") {
+                    continue;
+                }
+                if let Some(AttributeValue::S(id)) = item.get("record_id")
+                    && !seen.contains(id)
+                {
+                    gone.push(id.clone());
+                }
+            }
+            start = output.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                break;
+            }
+        }
+        self.mark_deleted(pk, &gone, now).await
+    }
+
+    /// Up to `limit` records of `pk`, in key order.
+    pub async fn list(&self, pk: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut records = Vec::new();
+        let mut start = None;
+        while records.len() < limit {
+            self.ops.queries.fetch_add(1, Ordering::Relaxed);
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(pk))
+                .limit(i32::try_from((limit - records.len()).min(1000)).unwrap_or(1000))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_failure("Query(records)", &self.table, e))?;
+            for item in output.items.unwrap_or_default() {
+                let number = |key: &str| match item.get(key) {
+                    Some(AttributeValue::N(v)) => v.parse().ok(),
+                    _ => None,
+                };
+                records.push(StoredRecord {
+                    id: match item.get("record_id") {
+                        Some(AttributeValue::S(id)) => id.clone(),
+                        _ => String::new(),
+                    },
+                    data: item.get("record").map_or(Value::Null, to_json),
+                    updated_at: number("updated_at"),
+                    deleted_at: number("deleted_at"),
+                });
+            }
+            start = output.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(records)
+    }
+
+    /// The stored hash, delete mark and first sighting of each id that exists.
+    async fn known(&self, pk: &str, ids: &[&str]) -> Result<HashMap<String, Known>, StoreError> {
+        let mut known = HashMap::new();
+        for chunk in ids.chunks(GET_BATCH) {
+            let keys = chunk
+                .iter()
+                .map(|id| HashMap::from([("pk".to_owned(), s(pk)), ("record_id".to_owned(), s(id))]))
+                .collect();
+            let mut request = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .projection_expression("record_id, content_hash, deleted_at, first_seen_at")
+                    .build()
+                    .map_err(|e| StoreError::Malformed {
+                        id: pk.to_owned(),
+                        reason: e.to_string(),
+                    })?,
+            );
+            let mut attempt = 0;
+            while let Some(keys) = request.take() {
+                self.ops
+                    .reads
+                    .fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, keys)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_failure("BatchGetItem(records)", &self.table, e))?;
+                for item in output
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    let Some(AttributeValue::S(id)) = item.get("record_id") else {
+                        continue;
+                    };
+                    known.insert(
+                        id.clone(),
+                        Known {
+                            hash: match item.get("content_hash") {
+                                Some(AttributeValue::S(h)) => Some(h.clone()),
+                                _ => None,
+                            },
+                            deleted: item.contains_key("deleted_at"),
+                            first_seen_at: match item.get("first_seen_at") {
+                                Some(AttributeValue::N(v)) => v.parse().ok(),
+                                _ => None,
+                            },
+                        },
+                    );
+                }
+                request = output
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+                if request.is_some() {
+                    attempt += 1;
+                    backoff(attempt, "BatchGetItem(records)", &self.table)?;
+                    tokio::time::sleep(backoff_delay(attempt)).await;
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    /// Writes items in batches of 25, a few batches at a time; unprocessed
+    /// items are retried with jittered backoff, a bounded number of times.
+    async fn put_all(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<(), StoreError> {
+        let requests = items
+            .into_iter()
+            .map(|item| {
+                PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map(|put| WriteRequest::builder().put_request(put).build())
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Malformed {
+                id: "record".to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut batches = requests.chunks(WRITE_BATCH).map(<[_]>::to_vec).collect::<Vec<_>>().into_iter();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < WRITE_CONCURRENCY {
+                let Some(batch) = batches.next() else { break };
+                let store = self.clone();
+                tasks.spawn(async move { store.write_batch(batch).await });
+            }
+            match tasks.join_next().await {
+                None => return Ok(()),
+                Some(Ok(result)) => result?,
+                Some(Err(e)) => {
+                    return Err(StoreError::Malformed {
+                        id: "record".to_owned(),
+                        reason: format!("a batch write task failed: {e}"),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn write_batch(&self, mut batch: Vec<WriteRequest>) -> Result<(), StoreError> {
+        let mut attempt = 0;
+        while !batch.is_empty() {
+            let sent = batch.len() as u64;
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, std::mem::take(&mut batch))
+                .send()
+                .await
+                .map_err(|e| sdk_failure("BatchWriteItem(records)", &self.table, e))?;
+            batch = output
+                .unprocessed_items
+                .and_then(|mut u| u.remove(&self.table))
+                .unwrap_or_default();
+            self.ops
+                .writes
+                .fetch_add(sent - batch.len() as u64, Ordering::Relaxed);
+            if !batch.is_empty() {
+                attempt += 1;
+                backoff(attempt, "BatchWriteItem(records)", &self.table)?;
+                tokio::time::sleep(backoff_delay(attempt)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Soft-deletes: `deleted_at` on records that exist and are not deleted yet.
+    async fn mark_deleted(&self, pk: &str, ids: &[String], now: i64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for id in ids {
+            self.ops.writes.fetch_add(1, Ordering::Relaxed);
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(pk))
+                .key("record_id", s(id))
+                .update_expression("SET deleted_at = :now, updated_at = :now")
+                .condition_expression("attribute_exists(record_id) AND attribute_not_exists(deleted_at)")
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            match result {
+                Ok(_) => deleted += 1,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                Err(e) => return Err(sdk_failure("UpdateItem(delete record)", &self.table, e)),
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+fn backoff(attempt: u32, operation: &'static str, table: &str) -> Result<(), StoreError> {
+    if attempt >= BATCH_ATTEMPTS {
+        return Err(StoreError::Unprocessed {
+            operation,
+            table: table.to_owned(),
+            attempts: attempt,
+        });
+    }
+    Ok(())
+}
+
+/// 50 ms doubling, capped at 2 s, with full jitter.
+fn backoff_delay(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(2));
+    crate::refresh::jitter(cap)
+}
+
+/// The item of a record.
+fn item(pk: &str, record: &Incoming, first_seen_at: i64, now: i64) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_owned(), s(pk)),
+        ("record_id".to_owned(), s(&record.id)),
+        ("record".to_owned(), AttributeValue::M(map_to_attributes(&record.data, 1))),
+        ("content_hash".to_owned(), s(&record.hash)),
+        ("first_seen_at".to_owned(), n(first_seen_at)),
+        ("updated_at".to_owned(), n(now)),
+    ])
+}
+
+fn map_to_attributes(map: &Map<String, Value>, depth: usize) -> HashMap<String, AttributeValue> {
+    map.iter().map(|(k, v)| (k.clone(), to_attribute(v, depth + 1))).collect()
+}
+
+/// A JSON value as a native DynamoDB attribute. Numbers DynamoDB cannot hold
+/// (more than 38 digits, beyond ±1E125) and values nested deeper than
+/// DynamoDB allows are kept as text.
+pub fn to_attribute(value: &Value, depth: usize) -> AttributeValue {
+    if depth > MAX_DEPTH && (value.is_object() || value.is_array()) {
+        return AttributeValue::S(value.to_string());
+    }
+    match value {
+        Value::Null => AttributeValue::Null(true),
+        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::Number(number) if fits_dynamodb(number) => AttributeValue::N(number.to_string()),
+        Value::Number(number) => AttributeValue::S(number.to_string()),
+        Value::String(text) => AttributeValue::S(text.clone()),
+        Value::Array(items) => AttributeValue::L(items.iter().map(|v| to_attribute(v, depth + 1)).collect()),
+        Value::Object(map) => AttributeValue::M(map_to_attributes(map, depth)),
+    }
+}
+
+fn fits_dynamodb(number: &Number) -> bool {
+    let text = number.to_string();
+    let digits = text.chars().filter(char::is_ascii_digit).count();
+    match number.as_f64() {
+        _ if number.is_i64() || number.is_u64() => digits <= 38,
+        Some(f) => f == 0.0 || (f.abs() < 1e125 && f.abs() > 1e-129),
+        None => false,
+    }
+}
+
+/// A stored attribute back as JSON (for the CLI).
+pub fn to_json(value: &AttributeValue) -> Value {
+    match value {
+        AttributeValue::S(text) => Value::String(text.clone()),
+        AttributeValue::N(number) => serde_json::from_str(number).unwrap_or_else(|_| Value::String(number.clone())),
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::L(items) => Value::Array(items.iter().map(to_json).collect()),
+        AttributeValue::M(map) => {
+            let sorted: BTreeMap<_, _> = map.iter().collect();
+            Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+        }
+        _ => Value::Null,
+    }
+}
+
+/// SHA-256 of the record's canonical JSON (keys sorted at every level), so
+/// the same content always hashes alike whatever order the provider sent.
+pub fn content_hash(data: &Map<String, Value>) -> String {
+    let mut text = String::new();
+    canonical(&Value::Object(data.clone()), &mut text);
+    crate::crypto::sha256_b64url(text.as_bytes())
+}
+
+fn canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let sorted: BTreeMap<_, _> = map.iter().collect();
+            out.push('{');
+            for (i, (k, v)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_ignores_key_order_and_sees_every_change() {
+        let a: Map<String, Value> = serde_json::from_str(r#"{"b":1,"a":{"y":2,"x":[1,"z"]}}"#).unwrap_or_default();
+        let b: Map<String, Value> = serde_json::from_str(r#"{"a":{"x":[1,"z"],"y":2},"b":1}"#).unwrap_or_default();
+        let c: Map<String, Value> = serde_json::from_str(r#"{"a":{"x":[1,"z"],"y":2},"b":2}"#).unwrap_or_default();
+        assert_eq!(content_hash(&a), content_hash(&b));
+        assert_ne!(content_hash(&a), content_hash(&c));
+    }
+
+    #[test]
+    fn json_becomes_native_attributes_and_back() {
+        let v = serde_json::json!({"ID": "a", "n": 12, "f": 1.5, "big": 1e200, "ok": true, "none": null, "l": [1, "x"]});
+        let attribute = to_attribute(&v, 0);
+        let AttributeValue::M(map) = &attribute else {
+            panic!("a map")
+        };
+        assert_eq!(map["n"], AttributeValue::N("12".into()));
+        assert_eq!(map["big"], AttributeValue::S("1e+200".into()), "beyond DynamoDB's range: kept as text");
+        assert_eq!(map["none"], AttributeValue::Null(true));
+        let back = to_json(&attribute);
+        assert_eq!(back["l"], serde_json::json!([1, "x"]));
+        assert_eq!(back["f"], serde_json::json!(1.5));
+    }
+
+    #[test]
+    fn very_deep_values_are_kept_as_text() {
+        let mut v = serde_json::json!("leaf");
+        for _ in 0..40 {
+            v = serde_json::json!({ "k": v });
+        }
+        let mut attribute = to_attribute(&v, 0);
+        let mut depth = 0;
+        while let AttributeValue::M(map) = attribute {
+            attribute = map["k"].clone();
+            depth += 1;
+        }
+        assert!(depth <= 32, "{depth}");
+        assert!(matches!(attribute, AttributeValue::S(_)));
+    }
+}
