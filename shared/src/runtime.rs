@@ -18,6 +18,11 @@ pub const CONNECTIONS_TABLE_ENV: &str = "OAUTH_SYNC_CONNECTIONS_TABLE";
 /// The environment variable naming the login-attempts table (set by infra/template.yaml).
 pub const LOGIN_ATTEMPTS_TABLE_ENV: &str = "OAUTH_SYNC_LOGIN_ATTEMPTS_TABLE";
 
+/// The environment variables naming the sync engine's tables (set by infra/template.yaml).
+pub const SYNC_STATE_TABLE_ENV: &str = "OAUTH_SYNC_SYNC_STATE_TABLE";
+pub const SYNC_RUNS_TABLE_ENV: &str = "OAUTH_SYNC_SYNC_RUNS_TABLE";
+pub const RECORDS_TABLE_ENV: &str = "OAUTH_SYNC_RECORDS_TABLE";
+
 /// The environment variable naming the secret that holds the configuration text.
 pub const CONFIG_SECRET_ENV: &str = "OAUTH_SYNC_CONFIG_SECRET";
 
@@ -32,6 +37,8 @@ pub enum StartupError {
     MissingEnv(&'static str),
     #[error("token service: {0}")]
     TokenService(#[from] LoadError),
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
 }
 
 /// Clients and configuration, built once per process and borrowed by handlers.
@@ -67,12 +74,51 @@ impl App {
         ))
     }
 
+    /// The sync-state and sync-runs tables named by the environment.
+    pub fn job_store(&self) -> Result<crate::sync::jobs::JobStore, StartupError> {
+        Ok(crate::sync::jobs::JobStore::new(
+            self.aws.dynamodb.clone(),
+            env(SYNC_STATE_TABLE_ENV)?,
+            env(SYNC_RUNS_TABLE_ENV)?,
+        ))
+    }
+
+    /// The sync engine on the tables named by the environment.
+    pub fn sync_engine(
+        &self,
+        tokens: Arc<TokenService>,
+        settings: crate::sync::engine::SyncSettings,
+    ) -> Result<crate::sync::engine::SyncEngine, StartupError> {
+        let records = crate::sync::records::RecordStore::new(self.aws.dynamodb.clone(), env(RECORDS_TABLE_ENV)?);
+        Ok(crate::sync::engine::SyncEngine::new(
+            Arc::new(self.config.clone()),
+            tokens,
+            self.job_store()?,
+            records,
+            settings,
+        )?)
+    }
+
     /// The token service (loads the key ring from Secrets Manager).
     pub async fn token_service(&self) -> Result<TokenService, StartupError> {
         let config = Arc::new(self.config.clone());
         let store = self.connection_store()?;
         Ok(TokenService::load(config, store, self.secrets.clone(), RefreshSettings::default()).await?)
     }
+}
+
+/// An invocation's deadline (Lambda's epoch milliseconds) as an `Instant`,
+/// less `margin`.
+pub fn deadline_from_epoch_ms(deadline_ms: u64, margin: std::time::Duration) -> std::time::Instant {
+    let left = i64::try_from(deadline_ms)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(crate::connection::now_ms());
+    let left = std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0));
+    std::time::Instant::now() + left.saturating_sub(margin)
+}
+
+fn env(name: &'static str) -> Result<String, StartupError> {
+    std::env::var(name).map_err(|_| StartupError::MissingEnv(name))
 }
 
 /// `OAUTH_SYNC_CONFIG_SECRET` when set, else the file of `OAUTH_SYNC_CONFIG`.

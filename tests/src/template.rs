@@ -52,7 +52,14 @@ pub struct TableDefinition {
     #[serde(default)]
     pub global_secondary_indexes: Vec<Index>,
     pub time_to_live_specification: Option<Ttl>,
+    pub stream_specification: Option<StreamSpecification>,
     pub billing_mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StreamSpecification {
+    pub stream_view_type: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +201,17 @@ async fn create_table(
         }
         request = request.global_secondary_indexes(gsi.build().map_err(|e| fail(e.to_string()))?);
     }
+    if let Some(stream) = &table.stream_specification {
+        request = request.stream_specification(
+            aws_sdk_dynamodb::types::StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(aws_sdk_dynamodb::types::StreamViewType::from(
+                    stream.stream_view_type.as_str(),
+                ))
+                .build()
+                .map_err(|e| fail(e.to_string()))?,
+        );
+    }
     match request.send().await {
         Ok(_) => {}
         Err(e) => {
@@ -235,6 +253,7 @@ mod tests {
                 "ConnectionsTable",
                 "LoginAttemptsTable",
                 "RecordsTable",
+                "SyncRunsTable",
                 "SyncStateTable"
             ]
         );

@@ -179,6 +179,8 @@ async fn a_connection_keeps_its_provider() {
         refresh_due_at: now + 3_300_000,
         instance_url: None,
         api_domain: None,
+        params: Default::default(),
+        param_error: None,
     };
     let store = login.fixture.service.store();
     store

@@ -22,6 +22,7 @@ async fn main() -> Result<(), Error> {
         ATTEMPT_TTL,
     )
     .await
-    .map_err(startup_failed)?;
+    .map_err(startup_failed)?
+    .with_jobs(app.job_store().map_err(startup_failed)?);
     run(service_fn(|request: Request| oauth_callback::handle(&login, request))).await
 }

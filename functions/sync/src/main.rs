@@ -1,18 +1,24 @@
-//! The `sync` Lambda function: claims due sync jobs, pulls pages and upserts records (EventBridge schedule).
-//! `main` wires; [`handler`] holds the logic.
+//! Wires the `sync` function: logging, clients, the token service and the
+//! sync engine are built once; each scheduled invocation runs the handler.
 
-mod handler;
+use std::sync::Arc;
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use shared::runtime::App;
+use shared::sync::engine::SyncSettings;
 use shared::telemetry::{Target, init, startup_failed};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
     let app = App::from_env().await.map_err(startup_failed)?;
+    let tokens = Arc::new(app.token_service().await.map_err(startup_failed)?);
+    let engine = Arc::new(
+        app.sync_engine(tokens, SyncSettings::default())
+            .map_err(startup_failed)?,
+    );
     run(service_fn(|event: LambdaEvent<serde_json::Value>| {
-        handler::function_handler(&app, event)
+        sync::function_handler(&engine, event)
     }))
     .await
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lambda_runtime::{Diagnostic, LambdaEvent};
-use shared::connection::{DUE_SHARDS, now_ms};
+use shared::connection::DUE_SHARDS;
 use shared::refresh::{DueSummary, TokenService};
 
 /// Connections refreshed at the same time.
@@ -39,11 +39,7 @@ impl From<RefresherError> for Diagnostic {
 
 /// The invocation's deadline as an `Instant`, less a margin.
 pub fn deadline_of(context: &lambda_runtime::Context) -> Instant {
-    let left = i64::try_from(context.deadline)
-        .unwrap_or(i64::MAX)
-        .saturating_sub(now_ms());
-    let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
-    Instant::now() + left.saturating_sub(DEADLINE_MARGIN)
+    shared::runtime::deadline_from_epoch_ms(context.deadline, DEADLINE_MARGIN)
 }
 
 pub async fn function_handler(

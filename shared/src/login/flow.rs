@@ -118,6 +118,8 @@ pub struct LoginService {
     attempts: AttemptStore,
     links: LinkKeys,
     attempt_ttl: Duration,
+    /// Schedules the provider's syncs for a connection that logged in.
+    jobs: Option<crate::sync::jobs::JobStore>,
 }
 
 impl LoginService {
@@ -136,7 +138,15 @@ impl LoginService {
             attempts,
             links,
             attempt_ttl,
+            jobs: None,
         })
+    }
+
+    /// After each login, schedule every configured sync of the connection's
+    /// provider (a parked job comes back into the schedule).
+    pub fn with_jobs(mut self, jobs: crate::sync::jobs::JobStore) -> LoginService {
+        self.jobs = Some(jobs);
+        self
     }
 
     /// `GET /connect/{provider}?…`: checks the link, records the attempt and
@@ -287,6 +297,21 @@ impl LoginService {
                 },
                 other => other.into(),
             })?;
+        let mut warnings = warnings;
+        if let Some(error) = &stored.param_error {
+            warnings.push(format!(
+                "connected, but not ready to sync: a connection parameter could not be learned ({error}); try logging in again"
+            ));
+        }
+        if let Some(jobs) = &self.jobs {
+            for sync in self.config.syncs.values().filter(|s| s.provider == provider.name) {
+                if let Err(e) = jobs.schedule(&attempt.connection, &sync.name).await {
+                    tracing::error!(connection = %attempt.connection, sync = %sync.name, error = %crate::telemetry::error_chain(&e),
+                        "the sync job could not be scheduled; `oauth-sync sync run` schedules it");
+                    warnings.push(format!("sync `{}` could not be scheduled yet; it will be retried by the operator", sync.name));
+                }
+            }
+        }
         Ok(Finished {
             connection: attempt.connection,
             provider: provider.name.clone(),

@@ -189,17 +189,6 @@ impl SyncEngine {
         &self.records
     }
 
-    /// Schedules every configured sync of the connection's provider (at login).
-    pub async fn schedule_connection(&self, connection: &ConnectionId, provider: &str) -> Result<(), SyncError> {
-        for sync in self.config.syncs.values().filter(|s| s.provider == provider) {
-            self.jobs
-                .schedule(connection, &sync.name)
-                .await
-                .map_err(|e| SyncError::Store(job_id(connection, &sync.name), e))?;
-        }
-        Ok(())
-    }
-
     /// Runs every due job, `concurrency` at a time, until `deadline`.
     pub async fn run_due(self: &Arc<Self>, deadline: Instant) -> DueRuns {
         let mut summary = DueRuns::default();

@@ -67,6 +67,16 @@ async fn main() -> anyhow::Result<()> {
             "OAUTH_SYNC_LOGIN_ATTEMPTS_TABLE={}",
             login.fixture.tables["LoginAttemptsTable"]
         ))
+        .arg("--env-var")
+        .arg(format!(
+            "OAUTH_SYNC_SYNC_STATE_TABLE={}",
+            login.fixture.tables["SyncStateTable"]
+        ))
+        .arg("--env-var")
+        .arg(format!(
+            "OAUTH_SYNC_SYNC_RUNS_TABLE={}",
+            login.fixture.tables["SyncRunsTable"]
+        ))
         .stdout(std::process::Stdio::null())
         .process_group(0);
     for var in [
