@@ -225,7 +225,19 @@ impl RefreshFixture {
         overrides: &str,
         test: &str,
     ) -> RefreshFixture {
+        RefreshFixture::start_with(sim, settings, |_| overrides.to_owned(), test).await
+    }
+
+    /// Like [`RefreshFixture::start`], with the overrides made from the
+    /// simulator's base URL (they may end with more tables, such as syncs).
+    pub async fn start_with(
+        sim: SimConfig,
+        settings: shared::refresh::RefreshSettings,
+        overrides: impl FnOnce(&str) -> String,
+        test: &str,
+    ) -> RefreshFixture {
         let oauth = OauthFixture::start(sim, std::time::Duration::from_secs(10)).await;
+        let overrides = overrides(&oauth.sim.base_url);
         let aws = aws().await;
         let tables = fresh_tables(&aws, test).await;
         let prefix = unique_prefix(test);
@@ -503,5 +515,108 @@ impl LoginFixture {
             .await
             .expect("scan");
         scan.items.unwrap_or_default().len()
+    }
+}
+
+/// A refresh fixture plus the sync engine on its own tables: the simulator's
+/// data APIs as the provider's API (Exact Online style under `/api/v1`,
+/// Graph style under `/v1.0`) and the syncs given as TOML.
+#[derive(Debug)]
+pub struct SyncFixture {
+    pub fixture: RefreshFixture,
+    pub engine: std::sync::Arc<shared::sync::engine::SyncEngine>,
+}
+
+impl SyncFixture {
+    /// `provider` and `syncs` are extra TOML for the `[providers.sim]` table
+    /// and after it; `{sim}` in them is the simulator's base URL.
+    pub async fn start(
+        sim: SimConfig,
+        provider: &str,
+        syncs: &str,
+        settings: shared::sync::engine::SyncSettings,
+        test: &str,
+    ) -> SyncFixture {
+        let api = match sim.preset {
+            shared::config::PresetName::Microsoft => "{sim}/v1.0",
+            _ => "{sim}/api/v1/{division}",
+        };
+        let discover = match sim.preset {
+            shared::config::PresetName::ExactOnline => {
+                "discover = { division = { url = \"{sim}/api/v1/current/Me?$select=CurrentDivision\", field = \"d.results.0.CurrentDivision\" } }\n"
+            }
+            _ => "",
+        };
+        let text = format!("api_base_url = \"{api}\"\n{discover}{provider}\n{syncs}\n");
+        let fixture = RefreshFixture::start_with(
+            sim,
+            shared::refresh::RefreshSettings::default(),
+            |base| text.replace("{sim}", base),
+            test,
+        )
+        .await;
+        let engine = fixture.engine(settings);
+        SyncFixture {
+            engine: std::sync::Arc::new(engine),
+            fixture,
+        }
+    }
+
+    pub fn sim(&self) -> &std::sync::Arc<Simulator> {
+        self.fixture.sim()
+    }
+
+    /// Logs in as connection `id` (learning its parameters) and schedules its syncs.
+    pub async fn connect(&self, id: &str) -> shared::connection::ConnectionId {
+        let id = self.fixture.connect(id).await;
+        for sync in self.fixture.config.syncs.keys() {
+            self.engine.jobs().schedule(&id, sync).await.expect("schedule");
+        }
+        id
+    }
+
+    /// One run of `sync` for `id`, now, with a two-minute deadline.
+    pub async fn run(&self, id: &shared::connection::ConnectionId, sync: &str) -> shared::sync::engine::RunReport {
+        self.engine
+            .run_now(id, sync, deadline(120), &|_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every stored record of the job (deleted ones too).
+    pub async fn records(
+        &self,
+        id: &shared::connection::ConnectionId,
+        sync: &str,
+    ) -> Vec<shared::sync::records::StoredRecord> {
+        self.engine
+            .records()
+            .list(&shared::sync::jobs::job_id(id, sync), usize::MAX)
+            .await
+            .expect("list records")
+    }
+}
+
+impl RefreshFixture {
+    /// A sync engine on this fixture's tables and token service.
+    pub fn engine(&self, settings: shared::sync::engine::SyncSettings) -> shared::sync::engine::SyncEngine {
+        let jobs = shared::sync::jobs::JobStore::new(
+            self.aws.dynamodb.clone(),
+            &self.tables["SyncStateTable"],
+            &self.tables["SyncRunsTable"],
+        );
+        let records = shared::sync::records::RecordStore::new(self.aws.dynamodb.clone(), &self.tables["RecordsTable"]);
+        shared::sync::engine::SyncEngine::new(self.config.clone(), self.service.clone(), jobs, records, settings)
+            .expect("sync engine")
+    }
+}
+
+/// Sync settings for tests: short backoffs, so retries do not slow the suite.
+pub fn quick_sync_settings() -> shared::sync::engine::SyncSettings {
+    shared::sync::engine::SyncSettings {
+        base_backoff: std::time::Duration::from_millis(50),
+        max_backoff: std::time::Duration::from_secs(2),
+        page_timeout: std::time::Duration::from_secs(15),
+        ..shared::sync::engine::SyncSettings::default()
     }
 }

@@ -1,0 +1,566 @@
+//! The sync engine against DynamoDB Local and the simulator's data APIs:
+//! records land exactly once, reruns of unchanged data write nothing,
+//! upstream changes and deletions arrive, faults and rate limits are ridden
+//! out, and a run that stops (deadline, crash, another invocation) resumes
+//! without losing or duplicating anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use oauth_sync_tests::simulator::{DataFault, DataFaultPlan, RateLimits, SimConfig};
+use oauth_sync_tests::stack::{SyncFixture, deadline, quick_sync_settings};
+use shared::config::PresetName;
+use shared::connection::ConnectionId;
+use shared::sync::engine::{RunEnd, SyncSettings};
+use shared::sync::jobs::{Next, job_id};
+
+const INCREMENTAL: &str = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
+     query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"incremental\"\ncursor_field = \"Timestamp\"\n\
+     fields = { id = \"ID\", code = \"Code\", description = \"Description\" }\ninterval_secs = 900\n";
+
+const FULL: &str = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/project/Projects\"\n\
+     query = { \"$select\" = \"ID,Code,Description\" }\nmode = \"full\"\n";
+
+/// An Exact Online simulator without rate limits (tests that are not about them).
+fn exact() -> SimConfig {
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.rate_limit = None;
+    sim
+}
+
+async fn fixture(sim: SimConfig, syncs: &str, test: &str) -> SyncFixture {
+    SyncFixture::start(sim, "min_refresh_interval_secs = 0", syncs, quick_sync_settings(), test).await
+}
+
+/// The live (not deleted) records as id → description.
+async fn live(fx: &SyncFixture, id: &ConnectionId, sync: &str) -> BTreeMap<String, String> {
+    fx.records(id, sync)
+        .await
+        .into_iter()
+        .filter(|r| r.deleted_at.is_none())
+        .map(|r| {
+            let description = r
+                .data
+                .get("description")
+                .or_else(|| r.data.get("Description"))
+                .and_then(|d| d.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            (r.id, description)
+        })
+        .collect()
+}
+
+/// The simulator's projects as id → description.
+fn upstream(fx: &SyncFixture) -> BTreeMap<String, String> {
+    fx.sim()
+        .projects()
+        .into_iter()
+        .map(|p| {
+            (
+                p["ID"].as_str().unwrap_or_default().to_owned(),
+                p["Description"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Requests for project pages the simulator answered 200.
+fn project_pages(fx: &SyncFixture) -> usize {
+    fx.sim()
+        .data_requests_log()
+        .iter()
+        .filter(|r| r.path_and_query.contains("Project/Projects") && r.status == 200)
+        .count()
+}
+
+fn writes(fx: &SyncFixture) -> u64 {
+    fx.engine.records().ops().writes.load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn ten_thousand_projects_land_once_and_the_next_run_fetches_only_what_changed() {
+    let fx = fixture(exact(), INCREMENTAL, "sync-10k").await;
+    let ids = fx.sim().seed_projects(10_000);
+    let conn = fx.connect("acme-10k").await;
+
+    let first = fx.run(&conn, "projects").await;
+    assert_eq!(first.end, RunEnd::Finished, "{first:?}");
+    assert_eq!(first.counts.inserted, 10_000);
+    assert_eq!(first.counts.pages, 10, "1,000 per page on sync/ endpoints");
+    assert_eq!(project_pages(&fx), 10, "each page fetched once");
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+
+    // Upstream: one insert and one update; the next run fetches just those two.
+    fx.sim().insert_project("NEW-1", "a new project");
+    assert!(fx.sim().update_project(&ids[17], "renamed"));
+    let before = writes(&fx);
+    let second = fx.run(&conn, "projects").await;
+    assert_eq!(second.end, RunEnd::Finished, "{second:?}");
+    assert_eq!(
+        (second.counts.fetched, second.counts.inserted, second.counts.updated),
+        (2, 1, 1)
+    );
+    assert_eq!(writes(&fx) - before, 2, "only the changed records are written");
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+
+    // Nothing changed: nothing fetched, nothing written.
+    let before = writes(&fx);
+    let third = fx.run(&conn, "projects").await;
+    assert_eq!((third.counts.fetched, writes(&fx) - before), (0, 0));
+}
+
+#[tokio::test]
+async fn an_unchanged_full_rerun_writes_nothing_and_the_sweep_finds_deletions() {
+    let fx = fixture(exact(), FULL, "sync-full").await;
+    let ids = fx.sim().seed_projects(300);
+    let conn = fx.connect("acme-full").await;
+    let first = fx.run(&conn, "projects").await;
+    assert_eq!(
+        (first.end.clone(), first.counts.inserted),
+        (RunEnd::Finished, 300),
+        "{first:?}"
+    );
+    assert_eq!(first.counts.pages, 5, "60 per page on normal endpoints");
+
+    let before = writes(&fx);
+    let rerun = fx.run(&conn, "projects").await;
+    assert_eq!(rerun.counts.unchanged, 300);
+    assert_eq!(writes(&fx) - before, 0, "an unchanged record costs zero writes");
+
+    assert!(fx.sim().delete_project(&ids[3]));
+    assert!(fx.sim().delete_project(&ids[250]));
+    let third = fx.run(&conn, "projects").await;
+    assert_eq!(third.counts.deleted, 2, "{third:?}");
+    let stored = fx.records(&conn, "projects").await;
+    let deleted: BTreeSet<_> = stored
+        .iter()
+        .filter(|r| r.deleted_at.is_some())
+        .map(|r| r.id.clone())
+        .collect();
+    assert_eq!(deleted, BTreeSet::from([ids[3].clone(), ids[250].clone()]));
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+}
+
+#[tokio::test]
+async fn a_full_run_that_fails_halfway_deletes_nothing() {
+    let fx = fixture(exact(), FULL, "sync-partial").await;
+    let ids = fx.sim().seed_projects(300);
+    let conn = fx.connect("acme-partial").await;
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+
+    for id in &ids[..5] {
+        fx.sim().delete_project(id);
+    }
+    // Every page after the first fails as often as a run tries it.
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Status { status: 500 },
+        times: quick_sync_settings().page_attempts,
+        path_contains: Some("skiptoken".to_owned()),
+    });
+    let failed = fx.run(&conn, "projects").await;
+    assert!(matches!(failed.end, RunEnd::Failed(_)), "{failed:?}");
+    assert_eq!(failed.counts.deleted, 0);
+    assert!(
+        fx.records(&conn, "projects")
+            .await
+            .iter()
+            .all(|r| r.deleted_at.is_none()),
+        "a partial run deletes nothing"
+    );
+    let job = fx
+        .engine
+        .jobs()
+        .get(&job_id(&conn, "projects"))
+        .await
+        .expect("read")
+        .expect("job");
+    let last = job.last_run.expect("the failed run is recorded");
+    assert_eq!(last.status, "failed");
+    assert!(
+        last.error.as_deref().unwrap_or_default().contains("HTTP 500"),
+        "{last:?}"
+    );
+
+    // The next run resumes where it failed, completes, and then sweeps.
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.deleted, 5, "{report:?}");
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+}
+
+#[tokio::test]
+async fn broken_slow_and_failing_pages_are_recovered_without_loss_or_duplicates() {
+    let settings = SyncSettings {
+        page_attempts: 6,
+        ..quick_sync_settings()
+    };
+    let fx = SyncFixture::start(
+        exact(),
+        "min_refresh_interval_secs = 0",
+        INCREMENTAL,
+        settings,
+        "sync-faults",
+    )
+    .await;
+    fx.sim().seed_projects(2_500);
+    let conn = fx.connect("acme-faults").await;
+    for fault in [
+        DataFault::Truncated,
+        DataFault::InvalidJson,
+        DataFault::Status { status: 503 },
+        DataFault::Status { status: 502 },
+        DataFault::Delay { millis: 1_500 },
+    ] {
+        fx.sim().inject_data_fault(DataFaultPlan {
+            fault,
+            times: 1,
+            path_contains: None,
+        });
+    }
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.inserted, 2_500);
+    assert_eq!(report.counts.retries, 4, "{report:?}");
+    let stored = fx.records(&conn, "projects").await;
+    assert_eq!(stored.len(), 2_500, "no record lost or duplicated");
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+}
+
+#[tokio::test]
+async fn with_rate_limit_headers_no_request_is_ever_answered_429() {
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.page_size = 20;
+    sim.data.rate_limit = Some(RateLimits {
+        minutely: 4,
+        minute_window: Duration::from_secs(3),
+        daily: 5_000,
+        day_window: Duration::from_secs(86_400),
+    });
+    let fx = fixture(sim, FULL, "sync-rate").await;
+    fx.sim().seed_projects(200);
+    let conn = fx.connect("acme-rate").await;
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.inserted, 200);
+    assert_eq!(fx.sim().counters().data_429s, 0, "slowed down before the 429");
+    assert!(report.counts.requests > 4, "more requests than one window allows");
+    assert!(report.counts.rate_limit_waits >= 1, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_spent_daily_budget_stops_the_run_until_its_reset() {
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.page_size = 20;
+    sim.data.rate_limit = Some(RateLimits {
+        minutely: 60,
+        minute_window: Duration::from_secs(60),
+        daily: 3,
+        day_window: Duration::from_secs(3_600),
+    });
+    let fx = fixture(sim, FULL, "sync-daily").await;
+    fx.sim().seed_projects(200);
+    let conn = fx.connect("acme-daily").await;
+    let report = fx.run(&conn, "projects").await;
+    let RunEnd::Yielded { until, .. } = report.end else {
+        panic!("the run should stop for the day: {report:?}")
+    };
+    assert!(
+        until > shared::connection::now_ms() + 600_000,
+        "resumes after the reset"
+    );
+    assert_eq!(fx.sim().counters().data_429s, 0);
+    let job = fx
+        .engine
+        .jobs()
+        .get(&job_id(&conn, "projects"))
+        .await
+        .expect("read")
+        .expect("job");
+    assert_eq!(job.next_run_at, Some(until), "the next run waits for the reset");
+    assert_eq!(
+        job.checkpoint.rate.least_remaining(),
+        Some(0),
+        "the budget is kept on the job"
+    );
+}
+
+#[tokio::test]
+async fn a_429_storm_with_retry_after_is_ridden_out() {
+    let mut sim = SimConfig::for_preset(PresetName::Microsoft);
+    sim.data.graph_page_size = 50;
+    let syncs = "[syncs.contacts]\nprovider = \"sim\"\nendpoint = \"/me/contacts\"\nmode = \"full\"\n";
+    let fx = fixture(sim, syncs, "sync-storm").await;
+    fx.sim().seed_contacts(120);
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::RetryAfter { status: 429, secs: 1 },
+        times: 4,
+        path_contains: None,
+    });
+    let conn = fx.connect("acme-storm").await;
+    let report = fx.run(&conn, "contacts").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!((report.counts.inserted, report.counts.throttled), (120, 4));
+    assert_eq!(fx.records(&conn, "contacts").await.len(), 120);
+}
+
+#[tokio::test]
+async fn graph_delta_brings_inserts_updates_and_removals() {
+    let mut sim = SimConfig::for_preset(PresetName::Microsoft);
+    sim.data.rate_limit = None;
+    let syncs = "[syncs.contacts]\nprovider = \"sim\"\nendpoint = \"/me/contacts/delta\"\nmode = \"delta\"\n";
+    let fx = fixture(sim, syncs, "sync-delta").await;
+    let ids = fx.sim().seed_contacts(250);
+    let conn = fx.connect("acme-delta").await;
+    let first = fx.run(&conn, "contacts").await;
+    assert_eq!(
+        (first.end.clone(), first.counts.inserted),
+        (RunEnd::Finished, 250),
+        "{first:?}"
+    );
+
+    fx.sim().insert_contact("Ada", "Lovelace", "ada@example.com");
+    assert!(fx.sim().update_contact(&ids[1], "Renamed Person"));
+    assert!(fx.sim().delete_contact(&ids[2]));
+    let second = fx.run(&conn, "contacts").await;
+    assert_eq!(second.end, RunEnd::Finished, "{second:?}");
+    assert_eq!(
+        (second.counts.inserted, second.counts.updated, second.counts.deleted),
+        (1, 1, 1),
+        "{second:?}"
+    );
+    let stored = fx.records(&conn, "contacts").await;
+    let removed = stored.iter().find(|r| r.id == ids[2]).expect("kept as deleted");
+    assert!(removed.deleted_at.is_some());
+    assert_eq!(stored.iter().filter(|r| r.deleted_at.is_none()).count(), 250);
+}
+
+#[tokio::test]
+async fn exact_deletions_arrive_through_sync_deleted() {
+    let mut sim = exact();
+    sim.data.project_deleted_entity_type = Some(77);
+    let syncs = format!("{INCREMENTAL}deleted_entity_type = 77\n");
+    let fx = fixture(sim, &syncs, "sync-deleted").await;
+    let ids = fx.sim().seed_projects(50);
+    let conn = fx.connect("acme-deleted").await;
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+    assert!(fx.sim().delete_project(&ids[7]));
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.counts.deleted, 1, "{report:?}");
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+}
+
+#[tokio::test]
+async fn an_access_token_that_expires_mid_run_is_refreshed_through_the_protocol() {
+    let mut sim = exact();
+    sim.access_token_ttl = Duration::from_secs(3);
+    sim.data.sync_page_size = 100;
+    let fx = SyncFixture::start(
+        sim,
+        "min_refresh_interval_secs = 0\nrefresh_lead_secs = 1",
+        INCREMENTAL,
+        quick_sync_settings(),
+        "sync-token",
+    )
+    .await;
+    fx.sim().seed_projects(400);
+    let conn = fx.connect("acme-token").await;
+    // Slow pages: the run outlives the 3 s access token.
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Delay { millis: 1_500 },
+        times: 4,
+        path_contains: None,
+    });
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.inserted, 400);
+    let counters = fx.sim().counters();
+    assert!(counters.refreshes >= 1, "refreshed during the run: {counters:?}");
+    assert_eq!(counters.refresh_tokens_reused, 0);
+    assert_eq!(counters.families_revoked, 0);
+    assert!(fx.fixture.stored_tokens_work(&conn).await);
+}
+
+#[tokio::test]
+async fn a_run_stopped_at_its_deadline_resumes_to_the_same_table() {
+    let mut sim = exact();
+    sim.data.sync_page_size = 100;
+    let settings = SyncSettings {
+        page_timeout: Duration::from_secs(2),
+        commit_margin: Duration::from_secs(1),
+        ..quick_sync_settings()
+    };
+    let fx = SyncFixture::start(
+        sim,
+        "min_refresh_interval_secs = 0",
+        INCREMENTAL,
+        settings,
+        "sync-deadline",
+    )
+    .await;
+    fx.sim().seed_projects(500);
+    let conn = fx.connect("acme-deadline").await;
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Delay { millis: 1_000 },
+        times: 100,
+        path_contains: None,
+    });
+    let mut runs = 0;
+    let mut yielded = 0;
+    loop {
+        runs += 1;
+        assert!(runs < 50, "never finished");
+        let report = fx
+            .engine
+            .run_now(&conn, "projects", deadline(4), &|_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        match report.end {
+            RunEnd::Finished => break,
+            RunEnd::Yielded { .. } => yielded += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(yielded >= 1, "the deadline stopped a run");
+    assert_eq!(fx.records(&conn, "projects").await.len(), 500);
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+}
+
+#[tokio::test]
+async fn a_run_killed_between_its_writes_and_its_checkpoint_loses_and_duplicates_nothing() {
+    let mut sim = exact();
+    sim.data.sync_page_size = 100;
+    let fx = fixture(sim, INCREMENTAL, "sync-crash").await;
+    fx.sim().seed_projects(500);
+    let conn = fx.connect("acme-crash").await;
+    let id = job_id(&conn, "projects");
+    // The checkpoint after the first page…
+    let checkpoints = std::sync::Mutex::new(Vec::new());
+    let job_before = fx.engine.jobs().get(&id).await.expect("read").expect("job");
+    let report = fx
+        .engine
+        .run_now(&conn, "projects", deadline(120), &|counts| {
+            checkpoints.lock().unwrap_or_else(|p| p.into_inner()).push(counts.pages);
+        })
+        .await
+        .expect("run");
+    assert_eq!(report.end, RunEnd::Finished);
+    assert_eq!(checkpoints.into_inner().unwrap_or_default(), [1, 2, 3, 4, 5]);
+    // …is what a run killed after writing pages 1-5 but before their
+    // checkpoints would leave: put the job back at its start.
+    let claimed = fx
+        .engine
+        .jobs()
+        .claim(&id, "crash-test", shared::connection::now_ms() + 60_000, true)
+        .await
+        .expect("claim")
+        .expect("free");
+    assert!(
+        fx.engine
+            .jobs()
+            .release(&id, "crash-test", &job_before.checkpoint, Next::At(0), None)
+            .await
+            .expect("release")
+    );
+    drop(claimed);
+    let before = writes(&fx);
+    let replay = fx.run(&conn, "projects").await;
+    assert_eq!(replay.end, RunEnd::Finished);
+    assert_eq!(replay.counts.fetched, 500, "the pages are read again");
+    assert_eq!((replay.counts.inserted, replay.counts.updated), (0, 0), "{replay:?}");
+    assert_eq!(writes(&fx) - before, 0, "replays are harmless");
+    assert_eq!(fx.records(&conn, "projects").await.len(), 500);
+}
+
+#[tokio::test]
+async fn two_concurrent_invocations_never_run_a_job_twice() {
+    let mut sim = exact();
+    sim.data.sync_page_size = 200;
+    let fx = fixture(sim, INCREMENTAL, "sync-twice").await;
+    fx.sim().seed_projects(600);
+    let mut connections = Vec::new();
+    for i in 0..6 {
+        connections.push(fx.connect(&format!("acme-twice-{i}")).await);
+    }
+    let other = std::sync::Arc::new(fx.fixture.engine(quick_sync_settings()));
+    let (a, b) = tokio::join!(fx.engine.run_due(deadline(120)), other.run_due(deadline(120)));
+    assert_eq!(a.finished + b.finished, 6, "{a:?} {b:?}");
+    assert_eq!(a.failed + b.failed, 0, "{a:?} {b:?}");
+    assert_eq!(project_pages(&fx), 6 * 3, "every job's pages fetched exactly once");
+    for conn in &connections {
+        let runs = fx
+            .engine
+            .jobs()
+            .runs(&job_id(conn, "projects"), 10)
+            .await
+            .expect("history");
+        assert_eq!(runs.len(), 1, "one run for {conn}");
+        assert_eq!(runs[0].counts.inserted, 600);
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_needs_a_new_login_is_parked_and_says_why() {
+    let fx = fixture(exact(), INCREMENTAL, "sync-parked").await;
+    fx.sim().seed_projects(10);
+    let conn = fx.connect("acme-parked").await;
+    let refresh = fx.fixture.stored_refresh_token(&conn).await;
+    fx.sim().kill_family_of(refresh.secret());
+    fx.fixture
+        .service
+        .refresh_now(&conn, deadline(30))
+        .await
+        .expect_err("the refresh token is dead");
+    let report = fx.run(&conn, "projects").await;
+    let RunEnd::Parked(why) = &report.end else {
+        panic!("{report:?}")
+    };
+    assert!(why.contains("needs_reauth"), "{why}");
+    let job = fx
+        .engine
+        .jobs()
+        .get(&job_id(&conn, "projects"))
+        .await
+        .expect("read")
+        .expect("job");
+    assert_eq!(job.next_run_at, None, "out of the sync-due index");
+    assert_eq!(job.parked_reason.as_deref(), Some(why.as_str()));
+    assert_eq!(project_pages(&fx), 0);
+}
+
+#[tokio::test]
+async fn records_without_a_primary_key_are_counted_and_named() {
+    let syncs = format!("{INCREMENTAL}primary_key = [\"Missing\"]\n");
+    let fx = fixture(exact(), &syncs, "sync-rejected").await;
+    fx.sim().seed_projects(3);
+    let conn = fx.connect("acme-rejected").await;
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.counts.rejected, 3, "{report:?}");
+    assert!(
+        report.counts.rejected_examples[0].contains("no primary key `Missing`"),
+        "{report:?}"
+    );
+    assert!(fx.records(&conn, "projects").await.is_empty());
+}
+
+#[tokio::test]
+async fn the_division_is_learned_at_login_and_fills_the_url() {
+    let fx = fixture(exact(), INCREMENTAL, "sync-division").await;
+    let conn = fx.connect("acme-division").await;
+    let connection = fx.fixture.connection(&conn).await;
+    assert_eq!(
+        connection.params.get("division").map(String::as_str),
+        Some(fx.sim().division().to_string().as_str())
+    );
+    assert_eq!(connection.param_error, None);
+    fx.sim().seed_projects(2);
+    fx.run(&conn, "projects").await;
+    let log = fx.sim().data_requests_log();
+    assert!(
+        log.iter().any(|r| r
+            .path_and_query
+            .starts_with(&format!("/api/v1/{}/sync/Project/Projects", fx.sim().division()))),
+        "{log:?}"
+    );
+}
