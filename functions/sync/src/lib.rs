@@ -16,7 +16,9 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 /// Part of the sync-due index could not be read (each failure is logged);
 /// the rest was served. Worth retrying, and the next schedule will.
 #[derive(Debug, thiserror::Error)]
-#[error("the sync-due index could not be read for {shards_failed} of {DUE_SHARDS} shards; their jobs wait for the next run")]
+#[error(
+    "the sync-due index could not be read for {shards_failed} of {DUE_SHARDS} shards; their jobs wait for the next run"
+)]
 pub struct SyncRunError {
     pub shards_failed: u64,
     pub summary: DueRuns,

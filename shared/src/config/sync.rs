@@ -198,7 +198,10 @@ pub(crate) fn resolve(
     if mode != SyncMode::Incremental && entry.cursor_field.is_some() {
         return Err((
             "cursor_field",
-            format!("only an incremental sync has a cursor (this one is `{}`)", mode.as_str()),
+            format!(
+                "only an incremental sync has a cursor (this one is `{}`)",
+                mode.as_str()
+            ),
         ));
     }
     let deleted = match entry.deleted_entity_type {

@@ -308,7 +308,10 @@ impl LoginService {
                 if let Err(e) = jobs.schedule(&attempt.connection, &sync.name).await {
                     tracing::error!(connection = %attempt.connection, sync = %sync.name, error = %crate::telemetry::error_chain(&e),
                         "the sync job could not be scheduled; `oauth-sync sync run` schedules it");
-                    warnings.push(format!("sync `{}` could not be scheduled yet; it will be retried by the operator", sync.name));
+                    warnings.push(format!(
+                        "sync `{}` could not be scheduled yet; it will be retried by the operator",
+                        sync.name
+                    ));
                 }
             }
         }

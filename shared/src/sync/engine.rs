@@ -286,7 +286,12 @@ impl SyncEngine {
     ) -> Result<RunReport, SyncError> {
         let store_error = |e| SyncError::Store(id.to_owned(), e);
         let until = now_ms() + millis(deadline.saturating_duration_since(Instant::now()) + self.settings.lease_margin);
-        let Some(job) = self.jobs.claim(id, &self.worker, until, force).await.map_err(store_error)? else {
+        let Some(job) = self
+            .jobs
+            .claim(id, &self.worker, until, force)
+            .await
+            .map_err(store_error)?
+        else {
             return match self.jobs.get(id).await.map_err(store_error)? {
                 None => Err(SyncError::NoJob(id.to_owned())),
                 Some(_) => Err(SyncError::Busy(id.to_owned())),
@@ -318,7 +323,10 @@ impl SyncEngine {
                 if let Some(run) = checkpoint.run.as_mut() {
                     run.counts = RunCounts::default();
                 }
-                (Next::At(now + interval.min(900_000)), Some(record("failed", Some(why.clone()))))
+                (
+                    Next::At(now + interval.min(900_000)),
+                    Some(record("failed", Some(why.clone()))),
+                )
             }
             RunEnd::LostLease => {
                 return Ok(RunReport {
@@ -408,7 +416,10 @@ impl SyncEngine {
         let mut params = provider.settings.params.clone();
         params.extend(connection.url_params());
         if let Some(missing) = unfilled(&provider.settings.api_base_url, sync, &params) {
-            let why = connection.param_error.clone().unwrap_or_else(|| "not learned at login".to_owned());
+            let why = connection
+                .param_error
+                .clone()
+                .unwrap_or_else(|| "not learned at login".to_owned());
             return (
                 RunEnd::Parked(format!(
                     "connection parameter `{missing}` is missing ({why}); a new login learns it"
@@ -626,7 +637,10 @@ impl SyncEngine {
             && let (Some(incremental), Some(field)) = (&sync.incremental, cursor_field)
             && let Some(cursor) = cursor.or_else(|| incremental.initial.clone())
         {
-            let filter = incremental.filter.replace("{field}", field).replace("{cursor}", &cursor);
+            let filter = incremental
+                .filter
+                .replace("{field}", field)
+                .replace("{cursor}", &cursor);
             let value = match query.remove(&incremental.param) {
                 Some(own) => format!("{own} and {filter}"),
                 None => filter,
@@ -834,7 +848,10 @@ impl SyncEngine {
                 }
                 408 | 500..=599 => {
                     attempt += 1;
-                    let why = format!("HTTP {status}: {}", excerpt(&String::from_utf8_lossy(&body), &[token.secret()]));
+                    let why = format!(
+                        "HTTP {status}: {}",
+                        excerpt(&String::from_utf8_lossy(&body), &[token.secret()])
+                    );
                     self.retry(cx, attempt, retry_after, counts, why).await?;
                 }
                 _ => {
@@ -862,7 +879,12 @@ impl SyncEngine {
             .map(|s| Duration::from_secs(s).min(self.settings.max_backoff))
             .unwrap_or_else(|| self.backoff(attempt));
         counts.retries += 1;
-        warn!(job = cx.job, attempt, wait_ms = millis(wait), "{why}; trying the page again");
+        warn!(
+            job = cx.job,
+            attempt,
+            wait_ms = millis(wait),
+            "{why}; trying the page again"
+        );
         if Instant::now() + wait + self.settings.page_timeout + self.settings.commit_margin > cx.deadline {
             return Err(Stop::Yield {
                 until: now_ms() + millis(wait),

@@ -129,7 +129,10 @@ mod tests {
     #[test]
     fn paths_reach_into_objects_and_arrays() {
         let v = serde_json::json!({"d": {"results": [{"CurrentDivision": 42}]}});
-        assert_eq!(value_at(&v, "d.results.0.CurrentDivision"), Some(&serde_json::json!(42)));
+        assert_eq!(
+            value_at(&v, "d.results.0.CurrentDivision"),
+            Some(&serde_json::json!(42))
+        );
         assert_eq!(value_at(&v, "d.results.1"), None);
         assert_eq!(value_at(&v, ""), Some(&v));
         assert_eq!(scalar_text(&serde_json::json!(42)).as_deref(), Some("42"));

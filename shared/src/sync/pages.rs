@@ -161,18 +161,13 @@ pub fn set_param(url: &mut Url, key: &str, value: &str) {
         .filter(|(k, _)| k != key)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    url.query_pairs_mut()
-        .clear()
-        .extend_pairs(kept)
-        .append_pair(key, value);
+    url.query_pairs_mut().clear().extend_pairs(kept).append_pair(key, value);
 }
 
 /// `link` resolved against the request, refused unless it stays on the
 /// request's origin (scheme, host and port).
 fn same_origin(request: &Url, link: &str) -> Result<Url, PageError> {
-    let url = request
-        .join(link)
-        .map_err(|e| PageError::BadLink(format!("{e}")))?;
+    let url = request.join(link).map_err(|e| PageError::BadLink(format!("{e}")))?;
     if url.origin() != request.origin() {
         return Err(PageError::OtherOrigin(url.origin().ascii_serialization()));
     }
@@ -189,7 +184,10 @@ fn next_link(header: &str) -> Option<String> {
             .filter_map(|p| p.split_once('='))
             .any(|(k, v)| {
                 k.trim().eq_ignore_ascii_case("rel")
-                    && v.trim().trim_matches('"').split_whitespace().any(|r| r.eq_ignore_ascii_case("next"))
+                    && v.trim()
+                        .trim_matches('"')
+                        .split_whitespace()
+                        .any(|r| r.eq_ignore_ascii_case("next"))
             })
             .then(|| target.to_owned())
     })
@@ -206,38 +204,66 @@ mod tests {
     #[test]
     fn odata_v2_reads_results_and_next() {
         let body = br#"{"d":{"results":[{"ID":"a"},{"ID":"b"}],"__next":"https://api.test/v1/1/x?$skiptoken=b"}}"#;
-        let page = parse_page(&Pagination::OdataV2, "d.results", &url("https://api.test/v1/1/x"), None, body)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let page = parse_page(
+            &Pagination::OdataV2,
+            "d.results",
+            &url("https://api.test/v1/1/x"),
+            None,
+            body,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page.records.len(), 2);
         assert_eq!(
             page.next.map(String::from).as_deref(),
             Some("https://api.test/v1/1/x?$skiptoken=b")
         );
         let last = br#"{"d":{"results":[]}}"#;
-        let page = parse_page(&Pagination::OdataV2, "d.results", &url("https://api.test/x"), None, last)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let page = parse_page(
+            &Pagination::OdataV2,
+            "d.results",
+            &url("https://api.test/x"),
+            None,
+            last,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((page.records.len(), page.next), (0, None));
         let bare = br#"{"d":[{"ID":"a"}]}"#;
-        let page = parse_page(&Pagination::OdataV2, "d.results", &url("https://api.test/x"), None, bare)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let page = parse_page(
+            &Pagination::OdataV2,
+            "d.results",
+            &url("https://api.test/x"),
+            None,
+            bare,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page.records.len(), 1);
     }
 
     #[test]
     fn a_next_link_to_another_origin_is_refused() {
         let body = br#"{"d":{"results":[],"__next":"https://evil.test/steal"}}"#;
-        let e = parse_page(&Pagination::OdataV2, "d.results", &url("https://api.test/x"), None, body).unwrap_err();
+        let e = parse_page(
+            &Pagination::OdataV2,
+            "d.results",
+            &url("https://api.test/x"),
+            None,
+            body,
+        )
+        .unwrap_err();
         assert!(matches!(e, PageError::OtherOrigin(_)), "{e}");
     }
 
     #[test]
     fn graph_pages_end_with_a_delta_link() {
         let request = url("https://graph.test/v1.0/me/contacts/delta");
-        let body = br#"{"value":[{"id":"1"}],"@odata.nextLink":"https://graph.test/v1.0/me/contacts/delta?$skiptoken=2"}"#;
-        let page = parse_page(&Pagination::OdataNextLink, "value", &request, None, body).unwrap_or_else(|e| panic!("{e}"));
+        let body =
+            br#"{"value":[{"id":"1"}],"@odata.nextLink":"https://graph.test/v1.0/me/contacts/delta?$skiptoken=2"}"#;
+        let page =
+            parse_page(&Pagination::OdataNextLink, "value", &request, None, body).unwrap_or_else(|e| panic!("{e}"));
         assert!(page.next.is_some() && page.delta_link.is_none());
         let body = br#"{"value":[{"id":"1","@removed":{"reason":"deleted"}}],"@odata.deltaLink":"https://graph.test/v1.0/me/contacts/delta?$deltatoken=9"}"#;
-        let page = parse_page(&Pagination::OdataNextLink, "value", &request, None, body).unwrap_or_else(|e| panic!("{e}"));
+        let page =
+            parse_page(&Pagination::OdataNextLink, "value", &request, None, body).unwrap_or_else(|e| panic!("{e}"));
         assert!(page.next.is_none() && page.delta_link.is_some());
     }
 
@@ -245,13 +271,15 @@ mod tests {
     fn salesforce_next_records_url_is_relative_to_the_instance() {
         let request = url("https://na1.sf.test/services/data/v62.0/query?q=SELECT+Id+FROM+Account");
         let body = br#"{"done":false,"records":[{"Id":"1"}],"nextRecordsUrl":"/services/data/v62.0/query/01g-2000"}"#;
-        let page = parse_page(&Pagination::NextRecordsUrl, "records", &request, None, body).unwrap_or_else(|e| panic!("{e}"));
+        let page =
+            parse_page(&Pagination::NextRecordsUrl, "records", &request, None, body).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             page.next.map(String::from).as_deref(),
             Some("https://na1.sf.test/services/data/v62.0/query/01g-2000")
         );
         let body = br#"{"done":true,"records":[]}"#;
-        let page = parse_page(&Pagination::NextRecordsUrl, "records", &request, None, body).unwrap_or_else(|e| panic!("{e}"));
+        let page =
+            parse_page(&Pagination::NextRecordsUrl, "records", &request, None, body).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page.next, None);
     }
 
@@ -271,9 +299,18 @@ mod tests {
         );
 
         let header = r#"<https://api.test/items?page=3>; rel="next", <https://api.test/items?page=9>; rel="last""#;
-        let page = parse_page(&Pagination::LinkHeader, "", &url("https://api.test/items?page=2"), Some(header), b"[{}]")
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(page.next.map(String::from).as_deref(), Some("https://api.test/items?page=3"));
+        let page = parse_page(
+            &Pagination::LinkHeader,
+            "",
+            &url("https://api.test/items?page=2"),
+            Some(header),
+            b"[{}]",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            page.next.map(String::from).as_deref(),
+            Some("https://api.test/items?page=3")
+        );
 
         let offset = Pagination::Offset {
             offset_param: "start".into(),
@@ -283,7 +320,10 @@ mod tests {
         let first = first_page(&offset, url("https://api.test/q?max=2"));
         assert_eq!(first.as_str(), "https://api.test/q?max=2&start=1");
         let page = parse_page(&offset, "", &first, None, b"[{},{}]").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(page.next.map(String::from).as_deref(), Some("https://api.test/q?max=2&start=3"));
+        assert_eq!(
+            page.next.map(String::from).as_deref(),
+            Some("https://api.test/q?max=2&start=3")
+        );
         let page = parse_page(&offset, "", &first, None, b"[{}]").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page.next, None, "a short page is the last");
 
@@ -292,18 +332,36 @@ mod tests {
             first: 1,
         };
         let first = first_page(&numbered, url("https://api.test/Invoices"));
-        let page = parse_page(&numbered, "Invoices", &first, None, br#"{"Invoices":[{}]}"#).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(page.next.map(String::from).as_deref(), Some("https://api.test/Invoices?page=2"));
-        let page = parse_page(&numbered, "Invoices", &first, None, br#"{"Invoices":[]}"#).unwrap_or_else(|e| panic!("{e}"));
+        let page =
+            parse_page(&numbered, "Invoices", &first, None, br#"{"Invoices":[{}]}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            page.next.map(String::from).as_deref(),
+            Some("https://api.test/Invoices?page=2")
+        );
+        let page =
+            parse_page(&numbered, "Invoices", &first, None, br#"{"Invoices":[]}"#).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page.next, None);
     }
 
     #[test]
     fn truncated_json_is_transient_and_a_wrong_shape_is_not() {
-        let e = parse_page(&Pagination::OdataV2, "d.results", &url("https://a.test/"), None, br#"{"d":{"resu"#)
-            .unwrap_err();
+        let e = parse_page(
+            &Pagination::OdataV2,
+            "d.results",
+            &url("https://a.test/"),
+            None,
+            br#"{"d":{"resu"#,
+        )
+        .unwrap_err();
         assert!(e.is_transient(), "{e}");
-        let e = parse_page(&Pagination::OdataNextLink, "value", &url("https://a.test/"), None, br#"{"x":1}"#).unwrap_err();
+        let e = parse_page(
+            &Pagination::OdataNextLink,
+            "value",
+            &url("https://a.test/"),
+            None,
+            br#"{"x":1}"#,
+        )
+        .unwrap_err();
         assert!(!e.is_transient(), "{e}");
     }
 }

@@ -75,7 +75,11 @@ impl RateState {
                 reset_at,
                 seen_at: now,
             };
-            match self.windows.iter_mut().find(|(name, _)| *name == limit.remaining_header) {
+            match self
+                .windows
+                .iter_mut()
+                .find(|(name, _)| *name == limit.remaining_header)
+            {
                 Some((_, known)) => *known = window,
                 None => self.windows.push((limit.remaining_header.clone(), window)),
             }
@@ -173,7 +177,11 @@ mod tests {
         );
         assert_eq!(state.gate(now, None), Gate::Go);
         state.spend();
-        assert_eq!(state.gate(now, None), Gate::WaitUntil(now + 30_000), "slow down before the 429");
+        assert_eq!(
+            state.gate(now, None),
+            Gate::WaitUntil(now + 30_000),
+            "slow down before the 429"
+        );
         assert_eq!(state.gate(now + 30_000, None), Gate::Go, "the window reset");
     }
 
@@ -184,7 +192,10 @@ mod tests {
         let reset = now + 5 * 3_600_000;
         state.observe(
             &exact(),
-            headers(&[("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", &reset.to_string())]),
+            headers(&[
+                ("X-RateLimit-Remaining", "0"),
+                ("X-RateLimit-Reset", &reset.to_string()),
+            ]),
             now,
         );
         assert_eq!(state.gate(now, None), Gate::WaitUntil(reset));

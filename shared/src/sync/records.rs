@@ -242,9 +242,7 @@ impl RecordStore {
             );
             let mut attempt = 0;
             while let Some(keys) = request.take() {
-                self.ops
-                    .reads
-                    .fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
+                self.ops.reads.fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
                 let output = self
                     .client
                     .batch_get_item()
@@ -305,7 +303,11 @@ impl RecordStore {
                 id: "record".to_owned(),
                 reason: e.to_string(),
             })?;
-        let mut batches = requests.chunks(WRITE_BATCH).map(<[_]>::to_vec).collect::<Vec<_>>().into_iter();
+        let mut batches = requests
+            .chunks(WRITE_BATCH)
+            .map(<[_]>::to_vec)
+            .collect::<Vec<_>>()
+            .into_iter();
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             while tasks.len() < WRITE_CONCURRENCY {
@@ -341,9 +343,7 @@ impl RecordStore {
                 .unprocessed_items
                 .and_then(|mut u| u.remove(&self.table))
                 .unwrap_or_default();
-            self.ops
-                .writes
-                .fetch_add(sent - batch.len() as u64, Ordering::Relaxed);
+            self.ops.writes.fetch_add(sent - batch.len() as u64, Ordering::Relaxed);
             if !batch.is_empty() {
                 attempt += 1;
                 backoff(attempt, "BatchWriteItem(records)", &self.table)?;
@@ -403,7 +403,10 @@ fn item(pk: &str, record: &Incoming, first_seen_at: i64, now: i64) -> HashMap<St
     HashMap::from([
         ("pk".to_owned(), s(pk)),
         ("record_id".to_owned(), s(&record.id)),
-        ("record".to_owned(), AttributeValue::M(map_to_attributes(&record.data, 1))),
+        (
+            "record".to_owned(),
+            AttributeValue::M(map_to_attributes(&record.data, 1)),
+        ),
         ("content_hash".to_owned(), s(&record.hash)),
         ("first_seen_at".to_owned(), n(first_seen_at)),
         ("updated_at".to_owned(), n(now)),
@@ -411,7 +414,9 @@ fn item(pk: &str, record: &Incoming, first_seen_at: i64, now: i64) -> HashMap<St
 }
 
 fn map_to_attributes(map: &Map<String, Value>, depth: usize) -> HashMap<String, AttributeValue> {
-    map.iter().map(|(k, v)| (k.clone(), to_attribute(v, depth + 1))).collect()
+    map.iter()
+        .map(|(k, v)| (k.clone(), to_attribute(v, depth + 1)))
+        .collect()
 }
 
 /// A JSON value as a native DynamoDB attribute. Numbers DynamoDB cannot hold
@@ -509,13 +514,18 @@ mod tests {
 
     #[test]
     fn json_becomes_native_attributes_and_back() {
-        let v = serde_json::json!({"ID": "a", "n": 12, "f": 1.5, "big": 1e200, "ok": true, "none": null, "l": [1, "x"]});
+        let v =
+            serde_json::json!({"ID": "a", "n": 12, "f": 1.5, "big": 1e200, "ok": true, "none": null, "l": [1, "x"]});
         let attribute = to_attribute(&v, 0);
         let AttributeValue::M(map) = &attribute else {
             panic!("a map")
         };
         assert_eq!(map["n"], AttributeValue::N("12".into()));
-        assert_eq!(map["big"], AttributeValue::S("1e+200".into()), "beyond DynamoDB's range: kept as text");
+        assert_eq!(
+            map["big"],
+            AttributeValue::S("1e+200".into()),
+            "beyond DynamoDB's range: kept as text"
+        );
         assert_eq!(map["none"], AttributeValue::Null(true));
         let back = to_json(&attribute);
         assert_eq!(back["l"], serde_json::json!([1, "x"]));
