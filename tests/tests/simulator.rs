@@ -1,11 +1,15 @@
 //! The provider simulator behaves as configured, driven through the product's
 //! own OAuth client (`shared::oauth`): code flow with PKCE, single-use codes,
 //! rotation, reuse detection revoking the family, grace periods, each preset's
-//! quirks, RFC 7009 revocation, and fault injection.
+//! quirks, RFC 7009 revocation, and fault injection; and its data APIs (Exact
+//! Online's paging, sync filters and rate limits, Graph's delta rounds, data
+//! faults).
 
 use std::time::Duration;
 
-use oauth_sync_tests::simulator::{Counters, Fault, FaultPlan, Grant, SimConfig};
+use oauth_sync_tests::simulator::{
+    Counters, DataCommand, DataConfig, DataFault, DataFaultPlan, Fault, FaultPlan, Grant, RateLimits, SimConfig,
+};
 use oauth_sync_tests::stack::{OauthFixture, REDIRECT_URI, authorize, http};
 use shared::config::{ClientAuth, PresetName};
 use shared::crypto::Pkce;
@@ -386,4 +390,402 @@ async fn the_stack_simulator_process_serves_counters_and_faults() {
     let after = counters().await;
     assert_eq!(after.faults_injected, before.faults_injected + 1);
     assert_eq!(after.refresh_requests, before.refresh_requests + 1);
+}
+
+// ---------------------------------------------------------------------------
+// Data APIs
+
+/// A client of the simulator's data APIs with a live access token.
+struct DataClient {
+    f: OauthFixture,
+    token: String,
+}
+
+impl DataClient {
+    async fn start(data: DataConfig) -> DataClient {
+        let config = SimConfig {
+            data,
+            ..SimConfig::for_preset(PresetName::ExactOnline)
+        };
+        let f = OauthFixture::start(config, TIMEOUT).await;
+        let token = f.login().await.access_token.secret().to_owned();
+        DataClient { f, token }
+    }
+
+    fn sim(&self) -> &oauth_sync_tests::simulator::Simulator {
+        &self.f.sim.sim
+    }
+
+    fn exact(&self, path: &str) -> String {
+        self.f.sim.url(&format!("/api/v1/{}/{path}", self.sim().division()))
+    }
+
+    /// GET with the bearer token, as a JSON client.
+    async fn get(&self, url: &str, prefer: Option<&str>) -> reqwest::Response {
+        let mut request = self.f.http.get(url).bearer_auth(&self.token);
+        request = request.header("Accept", "application/json");
+        if let Some(prefer) = prefer {
+            request = request.header("Prefer", prefer);
+        }
+        request.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    async fn json(&self, url: &str, prefer: Option<&str>) -> serde_json::Value {
+        let response = self.get(url, prefer).await;
+        assert_eq!(response.status(), 200, "{url}");
+        response.json().await.expect("json")
+    }
+
+    /// Follows Exact's `__next` from `url`; returns the records and the number of pages.
+    async fn exact_all(&self, url: &str) -> (Vec<serde_json::Value>, usize) {
+        let (mut records, mut pages, mut next) = (Vec::new(), 0, Some(url.to_owned()));
+        while let Some(url) = next {
+            let body = self.json(&url, None).await;
+            records.extend(body["d"]["results"].as_array().expect("results").iter().cloned());
+            next = body["d"]["__next"].as_str().map(str::to_owned);
+            pages += 1;
+        }
+        (records, pages)
+    }
+
+    /// Follows Graph's `@odata.nextLink` to the `@odata.deltaLink`; returns the items, pages and the delta link.
+    async fn graph_round(&self, url: &str, prefer: Option<&str>) -> (Vec<serde_json::Value>, usize, String) {
+        let (mut items, mut pages, mut url) = (Vec::new(), 0, url.to_owned());
+        loop {
+            let body = self.json(&url, prefer).await;
+            pages += 1;
+            items.extend(body["value"].as_array().expect("value").iter().cloned());
+            match (body["@odata.nextLink"].as_str(), body["@odata.deltaLink"].as_str()) {
+                (Some(next), None) => url = next.to_owned(),
+                (None, Some(delta)) => return (items, pages, delta.to_owned()),
+                other => panic!("a page has exactly one of nextLink and deltaLink: {other:?}"),
+            }
+        }
+    }
+}
+
+fn timestamp(record: &serde_json::Value) -> i64 {
+    let text = record["Timestamp"]
+        .as_str()
+        .expect("Timestamp is a JSON string (Edm.Int64)");
+    text.parse().expect("an int64")
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test]
+async fn exact_sync_endpoint_pages_through_every_project_and_the_deleted_log() {
+    let c = DataClient::start(DataConfig {
+        project_deleted_entity_type: Some(99),
+        ..DataConfig::default()
+    })
+    .await;
+    let sim = c.sim();
+    let seeded = sim.seed_projects(2_345);
+
+    // The division comes from current/Me, a JSON number, without rate headers.
+    let me = c
+        .get(&c.f.sim.url("/api/v1/current/Me?$select=CurrentDivision"), None)
+        .await;
+    assert_eq!(header(&me, "X-RateLimit-Minutely-Remaining"), None);
+    let me: serde_json::Value = me.json().await.expect("json");
+    assert_eq!(me["d"]["results"][0]["CurrentDivision"].as_i64(), Some(sim.division()));
+
+    // A full pull from `Timestamp gt 1` (an Int32 literal), following __next.
+    let first = c.exact("sync/Project/Projects?$select=ID,Code,Description,Timestamp&$filter=Timestamp gt 1");
+    let (records, pages) = c.exact_all(&first).await;
+    assert_eq!((records.len(), pages), (2_345, 3));
+    let ids: std::collections::BTreeSet<_> = records.iter().map(|r| r["ID"].as_str().expect("ID")).collect();
+    assert_eq!(ids.len(), 2_345);
+    assert!(seeded.iter().all(|id| ids.contains(id.as_str())));
+    assert!(records.windows(2).all(|w| timestamp(&w[0]) < timestamp(&w[1])));
+    let highest = records.iter().map(timestamp).max().expect("records");
+    assert!(highest > i64::from(u32::MAX), "row versions exceed 32 bits");
+    assert!(records[0].get("Modified").is_none(), "$select limits the fields");
+
+    // Changes since the highest Timestamp seen: two updates; a delete goes to sync/Deleted.
+    assert!(sim.update_project(&seeded[10], "renamed"));
+    assert!(sim.update_project(&seeded[20], "renamed too"));
+    assert!(sim.delete_project(&seeded[30]));
+    let since = c.exact(&format!("sync/Project/Projects?$filter=Timestamp gt {highest}L"));
+    let (changed, _) = c.exact_all(&since).await;
+    let changed_ids: Vec<_> = changed.iter().map(|r| r["ID"].as_str().expect("ID")).collect();
+    assert_eq!(changed_ids, [seeded[10].as_str(), seeded[20].as_str()]);
+    assert_eq!(changed[0]["Description"], "renamed");
+    let deleted = c.exact(&format!(
+        "sync/Deleted?$filter=Timestamp gt {highest}L and EntityType eq 99"
+    ));
+    let (deleted, _) = c.exact_all(&deleted).await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0]["EntityKey"], seeded[30].as_str());
+    assert_eq!(deleted[0]["Division"].as_i64(), Some(sim.division()));
+    assert!(timestamp(&deleted[0]) > highest);
+    assert_eq!(sim.projects().len(), 2_344);
+
+    // The normal endpoint: 60 a page in ID order.
+    let (all, pages) = c.exact_all(&c.exact("project/Projects?$select=ID,Code")).await;
+    assert_eq!((all.len(), pages), (2_344, 40));
+    assert!(all.windows(2).all(|w| w[0]["ID"].as_str() < w[1]["ID"].as_str()));
+
+    // Strictness: a malformed filter, another division, no Accept: application/json.
+    let bad = c
+        .get(&c.exact("sync/Project/Projects?$filter=Timestamp gt 5000000000"), None)
+        .await;
+    assert_eq!(bad.status(), 400, "an Int64 literal needs its L");
+    let body: serde_json::Value = bad.json().await.expect("json");
+    assert!(body["error"]["message"]["value"].is_string(), "{body}");
+    let other =
+        c.f.sim
+            .url(&format!("/api/v1/{}/sync/Project/Projects", sim.division() + 1));
+    assert_eq!(c.get(&other, None).await.status(), 403);
+    let xml = c.f.http.get(&first).bearer_auth(&c.token).send().await.expect("get");
+    assert!(header(&xml, "content-type").is_some_and(|t| t.contains("xml")));
+
+    let counters = sim.counters();
+    assert_eq!(
+        (counters.data_errors, counters.data_429s, counters.data_401s),
+        (2, 0, 0)
+    );
+    assert_eq!(counters.data_pages, 1 + 3 + 1 + 1 + 40);
+    assert_eq!(counters.data_requests, counters.data_pages + 3);
+}
+
+#[tokio::test]
+async fn exact_limits_answer_429_with_only_the_exceeded_limits_headers() {
+    let c = DataClient::start(DataConfig {
+        rate_limit: Some(RateLimits {
+            minutely: 3,
+            minute_window: Duration::from_millis(700),
+            daily: 5,
+            day_window: Duration::from_secs(3600),
+        }),
+        ..DataConfig::default()
+    })
+    .await;
+    let url = c.exact("sync/Project/Projects?$filter=Timestamp gt 1L");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    let number = |response: &reqwest::Response, name: &str| -> u64 {
+        header(response, name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .parse()
+            .expect("a number")
+    };
+
+    for remaining in [2, 1, 0] {
+        let ok = c.get(&url, None).await;
+        assert_eq!(ok.status(), 200);
+        assert_eq!(number(&ok, "X-RateLimit-Minutely-Remaining"), remaining);
+        assert_eq!(number(&ok, "X-RateLimit-Remaining"), remaining + 2);
+        assert_eq!(number(&ok, "X-RateLimit-Limit"), 5);
+    }
+    let minute = c.get(&url, None).await;
+    assert_eq!(minute.status(), 429);
+    assert_eq!(number(&minute, "X-RateLimit-Minutely-Limit"), 3);
+    assert_eq!(number(&minute, "X-RateLimit-Minutely-Remaining"), 0);
+    let reset = number(&minute, "X-RateLimit-Minutely-Reset");
+    assert!(
+        reset > now_ms() && reset <= now_ms() + 700,
+        "epoch milliseconds: {reset}"
+    );
+    assert_eq!(
+        header(&minute, "X-RateLimit-Limit"),
+        None,
+        "no daily headers on a minutely 429"
+    );
+    assert_eq!(header(&minute, "Retry-After"), None);
+    // current/Me is not limited.
+    let me = c.get(&c.f.sim.url("/api/v1/current/Me"), None).await;
+    assert_eq!(me.status(), 200);
+
+    // Wait for the minute to reset: two more, then the day is spent.
+    tokio::time::sleep(Duration::from_millis(reset.saturating_sub(now_ms()) + 50)).await;
+    for _ in 0..2 {
+        assert_eq!(c.get(&url, None).await.status(), 200);
+    }
+    let day = c.get(&url, None).await;
+    assert_eq!(day.status(), 429);
+    assert_eq!(number(&day, "X-RateLimit-Remaining"), 0);
+    assert!(number(&day, "X-RateLimit-Reset") > now_ms() + 3_500_000);
+    assert_eq!(
+        header(&day, "X-RateLimit-Minutely-Limit"),
+        None,
+        "no minutely headers on a daily 429"
+    );
+
+    let counters = c.sim().counters();
+    assert_eq!((counters.data_429s, counters.data_errors), (2, 0));
+    let log = c.sim().data_requests_log();
+    assert_eq!(log.iter().filter(|r| r.status == 429).count(), 2);
+
+    // Switched off: no limits and no headers at all.
+    c.sim().reconfigure(|config| config.data.rate_limit = None);
+    let free = c.get(&url, None).await;
+    assert_eq!(free.status(), 200);
+    assert!(!free.headers().keys().any(|k| k.as_str().starts_with("x-ratelimit")));
+}
+
+#[tokio::test]
+async fn graph_delta_rounds_report_updates_and_removals() {
+    let c = DataClient::start(DataConfig::default()).await;
+    let sim = c.sim();
+    let ids = sim.seed_contacts(250);
+    let prefer = Some("odata.maxpagesize=100");
+
+    let (items, pages, delta) = c.graph_round(&c.f.sim.url("/v1.0/me/contacts/delta"), prefer).await;
+    assert_eq!((items.len(), pages), (250, 3));
+    assert!(
+        items
+            .iter()
+            .all(|i| i.get("@removed").is_none() && i["displayName"].is_string())
+    );
+
+    assert!(sim.update_contact(&ids[5], "Renamed Five"));
+    assert!(sim.delete_contact(&ids[6]));
+    let added = sim.insert_contact("New", "Person", "new@example.com");
+    let (changes, pages, delta) = c.graph_round(&delta, prefer).await;
+    assert_eq!(pages, 1);
+    let summary: Vec<(String, bool)> = changes
+        .iter()
+        .map(|i| (i["id"].as_str().expect("id").to_owned(), i.get("@removed").is_some()))
+        .collect();
+    assert_eq!(
+        summary,
+        [(ids[5].clone(), false), (ids[6].clone(), true), (added.clone(), false)]
+    );
+    assert_eq!(changes[0]["displayName"], "Renamed Five");
+    assert_eq!(changes[1]["@removed"]["reason"], "deleted");
+    let (none, _, delta) = c.graph_round(&delta, prefer).await;
+    assert!(none.is_empty());
+
+    // `latest` starts from now; the plain list pages with $top.
+    let latest = c.f.sim.url("/v1.0/me/contacts/delta?$deltatoken=latest");
+    let (none, _, from_now) = c.graph_round(&latest, None).await;
+    assert!(none.is_empty());
+    sim.delete_contact(&ids[7]);
+    let (removed, _, _) = c.graph_round(&from_now, None).await;
+    assert_eq!(removed.len(), 1);
+    let mut next = Some(c.f.sim.url("/v1.0/me/contacts?$top=100"));
+    let (mut listed, mut pages) = (0, 0);
+    while let Some(url) = next {
+        let body = c.json(&url, None).await;
+        listed += body["value"].as_array().expect("value").len();
+        pages += 1;
+        next = body["@odata.nextLink"].as_str().map(str::to_owned);
+    }
+    assert_eq!((listed, pages), (sim.contacts().len(), 3));
+
+    // A garbled token is refused; an expired one is gone (410): start over.
+    let garbled = format!("{}x", delta.replace("$deltatoken=", "$deltatoken=AAAA"));
+    let response = c.get(&garbled, None).await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    sim.expire_delta_tokens();
+    assert_eq!(c.get(&delta, None).await.status(), 410);
+}
+
+#[tokio::test]
+async fn data_faults_bad_tokens_and_http_control() {
+    let c = DataClient::start(DataConfig::default()).await;
+    let sim = c.sim();
+    let http = &c.f.http;
+
+    // Data changes over HTTP, for other processes.
+    let seeded: serde_json::Value = http
+        .post(c.f.sim.url("/_sim/data"))
+        .json(&DataCommand::SeedProjects { count: 5 })
+        .send()
+        .await
+        .expect("seed")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seeded["ids"].as_array().map(Vec::len), Some(5));
+    let deleted = http
+        .post(c.f.sim.url("/_sim/data"))
+        .json(&serde_json::json!({"op": "delete_project", "id": seeded["ids"][0]}))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(sim.projects().len(), 4);
+
+    // A bad token: 401 with WWW-Authenticate and Exact's error body.
+    let url = c.exact("sync/Project/Projects");
+    let response = http.get(&url).bearer_auth("at-unknown").send().await.expect("get");
+    assert_eq!(response.status(), 401);
+    assert!(header(&response, "WWW-Authenticate").is_some_and(|v| v.contains("error=\"invalid_token\"")));
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert!(body["error"]["message"]["value"].is_string(), "{body}");
+
+    // Faults, queued over HTTP and in order.
+    let plans = vec![
+        DataFaultPlan {
+            fault: DataFault::RetryAfter { status: 429, secs: 7 },
+            times: 2,
+            path_contains: Some("/v1.0/".to_owned()),
+        },
+        DataFaultPlan {
+            fault: DataFault::Truncated,
+            times: 1,
+            path_contains: None,
+        },
+        DataFaultPlan {
+            fault: DataFault::InvalidJson,
+            times: 1,
+            path_contains: None,
+        },
+        DataFaultPlan {
+            fault: DataFault::Status { status: 503 },
+            times: 1,
+            path_contains: None,
+        },
+    ];
+    let queued = http
+        .post(c.f.sim.url("/_sim/data-faults"))
+        .json(&plans)
+        .send()
+        .await
+        .expect("faults");
+    assert_eq!(queued.status(), 204);
+
+    let truncated = c.get(&url, None).await;
+    assert_eq!(truncated.status(), 200);
+    assert!(truncated.json::<serde_json::Value>().await.is_err());
+    let html = c.get(&url, None).await;
+    assert!(header(&html, "content-type").is_some_and(|t| t.starts_with("text/html")));
+    assert_eq!(c.get(&url, None).await.status(), 503);
+    let contacts = c.f.sim.url("/v1.0/me/contacts");
+    for _ in 0..2 {
+        let storm = c.get(&contacts, None).await;
+        assert_eq!(storm.status(), 429);
+        assert_eq!(header(&storm, "Retry-After"), Some("7"));
+    }
+    assert_eq!(c.get(&contacts, None).await.status(), 200);
+    sim.inject_data_fault(DataFaultPlan {
+        fault: DataFault::Delay { millis: 300 },
+        times: 1,
+        path_contains: None,
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(c.get(&url, None).await.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let counters = sim.counters();
+    assert_eq!(counters.data_faults, 6);
+    assert_eq!((counters.data_401s, counters.data_429s, counters.data_pages), (1, 2, 2));
+    let log = sim.data_requests_log();
+    assert_eq!(log.len() as u64, counters.data_requests);
+    let same_page = log
+        .iter()
+        .filter(|r| r.path_and_query.ends_with("/sync/Project/Projects"))
+        .count();
+    assert_eq!(same_page, 5);
 }

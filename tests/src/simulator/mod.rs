@@ -17,7 +17,31 @@
 //!   and accept-then-drop (process, then close the connection unanswered).
 //! - Counters for tests to assert on, also at `GET /_sim/counters`; faults can
 //!   be queued over HTTP at `POST /_sim/faults` for other processes.
+//!
+//! Data APIs for the sync engine, mounted whatever the preset (see
+//! `data.rs` and `shared/PROVIDERS.md`). Bearer tokens are checked against the
+//! token state above: an unknown, expired or revoked one answers 401 with
+//! `WWW-Authenticate: Bearer error="invalid_token"`.
+//! - Exact Online style (OData v2, `{"d": {"results": [...], "__next": url}}`,
+//!   JSON only with `Accept: application/json`, XML otherwise):
+//!   `GET /api/v1/current/Me` (the division; not rate limited);
+//!   `GET /api/v1/{division}/project/Projects` (60 a page by `ID`,
+//!   `$skiptoken=guid'…'`); `GET /api/v1/{division}/sync/Project/Projects`
+//!   (1,000 a page by `Timestamp`, a string row version,
+//!   `$filter=Timestamp gt nL`); `GET /api/v1/{division}/sync/Deleted` (the
+//!   deletion log; projects only when configured). `$select` everywhere.
+//!   Per-division minutely and daily limits with Exact's `X-RateLimit-*`
+//!   headers (resets in epoch ms) and 429s without `Retry-After`; another
+//!   division answers 403.
+//! - Microsoft Graph style: `GET /v1.0/me/contacts` (`value`,
+//!   `@odata.nextLink`, page size from `Prefer: odata.maxpagesize` or `$top`)
+//!   and `GET /v1.0/me/contacts/delta` (rounds ending in `@odata.deltaLink`,
+//!   removals as `@removed`, `$deltatoken=latest`, 410 for expired tokens).
+//! - Data faults (5xx, 429 with `Retry-After`, slow, truncated and HTML
+//!   pages), also at `POST /_sim/data-faults`; changes to the data over HTTP
+//!   at `POST /_sim/data`; data counters and a request log.
 
+mod data;
 mod server;
 
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +52,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use shared::config::{ClientAuth, PresetName};
 
+pub use data::{DataCommand, DataConfig, DataFault, DataFaultPlan, DataRequest, RateLimits};
 pub use server::SimulatorHandle;
 
 /// How the simulator behaves. Start from [`SimConfig::for_preset`].
@@ -58,6 +83,8 @@ pub struct SimConfig {
     /// The account that "logs in".
     pub user: String,
     pub tenant: String,
+    /// The data APIs: Exact's division, rate limits and page sizes, Graph's page sizes.
+    pub data: DataConfig,
 }
 
 impl SimConfig {
@@ -80,6 +107,7 @@ impl SimConfig {
             granted_scopes: None,
             user: "user@example.com".to_owned(),
             tenant: "tenant-1".to_owned(),
+            data: DataConfig::default(),
         }
     }
 }
@@ -124,7 +152,10 @@ fn one() -> u32 {
 }
 
 /// What happened, for tests to assert on. Everything counts since start.
+/// Missing fields read as 0, so a reader and a simulator process of different
+/// versions still agree.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub authorize_requests: u64,
     pub code_requests: u64,
@@ -148,6 +179,19 @@ pub struct Counters {
     pub faults_injected: u64,
     /// Connections closed without an answer after processing.
     pub dropped_after_processing: u64,
+    /// Requests to the data APIs (`/api/v1/…`, `/v1.0/…`), answered or not.
+    pub data_requests: u64,
+    /// Data answers that were whole, usable pages (2xx JSON, not faulted).
+    pub data_pages: u64,
+    /// 429 answers of the data APIs, from rate limits or faults.
+    pub data_429s: u64,
+    /// 401 answers of the data APIs (also counted in `data_errors`).
+    pub data_401s: u64,
+    /// 4xx answers other than 429: what Exact counts against the key's error
+    /// budget (10 an hour block it). Counted, never enforced.
+    pub data_errors: u64,
+    /// Data faults injected.
+    pub data_faults: u64,
 }
 
 /// The simulator's state, shared by its handlers and the test that owns it.
@@ -155,6 +199,9 @@ pub struct Counters {
 pub struct Simulator {
     config: Mutex<SimConfig>,
     state: Mutex<State>,
+    /// The data APIs' records, apart from the token state so that paging
+    /// does not hold up token requests.
+    data: Mutex<data::DataStore>,
     pub(crate) base_url: Mutex<String>,
 }
 
@@ -210,6 +257,7 @@ impl Simulator {
         Arc::new(Simulator {
             config: Mutex::new(config),
             state: Mutex::new(State::default()),
+            data: Mutex::new(data::DataStore::new()),
             base_url: Mutex::new(String::new()),
         })
     }

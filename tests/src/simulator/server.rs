@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -15,6 +15,7 @@ use base64::Engine;
 
 use crate::serve::{Kill, Server};
 
+use super::data::{DataAnswer, DataBody, DataCall, DataCommand, DataFault, DataFaultPlan};
 use super::{Answer, Fault, FaultPlan, Grant, Simulator};
 
 /// A running simulator; dropping it stops the server.
@@ -41,6 +42,11 @@ pub(super) async fn serve(sim: Arc<Simulator>, addr: SocketAddr) -> std::io::Res
         .route("/api/me", get(me))
         .route("/_sim/counters", get(counters))
         .route("/_sim/faults", post(faults))
+        // The data APIs, whatever the preset; `data` routes within them.
+        .route("/api/v1/{*rest}", get(data))
+        .route("/v1.0/{*rest}", get(data))
+        .route("/_sim/data", post(data_command))
+        .route("/_sim/data-faults", post(data_faults))
         .with_state(sim.clone());
     let server = crate::serve::serve(router, addr, || true).await?;
     let addr = server.addr;
@@ -161,6 +167,63 @@ async fn counters(State(sim): State<Arc<Simulator>>) -> Response {
 async fn faults(State(sim): State<Arc<Simulator>>, Json(plans): Json<Vec<FaultPlan>>) -> Response {
     for plan in plans {
         sim.inject(plan);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// A data-API request: a queued fault may answer instead, slow it down or
+/// spoil its body; then it is counted and logged.
+async fn data(State(sim): State<Arc<Simulator>>, uri: Uri, headers: HeaderMap) -> Response {
+    let path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    let fault = sim.begin_data_request(&path_and_query);
+    let header = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let call = DataCall {
+        path: uri.path(),
+        query: uri.query().unwrap_or_default(),
+        authorization: header(header::AUTHORIZATION),
+        accept: header(header::ACCEPT),
+        prefer: header(HeaderName::from_static("prefer")),
+    };
+    let answer = match fault.as_ref().and_then(|f| f.answer_instead(call.path)) {
+        Some(instead) => instead,
+        None => {
+            if let Some(DataFault::Delay { millis }) = fault {
+                tokio::time::sleep(Duration::from_millis(millis)).await;
+            }
+            let served = sim.serve_data(&call);
+            match fault {
+                Some(DataFault::Truncated) => served.truncated(),
+                _ => served,
+            }
+        }
+    };
+    sim.finish_data_request(path_and_query, &answer);
+    data_response(answer)
+}
+
+fn data_response(answer: DataAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = match answer.body {
+        DataBody::Json(body) => (status, Json(body)).into_response(),
+        DataBody::Text { content_type, text } => (status, [(header::CONTENT_TYPE, content_type)], text).into_response(),
+    };
+    for (name, value) in answer.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+async fn data_command(State(sim): State<Arc<Simulator>>, Json(command): Json<DataCommand>) -> Response {
+    answer(sim.data_command(command))
+}
+
+async fn data_faults(State(sim): State<Arc<Simulator>>, Json(plans): Json<Vec<DataFaultPlan>>) -> Response {
+    for plan in plans {
+        sim.inject_data_fault(plan);
     }
     StatusCode::NO_CONTENT.into_response()
 }
