@@ -388,3 +388,111 @@ fn unreadable_file_is_named() {
     assert_eq!(e.file, "/nonexistent/oauth-sync.toml");
     assert!(e.message.contains("cannot read"), "{e}");
 }
+
+#[test]
+fn the_seed_example_is_six_lines_and_the_preset_fills_the_rest() {
+    let config = parse(
+        "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\n\n\
+         [syncs.projects]\nprovider = \"exact\"\nendpoint = \"/sync/Project/Projects\"\n\
+         query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"incremental\"\ncursor_field = \"Timestamp\"\n",
+    )
+    .expect("valid");
+    let sync = &config.syncs["projects"];
+    assert_eq!(sync.pagination, Pagination::OdataV2);
+    assert_eq!(sync.records, "d.results");
+    assert_eq!(sync.primary_key, ["ID"]);
+    assert_eq!(
+        sync.incremental.as_ref().map(|i| i.filter.as_str()),
+        Some("{field} gt {cursor}L")
+    );
+    assert_eq!(sync.interval_secs, 3600);
+    assert!(config.providers["exact"].settings.discover.contains_key("division"));
+}
+
+#[test]
+fn every_sync_mistake_is_named_with_its_line_and_field() {
+    let base = "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\n\n\
+                [providers.ms]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\n\n\
+                [providers.crm]\npreset = \"generic\"\ncredentials_secret = \"s\"\n\
+                authorize_url = \"https://a.example/a\"\ntoken_url = \"https://a.example/t\"\n\
+                api_base_url = \"https://api.example\"\npagination = { style = \"link_header\" }\n\n";
+    let sync_line = base.lines().count() + 1;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "provider = \"exact\"\nendpoint = \"/x\"\nfilds = {}\n",
+            "syncs.s.filds",
+            "unknown field `filds`",
+        ),
+        (
+            "provider = \"exact\"\nendpoint = \"x\"\n",
+            "syncs.s.endpoint",
+            "must start with `/`",
+        ),
+        (
+            "provider = \"ms\"\nendpoint = \"/me/contacts\"\nmode = \"incremental\"\ncursor_field = \"x\"\n",
+            "syncs.s.mode",
+            "no `incremental` filter",
+        ),
+        (
+            "provider = \"exact\"\nendpoint = \"/x\"\nmode = \"delta\"\n",
+            "syncs.s.mode",
+            "odata_next_link",
+        ),
+        (
+            "provider = \"exact\"\nendpoint = \"/x\"\ncursor_field = \"Timestamp\"\n",
+            "syncs.s.cursor_field",
+            "only an incremental sync",
+        ),
+        (
+            "provider = \"ms\"\nendpoint = \"/x\"\nmode = \"delta\"\ndeleted_entity_type = 1\n",
+            "syncs.s.deleted_entity_type",
+            "no deleted-records feed",
+        ),
+        (
+            "provider = \"exact\"\nendpoint = \"/x\"\nsweep_interval_secs = 86400\n",
+            "syncs.s.sweep_interval_secs",
+            "only an incremental sync sweeps",
+        ),
+        (
+            "provider = \"exact\"\nendpoint = \"/x\"\nmode = \"incremental\"\ncursor_field = \"T\"\ninterval_secs = 900\nsweep_interval_secs = 60\n",
+            "syncs.s.sweep_interval_secs",
+            "shorter than `interval_secs`",
+        ),
+        (
+            "provider = \"exact\"\nendpoint = \"/x\"\nfields = {}\n",
+            "syncs.s.fields",
+            "empty field list",
+        ),
+        (
+            "provider = \"crm\"\nendpoint = \"/items\"\n",
+            "syncs.s.primary_key",
+            "primary key",
+        ),
+        (
+            "provider = \"exact\"\nendpoint = \"/x\"\ninterval_secs = 10\n",
+            "syncs.s.interval_secs",
+            "minimum of 60",
+        ),
+        (
+            "provider = \"exact\"\nendpoint = \"/x\"\nmode = \"sometimes\"\n",
+            "syncs.s.mode",
+            "unknown variant `sometimes`",
+        ),
+    ];
+    for (table, field, message) in cases {
+        let e = err(&format!("{base}[syncs.s]\n{table}"));
+        assert_eq!(e.field, *field, "{table}: {e}");
+        assert!(e.message.contains(message), "{table}: {e}");
+        assert!(e.line >= sync_line, "{table}: {e}");
+    }
+    let e = err(&format!(
+        "{base}[syncs.\"a#b\"]\nprovider = \"exact\"\nendpoint = \"/x\"\n"
+    ));
+    assert!(e.message.contains("may use only"), "{e}");
+    // A generic provider's sync names its own key and records.
+    let ok = parse(&format!(
+        "{base}[syncs.s]\nprovider = \"crm\"\nendpoint = \"/items\"\nprimary_key = [\"id\"]\nrecords = \"data\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(ok.syncs["s"].records, "data");
+}
