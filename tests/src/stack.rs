@@ -555,7 +555,7 @@ impl SyncFixture {
             test,
         )
         .await;
-        let engine = fixture.engine(settings);
+        let engine = fixture.engine(settings).await;
         SyncFixture {
             engine: std::sync::Arc::new(engine),
             fixture,
@@ -575,7 +575,7 @@ impl SyncFixture {
         id
     }
 
-    /// One run of `sync` for `id`, now, with a two-minute deadline.
+    /// One run of `sync` for `id`, now, with a five-minute deadline.
     pub async fn run(&self, id: &shared::connection::ConnectionId, sync: &str) -> shared::sync::engine::RunReport {
         self.engine
             .run_now(id, sync, deadline(120), &|_| {})
@@ -598,14 +598,29 @@ impl SyncFixture {
 }
 
 impl RefreshFixture {
-    /// A sync engine on this fixture's tables and token service.
-    pub fn engine(&self, settings: shared::sync::engine::SyncSettings) -> shared::sync::engine::SyncEngine {
+    /// A sync engine on this fixture's tables and token service. Its
+    /// DynamoDB calls may take longer than the product's 5 s per attempt:
+    /// DynamoDB Local answers a consistent 100-key BatchGetItem slowly on a
+    /// loaded 2-core machine, and that is not what these tests are about.
+    pub async fn engine(&self, settings: shared::sync::engine::SyncSettings) -> shared::sync::engine::SyncEngine {
+        let sdk = shared::aws::load_sdk_config().await;
+        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .timeout_config(
+                    aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                        .connect_timeout(std::time::Duration::from_secs(5))
+                        .operation_attempt_timeout(std::time::Duration::from_secs(30))
+                        .operation_timeout(std::time::Duration::from_secs(90))
+                        .build(),
+                )
+                .build(),
+        );
         let jobs = shared::sync::jobs::JobStore::new(
-            self.aws.dynamodb.clone(),
+            dynamodb.clone(),
             &self.tables["SyncStateTable"],
             &self.tables["SyncRunsTable"],
         );
-        let records = shared::sync::records::RecordStore::new(self.aws.dynamodb.clone(), &self.tables["RecordsTable"]);
+        let records = shared::sync::records::RecordStore::new(dynamodb, &self.tables["RecordsTable"]);
         shared::sync::engine::SyncEngine::new(self.config.clone(), self.service.clone(), jobs, records, settings)
             .expect("sync engine")
     }

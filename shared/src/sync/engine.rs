@@ -133,9 +133,15 @@ struct Fetched {
 
 /// Why fetching a page stopped the run.
 enum Stop {
-    Yield { until: i64, why: String },
+    Yield {
+        until: i64,
+        why: String,
+    },
     Park(String),
     Fail(String),
+    /// A 400, 404 or 410 on a link the provider gave (an expired next-page or
+    /// delta link): the pass starts again, from the cursor, as a sweep.
+    Gone(String),
 }
 
 /// The sync engine: built once per process.
@@ -488,6 +494,19 @@ impl SyncEngine {
                 Err(Stop::Yield { until, why }) => return RunEnd::Yielded { until, reason: why },
                 Err(Stop::Park(why)) => return RunEnd::Parked(why),
                 Err(Stop::Fail(why)) => return RunEnd::Failed(why),
+                Err(Stop::Gone(why)) => {
+                    // Re-reading from the committed cursor is safe (unchanged
+                    // records cost no writes); as a sweep, so that deletions
+                    // missed with the lost link are still found.
+                    let from_link = run.next_url.take().is_some()
+                        || (cx.sync.mode == SyncMode::Delta && checkpoint.delta_link.take().is_some());
+                    if !from_link {
+                        return RunEnd::Failed(why);
+                    }
+                    run.pass_pages = 0;
+                    run.sweep = cx.sync.mode != SyncMode::Incremental || cx.sync.sweep_interval_secs.is_some();
+                    return RunEnd::Failed(format!("{why}; the next run starts the pass again"));
+                }
             };
             let page = fetched.page;
             let changes = self.changes(cx, run, &page.records);
@@ -499,7 +518,7 @@ impl SyncEngine {
                     Change::Delete(_) => None,
                 })
                 .collect();
-            match self.records.apply(&cx.pk, changes, now_ms()).await {
+            match self.store_page(cx, changes).await {
                 Ok(applied) => {
                     run.counts.inserted += applied.inserted;
                     run.counts.updated += applied.updated;
@@ -594,6 +613,26 @@ impl SyncEngine {
             on_page(&run.counts);
             if finished {
                 return RunEnd::Finished;
+            }
+        }
+    }
+
+    /// Stores a page, trying again (bounded, with backoff) while DynamoDB
+    /// answers with a transient error: applying a page twice is harmless.
+    async fn store_page(&self, cx: &Context<'_>, changes: Vec<Change>) -> Result<super::records::Applied, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.records.apply(&cx.pk, changes.clone(), now_ms()).await {
+                Err(e) if e.is_transient() && attempt < self.settings.page_attempts => {
+                    let wait = self.backoff(attempt);
+                    if Instant::now() + wait + self.settings.commit_margin > cx.deadline {
+                        return Err(e);
+                    }
+                    warn!(job = cx.job, attempt, error = %error_chain(&e), "storing the page failed; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                result => return result,
             }
         }
     }
@@ -857,7 +896,12 @@ impl SyncEngine {
                 _ => {
                     checkpoint.rate.count_error(now);
                     let text = excerpt(&String::from_utf8_lossy(&body), &[token.secret()]);
-                    return Err(Stop::Fail(format!("{} answered HTTP {status}: {text}", url.path())));
+                    let why = format!("{} answered HTTP {status}: {text}", url.path());
+                    return Err(if matches!(status, 400 | 404 | 410) {
+                        Stop::Gone(why)
+                    } else {
+                        Stop::Fail(why)
+                    });
                 }
             }
         }
