@@ -578,7 +578,7 @@ impl SyncFixture {
     /// One run of `sync` for `id`, now, with a five-minute deadline.
     pub async fn run(&self, id: &shared::connection::ConnectionId, sync: &str) -> shared::sync::engine::RunReport {
         self.engine
-            .run_now(id, sync, deadline(120), &|_| {})
+            .run_now(id, sync, deadline(300), &|_| {})
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     }

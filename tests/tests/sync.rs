@@ -439,7 +439,7 @@ async fn a_run_killed_between_its_writes_and_its_checkpoint_loses_and_duplicates
     let job_before = fx.engine.jobs().get(&id).await.expect("read").expect("job");
     let report = fx
         .engine
-        .run_now(&conn, "projects", deadline(120), &|counts| {
+        .run_now(&conn, "projects", deadline(300), &|counts| {
             checkpoints.lock().unwrap_or_else(|p| p.into_inner()).push(counts.pages);
         })
         .await
@@ -483,7 +483,7 @@ async fn two_concurrent_invocations_never_run_a_job_twice() {
         connections.push(fx.connect(&format!("acme-twice-{i}")).await);
     }
     let other = std::sync::Arc::new(fx.fixture.engine(quick_sync_settings()).await);
-    let (a, b) = tokio::join!(fx.engine.run_due(deadline(120)), other.run_due(deadline(120)));
+    let (a, b) = tokio::join!(fx.engine.run_due(deadline(300)), other.run_due(deadline(120)));
     assert_eq!(a.finished + b.finished, 6, "{a:?} {b:?}");
     assert_eq!(a.failed + b.failed, 0, "{a:?} {b:?}");
     assert_eq!(project_pages(&fx), 6 * 3, "every job's pages fetched exactly once");
