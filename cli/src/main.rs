@@ -5,20 +5,25 @@
 
 mod output;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shared::aws::AwsClients;
 use shared::config::{CONFIG_ENV, Config, PresetName};
-use std::time::{Duration, Instant};
-
 use shared::connection::store::ConnectionStore;
 use shared::connection::{ConnectionId, ConnectionKind, now_ms};
 use shared::login::{ConnectClaims, LinkKeys, check_return_url, parse_lifetime};
 use shared::refresh::{RefreshSettings, TokenService};
-use shared::runtime::CONNECTIONS_TABLE_ENV;
+use shared::runtime::{CONNECTIONS_TABLE_ENV, RECORDS_TABLE_ENV, SYNC_RUNS_TABLE_ENV, SYNC_STATE_TABLE_ENV};
 use shared::secrets::SecretStore;
+use shared::sync::engine::{RunEnd, SyncEngine, SyncSettings};
+use shared::sync::jobs::{Job, JobStore, RunRecord, job_id};
+use shared::sync::records::RecordStore;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,9 +51,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// List the connections: status, token expiry, last refresh.
+    /// List the connections: status, token expiry, last refresh, last sync.
     List,
-    /// Show one connection (never its tokens).
+    /// Show one connection (never its tokens): its learned parameters and its syncs' state.
     Show { id: String },
     /// Refresh a connection's tokens now, through the refresh protocol.
     Refresh { id: String },
@@ -73,6 +78,47 @@ enum Command {
         /// How long the link works: 90s, 30m, 1h, 7d (at most 30d).
         #[arg(long, default_value = "1h")]
         expires: String,
+    },
+    /// Sync jobs: run one now, or show their state.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
+    /// Show the stored records of one connection's sync, in key order.
+    Records {
+        /// The connection id.
+        id: String,
+        /// The sync (a key of [syncs] in the configuration).
+        sync: String,
+        /// How many records to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncCommand {
+    /// Run one sync of one connection now, with a progress line per page.
+    ///
+    /// The run goes through the same engine, lease and checkpoint as the
+    /// scheduled runs (it creates the job when the connection has none). A
+    /// progress line per committed page goes to stderr, the summary to stdout.
+    /// Exits non-zero when the run failed or was parked.
+    Run {
+        /// The connection id.
+        id: String,
+        /// The sync (a key of [syncs] in the configuration).
+        sync: String,
+        /// How long the run may go on before it saves its place and yields: 90s, 15m, 2h.
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+    },
+    /// The sync jobs (all, or one connection's): state, last run, next run, cursor, budget left.
+    ///
+    /// With a connection id, also each job's recent runs.
+    Status {
+        /// Only this connection's jobs.
+        id: Option<String>,
     },
 }
 
@@ -106,8 +152,8 @@ async fn main() -> ExitCode {
             Ok(config) => output::config(&config, cli.json),
             Err(e) => Err(anyhow::Error::new(e)),
         },
-        Command::List => list(config_path(cli.config), None, cli.json).await,
-        Command::Show { id } => list(config_path(cli.config), Some(id), cli.json).await,
+        Command::List => list(config_path(cli.config), cli.json).await,
+        Command::Show { id } => show(config_path(cli.config), &id, cli.json).await,
         Command::Refresh { id } => refresh(config_path(cli.config), &id, cli.json).await,
         Command::Revoke { id } => revoke(config_path(cli.config), &id, cli.json).await,
         Command::Doctor { provider } => doctor(config_path(cli.config), provider, cli.json).await,
@@ -127,6 +173,13 @@ async fn main() -> ExitCode {
             };
             connect_link(config_path(cli.config), request, cli.json).await
         }
+        Command::Sync {
+            command: SyncCommand::Run { id, sync, timeout },
+        } => sync_run(config_path(cli.config), &id, &sync, &timeout, cli.json).await,
+        Command::Sync {
+            command: SyncCommand::Status { id },
+        } => sync_status(config_path(cli.config), id, cli.json).await,
+        Command::Records { id, sync, limit } => records(config_path(cli.config), &id, &sync, limit, cli.json).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -175,7 +228,7 @@ async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool)
         issued_at: now_ms(),
         expires_at,
     };
-    let aws = shared::aws::AwsClients::from_env().await;
+    let aws = AwsClients::from_env().await;
     let secret = &config.service.link_key_secret;
     let text = SecretStore::new(aws.secrets).text(secret).await?;
     let keys = LinkKeys::from_json(&text).with_context(|| format!("link key secret `{secret}`"))?;
@@ -183,42 +236,222 @@ async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool)
     output::connect_link(&url, &claims, as_json)
 }
 
-/// The connections table, from `OAUTH_SYNC_CONNECTIONS_TABLE` (the stack's
-/// `ConnectionsTableName` output).
-async fn store() -> anyhow::Result<(shared::aws::AwsClients, ConnectionStore)> {
-    let table = std::env::var(CONNECTIONS_TABLE_ENV)
+/// A table name from the environment, or an error that says where to find it.
+fn table_env(var: &str, what: &str) -> anyhow::Result<String> {
+    std::env::var(var)
         .ok()
         .filter(|t| !t.is_empty())
-        .with_context(|| {
-            format!("set {CONNECTIONS_TABLE_ENV} to the connections table (the stack's ConnectionsTableName output)")
-        })?;
-    let aws = shared::aws::AwsClients::from_env().await;
+        .with_context(|| format!("set {var} to {what}"))
+}
+
+/// The connections table, from `OAUTH_SYNC_CONNECTIONS_TABLE` (the stack's
+/// `ConnectionsTableName` output).
+async fn store() -> anyhow::Result<(AwsClients, ConnectionStore)> {
+    let table = table_env(
+        CONNECTIONS_TABLE_ENV,
+        "the connections table (the stack's ConnectionsTableName output)",
+    )?;
+    let aws = AwsClients::from_env().await;
     let store = ConnectionStore::new(aws.dynamodb.clone(), table);
     Ok((aws, store))
 }
 
+/// The sync-state and sync-runs tables, from `OAUTH_SYNC_SYNC_STATE_TABLE`
+/// and `OAUTH_SYNC_SYNC_RUNS_TABLE`.
+fn job_store(aws: &AwsClients) -> anyhow::Result<JobStore> {
+    Ok(JobStore::new(
+        aws.dynamodb.clone(),
+        table_env(
+            SYNC_STATE_TABLE_ENV,
+            "the sync-state table (the stack's SyncStateTable resource)",
+        )?,
+        table_env(
+            SYNC_RUNS_TABLE_ENV,
+            "the sync-runs table (the stack's SyncRunsTable resource)",
+        )?,
+    ))
+}
+
+/// The records table, from `OAUTH_SYNC_RECORDS_TABLE` (the stack's `RecordsTableName` output).
+fn record_store(aws: &AwsClients) -> anyhow::Result<RecordStore> {
+    Ok(RecordStore::new(
+        aws.dynamodb.clone(),
+        table_env(
+            RECORDS_TABLE_ENV,
+            "the records table (the stack's RecordsTableName output)",
+        )?,
+    ))
+}
+
 async fn token_service(config_file: &std::path::Path) -> anyhow::Result<TokenService> {
-    let config = std::sync::Arc::new(Config::load(config_file)?);
+    let config = Arc::new(Config::load(config_file)?);
     let (aws, store) = store().await?;
     Ok(TokenService::load(config, store, SecretStore::new(aws.secrets), RefreshSettings::default()).await?)
 }
 
-async fn list(config_file: PathBuf, id: Option<String>, as_json: bool) -> anyhow::Result<()> {
-    let _ = Config::load(&config_file)?;
-    let (_, store) = store().await?;
-    let connections = match id {
-        Some(id) => {
-            let id = ConnectionId::parse(&id)?;
-            vec![
-                store
-                    .get(&id)
-                    .await?
-                    .with_context(|| format!("connection {id} does not exist"))?,
-            ]
+/// A configured sync, or an error that names the configured ones.
+fn sync_definition<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a shared::config::Sync> {
+    config.syncs.get(name).with_context(|| {
+        let known: Vec<&str> = config.syncs.keys().map(String::as_str).collect();
+        if known.is_empty() {
+            format!("unknown sync `{name}`: the configuration has no [syncs]")
+        } else {
+            format!("unknown sync `{name}` (configured: {})", known.join(", "))
         }
-        None => store.list().await?,
+    })
+}
+
+async fn list(config_file: PathBuf, as_json: bool) -> anyhow::Result<()> {
+    let config = Config::load(&config_file)?;
+    let (aws, store) = store().await?;
+    let connections = store.list().await?;
+    // The newest run of each connection's jobs, when syncs are configured
+    // and the sync-state table is known.
+    let mut last_sync: BTreeMap<String, RunRecord> = BTreeMap::new();
+    if !config.syncs.is_empty()
+        && let Ok(jobs) = job_store(&aws)
+    {
+        for job in jobs.all().await? {
+            if let Some(run) = job.last_run {
+                let newer = last_sync
+                    .get(job.connection.as_str())
+                    .is_none_or(|known| known.finished_at < run.finished_at);
+                if newer {
+                    last_sync.insert(job.connection.as_str().to_owned(), run);
+                }
+            }
+        }
+    }
+    output::connections(&connections, &last_sync, as_json)
+}
+
+async fn show(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
+    let config = Config::load(&config_file)?;
+    let (aws, store) = store().await?;
+    let id = ConnectionId::parse(id)?;
+    let connection = store
+        .get(&id)
+        .await?
+        .with_context(|| format!("connection {id} does not exist"))?;
+    let syncs: Vec<&str> = config
+        .syncs
+        .values()
+        .filter(|s| s.provider == connection.provider)
+        .map(|s| s.name.as_str())
+        .collect();
+    // Without the sync tables' names the connection is still shown, with why
+    // its syncs are not.
+    let jobs = if syncs.is_empty() {
+        Ok(Vec::new())
+    } else {
+        match job_store(&aws) {
+            Ok(jobs) => {
+                let mut found = Vec::new();
+                for sync in syncs {
+                    found.push((sync.to_owned(), jobs.get(&job_id(&id, sync)).await?));
+                }
+                Ok(found)
+            }
+            Err(e) => Err(format!("{e:#}")),
+        }
     };
-    output::connections(&connections, as_json)
+    output::show(&connection, &jobs, as_json)
+}
+
+/// `90s`, `15m`, `2h`.
+fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: Option<u64> = number.parse().ok();
+    let seconds = match (number, unit) {
+        (Some(n), "s") => n,
+        (Some(n), "m") => n.saturating_mul(60),
+        (Some(n), "h") => n.saturating_mul(3600),
+        _ => anyhow::bail!("`{text}` is not a duration: a number and s, m or h (90s, 15m, 2h)"),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+async fn sync_run(config_file: PathBuf, id: &str, sync: &str, timeout: &str, as_json: bool) -> anyhow::Result<()> {
+    let settings = SyncSettings::default();
+    let timeout = parse_duration(timeout).context("--timeout")?;
+    let least = settings.page_timeout + settings.commit_margin + Duration::from_secs(5);
+    anyhow::ensure!(
+        timeout >= least,
+        "--timeout: at least {}s (one page may take {}s, and the run keeps {}s for its last writes)",
+        least.as_secs(),
+        settings.page_timeout.as_secs(),
+        settings.commit_margin.as_secs()
+    );
+    let config = Arc::new(Config::load(&config_file)?);
+    let id = ConnectionId::parse(id)?;
+    let definition = sync_definition(&config, sync)?;
+    let (aws, store) = store().await?;
+    let jobs = job_store(&aws)?;
+    let records = record_store(&aws)?;
+    // Checked here, so that a typo creates no job.
+    let connection = store
+        .get(&id)
+        .await?
+        .with_context(|| format!("connection {id} does not exist"))?;
+    anyhow::ensure!(
+        connection.provider == definition.provider,
+        "connection {id} belongs to provider `{}`; sync `{sync}` pulls from `{}`",
+        connection.provider,
+        definition.provider
+    );
+    let tokens = TokenService::load(
+        config.clone(),
+        store,
+        SecretStore::new(aws.secrets.clone()),
+        RefreshSettings::default(),
+    )
+    .await?;
+    let engine = SyncEngine::new(config, Arc::new(tokens), jobs, records, settings)?;
+    let started = Instant::now();
+    let report = engine.run_now(&id, sync, started + timeout, &output::progress).await?;
+    output::run_report(&report, started.elapsed(), as_json)?;
+    match report.end {
+        RunEnd::Finished | RunEnd::Yielded { .. } => Ok(()),
+        RunEnd::Parked(_) => anyhow::bail!("{}: the run was parked", report.job),
+        RunEnd::Failed(_) => anyhow::bail!("{}: the run failed", report.job),
+        RunEnd::LostLease => anyhow::bail!("{}: the run lost its lease", report.job),
+    }
+}
+
+/// Runs shown per job by `sync status ID`.
+const RECENT_RUNS: i32 = 5;
+
+async fn sync_status(config_file: PathBuf, id: Option<String>, as_json: bool) -> anyhow::Result<()> {
+    let _ = Config::load(&config_file)?;
+    let id = id.as_deref().map(ConnectionId::parse).transpose()?;
+    let aws = AwsClients::from_env().await;
+    let store = job_store(&aws)?;
+    let mut jobs: Vec<Job> = store.all().await?;
+    if let Some(id) = &id {
+        jobs.retain(|job| &job.connection == id);
+    }
+    jobs.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut history = BTreeMap::new();
+    if id.is_some() {
+        for job in &jobs {
+            history.insert(job.id.clone(), store.runs(&job.id, RECENT_RUNS).await?);
+        }
+    }
+    output::sync_status(&jobs, id.as_ref(), &history, as_json)
+}
+
+async fn records(config_file: PathBuf, id: &str, sync: &str, limit: usize, as_json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(limit > 0, "--limit: at least 1");
+    let config = Config::load(&config_file)?;
+    let id = ConnectionId::parse(id)?;
+    sync_definition(&config, sync)?;
+    let aws = AwsClients::from_env().await;
+    let store = record_store(&aws)?;
+    let job = job_id(&id, sync);
+    let records = store.list(&job, limit).await?;
+    output::records(&job, &records, as_json)
 }
 
 async fn refresh(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
@@ -244,7 +477,7 @@ async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> an
         Some(name) => vec![config.provider(name)?],
         None => config.providers.values().collect(),
     };
-    let aws = shared::aws::AwsClients::from_env().await;
+    let aws = AwsClients::from_env().await;
     let secrets = SecretStore::new(aws.secrets);
     let http = shared::oauth::http_client(Duration::from_secs(10))?;
     let mut findings = check_service_secrets(&config.service, &secrets).await;

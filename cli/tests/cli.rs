@@ -313,3 +313,262 @@ async fn doctor_names_the_fix() {
     assert_eq!(verdict("sim", "client id and secret").0, "ok");
     std::fs::remove_file(&path).ok();
 }
+
+#[test]
+fn sync_and_records_commands_are_documented() {
+    let (ok, stdout, _) = oauth_sync(&["sync", "--help"]);
+    assert!(ok);
+    assert!(stdout.contains("run") && stdout.contains("status"), "{stdout}");
+    let (ok, stdout, _) = oauth_sync(&["sync", "run", "--help"]);
+    assert!(ok);
+    assert!(
+        stdout.contains("--timeout") && stdout.contains("[default: 15m]"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = oauth_sync(&["records", "--help"]);
+    assert!(ok);
+    assert!(
+        stdout.contains("--limit") && stdout.contains("--json") && stdout.contains("[default: 20]"),
+        "{stdout}"
+    );
+
+    // Mistakes are named before anything touches AWS.
+    let (ok, _, stderr) = oauth_sync(&["sync", "run", "a", "b", "--timeout", "10s"]);
+    assert!(!ok && stderr.contains("--timeout: at least"), "{stderr}");
+    let (ok, _, stderr) = oauth_sync(&["sync", "run", "a", "b", "--timeout", "soon"]);
+    assert!(!ok && stderr.contains("is not a duration"), "{stderr}");
+    let (ok, _, stderr) = oauth_sync(&["--config", &example(), "records", "acme", "nope"]);
+    assert!(
+        !ok && stderr.contains("unknown sync `nope` (configured: exact_projects"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_check_shows_each_sync_and_its_mode() {
+    let text = "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\n\n\
+                [syncs.x]\nprovider = \"exact\"\nendpoint = \"/project/Projects\"\nmode = \"full\"\n";
+    let path = std::env::temp_dir().join(format!("oauth-sync-syncs-{}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write");
+    let file = path.to_str().expect("utf8 path");
+    let (ok, stdout, stderr) = oauth_sync(&["config", "check", file]);
+    assert!(ok, "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("x "))
+        .unwrap_or_else(|| panic!("no sync line in\n{stdout}"));
+    assert!(line.contains("/project/Projects") && line.contains("full"), "{line}");
+
+    // `--json` gives the whole resolved sync, the preset's parts included.
+    let (ok, stdout, _) = oauth_sync(&["--json", "config", "check", file]);
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let x = &json["syncs"]["x"];
+    assert_eq!(x["mode"], "full");
+    assert_eq!(x["primary_key"][0], "ID");
+    assert_eq!(x["pagination"]["style"], "odata_v2");
+    std::fs::remove_file(&path).ok();
+}
+
+/// `sync run`, `sync status`, `records` and `show` against the local stack
+/// and the simulator's Exact Online data API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_run_a_sync_and_see_its_state_and_records() {
+    use oauth_sync_tests::simulator::{DataFault, DataFaultPlan, SimConfig};
+    use oauth_sync_tests::stack::{SyncFixture, quick_sync_settings};
+    use shared::config::PresetName;
+
+    // Rate limits stay on, so the jobs know a budget.
+    let syncs = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
+         query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"incremental\"\n\
+         cursor_field = \"Timestamp\"\ninterval_secs = 900\n\n\
+         [syncs.all_projects]\nprovider = \"sim\"\nendpoint = \"/project/Projects\"\n\
+         query = { \"$select\" = \"ID,Code,Description\" }\nmode = \"full\"\n";
+    let fx = SyncFixture::start(
+        SimConfig::for_preset(PresetName::ExactOnline),
+        "min_refresh_interval_secs = 0",
+        syncs,
+        quick_sync_settings(),
+        "cli-sync",
+    )
+    .await;
+    let ids = fx.sim().seed_projects(150);
+    // A login without the scheduling: `sync run` creates the job.
+    fx.fixture.connect("acme-exact").await;
+    let path = std::env::temp_dir().join(format!("oauth-sync-sync-{}.toml", std::process::id()));
+    std::fs::write(&path, &fx.fixture.config_text).expect("write");
+    let config = path.to_str().expect("utf8 path");
+    let tables = &fx.fixture.tables;
+    let env = [
+        ("OAUTH_SYNC_CONNECTIONS_TABLE", tables["ConnectionsTable"].as_str()),
+        ("OAUTH_SYNC_SYNC_STATE_TABLE", tables["SyncStateTable"].as_str()),
+        ("OAUTH_SYNC_SYNC_RUNS_TABLE", tables["SyncRunsTable"].as_str()),
+        ("OAUTH_SYNC_RECORDS_TABLE", tables["RecordsTable"].as_str()),
+    ];
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", config];
+        all.extend(args);
+        oauth_sync_with(&all, &env)
+    };
+
+    let (ok, stdout, stderr) = run(&["sync", "status", "acme-exact"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("no sync jobs for acme-exact"), "{stdout}");
+
+    // The full sync: 60 projects a page, a progress line per page.
+    let (ok, stdout, stderr) = run(&["sync", "run", "acme-exact", "all_projects"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    // (A page whose store DynamoDB made the engine try again counts what the
+    // first try wrote as unchanged, so only the fetched counts are exact.)
+    for (page, fetched) in [(1, 60), (2, 120), (3, 150)] {
+        let line = line_of(&stderr, &format!("page {page}: fetched {fetched}, inserted "));
+        assert!(
+            line.contains(", updated 0, unchanged ") && line.ends_with(", deleted 0"),
+            "{line}"
+        );
+    }
+    assert!(stdout.starts_with("acme-exact#all_projects: finished"), "{stdout}");
+    assert!(stdout.contains("pages 3, fetched 150, inserted "), "{stdout}");
+    assert!(
+        stdout.contains(", 429s 0, rate-limit waits 0") && stdout.contains("rejected 0"),
+        "{stdout}"
+    );
+
+    // The incremental sync, then a rerun after one upstream change, as JSON.
+    let (ok, _, stderr) = run(&["sync", "run", "acme-exact", "projects"]);
+    assert!(ok, "{stderr}");
+    assert!(fx.sim().update_project(&ids[7], "renamed"));
+    let (ok, stdout, stderr) = run(&["--json", "sync", "run", "acme-exact", "projects"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["job"], "acme-exact#projects");
+    assert_eq!(report["end"]["end"], "finished");
+    assert_eq!(
+        (
+            report["counts"]["fetched"].as_u64(),
+            report["counts"]["updated"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+
+    // An upstream deletion: the next full run finds it; `records` shows it.
+    assert!(fx.sim().delete_project(&ids[0]));
+    let (ok, stdout, stderr) = run(&["--json", "sync", "run", "acme-exact", "all_projects"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(report["counts"]["deleted"], 1, "{report}");
+
+    let (ok, stdout, stderr) = run(&["records", "acme-exact", "all_projects", "--limit", "200"]);
+    assert!(ok, "{stderr}");
+    let header = stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("id ")
+            && header.contains("Code")
+            && header.contains("Description")
+            && !header.contains("ID")
+            && !header.contains("__metadata"),
+        "the id column once, then the fields: {header}"
+    );
+    assert_eq!(stdout.lines().count(), 151, "a header and 150 records:\n{stdout}");
+    let deleted: Vec<&str> = stdout.lines().filter(|l| l.contains("deleted ")).collect();
+    assert!(
+        deleted.len() == 1 && deleted[0].starts_with(ids[0].as_str()),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = run(&["--json", "records", "acme-exact", "projects", "--limit", "2"]);
+    assert!(ok);
+    let records: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(records.len(), 2);
+    assert!(records[0]["record"]["Description"].is_string(), "{stdout}");
+    assert!(
+        records[0]["updated_at"].is_i64() && records[0]["deleted_at"].is_null(),
+        "{stdout}"
+    );
+
+    // A run that fails: exit non-zero, the reason in the summary and the status.
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Status { status: 500 },
+        times: shared::sync::engine::SyncSettings::default().page_attempts,
+        path_contains: Some("/project/Projects".to_owned()),
+    });
+    let (ok, stdout, stderr) = run(&["sync", "run", "acme-exact", "all_projects"]);
+    assert!(!ok && stderr.contains("the run failed"), "{stderr}");
+    assert!(stdout.contains("failed: ") && stdout.contains("HTTP 500"), "{stdout}");
+
+    let (ok, stdout, stderr) = run(&["sync", "status"]);
+    assert!(ok, "{stderr}");
+    let projects = line_of(&stdout, "acme-exact#projects ");
+    assert!(
+        projects.contains("scheduled") && projects.contains("finished") && projects.contains("0/1/0"),
+        "{projects}"
+    );
+    // The budget left of the minute window (which may reset while the test runs).
+    assert!(
+        projects.contains(", resets in ") || projects.contains("(stale: the window reset "),
+        "the budget left: {projects}"
+    );
+    let all = line_of(&stdout, "acme-exact#all_projects ");
+    assert!(
+        all.contains("scheduled, resumes its run at page 1") && all.contains("failed") && all.contains("HTTP 500"),
+        "{all}"
+    );
+
+    let (ok, stdout, _) = run(&["--json", "sync", "status", "acme-exact"]);
+    assert!(ok);
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("json");
+    let job = jobs
+        .iter()
+        .find(|j| j["sync"] == "projects")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(job["state"], "scheduled");
+    assert_eq!(job["last_run"]["status"], "finished");
+    assert!(job["checkpoint"]["cursor"].is_string(), "{job}");
+    assert!(job["budget_left"].as_u64().is_some_and(|left| left < 60), "{job}");
+    assert_eq!(job["recent_runs"].as_array().map(Vec::len), Some(2), "{job}");
+
+    // `show`: the learned division and one line per sync.
+    let (ok, stdout, stderr) = run(&["show", "acme-exact"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("division=3155812"), "{stdout}");
+    assert!(line_of(&stdout, "projects ").contains("finished"), "{stdout}");
+    assert!(line_of(&stdout, "all_projects ").contains("failed"), "{stdout}");
+    let (ok, stdout, _) = run(&["--json", "show", "acme-exact"]);
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(shown[0]["params"]["division"], "3155812");
+    assert_eq!(shown[0]["syncs"].as_array().map(Vec::len), Some(2), "{stdout}");
+    let (ok, stdout, _) = run(&["list"]);
+    assert!(ok);
+    assert!(
+        line_of(&stdout, "acme-exact ").contains("failed"),
+        "the newest run: {stdout}"
+    );
+
+    // Mistakes create no job.
+    let (ok, _, stderr) = run(&["sync", "run", "acme-exact", "nope"]);
+    assert!(!ok && stderr.contains("unknown sync `nope`"), "{stderr}");
+    let (ok, _, stderr) = run(&["sync", "run", "nobody", "projects"]);
+    assert!(!ok && stderr.contains("connection nobody does not exist"), "{stderr}");
+    let (ok, stdout, _) = run(&["sync", "status", "nobody"]);
+    assert!(ok && stdout.contains("no sync jobs for nobody"), "{stdout}");
+
+    // A revoked connection: the run parks the job and exits non-zero.
+    let (ok, _, stderr) = run(&["revoke", "acme-exact"]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = run(&["sync", "run", "acme-exact", "projects"]);
+    assert!(!ok && stderr.contains("the run was parked"), "{stderr}");
+    assert!(stdout.contains("parked: connection acme-exact is revoked"), "{stdout}");
+    let (ok, stdout, _) = run(&["sync", "status", "acme-exact"]);
+    assert!(ok);
+    assert!(
+        line_of(&stdout, "acme-exact#projects ").contains("parked: connection acme-exact is revoked"),
+        "{stdout}"
+    );
+    std::fs::remove_file(&path).ok();
+}
+
+fn line_of<'a>(text: &'a str, start: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting `{start}` in\n{text}"))
+}
