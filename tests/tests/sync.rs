@@ -595,3 +595,37 @@ async fn an_expired_delta_link_starts_a_new_round_that_still_finds_deletions() {
         29
     );
 }
+
+#[tokio::test]
+async fn a_401_mid_run_is_answered_by_one_refresh_and_a_retry_of_the_page() {
+    let mut sim = exact();
+    sim.data.sync_page_size = 100;
+    let fx = fixture(sim, INCREMENTAL, "sync-401").await;
+    fx.sim().seed_projects(300);
+    let conn = fx.connect("acme-401").await;
+    // The provider ends the access token early: the stored expiry still says
+    // it is good, so the first page is answered 401 ("access token expired").
+    fx.sim().expire_access_tokens();
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!((report.counts.inserted, report.counts.token_refreshes), (300, 1));
+    let counters = fx.sim().counters();
+    assert_eq!((counters.data_401s, counters.refreshes), (1, 1), "{counters:?}");
+    assert_eq!(counters.refresh_tokens_reused, 0);
+
+    // A token the provider refuses even after a refresh ends the run: no loop.
+    fx.sim().expire_access_tokens();
+    fx.sim().insert_project("NEW", "new");
+    fx.sim().reconfigure(|c| c.access_token_ttl = Duration::ZERO);
+    let failed = fx.run(&conn, "projects").await;
+    assert!(
+        matches!(&failed.end, RunEnd::Failed(why) if why.contains("401")),
+        "{failed:?}"
+    );
+    assert_eq!(failed.counts.token_refreshes, 1);
+    assert_eq!(
+        fx.sim().counters().data_401s,
+        3,
+        "one 401, one refresh, one more 401, then stop"
+    );
+}

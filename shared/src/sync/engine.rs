@@ -617,13 +617,28 @@ impl SyncEngine {
         }
     }
 
-    /// Stores a page, trying again (bounded, with backoff) while DynamoDB
-    /// answers with a transient error: applying a page twice is harmless.
+    /// Stores a page: plans it from the stored hashes, then writes the plan,
+    /// each step tried again (bounded, with backoff) while DynamoDB answers
+    /// with a transient error. The counts are the plan's, so a write that
+    /// needed a second try does not count its records as unchanged.
     async fn store_page(&self, cx: &Context<'_>, changes: Vec<Change>) -> Result<super::records::Applied, StoreError> {
+        let now = now_ms();
+        let plan = self
+            .store_retry(cx, || self.records.plan(&cx.pk, changes.clone(), now))
+            .await?;
+        self.store_retry(cx, || self.records.write(&plan)).await?;
+        Ok(plan.counts)
+    }
+
+    async fn store_retry<T, F, Fut>(&self, cx: &Context<'_>, step: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.records.apply(&cx.pk, changes.clone(), now_ms()).await {
+            match step().await {
                 Err(e) if e.is_transient() && attempt < self.settings.page_attempts => {
                     let wait = self.backoff(attempt);
                     if Instant::now() + wait + self.settings.commit_margin > cx.deadline {

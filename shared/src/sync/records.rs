@@ -28,7 +28,7 @@ const GET_BATCH: usize = 100;
 const WRITE_BATCH: usize = 25;
 /// Attempts for a batch whose items keep coming back unprocessed.
 const BATCH_ATTEMPTS: u32 = 8;
-/// Batch writes of one page in flight at once.
+/// Batch reads or writes of one page in flight at once.
 const WRITE_CONCURRENCY: usize = 4;
 
 /// A record ready to store.
@@ -63,6 +63,17 @@ pub struct Applied {
     pub updated: u64,
     pub unchanged: u64,
     pub deleted: u64,
+}
+
+/// What a page will write, decided from the stored hashes.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pk: String,
+    puts: Vec<HashMap<String, AttributeValue>>,
+    deletes: Vec<String>,
+    /// What the page changes (counted once, whatever retries the writes need).
+    pub counts: Applied,
+    now: i64,
 }
 
 /// A record as stored, for the CLI.
@@ -108,41 +119,63 @@ impl RecordStore {
         &self.ops
     }
 
-    /// Applies one page: the last change of a record in the page wins.
+    /// Applies one page: [`RecordStore::plan`], then [`RecordStore::write`].
     pub async fn apply(&self, pk: &str, changes: Vec<Change>, now: i64) -> Result<Applied, StoreError> {
+        let plan = self.plan(pk, changes, now).await?;
+        self.write(&plan).await?;
+        Ok(plan.counts)
+    }
+
+    /// Reads the stored hashes of the page's keys and decides what to write:
+    /// new, changed and undeleted records, and deletions of live ones. The
+    /// last change of a record in the page wins.
+    pub async fn plan(&self, pk: &str, changes: Vec<Change>, now: i64) -> Result<Plan, StoreError> {
         let mut latest: BTreeMap<String, Change> = BTreeMap::new();
         for change in changes {
             latest.insert(change.id().to_owned(), change);
         }
-        let ids: Vec<&str> = latest.keys().map(String::as_str).collect();
-        let known = self.known(pk, &ids).await?;
-        let mut applied = Applied::default();
-        let mut puts = Vec::new();
-        let mut deletes = Vec::new();
+        let ids: Vec<String> = latest.keys().cloned().collect();
+        let known = self.known(pk, ids).await?;
+        let mut plan = Plan {
+            pk: pk.to_owned(),
+            puts: Vec::new(),
+            deletes: Vec::new(),
+            counts: Applied::default(),
+            now,
+        };
         for (id, change) in &latest {
             let stored = known.get(id);
             match change {
                 Change::Upsert(record) => match stored {
-                    Some(k) if !k.deleted && k.hash.as_deref() == Some(record.hash.as_str()) => applied.unchanged += 1,
+                    Some(k) if !k.deleted && k.hash.as_deref() == Some(record.hash.as_str()) => {
+                        plan.counts.unchanged += 1;
+                    }
                     Some(k) => {
-                        applied.updated += 1;
-                        puts.push(item(pk, record, k.first_seen_at.unwrap_or(now), now));
+                        plan.counts.updated += 1;
+                        plan.puts.push(item(pk, record, k.first_seen_at.unwrap_or(now), now));
                     }
                     None => {
-                        applied.inserted += 1;
-                        puts.push(item(pk, record, now, now));
+                        plan.counts.inserted += 1;
+                        plan.puts.push(item(pk, record, now, now));
                     }
                 },
                 Change::Delete(id) => {
                     if stored.is_some_and(|k| !k.deleted) {
-                        deletes.push(id.clone());
+                        plan.counts.deleted += 1;
+                        plan.deletes.push(id.clone());
                     }
                 }
             }
         }
-        self.put_all(puts).await?;
-        applied.deleted = self.mark_deleted(pk, &deletes, now).await?;
-        Ok(applied)
+        Ok(plan)
+    }
+
+    /// Carries out a plan. Safe to repeat after a failure: puts replace the
+    /// same items, and a deletion that already landed is not written again.
+    pub async fn write(&self, plan: &Plan) -> Result<(), StoreError> {
+        self.put_all(plan.puts.clone()).await?;
+        self.mark_deleted(&plan.pk, &plan.deletes, plan.now).await?;
+        Ok(())
     }
 
     /// Marks every stored, not yet deleted record of `pk` that is not in
@@ -221,67 +254,94 @@ impl RecordStore {
         Ok(records)
     }
 
-    /// The stored hash, delete mark and first sighting of each id that exists.
-    async fn known(&self, pk: &str, ids: &[&str]) -> Result<HashMap<String, Known>, StoreError> {
+    /// The stored hash, delete mark and first sighting of each id that
+    /// exists: batches of 100 keys, a few at a time.
+    async fn known(&self, pk: &str, ids: Vec<String>) -> Result<HashMap<String, Known>, StoreError> {
         let mut known = HashMap::new();
-        for chunk in ids.chunks(GET_BATCH) {
-            let keys = chunk
-                .iter()
-                .map(|id| HashMap::from([("pk".to_owned(), s(pk)), ("record_id".to_owned(), s(id))]))
-                .collect();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .projection_expression("record_id, content_hash, deleted_at, first_seen_at")
-                    .build()
-                    .map_err(|e| StoreError::Malformed {
+        let mut chunks = ids
+            .chunks(GET_BATCH)
+            .map(<[String]>::to_vec)
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < WRITE_CONCURRENCY {
+                let Some(chunk) = chunks.next() else { break };
+                let store = self.clone();
+                let pk = pk.to_owned();
+                tasks.spawn(async move { store.known_batch(&pk, &chunk).await });
+            }
+            match tasks.join_next().await {
+                None => return Ok(known),
+                Some(Ok(result)) => known.extend(result?),
+                Some(Err(e)) => {
+                    return Err(StoreError::Malformed {
                         id: pk.to_owned(),
-                        reason: e.to_string(),
-                    })?,
-            );
-            let mut attempt = 0;
-            while let Some(keys) = request.take() {
-                self.ops.reads.fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
-                let output = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, keys)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_failure("BatchGetItem(records)", &self.table, e))?;
-                for item in output
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    let Some(AttributeValue::S(id)) = item.get("record_id") else {
-                        continue;
-                    };
-                    known.insert(
-                        id.clone(),
-                        Known {
-                            hash: match item.get("content_hash") {
-                                Some(AttributeValue::S(h)) => Some(h.clone()),
-                                _ => None,
-                            },
-                            deleted: item.contains_key("deleted_at"),
-                            first_seen_at: match item.get("first_seen_at") {
-                                Some(AttributeValue::N(v)) => v.parse().ok(),
-                                _ => None,
-                            },
+                        reason: format!("a batch read task failed: {e}"),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn known_batch(&self, pk: &str, chunk: &[String]) -> Result<HashMap<String, Known>, StoreError> {
+        let mut known = HashMap::new();
+        let keys = chunk
+            .iter()
+            .map(|id| HashMap::from([("pk".to_owned(), s(pk)), ("record_id".to_owned(), s(id))]))
+            .collect();
+        let mut request = Some(
+            KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .projection_expression("record_id, content_hash, deleted_at, first_seen_at")
+                .build()
+                .map_err(|e| StoreError::Malformed {
+                    id: pk.to_owned(),
+                    reason: e.to_string(),
+                })?,
+        );
+        let mut attempt = 0;
+        while let Some(keys) = request.take() {
+            self.ops.reads.fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
+            let output = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, keys)
+                .send()
+                .await
+                .map_err(|e| sdk_failure("BatchGetItem(records)", &self.table, e))?;
+            for item in output
+                .responses
+                .and_then(|mut r| r.remove(&self.table))
+                .unwrap_or_default()
+            {
+                let Some(AttributeValue::S(id)) = item.get("record_id") else {
+                    continue;
+                };
+                known.insert(
+                    id.clone(),
+                    Known {
+                        hash: match item.get("content_hash") {
+                            Some(AttributeValue::S(h)) => Some(h.clone()),
+                            _ => None,
                         },
-                    );
-                }
-                request = output
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .filter(|k| !k.keys().is_empty());
-                if request.is_some() {
-                    attempt += 1;
-                    backoff(attempt, "BatchGetItem(records)", &self.table)?;
-                    tokio::time::sleep(backoff_delay(attempt)).await;
-                }
+                        deleted: item.contains_key("deleted_at"),
+                        first_seen_at: match item.get("first_seen_at") {
+                            Some(AttributeValue::N(v)) => v.parse().ok(),
+                            _ => None,
+                        },
+                    },
+                );
+            }
+            request = output
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .filter(|k| !k.keys().is_empty());
+            if request.is_some() {
+                attempt += 1;
+                backoff(attempt, "BatchGetItem(records)", &self.table)?;
+                tokio::time::sleep(backoff_delay(attempt)).await;
             }
         }
         Ok(known)

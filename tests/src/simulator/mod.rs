@@ -310,6 +310,17 @@ impl Simulator {
         }
     }
 
+    /// Every access token issued so far expires now, earlier than its
+    /// `expires_in` said (a provider may end a token early: a password
+    /// change, a server-side revocation). The client learns it from a 401.
+    pub fn expire_access_tokens(&self) {
+        let now = Instant::now();
+        let mut state = self.state();
+        for record in state.access_tokens.values_mut() {
+            record.expires = record.expires.min(now);
+        }
+    }
+
     /// The next `/authorize` answers `error=access_denied` (the user cancelled).
     pub fn deny_next_authorize(&self) {
         self.state().deny_next_authorize = true;
