@@ -237,7 +237,15 @@ impl RefreshFixture {
         test: &str,
     ) -> RefreshFixture {
         let oauth = OauthFixture::start(sim, std::time::Duration::from_secs(10)).await;
-        let overrides = overrides(&oauth.sim.base_url);
+        let mut overrides = overrides(&oauth.sim.base_url);
+        if oauth.sim.sim.config().preset == shared::config::PresetName::ExactOnline && !overrides.contains("discover =")
+        {
+            // Every test stays on loopback: the division comes from the simulator.
+            overrides = format!(
+                "discover = {{ division = {{ url = \"{}/api/v1/current/Me?$select=CurrentDivision\", field = \"d.results.0.CurrentDivision\" }} }}\n{overrides}",
+                oauth.sim.base_url
+            );
+        }
         let aws = aws().await;
         let tables = fresh_tables(&aws, test).await;
         let prefix = unique_prefix(test);
@@ -541,13 +549,7 @@ impl SyncFixture {
             shared::config::PresetName::Microsoft => "{sim}/v1.0",
             _ => "{sim}/api/v1/{division}",
         };
-        let discover = match sim.preset {
-            shared::config::PresetName::ExactOnline => {
-                "discover = { division = { url = \"{sim}/api/v1/current/Me?$select=CurrentDivision\", field = \"d.results.0.CurrentDivision\" } }\n"
-            }
-            _ => "",
-        };
-        let text = format!("api_base_url = \"{api}\"\n{discover}{provider}\n{syncs}\n");
+        let text = format!("api_base_url = \"{api}\"\n{provider}\n{syncs}\n");
         let fixture = RefreshFixture::start_with(
             sim,
             shared::refresh::RefreshSettings::default(),

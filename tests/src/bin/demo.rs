@@ -93,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
          callback_url = \"{REDIRECT_URI}\"\n\n\
          [providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"{SECRET_NAME}\"\n\
          authorize_url = \"{simulator}/authorize\"\ntoken_url = \"{simulator}/token\"\n\
+         api_base_url = \"{simulator}/api/v1/{{division}}\"\n\
+         discover = {{ division = {{ url = \"{simulator}/api/v1/current/Me?$select=CurrentDivision\", field = \"d.results.0.CurrentDivision\" }} }}\n\
          # The simulator does not enforce Exact Online's one-refresh-per-570 s limit.\n\
          min_refresh_interval_secs = 0\n"
     );
