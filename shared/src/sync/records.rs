@@ -29,7 +29,7 @@ const WRITE_BATCH: usize = 25;
 /// Attempts for a batch whose items keep coming back unprocessed.
 const BATCH_ATTEMPTS: u32 = 8;
 /// Batch reads or writes of one page in flight at once.
-const WRITE_CONCURRENCY: usize = 4;
+const CONCURRENCY: usize = 4;
 
 /// A record ready to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -257,27 +257,41 @@ impl RecordStore {
     /// The stored hash, delete mark and first sighting of each id that
     /// exists: batches of 100 keys, a few at a time.
     async fn known(&self, pk: &str, ids: Vec<String>) -> Result<HashMap<String, Known>, StoreError> {
-        let mut known = HashMap::new();
-        let mut chunks = ids
-            .chunks(GET_BATCH)
-            .map(<[String]>::to_vec)
-            .collect::<Vec<_>>()
-            .into_iter();
+        let batches = ids.chunks(GET_BATCH).map(<[String]>::to_vec).collect();
+        let pk = pk.to_owned();
+        let found = self
+            .concurrently(batches, move |store, chunk| {
+                let pk = pk.clone();
+                async move { store.known_batch(&pk, &chunk).await }
+            })
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Runs `step` over every batch, [`CONCURRENCY`] at a time; the first
+    /// error ends it.
+    async fn concurrently<T, R, F, Fut>(&self, batches: Vec<T>, step: F) -> Result<Vec<R>, StoreError>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(RecordStore, T) -> Fut,
+        Fut: std::future::Future<Output = Result<R, StoreError>> + Send + 'static,
+    {
+        let mut batches = batches.into_iter();
+        let mut results = Vec::new();
         let mut tasks = tokio::task::JoinSet::new();
         loop {
-            while tasks.len() < WRITE_CONCURRENCY {
-                let Some(chunk) = chunks.next() else { break };
-                let store = self.clone();
-                let pk = pk.to_owned();
-                tasks.spawn(async move { store.known_batch(&pk, &chunk).await });
+            while tasks.len() < CONCURRENCY {
+                let Some(batch) = batches.next() else { break };
+                tasks.spawn(step(self.clone(), batch));
             }
             match tasks.join_next().await {
-                None => return Ok(known),
-                Some(Ok(result)) => known.extend(result?),
+                None => return Ok(results),
+                Some(Ok(result)) => results.push(result?),
                 Some(Err(e)) => {
                     return Err(StoreError::Malformed {
-                        id: pk.to_owned(),
-                        reason: format!("a batch read task failed: {e}"),
+                        id: self.table.clone(),
+                        reason: format!("a batch task failed: {e}"),
                     });
                 }
             }
@@ -363,29 +377,10 @@ impl RecordStore {
                 id: "record".to_owned(),
                 reason: e.to_string(),
             })?;
-        let mut batches = requests
-            .chunks(WRITE_BATCH)
-            .map(<[_]>::to_vec)
-            .collect::<Vec<_>>()
-            .into_iter();
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            while tasks.len() < WRITE_CONCURRENCY {
-                let Some(batch) = batches.next() else { break };
-                let store = self.clone();
-                tasks.spawn(async move { store.write_batch(batch).await });
-            }
-            match tasks.join_next().await {
-                None => return Ok(()),
-                Some(Ok(result)) => result?,
-                Some(Err(e)) => {
-                    return Err(StoreError::Malformed {
-                        id: "record".to_owned(),
-                        reason: format!("a batch write task failed: {e}"),
-                    });
-                }
-            }
-        }
+        let batches = requests.chunks(WRITE_BATCH).map(<[_]>::to_vec).collect();
+        self.concurrently(batches, |store, batch| async move { store.write_batch(batch).await })
+            .await?;
+        Ok(())
     }
 
     async fn write_batch(&self, mut batch: Vec<WriteRequest>) -> Result<(), StoreError> {
