@@ -629,3 +629,132 @@ async fn a_401_mid_run_is_answered_by_one_refresh_and_a_retry_of_the_page() {
         "one 401, one refresh, one more 401, then stop"
     );
 }
+
+/// Every stream record of the table so far: (event name, record id, deleted?).
+async fn stream_events(fx: &SyncFixture) -> Vec<(String, String, bool)> {
+    use aws_sdk_dynamodbstreams::types::{AttributeValue, ShardIteratorType};
+    let table = &fx.fixture.tables["RecordsTable"];
+    let arn = fx
+        .fixture
+        .aws
+        .dynamodb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .expect("describe table")
+        .table
+        .and_then(|t| t.latest_stream_arn)
+        .expect("the records table has a stream");
+    let sdk = shared::aws::load_sdk_config().await;
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack");
+    let streams = aws_sdk_dynamodbstreams::Client::from_conf(
+        aws_sdk_dynamodbstreams::config::Builder::from(&sdk)
+            .endpoint_url(endpoint)
+            .build(),
+    );
+    let shards = streams
+        .describe_stream()
+        .stream_arn(&arn)
+        .send()
+        .await
+        .expect("describe stream")
+        .stream_description
+        .and_then(|d| d.shards)
+        .unwrap_or_default();
+    let mut events = Vec::new();
+    for shard in shards {
+        let mut iterator = streams
+            .get_shard_iterator()
+            .stream_arn(&arn)
+            .shard_id(shard.shard_id.unwrap_or_default())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .expect("iterator")
+            .shard_iterator;
+        while let Some(current) = iterator.take() {
+            let output = streams
+                .get_records()
+                .shard_iterator(current)
+                .send()
+                .await
+                .expect("get records");
+            let records = output.records.unwrap_or_default();
+            if records.is_empty() {
+                break;
+            }
+            for record in records {
+                let change = record.dynamodb.unwrap_or_else(|| panic!("a change"));
+                let id = match change.keys.as_ref().and_then(|k| k.get("record_id")) {
+                    Some(AttributeValue::S(id)) => id.clone(),
+                    _ => String::new(),
+                };
+                let deleted = change.new_image.as_ref().is_some_and(|i| i.contains_key("deleted_at"));
+                let name = record.event_name.map(|e| e.as_str().to_owned()).unwrap_or_default();
+                events.push((name, id, deleted));
+            }
+            iterator = output.next_shard_iterator;
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_records_stream_carries_exactly_the_changes_of_each_run() {
+    let fx = fixture(exact(), FULL, "sync-stream").await;
+    let ids = fx.sim().seed_projects(5);
+    let conn = fx.connect("acme-stream").await;
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+    let first = stream_events(&fx).await;
+    assert_eq!(first.len(), 5, "{first:?}");
+    assert!(
+        first.iter().all(|(name, _, deleted)| name == "INSERT" && !deleted),
+        "{first:?}"
+    );
+
+    // One update, one deletion, three unchanged: two changes, nothing for the rest.
+    assert!(fx.sim().update_project(&ids[0], "renamed"));
+    assert!(fx.sim().delete_project(&ids[1]));
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+    let all = stream_events(&fx).await;
+    let second: BTreeSet<_> = all[5..].iter().cloned().collect();
+    assert_eq!(
+        second,
+        BTreeSet::from([
+            ("MODIFY".to_owned(), ids[0].clone(), false),
+            ("MODIFY".to_owned(), ids[1].clone(), true),
+        ]),
+        "{all:?}"
+    );
+    assert_eq!(all.len(), 7, "{all:?}");
+
+    // An unchanged rerun adds nothing to the stream.
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+    assert_eq!(stream_events(&fx).await.len(), 7);
+}
+
+#[tokio::test]
+async fn a_connection_whose_division_was_not_learned_says_so_and_is_not_synced() {
+    let provider = "min_refresh_interval_secs = 0\n\
+                    discover = { division = { url = \"{sim}/api/v1/current/Nobody\", field = \"d.results.0.CurrentDivision\" } }";
+    let fx = SyncFixture::start(exact(), provider, INCREMENTAL, quick_sync_settings(), "sync-noparam").await;
+    fx.sim().seed_projects(3);
+    let conn = fx.connect("acme-noparam").await;
+    let connection = fx.fixture.connection(&conn).await;
+    assert_eq!(
+        connection.status,
+        shared::connection::Status::Active,
+        "the login itself worked"
+    );
+    assert!(connection.params.is_empty());
+    let error = connection.param_error.expect("the connection says why");
+    assert!(error.contains("`division`"), "{error}");
+
+    let report = fx.run(&conn, "projects").await;
+    let RunEnd::Parked(why) = &report.end else {
+        panic!("{report:?}")
+    };
+    assert!(why.contains("connection parameter `division` is missing"), "{why}");
+    assert_eq!(project_pages(&fx), 0, "nothing was fetched");
+}
