@@ -1,0 +1,68 @@
+//! The handler, called directly with a fixture EventBridge schedule event,
+//! against the local stack and the simulator's Exact Online data API.
+
+use std::sync::Arc;
+
+use lambda_runtime::{Context, LambdaEvent};
+use oauth_sync_tests::simulator::SimConfig;
+use oauth_sync_tests::stack::{SyncFixture, quick_sync_settings};
+use shared::config::PresetName;
+use shared::connection::now_ms;
+use shared::sync::jobs::job_id;
+
+/// A scheduled event with two minutes left in the invocation.
+fn scheduled_event() -> LambdaEvent<serde_json::Value> {
+    let event: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/eventbridge-schedule.json")).expect("fixture event");
+    let mut context = Context::default();
+    context.request_id = "req-1".to_owned();
+    context.deadline = u64::try_from(now_ms()).expect("time") + 120_000;
+    LambdaEvent::new(event, context)
+}
+
+#[tokio::test]
+async fn a_scheduled_run_syncs_every_due_job_and_schedules_the_next() {
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.rate_limit = None;
+    let syncs = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
+                 query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"incremental\"\n\
+                 cursor_field = \"Timestamp\"\ninterval_secs = 900\n";
+    let fx = SyncFixture::start(
+        sim,
+        "min_refresh_interval_secs = 0",
+        syncs,
+        quick_sync_settings(),
+        "handler",
+    )
+    .await;
+    fx.sim().seed_projects(150);
+    let ids = [fx.connect("tenant-a").await, fx.connect("tenant-b").await];
+    let engine: &Arc<_> = &fx.engine;
+
+    let summary = sync::function_handler(engine, scheduled_event())
+        .await
+        .expect("the run succeeds");
+    assert_eq!(
+        (summary.due, summary.finished, summary.failed),
+        (2, 2, 0),
+        "{summary:?}"
+    );
+    for id in &ids {
+        assert_eq!(fx.records(id, "projects").await.len(), 150);
+        let job = engine
+            .jobs()
+            .get(&job_id(id, "projects"))
+            .await
+            .expect("read")
+            .expect("job");
+        let next = job.next_run_at.expect("scheduled");
+        assert!(next >= now_ms() + 800_000, "the next run is an interval away");
+        assert_eq!(job.lease_owner, None, "the lease is released");
+    }
+
+    // Nothing is due until the interval has passed.
+    let summary = sync::function_handler(engine, scheduled_event())
+        .await
+        .expect("the run succeeds");
+    assert_eq!(summary.due, 0, "{summary:?}");
+}
