@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use url::Url;
 
 use super::jobs::{Checkpoint, Job, JobStore, Next, Phase, RunCounts, RunRecord, RunState, job_id};
-use super::pages::{Page, PageError, first_page, parse_page, set_param};
+use super::pages::{Page, first_page, parse_page, set_param};
 use super::rate::Gate;
 use super::records::{Change, Incoming, MAX_ITEM_BYTES, RecordStore, content_hash};
 use super::{compare_cursors, scalar_text, value_at};
@@ -124,11 +124,6 @@ pub struct DueRuns {
     pub left_for_next_run: u64,
     /// Index shards whose query failed (each logged).
     pub shards_failed: u64,
-}
-
-/// A page, fetched and read.
-struct Fetched {
-    page: Page,
 }
 
 /// Why fetching a page stopped the run.
@@ -489,8 +484,8 @@ impl SyncEngine {
                     Err(e) => return RunEnd::Parked(e),
                 },
             };
-            let fetched = match self.fetch(cx, &url, checkpoint, &mut run.counts).await {
-                Ok(fetched) => fetched,
+            let page = match self.fetch(cx, &url, checkpoint, &mut run.counts).await {
+                Ok(page) => page,
                 Err(Stop::Yield { until, why }) => return RunEnd::Yielded { until, reason: why },
                 Err(Stop::Park(why)) => return RunEnd::Parked(why),
                 Err(Stop::Fail(why)) => return RunEnd::Failed(why),
@@ -508,7 +503,6 @@ impl SyncEngine {
                     return RunEnd::Failed(format!("{why}; the next run starts the pass again"));
                 }
             };
-            let page = fetched.page;
             let changes = self.changes(cx, run, &page.records);
             run.counts.fetched += page.records.len() as u64;
             let seen: Vec<String> = changes
@@ -534,29 +528,21 @@ impl SyncEngine {
             }
             run.pass_pages += 1;
             run.counts.pages += 1;
-            if run.phase == Phase::Data
-                && let Some(field) = &cx.sync.cursor_field
-            {
-                for record in &page.records {
-                    if let Some(value) = value_at(record, field).and_then(scalar_text)
-                        && run
-                            .pass_max
-                            .as_deref()
-                            .is_none_or(|max| compare_cursors(&value, max).is_gt())
-                    {
-                        run.pass_max = Some(value);
-                    }
-                }
-            }
-            if run.phase == Phase::Deleted
-                && let Some((feed, _)) = &cx.sync.deleted
-            {
-                for record in &page.records {
-                    if let Some(value) = value_at(record, &feed.cursor_field).and_then(scalar_text)
-                        && run
-                            .pass_max
-                            .as_deref()
-                            .is_none_or(|max| compare_cursors(&value, max).is_gt())
+            // The pass's highest cursor: the data's, or the deleted feed's.
+            let cursor_field = match run.phase {
+                Phase::Data => cx.sync.cursor_field.as_deref(),
+                Phase::Deleted => cx.sync.deleted.as_ref().map(|(feed, _)| feed.cursor_field.as_str()),
+            };
+            if let Some(field) = cursor_field {
+                for value in page
+                    .records
+                    .iter()
+                    .filter_map(|r| value_at(r, field).and_then(scalar_text))
+                {
+                    if run
+                        .pass_max
+                        .as_deref()
+                        .is_none_or(|max| compare_cursors(&value, max).is_gt())
                     {
                         run.pass_max = Some(value);
                     }
@@ -795,7 +781,7 @@ impl SyncEngine {
         url: &Url,
         checkpoint: &mut Checkpoint,
         counts: &mut RunCounts,
-    ) -> Result<Fetched, Stop> {
+    ) -> Result<Page, Stop> {
         let settings = &cx.provider.settings;
         let mut attempt = 0u32;
         let mut throttled = 0u32;
@@ -858,15 +844,12 @@ impl SyncEngine {
                 200..=299 => {
                     let link = headers.get(reqwest::header::LINK).and_then(|v| v.to_str().ok());
                     match parse_page(&cx.sync.pagination, &cx.sync.records, url, link, &body) {
-                        Ok(page) => return Ok(Fetched { page }),
+                        Ok(page) => return Ok(page),
                         Err(e) if e.is_transient() => {
                             attempt += 1;
                             self.retry(cx, attempt, None, counts, e.to_string()).await?;
                         }
-                        Err(e @ (PageError::NoRecords(_) | PageError::OtherOrigin(_) | PageError::BadLink(_))) => {
-                            return Err(Stop::Fail(format!("{url_path}: {e}", url_path = url.path())));
-                        }
-                        Err(e) => return Err(Stop::Fail(e.to_string())),
+                        Err(e) => return Err(Stop::Fail(format!("{}: {e}", url.path()))),
                     }
                 }
                 401 if !refreshed => {
