@@ -113,6 +113,15 @@ enum SyncCommand {
         #[arg(long, default_value = "15m")]
         timeout: String,
     },
+    /// Schedule a sync for every active connection of its provider.
+    ///
+    /// A login schedules the syncs configured at that time; run this after
+    /// adding a sync to the configuration. Jobs that exist keep their
+    /// schedule and checkpoint. Scans the connections table.
+    Schedule {
+        /// The sync (a key of [syncs] in the configuration).
+        sync: String,
+    },
     /// The sync jobs (all, or one connection's): state, last run, next run, cursor, budget left.
     ///
     /// With a connection id, also each job's recent runs.
@@ -179,6 +188,9 @@ async fn main() -> ExitCode {
         Command::Sync {
             command: SyncCommand::Status { id },
         } => sync_status(config_path(cli.config), id, cli.json).await,
+        Command::Sync {
+            command: SyncCommand::Schedule { sync },
+        } => sync_schedule(config_path(cli.config), &sync, cli.json).await,
         Command::Records { id, sync, limit } => records(config_path(cli.config), &id, &sync, limit, cli.json).await,
     };
     match result {
@@ -418,6 +430,39 @@ async fn sync_run(config_file: PathBuf, id: &str, sync: &str, timeout: &str, as_
         RunEnd::Failed(_) => anyhow::bail!("{}: the run failed", report.job),
         RunEnd::LostLease => anyhow::bail!("{}: the run lost its lease", report.job),
     }
+}
+
+async fn sync_schedule(config_file: PathBuf, sync: &str, as_json: bool) -> anyhow::Result<()> {
+    let config = Config::load(&config_file)?;
+    let definition = sync_definition(&config, sync)?;
+    let (aws, store) = store().await?;
+    let jobs = job_store(&aws)?;
+    let mut scheduled = Vec::new();
+    let mut skipped = 0u64;
+    for connection in store.list().await? {
+        if connection.provider != definition.provider || connection.status != shared::connection::Status::Active {
+            skipped += 1;
+            continue;
+        }
+        jobs.schedule(&connection.id, sync).await?;
+        scheduled.push(connection.id.to_string());
+    }
+    if as_json {
+        let out = serde_json::json!({"sync": sync, "scheduled": scheduled, "skipped": skipped});
+        output::write_out(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
+    } else {
+        output::write_out(&format!(
+            "sync `{sync}` scheduled for {} active connection(s) of provider `{}`{}; {skipped} other connection(s) left alone\n",
+            scheduled.len(),
+            definition.provider,
+            if scheduled.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", scheduled.join(", "))
+            },
+        ))?;
+    }
+    Ok(())
 }
 
 /// Runs shown per job by `sync status ID`.

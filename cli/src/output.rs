@@ -13,7 +13,7 @@ use shared::sync::jobs::{Checkpoint, Job, Phase, RunCounts, RunRecord};
 use shared::sync::rate::RateState;
 use shared::sync::records::StoredRecord;
 
-fn write_out(text: &str) -> anyhow::Result<()> {
+pub fn write_out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes())?;
     stdout.flush()?;
