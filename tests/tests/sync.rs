@@ -29,6 +29,15 @@ fn exact() -> SimConfig {
     sim
 }
 
+/// An Exact Online simulator with these limits and 20 projects a page on
+/// the normal endpoint, so that a few hundred projects take many requests.
+fn exact_limited(limits: RateLimits) -> SimConfig {
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.page_size = 20;
+    sim.data.rate_limit = Some(limits);
+    sim
+}
+
 async fn fixture(sim: SimConfig, syncs: &str, test: &str) -> SyncFixture {
     SyncFixture::start(sim, "min_refresh_interval_secs = 0", syncs, quick_sync_settings(), test).await
 }
@@ -230,9 +239,7 @@ async fn broken_slow_and_failing_pages_are_recovered_without_loss_or_duplicates(
 
 #[tokio::test]
 async fn with_rate_limit_headers_no_request_is_ever_answered_429() {
-    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
-    sim.data.page_size = 20;
-    sim.data.rate_limit = Some(RateLimits {
+    let sim = exact_limited(RateLimits {
         minutely: 4,
         minute_window: Duration::from_secs(3),
         daily: 5_000,
@@ -250,9 +257,7 @@ async fn with_rate_limit_headers_no_request_is_ever_answered_429() {
 
 #[tokio::test]
 async fn a_spent_daily_budget_stops_the_run_until_its_reset() {
-    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
-    sim.data.page_size = 20;
-    sim.data.rate_limit = Some(RateLimits {
+    let sim = exact_limited(RateLimits {
         minutely: 60,
         minute_window: Duration::from_secs(60),
         daily: 3,
