@@ -5,7 +5,9 @@
 //! without losing or duplicating anything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use oauth_sync_tests::simulator::{DataFault, DataFaultPlan, RateLimits, SimConfig};
@@ -762,4 +764,74 @@ async fn a_connection_whose_division_was_not_learned_says_so_and_is_not_synced()
     };
     assert!(why.contains("connection parameter `division` is missing"), "{why}");
     assert_eq!(project_pages(&fx), 0, "nothing was fetched");
+}
+
+/// Every log line of this test binary, at debug level, for the secret check.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .json()
+            .with_writer(move || Capture(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        buffer
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_token_reaches_a_log_line_through_401s_retries_and_failures() {
+    let logs = captured_logs();
+    let mut sim = exact();
+    sim.data.sync_page_size = 100;
+    let fx = fixture(sim, INCREMENTAL, "sync-logs").await;
+    fx.sim().seed_projects(300);
+    let conn = fx.connect("acme-logs").await;
+    fx.sim().expire_access_tokens();
+    for fault in [DataFault::Status { status: 503 }, DataFault::Truncated] {
+        fx.sim().inject_data_fault(DataFaultPlan {
+            fault,
+            times: 1,
+            path_contains: None,
+        });
+    }
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+    // And a run that fails: every attempt at a page answered 500.
+    fx.sim().insert_project("NEW", "new");
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Status { status: 500 },
+        times: quick_sync_settings().page_attempts,
+        path_contains: None,
+    });
+    assert!(matches!(fx.run(&conn, "projects").await.end, RunEnd::Failed(_)));
+
+    let text = String::from_utf8(logs.lock().unwrap_or_else(|p| p.into_inner()).clone()).expect("utf8 logs");
+    assert!(text.contains("sync run ended"), "the capture saw the engine's logs");
+    assert!(text.contains("trying the page again"), "and its retries");
+    let secrets = fx.sim().issued_secrets();
+    assert!(secrets.len() >= 4, "a login and a refresh: {}", secrets.len());
+    for secret in secrets {
+        assert!(!text.contains(&secret), "a token value appeared in the logs");
+    }
 }
