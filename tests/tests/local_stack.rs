@@ -198,3 +198,15 @@ async fn a_secret_round_trips_and_a_missing_one_is_named() {
     assert!(matches!(&e, SecretsError::NotFound { name } if *name == missing), "{e}");
     assert!(e.to_string().contains(&missing));
 }
+
+#[test]
+fn the_stack_environment_names_a_region_for_the_aws_cli_too() {
+    // The stack's env file is sourced before `cargo test` (scripts/test).
+    let region = std::env::var("AWS_REGION").unwrap_or_default();
+    assert!(!region.is_empty(), "AWS_REGION is set by the stack");
+    assert_eq!(
+        std::env::var("AWS_DEFAULT_REGION").ok().as_deref(),
+        Some(region.as_str()),
+        "the AWS CLI v1 reads AWS_DEFAULT_REGION"
+    );
+}
