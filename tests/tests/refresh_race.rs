@@ -3,8 +3,6 @@
 //! tokens): many workers drive the same connections through hundreds of
 //! rotations, and what must be zero is counted.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use oauth_sync_tests::simulator::SimConfig;
@@ -15,40 +13,6 @@ use shared::refresh::RefreshSettings;
 
 const ROTATIONS: u64 = 200;
 const CONNECTIONS: usize = 3;
-
-/// Every log line of this test binary, at debug level, for the secret check.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_ansi(false)
-            .json()
-            .with_writer(move || Capture(sink.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
-        buffer
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Generous timeouts: on a loaded machine a slow send must not turn into an
 /// unknown outcome, which at a rotating provider ends in `needs_reauth`.
@@ -109,7 +73,7 @@ async fn assert_race_was_clean(fixture: &RefreshFixture, ids: &[ConnectionId]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_tasks_never_spend_a_refresh_token_twice() {
-    let logs = captured_logs();
+    let logs = oauth_sync_tests::logs::captured();
     let fixture = RefreshFixture::start(strict_simulator(), settings(), "", "race-tasks").await;
     let ids = connect_all(&fixture, "race-task").await;
 
@@ -137,7 +101,7 @@ async fn sixteen_tasks_never_spend_a_refresh_token_twice() {
     assert_race_was_clean(&fixture, &ids).await;
 
     // No planted secret reached a log line, though debug logging was on throughout.
-    let text = String::from_utf8(logs.lock().expect("logs").clone()).expect("utf8 logs");
+    let text = oauth_sync_tests::logs::text(&logs);
     assert!(text.contains("refreshed"), "the capture saw the protocol's logs");
     let secrets = fixture.sim().issued_secrets();
     assert!(secrets.len() > 2 * ROTATIONS as usize);

@@ -5,9 +5,7 @@
 //! without losing or duplicating anything.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use oauth_sync_tests::simulator::{DataFault, DataFaultPlan, RateLimits, SimConfig};
@@ -766,43 +764,9 @@ async fn a_connection_whose_division_was_not_learned_says_so_and_is_not_synced()
     assert_eq!(project_pages(&fx), 0, "nothing was fetched");
 }
 
-/// Every log line of this test binary, at debug level, for the secret check.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_ansi(false)
-            .json()
-            .with_writer(move || Capture(sink.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
-        buffer
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn no_token_reaches_a_log_line_through_401s_retries_and_failures() {
-    let logs = captured_logs();
+    let logs = oauth_sync_tests::logs::captured();
     let mut sim = exact();
     sim.data.sync_page_size = 100;
     let fx = fixture(sim, INCREMENTAL, "sync-logs").await;
@@ -826,7 +790,7 @@ async fn no_token_reaches_a_log_line_through_401s_retries_and_failures() {
     });
     assert!(matches!(fx.run(&conn, "projects").await.end, RunEnd::Failed(_)));
 
-    let text = String::from_utf8(logs.lock().unwrap_or_else(|p| p.into_inner()).clone()).expect("utf8 logs");
+    let text = oauth_sync_tests::logs::text(&logs);
     assert!(text.contains("sync run ended"), "the capture saw the engine's logs");
     assert!(text.contains("trying the page again"), "and its retries");
     let secrets = fx.sim().issued_secrets();
