@@ -153,12 +153,12 @@ pub struct SyncEngine {
 
 /// Something the run knows for its whole length.
 struct Context<'a> {
+    /// The job id, also the records' partition key (`{connection}#{sync}`).
     job: String,
     connection: &'a ConnectionId,
     sync: &'a Sync,
     provider: &'a Provider,
     params: BTreeMap<String, String>,
-    pk: String,
     deadline: Instant,
 }
 
@@ -434,7 +434,6 @@ impl SyncEngine {
             sync,
             provider,
             params,
-            pk: job.id.clone(),
             deadline,
         };
         let now = now_ms();
@@ -610,7 +609,7 @@ impl SyncEngine {
     async fn store_page(&self, cx: &Context<'_>, changes: Vec<Change>) -> Result<super::records::Applied, StoreError> {
         let now = now_ms();
         let plan = self
-            .store_retry(cx, || self.records.plan(&cx.pk, changes.clone(), now))
+            .store_retry(cx, || self.records.plan(&cx.job, changes.clone(), now))
             .await?;
         self.store_retry(cx, || self.records.write(&plan)).await?;
         Ok(plan.counts)
@@ -641,7 +640,7 @@ impl SyncEngine {
     /// Marks what a complete sweep did not see as deleted.
     async fn sweep(&self, cx: &Context<'_>, run: &RunState) -> Result<u64, StoreError> {
         let seen = self.jobs.seen(&cx.job, &run.run_id).await?;
-        self.records.sweep(&cx.pk, &seen, now_ms()).await
+        self.records.sweep(&cx.job, &seen, now_ms()).await
     }
 
     /// The first page of the current pass.

@@ -181,62 +181,30 @@ impl RecordStore {
     /// Marks every stored, not yet deleted record of `pk` that is not in
     /// `seen` as deleted (the end of a complete full pass).
     pub async fn sweep(&self, pk: &str, seen: &HashSet<String>, now: i64) -> Result<u64, StoreError> {
-        let mut gone = Vec::new();
-        let mut start = None;
-        loop {
-            self.ops.queries.fetch_add(1, Ordering::Relaxed);
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(pk))
-                .projection_expression("record_id, deleted_at")
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_failure("Query(records)", &self.table, e))?;
-            for item in output.items.unwrap_or_default() {
-                if item.contains_key("deleted_at") {
-                    continue;
-                }
-                if let Some(AttributeValue::S(id)) = item.get("record_id")
-                    && !seen.contains(id)
-                {
-                    gone.push(id.clone());
-                }
-            }
-            start = output.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() {
-                break;
-            }
-        }
+        let gone: Vec<String> = self
+            .partition(pk, Some("record_id, deleted_at"), usize::MAX)
+            .await?
+            .into_iter()
+            .filter(|item| !item.contains_key("deleted_at"))
+            .filter_map(|item| match item.get("record_id") {
+                Some(AttributeValue::S(id)) if !seen.contains(id) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
         self.mark_deleted(pk, &gone, now).await
     }
 
     /// Up to `limit` records of `pk`, in key order.
     pub async fn list(&self, pk: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
-        let mut records = Vec::new();
-        let mut start = None;
-        while records.len() < limit {
-            self.ops.queries.fetch_add(1, Ordering::Relaxed);
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(pk))
-                .limit(i32::try_from((limit - records.len()).min(1000)).unwrap_or(1000))
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_failure("Query(records)", &self.table, e))?;
-            for item in output.items.unwrap_or_default() {
+        let items = self.partition(pk, None, limit).await?;
+        Ok(items
+            .into_iter()
+            .map(|item| {
                 let number = |key: &str| match item.get(key) {
                     Some(AttributeValue::N(v)) => v.parse().ok(),
                     _ => None,
                 };
-                records.push(StoredRecord {
+                StoredRecord {
                     id: match item.get("record_id") {
                         Some(AttributeValue::S(id)) => id.clone(),
                         _ => String::new(),
@@ -244,14 +212,43 @@ impl RecordStore {
                     data: item.get("record").map_or(Value::Null, to_json),
                     updated_at: number("updated_at"),
                     deleted_at: number("deleted_at"),
-                });
-            }
+                }
+            })
+            .collect())
+    }
+
+    /// Up to `limit` items (`usize::MAX`: all) of the partition `pk`, with
+    /// only `projection` if given, a `Query` page at a time.
+    async fn partition(
+        &self,
+        pk: &str,
+        projection: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        while items.len() < limit {
+            self.ops.queries.fetch_add(1, Ordering::Relaxed);
+            let output = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(pk))
+                .set_projection_expression(projection.map(str::to_owned))
+                // No limit for an unbounded read: DynamoDB's 1 MB pages.
+                .set_limit(i32::try_from(limit - items.len()).ok())
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| sdk_failure("Query(records)", &self.table, e))?;
+            items.extend(output.items.unwrap_or_default());
             start = output.last_evaluated_key.filter(|k| !k.is_empty());
             if start.is_none() {
                 break;
             }
         }
-        Ok(records)
+        Ok(items)
     }
 
     /// The stored hash, delete mark and first sighting of each id that
