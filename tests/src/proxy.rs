@@ -1,7 +1,8 @@
-//! A fault-injecting HTTP proxy in front of DynamoDB Local, for the commit
-//! faults of the refresh protocol: a write that lands but whose response is
-//! lost, a DynamoDB that refuses connections for a while, and one that
-//! answers 503 without doing anything.
+//! A fault-injecting HTTP proxy in front of DynamoDB Local, for the
+//! DynamoDB faults of the refresh protocol: a write that lands but whose
+//! response is lost, a DynamoDB that refuses connections for a while, one
+//! that answers 503 without doing anything, and one whose clock (its `Date`
+//! header) is far from ours.
 //!
 //! Requests are matched by a marker in their body (the commit's UpdateItem is
 //! the only request carrying `commit_id`).
@@ -39,6 +40,8 @@ struct ProxyState {
     http: reqwest::Client,
     fault: Mutex<Option<ProxyFault>>,
     refusing_until: Mutex<Option<Instant>>,
+    /// Seconds added to the `Date` of every answer.
+    date_shift: Mutex<Option<i64>>,
     /// Requests forwarded whose answer was thrown away.
     lost_responses: AtomicU64,
     /// Connections and requests refused.
@@ -76,6 +79,7 @@ impl DynamoProxy {
                 .map_err(std::io::Error::other)?,
             fault: Mutex::new(None),
             refusing_until: Mutex::new(None),
+            date_shift: Mutex::new(None),
             lost_responses: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
@@ -99,6 +103,16 @@ impl DynamoProxy {
 
     pub fn arm(&self, fault: ProxyFault) {
         *self.state.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+    }
+
+    /// From now on, every answer's `Date` is `secs` later than DynamoDB's.
+    pub fn shift_date(&self, secs: i64) {
+        *self.state.date_shift.lock().unwrap_or_else(|p| p.into_inner()) = Some(secs);
+    }
+
+    /// Is it refusing connections right now (a `RefuseFor` in force)?
+    pub fn refusing(&self) -> bool {
+        self.state.refusing()
     }
 
     pub fn lost_responses(&self) -> u64 {
@@ -187,6 +201,20 @@ async fn forward(
     for (name, value) in &headers {
         if name != "transfer-encoding" && name != "connection" && name != "content-length" {
             out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    let shift = *state.date_shift.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(secs) = shift {
+        let shifted = std::time::SystemTime::now()
+            .checked_add(Duration::from_secs(secs.unsigned_abs()))
+            .filter(|_| secs >= 0)
+            .or_else(|| std::time::SystemTime::now().checked_sub(Duration::from_secs(secs.unsigned_abs())));
+        if let Some(date) = shifted
+            .map(aws_sdk_dynamodb::primitives::DateTime::from)
+            .and_then(|t| t.fmt(aws_sdk_dynamodb::primitives::DateTimeFormat::HttpDate).ok())
+            .and_then(|t| axum::http::HeaderValue::from_str(&t).ok())
+        {
+            out.headers_mut().insert(axum::http::header::DATE, date);
         }
     }
     out

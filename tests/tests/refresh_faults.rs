@@ -1,9 +1,9 @@
-//! Invariants 2 and 4 under faults: a worker killed between send and commit,
-//! a provider that processes the refresh and drops the connection (or answers
-//! too late, or with garbage), a commit whose response is lost, and DynamoDB
-//! refusing connections during the commit. Each ends in the state DESIGN.md
-//! names, and no refresh token is sent twice except the documented
-//! grace-period (or non-rotating) retry.
+//! Invariants 1, 2 and 4 under faults: a worker killed between send and
+//! commit, a provider that processes the refresh and drops the connection (or
+//! answers too late, or with garbage, or not at all), a commit or lease write
+//! whose response is lost, DynamoDB refusing connections during the commit,
+//! and a clock far from DynamoDB's. Each ends in the state DESIGN.md names,
+//! and a refresh token whose outcome is unknown is sent exactly once more.
 
 use std::time::Duration;
 
@@ -44,6 +44,18 @@ async fn kill_worker_after_send(
     id: &str,
     then: Option<Fault>,
 ) -> Result<shared::refresh::Fresh, RefreshError> {
+    let id = kill_worker_holding_the_lease(fixture, id, then).await;
+    // The lease (10 s + 5 s) must run out before anyone may act; this call waits for it.
+    fixture.service.refresh_now(&id, deadline(60)).await
+}
+
+/// Connects `id` and kills a worker that sent its refresh (processed by the
+/// provider) and holds the lease, uncommitted.
+async fn kill_worker_holding_the_lease(
+    fixture: &RefreshFixture,
+    id: &str,
+    then: Option<Fault>,
+) -> shared::connection::ConnectionId {
     let id = fixture.connect(id).await;
     fixture
         .sim()
@@ -83,31 +95,36 @@ async fn kill_worker_after_send(
         connection.lease.is_some() && connection.token_version == 1,
         "killed holding the lease, before committing"
     );
-    // The lease (10 s + 5 s) must run out before anyone may act; this call waits for it.
-    fixture.service.refresh_now(&id, deadline(60)).await
+    id
+}
+
+/// The connection needs a new login because the provider called its token dead.
+fn dead(e: &RefreshError) -> bool {
+    matches!(e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::DEAD_REFRESH_TOKEN)
+}
+
+/// The connection needs a new login because a refresh's outcome stayed unknown.
+fn unknown(e: &RefreshError) -> bool {
+    matches!(e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN)
 }
 
 #[tokio::test]
-async fn killed_after_sending_without_grace_needs_reauth_and_never_resends() {
+async fn killed_after_sending_without_grace_resends_once_and_the_dead_answer_needs_reauth() {
+    // The killed worker's refresh was processed: its new token is lost. The
+    // one resend only turns that into the provider's dead-token answer.
     let fixture = fixture(PresetName::Generic, "kill-generic").await;
     let e = kill_worker_after_send(&fixture, "killed", None).await.unwrap_err();
-    assert!(
-        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
-        "{e}"
-    );
+    assert!(dead(&e), "{e}");
+    assert!(e.to_string().contains("one resend"), "says what happened: {e}");
     let id = shared::connection::ConnectionId::parse("killed").expect("id");
     let connection = fixture.connection(&id).await;
     assert_eq!(connection.status, Status::NeedsReauth);
-    assert_eq!(
-        connection.status_reason.as_deref(),
-        Some(reason::REFRESH_OUTCOME_UNKNOWN)
-    );
     assert!(connection.lease.is_none());
     let counters = fixture.sim().counters();
     assert_eq!(
         (counters.refresh_requests, counters.refresh_tokens_reused),
-        (1, 0),
-        "the old token was not sent again"
+        (2, 1),
+        "the killed send and exactly one resend"
     );
 }
 
@@ -133,26 +150,23 @@ async fn killed_after_sending_with_grace_resends_once_and_recovers() {
 
 #[tokio::test]
 async fn provider_drops_the_connection_after_processing() {
-    // Rotating, no grace: the outcome is unknown and the token may be spent.
+    // Rotating, no grace: the outcome is unknown; the token was in fact spent.
     let generic = fixture(PresetName::Generic, "drop-generic").await;
     let id = generic.connect("dropped").await;
     generic.sim().inject(fault(Fault::DropAfterProcessing));
-    let e = generic.service.refresh_now(&id, deadline(30)).await.unwrap_err();
-    assert!(
-        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
-        "{e}"
-    );
+    let e = generic.service.refresh_now(&id, deadline(60)).await.unwrap_err();
+    assert!(dead(&e), "the one resend meets the dead-token answer: {e}");
     assert!(e.to_string().contains("outcome"), "{e}");
     let connection = generic.connection(&id).await;
     assert_eq!((connection.status, connection.token_version), (Status::NeedsReauth, 1));
     let counters = generic.sim().counters();
-    assert_eq!((counters.refresh_requests, counters.refresh_tokens_reused), (1, 0));
+    assert_eq!((counters.refresh_requests, counters.refresh_tokens_reused), (2, 1));
 
     // Xero: the retired token still works for 30 minutes, so one resend recovers.
     let xero = fixture(PresetName::Xero, "drop-xero").await;
     let id = xero.connect("dropped").await;
     xero.sim().inject(fault(Fault::DropAfterProcessing));
-    let fresh = xero.service.refresh_now(&id, deadline(30)).await.expect("grace resend");
+    let fresh = xero.service.refresh_now(&id, deadline(60)).await.expect("grace resend");
     assert_eq!(fresh.token_version, 2);
     assert_eq!(xero.sim().counters().grace_reuses, 1);
     assert!(xero.stored_tokens_work(&id).await);
@@ -178,11 +192,8 @@ async fn a_late_or_garbled_answer_is_an_unknown_outcome() {
     fixture
         .sim()
         .inject(fault(Fault::DelayAfterProcessing { millis: 60_000 }));
-    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
-    assert!(
-        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
-        "{e}"
-    );
+    let e = fixture.service.refresh_now(&id, deadline(60)).await.unwrap_err();
+    assert!(dead(&e), "{e}");
 
     // Processed, then a truncated body: the new refresh token is lost either way.
     let id = fixture.connect("garbled").await;
@@ -190,12 +201,14 @@ async fn a_late_or_garbled_answer_is_an_unknown_outcome() {
         status: 200,
         body: "{\"access_token\": \"at-".into(),
     }));
-    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
-    assert!(
-        matches!(&e, RefreshError::NeedsReauth { message, .. } if message.contains("not a JSON object")),
-        "{e}"
+    let e = fixture.service.refresh_now(&id, deadline(60)).await.unwrap_err();
+    assert!(dead(&e), "{e}");
+    let counters = fixture.sim().counters();
+    assert_eq!(
+        (counters.refresh_requests, counters.refresh_tokens_reused),
+        (4, 2),
+        "each unknown outcome was resent exactly once"
     );
-    assert_eq!(fixture.sim().counters().refresh_tokens_reused, 0);
 }
 
 /// Leases long enough to outlast the injected outages with room to spare.
@@ -273,16 +286,91 @@ async fn dynamodb_answering_503_to_the_commit_is_outlasted() {
 }
 
 #[tokio::test]
-async fn a_commit_outlasts_its_lease_while_nobody_takes_over() {
-    // Leases of 5 s + 2 s; DynamoDB is unreachable for 10 s from the commit on.
-    // The commit is conditional on the lease owner, so retrying past the
-    // lease's end is safe, and it saves the rotated tokens (invariant 2).
-    let fault = ProxyFault::RefuseFor {
-        marker: on_commit(),
-        duration: Duration::from_secs(10),
+async fn a_lost_lease_response_is_recognised_as_our_own_lease() {
+    // The lease write lands and its answer is lost; the SDK's retry meets the
+    // lease it took itself. Taken for someone else's, the worker would wait for
+    // it to end and then treat its own (unsent) refresh as an unknown outcome.
+    let fault = ProxyFault::LoseResponse {
+        marker: "attribute_not_exists(lease_owner)".into(),
     };
-    let proxy = refresh_through_commit_fault("past-lease", fault, Duration::from_secs(2)).await;
-    assert!(proxy.refused() >= 2, "{} refusals", proxy.refused());
+    let proxy = refresh_through_commit_fault("lost-lease", fault, LONG_COMMIT_BUDGET).await;
+    assert_eq!(proxy.lost_responses(), 1, "the lease write's answer was lost");
+}
+
+#[tokio::test]
+async fn a_commit_stops_at_its_leases_end_so_no_takeover_meets_it_retrying() {
+    // A caller with a long deadline (a sync run: 120 s here); leases of 5 s +
+    // 2 s; DynamoDB unreachable for 60 s from the commit on. The commit stops
+    // retrying when its lease ends, before anyone may take the lease over
+    // (its end plus the clock-skew margin), not at the caller's deadline.
+    let fixture = fixture(PresetName::Generic, "lease-end").await;
+    let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
+    let settings = RefreshSettings {
+        commit_budget: Duration::from_secs(2),
+        ..settings()
+    };
+    let service = fixture.service_via(&proxy.url, settings).await;
+    let id = fixture.connect("lease-end").await;
+    proxy.arm(ProxyFault::RefuseFor {
+        marker: on_commit(),
+        duration: Duration::from_secs(60),
+    });
+    let e = service.refresh_now(&id, deadline(120)).await.unwrap_err();
+    let returned_at = shared::connection::now_ms();
+    assert!(matches!(e, RefreshError::Store { .. }), "{e}");
+    assert!(proxy.refusing(), "it stopped while DynamoDB was still unreachable");
+    let connection = fixture.connection(&id).await;
+    let lease = connection.lease.expect("the lease is left to be found abandoned");
+    assert!(
+        returned_at < lease.until + shared::connection::clock::CLOCK_SKEW_MS,
+        "the commit stopped before the lease could be taken over ({returned_at} vs lease end {})",
+        lease.until
+    );
+    assert_eq!(connection.token_version, 1, "nothing landed");
+}
+
+#[tokio::test]
+async fn a_clock_far_from_dynamodbs_refuses_to_take_a_lease_and_says_why() {
+    let fixture = fixture(PresetName::Generic, "skew").await;
+    let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
+    let service = fixture.service_via(&proxy.url, settings()).await;
+    let id = fixture.connect("skewed").await;
+    // DynamoDB's clock says a minute later than ours: we are a minute behind.
+    proxy.shift_date(60);
+    let e = service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    assert!(matches!(e, RefreshError::ClockSkew { .. }), "{e}");
+    assert!(e.to_string().contains("behind"), "{e}");
+    assert!(fixture.connection(&id).await.lease.is_none(), "no lease taken");
+    assert_eq!(fixture.sim().counters().refresh_requests, 0, "nothing sent");
+    // Within the tolerance, the same worker refreshes.
+    proxy.shift_date(1);
+    let fresh = service.refresh_now(&id, deadline(30)).await.expect("refreshed");
+    assert_eq!(fresh.token_version, 2);
+}
+
+#[tokio::test]
+async fn a_revoke_takes_over_an_abandoned_lease_and_calls_the_provider_once() {
+    let fixture = fixture(PresetName::Generic, "revoke-abandoned").await;
+    let id = kill_worker_holding_the_lease(&fixture, "abandoned", None).await;
+    let give_up = deadline(60);
+    let revoked = loop {
+        match fixture.service.revoke(&id).await {
+            // The killed worker's lease is live until it ends.
+            Err(RefreshError::RetryLater { .. }) if std::time::Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => break other.expect("revoked"),
+        }
+    };
+    assert!(revoked.at_provider && !revoked.already);
+    let connection = fixture.connection(&id).await;
+    assert_eq!(connection.status, Status::Revoked);
+    assert!(connection.lease.is_none() && connection.refresh_token.is_none());
+    assert_eq!(
+        fixture.sim().counters().revoke_requests,
+        2,
+        "the refresh token and the access token, once each"
+    );
 }
 
 #[tokio::test]
@@ -293,37 +381,69 @@ async fn a_takeover_resend_that_fails_too_is_not_repeated() {
     let e = kill_worker_after_send(&fixture, "killed", Some(Fault::DropAfterProcessing))
         .await
         .unwrap_err();
-    assert!(
-        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
-        "{e}"
-    );
-    assert!(
-        e.to_string().contains("stopped before recording"),
-        "names the first send: {e}"
-    );
+    assert!(unknown(&e), "{e}");
+    assert!(e.to_string().contains("one resend"), "names the resend: {e}");
     let counters = fixture.sim().counters();
     assert_eq!(counters.refresh_requests, 2, "the killed send and one resend, no more");
     assert_eq!(counters.refresh_tokens_reused, 0);
 }
 
 #[tokio::test]
-async fn an_unknown_outcome_stays_on_record_when_the_resend_fails() {
-    // A 12-second grace period (configured, as a provider might): the resend
-    // meets a 503, and by the next attempt the grace no longer covers a send.
-    let sim = SimConfig {
-        reuse_grace: Duration::from_secs(12),
-        ..SimConfig::for_preset(PresetName::Xero)
-    };
+async fn an_unknown_outcome_that_was_not_processed_is_saved_by_the_one_resend() {
+    // A 502 from a gateway: the outcome is unknown to us; the provider never
+    // saw the request. The one resend saves the connection, also without grace.
+    let fixture = fixture(PresetName::Generic, "unprocessed").await;
+    let id = fixture.connect("gateway").await;
+    fixture.sim().inject(fault(Fault::Status { status: 502 }));
+    let fresh = fixture.service.refresh_now(&id, deadline(60)).await.expect("saved");
+    assert_eq!((fresh.token_version, fresh.refreshed), (2, true));
+    let connection = fixture.connection(&id).await;
+    assert_eq!(connection.status, Status::Active);
+    assert_eq!(
+        (connection.outcome_unknown_since, connection.outcome_unknown_resent_at),
+        (None, None),
+        "the commit clears the record"
+    );
+    let counters = fixture.sim().counters();
+    assert_eq!((counters.refresh_requests, counters.refresh_tokens_reused), (2, 0));
+    assert!(fixture.stored_tokens_work(&id).await);
+}
+
+#[tokio::test]
+async fn with_the_resend_turned_off_an_unknown_outcome_needs_reauth_without_a_resend() {
+    let fixture = RefreshFixture::start(
+        SimConfig::for_preset(PresetName::Generic),
+        settings(),
+        "resend_after_unknown_outcome = false",
+        "resend-off",
+    )
+    .await;
+    let id = fixture.connect("careful").await;
+    fixture.sim().inject(fault(Fault::Status { status: 502 }));
+    let e = fixture.service.refresh_now(&id, deadline(60)).await.unwrap_err();
+    assert!(unknown(&e), "{e}");
+    assert!(
+        e.to_string().contains("resend_after_unknown_outcome"),
+        "names the setting: {e}"
+    );
+    assert_eq!(fixture.sim().counters().refresh_requests, 1, "no resend");
+}
+
+#[tokio::test]
+async fn a_resend_answered_503_is_not_spent_and_the_unknown_outcome_stays_on_record() {
+    // Processed, then the connection dropped: the token was rotated. The
+    // resend meets a 503 (certainly not processed): the resend is not spent,
+    // the unknown outcome stays on record, and the next attempt resends.
     let settings = RefreshSettings {
         base_backoff: Duration::from_millis(500),
         ..settings()
     };
-    let fixture = RefreshFixture::start(sim, settings, "reuse_grace_secs = 12", "unknown-kept").await;
+    let fixture = RefreshFixture::start(SimConfig::for_preset(PresetName::Generic), settings, "", "resend-503").await;
     let id = fixture.connect("tenant").await;
     fixture.sim().inject(fault(Fault::DropAfterProcessing));
     fixture.sim().inject(fault(Fault::Status { status: 503 }));
 
-    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
+    let e = fixture.service.refresh_now(&id, deadline(60)).await.unwrap_err();
     assert!(matches!(e, RefreshError::RetryLater { .. }), "{e}");
     let connection = fixture.connection(&id).await;
     assert_eq!(connection.status, Status::Active);
@@ -331,22 +451,25 @@ async fn an_unknown_outcome_stays_on_record_when_the_resend_fails() {
         connection.outcome_unknown_since.is_some(),
         "the unknown outcome is on record"
     );
+    assert_eq!(connection.outcome_unknown_resent_at, None, "the resend is not spent");
     assert!(connection.lease.is_none());
 
-    // Past the backoff and past what the grace period can cover for a 5 s
-    // call: the first send was more than 7 s ago.
-    tokio::time::sleep(Duration::from_millis(7_600)).await;
-    let e = fixture.service.refresh_now(&id, deadline(30)).await.unwrap_err();
-    assert!(
-        matches!(&e, RefreshError::NeedsReauth { reason, .. } if *reason == reason::REFRESH_OUTCOME_UNKNOWN),
-        "{e}"
-    );
+    let give_up = deadline(60);
+    let e = loop {
+        match fixture.service.refresh_now(&id, deadline(60)).await {
+            Err(RefreshError::RetryLater { .. }) if std::time::Instant::now() < give_up => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => break other.unwrap_err(),
+        }
+    };
+    assert!(dead(&e), "the resend meets the dead-token answer: {e}");
     let counters = fixture.sim().counters();
     assert_eq!(
-        counters.refresh_requests, 2,
-        "the old token was not sent outside the grace period"
+        (counters.refresh_requests, counters.refresh_tokens_reused),
+        (3, 1),
+        "the first send, the 503, and the one resend"
     );
-    assert_eq!(counters.refresh_tokens_reused, 0);
 }
 
 #[tokio::test]

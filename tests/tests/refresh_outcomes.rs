@@ -491,3 +491,27 @@ async fn a_new_login_brings_a_dead_connection_back_with_the_same_id() {
     assert_eq!(fresh.token_version, 3);
     assert!(fixture.stored_tokens_work(&id).await);
 }
+
+#[tokio::test]
+async fn microsofts_long_tokens_are_stored_refreshed_and_used_intact() {
+    // Microsoft issues ~1,800-character refresh tokens and ~2,500-character
+    // JWT access tokens; nothing on the path may cut them (the seed
+    // platform's users lost refresh tokens longer than 1,024 characters).
+    let fixture = fixture(PresetName::Microsoft, "", "long-tokens").await;
+    let id = fixture.connect("graph").await;
+    let fresh = fixture.service.access_token(&id, deadline(30)).await.expect("token");
+    assert!(
+        fresh.access_token.secret().len() > 2_400,
+        "{}",
+        fresh.access_token.secret().len()
+    );
+    assert!(fixture.sim().is_latest_access_token(fresh.access_token.secret()));
+    let refresh = fixture.stored_refresh_token(&id).await;
+    assert!(refresh.secret().len() > 1_700, "{}", refresh.secret().len());
+
+    let fresh = fixture.service.refresh_now(&id, deadline(30)).await.expect("refreshed");
+    assert_eq!(fresh.token_version, 2);
+    assert!(fixture.sim().is_latest_access_token(fresh.access_token.secret()));
+    assert!(fixture.stored_tokens_work(&id).await, "the rotated long tokens work");
+    assert_eq!(fixture.sim().counters().refresh_tokens_reused, 0);
+}

@@ -266,6 +266,13 @@ provider_fields! {
     /// How long a rotated-out refresh token still works (Xero: 1800 s);
     /// 0 means reuse kills the connection.
     reuse_grace_secs: u64 = 0;
+    /// After a refresh whose outcome is unknown (a timeout, a dropped
+    /// connection, a 500/502/504/408/52x, an unusable 2xx), send the old
+    /// refresh token once more: it saves the connection when the first send
+    /// was not processed, and otherwise only turns a token already lost into
+    /// the provider's dead-token answer. Turn it off where reuse is punished
+    /// beyond the token family; a reuse grace period still allows it.
+    resend_after_unknown_outcome: bool = true;
     /// A refresh token unused this long dies; the refresher keeps idle
     /// connections alive before that.
     refresh_token_idle_secs: Option<u64> = None;

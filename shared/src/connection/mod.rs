@@ -2,6 +2,7 @@
 //! tokens, status, `token_version` and refresh lease. Every token write is in
 //! [`store`]; the protocol that decides them is in [`crate::refresh`].
 
+pub mod clock;
 pub mod store;
 
 use std::fmt;
@@ -118,9 +119,11 @@ impl Status {
 pub mod reason {
     /// The provider said the refresh token is dead.
     pub const DEAD_REFRESH_TOKEN: &str = "dead_refresh_token";
-    /// A refresh was sent and its outcome is unknown; the provider has no
-    /// reuse grace period, so the old refresh token may not be sent again.
+    /// A refresh was sent and its outcome stayed unknown after the one resend
+    /// DESIGN.md allows (or the provider's settings allow none).
     pub const REFRESH_OUTCOME_UNKNOWN: &str = "refresh_outcome_unknown";
+    /// The provider returned a token longer than the store keeps.
+    pub const TOKEN_TOO_LARGE: &str = "token_too_large";
 }
 
 /// An encrypted value as stored (see [`crate::crypto::KeyRing`]). Its `Debug`
@@ -168,6 +171,8 @@ pub struct Connection {
     pub next_attempt_at: Option<i64>,
     /// Set when a refresh's outcome became unknown: when it was sent.
     pub outcome_unknown_since: Option<i64>,
+    /// Set when the one resend of that refresh was started.
+    pub outcome_unknown_resent_at: Option<i64>,
     pub refresh_due_at: Option<i64>,
     pub instance_url: Option<String>,
     pub api_domain: Option<String>,

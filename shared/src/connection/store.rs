@@ -14,6 +14,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 
+use super::clock::ServerClock;
 use super::{Connection, ConnectionId, ConnectionKind, Lease, Sealed, Status, now_ms};
 
 /// DynamoDB calls made, for the benchmark and for tests that count them.
@@ -142,9 +143,12 @@ pub struct ConnectionStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
     ops: Arc<OpCounts>,
+    clock: ServerClock,
 }
 
 const LEASE_FIELDS: &str = "lease_owner, lease_until, lease_taken_at";
+/// A refresh whose outcome is unknown: when it was first sent, and when its one resend was.
+const UNKNOWN_FIELDS: &str = "outcome_unknown_since, outcome_unknown_resent_at";
 
 pub(crate) fn s(value: &str) -> AttributeValue {
     AttributeValue::S(value.to_owned())
@@ -204,12 +208,23 @@ pub(crate) fn dynamo_error(
 }
 
 impl ConnectionStore {
+    /// The store reads DynamoDB's clock from every response (see
+    /// [`ServerClock`]) through an interceptor added to `client`'s config.
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> ConnectionStore {
+        let clock = ServerClock::default();
+        let client =
+            aws_sdk_dynamodb::Client::from_conf(client.config().to_builder().interceptor(clock.clone()).build());
         ConnectionStore {
             client,
             table: table.into(),
             ops: Arc::new(OpCounts::default()),
+            clock,
         }
+    }
+
+    /// How far our clock is from DynamoDB's, as last measured.
+    pub fn clock(&self) -> &ServerClock {
+        &self.clock
     }
 
     pub fn table(&self) -> &str {
@@ -321,6 +336,7 @@ impl ConnectionStore {
             "lease_taken_at",
             "next_attempt_at",
             "outcome_unknown_since",
+            "outcome_unknown_resent_at",
         ];
         let mut request = self
             .update(&login.id)
@@ -387,29 +403,47 @@ impl ConnectionStore {
     /// Takes the refresh lease, if the version is still `seen` and nobody holds
     /// a lease. An expired lease is not free: its holder may have sent the
     /// refresh, so it goes through [`ConnectionStore::take_over_lease`].
+    /// With `resend`, the lease is taken to resend a refresh whose outcome is
+    /// unknown, and the item records that the one resend is being spent.
+    /// The lease is taken on the item as read: version `seen` and `status`
+    /// (a revocation takes it on a connection in any status).
+    #[allow(clippy::too_many_arguments)]
     pub async fn take_lease(
         &self,
         id: &ConnectionId,
         seen: u64,
+        status: Status,
         owner: &str,
         now: i64,
         until: i64,
+        resend: bool,
     ) -> Result<Write, StoreError> {
+        let spend = if resend {
+            ", outcome_unknown_resent_at = :now"
+        } else {
+            ""
+        };
         let request = self
             .update(id)
-            .update_expression("SET lease_owner = :me, lease_until = :until, lease_taken_at = :now")
-            .condition_expression("token_version = :seen AND #status = :active AND attribute_not_exists(lease_owner)")
+            .update_expression(format!(
+                "SET lease_owner = :me, lease_until = :until, lease_taken_at = :now{spend}"
+            ))
+            .condition_expression("token_version = :seen AND #status = :status AND attribute_not_exists(lease_owner)")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":until", n(until))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":seen", n(seen))
-            .expression_attribute_values(":active", s(Status::Active.as_str()));
+            .expression_attribute_values(":status", s(status.as_str()));
         self.conditional_update("UpdateItem(lease)", request).await
     }
 
     /// Takes over a lease whose holder vanished after it may have sent the
     /// refresh, remembering when that send happened (`outcome_unknown_since`).
+    /// With `resend`, the taker is about to resend it and records that the one
+    /// resend is being spent. `stale_before` is the latest lease end that
+    /// counts as abandoned (now minus the clock-skew margin).
+    #[allow(clippy::too_many_arguments)]
     pub async fn take_over_lease(
         &self,
         id: &ConnectionId,
@@ -418,36 +452,52 @@ impl ConnectionStore {
         owner: &str,
         now: i64,
         until: i64,
+        stale_before: i64,
+        resend: bool,
     ) -> Result<Write, StoreError> {
+        let spend = if resend {
+            ", outcome_unknown_resent_at = :now"
+        } else {
+            ""
+        };
         let request = self
             .update(id)
-            .update_expression(
+            .update_expression(format!(
                 "SET lease_owner = :me, lease_until = :until, lease_taken_at = :now, \
-                 outcome_unknown_since = if_not_exists(outcome_unknown_since, :sent)",
-            )
-            .condition_expression("token_version = :seen AND lease_owner = :old AND lease_until < :now")
+                 outcome_unknown_since = if_not_exists(outcome_unknown_since, :sent){spend}"
+            ))
+            .condition_expression("token_version = :seen AND lease_owner = :old AND lease_until < :stale")
             .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":until", n(until))
             .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":stale", n(stale_before))
             .expression_attribute_values(":sent", n(abandoned.taken_at))
             .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":old", s(&abandoned.owner));
         self.conditional_update("UpdateItem(take over lease)", request).await
     }
 
-    /// Extends the caller's own lease (before a grace-period resend).
-    pub async fn extend_lease(
+    /// Extends the caller's own lease to resend a refresh whose outcome is
+    /// unknown: records when the first send left (`first_sent_at`) and that
+    /// the one resend is being spent, before it is sent.
+    pub async fn extend_lease_to_resend(
         &self,
         id: &ConnectionId,
         seen: u64,
         owner: &str,
         until: i64,
+        first_sent_at: i64,
     ) -> Result<Write, StoreError> {
         let request = self
             .update(id)
-            .update_expression("SET lease_until = :until")
+            .update_expression(
+                "SET lease_until = :until, outcome_unknown_since = if_not_exists(outcome_unknown_since, :first), \
+                 outcome_unknown_resent_at = :now",
+            )
             .condition_expression("token_version = :seen AND lease_owner = :me")
             .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":first", n(first_sent_at))
+            .expression_attribute_values(":now", n(now_ms()))
             .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":me", s(owner));
         self.conditional_update("UpdateItem(extend lease)", request).await
@@ -494,7 +544,7 @@ impl ConnectionStore {
             request = request.expression_attribute_values(":instance_url", s(instance_url));
         }
         let update = format!(
-            "SET {} REMOVE {LEASE_FIELDS}, next_attempt_at, outcome_unknown_since",
+            "SET {} REMOVE {LEASE_FIELDS}, next_attempt_at, {UNKNOWN_FIELDS}",
             set.join(", ")
         );
         let request = request
@@ -506,7 +556,8 @@ impl ConnectionStore {
     /// Releases the lease after a refresh that did not happen (the provider
     /// was down or refused), recording the failure and when to try again, and
     /// keeping (`Some`) or clearing (`None`) the time of an earlier send whose
-    /// outcome is unknown.
+    /// outcome is unknown. A resend that did not happen is not spent: its
+    /// mark is removed.
     #[allow(clippy::too_many_arguments)]
     pub async fn release_after_failure(
         &self,
@@ -519,8 +570,11 @@ impl ConnectionStore {
         unknown_since: Option<i64>,
     ) -> Result<Write, StoreError> {
         let (unknown_set, unknown_remove) = match unknown_since {
-            Some(_) => (", outcome_unknown_since = :unknown", ""),
-            None => ("", ", outcome_unknown_since"),
+            Some(_) => (
+                ", outcome_unknown_since = :unknown",
+                ", outcome_unknown_resent_at".to_owned(),
+            ),
+            None => ("", format!(", {UNKNOWN_FIELDS}")),
         };
         let mut request = self
             .update(id)
@@ -569,22 +623,35 @@ impl ConnectionStore {
     }
 
     /// Marks the connection revoked and erases its tokens, if the version is
-    /// still `seen` and no refresh is in flight (no lease).
-    pub async fn mark_revoked(&self, id: &ConnectionId, seen: u64) -> Result<Write, StoreError> {
+    /// still `seen` and the caller holds the lease (no refresh is in flight).
+    pub async fn mark_revoked(&self, id: &ConnectionId, seen: u64, owner: &str) -> Result<Write, StoreError> {
         let request = self
             .update(id)
             .update_expression(format!(
                 "SET #status = :revoked, token_version = :next, updated_at = :now, revoked_at = :now \
                  REMOVE access_token, refresh_token, access_expires_at, due_shard, refresh_due_at, {LEASE_FIELDS}, \
-                 status_reason, provider_message, next_attempt_at, outcome_unknown_since"
+                 status_reason, provider_message, next_attempt_at, {UNKNOWN_FIELDS}"
             ))
-            .condition_expression("token_version = :seen AND attribute_not_exists(lease_owner)")
+            .condition_expression("token_version = :seen AND lease_owner = :me")
+            .expression_attribute_values(":me", s(owner))
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":revoked", s(Status::Revoked.as_str()))
             .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":next", n(seen + 1))
             .expression_attribute_values(":now", n(now_ms()));
         self.conditional_update("UpdateItem(revoke)", request).await
+    }
+
+    /// Gives the caller's lease back with nothing else changed (a revocation
+    /// the provider could not do right now).
+    pub async fn release_lease(&self, id: &ConnectionId, seen: u64, owner: &str) -> Result<Write, StoreError> {
+        let request = self
+            .update(id)
+            .update_expression(format!("REMOVE {LEASE_FIELDS}"))
+            .condition_expression("token_version = :seen AND lease_owner = :me")
+            .expression_attribute_values(":seen", n(seen))
+            .expression_attribute_values(":me", s(owner));
+        self.conditional_update("UpdateItem(release lease)", request).await
     }
 
     /// Every connection, for the operator's `list` (a paginated Scan: an
@@ -752,6 +819,7 @@ fn from_item(item: HashMap<String, AttributeValue>) -> Result<Connection, StoreE
         consecutive_failures: u32::try_from(count("consecutive_failures")?).unwrap_or(u32::MAX),
         next_attempt_at: number("next_attempt_at")?,
         outcome_unknown_since: number("outcome_unknown_since")?,
+        outcome_unknown_resent_at: number("outcome_unknown_resent_at")?,
         refresh_due_at: number("refresh_due_at")?,
         instance_url: text("instance_url"),
         api_domain: text("api_domain"),

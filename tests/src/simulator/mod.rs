@@ -465,7 +465,7 @@ impl Simulator {
         }
         let refresh = config
             .issue_refresh_token
-            .then(|| new_refresh_token(&mut state, family));
+            .then(|| new_refresh_token(&mut state, family, config.preset));
         issue(&config, &mut state, family, refresh, self.base_url())
     }
 
@@ -510,7 +510,7 @@ impl Simulator {
             if let Some(record) = state.refresh_tokens.get_mut(&token) {
                 record.retired = Some(Instant::now());
             }
-            Some(new_refresh_token(&mut state, family))
+            Some(new_refresh_token(&mut state, family, config.preset))
         } else if config.preset == PresetName::Hubspot {
             Some(token) // HubSpot echoes the same refresh token.
         } else {
@@ -563,8 +563,33 @@ fn new_token(prefix: &str) -> String {
     format!("{prefix}-{random}")
 }
 
-fn new_refresh_token(state: &mut State, family: usize) -> String {
-    let token = new_token("rt");
+/// Random base64url text of `len` characters.
+fn random_text(len: usize) -> String {
+    let mut text = String::with_capacity(len + 43);
+    while text.len() < len {
+        #[allow(clippy::expect_used)]
+        text.push_str(&shared::crypto::random_token().expect("system random number generator"));
+    }
+    text.truncate(len);
+    text
+}
+
+/// Microsoft's tokens are long: JWT-shaped access tokens of about 2,500
+/// characters and opaque refresh tokens of about 1,800 (the seed platform's
+/// users lost refresh tokens longer than 1,024 characters to a column limit).
+fn long_access_token() -> String {
+    format!(
+        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiIsImtpZCI6InNpbSJ9.{}.{}",
+        random_text(2_100),
+        random_text(342)
+    )
+}
+
+fn new_refresh_token(state: &mut State, family: usize, preset: PresetName) -> String {
+    let token = match preset {
+        PresetName::Microsoft => format!("1.AXkA{}", random_text(1_800)),
+        _ => new_token("rt"),
+    };
     state
         .refresh_tokens
         .insert(token.clone(), RefreshRecord { family, retired: None });
@@ -614,7 +639,10 @@ fn dead_token(preset: PresetName, description: &str) -> Answer {
 /// A successful token answer in the preset's shape.
 fn issue(config: &SimConfig, state: &mut State, family: usize, refresh: Option<String>, base_url: String) -> Answer {
     use serde_json::{Value, json};
-    let access = new_token("at");
+    let access = match config.preset {
+        PresetName::Microsoft => long_access_token(),
+        _ => new_token("at"),
+    };
     let expires = Instant::now() + config.access_token_ttl;
     state
         .access_tokens

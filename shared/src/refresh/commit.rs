@@ -1,0 +1,116 @@
+//! Invariant 2: the new token set is committed before anything uses it.
+
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::{Fresh, Pass, RefreshError, Step, TokenService, expiry, jitter};
+use crate::connection::store::{Commit, StoreError, Write};
+use crate::connection::{now_ms, refresh_due_at};
+use crate::crypto::random_token;
+use crate::oauth::TokenSet;
+use crate::telemetry::error_chain;
+
+/// How long the read that looks for a commit that landed unseen may take
+/// after the commit stopped.
+const LAST_READ: Duration = Duration::from_secs(1);
+
+impl TokenService {
+    /// Commits `tokens` (sent at `sent_at`), retrying with jittered backoff
+    /// until the lease ends at `lease_until` (or the invocation's deadline,
+    /// if sooner) and no longer: the lease is sized for the token call and
+    /// the commit budget, and from its end (plus the clock-skew margin)
+    /// another worker may take it over. The write is conditional on the
+    /// lease owner, and each DynamoDB call is cut off at the lease's end.
+    /// Before giving up a last read checks whether one of them landed after all.
+    pub(super) async fn commit(
+        &self,
+        pass: &Pass<'_>,
+        tokens: TokenSet,
+        sent_at: i64,
+        lease_until: i64,
+    ) -> Result<Step, RefreshError> {
+        let Pass {
+            conn,
+            provider,
+            owner,
+            deadline,
+            ..
+        } = *pass;
+        let id = &conn.id;
+        let seal = |field: &'static str, value: &str| self.seal(id, field, value);
+        // The lifetime counts from when the provider could have issued it.
+        let now = now_ms();
+        let expires_at = expiry(sent_at, tokens.expires_in);
+        let commit = Commit {
+            id: id.clone(),
+            seen_version: conn.token_version,
+            owner: owner.to_owned(),
+            commit_id: random_token().map_err(|e| RefreshError::Crypto {
+                id: id.clone(),
+                source: e.into(),
+            })?,
+            access_token: seal("access_token", tokens.access_token.secret())?,
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| seal("refresh_token", t.secret()))
+                .transpose()?,
+            access_expires_at: expires_at,
+            scopes: tokens.scope.clone(),
+            refresh_due_at: refresh_due_at(&provider.settings, expires_at, Some(now)),
+            instance_url: tokens.instance_url.clone(),
+        };
+        let lease_left = Duration::from_millis(u64::try_from(lease_until - now).unwrap_or(0));
+        let stop_at = deadline.min(Instant::now() + lease_left);
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let left = stop_at.saturating_duration_since(Instant::now());
+            let result = match tokio::time::timeout(left, self.store.commit(&commit)).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::TimedOut {
+                    operation: "UpdateItem(commit)",
+                }),
+            };
+            match result {
+                Ok(Write::Done) => break,
+                // The write landed and its response was lost: DynamoDB shows our commit id.
+                Ok(Write::Conflict(Some(item))) if item.commit_id.as_deref() == Some(commit.commit_id.as_str()) => {
+                    info!(connection = %id, "commit confirmed after a lost response");
+                    break;
+                }
+                Ok(Write::Conflict(_)) => {
+                    error!(connection = %id, version = conn.token_version, "commit refused: the connection changed under our lease");
+                    return Ok(Step::Again);
+                }
+                Err(e) if e.is_transient() && Instant::now() + delay < stop_at => {
+                    warn!(connection = %id, error = %error_chain(&e), "commit failed; retrying");
+                    tokio::time::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    // Did one of the attempts land after all?
+                    if let Ok(Ok(Some(item))) = tokio::time::timeout(LAST_READ, self.store.get(id)).await
+                        && item.commit_id.as_deref() == Some(commit.commit_id.as_str())
+                    {
+                        info!(connection = %id, "commit confirmed by a last read");
+                        break;
+                    }
+                    error!(connection = %id, version = conn.token_version, error = %error_chain(&e),
+                        "the rotated tokens could not be stored before the lease ended; the next worker will find the lease abandoned");
+                    return Err(RefreshError::Store {
+                        id: id.clone(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        info!(connection = %id, version = conn.token_version + 1, expires_in = tokens.expires_in, rotated = tokens.refresh_token.is_some(), "refreshed");
+        Ok(Step::Done(Fresh {
+            access_token: tokens.access_token,
+            token_version: conn.token_version + 1,
+            expires_at,
+            refreshed: true,
+        }))
+    }
+}

@@ -1,0 +1,218 @@
+//! The refresh lease: whose it is, computed once per read, and the writes
+//! that take it. A write whose response was lost and that the SDK's retry
+//! then met is recognised by its owner id, not mistaken for someone else's.
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::{Pass, RefreshError, TokenService};
+use crate::connection::clock::{CLOCK_SKEW_MS, MAX_CLOCK_OFFSET_MS};
+use crate::connection::store::Write;
+use crate::connection::{Connection, ConnectionId, Lease, now_ms};
+
+/// The connection's lease as one worker sees it at one time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaseState<'a> {
+    /// Nobody holds it.
+    Free,
+    /// This worker holds it (a take whose answer was lost landed after all).
+    Mine(&'a Lease),
+    /// Another worker holds it and may be sending right now.
+    Live(&'a Lease),
+    /// Its holder vanished (ended more than the clock-skew margin ago): it may
+    /// have sent the refresh, so its outcome is unknown.
+    Abandoned(&'a Lease),
+}
+
+impl LeaseState<'_> {
+    /// The state of `conn`'s lease for worker `owner` at `now` (epoch ms).
+    pub(crate) fn of<'a>(conn: &'a Connection, owner: &str, now: i64) -> LeaseState<'a> {
+        match &conn.lease {
+            None => LeaseState::Free,
+            Some(lease) if lease.owner == owner => LeaseState::Mine(lease),
+            Some(lease) if lease.until.saturating_add(CLOCK_SKEW_MS) > now => LeaseState::Live(lease),
+            Some(lease) => LeaseState::Abandoned(lease),
+        }
+    }
+}
+
+/// A conditional write on the lease that "failed" only because an earlier
+/// attempt of the same request (the SDK's retry after a lost response)
+/// already made it: DynamoDB returns the item, and it shows our lease on the
+/// version we read.
+pub(crate) fn own_write_landed(write: Write, seen: u64, owner: &str) -> Write {
+    match write {
+        Write::Conflict(Some(item))
+            if item.token_version == seen && item.lease.as_ref().is_some_and(|l| l.owner == owner) =>
+        {
+            Write::Done
+        }
+        other => other,
+    }
+}
+
+impl TokenService {
+    /// The lease end for a send starting now: it outlives the token call's
+    /// timeout plus the commit budget, and never the invocation. No send
+    /// starts unless the invocation has at least the timeout and time for one
+    /// commit attempt left.
+    pub(crate) fn lease_until(&self, id: &ConnectionId, now: i64, deadline: Instant) -> Result<i64, RefreshError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left < self.settings.time_for_a_send() {
+            return Err(RefreshError::Deadline { id: id.clone() });
+        }
+        Ok(now + self.settings.lease_ms().min(super::millis(left)))
+    }
+
+    /// Refuses to take a lease when this host's clock is further from
+    /// DynamoDB's than the protocol tolerates: its lease ends and resend
+    /// times would be misread by every other worker.
+    pub(crate) fn check_clock(&self, id: &ConnectionId) -> Result<(), RefreshError> {
+        match self.store.clock().offset_ms() {
+            Some(offset) if offset.abs() > MAX_CLOCK_OFFSET_MS => Err(RefreshError::ClockSkew {
+                id: id.clone(),
+                offset_ms: offset,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes the free lease of `pass` (to resend, with `resend`). Returns
+    /// the lease end, or `None` when someone else got there first.
+    pub(crate) async fn take_lease(&self, pass: &Pass<'_>, resend: bool) -> Result<Option<i64>, RefreshError> {
+        let conn = pass.conn;
+        self.check_clock(&conn.id)?;
+        let now = now_ms();
+        let until = self.lease_until(&conn.id, now, pass.deadline)?;
+        let written = self
+            .store
+            .take_lease(
+                &conn.id,
+                conn.token_version,
+                conn.status,
+                pass.owner,
+                now,
+                until,
+                resend,
+            )
+            .await;
+        match own_write_landed(self.write(&conn.id, written)?, conn.token_version, pass.owner) {
+            Write::Done => Ok(Some(until)),
+            Write::Conflict(_) => Ok(None),
+        }
+    }
+
+    /// Takes over a lease whose holder vanished (to resend, with `resend`).
+    /// Returns the lease end, or `None` when someone else got there first.
+    pub(crate) async fn take_over_lease(
+        &self,
+        pass: &Pass<'_>,
+        abandoned: &Lease,
+        resend: bool,
+    ) -> Result<Option<i64>, RefreshError> {
+        let conn = pass.conn;
+        self.check_clock(&conn.id)?;
+        let now = now_ms();
+        let until = self.lease_until(&conn.id, now, pass.deadline)?;
+        let written = self
+            .store
+            .take_over_lease(
+                &conn.id,
+                conn.token_version,
+                abandoned,
+                pass.owner,
+                now,
+                until,
+                now - CLOCK_SKEW_MS,
+                resend,
+            )
+            .await;
+        match own_write_landed(self.write(&conn.id, written)?, conn.token_version, pass.owner) {
+            Write::Done => {
+                warn!(connection = %conn.id, version = conn.token_version, abandoned_by = %abandoned.owner, "took over an abandoned refresh lease");
+                Ok(Some(until))
+            }
+            Write::Conflict(_) => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::store::Write;
+
+    fn connection(lease: Option<Lease>) -> Connection {
+        Connection {
+            id: ConnectionId::parse("c").expect("id"),
+            provider: "p".into(),
+            kind: crate::connection::ConnectionKind::Shared,
+            status: crate::connection::Status::Active,
+            status_reason: None,
+            provider_message: None,
+            access_token: None,
+            refresh_token: None,
+            access_expires_at: None,
+            scopes: Vec::new(),
+            token_version: 3,
+            lease,
+            commit_id: None,
+            last_refresh_at: None,
+            last_refresh_outcome: None,
+            consecutive_failures: 0,
+            next_attempt_at: None,
+            outcome_unknown_since: None,
+            outcome_unknown_resent_at: None,
+            refresh_due_at: None,
+            instance_url: None,
+            api_domain: None,
+            params: Default::default(),
+            param_error: None,
+            created_at: 0,
+            updated_at: 0,
+            revoked_at: None,
+        }
+    }
+
+    fn lease(owner: &str, until: i64) -> Lease {
+        Lease {
+            owner: owner.into(),
+            until,
+            taken_at: until - 30_000,
+        }
+    }
+
+    #[test]
+    fn the_lease_state_is_computed_once_from_owner_and_time() {
+        let now = 1_000_000;
+        let free = connection(None);
+        assert_eq!(LeaseState::of(&free, "me", now), LeaseState::Free);
+        let mine = connection(Some(lease("me", now - 60_000)));
+        assert!(matches!(LeaseState::of(&mine, "me", now), LeaseState::Mine(_)));
+        let live = connection(Some(lease("other", now + 1)));
+        assert!(matches!(LeaseState::of(&live, "me", now), LeaseState::Live(_)));
+        // Ended, but within the clock-skew margin: still live for us.
+        let ending = connection(Some(lease("other", now - CLOCK_SKEW_MS + 1)));
+        assert!(matches!(LeaseState::of(&ending, "me", now), LeaseState::Live(_)));
+        let gone = connection(Some(lease("other", now - CLOCK_SKEW_MS)));
+        assert!(matches!(LeaseState::of(&gone, "me", now), LeaseState::Abandoned(_)));
+    }
+
+    #[test]
+    fn a_refused_lease_write_that_shows_our_own_lease_landed() {
+        let ours = connection(Some(lease("me", 2_000_000)));
+        let landed = own_write_landed(Write::Conflict(Some(Box::new(ours.clone()))), 3, "me");
+        assert!(matches!(landed, Write::Done));
+        let theirs = connection(Some(lease("other", 2_000_000)));
+        assert!(matches!(
+            own_write_landed(Write::Conflict(Some(Box::new(theirs))), 3, "me"),
+            Write::Conflict(_)
+        ));
+        // Our lease on another version is not this write's doing.
+        assert!(matches!(
+            own_write_landed(Write::Conflict(Some(Box::new(ours))), 2, "me"),
+            Write::Conflict(_)
+        ));
+    }
+}

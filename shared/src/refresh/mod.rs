@@ -1,0 +1,827 @@
+//! The refresh protocol (DESIGN.md, invariants 1–6): a single-use refresh
+//! token is never sent twice concurrently, a rotated one is never lost, an old
+//! token set never overwrites a newer one, a send whose outcome is unknown is
+//! recorded and resent at most once, and a dead connection says so and stops.
+//!
+//! One call, one worker:
+//!
+//! 1. Consistent read: `token_version = v`, expiry, lease ([`LeaseState`],
+//!    computed once per read).
+//! 2. Fresh enough (or someone else just refreshed)? Use the access token.
+//! 3. Take the lease (`lease.rs`): a conditional write on `token_version = v`
+//!    and no lease. Lost the race: wait for a version above `v` and use that.
+//!    A lease whose holder vanished is taken over: its send's outcome is unknown.
+//! 4. Send the refresh (`send.rs`), with a timeout `T` shorter than the lease;
+//!    no send starts with less than `T` of lease left. What the answer leads
+//!    to is decided by the pure [`decide`](decide::decide) (`decide.rs`).
+//! 5. Commit the new tokens (`commit.rs`) with `token_version = v + 1`,
+//!    conditional on (`v`, lease owner = me), retrying with backoff until the
+//!    lease ends. A lost response is resolved from the item DynamoDB returns
+//!    with the failed condition: is its `commit_id` mine?
+//!
+//! Failures: a dead-token answer moves the connection to `needs_reauth` with
+//! the provider's message (after a consistent re-read); a provider that is
+//! down releases the lease and backs off exponentially, with jitter, per
+//! connection; a send whose outcome is unknown is recorded on the connection
+//! and the old token is sent exactly once more, no sooner than `T` after the
+//! first send: that saves the connection when the first send was not
+//! processed, and otherwise turns a token already lost into the provider's
+//! dead-token answer.
+
+mod commit;
+mod decide;
+mod lease;
+mod send;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+pub use self::decide::{Action, Answer, Plan, ResendPolicy, Sent, UnknownSend, decide, plan};
+use self::lease::LeaseState;
+use crate::config::{Config, Provider, UnknownProvider};
+use crate::connection::store::{ConnectionStore, StoreError, Write};
+use crate::connection::{Connection, ConnectionId, DUE_SHARDS, Status, now_ms, refresh_due_at};
+use crate::crypto::{CryptoError, KeyRing};
+use crate::oauth::{ClientCredentials, TokenEndpoint, TokenSet, http_client};
+use crate::secret::AccessToken;
+use crate::secrets::{SecretStore, SecretsError};
+use crate::telemetry::error_chain;
+
+/// The longest token (access or refresh) stored, in bytes. Real ones are a
+/// few kilobytes (Microsoft: ~1,800-character refresh tokens, ~2,500-character
+/// JWT access tokens); the bound keeps every lease and commit write small.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Timing of the protocol.
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    /// `T`: the token call's timeout.
+    pub token_timeout: Duration,
+    /// Lease time kept after `T` for committing. The commit stops retrying
+    /// at the lease's end, also for a caller with a long deadline (a sync
+    /// run): from that end plus the clock-skew margin another worker may take
+    /// the lease over, and nothing of ours may still be retrying then.
+    pub commit_budget: Duration,
+    /// First backoff after a failed refresh; doubles per consecutive failure.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How often a worker that lost the lease race looks for the new version.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+    /// Ids per query of the refresh-due index in [`TokenService::refresh_due`].
+    pub due_page_size: i32,
+}
+
+impl Default for RefreshSettings {
+    fn default() -> Self {
+        RefreshSettings {
+            token_timeout: Duration::from_secs(10),
+            commit_budget: Duration::from_secs(20),
+            base_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(3600),
+            poll_min: Duration::from_millis(50),
+            poll_max: Duration::from_secs(1),
+            due_page_size: 100,
+        }
+    }
+}
+
+impl RefreshSettings {
+    fn lease_ms(&self) -> i64 {
+        millis(self.token_timeout + self.commit_budget)
+    }
+
+    /// The least time before the deadline in which a send may start: the
+    /// token call's timeout and one commit attempt.
+    fn time_for_a_send(&self) -> Duration {
+        self.token_timeout + MIN_COMMIT
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A usable access token.
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub access_token: AccessToken,
+    pub token_version: u64,
+    /// Epoch milliseconds.
+    pub expires_at: i64,
+    /// Whether this call refreshed it.
+    pub refreshed: bool,
+}
+
+/// What [`TokenService::revoke`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revoked {
+    /// The provider's RFC 7009 endpoint confirmed the revocation.
+    pub at_provider: bool,
+    /// The connection was revoked before this call.
+    pub already: bool,
+}
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("connection {0} does not exist")]
+    NotFound(ConnectionId),
+    #[error("connection {id} is {}{}", status.as_str(), reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    NotActive {
+        id: ConnectionId,
+        status: Status,
+        reason: Option<String>,
+        message: Option<String>,
+    },
+    #[error("connection {id} needs a new login ({reason}): {message}")]
+    NeedsReauth {
+        id: ConnectionId,
+        reason: &'static str,
+        message: String,
+    },
+    #[error("refreshing connection {id} failed ({cause}); next attempt at {until} (epoch ms)")]
+    RetryLater {
+        id: ConnectionId,
+        until: i64,
+        cause: String,
+    },
+    #[error("connection {id}: not enough time left in this invocation to refresh safely")]
+    Deadline { id: ConnectionId },
+    #[error(
+        "connection {id}: this machine's clock is {} s {} DynamoDB's; refusing to take a refresh lease \
+         (at most {} s are tolerated): set the clock (NTP) and try again",
+        offset_ms.unsigned_abs().div_ceil(1000),
+        if *offset_ms > 0 { "behind" } else { "ahead of" },
+        crate::connection::clock::MAX_CLOCK_OFFSET_MS / 1000
+    )]
+    ClockSkew { id: ConnectionId, offset_ms: i64 },
+    #[error("connection {id}: the provider returned a {field} of {bytes} bytes; at most {max} are stored", max = MAX_TOKEN_BYTES)]
+    TokenTooLarge {
+        id: ConnectionId,
+        field: &'static str,
+        bytes: usize,
+    },
+    #[error("connection {id}: {source}")]
+    Store { id: ConnectionId, source: StoreError },
+    #[error("connection {id}: {source}")]
+    Crypto { id: ConnectionId, source: CryptoError },
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error(transparent)]
+    UnknownProvider(#[from] UnknownProvider),
+}
+
+/// What [`TokenService::refresh_due`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DueSummary {
+    /// Due connections found in the index (started or left for the next run).
+    pub due: u64,
+    pub refreshed: u64,
+    /// Someone else refreshed it first.
+    pub still_fresh: u64,
+    pub needs_reauth: u64,
+    pub retry_later: u64,
+    pub failed: u64,
+    /// Found due, not started: too little of the invocation was left.
+    pub left_for_next_run: u64,
+    /// Every shard was read to its end and every due connection started
+    /// (`false` when time ran out first or a query failed): the rest waits
+    /// for the next run.
+    pub complete: bool,
+    /// Shards whose index query failed (each logged with its error).
+    pub shards_failed: u64,
+}
+
+impl DueSummary {
+    fn count(&mut self, result: Result<Result<Fresh, RefreshError>, tokio::task::JoinError>) {
+        match result {
+            Ok(Ok(fresh)) if fresh.refreshed => self.refreshed += 1,
+            Ok(Ok(_)) => self.still_fresh += 1,
+            Ok(Err(RefreshError::NeedsReauth { .. } | RefreshError::NotActive { .. })) => self.needs_reauth += 1,
+            Ok(Err(RefreshError::RetryLater { .. })) => self.retry_later += 1,
+            // Started, then found too little time left to send: as if never started.
+            Ok(Err(RefreshError::Deadline { .. })) => {
+                self.left_for_next_run += 1;
+                self.complete = false;
+            }
+            Ok(Err(e)) => {
+                warn!(error = %error_chain(&e), "refresh failed");
+                self.failed += 1;
+            }
+            Err(e) => {
+                error!(error = %e, "refresh task failed");
+                self.failed += 1;
+            }
+        }
+    }
+}
+
+/// Whether a call refreshes only when due, or now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    IfDue,
+    Force,
+}
+
+/// What one pass of the protocol concluded.
+enum Step {
+    Done(Fresh),
+    /// The connection changed under us: read it again.
+    Again,
+}
+
+/// One worker's pass of the protocol over one read of the connection.
+pub(crate) struct Pass<'a> {
+    conn: &'a Connection,
+    provider: &'a Provider,
+    owner: &'a str,
+    deadline: Instant,
+    mode: Mode,
+}
+
+/// Time a commit needs at least: one DynamoDB attempt (see `aws::ATTEMPT_TIMEOUT`).
+const MIN_COMMIT: Duration = Duration::from_secs(5);
+
+/// The one entry point for access tokens: every function and the CLI go
+/// through it. Build it once per process.
+#[derive(Debug)]
+pub struct TokenService {
+    store: ConnectionStore,
+    keys: Arc<KeyRing>,
+    config: Arc<Config>,
+    secrets: SecretStore,
+    credentials: Mutex<HashMap<String, ClientCredentials>>,
+    http: reqwest::Client,
+    settings: RefreshSettings,
+    worker: String,
+}
+
+impl TokenService {
+    /// Loads the key ring named by the configuration from Secrets Manager.
+    pub async fn load(
+        config: Arc<Config>,
+        store: ConnectionStore,
+        secrets: SecretStore,
+        settings: RefreshSettings,
+    ) -> Result<TokenService, LoadError> {
+        let text = secrets.text(&config.service.token_key_secret).await?;
+        let keys = KeyRing::from_json(&text).map_err(|source| LoadError::KeyRing {
+            secret: config.service.token_key_secret.clone(),
+            source,
+        })?;
+        let http = http_client(settings.token_timeout).map_err(LoadError::Http)?;
+        Ok(TokenService {
+            store,
+            keys: Arc::new(keys),
+            config,
+            secrets,
+            credentials: Mutex::new(HashMap::new()),
+            http,
+            settings,
+            worker: format!("{:08x}", fastrand::u32(..)),
+        })
+    }
+
+    pub fn store(&self) -> &ConnectionStore {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The HTTP client for authorization servers (no redirects, timeouts).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Stores the tokens of a login (sealed) as connection `id`: a new
+    /// connection at version 1, or an existing one at its next version,
+    /// active again. Without a new refresh token the old one is kept.
+    pub async fn save_login(
+        &self,
+        id: &ConnectionId,
+        provider: &str,
+        kind: crate::connection::ConnectionKind,
+        tokens: &TokenSet,
+    ) -> Result<Connection, RefreshError> {
+        let settings = &self.config.provider(provider)?.settings;
+        let (params, param_error) = crate::sync::discover(&self.http, settings, &tokens.access_token).await;
+        if let Some(error) = &param_error {
+            warn!(connection = %id, provider, error, "a connection parameter could not be learned; the connection will not be synced");
+        }
+        let seal = |field: &'static str, value: &str| self.seal(id, field, value);
+        let now = now_ms();
+        let expires_at = expiry(now, tokens.expires_in);
+        let login = crate::connection::store::NewLogin {
+            id: id.clone(),
+            provider: provider.to_owned(),
+            kind,
+            access_token: seal("access_token", tokens.access_token.secret())?,
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| seal("refresh_token", t.secret()))
+                .transpose()?,
+            access_expires_at: expires_at,
+            scopes: tokens.scope.clone().unwrap_or_default(),
+            refresh_due_at: refresh_due_at(settings, expires_at, Some(now)),
+            instance_url: tokens.instance_url.clone(),
+            api_domain: tokens.api_domain.clone(),
+            params,
+            param_error,
+        };
+        let saved = self
+            .store
+            .save_login(&login)
+            .await
+            .map_err(|source| RefreshError::Store { id: id.clone(), source })?;
+        info!(connection = %id, provider, version = saved.token_version, "login stored");
+        Ok(saved)
+    }
+
+    /// A valid access token for the connection, refreshed through the protocol when due.
+    pub async fn access_token(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
+        self.run(id, Mode::IfDue, deadline).await
+    }
+
+    /// Refreshes now, unless another worker refreshed it while this call waited.
+    pub async fn refresh_now(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
+        self.run(id, Mode::Force, deadline).await
+    }
+
+    /// Disconnects: revokes the tokens at the provider's RFC 7009 endpoint
+    /// when it has one (the refresh token first, which ends the whole grant),
+    /// then erases them and marks the connection revoked. The revocation holds
+    /// the refresh lease, so no refresh spends the token meanwhile; a lease
+    /// whose holder vanished is taken over, a live one makes the caller retry.
+    /// A provider that cannot revoke right now (503) leaves everything as it
+    /// was: the tokens still live there, so they are kept and the caller retries.
+    pub async fn revoke(&self, id: &ConnectionId) -> Result<Revoked, RefreshError> {
+        let owner = self.owner();
+        let deadline = Instant::now() + self.settings.time_for_a_send() + self.settings.token_timeout;
+        for _ in 0..5 {
+            let conn = self.read(id).await?;
+            if conn.status == Status::Revoked {
+                return Ok(Revoked {
+                    at_provider: false,
+                    already: true,
+                });
+            }
+            let provider = self.config.provider(&conn.provider)?;
+            let pass = Pass {
+                conn: &conn,
+                provider,
+                owner: &owner,
+                deadline,
+                mode: Mode::Force,
+            };
+            let taken = match LeaseState::of(&conn, &owner, now_ms()) {
+                LeaseState::Live(_) => {
+                    return Err(RefreshError::RetryLater {
+                        id: id.clone(),
+                        until: now_ms() + 1_000,
+                        cause: "a refresh is in progress".to_owned(),
+                    });
+                }
+                LeaseState::Mine(_) => true,
+                LeaseState::Free => self.take_lease(&pass, false).await?.is_some(),
+                LeaseState::Abandoned(lease) => self.take_over_lease(&pass, lease, false).await?.is_some(),
+            };
+            if !taken {
+                continue;
+            }
+            let at_provider = match self.revoke_at_provider(&conn, provider).await {
+                Ok(at_provider) => at_provider,
+                Err(e) => {
+                    self.write(id, self.store.release_lease(id, conn.token_version, &owner).await)?;
+                    return Err(e);
+                }
+            };
+            match self.write(id, self.store.mark_revoked(id, conn.token_version, &owner).await)? {
+                Write::Done => {
+                    info!(connection = %id, at_provider, "connection revoked");
+                    return Ok(Revoked {
+                        at_provider,
+                        already: false,
+                    });
+                }
+                Write::Conflict(_) => continue,
+            }
+        }
+        Err(RefreshError::RetryLater {
+            id: id.clone(),
+            until: now_ms() + 1_000,
+            cause: "the connection kept changing".into(),
+        })
+    }
+
+    /// Revokes the stored tokens at the provider's RFC 7009 endpoint, if it
+    /// has one. `true` when the provider confirmed.
+    async fn revoke_at_provider(&self, conn: &Connection, provider: &Provider) -> Result<bool, RefreshError> {
+        let id = &conn.id;
+        if provider.revocation_url.is_none() {
+            return Ok(false);
+        }
+        let credentials = self.credentials(provider).await?;
+        let endpoint = TokenEndpoint {
+            provider,
+            credentials: &credentials,
+            http: &self.http,
+        };
+        let tokens = [
+            (
+                conn.refresh_token.as_ref(),
+                "refresh_token",
+                crate::oauth::TokenHint::RefreshToken,
+            ),
+            (
+                conn.access_token.as_ref(),
+                "access_token",
+                crate::oauth::TokenHint::AccessToken,
+            ),
+        ];
+        let mut at_provider = false;
+        for (sealed, field, hint) in tokens {
+            let Some(sealed) = sealed else { continue };
+            let token = self
+                .keys
+                .open(id.as_str(), field, &sealed.0)
+                .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?;
+            at_provider |= endpoint
+                .revoke(&token, hint)
+                .await
+                .map_err(|e| RefreshError::RetryLater {
+                    id: id.clone(),
+                    until: now_ms() + 60_000,
+                    cause: format!("revocation at the provider failed, nothing was erased: {e}"),
+                })?;
+        }
+        Ok(at_provider)
+    }
+
+    /// A lease owner id for one call: unique, not secret.
+    fn owner(&self) -> String {
+        format!("{}/{:016x}", self.worker, fastrand::u64(..))
+    }
+
+    /// Refreshes every connection the refresh-due index says is due, at most
+    /// `concurrency` at a time (the token-refresher's job). The index is read
+    /// a page at a time, shard by shard, while refreshes run; no refresh
+    /// starts once less than one send and one commit fit before `deadline`,
+    /// and what is left waits for the next run. A failed query of one shard is
+    /// logged and counted, and the other shards are still served.
+    pub async fn refresh_due(self: &Arc<Self>, deadline: Instant, concurrency: usize) -> DueSummary {
+        let now = now_ms();
+        let start_by = deadline
+            .checked_sub(self.settings.time_for_a_send())
+            .unwrap_or_else(Instant::now);
+        let mut summary = DueSummary {
+            complete: true,
+            ..DueSummary::default()
+        };
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        'shards: for shard in 0..DUE_SHARDS {
+            let mut after = None;
+            loop {
+                if Instant::now() >= start_by {
+                    summary.complete = false;
+                    break 'shards;
+                }
+                let page = match self
+                    .store
+                    .due(&shard.to_string(), now, self.settings.due_page_size, after)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        error!(shard, error = %error_chain(&e), "the refresh-due index could not be read; this shard waits for the next run");
+                        summary.shards_failed += 1;
+                        summary.complete = false;
+                        break;
+                    }
+                };
+                // A connection refreshed in this run is due no sooner than its
+                // refresh (`refresh_due_at`), after `now`: later pages never
+                // bring it up again.
+                summary.due += page.ids.len() as u64;
+                for id in page.ids {
+                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                        break 'shards;
+                    };
+                    while let Some(result) = tasks.try_join_next() {
+                        summary.count(result);
+                    }
+                    if Instant::now() >= start_by {
+                        summary.left_for_next_run += 1;
+                        summary.complete = false;
+                        continue;
+                    }
+                    let service = Arc::clone(self);
+                    tasks.spawn(async move {
+                        let _permit = permit;
+                        service.access_token(&id, deadline).await
+                    });
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        while let Some(result) = tasks.join_next().await {
+            summary.count(result);
+        }
+        summary
+    }
+
+    async fn run(&self, id: &ConnectionId, mode: Mode, deadline: Instant) -> Result<Fresh, RefreshError> {
+        let owner = self.owner();
+        let mut forced_from: Option<u64> = None;
+        let mut poll = self.settings.poll_min;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(RefreshError::Deadline { id: id.clone() });
+            }
+            let conn = self.read(id).await?;
+            if conn.status != Status::Active {
+                return Err(RefreshError::NotActive {
+                    id: id.clone(),
+                    status: conn.status,
+                    reason: conn.status_reason,
+                    message: conn.provider_message,
+                });
+            }
+            let provider = self.config.provider(&conn.provider)?;
+            let now = now_ms();
+            let access_valid = usable(&conn, now);
+            let due = match mode {
+                Mode::IfDue => !access_valid || is_due(&conn, provider, now),
+                Mode::Force => match forced_from {
+                    None => {
+                        forced_from = Some(conn.token_version);
+                        true
+                    }
+                    // Another worker refreshed while we waited: that is the refresh we asked for.
+                    Some(version) => conn.token_version == version,
+                },
+            };
+            if !due {
+                return self.fresh(&conn, false);
+            }
+            let pass = Pass {
+                conn: &conn,
+                provider,
+                owner: &owner,
+                deadline,
+                mode,
+            };
+            let lease = LeaseState::of(&conn, &owner, now);
+            if let LeaseState::Free = lease
+                && let Some(held_back) = self.held_back_by_provider(&pass, now)
+            {
+                return held_back;
+            }
+            let policy = ResendPolicy::new(&provider.settings, self.settings.token_timeout);
+            let step = match lease {
+                LeaseState::Live(_) => {
+                    // Someone else is refreshing. A caller whose token still works uses it;
+                    // one that needs the new token waits for the new version. Nobody spends.
+                    if access_valid && mode == Mode::IfDue {
+                        return self.fresh(&conn, false);
+                    }
+                    debug!(connection = %id, version = conn.token_version, "waiting for another worker's refresh");
+                    tokio::time::sleep(jitter(poll)).await;
+                    poll = (poll * 2).min(self.settings.poll_max);
+                    continue;
+                }
+                LeaseState::Free => match plan(UnknownSend::of(&conn), &policy, now) {
+                    Plan::WaitUntil(until) => {
+                        let cause = "waiting to resend a refresh whose outcome is unknown".to_owned();
+                        return self.held_back(&conn, mode, now, until, cause);
+                    }
+                    plan => match self.take_lease(&pass, matches!(plan, Plan::Resend(_))).await? {
+                        None => Step::Again,
+                        Some(until) => self.after_taking(&pass, until, plan).await?,
+                    },
+                },
+                LeaseState::Abandoned(abandoned) => {
+                    // Its holder may have sent the refresh: an unknown outcome from when it took the lease.
+                    let unknown = UnknownSend::of(&conn).unwrap_or(UnknownSend {
+                        first_sent_at: abandoned.taken_at,
+                        resent_at: None,
+                    });
+                    match plan(Some(unknown), &policy, now) {
+                        Plan::WaitUntil(until) => {
+                            let cause = "waiting to resend a refresh whose outcome is unknown".to_owned();
+                            return self.held_back(&conn, mode, now, until, cause);
+                        }
+                        plan => match self
+                            .take_over_lease(&pass, abandoned, matches!(plan, Plan::Resend(_)))
+                            .await?
+                        {
+                            None => Step::Again,
+                            Some(until) => self.after_taking(&pass, until, plan).await?,
+                        },
+                    }
+                }
+                // Our own take landed although its answer was lost: the same
+                // write set `lease_taken_at` and, for a resend, the resend mark.
+                LeaseState::Mine(lease) => {
+                    let mut unknown = UnknownSend::of(&conn);
+                    if let Some(u) = unknown.as_mut()
+                        && u.resent_at == Some(lease.taken_at)
+                    {
+                        u.resent_at = None;
+                    }
+                    let until = lease.until;
+                    self.after_taking(&pass, until, plan(unknown, &policy, now)).await?
+                }
+            };
+            match step {
+                Step::Done(fresh) => return Ok(fresh),
+                Step::Again => continue,
+            }
+        }
+    }
+
+    /// The provider's own limits before any lease: one refresh per interval
+    /// (Exact Online: 570 s), and the backoff after earlier failures.
+    fn held_back_by_provider(&self, pass: &Pass<'_>, now: i64) -> Option<Result<Fresh, RefreshError>> {
+        let (conn, provider) = (pass.conn, pass.provider);
+        let interval = millis(Duration::from_secs(provider.settings.min_refresh_interval_secs));
+        if let Some(until) = conn
+            .last_refresh_at
+            .map(|t| t.saturating_add(interval))
+            .filter(|t| *t > now)
+        {
+            let cause = format!(
+                "provider `{}` allows one refresh per {} s",
+                provider.name, provider.settings.min_refresh_interval_secs
+            );
+            return Some(self.held_back(conn, pass.mode, now, until, cause));
+        }
+        let until = conn.next_attempt_at.filter(|t| *t > now)?;
+        let cause = conn
+            .last_refresh_outcome
+            .clone()
+            .unwrap_or_else(|| "earlier failures".to_owned());
+        Some(self.held_back(conn, pass.mode, now, until, cause))
+    }
+
+    /// Holding the lease (until `lease_until`): act on the plan.
+    async fn after_taking(&self, pass: &Pass<'_>, lease_until: i64, plan: Plan) -> Result<Step, RefreshError> {
+        match plan {
+            Plan::Send => self.send(pass, lease_until, Sent::First { at: now_ms() }).await,
+            // (Only after a take whose answer was lost.) The resend's time has not come: release.
+            Plan::WaitUntil(until) => {
+                let wait = Duration::from_millis(u64::try_from(until - now_ms()).unwrap_or(0));
+                let cause = "waiting to resend a refresh whose outcome is unknown";
+                self.not_refreshed(pass, cause, UnknownSend::of(pass.conn), Some(wait))
+                    .await
+            }
+            Plan::Resend(unknown) => {
+                let resend = UnknownSend {
+                    resent_at: Some(now_ms()),
+                    ..unknown
+                };
+                self.send(pass, lease_until, Sent::Resend(resend)).await
+            }
+            Plan::GiveUp(unknown) => self.give_up(pass, unknown, "").await,
+        }
+    }
+
+    /// No refresh now: a caller who only needs a token gets the current one
+    /// while it still works; a caller who asked for a refresh learns when to
+    /// try again.
+    fn held_back(
+        &self,
+        conn: &Connection,
+        mode: Mode,
+        now: i64,
+        until: i64,
+        cause: String,
+    ) -> Result<Fresh, RefreshError> {
+        if mode == Mode::IfDue && usable(conn, now) {
+            return self.fresh(conn, false);
+        }
+        Err(RefreshError::RetryLater {
+            id: conn.id.clone(),
+            until,
+            cause,
+        })
+    }
+
+    /// Seals a token for `field` of connection `id`.
+    fn seal(
+        &self,
+        id: &ConnectionId,
+        field: &'static str,
+        value: &str,
+    ) -> Result<crate::connection::Sealed, RefreshError> {
+        if value.len() > MAX_TOKEN_BYTES {
+            return Err(RefreshError::TokenTooLarge {
+                id: id.clone(),
+                field,
+                bytes: value.len(),
+            });
+        }
+        self.keys
+            .seal(id.as_str(), field, value)
+            .map(crate::connection::Sealed)
+            .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
+    }
+
+    fn fresh(&self, conn: &Connection, refreshed: bool) -> Result<Fresh, RefreshError> {
+        let id = &conn.id;
+        let sealed = conn.access_token.as_ref().ok_or_else(|| RefreshError::NotActive {
+            id: id.clone(),
+            status: conn.status,
+            reason: Some("no access token".to_owned()),
+            message: None,
+        })?;
+        let access = self
+            .keys
+            .open(id.as_str(), "access_token", &sealed.0)
+            .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?;
+        Ok(Fresh {
+            access_token: AccessToken::new(access),
+            token_version: conn.token_version,
+            expires_at: conn.access_expires_at.unwrap_or_default(),
+            refreshed,
+        })
+    }
+
+    async fn read(&self, id: &ConnectionId) -> Result<Connection, RefreshError> {
+        self.store
+            .get(id)
+            .await
+            .map_err(|source| RefreshError::Store { id: id.clone(), source })?
+            .ok_or_else(|| RefreshError::NotFound(id.clone()))
+    }
+
+    fn write(&self, id: &ConnectionId, result: Result<Write, StoreError>) -> Result<Write, RefreshError> {
+        result.map_err(|source| RefreshError::Store { id: id.clone(), source })
+    }
+
+    /// The provider's client credentials, read from Secrets Manager once per process.
+    pub(crate) async fn credentials(&self, provider: &Provider) -> Result<ClientCredentials, SecretsError> {
+        if let Some(found) = self
+            .credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&provider.name)
+        {
+            return Ok(found.clone());
+        }
+        let loaded = self.secrets.client_credentials(&provider.credentials_secret).await?;
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(provider.name.clone(), loaded.clone());
+        Ok(loaded)
+    }
+}
+
+/// An access token with less than this left is not handed out.
+const USABLE_MARGIN_MS: i64 = 5_000;
+
+/// Is the stored access token still good to hand out?
+fn usable(conn: &Connection, now: i64) -> bool {
+    conn.access_token.is_some() && conn.access_expires_at.is_some_and(|e| e > now + USABLE_MARGIN_MS)
+}
+
+/// When a token issued at `issued_at` (epoch ms) that lives `expires_in` seconds expires.
+fn expiry(issued_at: i64, expires_in: u64) -> i64 {
+    issued_at.saturating_add(i64::try_from(expires_in.saturating_mul(1000)).unwrap_or(i64::MAX))
+}
+
+/// Due by the refresh-due rule (lead before expiry, idle keep-alive, minimum interval)?
+fn is_due(conn: &Connection, provider: &Provider, now: i64) -> bool {
+    let Some(expires_at) = conn.access_expires_at else {
+        return true;
+    };
+    now >= refresh_due_at(&provider.settings, expires_at, conn.last_refresh_at)
+}
+
+/// A random duration between half and all of `d`, so workers and connections
+/// do not retry in lockstep.
+pub fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+/// Why a [`TokenService`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("token key ring in secret `{secret}`: {source}")]
+    KeyRing { secret: String, source: CryptoError },
+    #[error("HTTP client: {0}")]
+    Http(reqwest::Error),
+}
