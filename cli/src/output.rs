@@ -212,6 +212,8 @@ fn connection_json(c: &Connection) -> Value {
         "last_refresh_outcome": c.last_refresh_outcome,
         "consecutive_failures": c.consecutive_failures,
         "next_attempt_at": c.next_attempt_at,
+        "outcome_unknown_since": c.outcome_unknown_since,
+        "outcome_unknown_resent_at": c.outcome_unknown_resent_at,
         "refresh_due_at": c.refresh_due_at,
         "params": c.params,
         "param_error": c.param_error,
@@ -697,6 +699,16 @@ pub fn show(
         ),
     ];
     let mut rows = rows;
+    if let Some(since) = connection.outcome_unknown_since {
+        let resend = match connection.outcome_unknown_resent_at {
+            Some(at) => format!("its one resend started {}", relative(Some(at))),
+            None => "the old token goes once more".to_owned(),
+        };
+        rows.push((
+            "refresh outcome",
+            format!("unknown for a refresh sent {}; {resend}", relative(Some(since))),
+        ));
+    }
     if let Some(error) = &connection.param_error {
         rows.push(("param error", error.clone()));
     }
