@@ -298,6 +298,28 @@ fn oversized(tokens: &TokenSet) -> Option<(&'static str, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::AccessToken;
+
+    #[test]
+    fn a_token_over_the_bound_is_named_with_its_length() {
+        let set = |access: usize, refresh: Option<usize>| TokenSet {
+            access_token: AccessToken::new("a".repeat(access)),
+            refresh_token: refresh.map(|n| RefreshToken::new("r".repeat(n))),
+            expires_in: 3600,
+            expires_in_assumed: false,
+            scope: None,
+            instance_url: None,
+            api_domain: None,
+            refresh_token_expires_in: None,
+        };
+        assert_eq!(oversized(&set(2_500, Some(1_800))), None, "Microsoft-sized tokens fit");
+        assert_eq!(oversized(&set(MAX_TOKEN_BYTES, Some(MAX_TOKEN_BYTES))), None);
+        assert_eq!(
+            oversized(&set(MAX_TOKEN_BYTES + 1, None)),
+            Some(("access token", MAX_TOKEN_BYTES + 1))
+        );
+        assert_eq!(oversized(&set(10, Some(1 << 20))), Some(("refresh token", 1 << 20)));
+    }
 
     #[test]
     fn token_errors_map_to_the_protocols_answers() {
