@@ -359,18 +359,15 @@ impl ConnectionStore {
             }
             None => remove.push("refresh_token"),
         }
-        for (key, placeholder, value) in [
-            ("instance_url", ":instance_url", &login.instance_url),
-            ("api_domain", ":api_domain", &login.api_domain),
+        // Set when the token response had them, removed when it did not.
+        for (assignment, key, value) in [
+            ("instance_url = :instance_url", "instance_url", &login.instance_url),
+            ("api_domain = :api_domain", "api_domain", &login.api_domain),
         ] {
             match value {
                 Some(value) => {
-                    set.push(if key == "instance_url" {
-                        "instance_url = :instance_url"
-                    } else {
-                        "api_domain = :api_domain"
-                    });
-                    request = request.expression_attribute_values(placeholder, s(value));
+                    set.push(assignment);
+                    request = request.expression_attribute_values(format!(":{key}"), s(value));
                 }
                 None => remove.push(key),
             }
