@@ -1,0 +1,814 @@
+//! Talking to a provider's authorization server, on the `oauth2` crate: the
+//! authorize URL, the code exchange with PKCE, the refresh and client
+//! authentication (RFC 6749 §2.3.1) come from the crate; RFC 7009 revocation
+//! is ours (the crate refuses revocation URLs that are not https, and our
+//! simulators answer on loopback http). What the crate lacks sits on its
+//! extension points: the providers' token and error answers
+//! ([`answer`]) and the HTTP client it sends through ([`transport`]).
+//!
+//! Failures are classified for the refresh protocol: a dead refresh token, a
+//! rejected client, a provider that certainly did not process the request,
+//! and — the dangerous one — a request whose outcome is unknown because it left
+//! and no usable answer came back, so the provider may have rotated the token.
+
+mod answer;
+mod transport;
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use oauth2::basic::BasicTokenType;
+use oauth2::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use oauth2::{
+    AuthType, AuthUrl, ClientId, CsrfToken, EmptyExtraTokenFields, EndpointNotSet, EndpointSet, PkceCodeChallenge,
+    RedirectUrl, Scope, StandardRevocableToken, StandardTokenIntrospectionResponse, TokenUrl,
+};
+use serde_json::Value;
+use url::Url;
+use url::form_urlencoded::{Serializer, byte_serialize};
+
+use crate::config::{ClientAuth, Provider};
+use crate::secret::{AccessToken, AuthorizationCode, ClientSecret, PkceVerifier, RefreshToken};
+use answer::{ProviderError, ProviderTokenResponse, classify_error, interpret};
+use transport::{Transport, TransportError};
+
+pub use transport::http_client;
+
+/// Longest provider message kept in an error.
+const MAX_MESSAGE: usize = 300;
+
+/// The OAuth client id and secret of one provider, from Secrets Manager.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+}
+
+/// What a token endpoint gave us.
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    pub access_token: AccessToken,
+    /// `None` when the provider returned none: the caller keeps the old one.
+    pub refresh_token: Option<RefreshToken>,
+    /// Seconds the access token lives, from the response or the preset.
+    pub expires_in: u64,
+    /// `true` when the response had no `expires_in` and the preset's default was used.
+    pub expires_in_assumed: bool,
+    /// The granted scopes, when the provider said (RFC 6749 §5.1 returns them
+    /// only when they differ from the request).
+    pub scope: Option<Vec<String>>,
+    /// Salesforce: the API host for this connection.
+    pub instance_url: Option<String>,
+    /// Zoho: the API host for this connection.
+    pub api_domain: Option<String>,
+    /// QuickBooks: `x_refresh_token_expires_in`.
+    pub refresh_token_expires_in: Option<u64>,
+}
+
+/// Why a token call failed. No variant holds a token: messages come from the
+/// provider's error fields, with anything we sent scrubbed out.
+///
+/// For a refresh, three classes ([`TokenError::is_transient`],
+/// [`TokenError::outcome_unknown`], and `DeadToken`):
+///
+/// | class | when |
+/// | --- | --- |
+/// | certainly not processed | `Unreachable` (not sent), `Unavailable` (429, 503), `Rejected`/`InvalidClient` (other 4xx) |
+/// | outcome unknown | `OutcomeUnknown` (timeout or dropped connection after sending; HTTP 408, 500, 502, 504, 520–527), `InvalidResponse` (an unusable 2xx) |
+/// | dead token | `DeadToken` (`invalid_grant` or the preset's equivalents) |
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The refresh token is dead (`invalid_grant` or the provider's own way of
+    /// saying so): the user must log in again.
+    #[error("the provider refused the refresh token (HTTP {status}, {error}): {message}")]
+    DeadToken {
+        status: u16,
+        error: String,
+        message: String,
+    },
+    /// The client id or secret was refused.
+    #[error("the provider refused the client credentials (HTTP {status}, {error}): {message}")]
+    InvalidClient {
+        status: u16,
+        error: String,
+        message: String,
+    },
+    /// Any other error answer.
+    #[error("the provider refused the request (HTTP {status}, {error}): {message}")]
+    Rejected {
+        status: u16,
+        error: String,
+        message: String,
+    },
+    /// 429 or 503: the request was not processed; try again later.
+    #[error("the provider is unavailable (HTTP {status}){}", retry_after.map(|s| format!("; retry after {s} s")).unwrap_or_default())]
+    Unavailable { status: u16, retry_after: Option<u64> },
+    /// The request was never sent (connection refused, DNS, TLS, or it could
+    /// not be built): the provider processed nothing.
+    #[error("cannot reach the provider: {0}")]
+    Unreachable(String),
+    /// The request left and no answer came back (timeout, connection dropped),
+    /// or the answer says something broke while handling it (408, 500, 502,
+    /// 504, 520–527): the provider may have processed it.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// A 2xx answer we cannot use (no `access_token`, not JSON, …): the
+    /// provider processed the request, and may have rotated the token.
+    #[error("unusable token response: {0}")]
+    InvalidResponse(String),
+}
+
+impl TokenError {
+    /// Worth trying again later without a new login: the request was not processed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TokenError::Unavailable { .. } | TokenError::Unreachable(_))
+    }
+
+    /// The request may have been processed and its answer is lost: for a
+    /// refresh at a rotating provider, the token sent may be spent.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, TokenError::OutcomeUnknown(_) | TokenError::InvalidResponse(_))
+    }
+
+    /// How long the provider asked us to wait (`Retry-After` on a 429/503).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            TokenError::Unavailable {
+                retry_after: Some(secs),
+                ..
+            } => Some(std::time::Duration::from_secs(*secs)),
+            _ => None,
+        }
+    }
+
+    fn with_retry_after(self, header: Option<u64>) -> TokenError {
+        match self {
+            TokenError::Unavailable { status, retry_after } => TokenError::Unavailable {
+                status,
+                retry_after: retry_after.or(header),
+            },
+            other => other,
+        }
+    }
+}
+
+impl From<TransportError> for TokenError {
+    fn from(failure: TransportError) -> TokenError {
+        match failure {
+            TransportError::NotSent(cause) => TokenError::Unreachable(cause),
+            e @ TransportError::Unbuildable(_) => TokenError::Unreachable(e.to_string()),
+            e @ (TransportError::Timeout(_) | TransportError::Dropped(_)) => TokenError::OutcomeUnknown(e.to_string()),
+            e @ TransportError::TooLarge => TokenError::InvalidResponse(e.to_string()),
+        }
+    }
+}
+
+/// The crate's client with our answer types; the URLs are set per call.
+type OauthClient<HasAuthUrl, HasTokenUrl> = oauth2::Client<
+    ProviderError,
+    ProviderTokenResponse,
+    StandardTokenIntrospectionResponse<EmptyExtraTokenFields, BasicTokenType>,
+    StandardRevocableToken,
+    ProviderError,
+    HasAuthUrl,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    HasTokenUrl,
+>;
+
+/// The provider's token endpoint, with the credentials to call it.
+#[derive(Debug, Clone)]
+pub struct TokenEndpoint<'a> {
+    pub provider: &'a Provider,
+    pub credentials: &'a ClientCredentials,
+    pub http: &'a reqwest::Client,
+}
+
+impl TokenEndpoint<'_> {
+    /// Exchanges an authorization code (RFC 6749 §4.1.3, RFC 7636 §4.5).
+    pub async fn exchange_code(
+        &self,
+        code: &AuthorizationCode,
+        redirect_uri: &str,
+        verifier: Option<&PkceVerifier>,
+    ) -> Result<TokenSet, TokenError> {
+        let redirect = RedirectUrl::new(redirect_uri.to_owned())
+            .map_err(|e| TokenError::Unreachable(format!("not sent: the redirect URI is not a URL ({e})")))?;
+        let client = self.client();
+        let mut request = client
+            .exchange_code(oauth2::AuthorizationCode::new(code.secret().to_owned()))
+            .set_redirect_uri(Cow::Owned(redirect));
+        if let Some(verifier) = verifier {
+            request = request.set_pkce_verifier(oauth2::PkceCodeVerifier::new(verifier.secret().to_owned()));
+        }
+        let transport = Transport::new(self.http);
+        let result = request.request_async(&transport).await;
+        let secret = self.credentials.client_secret.secret();
+        let sent = [code.secret(), verifier.map_or("", |v| v.secret()), secret];
+        interpret(&self.provider.settings, transport.seen(), result, &sent).map_err(|e| match e {
+            // `invalid_grant` here refuses the code, not a refresh token.
+            TokenError::DeadToken { status, error, message } => TokenError::Rejected { status, error, message },
+            other => other,
+        })
+    }
+
+    /// Spends a refresh token (RFC 6749 §6). Call this only while holding the
+    /// connection's refresh lease: a single-use token sent twice kills the connection.
+    pub async fn refresh(&self, refresh_token: &RefreshToken) -> Result<TokenSet, TokenError> {
+        let client = self.client();
+        let token = oauth2::RefreshToken::new(refresh_token.secret().to_owned());
+        let transport = Transport::new(self.http);
+        let result = client.exchange_refresh_token(&token).request_async(&transport).await;
+        let sent = [refresh_token.secret(), self.credentials.client_secret.secret()];
+        interpret(&self.provider.settings, transport.seen(), result, &sent)
+    }
+
+    /// Revokes a token (RFC 7009). `Ok(false)` when the provider has no
+    /// revocation endpoint. A 503 means the token still lives: the caller retries.
+    pub async fn revoke(&self, token: &str, hint: TokenHint) -> Result<bool, TokenError> {
+        let Some(url) = &self.provider.revocation_url else {
+            return Ok(false);
+        };
+        let secret = self.credentials.client_secret.secret();
+        let mut form = vec![("token", token), ("token_type_hint", hint.as_str())];
+        let mut request = oauth2::http::Request::post(url.as_str())
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        match self.provider.settings.client_auth {
+            ClientAuth::Basic => {
+                request = request.header(AUTHORIZATION, basic_auth(&self.credentials.client_id, secret))
+            }
+            ClientAuth::Body => {
+                form.push(("client_id", &self.credentials.client_id));
+                form.push(("client_secret", secret));
+            }
+        }
+        let body = Serializer::new(String::new()).extend_pairs(form).finish().into_bytes();
+        // The error names what was wrong (a header, the URI), never a value.
+        let request = request
+            .body(body)
+            .map_err(|e| TransportError::Unbuildable(e.to_string()))?;
+        let transport = Transport::new(self.http);
+        let reply = transport.send(request).await?;
+        let seen = transport.seen();
+        match seen {
+            Some(seen) if !seen.status.is_success() => {
+                let json = serde_json::from_slice(reply.body()).unwrap_or(Value::Null);
+                let sent = [token, secret];
+                Err(classify_error(
+                    &self.provider.settings,
+                    seen.status.as_u16(),
+                    &json,
+                    reply.body(),
+                    &sent,
+                )
+                .with_retry_after(seen.retry_after))
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// The crate's client for the token endpoint, with the provider's client
+    /// authentication: Basic (form-encoded before base64, RFC 6749 §2.3.1) or
+    /// in the body.
+    fn client(&self) -> OauthClient<EndpointNotSet, EndpointSet> {
+        let auth_type = match self.provider.settings.client_auth {
+            ClientAuth::Basic => AuthType::BasicAuth,
+            ClientAuth::Body => AuthType::RequestBody,
+        };
+        OauthClient::new(ClientId::new(self.credentials.client_id.clone()))
+            .set_client_secret(oauth2::ClientSecret::new(
+                self.credentials.client_secret.secret().to_owned(),
+            ))
+            .set_auth_type(auth_type)
+            .set_token_uri(TokenUrl::from_url(self.provider.token_url.clone()))
+    }
+}
+
+/// RFC 7009 `token_type_hint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenHint {
+    AccessToken,
+    RefreshToken,
+}
+
+impl TokenHint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenHint::AccessToken => "access_token",
+            TokenHint::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// RFC 6749 §2.3.1: id and secret are form-urlencoded *before* base64, so a
+/// secret with `:` or `+` survives. The crate's `AuthType::BasicAuth` does the
+/// same for token calls; this is for revocation, which is ours.
+pub fn basic_auth(client_id: &str, client_secret: &str) -> String {
+    let id: String = byte_serialize(client_id.as_bytes()).collect();
+    let secret: String = byte_serialize(client_secret.as_bytes()).collect();
+    format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
+}
+
+/// The login URL for the user's browser (RFC 6749 §4.1.1 with RFC 7636 S256).
+/// `code_challenge` is the S256 challenge of the verifier made at login start.
+pub fn authorize_url(
+    provider: &Provider,
+    client_id: &str,
+    redirect_uri: &str,
+    state: &str,
+    code_challenge: Option<&str>,
+) -> Url {
+    let client = OauthClient::new(ClientId::new(client_id.to_owned()))
+        .set_auth_uri(AuthUrl::from_url(provider.authorize_url.clone()));
+    let mut request = client
+        .authorize_url(|| CsrfToken::new(state.to_owned()))
+        .add_scopes(provider.settings.scopes.iter().map(|s| Scope::new(s.clone())));
+    request = match RedirectUrl::new(redirect_uri.to_owned()) {
+        Ok(redirect) => request.set_redirect_uri(Cow::Owned(redirect)),
+        // Not a URL: sent as given, for the provider to refuse.
+        Err(_) => request.add_extra_param("redirect_uri", redirect_uri),
+    };
+    if let Some(challenge) = code_challenge.filter(|_| provider.settings.pkce) {
+        request = match s256(challenge) {
+            Some(challenge) => request.set_pkce_challenge(challenge),
+            None => request
+                .add_extra_param("code_challenge", challenge)
+                .add_extra_param("code_challenge_method", "S256"),
+        };
+    }
+    for (key, value) in &provider.settings.authorize_params {
+        request = request.add_extra_param(key.as_str(), value.as_str());
+    }
+    request.url().0
+}
+
+/// The crate's S256 challenge from its value: the crate derives one only from
+/// a verifier in hand, and ours was derived at login start (`crypto::Pkce`),
+/// before the verifier was sealed away. Its serde form is the public way in.
+fn s256(challenge: &str) -> Option<PkceCodeChallenge> {
+    serde_json::from_value(serde_json::json!({
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }))
+    .ok()
+}
+
+/// Requested scopes missing from the granted ones. `offline_access` is never
+/// reported: Microsoft grants it without echoing it back.
+pub fn missing_scopes(requested: &[String], granted: &[String]) -> Vec<String> {
+    requested
+        .iter()
+        .filter(|s| s.as_str() != "offline_access" && !granted.contains(s))
+        .cloned()
+        .collect()
+}
+
+/// A short, single-line piece of provider text with every secret we sent
+/// removed, as sent and form-encoded, before it is cut to length (so no cut
+/// can leave half a secret behind).
+pub fn excerpt(text: &str, sent: &[&str]) -> String {
+    let mut text: String = text.chars().filter(|c| !c.is_control()).collect();
+    for secret in sent.iter().filter(|s| s.len() >= 4) {
+        let encoded: String = byte_serialize(secret.as_bytes()).collect();
+        text = text.replace(secret, "[redacted]").replace(&encoded, "[redacted]");
+    }
+    text.chars().take(MAX_MESSAGE).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transport::{MAX_RETRY_AFTER_SECS, Seen, for_the_crate, retry_after};
+    use super::*;
+    use crate::config::{PresetName, ProviderSettings};
+    use reqwest::StatusCode;
+    use serde_json::json;
+
+    /// A token answer read the way a refresh reads it: the crate's response
+    /// handling (through its synchronous interface, with a canned answer),
+    /// then ours.
+    fn parse_token_response(
+        settings: &ProviderSettings,
+        status: StatusCode,
+        body: &[u8],
+        sent: &[&str],
+    ) -> Result<TokenSet, TokenError> {
+        let client = OauthClient::new(ClientId::new("client".to_owned()))
+            .set_token_uri(TokenUrl::new("https://auth.example/token".to_owned()).expect("url"));
+        let token = oauth2::RefreshToken::new("rt".to_owned());
+        let answer = |_| Ok::<_, TransportError>(for_the_crate(status, body.to_vec()));
+        let result = client.exchange_refresh_token(&token).request(&answer);
+        let seen = Seen {
+            status,
+            retry_after: None,
+        };
+        interpret(settings, Some(seen), result, sent)
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_and_bounded() {
+        let header = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::RETRY_AFTER,
+                reqwest::header::HeaderValue::from_str(value).expect("header value"),
+            );
+            retry_after(&headers)
+        };
+        assert_eq!(header("120"), Some(120));
+        assert_eq!(header(" 7 "), Some(7));
+        assert_eq!(header("99999999999"), Some(MAX_RETRY_AFTER_SECS));
+        assert_eq!(header("Wed, 21 Oct 2015 07:28:00 GMT"), None, "dates are not read");
+        assert_eq!(header("-5"), None);
+        assert_eq!(retry_after(&reqwest::header::HeaderMap::new()), None);
+
+        let e = TokenError::Unavailable {
+            status: 429,
+            retry_after: None,
+        }
+        .with_retry_after(Some(30));
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(30)));
+        assert!(e.to_string().contains("retry after 30 s"), "{e}");
+        let other = TokenError::Unreachable("refused".into()).with_retry_after(Some(30));
+        assert_eq!(other.retry_after(), None, "only an unavailable answer carries it");
+    }
+
+    fn parse(preset: PresetName, status: u16, body: Value) -> Result<TokenSet, TokenError> {
+        let status = StatusCode::from_u16(status).expect("status");
+        parse_token_response(
+            &preset.settings(),
+            status,
+            body.to_string().as_bytes(),
+            &["rt-sent-secret"],
+        )
+    }
+
+    #[test]
+    fn basic_auth_form_encodes_before_base64() {
+        // RFC 6749 §2.3.1: "a:b+c" becomes "a%3Ab%2Bc" before base64.
+        let header = basic_auth("id 1", "a:b+c");
+        let decoded = STANDARD.decode(header.trim_start_matches("Basic ")).expect("base64");
+        assert_eq!(String::from_utf8(decoded).expect("utf8"), "id+1:a%3Ab%2Bc");
+    }
+
+    #[test]
+    fn exact_expires_in_as_string() {
+        let set = parse(
+            PresetName::ExactOnline,
+            200,
+            json!({"access_token": "at", "token_type": "bearer", "expires_in": "600", "refresh_token": "rt"}),
+        )
+        .expect("parses");
+        assert_eq!((set.expires_in, set.expires_in_assumed), (600, false));
+        assert_eq!(set.refresh_token.map(|t| t.secret().to_owned()).as_deref(), Some("rt"));
+    }
+
+    #[test]
+    fn salesforce_without_expires_in_uses_the_preset() {
+        let set = parse(
+            PresetName::Salesforce,
+            200,
+            json!({"access_token": "at", "instance_url": "https://na1.example", "issued_at": "1", "signature": "x"}),
+        )
+        .expect("parses");
+        assert_eq!((set.expires_in, set.expires_in_assumed), (7200, true));
+        assert_eq!(set.instance_url.as_deref(), Some("https://na1.example"));
+        assert!(
+            set.refresh_token.is_none(),
+            "no refresh token: the caller keeps the old one"
+        );
+    }
+
+    #[test]
+    fn extra_fields_and_scopes() {
+        let set = parse(
+            PresetName::Microsoft,
+            200,
+            json!({"access_token": "at", "token_type": "Bearer", "expires_in": 4000, "ext_expires_in": 4000, "scope": "User.Read Contacts.Read", "refresh_token": "rt", "id_token": "x"}),
+        )
+        .expect("parses");
+        assert_eq!(
+            set.scope.as_deref(),
+            Some(&["User.Read".to_owned(), "Contacts.Read".to_owned()][..])
+        );
+        let requested = [
+            "offline_access".to_owned(),
+            "User.Read".to_owned(),
+            "Mail.Read".to_owned(),
+        ];
+        assert_eq!(
+            missing_scopes(&requested, set.scope.as_deref().unwrap_or_default()),
+            ["Mail.Read"]
+        );
+    }
+
+    #[test]
+    fn unusable_responses_are_named_without_quoting_tokens() {
+        let e = parse(
+            PresetName::Generic,
+            200,
+            json!({"token_type": "bearer", "refresh_token": "rt-planted"}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, TokenError::InvalidResponse(m) if m.contains("no `access_token`")),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("planted"));
+
+        let e = parse(
+            PresetName::Generic,
+            200,
+            json!({"access_token": "at-planted", "expires_in": "ten"}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`expires_in` is not a number"), "{e}");
+        assert!(!e.to_string().contains("planted"));
+
+        let e = parse(
+            PresetName::Generic,
+            200,
+            json!({"access_token": "at", "token_type": "mac"}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("token_type `mac`"), "{e}");
+
+        let e = parse_token_response(
+            &PresetName::Generic.settings(),
+            StatusCode::OK,
+            b"{\"access_token\": \"at-planted\", \"refresh_tok",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, TokenError::InvalidResponse(m) if m.contains("not a JSON object")),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("planted"));
+    }
+
+    #[test]
+    fn echoed_secrets_are_scrubbed_even_encoded_or_at_the_cut() {
+        let secret = "cs:planted+secret/value";
+        let encoded: String = byte_serialize(secret.as_bytes()).collect();
+        let long = format!("{}{secret}", "x".repeat(MAX_MESSAGE - 5));
+        for description in [format!("bad client {secret}"), format!("bad client {encoded}"), long] {
+            let body = json!({"error": "invalid_request", "error_description": description});
+            let e = parse_token_response(
+                &PresetName::Generic.settings(),
+                StatusCode::BAD_REQUEST,
+                body.to_string().as_bytes(),
+                &["rt-sent", secret],
+            )
+            .unwrap_err();
+            let text = format!("{e} {e:?}");
+            assert!(
+                !text.contains("planted") && !text.contains("cs:p") && !text.contains("cs%3Ap"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn expires_in_as_a_decimal_string_is_read() {
+        let set = parse(
+            PresetName::Generic,
+            200,
+            json!({"access_token": "at", "expires_in": "3600.0"}),
+        )
+        .expect("parses");
+        assert_eq!(set.expires_in, 3600);
+    }
+
+    #[test]
+    fn errors_are_classified_per_preset() {
+        let e = parse(
+            PresetName::ExactOnline,
+            401,
+            json!({"error": "unauthorized_client", "error_description": "Old refresh token used."}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, TokenError::DeadToken { message, .. } if message == "Old refresh token used."),
+            "{e}"
+        );
+
+        let e = parse(
+            PresetName::Hubspot,
+            400,
+            json!({"status": "BAD_REFRESH_TOKEN", "message": "missing or unknown refresh token"}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, TokenError::DeadToken { error, .. } if error == "BAD_REFRESH_TOKEN"),
+            "{e}"
+        );
+
+        let e = parse(PresetName::Zoho, 200, json!({"error": "invalid_code"})).unwrap_err();
+        assert!(matches!(e, TokenError::DeadToken { .. }), "{e}");
+
+        let e = parse(
+            PresetName::Microsoft,
+            401,
+            json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}),
+        )
+        .unwrap_err();
+        assert!(matches!(e, TokenError::InvalidClient { .. }), "{e}");
+
+        let e = parse(PresetName::Xero, 503, json!({"error": "temporarily_unavailable"})).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        let e = parse(PresetName::Xero, 504, json!({})).unwrap_err();
+        assert!(
+            matches!(e, TokenError::OutcomeUnknown(_)),
+            "a gateway timeout may hide a rotation: {e}"
+        );
+
+        let e = parse_token_response(
+            &PresetName::Generic.settings(),
+            StatusCode::BAD_REQUEST,
+            b"<html>oops rt-sent-secret</html>",
+            &["rt-sent-secret"],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, TokenError::Rejected { message, .. } if message.contains("non-JSON answer")),
+            "{e}"
+        );
+        assert!(
+            !e.to_string().contains("rt-sent-secret"),
+            "echoed secrets are scrubbed: {e}"
+        );
+    }
+
+    /// For a refresh: was it certainly not processed, is its outcome unknown,
+    /// or is the token dead?
+    fn class(e: &TokenError) -> &'static str {
+        match e {
+            TokenError::DeadToken { .. } => "dead",
+            e if e.outcome_unknown() => "unknown",
+            _ => "not processed",
+        }
+    }
+
+    #[test]
+    fn each_answer_has_one_class_for_a_refresh() {
+        let table: &[(u16, Value, &str)] = &[
+            (503, json!({"error": "temporarily_unavailable"}), "not processed"),
+            (429, json!({}), "not processed"),
+            (400, json!({"error": "invalid_request"}), "not processed"),
+            (401, json!({"error": "invalid_client"}), "not processed"),
+            (403, json!({}), "not processed"),
+            (404, json!({}), "not processed"),
+            (501, json!({}), "not processed"),
+            (400, json!({"error": "invalid_grant"}), "dead"),
+            (408, json!({}), "unknown"),
+            (500, json!({"error": "server_error"}), "unknown"),
+            (502, json!({}), "unknown"),
+            (504, json!({}), "unknown"),
+            (200, json!({"token_type": "bearer"}), "unknown"),
+        ];
+        for (status, body, expected) in table {
+            let e = parse(PresetName::Generic, *status, body.clone()).unwrap_err();
+            assert_eq!(class(&e), *expected, "HTTP {status} {body}: {e}");
+        }
+        for status in 520..=527 {
+            let e = parse(PresetName::Generic, status, json!({})).unwrap_err();
+            assert_eq!(class(&e), "unknown", "CDN {status}: {e}");
+        }
+        for status in [429, 503] {
+            let e = parse(PresetName::Generic, status, json!({})).unwrap_err();
+            assert!(e.is_transient(), "{status}: {e}");
+        }
+        let e = parse_token_response(&PresetName::Generic.settings(), StatusCode::OK, b"<html>", &[]).unwrap_err();
+        assert_eq!(class(&e), "unknown", "an unusable 2xx: {e}");
+        let e = parse_token_response(&PresetName::Generic.settings(), StatusCode::BAD_GATEWAY, b"", &[]).unwrap_err();
+        assert_eq!(class(&e), "unknown", "an empty 502: {e}");
+    }
+
+    #[test]
+    fn transport_failures_are_not_sent_or_unknown() {
+        let e = TokenError::from(TransportError::NotSent("connection refused".into()));
+        assert!(e.is_transient() && !e.outcome_unknown(), "{e}");
+        let e = TokenError::from(TransportError::Unbuildable("bad header".into()));
+        assert!(e.is_transient() && !e.outcome_unknown(), "{e}");
+        for failure in [
+            TransportError::Timeout("operation timed out".into()),
+            TransportError::Dropped("connection closed before message completed".into()),
+            TransportError::TooLarge,
+        ] {
+            let e = TokenError::from(failure);
+            assert!(e.outcome_unknown() && !e.is_transient(), "{e}");
+        }
+    }
+
+    #[test]
+    fn retry_after_of_the_answer_reaches_the_error() {
+        let client = OauthClient::new(ClientId::new("client".to_owned()))
+            .set_token_uri(TokenUrl::new("https://auth.example/token".to_owned()).expect("url"));
+        let token = oauth2::RefreshToken::new("rt".to_owned());
+        let answer = |_| Ok::<_, TransportError>(for_the_crate(StatusCode::TOO_MANY_REQUESTS, Vec::new()));
+        let result = client.exchange_refresh_token(&token).request(&answer);
+        let seen = Seen {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: Some(7),
+        };
+        let e = interpret(&PresetName::Generic.settings(), Some(seen), result, &[]).unwrap_err();
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(7)), "{e}");
+    }
+
+    #[test]
+    fn any_2xx_with_a_token_is_a_success() {
+        let body = json!({"access_token": "at", "token_type": "Bearer", "expires_in": 60});
+        let set = parse_token_response(
+            &PresetName::Generic.settings(),
+            StatusCode::CREATED,
+            body.to_string().as_bytes(),
+            &[],
+        )
+        .expect("201 reads like 200");
+        assert_eq!(set.access_token.secret(), "at");
+    }
+
+    /// The request the crate builds for a refresh, captured.
+    fn refresh_request(auth: AuthType, id: &str, secret: &str) -> oauth2::HttpRequest {
+        let client = OauthClient::new(ClientId::new(id.to_owned()))
+            .set_client_secret(oauth2::ClientSecret::new(secret.to_owned()))
+            .set_auth_type(auth)
+            .set_token_uri(TokenUrl::new("https://auth.example/token".to_owned()).expect("url"));
+        let token = oauth2::RefreshToken::new("rt".to_owned());
+        let captured = std::sync::Mutex::new(None);
+        let answer = |request: oauth2::HttpRequest| {
+            *captured.lock().expect("lock") = Some(request);
+            let body = json!({"access_token": "at"}).to_string().into_bytes();
+            Ok::<_, TransportError>(for_the_crate(StatusCode::OK, body))
+        };
+        client.exchange_refresh_token(&token).request(&answer).expect("token");
+        captured.into_inner().expect("lock").expect("a request")
+    }
+
+    #[test]
+    fn the_crate_encodes_basic_client_credentials_like_rfc_6749() {
+        let request = refresh_request(AuthType::BasicAuth, "id 1", "a:b+c");
+        let header = request.headers()[AUTHORIZATION].to_str().expect("ascii");
+        assert_eq!(header, basic_auth("id 1", "a:b+c"));
+        let body = String::from_utf8(request.body().clone()).expect("utf8");
+        assert!(!body.contains("client_secret"), "{body}");
+        assert!(
+            body.contains("grant_type=refresh_token") && body.contains("refresh_token=rt"),
+            "{body}"
+        );
+
+        let request = refresh_request(AuthType::RequestBody, "id 1", "a:b+c");
+        assert!(request.headers().get(AUTHORIZATION).is_none());
+        let body = String::from_utf8(request.body().clone()).expect("utf8");
+        assert!(
+            body.contains("client_id=id+1") && body.contains("client_secret=a%3Ab%2Bc"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn the_authorize_url_carries_the_request_and_s256() {
+        let config = crate::config::Config::parse(
+            "[providers.g]\npreset = \"generic\"\ncredentials_secret = \"s\"\n\
+             authorize_url = \"https://a.example/auth?tenant=t\"\ntoken_url = \"https://a.example/token\"\n\
+             scopes = [\"read\", \"offline_access\"]\nauthorize_params = { prompt = \"consent\" }\n",
+            "test.toml",
+        )
+        .expect("config");
+        let provider = &config.providers["g"];
+        let url = authorize_url(provider, "client 1", "https://cb.example/callback/g", "st", Some("ch"));
+        let query: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+        let expected = [
+            ("tenant", "t"),
+            ("response_type", "code"),
+            ("client_id", "client 1"),
+            ("redirect_uri", "https://cb.example/callback/g"),
+            ("scope", "read offline_access"),
+            ("state", "st"),
+            ("code_challenge", "ch"),
+            ("code_challenge_method", "S256"),
+            ("prompt", "consent"),
+        ];
+        for (key, value) in expected {
+            assert_eq!(query.get(key).map(String::as_str), Some(value), "{key} in {url}");
+        }
+        assert_eq!(query.len(), expected.len(), "{url}");
+
+        let bare = authorize_url(provider, "client 1", "https://cb.example/callback/g", "st", None);
+        assert!(!bare.as_str().contains("code_challenge"), "{bare}");
+    }
+
+    #[test]
+    fn an_error_answer_prints_only_its_code() {
+        let answer: ProviderError = serde_json::from_value(json!({
+            "error": "invalid_request",
+            "error_description": "bad token rt-planted"
+        }))
+        .expect("any JSON");
+        let text = format!("{answer} {answer:?}");
+        assert!(text.contains("invalid_request") && !text.contains("planted"), "{text}");
+    }
+}
