@@ -16,7 +16,7 @@ use crate::secret::RefreshToken;
 fn answer_to(error: &TokenError) -> Answer {
     match error {
         TokenError::DeadToken { .. } => Answer::DeadToken,
-        TokenError::OutcomeUnknown(_) | TokenError::InvalidResponse(_) => Answer::Unknown,
+        e if e.outcome_unknown() => Answer::Unknown,
         _ => Answer::NotProcessed,
     }
 }

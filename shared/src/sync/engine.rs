@@ -162,6 +162,20 @@ struct Context<'a> {
     deadline: Instant,
 }
 
+/// The HTTP client for data pages: like the token client (no redirects, a
+/// timeout on every call) but keeping connections alive between pages of a
+/// run. A socket the provider closed while Lambda was frozen only fails a
+/// GET, which the engine retries; a refresh is never sent on this client.
+fn page_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .user_agent(concat!("oauth-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 impl SyncEngine {
     pub fn new(
         config: Arc<Config>,
@@ -170,7 +184,7 @@ impl SyncEngine {
         records: RecordStore,
         settings: SyncSettings,
     ) -> Result<SyncEngine, reqwest::Error> {
-        let http = crate::oauth::http_client(settings.page_timeout)?;
+        let http = page_client(settings.page_timeout)?;
         Ok(SyncEngine {
             config,
             tokens,
