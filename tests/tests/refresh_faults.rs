@@ -342,8 +342,8 @@ async fn a_clock_far_from_dynamodbs_refuses_to_take_a_lease_and_says_why() {
     assert!(e.to_string().contains("behind"), "{e}");
     assert!(fixture.connection(&id).await.lease.is_none(), "no lease taken");
     assert_eq!(fixture.sim().counters().refresh_requests, 0, "nothing sent");
-    // Within the tolerance, the same worker refreshes.
-    proxy.shift_date(1);
+    // With DynamoDB's own clock, the same worker refreshes.
+    proxy.shift_date(0);
     let fresh = service.refresh_now(&id, deadline(30)).await.expect("refreshed");
     assert_eq!(fresh.token_version, 2);
 }
@@ -493,4 +493,45 @@ async fn a_non_rotating_provider_that_keeps_dropping_is_just_down() {
         "nothing to remember: the old token stays good"
     );
     assert_eq!(fixture.sim().counters().refresh_requests, 2);
+}
+
+#[tokio::test]
+async fn a_lease_taken_on_a_stale_read_cannot_skip_a_recorded_unknown_outcome() {
+    // B reads the connection (nothing unknown on record) and plans an
+    // ordinary send; before B's lease write lands, A takes the lease, meets an
+    // unknown outcome and records it. B's write must fail: its plan is stale.
+    let fixture = fixture(PresetName::Generic, "stale-plan").await;
+    let id = fixture.connect("stale").await;
+    let store = fixture.service.store();
+    let stale = fixture.connection(&id).await;
+    let now = shared::connection::now_ms();
+    let until = now + 30_000;
+    let a = store
+        .take_lease(&stale, "worker-a", now, until, false)
+        .await
+        .expect("A's take");
+    assert!(matches!(a, shared::connection::store::Write::Done));
+    let released = store
+        .release_after_failure(
+            &id,
+            stale.token_version,
+            "worker-a",
+            "outcome unknown",
+            1,
+            now,
+            Some(now),
+        )
+        .await
+        .expect("A records the unknown outcome");
+    assert!(matches!(released, shared::connection::store::Write::Done));
+    let b = store
+        .take_lease(&stale, "worker-b", now, until, false)
+        .await
+        .expect("B's take");
+    assert!(
+        matches!(b, shared::connection::store::Write::Conflict(_)),
+        "a take planned without the unknown outcome is refused"
+    );
+    let fresh = fixture.connection(&id).await;
+    assert!(fresh.lease.is_none() && fresh.outcome_unknown_since == Some(now));
 }

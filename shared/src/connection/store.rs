@@ -400,16 +400,16 @@ impl ConnectionStore {
     /// Takes the refresh lease, if the version is still `seen` and nobody holds
     /// a lease. An expired lease is not free: its holder may have sent the
     /// refresh, so it goes through [`ConnectionStore::take_over_lease`].
-    /// With `resend`, the lease is taken to resend a refresh whose outcome is
-    /// unknown, and the item records that the one resend is being spent.
-    /// The lease is taken on the item as read: version `seen` and `status`
-    /// (a revocation takes it on a connection in any status).
-    #[allow(clippy::too_many_arguments)]
+    /// Takes the refresh lease on the item as it was `read`: the same
+    /// version and status, no lease, and the same record of an unknown send
+    /// (so a plan made from the read cannot meet a record written since).
+    /// With `resend`, the lease is taken to resend that unknown send, and the
+    /// item records that the one resend is being spent. An expired lease is
+    /// not free: its holder may have sent the refresh, so it goes through
+    /// [`ConnectionStore::take_over_lease`].
     pub async fn take_lease(
         &self,
-        id: &ConnectionId,
-        seen: u64,
-        status: Status,
+        read: &Connection,
         owner: &str,
         now: i64,
         until: i64,
@@ -420,19 +420,61 @@ impl ConnectionStore {
         } else {
             ""
         };
-        let request = self
-            .update(id)
+        let mut condition = vec![
+            "token_version = :seen",
+            "#status = :status",
+            "attribute_not_exists(lease_owner)",
+        ];
+        let mut request = self
+            .update(&read.id)
             .update_expression(format!(
                 "SET lease_owner = :me, lease_until = :until, lease_taken_at = :now{spend}"
             ))
-            .condition_expression("token_version = :seen AND #status = :status AND attribute_not_exists(lease_owner)")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":until", n(until))
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":seen", n(seen))
-            .expression_attribute_values(":status", s(status.as_str()));
+            .expression_attribute_values(":seen", n(read.token_version))
+            .expression_attribute_values(":status", s(read.status.as_str()));
+        for (value, equal, absent, placeholder) in [
+            (
+                read.outcome_unknown_since,
+                "outcome_unknown_since = :since",
+                "attribute_not_exists(outcome_unknown_since)",
+                ":since",
+            ),
+            (
+                read.outcome_unknown_resent_at,
+                "outcome_unknown_resent_at = :resent",
+                "attribute_not_exists(outcome_unknown_resent_at)",
+                ":resent",
+            ),
+        ] {
+            match value {
+                Some(value) => {
+                    condition.push(equal);
+                    request = request.expression_attribute_values(placeholder, n(value));
+                }
+                None => condition.push(absent),
+            }
+        }
+        let request = request.condition_expression(condition.join(" AND "));
         self.conditional_update("UpdateItem(lease)", request).await
+    }
+
+    /// Gives back the caller's own lease when nothing was sent under it (a
+    /// take whose answer was an error although it landed, a revocation the
+    /// provider could not do right now), unspending a resend it may have
+    /// marked; nothing else changes.
+    pub async fn release_unused_lease(&self, id: &ConnectionId, seen: u64, owner: &str) -> Result<Write, StoreError> {
+        let request = self
+            .update(id)
+            .update_expression(format!("REMOVE {LEASE_FIELDS}, outcome_unknown_resent_at"))
+            .condition_expression("token_version = :seen AND lease_owner = :me")
+            .expression_attribute_values(":seen", n(seen))
+            .expression_attribute_values(":me", s(owner));
+        self.conditional_update("UpdateItem(release unused lease)", request)
+            .await
     }
 
     /// Takes over a lease whose holder vanished after it may have sent the
@@ -637,18 +679,6 @@ impl ConnectionStore {
             .expression_attribute_values(":next", n(seen + 1))
             .expression_attribute_values(":now", n(now_ms()));
         self.conditional_update("UpdateItem(revoke)", request).await
-    }
-
-    /// Gives the caller's lease back with nothing else changed (a revocation
-    /// the provider could not do right now).
-    pub async fn release_lease(&self, id: &ConnectionId, seen: u64, owner: &str) -> Result<Write, StoreError> {
-        let request = self
-            .update(id)
-            .update_expression(format!("REMOVE {LEASE_FIELDS}"))
-            .condition_expression("token_version = :seen AND lease_owner = :me")
-            .expression_attribute_values(":seen", n(seen))
-            .expression_attribute_values(":me", s(owner));
-        self.conditional_update("UpdateItem(release lease)", request).await
     }
 
     /// Every connection, for the operator's `list` (a paginated Scan: an

@@ -124,8 +124,12 @@ pub enum Answer {
     Tokens,
     /// The refresh token is dead (`invalid_grant` and the providers' equivalents).
     DeadToken,
-    /// Certainly not processed: refused before it was sent, 503, 429, another 4xx.
+    /// Certainly not processed: not sent, 503, 429, the client refused.
     NotProcessed,
+    /// Another refusal that does not say the token is dead (a 4xx): for a
+    /// first send, an ordinary failure; for the resend, it does not settle the
+    /// unknown outcome, and the resend is spent.
+    Refused,
     /// Maybe processed: see [`UnknownSend`].
     Unknown,
 }
@@ -161,6 +165,11 @@ pub fn decide(answer: Answer, sent: Sent, policy: &ResendPolicy, now: i64) -> Ac
         // ordinary answer never clears the unknown outcome.
         Answer::NotProcessed => Action::BackOff {
             unknown: earlier.map(|u| UnknownSend { resent_at: None, ..u }),
+        },
+        Answer::Refused => match sent {
+            Sent::First { .. } => Action::BackOff { unknown: None },
+            Sent::Resend(unknown) if policy.rotates => Action::GiveUp(unknown),
+            Sent::Resend(_) => Action::BackOff { unknown: None },
         },
         Answer::Unknown => match sent {
             // The old token stays good: send it once more now, then call it down.
@@ -296,6 +305,14 @@ mod tests {
                 resend,
                 ROTATING,
                 Action::BackOff { unknown: Some(u) },
+            ),
+            // Any other refusal of the resend spends it: no loop of resends.
+            (Answer::Refused, first, ROTATING, Action::BackOff { unknown: None }),
+            (
+                Answer::Refused,
+                resend,
+                ROTATING,
+                Action::GiveUp(unknown(at, Some(at + 20_000))),
             ),
             // Unknown: one resend, no sooner than T (and the skew margin) after the first.
             (

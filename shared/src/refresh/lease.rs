@@ -8,8 +8,9 @@ use tracing::warn;
 
 use super::{Pass, RefreshError, TokenService};
 use crate::connection::clock::{CLOCK_SKEW_MS, MAX_CLOCK_OFFSET_MS};
-use crate::connection::store::Write;
+use crate::connection::store::{StoreError, Write};
 use crate::connection::{Connection, ConnectionId, Lease, now_ms};
+use crate::telemetry::error_chain;
 
 /// The connection's lease as one worker sees it at one time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,19 +86,12 @@ impl TokenService {
         self.check_clock(&conn.id)?;
         let now = now_ms();
         let until = self.lease_until(&conn.id, now, pass.deadline)?;
-        let written = self
-            .store
-            .take_lease(
-                &conn.id,
-                conn.token_version,
-                conn.status,
-                pass.owner,
-                now,
-                until,
-                resend,
-            )
-            .await;
-        match own_write_landed(self.write(&conn.id, written)?, conn.token_version, pass.owner) {
+        let written = self.store.take_lease(conn, pass.owner, now, until, resend).await;
+        match own_write_landed(
+            self.landed_or_released(pass, written).await?,
+            conn.token_version,
+            pass.owner,
+        ) {
             Write::Done => Ok(Some(until)),
             Write::Conflict(_) => Ok(None),
         }
@@ -128,12 +122,43 @@ impl TokenService {
                 resend,
             )
             .await;
-        match own_write_landed(self.write(&conn.id, written)?, conn.token_version, pass.owner) {
+        match own_write_landed(
+            self.landed_or_released(pass, written).await?,
+            conn.token_version,
+            pass.owner,
+        ) {
             Write::Done => {
                 warn!(connection = %conn.id, version = conn.token_version, abandoned_by = %abandoned.owner, "took over an abandoned refresh lease");
                 Ok(Some(until))
             }
             Write::Conflict(_) => Ok(None),
+        }
+    }
+
+    /// A lease write that failed (the SDK gave up) may still have landed:
+    /// nothing was sent under it, so it is given back if it is ours, rather
+    /// than left for the next worker to read as a send with an unknown outcome.
+    async fn landed_or_released(
+        &self,
+        pass: &Pass<'_>,
+        written: Result<Write, StoreError>,
+    ) -> Result<Write, RefreshError> {
+        let conn = pass.conn;
+        match written {
+            Ok(write) => Ok(write),
+            Err(source) => {
+                if let Err(e) = self
+                    .store
+                    .release_unused_lease(&conn.id, conn.token_version, pass.owner)
+                    .await
+                {
+                    warn!(connection = %conn.id, error = %error_chain(&e), "a lease write failed and its possible lease could not be given back");
+                }
+                Err(RefreshError::Store {
+                    id: conn.id.clone(),
+                    source,
+                })
+            }
         }
     }
 }

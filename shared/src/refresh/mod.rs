@@ -94,6 +94,13 @@ impl RefreshSettings {
         millis(self.token_timeout + self.commit_budget)
     }
 
+    /// The least lease left at which a send may start: the token call's
+    /// timeout and one commit attempt (or half the commit budget, if shorter:
+    /// what came before the send may take a little of the lease).
+    fn lease_needed_to_send(&self) -> Duration {
+        self.token_timeout + (self.commit_budget / 2).min(MIN_COMMIT)
+    }
+
     /// The least time before the deadline in which a send may start: the
     /// token call's timeout and one commit attempt.
     fn time_for_a_send(&self) -> Duration {
@@ -398,7 +405,10 @@ impl TokenService {
             let at_provider = match self.revoke_at_provider(&conn, provider).await {
                 Ok(at_provider) => at_provider,
                 Err(e) => {
-                    self.write(id, self.store.release_lease(id, conn.token_version, &owner).await)?;
+                    self.write(
+                        id,
+                        self.store.release_unused_lease(id, conn.token_version, &owner).await,
+                    )?;
                     return Err(e);
                 }
             };

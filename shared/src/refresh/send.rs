@@ -11,12 +11,15 @@ use crate::connection::store::Write;
 use crate::connection::{now_ms, reason};
 use crate::oauth::{TokenEndpoint, TokenError, TokenSet};
 use crate::secret::RefreshToken;
+use crate::telemetry::error_chain;
 
 /// What the protocol makes of a failed token call.
 fn answer_to(error: &TokenError) -> Answer {
     match error {
         TokenError::DeadToken { .. } => Answer::DeadToken,
         e if e.outcome_unknown() => Answer::Unknown,
+        TokenError::Rejected { .. } => Answer::Refused,
+        // 429, 503, not sent, or the client credentials refused before the token was looked at.
         _ => Answer::NotProcessed,
     }
 }
@@ -60,9 +63,10 @@ impl TokenService {
             }
         };
         // Invariant 1: never start a send with less lease left than the call's
-        // timeout; and never one whose commit would have no time left (what
-        // came before the send, e.g. fetching the credentials, took it).
-        if lease_until - now_ms() < millis(self.settings.token_timeout)
+        // timeout and a commit attempt; and never one whose commit would have
+        // no time left (what came before the send, e.g. fetching the
+        // credentials, took it).
+        if lease_until - now_ms() < millis(self.settings.lease_needed_to_send())
             || deadline.saturating_duration_since(Instant::now()) < self.settings.time_for_a_send()
         {
             self.back_off(pass, "too little time left to send and commit", earlier, None)
@@ -155,15 +159,23 @@ impl TokenService {
             return self.not_refreshed(pass, &cause, Some(unknown), Some(wait)).await;
         }
         tokio::time::sleep(wait).await;
-        let until = self.lease_until(id, now_ms(), pass.deadline)?;
+        let cause = format!("outcome unknown ({detail}); the old refresh token goes once more");
+        let Ok(until) = self.lease_until(id, now_ms(), pass.deadline) else {
+            return self.not_refreshed(pass, &cause, Some(unknown), None).await;
+        };
         // Recorded before it is sent: a worker that takes over after us knows the resend is spent.
         let extended = self
             .store
             .extend_lease_to_resend(id, conn.token_version, pass.owner, until, unknown.first_sent_at)
             .await;
-        match self.write(id, extended)? {
-            Write::Conflict(_) => Ok(Step::Again),
-            Write::Done => {
+        match extended {
+            // Not extended, or not known to be: release, unspending the resend, and leave it to a later call.
+            Err(e) => {
+                warn!(connection = %id, error = %error_chain(&e), "the lease could not be extended for the resend");
+                self.not_refreshed(pass, &cause, Some(unknown), None).await
+            }
+            Ok(Write::Conflict(_)) => Ok(Step::Again),
+            Ok(Write::Done) => {
                 let resend = UnknownSend {
                     resent_at: Some(now_ms()),
                     ..unknown
@@ -188,8 +200,8 @@ impl TokenService {
         };
         let message = match unknown.resent_at {
             Some(_) => format!(
-                "a refresh sent at {} (epoch ms) had an unknown outcome, and so had its one resend ({detail}); \
-                 the old refresh token is not sent a third time",
+                "a refresh sent at {} (epoch ms) had an unknown outcome, and its one resend did not settle it \
+                 ({detail}); the old refresh token is not sent a third time",
                 unknown.first_sent_at
             ),
             None => format!(
@@ -264,9 +276,12 @@ impl TokenService {
         let floor = wait_at_least.map_or(Duration::ZERO, |wait| wait.mul_f64(1.0 + fastrand::f64() / 4.0));
         let next = now_ms() + millis(jitter(delay).max(floor).min(self.settings.max_backoff));
         warn!(connection = %conn.id, failures, cause, "refresh failed; backing off");
-        self.write(
-            &conn.id,
-            self.store
+        // A lease left behind would read as a send to the next worker: the
+        // release is retried (conditional on our lease, so a late one is harmless).
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let released = self
+                .store
                 .release_after_failure(
                     &conn.id,
                     conn.token_version,
@@ -276,9 +291,19 @@ impl TokenService {
                     next,
                     unknown.map(|u| u.first_sent_at),
                 )
-                .await,
-        )?;
-        Ok(next)
+                .await;
+            match released {
+                Err(e) if e.is_transient() && Instant::now() + delay < pass.deadline => {
+                    warn!(connection = %conn.id, error = %error_chain(&e), "releasing the lease failed; retrying");
+                    tokio::time::sleep(jitter(delay)).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => {
+                    self.write(&conn.id, other)?;
+                    return Ok(next);
+                }
+            }
+        }
     }
 }
 
