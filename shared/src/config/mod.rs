@@ -188,6 +188,18 @@ impl Config {
             syncs.insert(name, sync);
         }
 
+        if providers.is_empty() {
+            // An empty file is a mistake (a wrong path, a truncated upload), not a valid set-up.
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: 0,
+                column: 0,
+                field: "providers".to_owned(),
+                message: "no providers configured: add a [providers.NAME] table with a `preset` and a \
+                          `credentials_secret` (`oauth-sync presets` lists the presets)"
+                    .to_owned(),
+            });
+        }
         Ok(Config {
             service: raw.service,
             providers,
@@ -212,6 +224,64 @@ pub struct UnknownProvider {
     pub known: String,
 }
 
+/// The most characters of the user's input an error quotes.
+pub const QUOTE_LIMIT: usize = 60;
+/// The most characters an error message has (a backstop for input that is not quoted).
+const MESSAGE_LIMIT: usize = 400;
+
+/// Shortens what an error quotes: every `…` or "…" longer than
+/// [`QUOTE_LIMIT`] characters keeps its first [`QUOTE_LIMIT`] and ends in
+/// `…`, and the whole text is cut at [`MESSAGE_LIMIT`], so a 5 MiB value is
+/// never printed whole. An unclosed quote is cut the same way.
+pub fn cut_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MESSAGE_LIMIT + 8));
+    let mut rest = text;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest[open..].chars().next().unwrap_or('`');
+        out.push_str(&rest[..=open]);
+        let inside = &rest[open + 1..];
+        let (quoted, after) = match inside.find(quote) {
+            Some(close) => (&inside[..close], &inside[close..]),
+            None => (inside, ""),
+        };
+        match quoted.char_indices().nth(QUOTE_LIMIT) {
+            Some((cut, _)) => {
+                out.push_str(&quoted[..cut]);
+                out.push('…');
+            }
+            None => out.push_str(quoted),
+        }
+        match after.strip_prefix(quote) {
+            Some(after) => {
+                out.push(quote);
+                rest = after;
+            }
+            None => rest = after,
+        }
+        if out.len() > MESSAGE_LIMIT * 4 {
+            break;
+        }
+    }
+    out.push_str(rest);
+    match out.char_indices().nth(MESSAGE_LIMIT) {
+        Some((cut, _)) => format!("{}…", &out[..cut]),
+        None => out,
+    }
+}
+
+/// A dotted field path with each part cut like a quote (a key may be the
+/// user's 5 MiB typo).
+fn cut_field(field: &str) -> String {
+    field
+        .split('.')
+        .map(|part| match part.char_indices().nth(QUOTE_LIMIT) {
+            Some((cut, _)) => format!("{}…", &part[..cut]),
+            None => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// Turns byte spans into file:line:column.
 struct Locator<'a> {
     text: &'a str,
@@ -228,8 +298,8 @@ impl Locator<'_> {
             file: self.file.to_owned(),
             line,
             column,
-            field: field.to_owned(),
-            message: message.to_owned(),
+            field: cut_field(field),
+            message: cut_quoted(message),
         }
     }
 
@@ -242,12 +312,12 @@ impl Locator<'_> {
             file: self.file.to_owned(),
             line,
             column,
-            field: if key.is_empty() {
+            field: cut_field(&if key.is_empty() {
                 table.to_owned()
             } else {
                 format!("{table}.{key}")
-            },
-            message: message.to_owned(),
+            }),
+            message: cut_quoted(message),
         }
     }
 
