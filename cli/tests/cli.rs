@@ -311,6 +311,12 @@ async fn doctor_names_the_fix() {
     let (v, detail) = verdict("nosecret", "client credentials secret");
     assert!(v == "fail" && detail.contains("does not exist"), "{detail}");
     assert_eq!(verdict("sim", "client id and secret").0, "ok");
+    // One redirect URI per provider, each to be registered at its provider.
+    for provider in ["sim", "noscope"] {
+        let (v, detail) = verdict(provider, "redirect URI");
+        let expected = format!("https://auth.example.com/prod/callback/{provider} (register exactly this");
+        assert!(v == "ok" && detail.starts_with(&expected), "{detail}");
+    }
     std::fs::remove_file(&path).ok();
 }
 

@@ -55,8 +55,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSettings {
-    /// The deployed `/callback` URL, registered at every provider as the
-    /// redirect URI (one per authorization server: RFC 9700 mix-up defence).
+    /// The deployed `/callback` URL (the stack's `CallbackUrl` output). Each
+    /// provider's redirect URI is this plus `/{provider}`
+    /// ([`ServiceSettings::redirect_uri`]): one per authorization server, the
+    /// RFC 9700 mix-up defence.
     #[serde(default, deserialize_with = "de_opt_url")]
     pub callback_url: Option<Url>,
     /// Secrets Manager secret holding the token-encryption key ring.
@@ -68,6 +70,20 @@ pub struct ServiceSettings {
     /// Where a finished login may send the user back to.
     #[serde(default, deserialize_with = "de_url_list")]
     pub return_url_allow_list: Vec<Url>,
+}
+
+impl ServiceSettings {
+    /// The redirect URI of one provider: `{callback_url}/{provider}`. One per
+    /// provider, so the path names the authorization server the answer must
+    /// come from (RFC 9700 §4.4 mix-up defence). Register exactly this.
+    pub fn redirect_uri(&self, provider: &str) -> Option<Url> {
+        let mut url = self.callback_url.clone()?;
+        let path = format!("{}/{provider}", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url.set_query(None);
+        url.set_fragment(None);
+        Some(url)
+    }
 }
 
 impl Default for ServiceSettings {

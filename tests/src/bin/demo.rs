@@ -243,20 +243,27 @@ async fn main() -> anyhow::Result<()> {
         return_url: None,
         issued_at: now_ms(),
         expires_at: now_ms() / 1000 + 3600,
+        label: Some("the demo's project sync".to_owned()),
+        user: None,
     };
     let link = links.connect_url(config.service.callback_url.as_ref(), &claims)?;
     say(&format!(
         "   connect link (HMAC-SHA256, 1 h): {}…",
         &link.as_str()[..link.as_str().len().min(90)]
     ));
-    let begin = login
-        .begin("exact", &link.query_pairs().into_owned().collect(), None)
+    let confirm = login
+        .confirm("exact", &link.query_pairs().into_owned().collect(), None)
         .await?;
-    say("   /connect: link verified, login attempt stored (state hashed, PKCE verifier encrypted), browser cookie set");
+    say(&format!(
+        "   GET /connect: link verified, confirmation page \"Connect your {} account to {}\", browser cookie set",
+        confirm.provider_display, confirm.label
+    ));
+    let begin = login.begin("exact", &confirm.form(), Some(&confirm.cookie)).await?;
+    say("   POST /connect: form token checked, login attempt stored (state hashed, PKCE verifier encrypted)");
     let approved = http.get(begin.location).send().await?;
     let back = url::Url::parse(approved.headers().get("location").context("no redirect")?.to_str()?)?;
     let finished = login
-        .finish(&back.query_pairs().into_owned().collect(), Some(&begin.cookie))
+        .finish("exact", &back.query_pairs().into_owned().collect(), Some(&begin.cookie))
         .await?;
     say(&format!(
         "   /callback: state consumed once, code exchanged with the PKCE verifier, connection `{}` version {}",
