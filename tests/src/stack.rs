@@ -127,6 +127,26 @@ pub async fn authorize(http: &reqwest::Client, url: &url::Url) -> AuthorizeResul
     }
 }
 
+/// The hidden inputs of a page the callback function wrote (name, then value,
+/// escaped): what its form posts back.
+pub fn hidden_fields(page: &str) -> BTreeMap<String, String> {
+    let unescape = |t: &str| {
+        t.replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    };
+    page.split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once("\" value=\"")?;
+            let (value, _) = rest.split_once('"')?;
+            Some((unescape(name), unescape(value)))
+        })
+        .collect()
+}
+
 /// A whole login against the simulator: authorize with PKCE, then exchange the code.
 pub async fn login(sim: &SimulatorHandle, http: &reqwest::Client) -> shared::oauth::TokenSet {
     let provider = provider_for(sim);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use lambda_http::http::header;
 use lambda_http::{Body, Request, Response};
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{LoginFixture, RETURN_TO, authorize};
+use oauth_sync_tests::stack::{LoginFixture, RETURN_TO, authorize, hidden_fields};
 use shared::config::PresetName;
 use shared::login::flow::ATTEMPT_TTL;
 
@@ -105,25 +105,6 @@ async fn confirmation_page(
     let page = body(&response);
     let fields = hidden_fields(&page);
     (page, fields, cookie.split(';').next().expect("pair").to_owned())
-}
-
-/// The hidden inputs of a page (as this service writes them: name, then value).
-fn hidden_fields(page: &str) -> BTreeMap<String, String> {
-    let unescape = |t: &str| {
-        t.replace("&quot;", "\"")
-            .replace("&#39;", "'")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&")
-    };
-    page.split("<input type=\"hidden\" name=\"")
-        .skip(1)
-        .filter_map(|rest| {
-            let (name, rest) = rest.split_once("\" value=\"")?;
-            let (value, _) = rest.split_once('"')?;
-            Some((unescape(name), unescape(value)))
-        })
-        .collect()
 }
 
 /// The confirmation page's button, as a same-origin form POST.
