@@ -543,3 +543,31 @@ fn errors_quote_at_most_a_short_prefix_of_the_input() {
         format!("open `{}…", "z".repeat(QUOTE_LIMIT))
     );
 }
+
+#[test]
+fn issuers_are_preset_only_where_they_are_one_fixed_value() {
+    assert_eq!(
+        PresetName::Google.settings().issuer.as_deref(),
+        Some("https://accounts.google.com")
+    );
+    // Microsoft's v2 issuer names the tenant: not one value a preset can hold.
+    assert_eq!(PresetName::Microsoft.settings().issuer, None);
+    assert_eq!(
+        PresetName::ExactOnline.settings().display_name.as_deref(),
+        Some("Exact Online")
+    );
+    let config = parse(
+        "[service]\ncallback_url = \"https://a.example/prod/callback/\"\n\n\
+         [providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\nissuer = \"https://other.example\"\n",
+    )
+    .expect("config");
+    assert_eq!(
+        config.providers["g"].settings.issuer.as_deref(),
+        Some("https://other.example")
+    );
+    assert_eq!(
+        config.service.redirect_uri("g").map(String::from).as_deref(),
+        Some("https://a.example/prod/callback/g"),
+        "one redirect URI per provider"
+    );
+}

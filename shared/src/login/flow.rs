@@ -1,4 +1,5 @@
-//! `/connect` and `/callback` as plain functions: the HTTP function only maps
+//! `/connect/{provider}` (the confirmation page and its button) and
+//! `/callback/{provider}` as plain functions: the HTTP function only maps
 //! requests to these and their results to pages.
 
 use std::collections::BTreeMap;

@@ -8,7 +8,8 @@
 //! 5. replays a spent refresh token to show what oauth-sync exists to prevent:
 //!    the provider revokes the whole token family
 //! 6. logs in the way an end user does: a signed connect link, `/connect`,
-//!    the provider, `/callback` (the connection is stored encrypted)
+//!    its confirmation page and button, the provider, `/callback/exact` (the
+//!    connection is stored encrypted)
 //! 7. lets 16 concurrent workers refresh that connection through the refresh
 //!    protocol: one refreshes, the others wait for its result, nothing is
 //!    spent twice
@@ -193,7 +194,9 @@ async fn main() -> anyhow::Result<()> {
         counters.tokens_issued, counters.refreshes, counters.refresh_tokens_reused, counters.families_revoked
     ));
 
-    say("6. a login the way an end user makes it: signed connect link, /connect, the provider, /callback");
+    say(
+        "6. a login the way an end user makes it: signed connect link, the confirmation page and its button, the provider, /callback/exact",
+    );
     for (name, key_id) in [(KEY_RING_NAME, "demo-1"), (LINK_KEY_NAME, "link-1")] {
         let key_ring = KeyRing::generate_json(key_id)?;
         if let Err(e) = aws
@@ -266,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
         .finish("exact", &back.query_pairs().into_owned().collect(), Some(&begin.cookie))
         .await?;
     say(&format!(
-        "   /callback: state consumed once, code exchanged with the PKCE verifier, connection `{}` version {}",
+        "   /callback/exact: state consumed once, code exchanged with the PKCE verifier, connection `{}` version {}",
         finished.connection, finished.token_version
     ));
     let stored = service.store().get(&id).await?.context("the connection")?;
