@@ -242,8 +242,9 @@ pub struct UnknownProvider {
 
 /// The most characters of the user's input an error quotes.
 pub const QUOTE_LIMIT: usize = 60;
-/// The most characters an error message has (a backstop for input that is not quoted).
-const MESSAGE_LIMIT: usize = 400;
+/// The most characters an error message has: a backstop for input that is
+/// not quoted, with room for serde's list of the fields a table may have.
+const MESSAGE_LIMIT: usize = 1_200;
 
 /// Shortens what an error quotes: every `…` or "…" longer than
 /// [`QUOTE_LIMIT`] characters keeps its first [`QUOTE_LIMIT`] and ends in
