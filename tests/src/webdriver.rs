@@ -3,6 +3,7 @@
 //! navigation, finding and clicking an element, the current URL, the page
 //! source and screenshots. No WebDriver crate for six endpoints.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +20,9 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// A chromedriver process; stopped when dropped.
+/// A chromedriver process in a process group of its own, with the Chromium
+/// it starts; the whole group is stopped when dropped, so a failed test
+/// leaves no browser behind.
 #[derive(Debug)]
 pub struct Driver {
     child: Child,
@@ -29,7 +32,8 @@ pub struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
@@ -42,6 +46,7 @@ impl Driver {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {CHROMEDRIVER} (scripts/bootstrap installs chromium-driver)"))?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
