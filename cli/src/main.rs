@@ -78,6 +78,13 @@ enum Command {
         /// How long the link works: 90s, 30m, 1h, 7d (at most 30d).
         #[arg(long, default_value = "1h")]
         expires: String,
+        /// What the connection is for, shown on the confirmation page
+        /// ("Connect your Xero account to LABEL"); the connection id by default.
+        #[arg(long)]
+        label: Option<String>,
+        /// Who the link is for, shown on the confirmation page ("alice@acme.example").
+        #[arg(long = "for")]
+        user: Option<String>,
     },
     /// Sync jobs: run one now, or show their state.
     Sync {
@@ -172,6 +179,8 @@ async fn main() -> ExitCode {
             shared,
             return_url,
             expires,
+            label,
+            user,
         } => {
             let request = LinkRequest {
                 provider,
@@ -179,6 +188,8 @@ async fn main() -> ExitCode {
                 shared,
                 return_url,
                 expires,
+                label,
+                user,
             };
             connect_link(config_path(cli.config), request, cli.json).await
         }
@@ -209,6 +220,8 @@ struct LinkRequest {
     shared: bool,
     return_url: Option<String>,
     expires: String,
+    label: Option<String>,
+    user: Option<String>,
 }
 
 /// Checks everything it can before touching AWS, then signs with the link key.
@@ -227,6 +240,16 @@ async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool)
         }
         None => None,
     };
+    for (flag, text) in [("--label", &request.label), ("--for", &request.user)] {
+        if let Some(text) = text {
+            shared::login::link::check_link_text(flag, text).with_context(|| {
+                format!(
+                    "{flag}: 1 to {} characters on one line",
+                    shared::login::link::MAX_LINK_TEXT
+                )
+            })?;
+        }
+    }
     let expires_at = now_ms() / 1000 + i64::try_from(lifetime.as_secs())?;
     let claims = ConnectClaims {
         provider: provider.name.clone(),
@@ -239,6 +262,8 @@ async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool)
         return_url,
         issued_at: now_ms(),
         expires_at,
+        label: request.label,
+        user: request.user,
     };
     let aws = AwsClients::from_env().await;
     let secret = &config.service.link_key_secret;

@@ -311,6 +311,12 @@ async fn doctor_names_the_fix() {
     let (v, detail) = verdict("nosecret", "client credentials secret");
     assert!(v == "fail" && detail.contains("does not exist"), "{detail}");
     assert_eq!(verdict("sim", "client id and secret").0, "ok");
+    // One redirect URI per provider, each to be registered at its provider.
+    for provider in ["sim", "noscope"] {
+        let (v, detail) = verdict(provider, "redirect URI");
+        let expected = format!("https://auth.example.com/prod/callback/{provider} (register exactly this");
+        assert!(v == "ok" && detail.starts_with(&expected), "{detail}");
+    }
     std::fs::remove_file(&path).ok();
 }
 
@@ -581,4 +587,22 @@ fn line_of<'a>(text: &'a str, start: &str) -> &'a str {
     text.lines()
         .find(|l| l.starts_with(start))
         .unwrap_or_else(|| panic!("no line starting `{start}` in\n{text}"))
+}
+
+#[test]
+fn config_check_refuses_an_empty_file_and_quotes_only_a_prefix_of_bad_input() {
+    let path = std::env::temp_dir().join(format!("oauth-sync-empty-{}.toml", std::process::id()));
+    std::fs::write(&path, "").expect("write");
+    let (ok, stdout, stderr) = oauth_sync(&["config", "check", path.to_str().expect("utf8 path")]);
+    assert!(!ok && !stdout.contains("valid"), "{stdout}");
+    assert!(stderr.contains("no providers configured"), "{stderr}");
+
+    let huge = "v".repeat(5 * 1024 * 1024);
+    let text = format!("[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\npkce = \"{huge}\"\n");
+    std::fs::write(&path, text).expect("write");
+    let (ok, _, stderr) = oauth_sync(&["config", "check", path.to_str().expect("utf8 path")]);
+    std::fs::remove_file(&path).ok();
+    assert!(!ok);
+    assert!(stderr.contains("providers.g.pkce") && stderr.contains('…'), "{stderr}");
+    assert!(stderr.len() < 1_000, "{} bytes of error", stderr.len());
 }

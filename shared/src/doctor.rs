@@ -43,14 +43,21 @@ pub fn check_settings(provider: &Provider, service: &ServiceSettings) -> Vec<Fin
     let name = provider.name.as_str();
     let settings = &provider.settings;
     let mut out = Vec::new();
-    match &service.callback_url {
+    match service.callback_url.as_ref().zip(service.redirect_uri(name)) {
+        Some((callback, _)) if !callback.path().trim_end_matches('/').ends_with("/callback") => out.push(finding(
+            name,
+            "redirect URI",
+            Verdict::Warn,
+            format!("service.callback_url `{callback}` does not end in /callback: is it the deployed CallbackUrl?"),
+        )),
         None => out.push(finding(
             name,
             "redirect URI",
             Verdict::Fail,
             "service.callback_url is not set: set it to the stack's CallbackUrl output and register it at the provider",
         )),
-        Some(url) => {
+        // One redirect URI per provider (RFC 9700 §4.4): `{callback_url}/{provider}`.
+        Some((_, url)) => {
             let local = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
             if url.scheme() != "https" && (settings.redirect_requires_https || !local) {
                 out.push(finding(
@@ -68,13 +75,6 @@ pub fn check_settings(provider: &Provider, service: &ServiceSettings) -> Vec<Fin
                         "`{url}` is local; {} refuses localhost redirect URIs (use the deployed CallbackUrl)",
                         provider.preset
                     ),
-                ));
-            } else if !url.path().ends_with("/callback") {
-                out.push(finding(
-                    name,
-                    "redirect URI",
-                    Verdict::Warn,
-                    format!("`{url}` does not end in /callback: is it the deployed CallbackUrl?"),
                 ));
             } else {
                 out.push(finding(

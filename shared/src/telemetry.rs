@@ -6,7 +6,12 @@
 //! Nothing secret is ever a field: secret newtypes print `[redacted]` and the
 //! code passes ids, never tokens, to log macros.
 
-use tracing_subscriber::EnvFilter;
+use tracing::Subscriber;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 /// Where the process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +31,29 @@ pub fn env_filter() -> EnvFilter {
     EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Crates whose debug and trace lines carry the raw invocation: `lambda_runtime`
+/// traces every event it receives (`raw JSON event received from Lambda`,
+/// target `lambda_runtime::layers::api_response`), and an HTTP event holds the
+/// authorization code, the `state` and the login cookie. They log at most
+/// `info`, whatever level is configured.
+pub const PINNED_TARGETS: [&str; 3] = ["lambda_runtime", "lambda_runtime_api_client", "lambda_http"];
+
+/// The pin as a filter of its own, combined with the configured one by
+/// "and": no directive (`RUST_LOG=lambda_runtime=trace`, a span filter)
+/// can widen it, which a directive appended to the `EnvFilter` could not promise.
+fn pinned() -> Targets {
+    PINNED_TARGETS
+        .iter()
+        .fold(Targets::new().with_default(LevelFilter::TRACE), |targets, target| {
+            targets.with_target(*target, LevelFilter::INFO)
+        })
+}
+
+/// The configured filter with the pinned targets held at `info`.
+pub fn log_filter<S: Subscriber + for<'a> LookupSpan<'a>>(configured: EnvFilter) -> impl Filter<S> {
+    configured.and(pinned())
+}
+
 /// JSON output requested by Lambda's advanced logging controls?
 pub fn json_requested() -> bool {
     std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"))
@@ -33,21 +61,33 @@ pub fn json_requested() -> bool {
 
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(target: Target) {
-    let builder = tracing_subscriber::fmt().with_env_filter(env_filter()).with_ansi(false);
+    let layer = fmt::layer().with_ansi(false);
     let result = match (target, json_requested()) {
-        (Target::Lambda, true) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .without_time()
+        (Target::Lambda, true) => tracing_subscriber::registry()
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .without_time()
+                    .with_filter(log_filter(env_filter())),
+            )
             .try_init(),
-        (Target::Lambda, false) => builder.without_time().try_init(),
-        (Target::Cli, true) => builder
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stderr)
+        (Target::Lambda, false) => tracing_subscriber::registry()
+            .with(layer.without_time().with_filter(log_filter(env_filter())))
             .try_init(),
-        (Target::Cli, false) => builder.with_writer(std::io::stderr).try_init(),
+        (Target::Cli, true) => tracing_subscriber::registry()
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter(env_filter())),
+            )
+            .try_init(),
+        (Target::Cli, false) => tracing_subscriber::registry()
+            .with(layer.with_writer(std::io::stderr).with_filter(log_filter(env_filter())))
+            .try_init(),
     };
     // A second call (tests) keeps the first subscriber.
     drop(result);
@@ -110,6 +150,65 @@ mod tests {
     #[error("connection c1: {source}")]
     struct Quoting {
         source: Outer,
+    }
+
+    /// Collects what a subscriber writes.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn no_configured_level_prints_the_raw_events_the_lambda_runtime_traces() {
+        for directive in [
+            "trace",
+            "lambda_runtime=trace",
+            "trace,lambda_runtime::layers=trace",
+            "debug",
+        ] {
+            let buffer = Buffer::default();
+            let sink = buffer.clone();
+            let subscriber = tracing_subscriber::registry().with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || sink.clone())
+                    .with_filter(log_filter(EnvFilter::new(directive))),
+            );
+            tracing::subscriber::with_default(subscriber, || {
+                // What lambda_runtime 1.x emits for each invocation, and what
+                // lambda_http might: both planted with a code and a cookie.
+                tracing::trace!(
+                    target: "lambda_runtime::layers::api_response",
+                    body = "{\"code\":\"PLANTED-CODE\"}",
+                    "raw JSON event received from Lambda"
+                );
+                tracing::debug!(target: "lambda_http::request", cookie = "PLANTED-COOKIE", "event");
+                tracing::debug!(target: "lambda_runtime_api_client", state = "PLANTED-STATE", "next");
+                tracing::info!(target: "lambda_runtime::runtime", "INFO-STAYS");
+                tracing::debug!(target: "shared::login", "OURS-STAYS");
+            });
+            let text =
+                String::from_utf8(buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default();
+            for planted in ["PLANTED-CODE", "PLANTED-COOKIE", "PLANTED-STATE"] {
+                assert!(!text.contains(planted), "{directive}: {planted} was printed: {text}");
+            }
+            assert!(text.contains("INFO-STAYS"), "{directive}: {text}");
+            if directive != "lambda_runtime=trace" {
+                assert!(text.contains("OURS-STAYS"), "{directive}: {text}");
+            }
+        }
     }
 
     #[test]

@@ -8,3 +8,4 @@ pub mod serve;
 pub mod simulator;
 pub mod stack;
 pub mod template;
+pub mod webdriver;

@@ -83,15 +83,22 @@ pub struct AuthorizeResult {
     pub code: Option<String>,
     pub state: Option<String>,
     pub error: Option<String>,
+    /// RFC 9207's issuer, when the provider sends it.
+    pub iss: Option<String>,
 }
 
 impl AuthorizeResult {
     /// The query the browser brings to `/callback`.
     pub fn callback_query(&self) -> BTreeMap<String, String> {
-        [("state", &self.state), ("code", &self.code), ("error", &self.error)]
-            .into_iter()
-            .filter_map(|(key, value)| value.clone().map(|v| (key.to_owned(), v)))
-            .collect()
+        [
+            ("state", &self.state),
+            ("code", &self.code),
+            ("error", &self.error),
+            ("iss", &self.iss),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.clone().map(|v| (key.to_owned(), v)))
+        .collect()
     }
 }
 
@@ -116,7 +123,28 @@ pub async fn authorize(http: &reqwest::Client, url: &url::Url) -> AuthorizeResul
         code: get("code"),
         state: get("state"),
         error: get("error"),
+        iss: get("iss"),
     }
+}
+
+/// The hidden inputs of a page the callback function wrote (name, then value,
+/// escaped): what its form posts back.
+pub fn hidden_fields(page: &str) -> BTreeMap<String, String> {
+    let unescape = |t: &str| {
+        t.replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    };
+    page.split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once("\" value=\"")?;
+            let (value, _) = rest.split_once('"')?;
+            Some((unescape(name), unescape(value)))
+        })
+        .collect()
 }
 
 /// A whole login against the simulator: authorize with PKCE, then exchange the code.
@@ -334,7 +362,7 @@ impl RefreshFixture {
         let tokens = self.oauth.login().await;
         let kind = shared::connection::ConnectionKind::Shared;
         self.service
-            .save_login(&id, PROVIDER, kind, &tokens)
+            .save_login(&id, PROVIDER, kind, &tokens, None)
             .await
             .expect("save login");
         id
@@ -456,6 +484,26 @@ impl LoginFixture {
         .expect("login service")
     }
 
+    /// A login service whose configuration is this fixture's, edited by `edit`
+    /// (another provider, an issuer); the token service stays the fixture's.
+    pub async fn service_with(
+        &self,
+        edit: impl FnOnce(&str) -> String,
+        ttl: std::time::Duration,
+    ) -> shared::login::flow::LoginService {
+        let text = edit(&self.config_text);
+        let config =
+            std::sync::Arc::new(shared::config::Config::parse(&text, "login.toml").unwrap_or_else(|e| panic!("{e}")));
+        let attempts = shared::login::attempts::AttemptStore::new(
+            self.fixture.aws.dynamodb.clone(),
+            &self.fixture.tables["LoginAttemptsTable"],
+        );
+        let secrets = shared::secrets::SecretStore::new(self.fixture.aws.secrets.clone());
+        shared::login::flow::LoginService::load(config, self.fixture.service.clone(), attempts, &secrets, ttl)
+            .await
+            .expect("login service")
+    }
+
     /// The query of a fresh connect link for `connection`.
     pub fn link(&self, connection: &str) -> BTreeMap<String, String> {
         self.link_made(
@@ -472,21 +520,43 @@ impl LoginFixture {
 
     /// A correctly signed link made at `issued_at` (epoch ms), expiring at `expires_at` (epoch s).
     pub fn link_made(&self, connection: &str, issued_at: i64, expires_at: i64) -> BTreeMap<String, String> {
-        let claims = shared::login::ConnectClaims {
+        self.signed(&shared::login::ConnectClaims {
             provider: PROVIDER.to_owned(),
             connection: shared::connection::ConnectionId::parse(connection).expect("id"),
             kind: shared::connection::ConnectionKind::PerUser,
             return_url: Some(url::Url::parse(RETURN_TO).expect("url")),
             issued_at,
             expires_at,
-        };
+            label: None,
+            user: None,
+        })
+    }
+
+    /// A fresh link that names what it connects and for whom, and sends the
+    /// person to no return URL (the callback shows its own page).
+    pub fn link_labelled(&self, connection: &str, label: &str, user: Option<&str>) -> BTreeMap<String, String> {
+        let now = shared::connection::now_ms();
+        self.signed(&shared::login::ConnectClaims {
+            provider: PROVIDER.to_owned(),
+            connection: shared::connection::ConnectionId::parse(connection).expect("id"),
+            kind: shared::connection::ConnectionKind::PerUser,
+            return_url: None,
+            issued_at: now,
+            expires_at: now / 1000 + 600,
+            label: Some(label.to_owned()),
+            user: user.map(str::to_owned),
+        })
+    }
+
+    /// The query of the link with these claims.
+    pub fn signed(&self, claims: &shared::login::ConnectClaims) -> BTreeMap<String, String> {
         let callback = url::Url::parse(CALLBACK).expect("url");
-        let url = self.links.connect_url(Some(&callback), &claims).expect("link");
+        let url = self.links.connect_url(Some(&callback), claims).expect("link");
         assert_eq!(url.path(), "/prod/connect/sim");
         url.query_pairs().into_owned().collect()
     }
 
-    /// `/connect`, then the provider's headless approval: the callback's query and the cookie.
+    /// `/connect` (page and button), then the provider's headless approval: the callback's query and the cookie.
     pub async fn to_callback(
         &self,
         service: &shared::login::flow::LoginService,
@@ -495,13 +565,24 @@ impl LoginFixture {
         self.to_callback_via(service, &self.link(connection)).await
     }
 
-    /// `/connect` with this link, then the provider's headless approval.
+    /// The confirmation page's answer (`GET /connect`), then its button
+    /// (`POST /connect`): where the browser goes, and its cookie.
+    pub async fn begin(
+        &self,
+        service: &shared::login::flow::LoginService,
+        link: &BTreeMap<String, String>,
+    ) -> Result<shared::login::flow::Begin, shared::login::flow::LoginError> {
+        let confirm = service.confirm(PROVIDER, link, None).await?;
+        service.begin(PROVIDER, &confirm.form(), Some(&confirm.cookie)).await
+    }
+
+    /// `/connect` (page and button) with this link, then the provider's headless approval.
     pub async fn to_callback_via(
         &self,
         service: &shared::login::flow::LoginService,
         link: &BTreeMap<String, String>,
     ) -> (BTreeMap<String, String>, String) {
-        let begin = service.begin(PROVIDER, link, None).await.expect("begin");
+        let begin = self.begin(service, link).await.expect("begin");
         assert!(begin.location.as_str().starts_with(&self.fixture.oauth.sim.base_url));
         let query = authorize(&self.fixture.oauth.http, &begin.location)
             .await

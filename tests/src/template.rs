@@ -268,4 +268,31 @@ mod tests {
             Some("expires_at")
         );
     }
+
+    #[test]
+    fn the_callback_function_serves_the_confirmation_page_its_button_and_one_callback_per_provider() {
+        let text = std::fs::read_to_string(template_path()).expect("template");
+        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        let events = template["Resources"]["OAuthCallbackFunction"]["Properties"]["Events"]
+            .as_mapping()
+            .expect("events");
+        let mut routes: Vec<(String, String)> = events
+            .values()
+            .map(|event| {
+                let properties = &event["Properties"];
+                (
+                    properties["Method"].as_str().unwrap_or_default().to_owned(),
+                    properties["Path"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        routes.sort();
+        let expected = [
+            ("GET", "/callback/{provider}"),
+            ("GET", "/connect/{provider}"),
+            ("POST", "/connect/{provider}"),
+        ]
+        .map(|(m, p)| (m.to_owned(), p.to_owned()));
+        assert_eq!(routes, expected);
+    }
 }

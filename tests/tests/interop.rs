@@ -67,18 +67,15 @@ async fn login_refresh_and_revoke_against_oauth2_mock_server() {
         .await
         .expect("login");
 
-    // Login: /connect, the third-party /authorize redirect, /callback.
-    let begin = service
-        .begin(PROVIDER, &login.link("interop-1"), None)
-        .await
-        .expect("begin");
+    // Login: /connect (page and button), the third-party /authorize redirect, /callback/sim.
+    let begin = login.begin(&service, &login.link("interop-1")).await.expect("begin");
     assert!(begin.location.as_str().starts_with(&mock.url), "{}", begin.location);
     let query = oauth_sync_tests::stack::authorize(&login.fixture.oauth.http, &begin.location)
         .await
         .callback_query();
     assert!(query.contains_key("state") && query.contains_key("code"), "{query:?}");
     let finished = service
-        .finish(&query, Some(&begin.cookie))
+        .finish(PROVIDER, &query, Some(&begin.cookie))
         .await
         .expect("code exchange with PKCE S256");
     assert_eq!(finished.token_version, 1);

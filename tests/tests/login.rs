@@ -1,23 +1,24 @@
-//! The login flow (`LoginService::begin` and `finish`) against DynamoDB Local,
+//! The login flow (`LoginService::confirm`, `begin` and `finish`) against DynamoDB Local,
 //! the Secrets Manager emulator and the simulator: a whole login, and each
 //! way it must fail without changing anything it should not.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{LoginFixture, PROVIDER, RETURN_TO};
+use oauth_sync_tests::stack::{LoginFixture, PROVIDER, RETURN_TO, authorize};
 use shared::config::PresetName;
 use shared::connection::{ConnectionId, ConnectionKind, Status};
 use shared::login::LinkError;
 use shared::login::attempts::AttemptError;
-use shared::login::flow::{ATTEMPT_TTL, LoginError};
+use shared::login::flow::{ATTEMPT_TTL, FORM_TOKEN, LoginError};
 
 #[tokio::test]
 async fn a_whole_login_stores_an_active_connection() {
     let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-ok").await;
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = login.to_callback(&service, "acme-1").await;
-    let finished = service.finish(&query, Some(&cookie)).await.expect("finish");
+    let finished = service.finish(PROVIDER, &query, Some(&cookie)).await.expect("finish");
     assert_eq!((finished.connection.as_str(), finished.token_version), ("acme-1", 1));
     assert_eq!(finished.return_url.as_deref(), Some(RETURN_TO));
     assert!(finished.warnings.is_empty(), "{:?}", finished.warnings);
@@ -30,7 +31,7 @@ async fn a_whole_login_stores_an_active_connection() {
     assert!(login.fixture.stored_tokens_work(&id).await);
 
     // The same callback again (a replayed state) changes nothing.
-    let e = service.finish(&query, Some(&cookie)).await.unwrap_err();
+    let e = service.finish(PROVIDER, &query, Some(&cookie)).await.unwrap_err();
     assert!(matches!(e, LoginError::Attempt(AttemptError::Replayed)), "{e}");
     assert_eq!(e.status(), 400);
     assert_eq!(login.fixture.connection(&id).await.token_version, 1);
@@ -47,13 +48,13 @@ async fn a_login_must_finish_in_the_browser_that_started_it() {
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = login.to_callback(&service, "acme-2").await;
     for foreign in [None, Some("not-the-cookie")] {
-        let e = service.finish(&query, foreign).await.unwrap_err();
+        let e = service.finish(PROVIDER, &query, foreign).await.unwrap_err();
         assert!(matches!(e, LoginError::Attempt(AttemptError::OtherBrowser)), "{e}");
     }
     assert_eq!(login.fixture.sim().counters().code_requests, 0, "no code was exchanged");
     // The foreign attempts consumed nothing: the right browser still finishes.
     service
-        .finish(&query, Some(&cookie))
+        .finish(PROVIDER, &query, Some(&cookie))
         .await
         .expect("the right browser finishes");
 }
@@ -64,7 +65,7 @@ async fn an_expired_login_is_refused() {
     let service = login.service(Duration::from_secs(1)).await;
     let (query, cookie) = login.to_callback(&service, "acme-3").await;
     tokio::time::sleep(Duration::from_millis(2_100)).await;
-    let e = service.finish(&query, Some(&cookie)).await.unwrap_err();
+    let e = service.finish(PROVIDER, &query, Some(&cookie)).await.unwrap_err();
     assert!(matches!(e, LoginError::Attempt(AttemptError::Expired)), "{e}");
     assert_eq!(login.fixture.sim().counters().code_requests, 0);
 }
@@ -88,11 +89,11 @@ async fn bad_links_write_nothing() {
         (pushed_back, LinkError::BadSignature),
         (expired, LinkError::Expired(an_hour_ago)),
     ] {
-        let e = service.begin(PROVIDER, &query, None).await.unwrap_err();
+        let e = service.confirm(PROVIDER, &query, None).await.unwrap_err();
         assert!(matches!(&e, LoginError::Link(link) if *link == expected), "{e}");
         assert_eq!(e.status(), 403);
     }
-    let e = service.begin("nope", &good, None).await.unwrap_err();
+    let e = service.confirm("nope", &good, None).await.unwrap_err();
     assert_eq!(e.status(), 404, "{e}");
     assert_eq!(login.attempts_stored().await, 0, "a refused link writes nothing");
     assert_eq!(login.fixture.sim().counters().authorize_requests, 0);
@@ -104,7 +105,7 @@ async fn a_cancelled_login_changes_nothing() {
     let service = login.service(ATTEMPT_TTL).await;
     login.fixture.sim().deny_next_authorize();
     let (query, cookie) = login.to_callback(&service, "acme-5").await;
-    let e = service.finish(&query, Some(&cookie)).await.unwrap_err();
+    let e = service.finish(PROVIDER, &query, Some(&cookie)).await.unwrap_err();
     assert!(
         matches!(&e, LoginError::Cancelled { provider } if provider == PROVIDER),
         "{e}"
@@ -115,7 +116,7 @@ async fn a_cancelled_login_changes_nothing() {
         login.fixture.service.store().get(&id).await.expect("read").is_none(),
         "no connection"
     );
-    let e = service.finish(&query, Some(&cookie)).await.unwrap_err();
+    let e = service.finish(PROVIDER, &query, Some(&cookie)).await.unwrap_err();
     assert!(
         matches!(e, LoginError::Attempt(AttemptError::Replayed)),
         "the state was used up: {e}"
@@ -131,7 +132,7 @@ async fn a_login_without_a_refresh_token_names_the_fix() {
     let login = LoginFixture::start(sim, "login-no-rt").await;
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = login.to_callback(&service, "acme-6").await;
-    let finished = service.finish(&query, Some(&cookie)).await.expect("finish");
+    let finished = service.finish(PROVIDER, &query, Some(&cookie)).await.expect("finish");
     assert_eq!(finished.warnings.len(), 1, "{:?}", finished.warnings);
     assert!(finished.warnings[0].contains("no refresh token") && finished.warnings[0].contains("prompt=consent"));
 }
@@ -141,7 +142,10 @@ async fn a_new_login_renews_a_connection_that_needs_one() {
     let login = LoginFixture::start(SimConfig::for_preset(PresetName::Xero), "login-renew").await;
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = login.to_callback(&service, "tenant").await;
-    service.finish(&query, Some(&cookie)).await.expect("first login");
+    service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("first login");
     let id = ConnectionId::parse("tenant").expect("id");
     login
         .fixture
@@ -156,7 +160,10 @@ async fn a_new_login_renews_a_connection_that_needs_one() {
     assert_eq!(login.fixture.connection(&id).await.status, Status::NeedsReauth);
 
     let (query, cookie) = login.to_callback(&service, "tenant").await;
-    let finished = service.finish(&query, Some(&cookie)).await.expect("second login");
+    let finished = service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("second login");
     assert_eq!(finished.token_version, 2, "same id, next version");
     let connection = login.fixture.connection(&id).await;
     assert_eq!((connection.status, connection.status_reason), (Status::Active, None));
@@ -184,15 +191,12 @@ async fn a_connection_keeps_its_provider() {
     };
     let store = login.fixture.service.store();
     store
-        .save_login(&elsewhere)
+        .save_login(&elsewhere, None)
         .await
         .expect("a connection at another provider");
 
     // Refused at /connect, before the user logs in: nothing is written.
-    let e = service
-        .begin(PROVIDER, &login.link("acme-other"), None)
-        .await
-        .unwrap_err();
+    let e = login.begin(&service, &login.link("acme-other")).await.unwrap_err();
     assert!(matches!(e, LoginError::OtherProvider { .. }), "{e}");
     assert_eq!(e.status(), 409);
     assert!(e.to_string().contains("another-provider"), "{e}");
@@ -204,7 +208,7 @@ async fn a_connection_keeps_its_provider() {
     let e = login
         .fixture
         .service
-        .save_login(&id, PROVIDER, ConnectionKind::PerUser, &tokens)
+        .save_login(&id, PROVIDER, ConnectionKind::PerUser, &tokens, None)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("another-provider"), "{e}");
@@ -222,13 +226,19 @@ async fn a_new_login_without_a_refresh_token_drops_the_old_one() {
     let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-drop-rt").await;
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = login.to_callback(&service, "acme-7").await;
-    service.finish(&query, Some(&cookie)).await.expect("first login");
+    service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("first login");
     let id = ConnectionId::parse("acme-7").expect("id");
     assert!(login.fixture.connection(&id).await.refresh_token.is_some());
 
     login.fixture.sim().reconfigure(|c| c.issue_refresh_token = false);
     let (query, cookie) = login.to_callback(&service, "acme-7").await;
-    let finished = service.finish(&query, Some(&cookie)).await.expect("second login");
+    let finished = service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("second login");
     assert_eq!(finished.token_version, 2);
     assert!(
         finished.warnings[0].contains("no refresh token"),
@@ -246,11 +256,14 @@ async fn a_link_connects_once() {
     let service = login.service(ATTEMPT_TTL).await;
     let link = login.link("acme-8");
     let (query, cookie) = login.to_callback_via(&service, &link).await;
-    service.finish(&query, Some(&cookie)).await.expect("the first login");
+    service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("the first login");
 
     // The same link again: refused at /connect, before the user logs in.
     let authorizations = login.fixture.sim().counters().authorize_requests;
-    let e = service.begin(PROVIDER, &link, None).await.unwrap_err();
+    let e = login.begin(&service, &link).await.unwrap_err();
     assert!(matches!(e, LoginError::Link(LinkError::Used)), "{e}");
     assert_eq!(e.status(), 403);
     assert_eq!(login.fixture.sim().counters().authorize_requests, authorizations);
@@ -261,11 +274,14 @@ async fn a_link_connects_once() {
     let (first, first_cookie) = login.to_callback_via(&service, &link).await;
     let (second, second_cookie) = login.to_callback_via(&service, &link).await;
     service
-        .finish(&first, Some(&first_cookie))
+        .finish(PROVIDER, &first, Some(&first_cookie))
         .await
         .expect("the first tab");
     let exchanges = login.fixture.sim().counters().code_requests;
-    let e = service.finish(&second, Some(&second_cookie)).await.unwrap_err();
+    let e = service
+        .finish(PROVIDER, &second, Some(&second_cookie))
+        .await
+        .unwrap_err();
     assert!(matches!(e, LoginError::Link(LinkError::Used)), "{e}");
     assert_eq!(
         login.fixture.sim().counters().code_requests,
@@ -283,11 +299,11 @@ async fn a_link_made_before_a_revoke_cannot_undo_it() {
     let made_before = shared::connection::now_ms() - 1_000;
     let stale = login.link_made("acme-10", made_before, made_before / 1000 + 600);
     let (query, cookie) = login.to_callback(&service, "acme-10").await;
-    service.finish(&query, Some(&cookie)).await.expect("login");
+    service.finish(PROVIDER, &query, Some(&cookie)).await.expect("login");
     let id = ConnectionId::parse("acme-10").expect("id");
     login.fixture.service.revoke(&id).await.expect("revoke");
 
-    let e = service.begin(PROVIDER, &stale, None).await.unwrap_err();
+    let e = login.begin(&service, &stale).await.unwrap_err();
     assert!(matches!(e, LoginError::Link(LinkError::PredatesRevoke(_))), "{e}");
     assert_eq!(e.status(), 403);
     assert_eq!(login.fixture.connection(&id).await.status, Status::Revoked);
@@ -295,11 +311,14 @@ async fn a_link_made_before_a_revoke_cannot_undo_it() {
     // A link made after the revoke connects it again, same id.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let (query, cookie) = login.to_callback(&service, "acme-10").await;
-    service.finish(&query, Some(&cookie)).await.expect("a new login");
+    service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("a new login");
     assert_eq!(login.fixture.connection(&id).await.status, Status::Active);
 
     // And the stale link stays refused once the connection is active again.
-    let e = service.begin(PROVIDER, &stale, None).await.unwrap_err();
+    let e = login.begin(&service, &stale).await.unwrap_err();
     assert!(matches!(e, LoginError::Link(LinkError::PredatesRevoke(_))), "{e}");
 }
 
@@ -324,4 +343,207 @@ async fn a_retried_link_claim_finds_its_own_claim() {
         "another login's claim"
     );
     assert!(attempts.link_used(link).await.expect("read"));
+}
+
+#[tokio::test]
+async fn a_login_starts_only_from_its_confirmation_page_in_the_same_browser() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-confirm").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let link = login.link("acme-11");
+    let confirm = service.confirm(PROVIDER, &link, None).await.expect("the page");
+    assert_eq!(login.attempts_stored().await, 0, "the page writes nothing");
+    let other = service
+        .confirm(PROVIDER, &login.link("acme-12"), None)
+        .await
+        .expect("another page");
+
+    let mut without_token = confirm.form();
+    without_token.remove(FORM_TOKEN);
+    let mut wrong_token = confirm.form();
+    wrong_token.insert(
+        FORM_TOKEN.to_owned(),
+        "l1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+    );
+    // The right token of another link, or of this link for another browser.
+    let mut other_links_token = confirm.form();
+    other_links_token.insert(FORM_TOKEN.to_owned(), other.form()[FORM_TOKEN].clone());
+    let forged: [(&BTreeMap<String, String>, Option<&str>); 5] = [
+        (&without_token, Some(&confirm.cookie)),
+        (&wrong_token, Some(&confirm.cookie)),
+        (&other_links_token, Some(&confirm.cookie)),
+        (&confirm.form(), Some(&other.cookie)),
+        (&confirm.form(), None),
+    ];
+    for (form, cookie) in forged {
+        let e = service.begin(PROVIDER, form, cookie).await.unwrap_err();
+        assert!(matches!(e, LoginError::NotConfirmed(_)), "{e}");
+        assert_eq!(e.status(), 403);
+    }
+    assert_eq!(login.attempts_stored().await, 0, "a refused button writes nothing");
+    assert_eq!(login.fixture.sim().counters().authorize_requests, 0);
+
+    // The page's own form from the page's browser starts the login.
+    let begin = service
+        .begin(PROVIDER, &confirm.form(), Some(&confirm.cookie))
+        .await
+        .expect("begin");
+    assert_eq!(begin.cookie, confirm.cookie, "the browser keeps its cookie");
+    assert_eq!(login.attempts_stored().await, 1);
+}
+
+#[tokio::test]
+async fn the_redirect_uri_names_the_provider_and_an_answer_on_another_providers_address_is_refused() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-mixup").await;
+    // A second provider ("other") in the same deployment.
+    let service = login
+        .service_with(
+            |text| {
+                let sim = text[text.find("[providers.sim]").expect("sim table")..].to_owned();
+                format!("{text}\n{}", sim.replacen("[providers.sim]", "[providers.other]", 1))
+            },
+            ATTEMPT_TTL,
+        )
+        .await;
+    let begin = login.begin(&service, &login.link("acme-13")).await.expect("begin");
+    let redirect_uri = begin
+        .location
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned());
+    assert_eq!(
+        redirect_uri.as_deref(),
+        Some("https://auth.example.com/prod/callback/sim")
+    );
+    let query = authorize(&login.fixture.oauth.http, &begin.location)
+        .await
+        .callback_query();
+
+    // An address no provider has: refused without touching the attempt.
+    let e = service.finish("nope", &query, Some(&begin.cookie)).await.unwrap_err();
+    assert_eq!(e.status(), 404, "{e}");
+    // Another provider's address: refused, and the state is spent.
+    let e = service.finish("other", &query, Some(&begin.cookie)).await.unwrap_err();
+    assert!(
+        matches!(&e, LoginError::MixUp { path, started } if path == "other" && started == PROVIDER),
+        "{e}"
+    );
+    assert_eq!(e.status(), 400);
+    let e = service.finish(PROVIDER, &query, Some(&begin.cookie)).await.unwrap_err();
+    assert!(matches!(e, LoginError::Attempt(AttemptError::Replayed)), "{e}");
+    assert_eq!(login.fixture.sim().counters().code_requests, 0, "no code was exchanged");
+    let id = ConnectionId::parse("acme-13").expect("id");
+    assert!(login.fixture.service.store().get(&id).await.expect("read").is_none());
+
+    // The link was not used up: the person starts again from it.
+    let (query, cookie) = login.to_callback(&service, "acme-13").await;
+    service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("a login on the right address");
+}
+
+#[tokio::test]
+async fn an_authorization_response_from_another_issuer_is_refused_and_the_right_one_accepted() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-iss").await;
+    let issuer = "https://sim.example/issuer";
+    let service = login
+        .service_with(
+            |text| {
+                text.replacen(
+                    "[providers.sim]\n",
+                    &format!("[providers.sim]\nissuer = \"{issuer}\"\n"),
+                    1,
+                )
+            },
+            ATTEMPT_TTL,
+        )
+        .await;
+    let sim = login.fixture.sim();
+
+    sim.reconfigure(|c| c.issuer = Some("https://attacker.example".to_owned()));
+    let (query, cookie) = login.to_callback(&service, "acme-14").await;
+    assert_eq!(query.get("iss").map(String::as_str), Some("https://attacker.example"));
+    let e = service.finish(PROVIDER, &query, Some(&cookie)).await.unwrap_err();
+    assert!(
+        matches!(&e, LoginError::WrongIssuer { got, .. } if got == "https://attacker.example"),
+        "{e}"
+    );
+    assert_eq!(e.status(), 400);
+    assert_eq!(sim.counters().code_requests, 0, "no code was exchanged");
+    let id = ConnectionId::parse("acme-14").expect("id");
+    assert!(
+        login.fixture.service.store().get(&id).await.expect("read").is_none(),
+        "nothing stored"
+    );
+
+    sim.reconfigure(|c| c.issuer = Some(issuer.to_owned()));
+    let (query, cookie) = login.to_callback(&service, "acme-14").await;
+    let finished = service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("the right issuer");
+    assert_eq!(finished.token_version, 1);
+}
+
+#[tokio::test]
+async fn a_revoke_during_a_login_is_not_undone_and_the_fresh_tokens_are_revoked() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-revoke-race").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let sim = login.fixture.sim();
+    let id = ConnectionId::parse("acme-15").expect("id");
+    let (query, cookie) = login.to_callback(&service, "acme-15").await;
+    service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("first login");
+
+    // Revoked between the button and the callback: refused before the code is exchanged.
+    let (query, cookie) = login.to_callback(&service, "acme-15").await;
+    login.fixture.service.revoke(&id).await.expect("revoke");
+    let e = service.finish(PROVIDER, &query, Some(&cookie)).await.unwrap_err();
+    assert!(matches!(e, LoginError::Link(LinkError::PredatesRevoke(_))), "{e}");
+    assert_eq!(sim.counters().code_requests, 1, "only the first login's code");
+
+    // A new login, and a new revoke while its code is being exchanged: the
+    // provider has issued the tokens, the login has passed its checks, and
+    // only the store's own condition stands between them and the revoke.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (query, cookie) = login.to_callback(&service, "acme-15").await;
+    service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("second login");
+    assert_eq!(login.fixture.connection(&id).await.status, Status::Active);
+    let (query, cookie) = login.to_callback(&service, "acme-15").await;
+    let held = sim.hold_next_code_exchange();
+    let revoke = async {
+        held.reached.await.expect("the exchange was processed");
+        let revoked = login.fixture.service.revoke(&id).await.expect("revoke");
+        drop(held.release);
+        revoked
+    };
+    let (finished, revoked) = tokio::join!(service.finish(PROVIDER, &query, Some(&cookie)), revoke);
+    assert!(revoked.at_provider && !revoked.already, "{revoked:?}");
+    let e = finished.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LoginError::RevokedDuringLogin {
+                revoked_at_provider: true,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(e.status(), 409);
+    assert!(e.to_string().contains("revoked at the provider"), "{e}");
+    let connection = login.fixture.connection(&id).await;
+    assert_eq!(connection.status, Status::Revoked, "the revoke stands");
+    assert!(connection.access_token.is_none() && connection.refresh_token.is_none());
+    assert_eq!(sim.counters().code_requests, 3);
+    assert_eq!(
+        sim.live_families(),
+        0,
+        "the fresh tokens were revoked at the provider too"
+    );
 }

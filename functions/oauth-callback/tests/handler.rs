@@ -6,27 +6,55 @@ use std::collections::BTreeMap;
 use lambda_http::http::header;
 use lambda_http::{Body, Request, Response};
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{LoginFixture, RETURN_TO, authorize};
+use oauth_sync_tests::stack::{LoginFixture, RETURN_TO, authorize, hidden_fields};
 use shared::config::PresetName;
 use shared::login::flow::ATTEMPT_TTL;
 
-/// An HTTP API v2 event from the fixture, for `path` with this query and cookies.
-fn event(path: &str, query: &BTreeMap<String, String>, cookies: &[String], provider: Option<&str>) -> Request {
+/// An HTTP API v2 event from the fixture: `method path?query` with these
+/// cookies, extra headers and form body.
+fn request(
+    method: &str,
+    path: &str,
+    query: &BTreeMap<String, String>,
+    cookies: &[String],
+    headers: &[(&str, &str)],
+    form: Option<&BTreeMap<String, String>>,
+) -> Request {
     let mut value: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/http-api-v2.json")).expect("fixture");
     let raw: String = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(query)
         .finish();
+    let (route, provider) = match path.rsplit_once('/') {
+        Some((base, provider)) if base.ends_with("/connect") => ("/connect/{provider}", provider),
+        Some((base, provider)) if base.ends_with("/callback") => ("/callback/{provider}", provider),
+        _ => ("$default", ""),
+    };
+    value["routeKey"] = format!("{method} {route}").into();
+    value["requestContext"]["routeKey"] = value["routeKey"].clone();
+    value["pathParameters"] = serde_json::json!({ "provider": provider });
     value["rawPath"] = path.into();
     value["requestContext"]["http"]["path"] = path.into();
+    value["requestContext"]["http"]["method"] = method.into();
     value["rawQueryString"] = raw.into();
     value["queryStringParameters"] = serde_json::json!(query);
     value["cookies"] = serde_json::json!(cookies);
-    if let Some(provider) = provider {
-        value["routeKey"] = "GET /connect/{provider}".into();
-        value["pathParameters"] = serde_json::json!({ "provider": provider });
+    for (name, header) in headers {
+        value["headers"][*name] = (*header).into();
+    }
+    if let Some(form) = form {
+        value["headers"]["content-type"] = "application/x-www-form-urlencoded".into();
+        value["body"] = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish()
+            .into();
     }
     lambda_http::request::from_str(&value.to_string()).expect("a valid HTTP API v2 event")
+}
+
+/// A GET event.
+fn event(path: &str, query: &BTreeMap<String, String>, cookies: &[String]) -> Request {
+    request("GET", path, query, cookies, &[], None)
 }
 
 fn body(response: &Response<Body>) -> String {
@@ -45,22 +73,74 @@ fn header_of(response: &Response<Body>, name: header::HeaderName) -> &str {
         .unwrap_or_default()
 }
 
-/// `/connect` through the handler, then the provider's approval: the callback query and cookie.
+/// The headers every page carries.
+fn assert_secure_headers(response: &Response<Body>) {
+    assert_eq!(header_of(response, header::X_FRAME_OPTIONS), "DENY");
+    assert_eq!(
+        header_of(response, header::STRICT_TRANSPORT_SECURITY),
+        "max-age=31536000"
+    );
+    assert_eq!(header_of(response, header::CACHE_CONTROL), "no-store");
+    assert_eq!(header_of(response, header::REFERRER_POLICY), "no-referrer");
+    let csp = header_of(response, header::CONTENT_SECURITY_POLICY);
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+}
+
+/// `GET /connect`: the confirmation page, its form fields and the cookie pair.
+async fn confirmation_page(
+    service: &shared::login::flow::LoginService,
+    link: &BTreeMap<String, String>,
+) -> (String, BTreeMap<String, String>, String) {
+    let response = oauth_callback::handle(service, event("/connect/sim", link, &[]))
+        .await
+        .expect("handle");
+    assert_eq!(response.status(), 200, "{}", body(&response));
+    assert_secure_headers(&response);
+    let cookie = header_of(&response, header::SET_COOKIE).to_owned();
+    assert!(cookie.starts_with("__Host-oauth-sync-login=") && cookie.contains("Secure") && cookie.contains("HttpOnly"));
+    assert!(cookie.contains("SameSite=Lax") && cookie.contains("Path=/"), "{cookie}");
+    let page = body(&response);
+    let fields = hidden_fields(&page);
+    (page, fields, cookie.split(';').next().expect("pair").to_owned())
+}
+
+/// The confirmation page's button, as a same-origin form POST.
+async fn press(
+    service: &shared::login::flow::LoginService,
+    form: &BTreeMap<String, String>,
+    cookie: &str,
+    fetch_site: &str,
+) -> Response<Body> {
+    let headers = [("sec-fetch-site", fetch_site), ("origin", "https://auth.example.com")];
+    oauth_callback::handle(
+        service,
+        request(
+            "POST",
+            "/connect/sim",
+            &BTreeMap::new(),
+            &[cookie.to_owned()],
+            &headers,
+            Some(form),
+        ),
+    )
+    .await
+    .expect("handle")
+}
+
+/// `/connect` through the handler (page, then button), then the provider's
+/// approval: the callback query and cookie.
 async fn connect(
     login: &LoginFixture,
     service: &shared::login::flow::LoginService,
     connection: &str,
 ) -> (BTreeMap<String, String>, String) {
-    let response = oauth_callback::handle(
-        service,
-        event("/connect/sim", &login.link(connection), &[], Some("sim")),
-    )
-    .await
-    .expect("handle");
-    assert_eq!(response.status(), 302);
-    let cookie = header_of(&response, header::SET_COOKIE).to_owned();
-    assert!(cookie.starts_with("__Host-oauth-sync-login=") && cookie.contains("Secure") && cookie.contains("HttpOnly"));
-    assert!(cookie.contains("SameSite=Lax") && cookie.contains("Path=/"), "{cookie}");
+    let (_, form, cookie) = confirmation_page(service, &login.link(connection)).await;
+    let response = press(service, &form, &cookie, "same-origin").await;
+    assert_eq!(response.status(), 303, "{}", body(&response));
+    assert_secure_headers(&response);
     let location = url::Url::parse(header_of(&response, header::LOCATION)).expect("location");
     assert_eq!(
         location
@@ -72,8 +152,7 @@ async fn connect(
     );
     let query = authorize(&login.fixture.oauth.http, &location).await.callback_query();
     assert!(query.contains_key("state"), "the state comes back");
-    let value = cookie.split(';').next().expect("pair").to_owned();
-    (query, value)
+    (query, cookie)
 }
 
 #[tokio::test]
@@ -82,12 +161,9 @@ async fn a_whole_login_through_the_handler() {
     let service = login.service(ATTEMPT_TTL).await;
     let (query, cookie) = connect(&login, &service, "acme").await;
 
-    let response = oauth_callback::handle(
-        &service,
-        event("/callback", &query, std::slice::from_ref(&cookie), None),
-    )
-    .await
-    .expect("handle");
+    let response = oauth_callback::handle(&service, event("/callback/sim", &query, std::slice::from_ref(&cookie)))
+        .await
+        .expect("handle");
     assert_eq!(response.status(), 302);
     let back = header_of(&response, header::LOCATION);
     assert!(
@@ -101,7 +177,7 @@ async fn a_whole_login_through_the_handler() {
     );
 
     // Replayed: a page with a reference, without the code or state.
-    let response = oauth_callback::handle(&service, event("/callback", &query, &[cookie], None))
+    let response = oauth_callback::handle(&service, event("/callback/sim", &query, &[cookie]))
         .await
         .expect("handle");
     assert_eq!(response.status(), 400);
@@ -120,9 +196,7 @@ async fn refusals_are_pages_a_person_can_read() {
     // A tampered link: 403, nothing stored.
     let mut tampered = login.link("acme");
     tampered.insert("connection".to_owned(), "victim".to_owned());
-    let response = handle(event("/connect/sim", &tampered, &[], Some("sim")))
-        .await
-        .expect("handle");
+    let response = handle(event("/connect/sim", &tampered, &[])).await.expect("handle");
     assert_eq!(response.status(), 403);
     assert!(body(&response).contains("This link cannot be used"));
     assert_eq!(login.attempts_stored().await, 0);
@@ -130,21 +204,19 @@ async fn refusals_are_pages_a_person_can_read() {
     // An oversized query string.
     let mut huge = login.link("acme");
     huge.insert("padding".to_owned(), "x".repeat(5000));
-    let response = handle(event("/connect/sim", &huge, &[], Some("sim")))
-        .await
-        .expect("handle");
+    let response = handle(event("/connect/sim", &huge, &[])).await.expect("handle");
     assert_eq!(response.status(), 400);
     assert!(body(&response).contains("too long"));
 
     // `/connect/callback` is a provider named "callback", not the callback.
-    let response = handle(event("/connect/callback", &BTreeMap::new(), &[], None))
+    let response = handle(event("/connect/callback", &BTreeMap::new(), &[]))
         .await
         .expect("handle");
     assert_eq!(response.status(), 404);
 
     // The callback without the cookie of the browser that started it.
     let (query, _) = connect(&login, &service, "acme").await;
-    let response = handle(event("/callback", &query, &[], None)).await.expect("handle");
+    let response = handle(event("/callback/sim", &query, &[])).await.expect("handle");
     assert_eq!(response.status(), 400);
     assert!(body(&response).contains("another browser"));
 
@@ -155,9 +227,7 @@ async fn refusals_are_pages_a_person_can_read() {
     // Long, and with a line break: kept to one line of 300 characters.
     let description = format!("<script>alert(1)</script>\r\nX-Injected: 1 {}", "y".repeat(2_000));
     query.insert("error_description".to_owned(), description);
-    let response = handle(event("/callback", &query, &[cookie], None))
-        .await
-        .expect("handle");
+    let response = handle(event("/callback/sim", &query, &[cookie])).await.expect("handle");
     assert_eq!(response.status(), 502);
     let page = body(&response);
     assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"), "{page}");
@@ -171,9 +241,7 @@ async fn refusals_are_pages_a_person_can_read() {
     // The user cancels at the provider.
     login.fixture.sim().deny_next_authorize();
     let (query, cookie) = connect(&login, &service, "acme").await;
-    let response = handle(event("/callback", &query, &[cookie], None))
-        .await
-        .expect("handle");
+    let response = handle(event("/callback/sim", &query, &[cookie])).await.expect("handle");
     assert_eq!(response.status(), 400);
     assert!(body(&response).contains("Login cancelled"));
     let id = shared::connection::ConnectionId::parse("acme").expect("id");
@@ -199,7 +267,7 @@ async fn a_refused_code_exchange_stores_nothing() {
         },
         times: 1,
     });
-    let response = oauth_callback::handle(&service, event("/callback", &query, &[cookie], None))
+    let response = oauth_callback::handle(&service, event("/callback/sim", &query, &[cookie]))
         .await
         .expect("handle");
     assert_eq!(response.status(), 502);
@@ -213,4 +281,140 @@ async fn a_refused_code_exchange_stores_nothing() {
         login.fixture.service.store().get(&id).await.expect("read").is_none(),
         "nothing was stored"
     );
+}
+
+#[tokio::test]
+async fn the_confirmation_page_says_what_is_connected_for_whom_escaped_and_writes_nothing() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "handler-confirm").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let hostile = "\"><script>alert(1)</script><img src=x onerror=alert(2)> & 'Acme'";
+    let link = login.link_labelled("acme", hostile, Some("<b>alice</b>@acme.example"));
+    let (page, fields, cookie) = confirmation_page(&service, &link).await;
+    assert!(
+        page.contains("Connect your <strong>sim</strong> account to <strong>"),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt; &amp; &#39;Acme&#39;"
+        ),
+        "{page}"
+    );
+    assert!(page.contains("&lt;b&gt;alice&lt;/b&gt;@acme.example"), "{page}");
+    assert!(
+        !page.contains("<script") && !page.contains("<img") && !page.contains("<b>"),
+        "{page}"
+    );
+    assert!(page.contains("<form method=\"post\" action=\"./sim\">"), "{page}");
+    assert_eq!(fields["label"], hostile, "the label goes back intact");
+    assert!(fields.contains_key("confirm") && fields.contains_key("sig"));
+    assert!(
+        !page.contains(cookie.split('=').nth(1).expect("value")),
+        "the cookie is not in the page"
+    );
+    assert_eq!(login.attempts_stored().await, 0, "showing the page writes nothing");
+    assert_eq!(login.fixture.sim().counters().authorize_requests, 0);
+
+    // The page's CSP: no scripts, and its form may lead here and to the provider only.
+    let response = oauth_callback::handle(&service, event("/connect/sim", &link, &[]))
+        .await
+        .expect("handle");
+    let csp = header_of(&response, header::CONTENT_SECURITY_POLICY);
+    let sim_origin = url::Url::parse(&login.fixture.oauth.sim.base_url)
+        .expect("url")
+        .origin()
+        .ascii_serialization();
+    assert!(csp.contains(&format!("form-action 'self' {sim_origin};")), "{csp}");
+    assert!(
+        !csp.contains("script-src") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+
+    // The button, pressed on the page, starts the login.
+    let response = press(&service, &fields, &cookie, "same-origin").await;
+    assert_eq!(response.status(), 303, "{}", body(&response));
+    assert!(header_of(&response, header::LOCATION).starts_with(&login.fixture.oauth.sim.base_url));
+    assert_eq!(login.attempts_stored().await, 1);
+}
+
+#[tokio::test]
+async fn a_cross_site_post_is_refused() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "handler-cross-site").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let (_, form, cookie) = confirmation_page(&service, &login.link("acme")).await;
+    for fetch_site in ["cross-site", "same-site"] {
+        let response = press(&service, &form, &cookie, fetch_site).await;
+        assert_eq!(response.status(), 403, "{fetch_site}");
+        assert_secure_headers(&response);
+        assert!(body(&response).contains("another site"), "{}", body(&response));
+    }
+    assert_eq!(login.attempts_stored().await, 0, "nothing was written");
+    assert_eq!(login.fixture.sim().counters().authorize_requests, 0);
+    // The person opening the address themselves (`none`) may.
+    let response = press(&service, &form, &cookie, "none").await;
+    assert_eq!(response.status(), 303);
+}
+
+#[tokio::test]
+async fn a_post_without_or_with_a_wrong_confirmation_token_is_refused() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "handler-csrf").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let (_, form, cookie) = confirmation_page(&service, &login.link("acme")).await;
+    let (_, _, other_cookie) = confirmation_page(&service, &login.link("acme")).await;
+    let mut without = form.clone();
+    without.remove("confirm");
+    let mut wrong = form.clone();
+    wrong.insert("confirm".to_owned(), "l1.bm90LXRoZS10b2tlbg".to_owned());
+    for (form, cookie) in [(&without, &cookie), (&wrong, &cookie), (&form, &other_cookie)] {
+        let response = press(&service, form, cookie, "same-origin").await;
+        assert_eq!(response.status(), 403);
+        let page = body(&response);
+        assert!(
+            page.contains("Please confirm first") && page.contains("press the button"),
+            "{page}"
+        );
+    }
+    // The link alone, posted by another page's form: no cookie, no token.
+    let response = oauth_callback::handle(
+        &service,
+        request(
+            "POST",
+            "/connect/sim",
+            &BTreeMap::new(),
+            &[],
+            &[],
+            Some(&login.link("acme")),
+        ),
+    )
+    .await
+    .expect("handle");
+    assert_eq!(response.status(), 403);
+    assert_eq!(login.attempts_stored().await, 0, "nothing was written");
+    assert_eq!(login.fixture.sim().counters().authorize_requests, 0);
+}
+
+#[tokio::test]
+async fn an_unknown_provider_page_names_no_configured_provider_and_every_page_forbids_framing() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "handler-404").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let link = login.link("acme");
+    for request in [
+        event("/connect/nope", &link, &[]),
+        request("POST", "/connect/nope", &BTreeMap::new(), &[], &[], Some(&link)),
+        event("/callback/nope", &BTreeMap::new(), &[]),
+    ] {
+        let response = oauth_callback::handle(&service, request).await.expect("handle");
+        assert_eq!(response.status(), 404);
+        assert_secure_headers(&response);
+        let page = body(&response);
+        assert!(page.contains("no provider `nope`"), "{page}");
+        assert!(!page.contains("sim") && !page.contains("configured"), "{page}");
+    }
+    for (method, path) in [("PUT", "/connect/sim"), ("POST", "/callback/sim"), ("GET", "/callback")] {
+        let response = oauth_callback::handle(&service, request(method, path, &BTreeMap::new(), &[], &[], None))
+            .await
+            .expect("handle");
+        assert!(matches!(response.status().as_u16(), 404 | 405), "{method} {path}");
+        assert_secure_headers(&response);
+    }
 }

@@ -55,8 +55,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSettings {
-    /// The deployed `/callback` URL, registered at every provider as the
-    /// redirect URI (one per authorization server: RFC 9700 mix-up defence).
+    /// The deployed `/callback` URL (the stack's `CallbackUrl` output). Each
+    /// provider's redirect URI is this plus `/{provider}`
+    /// ([`ServiceSettings::redirect_uri`]): one per authorization server, the
+    /// RFC 9700 mix-up defence.
     #[serde(default, deserialize_with = "de_opt_url")]
     pub callback_url: Option<Url>,
     /// Secrets Manager secret holding the token-encryption key ring.
@@ -68,6 +70,20 @@ pub struct ServiceSettings {
     /// Where a finished login may send the user back to.
     #[serde(default, deserialize_with = "de_url_list")]
     pub return_url_allow_list: Vec<Url>,
+}
+
+impl ServiceSettings {
+    /// The redirect URI of one provider: `{callback_url}/{provider}`. One per
+    /// provider, so the path names the authorization server the answer must
+    /// come from (RFC 9700 §4.4 mix-up defence). Register exactly this.
+    pub fn redirect_uri(&self, provider: &str) -> Option<Url> {
+        let mut url = self.callback_url.clone()?;
+        let path = format!("{}/{provider}", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url.set_query(None);
+        url.set_fragment(None);
+        Some(url)
+    }
 }
 
 impl Default for ServiceSettings {
@@ -188,6 +204,18 @@ impl Config {
             syncs.insert(name, sync);
         }
 
+        if providers.is_empty() {
+            // An empty file is a mistake (a wrong path, a truncated upload), not a valid set-up.
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: 0,
+                column: 0,
+                field: "providers".to_owned(),
+                message: "no providers configured: add a [providers.NAME] table with a `preset` and a \
+                          `credentials_secret` (`oauth-sync presets` lists the presets)"
+                    .to_owned(),
+            });
+        }
         Ok(Config {
             service: raw.service,
             providers,
@@ -212,6 +240,65 @@ pub struct UnknownProvider {
     pub known: String,
 }
 
+/// The most characters of the user's input an error quotes.
+pub const QUOTE_LIMIT: usize = 60;
+/// The most characters an error message has: a backstop for input that is
+/// not quoted, with room for serde's list of the fields a table may have.
+const MESSAGE_LIMIT: usize = 1_200;
+
+/// Shortens what an error quotes: every `…` or "…" longer than
+/// [`QUOTE_LIMIT`] characters keeps its first [`QUOTE_LIMIT`] and ends in
+/// `…`, and the whole text is cut at [`MESSAGE_LIMIT`], so a 5 MiB value is
+/// never printed whole. An unclosed quote is cut the same way.
+pub fn cut_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MESSAGE_LIMIT + 8));
+    let mut rest = text;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest[open..].chars().next().unwrap_or('`');
+        out.push_str(&rest[..=open]);
+        let inside = &rest[open + 1..];
+        let (quoted, after) = match inside.find(quote) {
+            Some(close) => (&inside[..close], &inside[close..]),
+            None => (inside, ""),
+        };
+        match quoted.char_indices().nth(QUOTE_LIMIT) {
+            Some((cut, _)) => {
+                out.push_str(&quoted[..cut]);
+                out.push('…');
+            }
+            None => out.push_str(quoted),
+        }
+        match after.strip_prefix(quote) {
+            Some(after) => {
+                out.push(quote);
+                rest = after;
+            }
+            None => rest = after,
+        }
+        if out.len() > MESSAGE_LIMIT * 4 {
+            break;
+        }
+    }
+    out.push_str(rest);
+    match out.char_indices().nth(MESSAGE_LIMIT) {
+        Some((cut, _)) => format!("{}…", &out[..cut]),
+        None => out,
+    }
+}
+
+/// A dotted field path with each part cut like a quote (a key may be the
+/// user's 5 MiB typo).
+fn cut_field(field: &str) -> String {
+    field
+        .split('.')
+        .map(|part| match part.char_indices().nth(QUOTE_LIMIT) {
+            Some((cut, _)) => format!("{}…", &part[..cut]),
+            None => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// Turns byte spans into file:line:column.
 struct Locator<'a> {
     text: &'a str,
@@ -228,8 +315,8 @@ impl Locator<'_> {
             file: self.file.to_owned(),
             line,
             column,
-            field: field.to_owned(),
-            message: message.to_owned(),
+            field: cut_field(field),
+            message: cut_quoted(message),
         }
     }
 
@@ -242,12 +329,12 @@ impl Locator<'_> {
             file: self.file.to_owned(),
             line,
             column,
-            field: if key.is_empty() {
+            field: cut_field(&if key.is_empty() {
                 table.to_owned()
             } else {
                 format!("{table}.{key}")
-            },
-            message: message.to_owned(),
+            }),
+            message: cut_quoted(message),
         }
     }
 

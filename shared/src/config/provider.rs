@@ -235,6 +235,13 @@ macro_rules! provider_fields {
 }
 
 provider_fields! {
+    /// The provider's name as people know it, on the confirmation page
+    /// ("Connect your Exact Online account"); the provider's key when absent.
+    display_name: Option<String> = None;
+    /// The authorization server's issuer identifier (RFC 9207). When the
+    /// authorization response carries `iss`, it must equal this; absent where
+    /// it is not one fixed value (Microsoft's v2 issuer names the tenant).
+    issuer: Option<String> = None;
     /// Authorization endpoint; `{name}` placeholders are filled from `params`.
     authorize_url: String = String::new();
     /// Token endpoint (code exchange and refresh).

@@ -496,3 +496,78 @@ fn every_sync_mistake_is_named_with_its_line_and_field() {
     .expect("valid");
     assert_eq!(ok.syncs["s"].records, "data");
 }
+
+#[test]
+fn an_empty_configuration_is_an_error_not_valid() {
+    for text in [
+        "",
+        "\n# nothing yet\n",
+        "[service]\ncallback_url = \"https://a.example/callback\"\n",
+    ] {
+        let e = err(text);
+        assert!(e.message.contains("no providers configured"), "{e}");
+        assert_eq!(e.field, "providers");
+    }
+}
+
+#[test]
+fn errors_quote_at_most_a_short_prefix_of_the_input() {
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let base = "[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n";
+    for text in [
+        // A wrong value, an unknown preset, a bad URL, an unknown key, a bad
+        // provider name, a syntax error inside a long value, an unknown provider in a sync.
+        format!("{base}pkce = \"{huge}\"\n"),
+        format!("[providers.g]\npreset = \"{huge}\"\ncredentials_secret = \"s\"\n"),
+        format!("{base}token_url = \"not a url {huge}\"\n"),
+        format!("{base}{huge} = 1\n"),
+        format!(
+            "[providers.\"{}\"]\npreset = \"google\"\ncredentials_secret = \"s\"\n",
+            huge.to_uppercase()
+        ),
+        format!("{base}scopes = [\"{huge}\n"),
+        format!("{base}\n[syncs.s]\nprovider = \"{huge}\"\nendpoint = \"/x\"\n"),
+    ] {
+        let e = err(&text);
+        let shown = e.to_string();
+        assert!(shown.len() < 1_500, "{} characters: {}", shown.len(), &shown[..1_500]);
+        assert!(!shown.to_lowercase().contains(&"x".repeat(QUOTE_LIMIT + 1)), "{shown}");
+    }
+    assert_eq!(cut_quoted("value `abc` is bad"), "value `abc` is bad");
+    assert_eq!(
+        cut_quoted(&format!("value \"{}\" is bad", "y".repeat(100))),
+        format!("value \"{}…\" is bad", "y".repeat(QUOTE_LIMIT))
+    );
+    assert_eq!(
+        cut_quoted(&format!("open `{}", "z".repeat(100))),
+        format!("open `{}…", "z".repeat(QUOTE_LIMIT))
+    );
+}
+
+#[test]
+fn issuers_are_preset_only_where_they_are_one_fixed_value() {
+    assert_eq!(
+        PresetName::Google.settings().issuer.as_deref(),
+        Some("https://accounts.google.com")
+    );
+    // Microsoft's v2 issuer names the tenant: not one value a preset can hold.
+    assert_eq!(PresetName::Microsoft.settings().issuer, None);
+    assert_eq!(
+        PresetName::ExactOnline.settings().display_name.as_deref(),
+        Some("Exact Online")
+    );
+    let config = parse(
+        "[service]\ncallback_url = \"https://a.example/prod/callback/\"\n\n\
+         [providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\nissuer = \"https://other.example\"\n",
+    )
+    .expect("config");
+    assert_eq!(
+        config.providers["g"].settings.issuer.as_deref(),
+        Some("https://other.example")
+    );
+    assert_eq!(
+        config.service.redirect_uri("g").map(String::from).as_deref(),
+        Some("https://a.example/prod/callback/g"),
+        "one redirect URI per provider"
+    );
+}

@@ -282,7 +282,18 @@ impl ConnectionStore {
     /// gives an existing one (same id, same provider) new tokens at the next
     /// version, active again whatever its status was. A login without a
     /// refresh token removes the old one: it may belong to another account.
-    pub async fn save_login(&self, login: &NewLogin) -> Result<Connection, StoreError> {
+    ///
+    /// `Ok(None)`, and nothing written, when the connection was revoked at or
+    /// after `link_issued_at` (epoch ms, when the login's connect link was
+    /// made): a login in flight cannot undo a revoke. The write is conditional
+    /// on the version read, and a revoke raises the version, so a revoke
+    /// landing between the read and the write sends this round again and is
+    /// seen.
+    pub async fn save_login(
+        &self,
+        login: &NewLogin,
+        link_issued_at: Option<i64>,
+    ) -> Result<Option<Connection>, StoreError> {
         for _ in 0..8 {
             let now = now_ms();
             let existing = self.get(&login.id).await?;
@@ -295,13 +306,18 @@ impl ConnectionStore {
                     requested: login.provider.clone(),
                 });
             }
+            if let (Some(current), Some(issued)) = (&existing, link_issued_at)
+                && current.revoked_at.is_some_and(|revoked| revoked >= issued)
+            {
+                return Ok(None);
+            }
             let written = self
                 .write_login(login, existing.as_ref().map(|c| c.token_version), now)
                 .await?;
             if let Write::Done = written
                 && let Some(connection) = self.get(&login.id).await?
             {
-                return Ok(connection);
+                return Ok(Some(connection));
             }
         }
         Err(StoreError::Malformed {

@@ -1,4 +1,5 @@
-//! `/connect` and `/callback` as plain functions: the HTTP function only maps
+//! `/connect/{provider}` (the confirmation page and its button) and
+//! `/callback/{provider}` as plain functions: the HTTP function only maps
 //! requests to these and their results to pages.
 
 use std::collections::BTreeMap;
@@ -8,12 +9,12 @@ use std::time::Duration;
 use url::Url;
 
 use super::attempts::{Attempt, AttemptError, AttemptStore, state_key};
-use super::link::{LinkError, LinkKeys, link_id};
+use super::link::{LinkError, LinkKeys, form_token, form_token_matches, link_id};
 use crate::config::{Config, Provider, UnknownProvider};
 use crate::connection::store::StoreError;
 use crate::connection::{ConnectionId, Sealed, now_ms};
 use crate::crypto::{CryptoError, Pkce, random_token};
-use crate::oauth::{TokenEndpoint, TokenError, TokenSet, authorize_url, excerpt, missing_scopes};
+use crate::oauth::{TokenEndpoint, TokenError, TokenHint, TokenSet, authorize_url, excerpt, missing_scopes};
 use crate::refresh::{RefreshError, TokenService};
 use crate::secret::{AuthorizationCode, PkceVerifier};
 use crate::secrets::{SecretStore, SecretsError};
@@ -41,11 +42,74 @@ impl std::fmt::Debug for Begin {
     }
 }
 
+/// The confirmation page of `GET /connect/{provider}`: what it says, and
+/// what its form posts back (the link and a token bound to this browser).
+#[derive(Clone)]
+pub struct Confirm {
+    /// The provider's key (the URL segment).
+    pub provider: String,
+    /// The provider's name as people know it ("Exact Online").
+    pub provider_display: String,
+    /// What the connection is for: the link's label, or the connection id.
+    pub label: String,
+    /// Who the link is for, when it says.
+    pub user: Option<String>,
+    pub connection: ConnectionId,
+    /// Where the browser goes after the click: the provider's authorize URL's
+    /// origin (`https://login.example`), for the page's CSP `form-action`.
+    pub authorize_origin: String,
+    /// The form's fields: the link's parameters and the form token ([`FORM_TOKEN`]).
+    pub fields: Vec<(String, String)>,
+    /// Value of the `__Host-` cookie to set (the same one if the browser had it).
+    pub cookie: String,
+}
+
+/// The form field that carries the confirmation page's token.
+pub const FORM_TOKEN: &str = "confirm";
+
+/// The link's parameters a confirmation form carries back; anything else in
+/// the query is dropped.
+const LINK_FIELDS: [&str; 9] = [
+    "connection",
+    "kind",
+    "return",
+    "label",
+    "for",
+    "issued",
+    "expires",
+    "kid",
+    "sig",
+];
+
+impl Confirm {
+    /// The form's fields as the POST brings them back.
+    pub fn form(&self) -> BTreeMap<String, String> {
+        self.fields.iter().cloned().collect()
+    }
+}
+
+/// The form token is bound to the cookie, and the cookie binds the login: neither is printed.
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Confirm")
+            .field("provider", &self.provider)
+            .field("label", &self.label)
+            .field("user", &self.user)
+            .field("connection", &self.connection)
+            .field("authorize_origin", &self.authorize_origin)
+            .field("fields", &"[redacted]")
+            .field("cookie", &"[redacted]")
+            .finish()
+    }
+}
+
 /// A finished login.
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub connection: ConnectionId,
     pub provider: String,
+    /// The provider's name as people know it ("Exact Online").
+    pub provider_display: String,
     pub token_version: u64,
     pub return_url: Option<String>,
     /// What the operator should know: no refresh token, narrower scopes.
@@ -81,6 +145,27 @@ pub enum LoginError {
         existing: String,
         requested: String,
     },
+    #[error("this login was not confirmed on its page ({0}); open the connect link again and press the button there")]
+    NotConfirmed(&'static str),
+    #[error(
+        "this answer came back to the address of provider `{path}`, but the login was started at `{started}`; \
+         nothing was stored, and the login cannot be finished: open the connect link again"
+    )]
+    MixUp { path: String, started: String },
+    #[error(
+        "this answer names issuer `{got}`, not {provider}'s; nothing was stored, and the login cannot be finished: \
+         open the connect link again"
+    )]
+    WrongIssuer { provider: String, got: String },
+    #[error(
+        "connection {connection} was disconnected while this login was in progress, so nothing was stored{}; ask for a new link",
+        if *revoked_at_provider { " and the new tokens were revoked at the provider" } else { "" }
+    )]
+    RevokedDuringLogin {
+        connection: ConnectionId,
+        /// The provider confirmed the revocation of the fresh tokens.
+        revoked_at_provider: bool,
+    },
     #[error(transparent)]
     Store(#[from] RefreshError),
     #[error(transparent)]
@@ -99,7 +184,9 @@ impl LoginError {
     /// The HTTP status of the page that explains it.
     pub fn status(&self) -> u16 {
         match self {
-            LoginError::Link(_) => 403,
+            LoginError::Link(_) | LoginError::NotConfirmed(_) => 403,
+            LoginError::MixUp { .. } | LoginError::WrongIssuer { .. } => 400,
+            LoginError::RevokedDuringLogin { .. } => 409,
             LoginError::UnknownProvider(_) => 404,
             LoginError::Attempt(AttemptError::Dynamo { .. } | AttemptError::Malformed(_)) => 503,
             LoginError::Attempt(_) | LoginError::BadCallback(_) | LoginError::Cancelled { .. } => 400,
@@ -149,43 +236,70 @@ impl LoginService {
         self
     }
 
-    /// `GET /connect/{provider}?…`: checks the link, records the attempt and
-    /// answers where the browser goes next. A bad link writes nothing.
-    pub async fn begin(
+    /// `GET /connect/{provider}?…`: checks the link and what it may connect,
+    /// and answers what the confirmation page shows. Writes nothing: a
+    /// cross-site navigation to a link starts no login.
+    pub async fn confirm(
         &self,
         provider: &str,
         query: &BTreeMap<String, String>,
         browser_cookie: Option<&str>,
-    ) -> Result<Begin, LoginError> {
+    ) -> Result<Confirm, LoginError> {
         let provider = self.config.provider(provider)?;
-        let now = now_ms();
-        let claims = self.links.verify(
-            &provider.name,
-            query,
-            now / 1000,
-            &self.config.service.return_url_allow_list,
-        )?;
-        let redirect_uri = self
-            .config
-            .service
-            .callback_url
-            .clone()
-            .ok_or(LinkError::NoCallbackUrl)?;
-        // Refused before the user logs in: a used link, another provider's
-        // connection, a connection revoked after the link was made.
-        let link_id = link_id(query).ok_or(LinkError::Missing("sig"))?;
-        if self.attempts.link_used(&link_id).await? {
-            return Err(LinkError::Used.into());
-        }
-        self.check_connection(&claims.connection, &provider.name, claims.issued_at)
-            .await?;
-        let state = random_token()?;
-        let pkce = Pkce::generate()?;
+        let claims = self.check_link(provider, query).await?;
         // One cookie per browser, kept across logins, so two tabs do not break each other.
-        let cookie = match browser_cookie.filter(|c| c.len() == 43 && c.bytes().all(is_base64url)) {
+        let cookie = match browser_cookie.filter(|c| is_cookie(c)) {
             Some(existing) => existing.to_owned(),
             None => random_token()?,
         };
+        let link_id = link_id(query).ok_or(LinkError::Missing("sig"))?;
+        let mut fields: Vec<(String, String)> = LINK_FIELDS
+            .iter()
+            .filter_map(|key| query.get(*key).map(|value| ((*key).to_owned(), value.clone())))
+            .collect();
+        fields.push((FORM_TOKEN.to_owned(), form_token(&self.links, &cookie, &link_id)?));
+        let authorize = &provider.authorize_url;
+        Ok(Confirm {
+            provider: provider.name.clone(),
+            provider_display: display_name(provider),
+            label: claims.label.unwrap_or_else(|| claims.connection.to_string()),
+            user: claims.user,
+            connection: claims.connection,
+            authorize_origin: authorize.origin().ascii_serialization(),
+            fields,
+            cookie,
+        })
+    }
+
+    /// `POST /connect/{provider}` from the confirmation page: checks the form
+    /// token against this browser's cookie and the link, then the link again,
+    /// records the attempt and answers where the browser goes next. A refused
+    /// form writes nothing.
+    pub async fn begin(
+        &self,
+        provider: &str,
+        form: &BTreeMap<String, String>,
+        browser_cookie: Option<&str>,
+    ) -> Result<Begin, LoginError> {
+        let provider = self.config.provider(provider)?;
+        let cookie = browser_cookie
+            .filter(|c| is_cookie(c))
+            .ok_or(LoginError::NotConfirmed("this browser sent no login cookie"))?;
+        let token = form
+            .get(FORM_TOKEN)
+            .ok_or(LoginError::NotConfirmed("the form has no confirmation token"))?;
+        let link_id = link_id(form).ok_or(LinkError::Missing("sig"))?;
+        if !form_token_matches(&self.links, token, cookie, &link_id) {
+            return Err(LoginError::NotConfirmed(
+                "the confirmation token is not this browser's for this link",
+            ));
+        }
+        let claims = self.check_link(provider, form).await?;
+        let now = now_ms();
+        let redirect_uri = self.redirect_uri(&provider.name)?;
+        let cookie = cookie.to_owned();
+        let state = random_token()?;
+        let pkce = Pkce::generate()?;
         let sealed = self
             .tokens
             .keys()
@@ -216,15 +330,43 @@ impl LoginService {
         Ok(Begin { location, cookie })
     }
 
-    /// `GET /callback?…`: consumes the attempt once (it must come back to the
-    /// browser that started it), exchanges the code and stores the tokens.
+    /// `GET /callback/{provider}?…`: consumes the attempt once (it must come
+    /// back to the browser that started it, on the address of the provider it
+    /// was started at, naming that provider's issuer when it names one),
+    /// exchanges the code and stores the tokens.
+    ///
+    /// An answer on another provider's address, or from another issuer,
+    /// consumes the attempt: the state may have been seen by the wrong
+    /// authorization server, so it must never be good again. The link stays
+    /// unused, so the person starts again from it.
     pub async fn finish(
         &self,
+        path_provider: &str,
         query: &BTreeMap<String, String>,
         browser_cookie: Option<&str>,
     ) -> Result<Finished, LoginError> {
+        // An address no provider has touches nothing.
+        let path_provider = self.config.provider(path_provider)?;
         let state = query.get("state").ok_or(LoginError::BadCallback("state"))?;
         let attempt = self.attempts.consume(state, browser_cookie, now_ms() / 1000).await?;
+        if attempt.provider != path_provider.name {
+            tracing::warn!(path = %path_provider.name, started = %attempt.provider, connection = %attempt.connection,
+                "an authorization response came back on another provider's redirect URI (possible mix-up attack)");
+            return Err(LoginError::MixUp {
+                path: path_provider.name.clone(),
+                started: attempt.provider,
+            });
+        }
+        if let (Some(got), Some(expected)) = (query.get("iss"), &path_provider.settings.issuer)
+            && got != expected
+        {
+            tracing::warn!(provider = %path_provider.name, connection = %attempt.connection,
+                "the authorization response names another issuer (possible mix-up attack)");
+            return Err(LoginError::WrongIssuer {
+                provider: path_provider.name.clone(),
+                got: excerpt(got, &[]).chars().take(60).collect(),
+            });
+        }
         if let Some(error) = query.get("error") {
             // The provider's words, but short, on one line, without control characters.
             let error = excerpt(error, &[]);
@@ -279,24 +421,40 @@ impl LoginService {
         for warning in &warnings {
             tracing::warn!(provider = %provider.name, connection = %attempt.connection, "{warning}");
         }
-        let stored = self
+        let saved = self
             .tokens
-            .save_login(&attempt.connection, &provider.name, attempt.kind, &tokens)
-            .await
-            .map_err(|e| match e {
-                RefreshError::Store {
-                    source:
-                        StoreError::OtherProvider {
-                            existing, requested, ..
-                        },
-                    id,
-                } => LoginError::OtherProvider {
-                    connection: id,
-                    existing,
-                    requested,
+            .save_login(
+                &attempt.connection,
+                &provider.name,
+                attempt.kind,
+                &tokens,
+                Some(attempt.link_issued_at),
+            )
+            .await;
+        if let Err(RefreshError::RevokedDuringLogin { .. }) = &saved {
+            // Revoked after the code exchange began: the tokens just issued
+            // must not outlive the refusal at the provider either.
+            let revoked_at_provider = revoke_fresh_tokens(&endpoint, &tokens).await;
+            tracing::warn!(connection = %attempt.connection, provider = %provider.name, revoked_at_provider,
+                "the connection was revoked during the login; nothing stored");
+            return Err(LoginError::RevokedDuringLogin {
+                connection: attempt.connection,
+                revoked_at_provider,
+            });
+        }
+        let stored = saved.map_err(|e| match e {
+            RefreshError::Store {
+                source: StoreError::OtherProvider {
+                    existing, requested, ..
                 },
-                other => other.into(),
-            })?;
+                id,
+            } => LoginError::OtherProvider {
+                connection: id,
+                existing,
+                requested,
+            },
+            other => other.into(),
+        })?;
         let mut warnings = warnings;
         if let Some(error) = &stored.param_error {
             warnings.push(format!(
@@ -318,6 +476,7 @@ impl LoginService {
         Ok(Finished {
             connection: attempt.connection,
             provider: provider.name.clone(),
+            provider_display: display_name(provider),
             token_version: stored.token_version,
             return_url: attempt.return_url,
             warnings,
@@ -326,6 +485,39 @@ impl LoginService {
 }
 
 impl LoginService {
+    /// The link's claims, if it is signed, unexpired, unused, and its
+    /// connection may be connected at `provider`. Reads, never writes.
+    async fn check_link(
+        &self,
+        provider: &Provider,
+        query: &BTreeMap<String, String>,
+    ) -> Result<super::link::ConnectClaims, LoginError> {
+        let claims = self.links.verify(
+            &provider.name,
+            query,
+            now_ms() / 1000,
+            &self.config.service.return_url_allow_list,
+        )?;
+        self.redirect_uri(&provider.name)?;
+        // Refused before the user logs in: a used link, another provider's
+        // connection, a connection revoked after the link was made.
+        let link_id = link_id(query).ok_or(LinkError::Missing("sig"))?;
+        if self.attempts.link_used(&link_id).await? {
+            return Err(LinkError::Used.into());
+        }
+        self.check_connection(&claims.connection, &provider.name, claims.issued_at)
+            .await?;
+        Ok(claims)
+    }
+
+    /// `{callback_url}/{provider}`.
+    fn redirect_uri(&self, provider: &str) -> Result<Url, LinkError> {
+        self.config
+            .service
+            .redirect_uri(provider)
+            .ok_or(LinkError::NoCallbackUrl)
+    }
+
     /// May a login through a link made at `link_issued_at` (epoch ms) store
     /// tokens in `connection` at `provider`? Not when the connection belongs
     /// to another provider, nor when it was revoked after the link was made.
@@ -367,6 +559,56 @@ fn is_base64url(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
+/// The provider's name as people know it, or its key.
+fn display_name(provider: &Provider) -> String {
+    provider
+        .settings
+        .display_name
+        .clone()
+        .unwrap_or_else(|| provider.name.clone())
+}
+
+/// `Sec-Fetch-Site` of a POST that starts a login: only the confirmation
+/// page itself (`same-origin`) or the person (`none`) may send it. Browsers
+/// that send no such header rely on the form token alone.
+pub fn check_fetch_site(value: Option<&str>) -> Result<(), LoginError> {
+    match value {
+        None | Some("same-origin" | "none") => Ok(()),
+        Some(_) => Err(LoginError::NotConfirmed("the request came from another site")),
+    }
+}
+
+/// A cookie value this service could have made (256 bits, base64url).
+fn is_cookie(value: &str) -> bool {
+    value.len() == 43 && value.bytes().all(is_base64url)
+}
+
+/// RFC 7009 for tokens that must not be kept: the refresh token first (which
+/// ends the grant at most providers), then the access token. Whether the
+/// provider confirmed every revocation; a failure is logged, never retried
+/// here (the user is told and the operator sees the log line).
+async fn revoke_fresh_tokens(endpoint: &TokenEndpoint<'_>, tokens: &TokenSet) -> bool {
+    let mut all = true;
+    let refresh = tokens
+        .refresh_token
+        .as_ref()
+        .map(|t| (t.secret(), TokenHint::RefreshToken));
+    for (token, hint) in refresh
+        .into_iter()
+        .chain([(tokens.access_token.secret(), TokenHint::AccessToken)])
+    {
+        match endpoint.revoke(token, hint).await {
+            Ok(confirmed) => all &= confirmed,
+            Err(e) => {
+                tracing::error!(provider = %endpoint.provider.name, hint = hint.as_str(), error = %e,
+                    "a token issued to a refused login could not be revoked at the provider");
+                all = false;
+            }
+        }
+    }
+    all
+}
+
 /// What the operator must know about a login that worked, with the likely fix.
 pub fn warnings(provider: &Provider, tokens: &TokenSet) -> Vec<String> {
     let settings = &provider.settings;
@@ -401,6 +643,20 @@ pub fn warnings(provider: &Provider, tokens: &TokenSet) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_page_itself_or_the_person_may_start_a_login() {
+        for allowed in [None, Some("same-origin"), Some("none")] {
+            assert!(check_fetch_site(allowed).is_ok(), "{allowed:?}");
+        }
+        for refused in [Some("cross-site"), Some("same-site"), Some("SAME-ORIGIN"), Some("")] {
+            let e = check_fetch_site(refused).unwrap_err();
+            assert!(
+                matches!(e, LoginError::NotConfirmed(_)) && e.status() == 403,
+                "{refused:?}"
+            );
+        }
+    }
 
     #[test]
     fn begin_prints_neither_state_nor_cookie() {

@@ -35,6 +35,25 @@ pub struct ConnectClaims {
     pub issued_at: i64,
     /// Epoch seconds.
     pub expires_at: i64,
+    /// What the connection is for, shown on the confirmation page
+    /// ("Connect your Exact Online account to {label}"); the connection id when absent.
+    pub label: Option<String>,
+    /// Who the link is for ("alice@acme.example"), shown on the confirmation page.
+    pub user: Option<String>,
+}
+
+/// The longest `label` or `user` a link may carry, in characters.
+pub const MAX_LINK_TEXT: usize = 120;
+
+/// Checks a link's `label` or `user`: 1 to [`MAX_LINK_TEXT`] characters, no
+/// control characters (which also keeps the signed text unambiguous). The
+/// page escapes it; this only keeps it short and on one line.
+pub fn check_link_text(field: &'static str, text: &str) -> Result<(), LinkError> {
+    let length = text.chars().count();
+    if length == 0 || length > MAX_LINK_TEXT || text.chars().any(char::is_control) {
+        return Err(LinkError::Malformed(field));
+    }
+    Ok(())
 }
 
 /// How far in the future a link's `issued` may lie (clock skew between the
@@ -98,6 +117,11 @@ impl LinkKeys {
     /// The link: `{callback_url without its last segment}/connect/{provider}?…`,
     /// signed with the current key.
     pub fn connect_url(&self, callback_url: Option<&Url>, claims: &ConnectClaims) -> Result<Url, LinkError> {
+        for (field, text) in [("label", &claims.label), ("for", &claims.user)] {
+            if let Some(text) = text {
+                check_link_text(field, text)?;
+            }
+        }
         let mut url = callback_url.ok_or(LinkError::NoCallbackUrl)?.clone();
         let base = url.path().rsplit_once('/').map_or("", |(base, _)| base).to_owned();
         url.set_path(&format!("{base}/connect/{}", claims.provider));
@@ -114,6 +138,12 @@ impl LinkKeys {
             query.append_pair("kind", claims.kind.as_str());
             if let Some(return_url) = &claims.return_url {
                 query.append_pair("return", return_url.as_str());
+            }
+            if let Some(label) = &claims.label {
+                query.append_pair("label", label);
+            }
+            if let Some(user) = &claims.user {
+                query.append_pair("for", user);
             }
             query.append_pair("issued", &claims.issued_at.to_string());
             query.append_pair("expires", &claims.expires_at.to_string());
@@ -143,6 +173,13 @@ impl LinkKeys {
             Some(text) => Some(Url::parse(text).map_err(|_| LinkError::Malformed("return"))?),
             None => None,
         };
+        let label = query.get("label").cloned();
+        let user = query.get("for").cloned();
+        for (field, text) in [("label", &label), ("for", &user)] {
+            if let Some(text) = text {
+                check_link_text(field, text)?;
+            }
+        }
         let issued_at: i64 = get("issued")?.parse().map_err(|_| LinkError::Malformed("issued"))?;
         let expires_at: i64 = get("expires")?.parse().map_err(|_| LinkError::Malformed("expires"))?;
         let signature = URL_SAFE_NO_PAD
@@ -156,6 +193,8 @@ impl LinkKeys {
             return_url,
             issued_at,
             expires_at,
+            label,
+            user,
         };
         hmac::verify(key, message(&claims).as_bytes(), &signature).map_err(|_| LinkError::BadSignature)?;
         if expires_at <= now_secs {
@@ -177,16 +216,59 @@ impl LinkKeys {
 }
 
 /// The signed text. No field can hold a newline (ids and provider names are
-/// restricted, URLs are serialised, times are digits), so it is unambiguous.
+/// restricted, URLs are serialised, times are digits, label and user have no
+/// control characters), so it is unambiguous. A link without label and user
+/// signs the v2 text, so links made before those existed still verify.
 fn message(claims: &ConnectClaims) -> String {
-    format!(
-        "oauth-sync connect v2\n{}\n{}\n{}\n{}\n{}\n{}",
+    let v2 = format!(
+        "{}\n{}\n{}\n{}\n{}\n{}",
         claims.provider,
         claims.connection,
         claims.kind.as_str(),
         claims.return_url.as_ref().map_or("", Url::as_str),
         claims.issued_at,
         claims.expires_at
+    );
+    if claims.label.is_none() && claims.user.is_none() {
+        return format!("oauth-sync connect v2\n{v2}");
+    }
+    // `-` for absent, `+text` for present: "absent" and "empty" never sign alike.
+    let part = |text: &Option<String>| text.as_ref().map_or_else(|| "-".to_owned(), |t| format!("+{t}"));
+    format!(
+        "oauth-sync connect v3\n{v2}\n{}\n{}",
+        part(&claims.label),
+        part(&claims.user)
+    )
+}
+
+/// The confirmation page's form token: an HMAC, under the link key, of the
+/// browser cookie's hash and the link's id. It proves the POST comes from a
+/// page this service rendered for this browser and this link, without the
+/// cookie's value ever appearing in the page. `kid.signature`, so keys rotate.
+pub fn form_token(keys: &LinkKeys, cookie: &str, link_id: &str) -> Result<String, LinkError> {
+    let key = keys
+        .keys
+        .get(&keys.current)
+        .ok_or_else(|| CryptoError::UnknownKey(keys.current.clone()))?;
+    let signature = hmac::sign(key, form_message(cookie, link_id).as_bytes());
+    Ok(format!("{}.{}", keys.current, URL_SAFE_NO_PAD.encode(signature)))
+}
+
+/// Does `token` belong to this cookie and link? Constant time.
+pub fn form_token_matches(keys: &LinkKeys, token: &str, cookie: &str, link_id: &str) -> bool {
+    let Some((kid, signature)) = token.split_once('.') else {
+        return false;
+    };
+    let (Some(key), Ok(signature)) = (keys.keys.get(kid), URL_SAFE_NO_PAD.decode(signature)) else {
+        return false;
+    };
+    hmac::verify(key, form_message(cookie, link_id).as_bytes(), &signature).is_ok()
+}
+
+fn form_message(cookie: &str, link_id: &str) -> String {
+    format!(
+        "oauth-sync confirm v1\n{}\n{link_id}",
+        crate::login::attempts::browser_key(cookie)
     )
 }
 
@@ -265,6 +347,8 @@ mod tests {
             return_url: Some(Url::parse("https://app.example.com/integrations/done?x=1").expect("url")),
             issued_at: 500_000,
             expires_at: 2_000,
+            label: None,
+            user: None,
         }
     }
 
@@ -411,5 +495,61 @@ mod tests {
         for bad in ["", "h", "10", "0h", "1w", "-1h"] {
             assert!(parse_lifetime(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_label_and_user_are_signed_and_links_without_them_keep_the_old_signature() {
+        let (_, keys) = keys("k1");
+        let mut labelled = claims();
+        labelled.label = Some("Acme projects <sync>".to_owned());
+        labelled.user = Some("alice@acme.example".to_owned());
+        let url = keys.connect_url(Some(&callback()), &labelled).expect("link");
+        let query = query_of(&url);
+        assert_eq!(keys.verify("exact", &query, 1_000, &allow()), Ok(labelled.clone()));
+        for (key, value) in [("label", "Evil Corp"), ("for", "mallory@evil.example")] {
+            let mut tampered = query.clone();
+            tampered.insert(key.to_owned(), value.to_owned());
+            assert_eq!(
+                keys.verify("exact", &tampered, 1_000, &allow()),
+                Err(LinkError::BadSignature),
+                "{key}"
+            );
+            let mut removed = query.clone();
+            removed.remove(key);
+            assert_eq!(
+                keys.verify("exact", &removed, 1_000, &allow()),
+                Err(LinkError::BadSignature),
+                "{key}"
+            );
+        }
+        // The v2 text, unchanged, for a link without them.
+        assert!(message(&claims()).starts_with("oauth-sync connect v2\nexact\nacme-1\n"));
+        for bad in [String::new(), "x".repeat(MAX_LINK_TEXT + 1), "two\nlines".to_owned()] {
+            let mut claims = claims();
+            claims.label = Some(bad.clone());
+            assert_eq!(
+                keys.connect_url(Some(&callback()), &claims),
+                Err(LinkError::Malformed("label")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_form_token_belongs_to_one_browser_and_one_link() {
+        let (_, keys) = keys("k1");
+        let token = form_token(&keys, "cookie-a", "link-1").expect("token");
+        assert!(form_token_matches(&keys, &token, "cookie-a", "link-1"));
+        assert!(
+            !form_token_matches(&keys, &token, "cookie-b", "link-1"),
+            "another browser"
+        );
+        assert!(!form_token_matches(&keys, &token, "cookie-a", "link-2"), "another link");
+        for forged in ["", "k1.", "k1.AAAA", "k2.x", "no-dot"] {
+            assert!(!form_token_matches(&keys, forged, "cookie-a", "link-1"), "{forged}");
+        }
+        let (_, other) = self::keys("k1");
+        assert!(!form_token_matches(&other, &token, "cookie-a", "link-1"), "another key");
+        assert!(!token.contains("cookie-a"));
     }
 }

@@ -178,8 +178,12 @@ pub enum RefreshError {
     Crypto { id: ConnectionId, source: CryptoError },
     #[error(transparent)]
     Secrets(#[from] SecretsError),
-    #[error(transparent)]
+        #[error(transparent)]
     UnknownProvider(#[from] UnknownProvider),
+    /// A login's tokens were not stored: the connection was revoked at or
+    /// after the time its connect link was made.
+    #[error("connection {id} was revoked after this login's link was made; nothing was stored")]
+    RevokedDuringLogin { id: ConnectionId },
 }
 
 /// What [`TokenService::refresh_due`] did.
@@ -308,13 +312,17 @@ impl TokenService {
 
     /// Stores the tokens of a login (sealed) as connection `id`: a new
     /// connection at version 1, or an existing one at its next version,
-    /// active again. Without a new refresh token the old one is kept.
+        /// active again. Without a new refresh token the old one is kept.
+    /// `link_issued_at` (epoch ms) is when the login's connect link was made:
+    /// a connection revoked since then is not written
+    /// ([`RefreshError::RevokedDuringLogin`]); `None` for logins without a link.
     pub async fn save_login(
         &self,
         id: &ConnectionId,
         provider: &str,
         kind: crate::connection::ConnectionKind,
         tokens: &TokenSet,
+        link_issued_at: Option<i64>,
     ) -> Result<Connection, RefreshError> {
         let settings = &self.config.provider(provider)?.settings;
         let (params, param_error) = crate::sync::discover(&self.http, settings, &tokens.access_token).await;
@@ -344,9 +352,10 @@ impl TokenService {
         };
         let saved = self
             .store
-            .save_login(&login)
+                        .save_login(&login, link_issued_at)
             .await
-            .map_err(|source| RefreshError::Store { id: id.clone(), source })?;
+            .map_err(|source| RefreshError::Store { id: id.clone(), source })?
+            .ok_or_else(|| RefreshError::RevokedDuringLogin { id: id.clone() })?;
         info!(connection = %id, provider, version = saved.token_version, "login stored");
         Ok(saved)
     }

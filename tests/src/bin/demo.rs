@@ -8,7 +8,8 @@
 //! 5. replays a spent refresh token to show what oauth-sync exists to prevent:
 //!    the provider revokes the whole token family
 //! 6. logs in the way an end user does: a signed connect link, `/connect`,
-//!    the provider, `/callback` (the connection is stored encrypted)
+//!    its confirmation page and button, the provider, `/callback/exact` (the
+//!    connection is stored encrypted)
 //! 7. lets 16 concurrent workers refresh that connection through the refresh
 //!    protocol: one refreshes, the others wait for its result, nothing is
 //!    spent twice
@@ -193,7 +194,9 @@ async fn main() -> anyhow::Result<()> {
         counters.tokens_issued, counters.refreshes, counters.refresh_tokens_reused, counters.families_revoked
     ));
 
-    say("6. a login the way an end user makes it: signed connect link, /connect, the provider, /callback");
+    say(
+        "6. a login the way an end user makes it: signed connect link, the confirmation page and its button, the provider, /callback/exact",
+    );
     for (name, key_id) in [(KEY_RING_NAME, "demo-1"), (LINK_KEY_NAME, "link-1")] {
         let key_ring = KeyRing::generate_json(key_id)?;
         if let Err(e) = aws
@@ -243,23 +246,30 @@ async fn main() -> anyhow::Result<()> {
         return_url: None,
         issued_at: now_ms(),
         expires_at: now_ms() / 1000 + 3600,
+        label: Some("the demo's project sync".to_owned()),
+        user: None,
     };
     let link = links.connect_url(config.service.callback_url.as_ref(), &claims)?;
     say(&format!(
         "   connect link (HMAC-SHA256, 1 h): {}…",
         &link.as_str()[..link.as_str().len().min(90)]
     ));
-    let begin = login
-        .begin("exact", &link.query_pairs().into_owned().collect(), None)
+    let confirm = login
+        .confirm("exact", &link.query_pairs().into_owned().collect(), None)
         .await?;
-    say("   /connect: link verified, login attempt stored (state hashed, PKCE verifier encrypted), browser cookie set");
+    say(&format!(
+        "   GET /connect: link verified, confirmation page \"Connect your {} account to {}\", browser cookie set",
+        confirm.provider_display, confirm.label
+    ));
+    let begin = login.begin("exact", &confirm.form(), Some(&confirm.cookie)).await?;
+    say("   POST /connect: form token checked, login attempt stored (state hashed, PKCE verifier encrypted)");
     let approved = http.get(begin.location).send().await?;
     let back = url::Url::parse(approved.headers().get("location").context("no redirect")?.to_str()?)?;
     let finished = login
-        .finish(&back.query_pairs().into_owned().collect(), Some(&begin.cookie))
+        .finish("exact", &back.query_pairs().into_owned().collect(), Some(&begin.cookie))
         .await?;
     say(&format!(
-        "   /callback: state consumed once, code exchanged with the PKCE verifier, connection `{}` version {}",
+        "   /callback/exact: state consumed once, code exchanged with the PKCE verifier, connection `{}` version {}",
         finished.connection, finished.token_version
     ));
     let stored = service.store().get(&id).await?.context("the connection")?;

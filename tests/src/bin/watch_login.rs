@@ -1,19 +1,34 @@
 //! A whole login through the real `oauth-callback` binary behind the Lambda
 //! runtime API, served by `cargo lambda watch` (function URL events), against
-//! the local stack and the simulator. Run by `scripts/test` after
-//! `cargo test` (a nested cargo build inside `cargo test` would wait for the
-//! build lock).
+//! the local stack and the simulator, twice:
 //!
-//! Needs the stack's environment and `.local/venv/bin/cargo-lambda`.
+//! 1. with `reqwest` as the browser: the confirmation page, its button, the
+//!    provider, the callback, and a replayed callback refused;
+//! 2. in headless Chromium driven over WebDriver: the connect link, the
+//!    confirmation page, a click on its button, the provider, the callback
+//!    page. It saves screenshots of both pages into `docs/images/`.
+//!
+//! The function logs at `trace` (`RUST_LOG` and `AWS_LAMBDA_LOG_LEVEL`), and
+//! its output must hold none of the codes, states and login cookies seen.
+//!
+//! Run by `scripts/test` after `cargo test` (a nested cargo build inside
+//! `cargo test` would wait for the build lock). Needs the stack's environment,
+//! `.local/venv/bin/cargo-lambda`, `/usr/bin/chromium` and `/usr/bin/chromedriver`.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{LoginFixture, RETURN_TO, authorize};
+use oauth_sync_tests::stack::{CALLBACK, LoginFixture, authorize, hidden_fields};
+use oauth_sync_tests::webdriver::Driver;
 use shared::config::PresetName;
 use shared::connection::{ConnectionId, Status};
+
+/// The simulator's name on the pages (and in the screenshots).
+const DISPLAY_NAME: &str = "Example Books (simulator)";
 
 /// Stops `cargo lambda watch` and the function it started (one process group).
 struct Watch(std::process::Child);
@@ -39,9 +54,22 @@ fn say(text: &str) {
 async fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "watch").await;
-    let config = std::env::temp_dir().join(format!("oauth-sync-watch-{}.toml", std::process::id()));
-    std::fs::write(&config, &login.config_text)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let base = format!("http://127.0.0.1:{port}/lambda-url/oauth-callback");
+    // The provider sends the browser back to this function, not to the fixture's
+    // example address: the real browser follows that redirect.
+    let config_text = login
+        .config_text
+        .replace(CALLBACK, &format!("{base}/callback"))
+        .replacen(
+            "[providers.sim]\n",
+            &format!("[providers.sim]\ndisplay_name = \"{DISPLAY_NAME}\"\n"),
+            1,
+        );
+    let config = std::env::temp_dir().join(format!("oauth-sync-watch-{}.toml", std::process::id()));
+    std::fs::write(&config, &config_text)?;
+    let log_path = std::env::temp_dir().join(format!("oauth-sync-watch-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path)?;
 
     let mut command = std::process::Command::new(format!("{root}/.local/venv/bin/cargo-lambda"));
     command
@@ -77,7 +105,10 @@ async fn main() -> anyhow::Result<()> {
             "OAUTH_SYNC_SYNC_RUNS_TABLE={}",
             login.fixture.tables["SyncRunsTable"]
         ))
-        .stdout(std::process::Stdio::null())
+        // The most verbose logging there is: no level may print a code, state or cookie.
+        .args(["--env-var", "RUST_LOG=trace", "--env-var", "AWS_LAMBDA_LOG_LEVEL=TRACE"])
+        .stdout(log.try_clone()?)
+        .stderr(log)
         .process_group(0);
     for var in [
         "AWS_REGION",
@@ -101,50 +132,62 @@ async fn main() -> anyhow::Result<()> {
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(900))
         .build()?;
-    let base = format!("http://127.0.0.1:{port}/lambda-url/oauth-callback");
+    let query = |pairs: &BTreeMap<String, String>| -> String {
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish()
+    };
     let link = login.link("watch-1");
-    let link_query: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(&link)
-        .finish();
     // The first request starts (and if need be builds) the function; wait for the server first.
     let mut answer = None;
     let give_up = std::time::Instant::now() + Duration::from_secs(300);
     while answer.is_none() && std::time::Instant::now() < give_up {
-        match http.get(format!("{base}/connect/sim?{link_query}")).send().await {
+        match http.get(format!("{base}/connect/sim?{}", query(&link))).send().await {
             Ok(response) => answer = Some(response),
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
-    let connect = answer.context("cargo lambda watch did not answer within 300 s")?;
-    ensure!(connect.status() == 302, "/connect answered {}", connect.status());
-    let cookie = connect
+    let confirm = answer.context("cargo lambda watch did not answer within 300 s")?;
+    ensure!(confirm.status() == 200, "GET /connect answered {}", confirm.status());
+    let cookie = confirm
         .headers()
         .get("set-cookie")
         .context("no cookie")?
         .to_str()?
         .to_owned();
     ensure!(cookie.starts_with("__Host-oauth-sync-login="), "cookie {cookie}");
+    let cookie_pair = cookie.split(';').next().unwrap_or_default().to_owned();
+    let form = hidden_fields(&confirm.text().await?);
+    ensure!(form.contains_key("confirm"), "no form token on the page: {form:?}");
+    say("GET /connect: 200, the confirmation page and the login cookie");
+
+    let connect = http
+        .post(format!("{base}/connect/sim"))
+        .header("cookie", &cookie_pair)
+        .header("sec-fetch-site", "same-origin")
+        .form(&form)
+        .send()
+        .await?;
+    ensure!(connect.status() == 303, "POST /connect answered {}", connect.status());
     let location = url::Url::parse(connect.headers().get("location").context("no location")?.to_str()?)?;
-    say(&format!(
-        "/connect: 302 to the provider, cookie {}",
-        cookie.split('=').next().unwrap_or_default()
-    ));
+    say("POST /connect: 303 to the provider");
 
     let result = authorize(&login.fixture.oauth.http, &location).await;
     let state = result.state.context("no state")?;
     let code = result.code.context("no code")?;
-    let callback: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([("state", &state), ("code", &code)])
-        .finish();
-    let cookie_pair = cookie.split(';').next().unwrap_or_default().to_owned();
+    let callback = query(
+        &[("state", &state), ("code", &code)]
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .into(),
+    );
     let finish = http
-        .get(format!("{base}/callback?{callback}"))
+        .get(format!("{base}/callback/sim?{callback}"))
         .header("cookie", &cookie_pair)
         .send()
         .await?;
     ensure!(
         finish.status() == 302,
-        "/callback answered {}: {}",
+        "/callback/sim answered {}: {}",
         finish.status(),
         finish.text().await.unwrap_or_default()
     );
@@ -155,13 +198,13 @@ async fn main() -> anyhow::Result<()> {
         .to_str()?
         .to_owned();
     ensure!(
-        back.starts_with(RETURN_TO) && back.contains("status=connected"),
+        back.starts_with(oauth_sync_tests::stack::RETURN_TO) && back.contains("status=connected"),
         "returned to {back}"
     );
-    say(&format!("/callback: 302 to {back}"));
+    say(&format!("/callback/sim: 302 to {back}"));
 
     let replay = http
-        .get(format!("{base}/callback?{callback}"))
+        .get(format!("{base}/callback/sim?{callback}"))
         .header("cookie", &cookie_pair)
         .send()
         .await?;
@@ -175,8 +218,41 @@ async fn main() -> anyhow::Result<()> {
         page.contains("already used") && !page.contains(&code),
         "replay page: {page}"
     );
+    expect_active(&login, "watch-1").await?;
+    say("login with reqwest as the browser: ok (connection active, replay refused)");
 
-    let id = ConnectionId::parse("watch-1")?;
+    let mut seen = vec![
+        code,
+        state,
+        cookie_pair.split('=').nth(1).unwrap_or_default().to_owned(),
+    ];
+    seen.extend(in_browser(&login, &base, root).await?);
+
+    // The function's own output, at trace level, never holds them.
+    let logs = std::fs::read_to_string(&log_path)?;
+    ensure!(
+        logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""),
+        "the function did not log at trace level; is RUST_LOG passed?"
+    );
+    for secret in seen.iter().filter(|s| s.len() >= 16) {
+        if logs.contains(secret.as_str()) {
+            bail!(
+                "a code, state or login cookie reached the function's trace log ({})",
+                log_path.display()
+            );
+        }
+    }
+    say(&format!(
+        "trace logs: {} KiB, no code, state or login cookie in them",
+        logs.len() / 1024
+    ));
+    std::fs::remove_file(&config).ok();
+    std::fs::remove_file(&log_path).ok();
+    Ok(())
+}
+
+async fn expect_active(login: &LoginFixture, id: &str) -> anyhow::Result<()> {
+    let id = ConnectionId::parse(id)?;
     let connection = login
         .fixture
         .service
@@ -187,7 +263,60 @@ async fn main() -> anyhow::Result<()> {
     if connection.status != Status::Active || connection.token_version != 1 {
         bail!("stored {connection:?}");
     }
-    std::fs::remove_file(&config).ok();
-    say("login through cargo lambda watch: ok (connection active, replay refused)");
     Ok(())
+}
+
+/// The whole login in headless Chromium; screenshots of the confirmation and
+/// callback pages go to `docs/images/`. Returns the code, state and cookie the
+/// browser carried, for the log check.
+async fn in_browser(login: &LoginFixture, base: &str, root: &str) -> anyhow::Result<Vec<String>> {
+    let link = login.link_labelled("watch-browser", "Acme B.V. project sync", Some("alice@acme.example"));
+    let address = format!(
+        "{base}/connect/sim?{}",
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&link)
+            .finish()
+    );
+    let driver = Driver::start().await?;
+    let profile = std::env::temp_dir().join(format!("oauth-sync-chromium-{}", std::process::id()));
+    std::fs::create_dir_all(&profile)?;
+    let browser = driver.session(&profile).await?;
+    let images = Path::new(root).join("docs/images");
+
+    browser.go(&address).await?;
+    let page = browser.source().await?;
+    ensure!(
+        page.contains(&format!(
+            "Connect your <strong>{DISPLAY_NAME}</strong> account to <strong>Acme B.V. project sync</strong>"
+        )) && page.contains("alice@acme.example"),
+        "the confirmation page: {page}"
+    );
+    browser.screenshot(&images.join("login-confirm.png")).await?;
+    say("chromium: the confirmation page (docs/images/login-confirm.png)");
+
+    // The page's CSP names the provider in `form-action`: without it Chromium
+    // refuses the 303 that follows the POST, and the browser stays here.
+    browser.click("#connect").await?;
+    let at = browser
+        .wait_for_url("the callback page", |url| url.contains("/callback/sim?"))
+        .await?;
+    let page = browser.source().await?;
+    ensure!(
+        page.contains("<h1>Connected</h1>") && page.contains("account is connected"),
+        "the callback page at {at}: {page}"
+    );
+    browser.screenshot(&images.join("login-connected.png")).await?;
+    say("chromium: the click, the provider, the callback page (docs/images/login-connected.png)");
+    browser.quit().await?;
+    drop(driver);
+    std::fs::remove_dir_all(&profile).ok();
+    expect_active(login, "watch-browser").await?;
+    say("login in headless Chromium: ok (connection active)");
+
+    let at = url::Url::parse(&at)?;
+    Ok(at
+        .query_pairs()
+        .filter(|(k, _)| k == "code" || k == "state")
+        .map(|(_, v)| v.into_owned())
+        .collect())
 }

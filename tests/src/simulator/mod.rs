@@ -85,6 +85,8 @@ pub struct SimConfig {
     pub tenant: String,
     /// The data APIs: Exact's division, rate limits and page sizes, Graph's page sizes.
     pub data: DataConfig,
+    /// The `iss` the authorization response carries (RFC 9207); none when `None`.
+    pub issuer: Option<String>,
 }
 
 impl SimConfig {
@@ -108,6 +110,7 @@ impl SimConfig {
             user: "user@example.com".to_owned(),
             tenant: "tenant-1".to_owned(),
             data: DataConfig::default(),
+            issuer: None,
         }
     }
 }
@@ -213,7 +216,20 @@ struct State {
     families: Vec<Family>,
     faults: VecDeque<FaultPlan>,
     deny_next_authorize: bool,
+    /// The next code exchange, once processed, says so here and waits for the release.
+    hold_next_exchange: Option<(tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>)>,
     counters: Counters,
+}
+
+/// A code exchange held after the provider issued the tokens and before it
+/// answers, from [`Simulator::hold_next_code_exchange`]: something can happen
+/// in between, in order, without timing.
+#[derive(Debug)]
+pub struct HeldExchange {
+    /// Resolves once the exchange was processed (the tokens exist).
+    pub reached: tokio::sync::oneshot::Receiver<()>,
+    /// Send (or drop) to let the answer go.
+    pub release: tokio::sync::oneshot::Sender<()>,
 }
 
 #[derive(Debug)]
@@ -321,6 +337,23 @@ impl Simulator {
         }
     }
 
+    /// Holds the next code exchange after processing it, until released.
+    pub fn hold_next_code_exchange(&self) -> HeldExchange {
+        let (reached_tx, reached) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel();
+        self.state().hold_next_exchange = Some((reached_tx, release_rx));
+        HeldExchange { reached, release }
+    }
+
+    pub(crate) fn take_hold(&self) -> Option<(tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>)> {
+        self.state().hold_next_exchange.take()
+    }
+
+    /// How many token families (one per login) are not revoked.
+    pub fn live_families(&self) -> usize {
+        self.state().families.iter().filter(|f| !f.revoked).count()
+    }
+
     /// The next `/authorize` answers `error=access_denied` (the user cancelled).
     pub fn deny_next_authorize(&self) {
         self.state().deny_next_authorize = true;
@@ -396,6 +429,9 @@ impl Simulator {
         }
         if let Some(s) = query.get("state") {
             params.push(("state", s.clone()));
+        }
+        if let Some(issuer) = config.issuer {
+            params.push(("iss", issuer));
         }
         redirect.query_pairs_mut().extend_pairs(params);
         Ok(redirect.into())

@@ -84,11 +84,18 @@ async fn token(
         _ => return answer((400, serde_json::json!({"error": "unsupported_grant_type"}))),
     };
     sim.count(Some(grant));
-    with_faults(&sim, &kill, grant, &headers, &form, |sim, form| match grant {
+    let response = with_faults(&sim, &kill, grant, &headers, &form, |sim, form| match grant {
         Grant::AuthorizationCode => sim.exchange_code(form),
         _ => sim.refresh(form),
     })
-    .await
+    .await;
+    if grant == Grant::AuthorizationCode
+        && let Some((reached, release)) = sim.take_hold()
+    {
+        let _ = reached.send(());
+        let _ = release.await;
+    }
+    response
 }
 
 async fn revoke(
