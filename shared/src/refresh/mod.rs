@@ -178,7 +178,7 @@ pub enum RefreshError {
     Crypto { id: ConnectionId, source: CryptoError },
     #[error(transparent)]
     Secrets(#[from] SecretsError),
-        #[error(transparent)]
+    #[error(transparent)]
     UnknownProvider(#[from] UnknownProvider),
     /// A login's tokens were not stored: the connection was revoked at or
     /// after the time its connect link was made.
@@ -312,7 +312,7 @@ impl TokenService {
 
     /// Stores the tokens of a login (sealed) as connection `id`: a new
     /// connection at version 1, or an existing one at its next version,
-        /// active again. Without a new refresh token the old one is kept.
+    /// active again. Without a new refresh token the old one is kept.
     /// `link_issued_at` (epoch ms) is when the login's connect link was made:
     /// a connection revoked since then is not written
     /// ([`RefreshError::RevokedDuringLogin`]); `None` for logins without a link.
@@ -352,7 +352,7 @@ impl TokenService {
         };
         let saved = self
             .store
-                        .save_login(&login, link_issued_at)
+            .save_login(&login, link_issued_at)
             .await
             .map_err(|source| RefreshError::Store { id: id.clone(), source })?
             .ok_or_else(|| RefreshError::RevokedDuringLogin { id: id.clone() })?;

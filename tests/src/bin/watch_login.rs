@@ -6,7 +6,8 @@
 //!    provider, the callback, and a replayed callback refused;
 //! 2. in headless Chromium driven over WebDriver: the connect link, the
 //!    confirmation page, a click on its button, the provider, the callback
-//!    page. It saves screenshots of both pages into `docs/images/`.
+//!    page. It saves screenshots of both pages into `target/screenshots/`
+//!    (`OAUTH_SYNC_SCREENSHOTS=docs/images` refreshes the README's copies).
 //!
 //! The function logs at `trace` (`RUST_LOG` and `AWS_LAMBDA_LOG_LEVEL`), and
 //! its output must hold none of the codes, states and login cookies seen.
@@ -267,7 +268,7 @@ async fn expect_active(login: &LoginFixture, id: &str) -> anyhow::Result<()> {
 }
 
 /// The whole login in headless Chromium; screenshots of the confirmation and
-/// callback pages go to `docs/images/`. Returns the code, state and cookie the
+/// callback pages go to `target/screenshots/` (or `$OAUTH_SYNC_SCREENSHOTS`). Returns the code, state and cookie the
 /// browser carried, for the log check.
 async fn in_browser(login: &LoginFixture, base: &str, root: &str) -> anyhow::Result<Vec<String>> {
     let link = login.link_labelled("watch-browser", "Acme B.V. project sync", Some("alice@acme.example"));
@@ -281,7 +282,13 @@ async fn in_browser(login: &LoginFixture, base: &str, root: &str) -> anyhow::Res
     let profile = std::env::temp_dir().join(format!("oauth-sync-chromium-{}", std::process::id()));
     std::fs::create_dir_all(&profile)?;
     let browser = driver.session(&profile).await?;
-    let images = Path::new(root).join("docs/images");
+    // Every run takes the screenshots (their reference ids differ); only a run
+    // asked to refresh the README's copies writes them into the checkout.
+    let images = match std::env::var_os("OAUTH_SYNC_SCREENSHOTS") {
+        Some(dir) => Path::new(root).join(dir),
+        None => Path::new(root).join("target/screenshots"),
+    };
+    std::fs::create_dir_all(&images)?;
 
     browser.go(&address).await?;
     let page = browser.source().await?;
@@ -292,7 +299,10 @@ async fn in_browser(login: &LoginFixture, base: &str, root: &str) -> anyhow::Res
         "the confirmation page: {page}"
     );
     browser.screenshot(&images.join("login-confirm.png")).await?;
-    say("chromium: the confirmation page (docs/images/login-confirm.png)");
+    say(&format!(
+        "chromium: the confirmation page ({})",
+        images.join("login-confirm.png").display()
+    ));
 
     // The page's CSP names the provider in `form-action`: without it Chromium
     // refuses the 303 that follows the POST, and the browser stays here.
@@ -306,7 +316,10 @@ async fn in_browser(login: &LoginFixture, base: &str, root: &str) -> anyhow::Res
         "the callback page at {at}: {page}"
     );
     browser.screenshot(&images.join("login-connected.png")).await?;
-    say("chromium: the click, the provider, the callback page (docs/images/login-connected.png)");
+    say(&format!(
+        "chromium: the click, the provider, the callback page ({})",
+        images.join("login-connected.png").display()
+    ));
     browser.quit().await?;
     drop(driver);
     std::fs::remove_dir_all(&profile).ok();
