@@ -22,6 +22,7 @@ pub mod connection;
 pub mod crypto;
 pub mod doctor;
 pub mod login;
+pub mod metrics;
 pub mod oauth;
 pub mod refresh;
 pub mod runtime;

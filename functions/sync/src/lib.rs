@@ -53,8 +53,14 @@ pub async fn function_handler(
         busy = summary.busy,
         left_for_next_run = summary.left_for_next_run,
         shards_failed = summary.shards_failed,
+        inserted = summary.inserted,
+        updated = summary.updated,
+        deleted = summary.deleted,
+        unchanged = summary.unchanged,
+        lag_percent = summary.lag_percent,
         "sync run finished"
     );
+    summary.metrics().emit();
     if summary.shards_failed > 0 {
         return Err(SyncRunError {
             shards_failed: summary.shards_failed,

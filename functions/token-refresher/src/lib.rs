@@ -59,8 +59,10 @@ pub async fn function_handler(
         left_for_next_run = summary.left_for_next_run,
         complete = summary.complete,
         shards_failed = summary.shards_failed,
+        outcome_unknown = summary.outcome_unknown,
         "refresh run finished"
     );
+    summary.metrics().emit();
     if summary.shards_failed > 0 {
         return Err(RefresherError {
             shards_failed: summary.shards_failed,

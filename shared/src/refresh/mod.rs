@@ -205,9 +205,24 @@ pub struct DueSummary {
     pub complete: bool,
     /// Shards whose index query failed (each logged with its error).
     pub shards_failed: u64,
+    /// Refresh sends whose outcome was unknown (each is recorded and resent once).
+    pub outcome_unknown: u64,
 }
 
 impl DueSummary {
+    /// The run as CloudWatch metrics (`OauthSync`, `Function=token-refresher`);
+    /// the template's alarms watch `NeedsReauth` and `RefreshFailed`.
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        crate::metrics::Metrics::new("token-refresher")
+            .count("DueConnections", self.due)
+            .count("Refreshed", self.refreshed)
+            .count("NeedsReauth", self.needs_reauth)
+            .count("RetryLater", self.retry_later)
+            .count("RefreshFailed", self.failed)
+            .count("LeftForNextRun", self.left_for_next_run)
+            .count("OutcomeUnknown", self.outcome_unknown)
+    }
+
     fn count(&mut self, result: Result<Result<Fresh, RefreshError>, tokio::task::JoinError>) {
         match result {
             Ok(Ok(fresh)) if fresh.refreshed => self.refreshed += 1,
@@ -269,6 +284,8 @@ pub struct TokenService {
     http: reqwest::Client,
     settings: RefreshSettings,
     worker: String,
+    /// Sends with an unknown outcome since the process started (for metrics).
+    unknown_outcomes: std::sync::atomic::AtomicU64,
 }
 
 impl TokenService {
@@ -294,6 +311,7 @@ impl TokenService {
             http,
             settings,
             worker: format!("{:08x}", fastrand::u32(..)),
+            unknown_outcomes: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -503,6 +521,7 @@ impl TokenService {
             complete: true,
             ..DueSummary::default()
         };
+        let unknown_before = self.unknown_outcomes();
         let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         'shards: for shard in 0..DUE_SHARDS {
@@ -556,7 +575,13 @@ impl TokenService {
         while let Some(result) = tasks.join_next().await {
             summary.count(result);
         }
+        summary.outcome_unknown = self.unknown_outcomes().saturating_sub(unknown_before);
         summary
+    }
+
+    /// Refresh sends whose outcome was unknown, since the process started.
+    pub fn unknown_outcomes(&self) -> u64 {
+        self.unknown_outcomes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn run(&self, id: &ConnectionId, mode: Mode, deadline: Instant) -> Result<Fresh, RefreshError> {

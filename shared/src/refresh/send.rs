@@ -100,7 +100,11 @@ impl TokenService {
             Err(error) => error,
         };
         let policy = ResendPolicy::new(&provider.settings, self.settings.token_timeout);
-        match decide(answer_to(&error), sent, &policy, now_ms()) {
+        let answer = answer_to(&error);
+        if answer == Answer::Unknown {
+            self.unknown_outcomes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match decide(answer, sent, &policy, now_ms()) {
             Action::NeedsReauth { after } => {
                 // Consistent re-read: a newer version means someone else rotated, not a dead connection.
                 let current = self.read(id).await?;
@@ -344,6 +348,22 @@ mod tests {
             Some(("access token", MAX_TOKEN_BYTES + 1))
         );
         assert_eq!(oversized(&set(10, Some(1 << 20))), Some(("refresh token", 1 << 20)));
+    }
+
+    #[test]
+    fn a_refresher_run_becomes_the_metrics_the_alarms_watch() {
+        let summary = super::super::DueSummary {
+            refreshed: 3,
+            needs_reauth: 1,
+            outcome_unknown: 2,
+            ..Default::default()
+        };
+        let doc = summary.metrics().document(0);
+        assert_eq!(doc["Function"], "token-refresher");
+        assert_eq!(doc["Refreshed"], 3.0);
+        assert_eq!(doc["NeedsReauth"], 1.0);
+        assert_eq!(doc["OutcomeUnknown"], 2.0);
+        assert_eq!(doc["RefreshFailed"], 0.0, "zeros are written: the alarm sees a value");
     }
 
     #[test]

@@ -124,6 +124,21 @@ pub struct DueRuns {
     pub left_for_next_run: u64,
     /// Index shards whose query failed (each logged).
     pub shards_failed: u64,
+    /// What the runs of this invocation did, summed over its jobs.
+    pub pages: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    /// Answers 429, and waits for a spent rate-limit window.
+    pub throttled: u64,
+    pub rate_limit_waits: u64,
+    /// Time spent in runs, summed over jobs (ms).
+    pub run_ms: u64,
+    /// The most overdue job found: time since its last finish as a percentage
+    /// of its interval (100 = on time; above 200 = lagging more than twice
+    /// its interval).
+    pub lag_percent: u64,
 }
 
 /// Why fetching a page stopped the run.
@@ -176,6 +191,51 @@ fn page_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
+/// Time since a job's last finish as a percentage of its `interval` (ms),
+/// for a job due at `due_at` (its last finish plus the interval).
+fn lag_percent(interval: i64, due_at: i64, now: i64) -> u64 {
+    let since_finish = now.saturating_sub(due_at).saturating_add(interval).max(0);
+    u64::try_from(since_finish.saturating_mul(100) / interval.max(1)).unwrap_or(0)
+}
+
+impl DueRuns {
+    /// The invocation as CloudWatch metrics (`OauthSync`, `Function=sync`);
+    /// the template's alarms watch `SyncLagRatio` (above 2: a job lags more
+    /// than twice its interval) and `SyncsFailed`.
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        use crate::metrics::Unit;
+        #[allow(clippy::cast_precision_loss)]
+        let (seconds, lag) = (self.run_ms as f64 / 1000.0, self.lag_percent as f64 / 100.0);
+        let metrics = crate::metrics::Metrics::new("sync")
+            .count("DueSyncs", self.due)
+            .count("RecordsInserted", self.inserted)
+            .count("RecordsUpdated", self.updated)
+            .count("RecordsDeleted", self.deleted)
+            .count("RecordsUnchanged", self.unchanged)
+            .count("Pages", self.pages)
+            .count("RateLimited", self.throttled)
+            .count("RateLimitWaits", self.rate_limit_waits)
+            .count("SyncsParked", self.parked)
+            .count("SyncsFailed", self.failed)
+            .value("SyncRunSeconds", seconds, Unit::Seconds);
+        if self.due > 0 {
+            metrics.value("SyncLagRatio", lag, Unit::None)
+        } else {
+            metrics
+        }
+    }
+
+    fn add(&mut self, counts: &RunCounts) {
+        self.pages += counts.pages;
+        self.inserted += counts.inserted;
+        self.updated += counts.updated;
+        self.unchanged += counts.unchanged;
+        self.deleted += counts.deleted;
+        self.throttled += counts.throttled;
+        self.rate_limit_waits += counts.rate_limit_waits;
+    }
+}
+
 impl SyncEngine {
     pub fn new(
         config: Arc<Config>,
@@ -223,8 +283,9 @@ impl SyncEngine {
                         break;
                     }
                 };
-                for id in page.ids {
+                for (id, due_at) in page.ids {
                     summary.due += 1;
+                    summary.lag_percent = summary.lag_percent.max(self.lag_percent(&id, due_at, now_ms()));
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         break;
                     };
@@ -235,7 +296,9 @@ impl SyncEngine {
                     let engine = self.clone();
                     tasks.spawn(async move {
                         let _permit = permit;
-                        engine.run_id(&id, deadline, false).await
+                        let started = Instant::now();
+                        let report = engine.run_id(&id, deadline, false).await;
+                        (report, started.elapsed())
                     });
                 }
                 start = page.next;
@@ -245,6 +308,13 @@ impl SyncEngine {
             }
         }
         while let Some(result) = tasks.join_next().await {
+            let result = result.map(|(report, took)| {
+                summary.run_ms += u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                if let Ok(report) = &report {
+                    summary.add(&report.counts);
+                }
+                report
+            });
             match result {
                 Ok(Ok(report)) => match report.end {
                     RunEnd::Finished => summary.finished += 1,
@@ -265,6 +335,15 @@ impl SyncEngine {
             }
         }
         summary
+    }
+
+    /// How overdue job `id`, due at `due_at`, is at `now`: the time since its
+    /// last finish (`due_at` is that finish plus the interval) as a
+    /// percentage of the sync's interval.
+    fn lag_percent(&self, id: &str, due_at: i64, now: i64) -> u64 {
+        let sync = id.rsplit_once('#').and_then(|(_, sync)| self.config.syncs.get(sync));
+        let interval = sync.map_or(3_600_000, |s| i64::try_from(s.interval_secs).unwrap_or(3600) * 1000);
+        lag_percent(interval, due_at, now)
     }
 
     /// Runs one job now (the CLI), creating it when the connection has none;
@@ -1005,4 +1084,40 @@ fn unfilled(api_base_url: &Option<String>, sync: &Sync, params: &BTreeMap<String
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_time_since_the_last_finish_over_the_interval() {
+        let hour = 3_600_000;
+        // Due now: finished one interval ago, on time.
+        assert_eq!(lag_percent(hour, 1_000, 1_000), 100);
+        // Due since two more hours: three intervals since the last finish.
+        assert_eq!(lag_percent(hour, 0, 2 * hour), 300);
+        // Found before it was due (a clock ahead): never negative.
+        assert_eq!(lag_percent(hour, 10 * hour, 0), 0);
+    }
+
+    #[test]
+    fn an_invocation_becomes_the_metrics_the_alarms_watch() {
+        let runs = DueRuns {
+            due: 2,
+            failed: 1,
+            inserted: 7,
+            run_ms: 1_500,
+            lag_percent: 250,
+            ..DueRuns::default()
+        };
+        let doc = runs.metrics().document(0);
+        assert_eq!(doc["Function"], "sync");
+        assert_eq!(doc["RecordsInserted"], 7.0);
+        assert_eq!(doc["SyncsFailed"], 1.0);
+        assert_eq!(doc["SyncRunSeconds"], 1.5);
+        assert_eq!(doc["SyncLagRatio"], 2.5, "above the alarm's 2");
+        let idle = DueRuns::default().metrics().document(0);
+        assert!(idle.get("SyncLagRatio").is_none(), "no jobs, no lag to report");
+    }
 }

@@ -137,7 +137,8 @@ pub struct Job {
 /// One page of the sync-due index.
 #[derive(Debug)]
 pub struct DueJobs {
-    pub ids: Vec<String>,
+    /// Each due job's id and when it became due (epoch ms).
+    pub ids: Vec<(String, i64)>,
     pub next: Option<HashMap<String, AttributeValue>>,
 }
 
@@ -244,8 +245,11 @@ impl JobStore {
             .items
             .unwrap_or_default()
             .iter()
-            .filter_map(|item| match item.get("id") {
-                Some(AttributeValue::S(id)) => Some(id.clone()),
+            .filter_map(|item| match (item.get("id"), item.get("next_run_at")) {
+                (Some(AttributeValue::S(id)), Some(AttributeValue::N(due))) => {
+                    Some((id.clone(), due.parse().unwrap_or_default()))
+                }
+                (Some(AttributeValue::S(id)), _) => Some((id.clone(), 0)),
                 _ => None,
             })
             .collect();
