@@ -484,3 +484,129 @@ async fn no_key_command_prints_the_key_material() {
     assert!(!stdout.contains("PLANTED") && !stderr.contains("PLANTED"), "{stderr}");
     std::fs::remove_file(&keys.config).ok();
 }
+
+#[tokio::test]
+async fn deploy_check_names_the_missing_secrets_the_redirect_uris_and_the_stack_outputs() {
+    use std::os::unix::fs::PermissionsExt;
+    let prefix = unique_prefix("deploy-check");
+    let config = config_file(
+        "deploy-check",
+        &format!(
+            "[service]\ncallback_url = \"https://abc.execute-api.eu-west-1.amazonaws.com/callback\"\n\
+             token_key_secret = \"{prefix}token-keys\"\nlink_key_secret = \"{prefix}link-key\"\n\n\
+             [providers.g]\npreset = \"google\"\ncredentials_secret = \"{prefix}g\"\n"
+        ),
+    );
+    // A stand-in for the AWS CLI: the outputs of a deployed stack.
+    let bin = std::env::temp_dir().join(format!("oauth-sync-fake-aws-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).expect("dir");
+    let outputs = serde_json::json!({"Stacks": [{"Outputs": [
+        {"OutputKey": "CallbackUrl", "OutputValue": "https://abc.execute-api.eu-west-1.amazonaws.com/callback"},
+        {"OutputKey": "ConnectionsTableName", "OutputValue": "prod-ConnectionsTable-X1"},
+    ]}]});
+    std::fs::write(bin.join("aws"), format!("#!/bin/sh\ncat <<'EOF'\n{outputs}\nEOF\n")).expect("write");
+    std::fs::set_permissions(bin.join("aws"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let config_secret = format!("{prefix}config");
+    let env = [
+        ("PATH", path.as_str()),
+        ("OAUTH_SYNC_CONFIG_SECRET", config_secret.as_str()),
+        ("OAUTH_SYNC_CONNECTIONS_TABLE", ""),
+    ];
+    let check = || {
+        let (ok, stdout, stderr) = oauth_sync(
+            &["--config", &config, "--json", "deploy-check", "--stack", "prod"],
+            &env,
+        );
+        let findings: Vec<serde_json::Value> =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        (ok, findings, stderr)
+    };
+    let verdict = |findings: &[serde_json::Value], subject: &str, check: &str| {
+        findings
+            .iter()
+            .find(|f| f["subject"] == subject && f["check"] == check)
+            .map(|f| {
+                (
+                    f["verdict"].as_str().unwrap_or_default().to_owned(),
+                    f["detail"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no {subject}/{check} in {findings:?}"))
+    };
+
+    let (ok, findings, stderr) = check();
+    assert!(!ok && stderr.contains("check(s) failed"), "{stderr}");
+    let (v, detail) = verdict(&findings, "stack", "CallbackUrl");
+    assert!(v == "ok" && detail.contains("is service.callback_url"), "{detail}");
+    let (v, detail) = verdict(&findings, "stack", "ConnectionsTableName");
+    assert!(
+        v == "warn" && detail.contains("export OAUTH_SYNC_CONNECTIONS_TABLE=prod-ConnectionsTable-X1"),
+        "{detail}"
+    );
+    let (v, detail) = verdict(&findings, "g", "redirect URI");
+    assert!(
+        v == "ok" && detail.starts_with("https://abc.execute-api.eu-west-1.amazonaws.com/callback/g (register"),
+        "{detail}"
+    );
+    let (v, detail) = verdict(&findings, "service", "config secret");
+    assert!(
+        v == "fail" && detail.contains("oauth-sync config push FILE"),
+        "{detail}"
+    );
+    for check in ["token key ring", "link key"] {
+        let (v, detail) = verdict(&findings, "service", check);
+        assert!(v == "fail" && detail.contains("oauth-sync keys init"), "{detail}");
+    }
+    let (v, detail) = verdict(&findings, "g", "client credentials secret");
+    assert!(v == "fail" && detail.contains("does not exist"), "{detail}");
+
+    // After `keys init` and `config push`, only the provider's credentials are missing.
+    let (ok, _, stderr) = oauth_sync(&["--config", &config, "keys", "init"], &env);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = oauth_sync(&["config", "push", &config], &env);
+    assert!(ok, "{stderr}");
+    let (ok, findings, _) = check();
+    assert!(!ok);
+    for check in ["config secret", "token key ring", "link key"] {
+        assert_eq!(verdict(&findings, "service", check).0, "ok", "{check}");
+    }
+    assert_eq!(verdict(&findings, "g", "client credentials secret").0, "fail");
+
+    // Without the AWS CLI, --stack says what it needs.
+    let (ok, _, stderr) = oauth_sync(
+        &["--config", &config, "deploy-check", "--stack", "prod"],
+        &[("PATH", "/nonexistent")],
+    );
+    assert!(
+        !ok && stderr.contains("with the AWS CLI (`aws`), which is not installed here"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&bin).ok();
+    std::fs::remove_file(&config).ok();
+}
+
+#[tokio::test]
+async fn a_key_ring_change_from_a_stale_read_is_refused_and_changes_nothing() {
+    let aws = oauth_sync_tests::stack::aws().await;
+    let store = SecretStore::new(aws.secrets.clone());
+    let name = format!("{}ring", unique_prefix("replace"));
+    store.create(&name, "one", "test").await.expect("create");
+    let read = store.versioned(&name).await.expect("read");
+    store
+        .replace(&name, &read.version_id, "two")
+        .await
+        .expect("first writer");
+    let lost = store.replace(&name, &read.version_id, "three").await;
+    assert!(
+        matches!(lost, Err(shared::secrets::SecretsError::ChangedMeanwhile { .. })),
+        "{lost:?}"
+    );
+    assert_eq!(store.text(&name).await.expect("read"), "two");
+    let again = store.create(&name, "four", "test").await;
+    assert!(
+        matches!(again, Err(shared::secrets::SecretsError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(store.text(&name).await.expect("read"), "two");
+}
