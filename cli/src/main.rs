@@ -3,6 +3,7 @@
 //! Secrets Manager through the same standard environment as the functions
 //! (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL_*`).
 
+mod keys;
 mod output;
 
 use std::collections::BTreeMap;
@@ -91,6 +92,24 @@ enum Command {
         #[command(subcommand)]
         command: SyncCommand,
     },
+    /// Make and rotate the deployment's keys: the token key ring and the connect-link key.
+    ///
+    /// Key material goes from the system's random generator to Secrets
+    /// Manager; it is never printed. Secret names come from the
+    /// configuration's [service] token_key_secret and link_key_secret.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Before and after a deploy: the stack's outputs, the redirect URI to
+    /// register per provider, and which secrets are missing.
+    DeployCheck {
+        /// The CloudFormation stack: its outputs are read with the AWS CLI
+        /// (`aws cloudformation describe-stacks`) and compared with the
+        /// configuration and the CLI's environment.
+        #[arg(long)]
+        stack: Option<String>,
+    },
     /// Show the stored records of one connection's sync, in key order.
     Records {
         /// The connection id.
@@ -139,12 +158,44 @@ enum SyncCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create the token key ring and the link key secrets, each with one fresh
+    /// random 256-bit key. A secret that exists is left as it is; fails when
+    /// both exist.
+    Init,
+    /// Add a fresh key to the token key ring (or the link key) and make it
+    /// current. The old keys stay, so what they sealed or signed still opens.
+    Rotate {
+        /// Rotate the connect-link signing key instead of the token key ring.
+        #[arg(long)]
+        link: bool,
+    },
+    /// Re-encrypt every connection sealed under an older key with the current
+    /// key. Each write is conditional on what was read, so a concurrent
+    /// refresh wins; token versions do not change. Scans the connections table.
+    Reseal,
+    /// Remove an old key from the ring. Refuses the current key, and, for the
+    /// token key ring, refuses while any connection is still sealed under it.
+    Retire {
+        /// The key id (`k1`).
+        id: String,
+        /// Retire a connect-link signing key: links signed with it stop working.
+        #[arg(long)]
+        link: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration file and show the resolved providers and syncs.
     Check {
         /// The file (default: --config, $OAUTH_SYNC_CONFIG, then ./oauth-sync.toml).
         file: Option<PathBuf>,
     },
+    /// Check a configuration file exactly as `config check` does, then write
+    /// it to the config secret ($OAUTH_SYNC_CONFIG_SECRET, default
+    /// oauth-sync/config). A file with errors writes nothing.
+    Push { file: PathBuf },
 }
 
 fn config_path(explicit: Option<PathBuf>) -> PathBuf {
@@ -168,6 +219,11 @@ async fn main() -> ExitCode {
             Ok(config) => output::config(&config, cli.json),
             Err(e) => Err(anyhow::Error::new(e)),
         },
+        Command::Config {
+            command: ConfigCommand::Push { file },
+        } => keys::push(&file, cli.json).await,
+        Command::Keys { command } => keys_command(config_path(cli.config), command, cli.json).await,
+        Command::DeployCheck { stack } => deploy_check(config_path(cli.config), stack, cli.json).await,
         Command::List => list(config_path(cli.config), cli.json).await,
         Command::Show { id } => show(config_path(cli.config), &id, cli.json).await,
         Command::Refresh { id } => refresh(config_path(cli.config), &id, cli.json).await,
@@ -283,7 +339,7 @@ fn table_env(var: &str, what: &str) -> anyhow::Result<String> {
 
 /// The connections table, from `OAUTH_SYNC_CONNECTIONS_TABLE` (the stack's
 /// `ConnectionsTableName` output).
-async fn store() -> anyhow::Result<(AwsClients, ConnectionStore)> {
+pub(crate) async fn store() -> anyhow::Result<(AwsClients, ConnectionStore)> {
     let table = table_env(
         CONNECTIONS_TABLE_ENV,
         "the connections table (the stack's ConnectionsTableName output)",
@@ -559,4 +615,112 @@ async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> an
     let failed = findings.iter().filter(|f| f.verdict == Verdict::Fail).count();
     anyhow::ensure!(failed == 0, "{failed} check(s) failed");
     Ok(())
+}
+
+async fn keys_command(config_file: PathBuf, command: KeysCommand, as_json: bool) -> anyhow::Result<()> {
+    let config = Config::load(&config_file)?;
+    let ring = |link: bool| if link { keys::Ring::Link } else { keys::Ring::Token };
+    match command {
+        KeysCommand::Init => keys::init(&config, as_json).await,
+        KeysCommand::Rotate { link } => keys::rotate(&config, ring(link), as_json).await,
+        KeysCommand::Reseal => keys::reseal(&config, as_json).await,
+        KeysCommand::Retire { id, link } => keys::retire(&config, ring(link), &id, as_json).await,
+    }
+}
+
+/// How long `aws cloudformation describe-stacks` may take.
+const STACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn deploy_check(config_file: PathBuf, stack: Option<String>, as_json: bool) -> anyhow::Result<()> {
+    use shared::doctor::{Verdict, check_deployment_secrets, check_settings, check_stack_outputs};
+    let config = Config::load(&config_file)?;
+    let local_text = std::fs::read_to_string(&config_file)?;
+    let mut findings = Vec::new();
+    if let Some(stack) = &stack {
+        let outputs = stack_outputs(stack).await?;
+        findings.extend(check_stack_outputs(&outputs, &config.service, &|var| {
+            std::env::var(var).ok().filter(|v| !v.is_empty())
+        }));
+    }
+    for provider in config.providers.values() {
+        findings.extend(
+            check_settings(provider, &config.service)
+                .into_iter()
+                .filter(|f| f.check == "redirect URI"),
+        );
+    }
+    let aws = AwsClients::from_env().await;
+    let secrets = SecretStore::new(aws.secrets);
+    findings.extend(check_deployment_secrets(&config, &local_text, &keys::config_secret_name(), &secrets).await);
+    output::findings(&findings, as_json)?;
+    let failed = findings.iter().filter(|f| f.verdict == Verdict::Fail).count();
+    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
+    Ok(())
+}
+
+/// The stack's outputs, from `aws cloudformation describe-stacks` (the AWS
+/// CLI the operator deploys with; no CloudFormation SDK compiled in), killed
+/// after [`STACK_TIMEOUT`].
+async fn stack_outputs(stack: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    use std::process::{Command as Process, Stdio};
+    let mut child = Process::new("aws")
+        .args([
+            "cloudformation",
+            "describe-stacks",
+            "--stack-name",
+            stack,
+            "--output",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("--stack reads the stack's outputs with the AWS CLI (`aws`), which is not installed here")?;
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let reader = std::thread::spawn(move || {
+        let (mut out, mut err) = (String::new(), String::new());
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.read_to_string(&mut out);
+        }
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_string(&mut err);
+        }
+        (out, err)
+    });
+    let deadline = Instant::now() + STACK_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "`aws cloudformation describe-stacks` did not answer in {}s",
+                STACK_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (out, err) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the AWS CLI's output failed"))?;
+    anyhow::ensure!(
+        status.success(),
+        "`aws cloudformation describe-stacks --stack-name {stack}` failed: {}",
+        err.trim().chars().take(500).collect::<String>()
+    );
+    let value: serde_json::Value = serde_json::from_str(&out).context("the AWS CLI's answer is not JSON")?;
+    let outputs = value["Stacks"][0]["Outputs"].as_array().cloned().unwrap_or_default();
+    Ok(outputs
+        .iter()
+        .filter_map(|o| {
+            Some((
+                o["OutputKey"].as_str()?.to_owned(),
+                o["OutputValue"].as_str()?.to_owned(),
+            ))
+        })
+        .collect())
 }

@@ -77,6 +77,10 @@ pub enum CryptoError {
     UnknownKey(String),
     #[error("a sealed value is corrupt or belongs to another connection or field")]
     Corrupt,
+    #[error("the key ring has no key `{0}`")]
+    NoSuchKey(String),
+    #[error("key `{0}` is the current key: rotate first, so another key seals new values")]
+    CurrentKey(String),
     #[error(transparent)]
     Random(#[from] RandomError),
 }
@@ -117,6 +121,16 @@ impl KeyRing {
 
     pub fn current_key_id(&self) -> &str {
         &self.current
+    }
+
+    /// Opens a value and seals it again under the current key, for the same
+    /// connection and field; `None` when it is already under the current key.
+    pub fn reseal(&self, connection_id: &str, field: &str, sealed: &[u8]) -> Result<Option<Vec<u8>>, CryptoError> {
+        if sealed_key_id(sealed)? == self.current {
+            return Ok(None);
+        }
+        let plaintext = self.open(connection_id, field, sealed)?;
+        self.seal(connection_id, field, &plaintext).map(Some)
     }
 
     /// Seals `plaintext` for `field` of connection `connection_id` with the current key and a fresh nonce.
@@ -163,6 +177,110 @@ impl KeyRing {
             .open_in_place(nonce, aad(connection_id, field), &mut buffer)
             .map_err(|_| CryptoError::Corrupt)?;
         String::from_utf8(plaintext.to_vec()).map_err(|_| CryptoError::Corrupt)
+    }
+}
+
+/// The id of the key a value was sealed under, read from its header without
+/// opening it (the id is not secret: errors and reports name it).
+pub fn sealed_key_id(sealed: &[u8]) -> Result<&str, CryptoError> {
+    match sealed {
+        [SEALED_V1, id_len, rest @ ..] if rest.len() >= usize::from(*id_len) + NONCE_LEN => {
+            std::str::from_utf8(&rest[..usize::from(*id_len)]).map_err(|_| CryptoError::Corrupt)
+        }
+        _ => Err(CryptoError::Corrupt),
+    }
+}
+
+/// A key ring secret's text as the operator CLI edits it: `keys init`,
+/// `rotate` and `retire`. It holds key material, so its `Debug` lists key ids
+/// only and the text leaves it only through [`KeyRingSecret::to_secret_text`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyRingSecret {
+    current: String,
+    /// Key id → base64 of 32 bytes.
+    keys: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KeyRingSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRingSecret")
+            .field("current", &self.current)
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KeyRingSecret {
+    /// A ring with one fresh random key, `{prefix}1`.
+    pub fn generate(prefix: &str) -> Result<KeyRingSecret, CryptoError> {
+        let id = format!("{prefix}1");
+        let keys = BTreeMap::from([(id.clone(), STANDARD.encode(random_bytes::<32>()?))]);
+        Ok(KeyRingSecret { current: id, keys })
+    }
+
+    /// Parses and checks a key ring secret (errors describe, never quote).
+    pub fn parse(text: &str) -> Result<KeyRingSecret, CryptoError> {
+        let (current, raw) = parse_key_ring(text)?;
+        let keys = raw
+            .into_iter()
+            .map(|(id, bytes)| (id, STANDARD.encode(bytes)))
+            .collect();
+        Ok(KeyRingSecret { current, keys })
+    }
+
+    pub fn current(&self) -> &str {
+        &self.current
+    }
+
+    /// Every key id, in order.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
+    /// Adds a fresh random key and makes it current; the old keys stay, so
+    /// what they sealed still opens. The new id is the current id's letters
+    /// followed by one more than the highest number any id ends in (`k1`,
+    /// `k2` → `k3`).
+    pub fn rotate(&mut self) -> Result<String, CryptoError> {
+        let mut prefix: String = self.current.chars().take_while(|c| !c.is_ascii_digit()).collect();
+        if prefix.is_empty() || prefix.len() > 40 {
+            prefix = "k".to_owned();
+        }
+        let highest = self
+            .keys
+            .keys()
+            .filter_map(|id| {
+                let digits = id.len() - id.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+                id[id.len() - digits..].parse::<u64>().ok()
+            })
+            .max()
+            .unwrap_or(0);
+        let mut next = highest.saturating_add(1);
+        let mut id = format!("{prefix}{next}");
+        while self.keys.contains_key(&id) {
+            next = next.saturating_add(1);
+            id = format!("{prefix}{next}");
+        }
+        self.keys.insert(id.clone(), STANDARD.encode(random_bytes::<32>()?));
+        self.current = id.clone();
+        Ok(id)
+    }
+
+    /// Removes a key that is not the current one.
+    pub fn retire(&mut self, id: &str) -> Result<(), CryptoError> {
+        if id == self.current {
+            return Err(CryptoError::CurrentKey(id.to_owned()));
+        }
+        self.keys
+            .remove(id)
+            .map(drop)
+            .ok_or_else(|| CryptoError::NoSuchKey(id.to_owned()))
+    }
+
+    /// The secret's text, `{"current": …, "keys": {…}}`. Only for writing to
+    /// Secrets Manager: it is the key material.
+    pub fn to_secret_text(&self) -> String {
+        serde_json::json!({"current": self.current, "keys": self.keys}).to_string()
     }
 }
 
@@ -273,5 +391,59 @@ mod tests {
         assert_eq!(pkce.verifier.secret().len(), 43);
         assert_eq!(pkce.challenge, Pkce::challenge_of(pkce.verifier.secret()));
         assert_ne!(random_token().expect("rng"), random_token().expect("rng"));
+    }
+
+    #[test]
+    fn a_rotated_ring_keeps_its_old_keys_and_reseals_old_values_under_the_new_one() {
+        let mut secret = KeyRingSecret::generate("k").expect("rng");
+        let before = secret.to_secret_text();
+        let v1 = KeyRing::from_json(&before).expect("ring");
+        let old = v1.seal("c", "refresh_token", "rt").expect("seal");
+        assert_eq!(sealed_key_id(&old), Ok("k1"));
+
+        assert_eq!(secret.rotate().expect("rng"), "k2");
+        assert_eq!(secret.current(), "k2");
+        assert_eq!(secret.key_ids().collect::<Vec<_>>(), ["k1", "k2"]);
+        let after = secret.to_secret_text();
+        let k1 = |text: &str| serde_json::from_str::<serde_json::Value>(text).expect("json")["keys"]["k1"].clone();
+        assert_eq!(k1(&before), k1(&after), "the old key is kept as it was");
+        assert_eq!(KeyRingSecret::parse(&after).expect("parses"), secret);
+
+        let v2 = KeyRing::from_json(&after).expect("ring");
+        let resealed = v2.reseal("c", "refresh_token", &old).expect("reseal").expect("was old");
+        assert_eq!(sealed_key_id(&resealed), Ok("k2"));
+        assert_eq!(v2.open("c", "refresh_token", &resealed).expect("opens"), "rt");
+        assert_eq!(v2.reseal("c", "refresh_token", &resealed), Ok(None), "already current");
+        assert_eq!(v2.reseal("other", "refresh_token", &old), Err(CryptoError::Corrupt));
+        assert_eq!(sealed_key_id(&[1, 200, 0]), Err(CryptoError::Corrupt));
+    }
+
+    #[test]
+    fn the_current_key_and_unknown_keys_cannot_be_retired() {
+        let mut secret = KeyRingSecret::generate("l").expect("rng");
+        secret.rotate().expect("rng");
+        assert_eq!(secret.retire("l2"), Err(CryptoError::CurrentKey("l2".to_owned())));
+        assert_eq!(secret.retire("l9"), Err(CryptoError::NoSuchKey("l9".to_owned())));
+        assert_eq!(secret.retire("l1"), Ok(()));
+        assert_eq!(secret.key_ids().collect::<Vec<_>>(), ["l2"]);
+        // Ids that do not follow the pattern still get a fresh one.
+        let mut dated = KeyRingSecret::parse(
+            &serde_json::json!({"current": "2026-11", "keys": {"2026-11": STANDARD.encode([7u8; 32])}}).to_string(),
+        )
+        .expect("ring");
+        assert_eq!(dated.rotate().expect("rng"), "k12");
+    }
+
+    #[test]
+    fn a_key_ring_secret_debug_names_ids_not_keys() {
+        let secret = KeyRingSecret::generate("k").expect("rng");
+        let text = secret.to_secret_text();
+        let key = serde_json::from_str::<serde_json::Value>(&text).expect("json")["keys"]["k1"]
+            .as_str()
+            .expect("key")
+            .to_owned();
+        assert_eq!(STANDARD.decode(&key).expect("base64").len(), 32);
+        let printed = format!("{secret:?} {secret:#?}");
+        assert!(printed.contains("k1") && !printed.contains(&key), "{printed}");
     }
 }

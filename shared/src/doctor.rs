@@ -1,12 +1,16 @@
 //! `oauth-sync doctor`: checks a provider's set-up and names the fix for the
 //! failures people hit most: client id or secret rejected, a redirect URI that
 //! is not https or not the deployed callback, the scope that yields a refresh
-//! token missing, secrets missing.
+//! token missing, secrets missing, a token endpoint that only answers
+//! allow-listed IP addresses. [`check_deployment`] is `oauth-sync
+//! deploy-check`: the secrets a deployment needs and whether they are there.
 
-use crate::config::{Provider, ServiceSettings};
+use url::Url;
+
+use crate::config::{Config, Provider, ServiceSettings};
 use crate::crypto::KeyRing;
 use crate::login::LinkKeys;
-use crate::oauth::{TokenEndpoint, TokenError};
+use crate::oauth::{ClientCredentials, TokenEndpoint, TokenError};
 use crate::secret::RefreshToken;
 use crate::secrets::{SecretStore, SecretsError};
 
@@ -126,13 +130,42 @@ pub async fn check_credentials(provider: &Provider, secrets: &SecretStore, http:
         Verdict::Ok,
         format!("`{}` readable", provider.credentials_secret),
     )];
+    out.push(probe_token_endpoint(provider, &credentials, http).await);
+    out
+}
+
+/// Asks the token endpoint to refresh a dummy token and reads the answer.
+pub async fn probe_token_endpoint(
+    provider: &Provider,
+    credentials: &ClientCredentials,
+    http: &reqwest::Client,
+) -> Finding {
+    let name = provider.name.as_str();
     let endpoint = TokenEndpoint {
         provider,
-        credentials: &credentials,
+        credentials,
         http,
     };
     let probe = RefreshToken::new("oauth-sync-doctor-probe-not-a-real-token");
-    let (verdict, detail) = match endpoint.refresh(&probe).await {
+    let answer = endpoint.refresh(&probe).await;
+    // Before the other answers: Salesforce says it with `invalid_grant`,
+    // which otherwise means "credentials accepted".
+    if let Err(e) = &answer
+        && let Some(answer) = ip_restriction(e)
+    {
+        return finding(
+            name,
+            "client id and secret",
+            Verdict::Fail,
+            format!(
+                "the provider refused the caller's IP address ({answer}): it only accepts allow-listed addresses. \
+                 Deploy with the VpcSubnetIds and VpcSecurityGroupId parameters, so the functions leave through \
+                 your NAT gateway's fixed address, and allow-list that address at the provider (this check ran from \
+                 this machine's address, not the functions')"
+            ),
+        );
+    }
+    let (verdict, detail) = match answer {
         Err(TokenError::DeadToken { .. }) => (
             Verdict::Ok,
             "accepted (a dummy refresh token was refused as it should be)".to_owned(),
@@ -151,8 +184,38 @@ pub async fn check_credentials(provider: &Provider, secrets: &SecretStore, http:
         Err(e) => (Verdict::Warn, format!("unexpected answer to a dummy refresh: {e}")),
         Ok(_) => (Verdict::Warn, "a dummy refresh token was accepted?".to_owned()),
     };
-    out.push(finding(name, "client id and secret", verdict, detail));
-    out
+    finding(name, "client id and secret", verdict, detail)
+}
+
+/// The provider's words when an answer says the caller's IP address is not
+/// allowed: Salesforce `invalid_grant` "ip restricted" (or `IP_RESTRICTED`),
+/// or a 401/403 whose message speaks of the IP address or an allow-list.
+pub fn ip_restriction(error: &TokenError) -> Option<String> {
+    let (status, code, message) = match error {
+        TokenError::DeadToken { status, error, message }
+        | TokenError::InvalidClient { status, error, message }
+        | TokenError::Rejected { status, error, message } => (*status, error.as_str(), message.as_str()),
+        _ => return None,
+    };
+    let text = format!("{code} {message}")
+        .to_ascii_lowercase()
+        .replace(['_', '-'], " ");
+    let says_ip = text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| matches!(w, "ip" | "ips" | "ipv4" | "ipv6"));
+    let restricted = [
+        "restrict",
+        "allowlist",
+        "allow list",
+        "allowed",
+        "whitelist",
+        "trusted",
+        "range",
+        "blocked",
+    ]
+    .iter()
+    .any(|w| text.contains(w));
+    (says_ip && (restricted || matches!(status, 401 | 403))).then(|| format!("HTTP {status} {code}: {message}"))
 }
 
 /// The deployment's own secrets: the token key ring and the link key.
@@ -173,7 +236,7 @@ pub async fn check_service_secrets(service: &ServiceSettings, secrets: &SecretSt
                 Ok(()) => finding("service", check, Verdict::Ok, format!("`{name}` is a valid key ring")),
                 Err(e) => finding("service", check, Verdict::Fail, format!("`{name}`: {e}")),
             },
-            Err(e) => finding("service", check, Verdict::Fail, secret_fix(&e)),
+            Err(e) => finding("service", check, Verdict::Fail, key_secret_fix(&e)),
         };
         out.push(result);
     }
@@ -182,4 +245,277 @@ pub async fn check_service_secrets(service: &ServiceSettings, secrets: &SecretSt
 
 fn secret_fix(error: &SecretsError) -> String {
     error.to_string()
+}
+
+/// A missing key secret is made by the CLI, never by hand.
+fn key_secret_fix(error: &SecretsError) -> String {
+    match error {
+        SecretsError::NotFound { name } => {
+            format!("secret `{name}` does not exist: create it with `oauth-sync keys init`")
+        }
+        other => secret_fix(other),
+    }
+}
+
+/// `oauth-sync deploy-check`: every secret the deployment reads, whether it
+/// is there and well-formed: the configuration (`config_secret`, compared
+/// with `local_text`, the file the operator has), the token key ring, the
+/// link key and each provider's client credentials. Values are read, never
+/// shown.
+pub async fn check_deployment_secrets(
+    config: &Config,
+    local_text: &str,
+    config_secret: &str,
+    secrets: &SecretStore,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let config_finding = match secrets.text(config_secret).await {
+        Ok(text) => match Config::parse(&text, &format!("secret {config_secret}")) {
+            Err(e) => finding(
+                "service",
+                "config secret",
+                Verdict::Fail,
+                format!("{e}: push a valid file with `oauth-sync config push FILE`"),
+            ),
+            Ok(_) if text != local_text => finding(
+                "service",
+                "config secret",
+                Verdict::Warn,
+                format!(
+                    "`{config_secret}` differs from the local file: push it with `oauth-sync config push FILE` if the file is the one to deploy"
+                ),
+            ),
+            Ok(_) => finding(
+                "service",
+                "config secret",
+                Verdict::Ok,
+                format!("`{config_secret}` holds this file"),
+            ),
+        },
+        Err(SecretsError::NotFound { name }) => finding(
+            "service",
+            "config secret",
+            Verdict::Fail,
+            format!("secret `{name}` does not exist: create it with `oauth-sync config push FILE`"),
+        ),
+        Err(e) => finding("service", "config secret", Verdict::Fail, secret_fix(&e)),
+    };
+    out.push(config_finding);
+    out.extend(check_service_secrets(&config.service, secrets).await);
+    for provider in config.providers.values() {
+        out.push(match secrets.client_credentials(&provider.credentials_secret).await {
+            Ok(_) => finding(
+                &provider.name,
+                "client credentials secret",
+                Verdict::Ok,
+                format!("`{}` readable", provider.credentials_secret),
+            ),
+            Err(e) => finding(
+                &provider.name,
+                "client credentials secret",
+                Verdict::Fail,
+                secret_fix(&e),
+            ),
+        });
+    }
+    out
+}
+
+/// What the stack's outputs (`aws cloudformation describe-stacks`) mean for
+/// this configuration and the CLI's environment (`env`: variable → value):
+/// `CallbackUrl` must be `service.callback_url`, and each table output is
+/// what the CLI's variable should name.
+pub fn check_stack_outputs(
+    outputs: &std::collections::BTreeMap<String, String>,
+    service: &ServiceSettings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match outputs.get("CallbackUrl") {
+        None => out.push(finding("stack", "CallbackUrl", Verdict::Fail, "the stack has no CallbackUrl output: is it an oauth-sync stack?")),
+        Some(url) if service.callback_url.as_ref().map(Url::as_str).map(|c| c.trim_end_matches('/')) == Some(url.trim_end_matches('/')) => {
+            out.push(finding("stack", "CallbackUrl", Verdict::Ok, format!("{url} is service.callback_url")));
+        }
+        Some(url) => out.push(finding(
+            "stack",
+            "CallbackUrl",
+            Verdict::Fail,
+            format!(
+                "set service.callback_url = \"{url}\" (it is {}), push the configuration, and register the redirect URIs below",
+                service.callback_url.as_ref().map_or_else(|| "not set".to_owned(), |u| format!("`{u}`"))
+            ),
+        )),
+    }
+    for (output, variable) in STACK_TABLES {
+        let Some(name) = outputs.get(*output) else { continue };
+        let (verdict, detail) = match env(variable) {
+            Some(value) if &value == name => (Verdict::Ok, format!("{name} ({variable} names it)")),
+            Some(value) => (
+                Verdict::Warn,
+                format!("{name}, but {variable} is `{value}`: export {variable}={name}"),
+            ),
+            None => (Verdict::Warn, format!("{name}: export {variable}={name} for the CLI")),
+        };
+        out.push(finding("stack", output, verdict, detail));
+    }
+    out
+}
+
+/// The stack's table outputs and the variables the CLI reads them from.
+pub const STACK_TABLES: &[(&str, &str)] = &[
+    ("ConnectionsTableName", crate::runtime::CONNECTIONS_TABLE_ENV),
+    ("SyncStateTableName", crate::runtime::SYNC_STATE_TABLE_ENV),
+    ("SyncRunsTableName", crate::runtime::SYNC_RUNS_TABLE_ENV),
+    ("RecordsTableName", crate::runtime::RECORDS_TABLE_ENV),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, error: &str, message: &str) -> [TokenError; 3] {
+        let (error, message) = (error.to_owned(), message.to_owned());
+        [
+            TokenError::DeadToken {
+                status,
+                error: error.clone(),
+                message: message.clone(),
+            },
+            TokenError::InvalidClient {
+                status,
+                error: error.clone(),
+                message: message.clone(),
+            },
+            TokenError::Rejected { status, error, message },
+        ]
+    }
+
+    #[test]
+    fn ip_restriction_answers_are_named_as_such_and_others_are_not() {
+        for (status, error, message, restricted) in [
+            (400, "invalid_grant", "ip restricted", true),
+            (400, "invalid_grant", "IP_RESTRICTED", true),
+            (400, "IP_RESTRICTED", "no description", true),
+            (
+                403,
+                "access_denied",
+                "Your IP address 203.0.113.9 is not on the allow-list",
+                true,
+            ),
+            (403, "no error code", "non-JSON answer: Forbidden: IP not allowed", true),
+            (401, "unauthorized", "Requests from this IP are blocked", true),
+            (400, "invalid_grant", "expired access/refresh token", false),
+            (400, "invalid_grant", "token is invalid", false),
+            (401, "invalid_client", "invalid client credentials", false),
+            (403, "forbidden", "redirect_uri is not in the allowlist", false),
+            (403, "insufficient_scope", "ship it", false),
+        ] {
+            for e in answer(status, error, message) {
+                let found = ip_restriction(&e);
+                assert_eq!(found.is_some(), restricted, "{e}");
+                if let Some(found) = found {
+                    assert!(found.contains(message), "{found}");
+                }
+            }
+        }
+        assert_eq!(ip_restriction(&TokenError::Unreachable("ip".into())), None);
+    }
+
+    /// A token endpoint that answers every request with `status` and `body`.
+    async fn token_endpoint(status: u16, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = vec![0u8; 16 * 1024];
+                let _ = socket.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            }
+        });
+        format!("http://{address}/token")
+    }
+
+    #[tokio::test]
+    async fn doctor_names_a_salesforce_ip_restriction_and_suggests_the_vpc_parameters() {
+        let url = token_endpoint(400, r#"{"error":"invalid_grant","error_description":"ip restricted"}"#).await;
+        let text = format!(
+            "[providers.sf]\npreset = \"salesforce\"\ncredentials_secret = \"s\"\n\
+             authorize_url = \"https://login.salesforce.com/services/oauth2/authorize\"\ntoken_url = \"{url}\"\n"
+        );
+        let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        let credentials = ClientCredentials {
+            client_id: "id".into(),
+            client_secret: crate::secret::ClientSecret::new("cs-planted"),
+        };
+        let http = crate::oauth::http_client(std::time::Duration::from_secs(5)).expect("client");
+        let found = probe_token_endpoint(&config.providers["sf"], &credentials, &http).await;
+        assert_eq!(found.verdict, Verdict::Fail, "{found:?}");
+        assert!(
+            found
+                .detail
+                .contains("refused the caller's IP address (HTTP 400 invalid_grant: ip restricted)")
+                && found.detail.contains("VpcSubnetIds and VpcSecurityGroupId"),
+            "{}",
+            found.detail
+        );
+        assert!(!found.detail.contains("planted"));
+
+        // The same endpoint's ordinary dead-token answer means the credentials were accepted.
+        let url = token_endpoint(
+            400,
+            r#"{"error":"invalid_grant","error_description":"expired access/refresh token"}"#,
+        )
+        .await;
+        let config = Config::parse(&text.replace(&url_of(&text), &url), "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        let found = probe_token_endpoint(&config.providers["sf"], &credentials, &http).await;
+        assert_eq!(found.verdict, Verdict::Ok, "{found:?}");
+    }
+
+    fn url_of(text: &str) -> String {
+        let start = text.find("token_url = \"").expect("token_url") + "token_url = \"".len();
+        text[start..].split('"').next().expect("url").to_owned()
+    }
+
+    #[test]
+    fn stack_outputs_name_the_callback_url_to_set_and_the_tables_to_export() {
+        let outputs: std::collections::BTreeMap<String, String> = [
+            (
+                "CallbackUrl",
+                "https://abc.execute-api.eu-west-1.amazonaws.com/callback",
+            ),
+            ("ConnectionsTableName", "stack-Connections-1"),
+            ("RecordsTableName", "stack-Records-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut service = ServiceSettings::default();
+        let env = |var: &str| (var == crate::runtime::CONNECTIONS_TABLE_ENV).then(|| "stack-Connections-1".to_owned());
+        let found = check_stack_outputs(&outputs, &service, &env);
+        assert_eq!(found[0].verdict, Verdict::Fail);
+        assert!(
+            found[0]
+                .detail
+                .contains("set service.callback_url = \"https://abc.execute-api"),
+            "{:?}",
+            found[0]
+        );
+        assert_eq!(
+            (found[1].check, found[1].verdict),
+            ("ConnectionsTableName", Verdict::Ok)
+        );
+        assert_eq!((found[2].check, found[2].verdict), ("RecordsTableName", Verdict::Warn));
+        assert!(
+            found[2]
+                .detail
+                .contains("export OAUTH_SYNC_RECORDS_TABLE=stack-Records-1")
+        );
+        service.callback_url = Url::parse("https://abc.execute-api.eu-west-1.amazonaws.com/callback").ok();
+        assert_eq!(check_stack_outputs(&outputs, &service, &env)[0].verdict, Verdict::Ok);
+    }
 }

@@ -1,8 +1,10 @@
-//! Secrets Manager: the OAuth client credentials of each provider (and, in
-//! later modules, the token key ring and the link-signing key).
+//! Secrets Manager: the OAuth client credentials of each provider, the token
+//! key ring, the link-signing key and the configuration; and the writes the
+//! operator CLI makes (`keys init|rotate|retire`, `config push`).
 //!
 //! Errors name the secret, never its value: a JSON error from serde would quote
-//! the offending value, so malformed secrets are described, not echoed.
+//! the offending value, so malformed secrets are described, not echoed. The
+//! SDK's own `Debug` of a request redacts `SecretString`.
 
 use serde_json::Value;
 
@@ -26,7 +28,32 @@ pub enum SecretsError {
         #[source]
         source: Box<aws_sdk_secretsmanager::Error>,
     },
+    #[error("secret `{name}` already exists; nothing was changed")]
+    AlreadyExists { name: String },
+    /// A read-modify-write lost: someone changed the secret since it was read.
+    #[error(
+        "secret `{name}` changed since it was read (another operator?); nothing was changed, run the command again"
+    )]
+    ChangedMeanwhile { name: String },
+    #[error("cannot write secret `{name}` to Secrets Manager")]
+    Write {
+        name: String,
+        #[source]
+        source: Box<aws_sdk_secretsmanager::Error>,
+    },
 }
+
+/// A secret's text and the id of the version it came from, for
+/// [`SecretStore::replace`].
+#[derive(Debug)]
+pub struct Versioned {
+    /// The secret's text: never print it.
+    pub text: String,
+    pub version_id: String,
+}
+
+/// The staging label a replacement gets before it becomes `AWSCURRENT`.
+const NEXT_STAGE: &str = "OAUTH_SYNC_NEXT";
 
 /// Reads secrets by name.
 #[derive(Debug, Clone)]
@@ -41,10 +68,17 @@ impl SecretStore {
 
     /// The secret's text (the AWSCURRENT version).
     pub async fn text(&self, name: &str) -> Result<String, SecretsError> {
+        Ok(self.versioned(name).await?.text)
+    }
+
+    /// The secret's text (the AWSCURRENT version) and that version's id.
+    pub async fn versioned(&self, name: &str) -> Result<Versioned, SecretsError> {
         let output = self
             .client
             .get_secret_value()
             .secret_id(name)
+            // AWS's default, named: the Secrets Manager emulator needs it after a replace.
+            .version_stage("AWSCURRENT")
             .send()
             .await
             .map_err(|e| {
@@ -59,14 +93,117 @@ impl SecretStore {
                     },
                 }
             })?;
-        output
+        let text = output
             .secret_string
-            .ok_or_else(|| SecretsError::NotText { name: name.to_owned() })
+            .ok_or_else(|| SecretsError::NotText { name: name.to_owned() })?;
+        Ok(Versioned {
+            text,
+            version_id: output.version_id.unwrap_or_default(),
+        })
+    }
+
+    /// Creates the secret with `text`; refuses, changing nothing, when a
+    /// secret of that name exists.
+    pub async fn create(&self, name: &str, text: &str, description: &str) -> Result<(), SecretsError> {
+        use aws_sdk_secretsmanager::operation::create_secret::CreateSecretError;
+        match self
+            .client
+            .create_secret()
+            .name(name)
+            .description(description)
+            .secret_string(text)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e.into_service_error() {
+                CreateSecretError::ResourceExistsException(_) => {
+                    Err(SecretsError::AlreadyExists { name: name.to_owned() })
+                }
+                other => Err(write_error(name, other.into())),
+            },
+        }
+    }
+
+    /// Writes `text` as the secret's new current version, creating the
+    /// secret when it does not exist (`config push`).
+    pub async fn put(&self, name: &str, text: &str, description: &str) -> Result<(), SecretsError> {
+        use aws_sdk_secretsmanager::operation::put_secret_value::PutSecretValueError;
+        match self
+            .client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(text)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match e.into_service_error() {
+                PutSecretValueError::ResourceNotFoundException(_) => self.create(name, text, description).await,
+                other => Err(write_error(name, other.into())),
+            },
+        }
+    }
+
+    /// Replaces the secret's text, only if its current version is still
+    /// `read_version` (compare-and-swap; Secrets Manager has no conditional
+    /// put): the new version is stored under a label of its own, then
+    /// `AWSCURRENT` moves to it from `read_version`, which Secrets Manager
+    /// refuses when the label has moved since. So two operators rotating at
+    /// once cannot drop each other's keys.
+    pub async fn replace(&self, name: &str, read_version: &str, text: &str) -> Result<(), SecretsError> {
+        use aws_sdk_secretsmanager::operation::update_secret_version_stage::UpdateSecretVersionStageError;
+        let put = self
+            .client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(text)
+            .version_stages(NEXT_STAGE)
+            .send()
+            .await
+            .map_err(|e| write_error(name, e.into()))?;
+        let new_version = put.version_id.unwrap_or_default();
+        let moved = self
+            .client
+            .update_secret_version_stage()
+            .secret_id(name)
+            .version_stage("AWSCURRENT")
+            .remove_from_version_id(read_version)
+            .move_to_version_id(&new_version)
+            .send()
+            .await;
+        match moved {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // Unlabel the version that lost, so Secrets Manager drops it.
+                let _ = self
+                    .client
+                    .update_secret_version_stage()
+                    .secret_id(name)
+                    .version_stage(NEXT_STAGE)
+                    .remove_from_version_id(&new_version)
+                    .send()
+                    .await;
+                match e.into_service_error() {
+                    UpdateSecretVersionStageError::InvalidParameterException(_) => {
+                        Err(SecretsError::ChangedMeanwhile { name: name.to_owned() })
+                    }
+                    other => Err(write_error(name, other.into())),
+                }
+            }
+        }
     }
 
     /// A provider's client credentials: `{"client_id": "...", "client_secret": "..."}`.
     pub async fn client_credentials(&self, name: &str) -> Result<ClientCredentials, SecretsError> {
         parse_client_credentials(name, &self.text(name).await?)
+    }
+}
+
+fn write_error(name: &str, source: aws_sdk_secretsmanager::Error) -> SecretsError {
+    SecretsError::Write {
+        name: name.to_owned(),
+        source: Box::new(source),
     }
 }
 

@@ -697,6 +697,63 @@ impl ConnectionStore {
         self.conditional_update("UpdateItem(revoke)", request).await
     }
 
+    /// Writes tokens re-encrypted under another key (`oauth-sync keys
+    /// reseal`): the same tokens, so `token_version` and everything else stay
+    /// as they are. Only if the item is still as `read`: the same version and
+    /// the exact sealed bytes of both tokens. A refresh, login or revoke that
+    /// landed meanwhile wins; the caller gets [`Write::Conflict`] with the
+    /// item as it is now. `None` leaves that token as it is.
+    pub async fn reseal(
+        &self,
+        read: &Connection,
+        access_token: Option<&Sealed>,
+        refresh_token: Option<&Sealed>,
+    ) -> Result<Write, StoreError> {
+        let mut set = Vec::new();
+        let mut condition = vec!["token_version = :seen"];
+        let mut request = self
+            .update(&read.id)
+            .expression_attribute_values(":seen", n(read.token_version));
+        // (token read, its replacement, the condition when it was there or not, the assignment)
+        for (was, now, (same, absent), assign, old, new) in [
+            (
+                &read.access_token,
+                access_token,
+                ("access_token = :old_access", "attribute_not_exists(access_token)"),
+                "access_token = :access",
+                ":old_access",
+                ":access",
+            ),
+            (
+                &read.refresh_token,
+                refresh_token,
+                ("refresh_token = :old_refresh", "attribute_not_exists(refresh_token)"),
+                "refresh_token = :refresh",
+                ":old_refresh",
+                ":refresh",
+            ),
+        ] {
+            match was {
+                Some(was) => {
+                    condition.push(same);
+                    request = request.expression_attribute_values(old, b(was));
+                }
+                None => condition.push(absent),
+            }
+            if let Some(now) = now {
+                set.push(assign);
+                request = request.expression_attribute_values(new, b(now));
+            }
+        }
+        if set.is_empty() {
+            return Ok(Write::Done);
+        }
+        let request = request
+            .update_expression(format!("SET {}", set.join(", ")))
+            .condition_expression(condition.join(" AND "));
+        self.conditional_update("UpdateItem(reseal)", request).await
+    }
+
     /// Every connection, for the operator's `list` (a paginated Scan: an
     /// operator command, never on a function's path).
     pub async fn list(&self) -> Result<Vec<Connection>, StoreError> {
