@@ -6,6 +6,10 @@
 //!
 //! Requests are matched by a marker in their body (the commit's UpdateItem is
 //! the only request carrying `commit_id`).
+//!
+//! It also records every call it forwards (operation, table, index, secret),
+//! so a test can compare what a function's code calls with what its IAM
+//! policy allows. It forwards any AWS JSON protocol, Secrets Manager's too.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +52,43 @@ struct ProxyState {
     refused: AtomicU64,
     /// Requests answered 503.
     unavailable: AtomicU64,
+    /// Every call forwarded, in order.
+    calls: Mutex<Vec<AwsCall>>,
+}
+
+/// One AWS call seen by the proxy: the IAM action it needs and what it names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AwsCall {
+    /// `dynamodb:GetItem`, `secretsmanager:GetSecretValue`…
+    pub action: String,
+    /// The tables (a batch names several) or the secret.
+    pub resources: Vec<String>,
+    /// `IndexName` of a Query.
+    pub index: Option<String>,
+}
+
+impl AwsCall {
+    /// Reads the call from an AWS JSON-protocol request: `X-Amz-Target` and the body.
+    pub fn parse(headers: &HeaderMap, body: &[u8]) -> Option<AwsCall> {
+        let target = headers.get("x-amz-target")?.to_str().ok()?;
+        let (service, operation) = target.split_once('.')?;
+        let prefix = if service.starts_with("DynamoDB") {
+            "dynamodb"
+        } else {
+            service
+        };
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let text = |key: &str| json.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+        let mut resources: Vec<String> = text("TableName").or_else(|| text("SecretId")).into_iter().collect();
+        if let Some(items) = json.get("RequestItems").and_then(serde_json::Value::as_object) {
+            resources.extend(items.keys().cloned());
+        }
+        Some(AwsCall {
+            action: format!("{prefix}:{operation}"),
+            resources,
+            index: text("IndexName"),
+        })
+    }
 }
 
 impl ProxyState {
@@ -83,6 +124,7 @@ impl DynamoProxy {
             lost_responses: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
+            calls: Mutex::new(Vec::new()),
         });
         let router = Router::new().fallback(forward).with_state(state.clone());
         let gate = state.clone();
@@ -125,6 +167,11 @@ impl DynamoProxy {
 
     pub fn unavailable(&self) -> u64 {
         self.state.unavailable.load(Ordering::Relaxed)
+    }
+
+    /// Every call forwarded so far.
+    pub fn calls(&self) -> Vec<AwsCall> {
+        self.state.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -174,6 +221,9 @@ async fn forward(
         *state.refusing_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + *duration);
         state.refused.fetch_add(1, Ordering::Relaxed);
         kill.drop_connection().await;
+    }
+    if let Some(call) = AwsCall::parse(&headers, &body) {
+        state.calls.lock().unwrap_or_else(|p| p.into_inner()).push(call);
     }
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = state

@@ -1,7 +1,7 @@
 //! The DynamoDB tables of `infra/template.yaml`, read from the template itself
 //! so that tests, the local stack and the deployment never drift apart.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use aws_sdk_dynamodb::types::{
@@ -239,6 +239,155 @@ async fn create_table(
     Ok(())
 }
 
+/// One IAM permission: an action on a resource named by the template's
+/// logical id (`ConnectionsTable`, `ConnectionsTable/index/refresh-due`) or,
+/// for secrets, `secret:${SecretsPrefix}*`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Grant {
+    pub action: String,
+    pub resource: String,
+}
+
+impl Grant {
+    pub fn new(action: &str, resource: &str) -> Grant {
+        Grant {
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+        }
+    }
+}
+
+/// The resource a secret grant names (any secret under the prefix parameter).
+pub const SECRETS_RESOURCE: &str = "secret:${SecretsPrefix}*";
+
+/// What each function's role lets its code call (the role's policy named
+/// `code`), by the function's binary name (`BuildProperties.Binary`).
+pub fn function_grants(path: &Path) -> Result<BTreeMap<String, BTreeSet<Grant>>, TemplateError> {
+    let shown = path.display().to_string();
+    let invalid = |message: String| TemplateError::Invalid {
+        path: shown.clone(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let template: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let resources = template["Resources"]
+        .as_mapping()
+        .ok_or_else(|| invalid("no Resources".to_owned()))?;
+    let mut grants = BTreeMap::new();
+    for (id, resource) in resources {
+        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let id = id.as_str().unwrap_or_default();
+        let binary = resource["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .ok_or_else(|| invalid(format!("{id}: no BuildProperties.Binary")))?;
+        let role = logical_id_of(&resource["Properties"]["Role"])
+            .ok_or_else(|| invalid(format!("{id}: Role is not !GetAtt <its role>.Arn")))?;
+        let policies = resources
+            .get(role.as_str())
+            .and_then(|role| role["Properties"]["Policies"].as_sequence())
+            .ok_or_else(|| invalid(format!("{id}: role {role} has no Policies")))?;
+        let code = policies
+            .iter()
+            .find(|p| p["PolicyName"].as_str() == Some("code"))
+            .ok_or_else(|| invalid(format!("{role}: no policy named `code`")))?;
+        let mut set = BTreeSet::new();
+        for statement in code["PolicyDocument"]["Statement"].as_sequence().into_iter().flatten() {
+            if statement["Effect"].as_str() != Some("Allow") {
+                return Err(invalid(format!("{role}: only Allow statements are expected")));
+            }
+            let actions = one_or_many(&statement["Action"]);
+            for resource in one_or_many(&statement["Resource"]) {
+                let resource = resource_name(resource)
+                    .ok_or_else(|| invalid(format!("{role}: unreadable Resource {resource:?}")))?;
+                for action in &actions {
+                    let action = action
+                        .as_str()
+                        .ok_or_else(|| invalid(format!("{role}: an Action is not a string")))?;
+                    set.insert(Grant::new(action, &resource));
+                }
+            }
+        }
+        grants.insert(binary.to_owned(), set);
+    }
+    Ok(grants)
+}
+
+fn one_or_many(value: &serde_yaml::Value) -> Vec<&serde_yaml::Value> {
+    match value.as_sequence() {
+        Some(values) => values.iter().collect(),
+        None if value.is_null() => Vec::new(),
+        None => vec![value],
+    }
+}
+
+fn tagged<'a>(value: &'a serde_yaml::Value, tag: &str) -> Option<&'a str> {
+    match value {
+        serde_yaml::Value::Tagged(tagged) if tagged.tag == tag => tagged.value.as_str(),
+        _ => None,
+    }
+}
+
+/// `!GetAtt X.Arn` → `X`.
+fn logical_id_of(value: &serde_yaml::Value) -> Option<String> {
+    tagged(value, "GetAtt")?.strip_suffix(".Arn").map(str::to_owned)
+}
+
+/// `!GetAtt X.Arn` → `X`; `!Sub ${X.Arn}/index/i` → `X/index/i`; a secret ARN
+/// under the prefix parameter → [`SECRETS_RESOURCE`].
+fn resource_name(value: &serde_yaml::Value) -> Option<String> {
+    if let Some(id) = logical_id_of(value) {
+        return Some(id);
+    }
+    let sub = tagged(value, "Sub")?;
+    if let Some(rest) = sub.strip_prefix("${")
+        && let Some((id, tail)) = rest.split_once(".Arn}")
+    {
+        return Some(format!("{id}{tail}"));
+    }
+    sub.strip_prefix("arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:")
+        .filter(|secret| *secret == SECRETS_RESOURCE)
+        .map(str::to_owned)
+}
+
+/// The CloudWatch Embedded Metric Format metrics the functions write
+/// (namespace [`METRIC_NAMESPACE`], dimension `Function`), as issue 9 names
+/// them: the alarms may only watch these.
+pub const METRIC_NAMESPACE: &str = "OauthSync";
+pub const EMITTED_METRICS: &[(&str, &[&str])] = &[
+    (
+        "token-refresher",
+        &[
+            "Refreshed",
+            "NeedsReauth",
+            "RetryLater",
+            "RefreshFailed",
+            "LeftForNextRun",
+            "OutcomeUnknown",
+        ],
+    ),
+    (
+        "sync",
+        &[
+            "RecordsInserted",
+            "RecordsUpdated",
+            "RecordsDeleted",
+            "RecordsUnchanged",
+            "Pages",
+            "RateLimited",
+            "RateLimitWaits",
+            "SyncRunSeconds",
+            "SyncLagRatio",
+            "SyncsParked",
+            "SyncsFailed",
+        ],
+    ),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +443,79 @@ mod tests {
         ]
         .map(|(m, p)| (m.to_owned(), p.to_owned()));
         assert_eq!(routes, expected);
+    }
+
+    fn grants() -> BTreeMap<String, BTreeSet<Grant>> {
+        function_grants(&template_path()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn every_function_has_its_own_role_and_nothing_can_scan() {
+        let grants = grants();
+        assert_eq!(
+            grants.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["oauth-callback", "sync", "token-refresher"]
+        );
+        for (function, set) in &grants {
+            for grant in set {
+                assert!(
+                    !grant.action.ends_with(":Scan") && !grant.action.contains('*') && grant.resource != "*",
+                    "{function}: {grant:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_refresher_cannot_read_records_and_the_callback_cannot_query_an_index() {
+        let grants = grants();
+        assert!(
+            grants["token-refresher"]
+                .iter()
+                .all(|g| !g.resource.starts_with("RecordsTable")),
+            "{:?}",
+            grants["token-refresher"]
+        );
+        assert!(
+            grants["oauth-callback"]
+                .iter()
+                .all(|g| g.action != "dynamodb:Query" && !g.resource.contains("/index/")),
+            "{:?}",
+            grants["oauth-callback"]
+        );
+    }
+
+    #[test]
+    fn the_alarms_watch_only_metrics_the_functions_emit() {
+        let text = std::fs::read_to_string(template_path()).expect("template");
+        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        let mut custom = 0;
+        for (id, resource) in template["Resources"].as_mapping().expect("resources") {
+            if resource["Type"].as_str() != Some("AWS::CloudWatch::Alarm") {
+                continue;
+            }
+            let properties = &resource["Properties"];
+            assert_eq!(properties["TreatMissingData"].as_str(), Some("notBreaching"), "{id:?}");
+            if properties["Namespace"].as_str() != Some(METRIC_NAMESPACE) {
+                continue;
+            }
+            custom += 1;
+            let dimensions = properties["Dimensions"].as_sequence().expect("dimensions");
+            assert_eq!(
+                dimensions.len(),
+                1,
+                "{id:?}: the metrics have the one dimension Function"
+            );
+            assert_eq!(dimensions[0]["Name"].as_str(), Some("Function"), "{id:?}");
+            let function = dimensions[0]["Value"].as_str().expect("function");
+            let metric = properties["MetricName"].as_str().expect("metric");
+            let emitted = EMITTED_METRICS
+                .iter()
+                .find(|(f, _)| *f == function)
+                .map(|(_, metrics)| *metrics)
+                .unwrap_or_default();
+            assert!(emitted.contains(&metric), "{id:?}: {function} does not emit {metric}");
+        }
+        assert_eq!(custom, 3, "needs_reauth, refresh failures and sync lag");
     }
 }

@@ -1,0 +1,261 @@
+//! Each function's IAM policy in `infra/template.yaml` against the DynamoDB
+//! and Secrets Manager calls its code makes. Each test wires the function's
+//! services the way its `main.rs` does, on clients whose traffic goes through
+//! a recording proxy, drives the function's paths against the local stack,
+//! and requires the recorded calls to be exactly the policy: a call the policy
+//! lacks would fail in AWS; a grant no path uses is a permission too many.
+//!
+//! Secrets: the action is checked; the resource is the `SecretsPrefix`
+//! parameter, since secret names come from the configuration at run time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use oauth_sync_tests::proxy::{AwsCall, DynamoProxy};
+use oauth_sync_tests::simulator::SimConfig;
+use oauth_sync_tests::stack::{
+    LoginFixture, PROVIDER, RefreshFixture, SyncFixture, authorize, deadline, quick_sync_settings,
+};
+use oauth_sync_tests::template::{Grant, SECRETS_RESOURCE, function_grants, template_path};
+use shared::aws::AwsClients;
+use shared::config::PresetName;
+use shared::login::flow::ATTEMPT_TTL;
+use shared::refresh::{RefreshSettings, TokenService};
+
+/// Clients whose DynamoDB and Secrets Manager traffic is recorded.
+struct Recorded {
+    dynamodb: DynamoProxy,
+    secrets: DynamoProxy,
+    aws: AwsClients,
+}
+
+impl Recorded {
+    async fn start() -> Recorded {
+        let upstream = |var: &str| std::env::var(var).unwrap_or_else(|_| panic!("{var}: start the local stack"));
+        let dynamodb = DynamoProxy::start(&upstream("AWS_ENDPOINT_URL_DYNAMODB"))
+            .await
+            .expect("proxy");
+        let secrets = DynamoProxy::start(&upstream("AWS_ENDPOINT_URL_SECRETS_MANAGER"))
+            .await
+            .expect("proxy");
+        let sdk = shared::aws::load_sdk_config().await;
+        let aws = AwsClients {
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(&sdk)
+                    .endpoint_url(&dynamodb.url)
+                    .build(),
+            ),
+            secrets: aws_sdk_secretsmanager::Client::from_conf(
+                aws_sdk_secretsmanager::config::Builder::from(&sdk)
+                    .endpoint_url(&secrets.url)
+                    .build(),
+            ),
+        };
+        Recorded { dynamodb, secrets, aws }
+    }
+
+    /// The token service as `App::token_service` builds it, on these clients.
+    async fn token_service(&self, fixture: &RefreshFixture) -> Arc<TokenService> {
+        let store =
+            shared::connection::store::ConnectionStore::new(self.aws.dynamodb.clone(), fixture.connections_table());
+        let secrets = shared::secrets::SecretStore::new(self.aws.secrets.clone());
+        Arc::new(
+            TokenService::load(fixture.config.clone(), store, secrets, RefreshSettings::default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    /// The calls recorded, as grants on the template's logical ids.
+    fn grants(&self, tables: &BTreeMap<String, String>) -> BTreeSet<Grant> {
+        let logical: BTreeMap<&str, &str> = tables.iter().map(|(id, name)| (name.as_str(), id.as_str())).collect();
+        let mut calls = self.dynamodb.calls();
+        calls.extend(self.secrets.calls());
+        let mut grants = BTreeSet::new();
+        for AwsCall {
+            action,
+            resources,
+            index,
+        } in calls
+        {
+            for resource in resources {
+                let resource = if action.starts_with("secretsmanager:") {
+                    SECRETS_RESOURCE.to_owned()
+                } else {
+                    let id = logical
+                        .get(resource.as_str())
+                        .unwrap_or_else(|| panic!("unknown table {resource}"));
+                    match &index {
+                        Some(index) => format!("{id}/index/{index}"),
+                        None => (*id).to_owned(),
+                    }
+                };
+                grants.insert(Grant::new(&action, &resource));
+            }
+        }
+        grants
+    }
+}
+
+fn assert_policy_is(function: &str, recorded: &BTreeSet<Grant>) {
+    let policy = &function_grants(&template_path()).unwrap_or_else(|e| panic!("{e}"))[function];
+    let missing: Vec<_> = recorded.difference(policy).collect();
+    let unused: Vec<_> = policy.difference(recorded).collect();
+    assert!(
+        missing.is_empty() && unused.is_empty(),
+        "{function}: its code calls what its policy lacks: {missing:?}; its policy grants what no path called: {unused:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_refresher_may_call_exactly_what_its_code_calls() {
+    let sim = SimConfig {
+        // Inside every preset's refresh lead, so due at once.
+        access_token_ttl: std::time::Duration::from_secs(60),
+        ..SimConfig::for_preset(PresetName::Xero)
+    };
+    let fixture = RefreshFixture::start(sim, RefreshSettings::default(), "", "iam-refresher").await;
+    fixture.connect("iam-a").await;
+    let recorded = Recorded::start().await;
+    // What the handler does: every due connection, through the refresh-due index.
+    let summary = recorded
+        .token_service(&fixture)
+        .await
+        .refresh_due(deadline(30), token_refresher_concurrency())
+        .await;
+    assert_eq!((summary.due, summary.refreshed), (1, 1), "{summary:?}");
+    assert_policy_is("token-refresher", &recorded.grants(&fixture.tables));
+}
+
+/// `token_refresher::CONCURRENCY`; the value does not change the calls.
+fn token_refresher_concurrency() -> usize {
+    16
+}
+
+#[tokio::test]
+async fn the_sync_may_call_exactly_what_its_code_calls() {
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.rate_limit = None;
+    // A full sync: its sweep reads what a run saw and marks the rest deleted.
+    let syncs = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/project/Projects\"\n\
+                 query = { \"$select\" = \"ID,Code,Description\" }\nmode = \"full\"\n";
+    let fx = SyncFixture::start(
+        sim,
+        "min_refresh_interval_secs = 0",
+        syncs,
+        quick_sync_settings(),
+        "iam-sync",
+    )
+    .await;
+    let projects = fx.sim().seed_projects(30);
+    let id = fx.connect("iam-s").await;
+    let job = shared::sync::jobs::job_id(&id, "projects");
+    let tables = &fx.fixture.tables;
+
+    let recorded = Recorded::start().await;
+    let tokens = recorded.token_service(&fx.fixture).await;
+    let engine = Arc::new(
+        shared::sync::engine::SyncEngine::new(
+            fx.fixture.config.clone(),
+            tokens,
+            shared::sync::jobs::JobStore::new(
+                recorded.aws.dynamodb.clone(),
+                &tables["SyncStateTable"],
+                &tables["SyncRunsTable"],
+            ),
+            shared::sync::records::RecordStore::new(recorded.aws.dynamodb.clone(), &tables["RecordsTable"]),
+            quick_sync_settings(),
+        )
+        .expect("engine"),
+    );
+    let make_due = async || {
+        fx.fixture
+            .aws
+            .dynamodb
+            .update_item()
+            .table_name(&tables["SyncStateTable"])
+            .key("id", aws_sdk_dynamodb::types::AttributeValue::S(job.clone()))
+            .update_expression("SET next_run_at = :zero")
+            .expression_attribute_values(":zero", aws_sdk_dynamodb::types::AttributeValue::N("0".to_owned()))
+            .send()
+            .await
+            .expect("make the job due");
+    };
+
+    // What the handler does (`run_due`), three times: the first run; a run
+    // that finds a deletion and an expired access token (a 401, so a
+    // refresh); and one that finds the job held by another invocation.
+    let first = engine.run_due(deadline(120)).await;
+    assert_eq!(first.finished, 1, "{first:?}");
+    assert!(fx.sim().delete_project(&projects[3]));
+    fx.sim().expire_access_tokens();
+    make_due().await;
+    let second = engine.run_due(deadline(120)).await;
+    assert_eq!(second.finished, 1, "{second:?}");
+    assert!(fx.sim().counters().refreshes >= 1, "the 401 was answered by a refresh");
+    let other = shared::connection::now_ms() + 60_000;
+    assert!(
+        fx.engine
+            .jobs()
+            .claim(&job, "another-invocation", other, true)
+            .await
+            .expect("claim")
+            .is_some()
+    );
+    make_due().await;
+    let third = engine.run_due(deadline(120)).await;
+    assert_eq!(third.busy, 1, "{third:?}");
+
+    assert_policy_is("sync", &recorded.grants(tables));
+}
+
+#[tokio::test]
+async fn the_callback_may_call_exactly_what_its_code_calls() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "iam-login").await;
+    let recorded = Recorded::start().await;
+    // As `main.rs` wires it, with a sync configured so a login schedules it.
+    let text = format!(
+        "{}\n[syncs.things]\nprovider = \"{PROVIDER}\"\nendpoint = \"https://api.example.com/things\"\nmode = \"full\"\n\
+         pagination = {{ style = \"cursor\", param = \"cursor\", next_field = \"next\", items_field = \"data\" }}\nprimary_key = [\"id\"]\n",
+        login.config_text
+    );
+    let config = Arc::new(shared::config::Config::parse(&text, "iam.toml").unwrap_or_else(|e| panic!("{e}")));
+    let store = shared::connection::store::ConnectionStore::new(
+        recorded.aws.dynamodb.clone(),
+        login.fixture.connections_table(),
+    );
+    let secrets = shared::secrets::SecretStore::new(recorded.aws.secrets.clone());
+    let tokens = Arc::new(
+        TokenService::load(config.clone(), store, secrets.clone(), RefreshSettings::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let tables = &login.fixture.tables;
+    let service = shared::login::flow::LoginService::load(
+        config,
+        tokens,
+        shared::login::attempts::AttemptStore::new(recorded.aws.dynamodb.clone(), &tables["LoginAttemptsTable"]),
+        &secrets,
+        ATTEMPT_TTL,
+    )
+    .await
+    .expect("login service")
+    .with_jobs(shared::sync::jobs::JobStore::new(
+        recorded.aws.dynamodb.clone(),
+        &tables["SyncStateTable"],
+        &tables["SyncRunsTable"],
+    ));
+
+    // The confirmation page, its button, the provider's approval, the callback.
+    let begin = login.begin(&service, &login.link("iam-c")).await.expect("begin");
+    let query = authorize(&login.fixture.oauth.http, &begin.location)
+        .await
+        .callback_query();
+    let finished = service
+        .finish(PROVIDER, &query, Some(&begin.cookie))
+        .await
+        .expect("finish");
+    assert_eq!(finished.connection.as_str(), "iam-c");
+
+    assert_policy_is("oauth-callback", &recorded.grants(tables));
+}
