@@ -611,6 +611,19 @@ async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> an
         findings.extend(check_settings(provider, &config.service));
         findings.extend(check_credentials(provider, &secrets, &http).await);
     }
+    // With the connections table at hand, each connection that cannot be refreshed is named.
+    if let Some(table) = std::env::var(shared::runtime::CONNECTIONS_TABLE_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        let store = ConnectionStore::new(aws.dynamodb.clone(), table);
+        let connections = store.list().await?;
+        let connections: Vec<_> = connections
+            .into_iter()
+            .filter(|c| only.as_ref().is_none_or(|p| *p == c.provider))
+            .collect();
+        findings.extend(shared::doctor::check_connections(&connections));
+    }
     output::findings(&findings, as_json)?;
     let failed = findings.iter().filter(|f| f.verdict == Verdict::Fail).count();
     anyhow::ensure!(failed == 0, "{failed} check(s) failed");

@@ -175,6 +175,23 @@ pub fn connect_link(url: &url::Url, claims: &shared::login::ConnectClaims, as_js
 }
 
 /// "in 5m", "3h ago": how far an epoch-ms time is from now.
+/// A connection's status as people read it: the reason when it has one, and
+/// an active connection without a refresh token marked as such, with when it
+/// stops working (nothing can refresh it: it needs a new login by then).
+fn status_text(c: &Connection) -> String {
+    let mut text = c.status.as_str().to_owned();
+    if let Some(reason) = &c.status_reason {
+        text.push_str(&format!(" ({reason})"));
+    }
+    if c.status == shared::connection::Status::Active && c.refresh_token.is_none() {
+        text.push_str(&format!(
+            ", no refresh token — stops working {}",
+            relative(c.access_expires_at)
+        ));
+    }
+    text
+}
+
 fn relative(ms: Option<i64>) -> String {
     let Some(ms) = ms else { return "-".to_owned() };
     let delta_ms = ms - shared::connection::now_ms();
@@ -243,7 +260,7 @@ pub fn connections(list: &[Connection], last_sync: &BTreeMap<String, RunRecord>,
             vec![
                 c.id.to_string(),
                 c.provider.clone(),
-                c.status.as_str().to_owned() + &c.status_reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                status_text(c),
                 c.token_version.to_string(),
                 relative(c.access_expires_at),
                 format!(
@@ -650,15 +667,7 @@ pub fn show(
         ("connection", connection.id.to_string()),
         ("provider", connection.provider.clone()),
         ("kind", connection.kind.as_str().to_owned()),
-        (
-            "status",
-            connection.status.as_str().to_owned()
-                + &connection
-                    .status_reason
-                    .as_ref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default(),
-        ),
+        ("status", status_text(connection)),
         (
             "provider message",
             connection.provider_message.clone().unwrap_or_else(|| "-".to_owned()),

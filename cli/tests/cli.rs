@@ -238,6 +238,30 @@ async fn operators_list_show_refresh_and_revoke_connections() {
     assert!(!ok && stderr.contains("revoked"), "{stderr}");
     let (ok, _, stderr) = oauth_sync_with(&["--config", config, "show", "nobody"], &env);
     assert!(!ok && stderr.contains("does not exist"), "{stderr}");
+
+    // A login that brought no refresh token is active, and says it cannot be refreshed.
+    fixture.sim().reconfigure(|c| c.issue_refresh_token = false);
+    fixture.connect("no-offline").await;
+    let (ok, stdout, stderr) = oauth_sync_with(&["--config", config, "list"], &env);
+    assert!(ok, "{stderr}");
+    let row = stdout.lines().find(|l| l.contains("no-offline")).expect("listed");
+    assert!(row.contains("active, no refresh token — stops working in"), "{row}");
+    let (ok, stdout, _) = oauth_sync_with(&["--config", config, "show", "no-offline"], &env);
+    assert!(ok && stdout.contains("no refresh token"), "{stdout}");
+    let (_, stdout, stderr) = oauth_sync_with(&["--config", config, "--json", "doctor"], &env);
+    let findings: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}{stderr}"));
+    let named: Vec<_> = findings
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["check"] == "refresh token")
+        .map(|f| f["subject"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        named,
+        ["connection no-offline"],
+        "doctor names each connection that cannot be refreshed"
+    );
     let (ok, _, stderr) = oauth_sync_with(&["--config", config, "list"], &[("OAUTH_SYNC_CONNECTIONS_TABLE", "")]);
     assert!(!ok && stderr.contains("OAUTH_SYNC_CONNECTIONS_TABLE"), "{stderr}");
     std::fs::remove_file(&path).ok();

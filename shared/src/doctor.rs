@@ -42,6 +42,30 @@ fn finding(subject: &str, check: &'static str, verdict: Verdict, detail: impl In
     }
 }
 
+/// Checks of the stored connections (an operator's scan): an active
+/// connection without a refresh token works only until its access token
+/// expires, and nothing can refresh it.
+pub fn check_connections(connections: &[crate::connection::Connection]) -> Vec<Finding> {
+    connections
+        .iter()
+        .filter(|c| c.status == crate::connection::Status::Active && c.refresh_token.is_none())
+        .map(|c| {
+            finding(
+                &format!("connection {}", c.id),
+                "refresh token",
+                Verdict::Warn,
+                format!(
+                    "active without a refresh token: it stops working when its access token expires (at {} epoch \
+                     ms) and cannot be refreshed; fix the provider's offline scope (`offline_scope`, \
+                     `prompt=consent`, Google's `access_type=offline`, or the app's \"allow refresh tokens\" \
+                     setting), then send a new connect link",
+                    c.access_expires_at.unwrap_or_default()
+                ),
+            )
+        })
+        .collect()
+}
+
 /// Checks that need nothing but the configuration.
 pub fn check_settings(provider: &Provider, service: &ServiceSettings) -> Vec<Finding> {
     let name = provider.name.as_str();
