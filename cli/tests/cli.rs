@@ -1,17 +1,11 @@
 //! The operator CLI as an operator runs it.
 
-use std::process::Command;
+mod common;
+
+use common::oauth_sync_with;
 
 fn oauth_sync(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_oauth-sync"))
-        .args(args)
-        .output()
-        .expect("run oauth-sync");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    oauth_sync_with(args, &[])
 }
 
 fn example() -> String {
@@ -168,19 +162,6 @@ async fn connect_link_signs_with_the_link_key_from_secrets_manager() {
     ]);
     assert!(!ok && stderr.contains("unknown provider `nope`"), "{stderr}");
     std::fs::remove_file(&path).ok();
-}
-
-fn oauth_sync_with(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_oauth-sync"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 /// list, show, refresh and revoke against the local stack and the simulator.

@@ -2,7 +2,6 @@
 //! operator runs them, against the local stack (DynamoDB Local, the Secrets
 //! Manager emulator, the provider simulator).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -15,19 +14,9 @@ use shared::crypto::{KeyRing, sealed_key_id};
 use shared::refresh::{RefreshSettings, TokenService};
 use shared::secrets::SecretStore;
 
-/// Runs the CLI; `(success, stdout, stderr)`.
-fn oauth_sync(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_oauth-sync"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run oauth-sync");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+mod common;
+
+use common::oauth_sync_with as oauth_sync;
 
 /// Writes a configuration file for one test.
 fn config_file(test: &str, text: &str) -> String {
