@@ -38,7 +38,8 @@ impl TokenService {
             ..
         } = *pass;
         let id = &conn.id;
-        let seal = |field: &'static str, value: &str| self.seal(id, field, value);
+        // Sealed before any write: a token over the bound is refused while we hold the lease.
+        let (access_token, refresh_token) = self.seal_tokens(id, &tokens)?;
         // The lifetime counts from when the provider could have issued it.
         let now = now_ms();
         let expires_at = expiry(sent_at, tokens.expires_in);
@@ -50,12 +51,8 @@ impl TokenService {
                 id: id.clone(),
                 source: e.into(),
             })?,
-            access_token: seal("access_token", tokens.access_token.secret())?,
-            refresh_token: tokens
-                .refresh_token
-                .as_ref()
-                .map(|t| seal("refresh_token", t.secret()))
-                .transpose()?,
+            access_token,
+            refresh_token,
             access_expires_at: expires_at,
             scopes: tokens.scope.clone(),
             refresh_due_at: refresh_due_at(&provider.settings, expires_at, Some(now)),

@@ -269,6 +269,9 @@ pub(crate) struct Pass<'a> {
     mode: Mode,
 }
 
+/// Why no refresh is sent before an unknown send's resend may go.
+const WAITING_TO_RESEND: &str = "waiting to resend a refresh whose outcome is unknown";
+
 /// Time a commit needs at least: one DynamoDB attempt (see `aws::ATTEMPT_TIMEOUT`).
 const MIN_COMMIT: Duration = Duration::from_secs(5);
 
@@ -347,19 +350,15 @@ impl TokenService {
         if let Some(error) = &param_error {
             warn!(connection = %id, provider, error, "a connection parameter could not be learned; the connection will not be synced");
         }
-        let seal = |field: &'static str, value: &str| self.seal(id, field, value);
+        let (access_token, refresh_token) = self.seal_tokens(id, tokens)?;
         let now = now_ms();
         let expires_at = expiry(now, tokens.expires_in);
         let login = crate::connection::store::NewLogin {
             id: id.clone(),
             provider: provider.to_owned(),
             kind,
-            access_token: seal("access_token", tokens.access_token.secret())?,
-            refresh_token: tokens
-                .refresh_token
-                .as_ref()
-                .map(|t| seal("refresh_token", t.secret()))
-                .transpose()?,
+            access_token,
+            refresh_token,
             access_expires_at: expires_at,
             scopes: tokens.scope.clone().unwrap_or_default(),
             refresh_due_at: refresh_due_at(settings, expires_at, Some(now)),
@@ -644,34 +643,32 @@ impl TokenService {
                     poll = (poll * 2).min(self.settings.poll_max);
                     continue;
                 }
-                LeaseState::Free => match plan(UnknownSend::of(&conn), &policy, now) {
-                    Plan::WaitUntil(until) => {
-                        let cause = "waiting to resend a refresh whose outcome is unknown".to_owned();
-                        return self.held_back(&conn, mode, now, until, cause);
-                    }
-                    plan => match self.take_lease(&pass, matches!(plan, Plan::Resend(_))).await? {
-                        None => Step::Again,
-                        Some(until) => self.after_taking(&pass, until, plan).await?,
-                    },
-                },
-                LeaseState::Abandoned(abandoned) => {
-                    // Its holder may have sent the refresh: an unknown outcome from when it took the lease.
-                    let unknown = UnknownSend::of(&conn).unwrap_or(UnknownSend {
-                        first_sent_at: abandoned.taken_at,
+                LeaseState::Free | LeaseState::Abandoned(_) => {
+                    let abandoned = match lease {
+                        LeaseState::Abandoned(abandoned) => Some(abandoned),
+                        _ => None,
+                    };
+                    // An abandoned lease's holder may have sent the refresh: an
+                    // unknown outcome from when it took the lease.
+                    let unknown = UnknownSend::of(&conn).or(abandoned.map(|a| UnknownSend {
+                        first_sent_at: a.taken_at,
                         resent_at: None,
-                    });
-                    match plan(Some(unknown), &policy, now) {
+                    }));
+                    match plan(unknown, &policy, now) {
                         Plan::WaitUntil(until) => {
-                            let cause = "waiting to resend a refresh whose outcome is unknown".to_owned();
-                            return self.held_back(&conn, mode, now, until, cause);
+                            return self.held_back(&conn, mode, now, until, WAITING_TO_RESEND.to_owned());
                         }
-                        plan => match self
-                            .take_over_lease(&pass, abandoned, matches!(plan, Plan::Resend(_)))
-                            .await?
-                        {
-                            None => Step::Again,
-                            Some(until) => self.after_taking(&pass, until, plan).await?,
-                        },
+                        plan => {
+                            let resend = matches!(plan, Plan::Resend(_));
+                            let taken = match abandoned {
+                                Some(abandoned) => self.take_over_lease(&pass, abandoned, resend).await?,
+                                None => self.take_lease(&pass, resend).await?,
+                            };
+                            match taken {
+                                None => Step::Again,
+                                Some(until) => self.after_taking(&pass, until, plan).await?,
+                            }
+                        }
                     }
                 }
                 // Our own take landed although its answer was lost: the same
@@ -725,8 +722,7 @@ impl TokenService {
             // (Only after a take whose answer was lost.) The resend's time has not come: release.
             Plan::WaitUntil(until) => {
                 let wait = Duration::from_millis(u64::try_from(until - now_ms()).unwrap_or(0));
-                let cause = "waiting to resend a refresh whose outcome is unknown";
-                self.not_refreshed(pass, cause, UnknownSend::of(pass.conn), Some(wait))
+                self.not_refreshed(pass, WAITING_TO_RESEND, UnknownSend::of(pass.conn), Some(wait))
                     .await
             }
             Plan::Resend(unknown) => {
@@ -762,23 +758,20 @@ impl TokenService {
     }
 
     /// Seals a token for `field` of connection `id`.
-    fn seal(
+    /// Seals a token set's access and refresh token for connection `id`:
+    /// the one place tokens are sealed, so the one place they are bounded.
+    fn seal_tokens(
         &self,
         id: &ConnectionId,
-        field: &'static str,
-        value: &str,
-    ) -> Result<crate::connection::Sealed, RefreshError> {
-        if value.len() > MAX_TOKEN_BYTES {
-            return Err(RefreshError::TokenTooLarge {
-                id: id.clone(),
-                field,
-                bytes: value.len(),
-            });
-        }
-        self.keys
-            .seal(id.as_str(), field, value)
-            .map(crate::connection::Sealed)
-            .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
+        tokens: &TokenSet,
+    ) -> Result<(crate::connection::Sealed, Option<crate::connection::Sealed>), RefreshError> {
+        let access = seal_bounded(&self.keys, id, "access_token", tokens.access_token.secret())?;
+        let refresh = tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| seal_bounded(&self.keys, id, "refresh_token", t.secret()))
+            .transpose()?;
+        Ok((access, refresh))
     }
 
     fn fresh(&self, conn: &Connection, refreshed: bool) -> Result<Fresh, RefreshError> {
@@ -853,6 +846,26 @@ fn is_due(conn: &Connection, provider: &Provider, now: i64) -> bool {
     now >= refresh_due_at(&provider.settings, expires_at, conn.last_refresh_at)
 }
 
+/// Seals a token for `field` of connection `id`, refusing one longer than
+/// [`MAX_TOKEN_BYTES`] so that every lease and commit write stays small.
+fn seal_bounded(
+    keys: &KeyRing,
+    id: &ConnectionId,
+    field: &'static str,
+    value: &str,
+) -> Result<crate::connection::Sealed, RefreshError> {
+    if value.len() > MAX_TOKEN_BYTES {
+        return Err(RefreshError::TokenTooLarge {
+            id: id.clone(),
+            field,
+            bytes: value.len(),
+        });
+    }
+    keys.seal(id.as_str(), field, value)
+        .map(crate::connection::Sealed)
+        .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
+}
+
 /// A random duration between half and all of `d`, so workers and connections
 /// do not retry in lockstep.
 pub fn jitter(d: Duration) -> Duration {
@@ -868,4 +881,27 @@ pub enum LoadError {
     KeyRing { secret: String, source: CryptoError },
     #[error("HTTP client: {0}")]
     Http(reqwest::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_over_the_bound_is_named_with_its_length() {
+        let keys = KeyRing::from_json(&KeyRing::generate_json("k1").expect("rng")).expect("ring");
+        let id = ConnectionId::parse("c1").expect("id");
+        let seal = |field, len: usize| seal_bounded(&keys, &id, field, &"t".repeat(len));
+        assert!(seal("access_token", 2_500).is_ok(), "Microsoft-sized tokens fit");
+        assert!(seal("refresh_token", 1_800).is_ok());
+        assert!(seal("access_token", MAX_TOKEN_BYTES).is_ok());
+        assert!(matches!(
+            seal("access_token", MAX_TOKEN_BYTES + 1),
+            Err(RefreshError::TokenTooLarge { field: "access_token", bytes, .. }) if bytes == MAX_TOKEN_BYTES + 1
+        ));
+        assert!(matches!(
+            seal("refresh_token", 1 << 20),
+            Err(RefreshError::TokenTooLarge { field: "refresh_token", bytes, .. }) if bytes == 1 << 20
+        ));
+    }
 }

@@ -9,7 +9,7 @@ use super::decide::{Action, Answer, ResendPolicy, Sent, UnknownSend, decide};
 use super::{MAX_TOKEN_BYTES, Pass, RefreshError, Step, TokenService, jitter, millis};
 use crate::connection::store::Write;
 use crate::connection::{now_ms, reason};
-use crate::oauth::{TokenEndpoint, TokenError, TokenSet};
+use crate::oauth::{TokenEndpoint, TokenError};
 use crate::secret::RefreshToken;
 use crate::telemetry::error_chain;
 
@@ -85,17 +85,20 @@ impl TokenService {
         debug!(connection = %id, version = conn.token_version, resend = earlier.is_some(), "sending refresh");
         let error = match endpoint.refresh(&refresh_token).await {
             Ok(tokens) => {
-                if let Some((field, bytes)) = oversized(&tokens) {
-                    let message = format!(
-                        "the provider returned a {field} of {bytes} bytes; at most {MAX_TOKEN_BYTES} are stored"
-                    );
-                    return self.needs_reauth(pass, reason::TOKEN_TOO_LARGE, &message).await;
-                }
                 let sent_at = match sent {
                     Sent::First { at } => at,
                     Sent::Resend(unknown) => unknown.resent_at.unwrap_or_else(now_ms),
                 };
-                return self.commit(pass, tokens, sent_at, lease_until).await;
+                return match self.commit(pass, tokens, sent_at, lease_until).await {
+                    // Refused before any write, while we hold the lease: the rotated token cannot be kept.
+                    Err(RefreshError::TokenTooLarge { field, bytes, .. }) => {
+                        let message = format!(
+                            "the provider returned a {field} of {bytes} bytes; at most {MAX_TOKEN_BYTES} are stored"
+                        );
+                        self.needs_reauth(pass, reason::TOKEN_TOO_LARGE, &message).await
+                    }
+                    other => other,
+                };
             }
             Err(error) => error,
         };
@@ -311,44 +314,9 @@ impl TokenService {
     }
 }
 
-/// A token in `tokens` longer than we store: which, and how long.
-fn oversized(tokens: &TokenSet) -> Option<(&'static str, usize)> {
-    let access = tokens.access_token.secret().len();
-    let refresh = tokens.refresh_token.as_ref().map_or(0, |t| t.secret().len());
-    if access > MAX_TOKEN_BYTES {
-        Some(("access token", access))
-    } else if refresh > MAX_TOKEN_BYTES {
-        Some(("refresh token", refresh))
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::AccessToken;
-
-    #[test]
-    fn a_token_over_the_bound_is_named_with_its_length() {
-        let set = |access: usize, refresh: Option<usize>| TokenSet {
-            access_token: AccessToken::new("a".repeat(access)),
-            refresh_token: refresh.map(|n| RefreshToken::new("r".repeat(n))),
-            expires_in: 3600,
-            expires_in_assumed: false,
-            scope: None,
-            instance_url: None,
-            api_domain: None,
-            refresh_token_expires_in: None,
-        };
-        assert_eq!(oversized(&set(2_500, Some(1_800))), None, "Microsoft-sized tokens fit");
-        assert_eq!(oversized(&set(MAX_TOKEN_BYTES, Some(MAX_TOKEN_BYTES))), None);
-        assert_eq!(
-            oversized(&set(MAX_TOKEN_BYTES + 1, None)),
-            Some(("access token", MAX_TOKEN_BYTES + 1))
-        );
-        assert_eq!(oversized(&set(10, Some(1 << 20))), Some(("refresh token", 1 << 20)));
-    }
 
     #[test]
     fn a_refresher_run_becomes_the_metrics_the_alarms_watch() {
