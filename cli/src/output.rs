@@ -12,6 +12,7 @@ use shared::sync::engine::{RunEnd, RunReport};
 use shared::sync::jobs::{Checkpoint, Job, Phase, RunCounts, RunRecord};
 use shared::sync::rate::RateState;
 use shared::sync::records::StoredRecord;
+use shared::when;
 
 pub fn write_out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
@@ -174,7 +175,6 @@ pub fn connect_link(url: &url::Url, claims: &shared::login::ConnectClaims, as_js
     write_out(&format!("{url}\n"))
 }
 
-/// "in 5m", "3h ago": how far an epoch-ms time is from now.
 /// A connection's status as people read it: the reason when it has one, and
 /// an active connection without a refresh token marked as such, with when it
 /// stops working (nothing can refresh it: it needs a new login by then).
@@ -184,32 +184,24 @@ fn status_text(c: &Connection) -> String {
         text.push_str(&format!(" ({reason})"));
     }
     if c.status == shared::connection::Status::Active && c.refresh_token.is_none() {
-        text.push_str(&format!(
-            ", no refresh token — stops working {}",
-            relative(c.access_expires_at)
-        ));
+        let when = c.access_expires_at.map_or_else(
+            || "when its access token expires".to_owned(),
+            |at| when::moment(at, now_ms()),
+        );
+        text.push_str(&format!(", no refresh token — stops working {when}"));
     }
     text
 }
 
+/// "in 9 min 30 s", "3 min ago": how far an epoch-ms time is from now.
 fn relative(ms: Option<i64>) -> String {
-    let Some(ms) = ms else { return "-".to_owned() };
-    let delta_ms = ms - shared::connection::now_ms();
-    if delta_ms.abs() < 1_000 {
-        return "just now".to_owned();
-    }
-    let delta = delta_ms / 1000;
-    let (amount, unit) = match delta.unsigned_abs() {
-        s if s < 120 => (s, "s"),
-        s if s < 7_200 => (s / 60, "m"),
-        s if s < 172_800 => (s / 3_600, "h"),
-        s => (s / 86_400, "d"),
-    };
-    if delta >= 0 {
-        format!("in {amount}{unit}")
-    } else {
-        format!("{amount}{unit} ago")
-    }
+    ms.map_or_else(|| "-".to_owned(), |ms| when::relative(ms, now_ms()))
+}
+
+/// How long ago something happened ("just now" also for a time a little
+/// ahead: another host's clock, not the future).
+fn ago(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "-".to_owned(), |ms| when::ago(ms, now_ms()))
 }
 
 fn connection_json(c: &Connection) -> Value {
@@ -263,16 +255,11 @@ pub fn connections(list: &[Connection], last_sync: &BTreeMap<String, RunRecord>,
                 status_text(c),
                 c.token_version.to_string(),
                 relative(c.access_expires_at),
-                format!(
-                    "{} {}",
-                    relative(c.last_refresh_at),
-                    c.last_refresh_outcome.as_deref().unwrap_or_default()
-                )
-                .trim()
-                .to_owned(),
+                ago(c.last_refresh_at),
+                c.last_refresh_outcome.clone().unwrap_or_else(|| "-".to_owned()),
                 last_sync.get(c.id.as_str()).map_or_else(
                     || "-".to_owned(),
-                    |run| format!("{} {}", run.status, relative(Some(run.finished_at))),
+                    |run| format!("{} {}", run.status, ago(Some(run.finished_at))),
                 ),
             ]
         })
@@ -285,6 +272,7 @@ pub fn connections(list: &[Connection], last_sync: &BTreeMap<String, RunRecord>,
             "version",
             "access token expires",
             "last refresh",
+            "refresh outcome",
             "last sync",
         ],
         &rows,
@@ -474,7 +462,7 @@ fn job_state(job: &Job, now: i64) -> String {
 fn last_run(run: Option<&RunRecord>) -> String {
     run.map_or_else(
         || "-".to_owned(),
-        |run| format!("{} {}", run.status, relative(Some(run.finished_at))),
+        |run| format!("{} {}", run.status, ago(Some(run.finished_at))),
     )
 }
 
@@ -609,7 +597,7 @@ pub fn sync_status(
             .iter()
             .map(|run| {
                 vec![
-                    relative(Some(run.started_at)),
+                    ago(Some(run.started_at)),
                     run.status.clone(),
                     elapsed(Duration::from_millis(
                         u64::try_from(run.finished_at - run.started_at).unwrap_or(0),
@@ -674,15 +662,13 @@ pub fn show(
         ),
         ("token version", connection.token_version.to_string()),
         ("access token expires", relative(connection.access_expires_at)),
+        ("last refresh", ago(connection.last_refresh_at)),
         (
-            "last refresh",
-            format!(
-                "{} {}",
-                relative(connection.last_refresh_at),
-                connection.last_refresh_outcome.as_deref().unwrap_or_default()
-            )
-            .trim()
-            .to_owned(),
+            "last refresh outcome",
+            connection
+                .last_refresh_outcome
+                .clone()
+                .unwrap_or_else(|| "-".to_owned()),
         ),
         ("next refresh due", relative(connection.refresh_due_at)),
         (
@@ -710,12 +696,12 @@ pub fn show(
     let mut rows = rows;
     if let Some(since) = connection.outcome_unknown_since {
         let resend = match connection.outcome_unknown_resent_at {
-            Some(at) => format!("its one resend started {}", relative(Some(at))),
+            Some(at) => format!("its one resend started {}", ago(Some(at))),
             None => "the old token goes once more".to_owned(),
         };
         rows.push((
             "refresh outcome",
-            format!("unknown for a refresh sent {}; {resend}", relative(Some(since))),
+            format!("unknown for a refresh sent {}; {resend}", ago(Some(since))),
         ));
     }
     if let Some(error) = &connection.param_error {
@@ -805,7 +791,7 @@ pub fn records(job: &str, records: &[StoredRecord], as_json: bool) -> anyhow::Re
             row.extend(columns.iter().map(|c| cell(r.data.get(*c))));
             row.push(
                 r.deleted_at
-                    .map_or_else(String::new, |at| format!("deleted {}", relative(Some(at)))),
+                    .map_or_else(String::new, |at| format!("deleted {}", ago(Some(at)))),
             );
             row
         })

@@ -226,7 +226,8 @@ async fn operators_list_show_refresh_and_revoke_connections() {
     let (ok, stdout, stderr) = oauth_sync_with(&["--config", config, "list"], &env);
     assert!(ok, "{stderr}");
     let row = stdout.lines().find(|l| l.contains("no-offline")).expect("listed");
-    assert!(row.contains("active, no refresh token — stops working in"), "{row}");
+    assert!(row.contains("active, no refresh token — stops working at "), "{row}");
+    assert!(row.contains(" UTC, in "), "{row}");
     let (ok, stdout, _) = oauth_sync_with(&["--config", config, "show", "no-offline"], &env);
     assert!(ok && stdout.contains("no refresh token"), "{stdout}");
     let (_, stdout, stderr) = oauth_sync_with(&["--config", config, "--json", "doctor"], &env);

@@ -30,3 +30,4 @@ pub mod secret;
 pub mod secrets;
 pub mod sync;
 pub mod telemetry;
+pub mod when;

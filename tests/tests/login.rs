@@ -220,6 +220,54 @@ async fn a_connection_keeps_its_provider() {
 }
 
 #[tokio::test]
+async fn an_oidc_server_that_drops_offline_access_is_named_with_the_fix() {
+    // OpenID Connect Core §11: without prompt=consent the server ignores the
+    // offline_access request and issues no refresh token, saying so only by
+    // leaving the scope out of `scope`.
+    let sim = SimConfig {
+        offline_access_needs_consent: true,
+        ..SimConfig::for_preset(PresetName::Generic)
+    };
+    let login = LoginFixture::start(sim, "login-oidc-offline").await;
+    let scoped = |text: &str, extra: &str| {
+        text.replacen(
+            "[providers.sim]\n",
+            &format!(
+                "[providers.sim]\nscopes = [\"openid\", \"offline_access\", \"api\"]\n\
+                 offline_scope = \"offline_access\"\n{extra}"
+            ),
+            1,
+        )
+    };
+    let service = login.service_with(|text| scoped(text, ""), ATTEMPT_TTL).await;
+    let (query, cookie) = login.to_callback(&service, "acme-oidc-1").await;
+    let finished = service.finish(PROVIDER, &query, Some(&cookie)).await.expect("finish");
+    assert_eq!(finished.warnings.len(), 1, "{:?}", finished.warnings);
+    let warning = &finished.warnings[0];
+    assert!(
+        warning.contains("dropped the `offline_access` scope and sent no refresh token"),
+        "{warning}"
+    );
+    assert!(
+        warning.contains("add `authorize_params = { prompt = \"consent\" }` in [providers.sim]"),
+        "{warning}"
+    );
+
+    // With the fix the same server grants the scope and a refresh token.
+    let service = login
+        .service_with(
+            |text| scoped(text, "authorize_params = { prompt = \"consent\" }\n"),
+            ATTEMPT_TTL,
+        )
+        .await;
+    let (query, cookie) = login.to_callback(&service, "acme-oidc-2").await;
+    let finished = service.finish(PROVIDER, &query, Some(&cookie)).await.expect("finish");
+    assert!(finished.warnings.is_empty(), "{:?}", finished.warnings);
+    let id = ConnectionId::parse("acme-oidc-2").expect("id");
+    assert!(login.fixture.connection(&id).await.refresh_token.is_some());
+}
+
+#[tokio::test]
 async fn a_new_login_without_a_refresh_token_drops_the_old_one() {
     // The old refresh token may belong to another account at the provider:
     // it must not sit next to the new access token.

@@ -14,7 +14,7 @@ use crate::config::{Config, Provider, UnknownProvider};
 use crate::connection::store::StoreError;
 use crate::connection::{ConnectionId, Sealed, now_ms};
 use crate::crypto::{CryptoError, Pkce, random_token};
-use crate::oauth::{TokenEndpoint, TokenError, TokenHint, TokenSet, authorize_url, excerpt, missing_scopes};
+use crate::oauth::{TokenEndpoint, TokenError, TokenHint, TokenSet, authorize_url, excerpt};
 use crate::refresh::{RefreshError, TokenService};
 use crate::secret::{AuthorizationCode, PkceVerifier};
 use crate::secrets::{SecretStore, SecretsError};
@@ -417,7 +417,7 @@ impl LoginService {
             )
             .await
             .map_err(LoginError::Exchange)?;
-        let warnings = warnings(provider, &tokens);
+        let warnings = super::grant::warnings(provider, &tokens);
         for warning in &warnings {
             tracing::warn!(provider = %provider.name, connection = %attempt.connection, "{warning}");
         }
@@ -607,37 +607,6 @@ async fn revoke_fresh_tokens(endpoint: &TokenEndpoint<'_>, tokens: &TokenSet) ->
         }
     }
     all
-}
-
-/// What the operator must know about a login that worked, with the likely fix.
-pub fn warnings(provider: &Provider, tokens: &TokenSet) -> Vec<String> {
-    let settings = &provider.settings;
-    let mut warnings = Vec::new();
-    if tokens.refresh_token.is_none() {
-        let fix = match (&settings.offline_scope, settings.authorize_params.get("access_type")) {
-            (Some(scope), _) if !settings.scopes.contains(scope) => format!("add the `{scope}` scope"),
-            (_, Some(_)) => {
-                "keep `access_type=offline` with `prompt=consent`, or revoke the app's earlier grant at the \
-                             provider so that consent is asked again"
-                    .to_owned()
-            }
-            _ => "check that the app at the provider may use refresh tokens, or revoke its earlier grant there"
-                .to_owned(),
-        };
-        warnings.push(format!(
-            "no refresh token came back, so this connection stops working when the access token expires: {fix}"
-        ));
-    }
-    if let Some(granted) = &tokens.scope {
-        let missing = missing_scopes(&settings.scopes, granted);
-        if !missing.is_empty() {
-            warnings.push(format!(
-                "the provider granted fewer scopes than requested; missing: {}",
-                missing.join(" ")
-            ));
-        }
-    }
-    warnings
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub enum LinkError {
     Malformed(&'static str),
     #[error("the link's signature does not match: it was changed, or its key is no longer listed")]
     BadSignature,
-    #[error("the link expired at {0} (epoch seconds); ask for a new one")]
+    #[error("the link expired at {}; ask for a new one", crate::when::utc(*.0 * 1000))]
     Expired(i64),
     #[error("the link is for provider `{link}`, not `{path}`")]
     WrongProvider { link: String, path: String },

@@ -6,6 +6,7 @@
 
 pub mod attempts;
 pub mod flow;
+pub mod grant;
 pub mod link;
 
 pub use link::{ConnectClaims, LinkError, LinkKeys, MAX_LINK_LIFETIME, check_return_url, parse_lifetime};

@@ -356,16 +356,6 @@ fn s256(challenge: &str) -> Option<PkceCodeChallenge> {
     .ok()
 }
 
-/// Requested scopes missing from the granted ones. `offline_access` is never
-/// reported: Microsoft grants it without echoing it back.
-pub fn missing_scopes(requested: &[String], granted: &[String]) -> Vec<String> {
-    requested
-        .iter()
-        .filter(|s| s.as_str() != "offline_access" && !granted.contains(s))
-        .cloned()
-        .collect()
-}
-
 /// A short, single-line piece of provider text with every secret we sent
 /// removed, as sent and form-encoded, before it is cut to length (so no cut
 /// can leave half a secret behind).
@@ -492,15 +482,6 @@ mod tests {
         assert_eq!(
             set.scope.as_deref(),
             Some(&["User.Read".to_owned(), "Contacts.Read".to_owned()][..])
-        );
-        let requested = [
-            "offline_access".to_owned(),
-            "User.Read".to_owned(),
-            "Mail.Read".to_owned(),
-        ];
-        assert_eq!(
-            missing_scopes(&requested, set.scope.as_deref().unwrap_or_default()),
-            ["Mail.Read"]
         );
     }
 

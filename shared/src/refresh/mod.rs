@@ -150,7 +150,7 @@ pub enum RefreshError {
         reason: &'static str,
         message: String,
     },
-    #[error("refreshing connection {id} failed ({cause}); next attempt at {until} (epoch ms)")]
+    #[error("refreshing connection {id} failed ({cause}); next attempt {}", crate::when::moment(*until, now_ms()))]
     RetryLater {
         id: ConnectionId,
         until: i64,
@@ -886,6 +886,22 @@ pub enum LoadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_back_refresh_says_when_as_a_time_and_a_duration() {
+        let e = RefreshError::RetryLater {
+            id: ConnectionId::parse("acme-1").expect("id"),
+            until: now_ms() + 570_500,
+            cause: "rate limited".to_owned(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("refreshing connection acme-1 failed (rate limited); next attempt at "),
+            "{text}"
+        );
+        assert!(text.contains(" UTC, in 9 min"), "{text}");
+        assert!(!text.contains("epoch"), "{text}");
+    }
 
     #[test]
     fn a_token_over_the_bound_is_named_with_its_length() {

@@ -122,9 +122,9 @@ impl TokenService {
                 };
                 if let Some(unknown) = after {
                     message.push_str(&format!(
-                        "; this was the one resend after a refresh sent at {} (epoch ms) whose outcome was unknown: \
+                        "; this was the one resend after a refresh sent at {} whose outcome was unknown: \
                          that refresh had been processed and its new refresh token was lost",
-                        unknown.first_sent_at
+                        crate::when::utc(unknown.first_sent_at)
                     ));
                 }
                 self.needs_reauth(pass, reason::DEAD_REFRESH_TOKEN, &message).await
@@ -161,8 +161,10 @@ impl TokenService {
         let (conn, id) = (pass.conn, &pass.conn.id);
         let wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
         if pass.deadline.saturating_duration_since(Instant::now()) < wait + self.settings.time_for_a_send() {
-            let cause =
-                format!("outcome unknown ({detail}); the old refresh token goes once more after {at} (epoch ms)");
+            let cause = format!(
+                "outcome unknown ({detail}); the old refresh token goes once more after {}",
+                crate::when::utc(at)
+            );
             return self.not_refreshed(pass, &cause, Some(unknown), Some(wait)).await;
         }
         tokio::time::sleep(wait).await;
@@ -207,14 +209,15 @@ impl TokenService {
         };
         let message = match unknown.resent_at {
             Some(_) => format!(
-                "a refresh sent at {} (epoch ms) had an unknown outcome, and its one resend did not settle it \
+                "a refresh sent at {} had an unknown outcome, and its one resend did not settle it \
                  ({detail}); the old refresh token is not sent a third time",
-                unknown.first_sent_at
+                crate::when::utc(unknown.first_sent_at)
             ),
             None => format!(
-                "a refresh sent at {} (epoch ms) has an unknown outcome ({detail}); provider `{}` does not resend \
+                "a refresh sent at {} has an unknown outcome ({detail}); provider `{}` does not resend \
                  after an unknown outcome (resend_after_unknown_outcome = false) and no reuse grace period covers one",
-                unknown.first_sent_at, provider.name
+                crate::when::utc(unknown.first_sent_at),
+                provider.name
             ),
         };
         self.needs_reauth(pass, reason::REFRESH_OUTCOME_UNKNOWN, &message).await

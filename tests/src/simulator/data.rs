@@ -923,7 +923,7 @@ fn encode_component(s: &str) -> String {
 /// RFC 3339 in UTC, whole seconds, as Graph writes `lastModifiedDateTime`.
 pub(crate) fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
-    let (year, month, day) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or_default());
+    let (year, month, day) = shared::when::civil_from_days(i64::try_from(secs / 86_400).unwrap_or_default());
     let rem = secs % 86_400;
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
@@ -931,20 +931,6 @@ pub(crate) fn rfc3339(ms: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// Howard Hinnant's days-to-civil: (year, month, day) of days since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 // ---------------------------------------------------------------------------

@@ -76,6 +76,10 @@ pub struct SimConfig {
     pub require_pkce: bool,
     /// Issue a refresh token at code exchange.
     pub issue_refresh_token: bool,
+    /// OpenID Connect Core §11: honour an `offline_access` request only with
+    /// `prompt=consent`, dropping the scope silently otherwise, and issue a
+    /// refresh token only when `offline_access` was granted.
+    pub offline_access_needs_consent: bool,
     /// Exact Online: refuse a refresh while the access token has more than this left.
     pub too_early: Option<Duration>,
     /// Scopes granted regardless of the request (`None`: grant what was asked).
@@ -105,6 +109,7 @@ impl SimConfig {
             reuse_grace: Duration::from_secs(settings.reuse_grace_secs),
             require_pkce: true,
             issue_refresh_token: true,
+            offline_access_needs_consent: false,
             too_early: None,
             granted_scopes: None,
             user: "user@example.com".to_owned(),
@@ -414,7 +419,12 @@ impl Simulator {
             params.push(("error_description", "The user denied the request".to_owned()));
         } else {
             let code = new_token("code");
-            let scopes = get("scope").split_whitespace().map(str::to_owned).collect();
+            let asks_consent = get("prompt").split(' ').any(|p| p == "consent");
+            let scopes = get("scope")
+                .split_whitespace()
+                .filter(|s| !(config.offline_access_needs_consent && *s == "offline_access" && !asks_consent))
+                .map(str::to_owned)
+                .collect();
             state.codes.insert(
                 code.clone(),
                 CodeRecord {
@@ -499,8 +509,9 @@ impl Simulator {
         if let Some(record) = state.codes.get_mut(&code) {
             record.family = Some(family);
         }
-        let refresh = config
-            .issue_refresh_token
+        let offline_granted =
+            !config.offline_access_needs_consent || state.families[family].scopes.iter().any(|s| s == "offline_access");
+        let refresh = (config.issue_refresh_token && offline_granted)
             .then(|| new_refresh_token(&mut state, family, config.preset));
         issue(&config, &mut state, family, refresh, self.base_url())
     }

@@ -1,0 +1,133 @@
+//! Times and durations as people read them, for messages and the CLI:
+//! "14:03:12 UTC", "9 min 30 s", "at 14:03:12 UTC, in 9 min 30 s".
+//!
+//! Every time here is epoch milliseconds in UTC (what DynamoDB items hold);
+//! `now` is passed in so that messages are testable.
+
+/// "2026-12-01 14:03:12 UTC".
+pub fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    format!("{year:04}-{month:02}-{day:02} {} UTC", time_of_day(secs))
+}
+
+/// "14:03:12 UTC" when `ms` falls on the same UTC day as `now`, else with
+/// the date ("2026-12-02 14:03:12 UTC").
+pub fn clock(ms: i64, now: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    if secs.div_euclid(86_400) == now.div_euclid(1000).div_euclid(86_400) {
+        format!("{} UTC", time_of_day(secs))
+    } else {
+        utc(ms)
+    }
+}
+
+/// "45 s", "9 min 30 s", "2 h 5 min", "3 d 4 h": the two largest units.
+pub fn duration(secs: u64) -> String {
+    let two = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
+        if small == 0 {
+            format!("{big} {big_unit}")
+        } else {
+            format!("{big} {big_unit} {small} {small_unit}")
+        }
+    };
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3_600 => two(s / 60, "min", s % 60, "s"),
+        s if s < 86_400 => two(s / 3_600, "h", s % 3_600 / 60, "min"),
+        s => two(s / 86_400, "d", s % 86_400 / 3_600, "h"),
+    }
+}
+
+/// "in 9 min 30 s" for a time ahead, "3 min ago" for one passed, "now"
+/// within a second.
+pub fn relative(ms: i64, now: i64) -> String {
+    let delta = ms - now;
+    if delta.abs() < 1_000 {
+        return "now".to_owned();
+    }
+    let text = duration(delta.unsigned_abs() / 1_000);
+    if delta > 0 {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+/// How long ago something happened: "just now" within a second, and also
+/// for a time slightly ahead, which is another host's clock, not the future.
+pub fn ago(ms: i64, now: i64) -> String {
+    if ms > now - 1_000 {
+        return "just now".to_owned();
+    }
+    relative(ms, now)
+}
+
+/// "at 14:03:12 UTC, in 9 min 30 s" (or "…, 3 min ago").
+pub fn moment(ms: i64, now: i64) -> String {
+    format!("at {}, {}", clock(ms, now), relative(ms, now))
+}
+
+fn time_of_day(secs: i64) -> String {
+    let s = secs.rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", s / 3_600, s % 3_600 / 60, s % 60)
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count from
+/// 1970-01-01 (Howard Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_match_the_calendar() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_796_133_286_766), "2026-12-01 13:54:46 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(4_107_542_399_000), "2100-02-28 23:59:59 UTC");
+        assert_eq!(utc(-1_000), "1969-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn the_date_is_left_out_on_the_same_day() {
+        let now = 1_796_133_286_766;
+        assert_eq!(clock(now + 570_000, now), "14:04:16 UTC");
+        assert_eq!(clock(now + 86_400_000, now), "2026-12-02 13:54:46 UTC");
+        assert_eq!(moment(now + 570_000, now), "at 14:04:16 UTC, in 9 min 30 s");
+        assert_eq!(moment(now - 180_000, now), "at 13:51:46 UTC, 3 min ago");
+    }
+
+    #[test]
+    fn durations_use_the_two_largest_units() {
+        assert_eq!(duration(0), "0 s");
+        assert_eq!(duration(59), "59 s");
+        assert_eq!(duration(60), "1 min");
+        assert_eq!(duration(570), "9 min 30 s");
+        assert_eq!(duration(3_600), "1 h");
+        assert_eq!(duration(7_500), "2 h 5 min");
+        assert_eq!(duration(277_200), "3 d 5 h");
+    }
+
+    #[test]
+    fn past_events_never_read_as_future() {
+        let now = 1_000_000;
+        assert_eq!(ago(now + 1_500, now), "just now");
+        assert_eq!(ago(now - 500, now), "just now");
+        assert_eq!(ago(now - 2_000, now), "2 s ago");
+        assert_eq!(relative(now + 2_000, now), "in 2 s");
+        assert_eq!(relative(now, now), "now");
+    }
+}
