@@ -7,7 +7,7 @@
 //! 2. in headless Chromium driven over WebDriver: the connect link, the
 //!    confirmation page, a click on its button, the provider, the callback
 //!    page. It saves screenshots of both pages into `target/screenshots/`
-//!    (`OAUTH_SYNC_SCREENSHOTS=docs/images` refreshes the README's copies).
+//!    (`OAUTH_SYNC_SCREENSHOTS=docs/images` refreshes the copies docs/login.md shows).
 //!
 //! The function logs at `trace` (`RUST_LOG` and `AWS_LAMBDA_LOG_LEVEL`), and
 //! its output must hold none of the codes, states and login cookies seen.
@@ -283,7 +283,7 @@ async fn in_browser(login: &LoginFixture, base: &str, root: &str) -> anyhow::Res
     std::fs::create_dir_all(&profile)?;
     let browser = driver.session(&profile).await?;
     // Every run takes the screenshots (their reference ids differ); only a run
-    // asked to refresh the README's copies writes them into the checkout.
+    // asked to refresh docs/images (shown by docs/login.md) writes them into the checkout.
     let images = match std::env::var_os("OAUTH_SYNC_SCREENSHOTS") {
         Some(dir) => Path::new(root).join(dir),
         None => Path::new(root).join("target/screenshots"),
