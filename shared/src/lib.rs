@@ -28,6 +28,7 @@ pub mod refresh;
 pub mod runtime;
 pub mod secret;
 pub mod secrets;
+pub mod shards;
 pub mod sync;
 pub mod telemetry;
 pub mod when;

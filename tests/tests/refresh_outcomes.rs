@@ -401,8 +401,9 @@ async fn the_refresher_pages_through_a_shard_and_leaves_what_it_cannot_start() {
 
     // Three more due; one at a time, and the first refresh answers after 8 s.
     // No refresh starts once less than a send (10 s) and a commit (5 s) fit
-    // before the deadline, 3 s from now: the second is left for the next run,
-    // and the rest of the index is not read.
+    // before the deadline, 3 s from now: the other two (the second from the
+    // first page, the third from the page read meanwhile) are left for the
+    // next run.
     fixture
         .sim()
         .reconfigure(|c| c.access_token_ttl = Duration::from_secs(60));
@@ -424,7 +425,7 @@ async fn the_refresher_pages_through_a_shard_and_leaves_what_it_cannot_start() {
             summary.left_for_next_run,
             summary.complete
         ),
-        (2, 1, 1, false),
+        (3, 1, 2, false),
         "{summary:?}"
     );
     assert_eq!(fixture.sim().counters().refresh_requests - requests_before, 1);

@@ -12,17 +12,15 @@ use shared::telemetry::{Target, init, startup_failed};
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
     let app = App::from_env().await.map_err(startup_failed)?;
-    let tokens = Arc::new(app.token_service().await.map_err(startup_failed)?);
-    let config = Arc::new(app.config.clone());
-    let login = LoginService::load(
-        config,
-        tokens,
+    // The token key ring and the link keys are two secrets: fetched at once.
+    let (tokens, links) = tokio::join!(app.token_service(), LoginService::link_keys(&app.config, &app.secrets));
+    let login = LoginService::new(
+        Arc::new(app.config.clone()),
+        Arc::new(tokens.map_err(startup_failed)?),
         app.attempt_store().map_err(startup_failed)?,
-        &app.secrets,
+        links.map_err(startup_failed)?,
         ATTEMPT_TTL,
     )
-    .await
-    .map_err(startup_failed)?
     .with_jobs(app.job_store().map_err(startup_failed)?);
     run(service_fn(|request: Request| oauth_callback::handle(&login, request))).await
 }

@@ -218,15 +218,34 @@ impl LoginService {
         secrets: &SecretStore,
         attempt_ttl: Duration,
     ) -> Result<LoginService, LoginError> {
-        let links = LinkKeys::from_json(&secrets.text(&config.service.link_key_secret).await?)?;
-        Ok(LoginService {
+        let links = Self::link_keys(&config, secrets).await?;
+        Ok(Self::new(config, tokens, attempts, links, attempt_ttl))
+    }
+
+    /// The link keys named by the configuration, from Secrets Manager (a
+    /// function start-up fetches them while the token service loads its key
+    /// ring, then calls [`LoginService::new`]).
+    pub async fn link_keys(config: &Config, secrets: &SecretStore) -> Result<LinkKeys, LoginError> {
+        Ok(LinkKeys::from_json(
+            &secrets.text(&config.service.link_key_secret).await?,
+        )?)
+    }
+
+    pub fn new(
+        config: Arc<Config>,
+        tokens: Arc<TokenService>,
+        attempts: AttemptStore,
+        links: LinkKeys,
+        attempt_ttl: Duration,
+    ) -> LoginService {
+        LoginService {
             config,
             tokens,
             attempts,
             links,
             attempt_ttl,
             jobs: None,
-        })
+        }
     }
 
     /// After each login, schedule every configured sync of the connection's

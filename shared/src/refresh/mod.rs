@@ -43,11 +43,12 @@ pub use self::decide::{Action, Answer, Plan, ResendPolicy, Sent, UnknownSend, de
 use self::lease::LeaseState;
 use crate::config::{Config, Provider, UnknownProvider};
 use crate::connection::store::{ConnectionStore, StoreError, Write};
-use crate::connection::{Connection, ConnectionId, DUE_SHARDS, Status, now_ms, refresh_due_at};
+use crate::connection::{Connection, ConnectionId, Status, now_ms, refresh_due_at};
 use crate::crypto::{CryptoError, KeyRing};
 use crate::oauth::{ClientCredentials, TokenEndpoint, TokenSet, http_client};
 use crate::secret::AccessToken;
 use crate::secrets::{SecretStore, SecretsError};
+use crate::shards::ShardPage;
 use crate::telemetry::error_chain;
 
 /// The longest token (access or refresh) stored, in bytes. Real ones are a
@@ -506,11 +507,12 @@ impl TokenService {
     }
 
     /// Refreshes every connection the refresh-due index says is due, at most
-    /// `concurrency` at a time (the token-refresher's job). The index is read
-    /// a page at a time, shard by shard, while refreshes run; no refresh
-    /// starts once less than one send and one commit fit before `deadline`,
-    /// and what is left waits for the next run. A failed query of one shard is
-    /// logged and counted, and the other shards are still served.
+    /// `concurrency` at a time (the token-refresher's job). Every shard of the
+    /// index is read at once, a page at a time, while refreshes run (a run
+    /// with nothing due costs one query round trip, not one per shard); no
+    /// refresh starts once less than one send and one commit fit before
+    /// `deadline`, and what is left waits for the next run. A failed query of
+    /// one shard is logged and counted, and the other shards are still served.
     pub async fn refresh_due(self: &Arc<Self>, deadline: Instant, concurrency: usize) -> DueSummary {
         let now = now_ms();
         let start_by = deadline
@@ -523,52 +525,55 @@ impl TokenService {
         let unknown_before = self.unknown_outcomes();
         let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
-        'shards: for shard in 0..DUE_SHARDS {
-            let mut after = None;
-            loop {
-                if Instant::now() >= start_by {
-                    summary.complete = false;
-                    break 'shards;
-                }
-                let page = match self
-                    .store
-                    .due(&shard.to_string(), now, self.settings.due_page_size, after)
+        let (store, page_size) = (self.store.clone(), self.settings.due_page_size);
+        let mut found = crate::shards::read_all(start_by, move |shard, after| {
+            let store = store.clone();
+            async move {
+                let page = store
+                    .due(&shard.to_string(), now, page_size, after)
                     .await
-                {
-                    Ok(page) => page,
-                    Err(e) => {
-                        error!(shard, error = %error_chain(&e), "the refresh-due index could not be read; this shard waits for the next run");
-                        summary.shards_failed += 1;
-                        summary.complete = false;
-                        break;
-                    }
+                    .map_err(|e| error_chain(&e))?;
+                Ok::<_, String>((page.ids, page.next))
+            }
+        });
+        while let Some(page) = found.recv().await {
+            let ids = match page {
+                ShardPage::Items(ids) => ids,
+                ShardPage::Failed { shard, error } => {
+                    error!(
+                        shard,
+                        error, "the refresh-due index could not be read; this shard waits for the next run"
+                    );
+                    summary.shards_failed += 1;
+                    summary.complete = false;
+                    continue;
+                }
+                ShardPage::OutOfTime => {
+                    summary.complete = false;
+                    continue;
+                }
+            };
+            // A connection refreshed in this run is due no sooner than its
+            // refresh (`refresh_due_at`), after `now`: later pages never
+            // bring it up again.
+            summary.due += ids.len() as u64;
+            for id in ids {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
                 };
-                // A connection refreshed in this run is due no sooner than its
-                // refresh (`refresh_due_at`), after `now`: later pages never
-                // bring it up again.
-                summary.due += page.ids.len() as u64;
-                for id in page.ids {
-                    let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                        break 'shards;
-                    };
-                    while let Some(result) = tasks.try_join_next() {
-                        summary.count(result);
-                    }
-                    if Instant::now() >= start_by {
-                        summary.left_for_next_run += 1;
-                        summary.complete = false;
-                        continue;
-                    }
-                    let service = Arc::clone(self);
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        service.access_token(&id, deadline).await
-                    });
+                while let Some(result) = tasks.try_join_next() {
+                    summary.count(result);
                 }
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
+                if Instant::now() >= start_by {
+                    summary.left_for_next_run += 1;
+                    summary.complete = false;
+                    continue;
                 }
+                let service = Arc::clone(self);
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    service.access_token(&id, deadline).await
+                });
             }
         }
         while let Some(result) = tasks.join_next().await {

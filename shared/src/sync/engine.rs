@@ -31,9 +31,10 @@ use super::records::{Change, Incoming, MAX_ITEM_BYTES, RecordStore, content_hash
 use super::{compare_cursors, scalar_text, value_at};
 use crate::config::{Config, Provider, Sync, SyncMode, fill_template};
 use crate::connection::store::StoreError;
-use crate::connection::{ConnectionId, DUE_SHARDS, Status, now_ms};
+use crate::connection::{ConnectionId, Status, now_ms};
 use crate::oauth::excerpt;
 use crate::refresh::{RefreshError, TokenService, jitter};
+use crate::shards::ShardPage;
 use crate::telemetry::error_chain;
 
 /// Timing and bounds of the engine.
@@ -272,39 +273,41 @@ impl SyncEngine {
         let start_by = deadline
             .checked_sub(self.settings.page_timeout + self.settings.commit_margin)
             .unwrap_or_else(Instant::now);
-        for shard in 0..DUE_SHARDS {
-            let mut start = None;
-            loop {
-                let page = match self.jobs.due(shard, now_ms(), 100, start).await {
-                    Ok(page) => page,
-                    Err(e) => {
-                        warn!(shard, error = %error_chain(&e), "the sync-due index could not be read");
-                        summary.shards_failed += 1;
-                        break;
-                    }
-                };
-                for (id, due_at) in page.ids {
-                    summary.due += 1;
-                    summary.lag_percent = summary.lag_percent.max(self.lag_percent(&id, due_at, now_ms()));
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
-                        break;
-                    };
-                    if Instant::now() >= start_by {
-                        summary.left_for_next_run += 1;
-                        continue;
-                    }
-                    let engine = self.clone();
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        let started = Instant::now();
-                        let report = engine.run_id(&id, deadline, false).await;
-                        (report, started.elapsed())
-                    });
+        let (jobs, now) = (self.jobs.clone(), now_ms());
+        let mut found = crate::shards::read_all(start_by, move |shard, start| {
+            let jobs = jobs.clone();
+            async move {
+                let page = jobs.due(shard, now, 100, start).await.map_err(|e| error_chain(&e))?;
+                Ok::<_, String>((page.ids, page.next))
+            }
+        });
+        while let Some(page) = found.recv().await {
+            let ids = match page {
+                ShardPage::Items(ids) => ids,
+                ShardPage::Failed { shard, error } => {
+                    warn!(shard, error, "the sync-due index could not be read");
+                    summary.shards_failed += 1;
+                    continue;
                 }
-                start = page.next;
-                if start.is_none() {
+                ShardPage::OutOfTime => continue,
+            };
+            for (id, due_at) in ids {
+                summary.due += 1;
+                summary.lag_percent = summary.lag_percent.max(self.lag_percent(&id, due_at, now_ms()));
+                let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
+                };
+                if Instant::now() >= start_by {
+                    summary.left_for_next_run += 1;
+                    continue;
                 }
+                let engine = self.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let started = Instant::now();
+                    let report = engine.run_id(&id, deadline, false).await;
+                    (report, started.elapsed())
+                });
             }
         }
         while let Some(result) = tasks.join_next().await {
