@@ -670,6 +670,40 @@ mod tests {
     }
 
     #[test]
+    fn a_generic_provider_without_an_offline_scope_is_told_how_to_check_refresh_tokens() {
+        let findings = |table: &str| {
+            let text = format!("[providers.p]\ncredentials_secret = \"s\"\n{table}");
+            let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+            check_settings(&config.providers["p"], &config.service)
+                .into_iter()
+                .filter(|f| f.check == "refresh token scope")
+                .collect::<Vec<_>>()
+        };
+        let generic = "preset = \"generic\"\nauthorize_url = \"https://id.example/auth\"\n\
+                       token_url = \"https://id.example/token\"\n";
+        let found = findings(generic);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].verdict, Verdict::Warn);
+        assert!(
+            found[0]
+                .detail
+                .contains("whether a login gets a refresh token cannot be checked")
+                && found[0]
+                    .detail
+                    .contains("offline_scope = \"offline_access\" for OpenID Connect servers"),
+            "{}",
+            found[0].detail
+        );
+        // Set, it is checked instead; a preset that knows its provider is not warned about.
+        let set = findings(&format!(
+            "{generic}scopes = [\"offline_access\"]\noffline_scope = \"offline_access\"\n"
+        ));
+        assert_eq!(set.len(), 1);
+        assert_eq!(set[0].verdict, Verdict::Ok);
+        assert!(findings("preset = \"hubspot\"\n").is_empty());
+    }
+
+    #[test]
     fn stack_outputs_name_the_callback_url_to_set_and_the_tables_to_export() {
         let outputs: std::collections::BTreeMap<String, String> = [
             (
