@@ -609,6 +609,7 @@ async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> an
     let mut findings = check_service_secrets(&config.service, &secrets).await;
     for provider in providers {
         findings.extend(check_settings(provider, &config.service));
+        findings.extend(shared::doctor::check_discovery(provider).await);
         findings.extend(check_credentials(provider, &secrets, &http).await);
     }
     // With the connections table at hand, each connection that cannot be refreshed is named.

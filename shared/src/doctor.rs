@@ -155,8 +155,78 @@ pub fn check_settings(provider: &Provider, service: &ServiceSettings) -> Vec<Fin
         None => {}
     }
     if let Some(metadata) = &provider.metadata {
+        out.push(finding(
+            name,
+            "discovery",
+            Verdict::Ok,
+            format!("endpoints from {}", metadata.document_url),
+        ));
         out.extend(check_metadata(provider, metadata));
     }
+    out
+}
+
+/// For a provider that names its issuer but sets its endpoints itself, so
+/// that loading the configuration fetched nothing: reads the discovery
+/// document now and checks the configuration against it. A document that
+/// cannot be read is only a warning, since nothing depends on it.
+pub async fn check_discovery(provider: &Provider) -> Vec<Finding> {
+    let name = provider.name.as_str();
+    let Some(issuer) = provider.settings.issuer.clone().filter(|_| provider.metadata.is_none()) else {
+        return Vec::new();
+    };
+    let metadata = match crate::config::discovery::fetch_all([issuer.clone()]).await {
+        Ok(mut found) => found.remove(&issuer),
+        Err((_, e)) => {
+            return vec![finding(
+                name,
+                "discovery",
+                Verdict::Warn,
+                format!("{e} (the endpoints are set in the configuration: nothing depends on it)"),
+            )];
+        }
+    };
+    let Some(metadata) = metadata else {
+        return Vec::new();
+    };
+    let url = &metadata.document_url;
+    let differing: Vec<String> = [
+        (
+            "authorize_url",
+            &provider.authorize_url,
+            "authorization_endpoint",
+            &metadata.authorization_endpoint,
+        ),
+        (
+            "token_url",
+            &provider.token_url,
+            "token_endpoint",
+            &metadata.token_endpoint,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, configured, _, listed)| configured != listed)
+    .map(|(key, configured, member, listed)| format!("{key} {configured} is not its {member} {listed}"))
+    .collect();
+    let mut out = vec![if differing.is_empty() {
+        finding(
+            name,
+            "discovery",
+            Verdict::Ok,
+            format!("the configured endpoints are those of {url}"),
+        )
+    } else {
+        finding(
+            name,
+            "discovery",
+            Verdict::Warn,
+            format!(
+                "{} ({url}): is the issuer or the endpoint right? Leave the endpoints unset to take the document's",
+                differing.join("; ")
+            ),
+        )
+    }];
+    out.extend(check_metadata(provider, &metadata));
     out
 }
 
@@ -170,7 +240,7 @@ pub fn check_metadata(provider: &Provider, metadata: &ServerMetadata) -> Vec<Fin
     let settings = &provider.settings;
     let url = &metadata.document_url;
     let list = |values: &[String]| values.join(", ");
-    let mut out = vec![finding(name, "discovery", Verdict::Ok, format!("endpoints from {url}"))];
+    let mut out = Vec::new();
 
     let auth = settings.client_auth;
     let supported = &metadata.token_endpoint_auth_methods_supported;
@@ -258,25 +328,31 @@ pub fn check_metadata(provider: &Provider, metadata: &ServerMetadata) -> Vec<Fin
     out.push(finding(name, "PKCE", pkce.0, pkce.1));
 
     let announced = metadata.authorization_response_iss_parameter_supported;
-    let iss = match (announced, settings.require_iss) {
-        (true, Some(false)) => (
+    let iss = match (announced, provider.requires_iss(), settings.require_iss) {
+        (true, true, _) => (
+            Verdict::Ok,
+            "the server always sends `iss` (RFC 9207): an answer without it, or with another issuer, is refused"
+                .to_owned(),
+        ),
+        (true, false, Some(false)) => (
             Verdict::Warn,
             "the server always sends `iss` (RFC 9207), but require_iss = false accepts an answer without it: \
              remove `require_iss = false`"
                 .to_owned(),
         ),
-        (true, _) => (
-            Verdict::Ok,
-            "the server always sends `iss` (RFC 9207): an answer without it, or with another issuer, is refused"
-                .to_owned(),
-        ),
-        (false, Some(true)) => (
+        (true, false, _) => (
             Verdict::Warn,
-            "require_iss = true, but the server does not announce `iss` (authorization_response_iss_parameter_\
-             supported): if it does not send it, every login is refused"
+            "the server always sends `iss` (RFC 9207), and its document is not read at start-up (the endpoints \
+             are set): set require_iss = true so that an answer without it is refused"
                 .to_owned(),
         ),
-        (false, _) => (
+        (false, true, _) => (
+            Verdict::Warn,
+            "require_iss = true, but the server does not announce `iss` \
+             (authorization_response_iss_parameter_supported): if it does not send it, every login is refused"
+                .to_owned(),
+        ),
+        (false, false, _) => (
             Verdict::Ok,
             "the server does not announce `iss` (RFC 9207); when an answer carries one, it is compared with \
              `issuer`"

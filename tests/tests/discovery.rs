@@ -295,3 +295,58 @@ async fn when_the_document_announces_iss_an_answer_without_it_is_refused_and_one
         .await
         .expect("require_iss = false accepts an answer without iss");
 }
+
+#[tokio::test]
+async fn doctor_reads_the_document_of_a_provider_that_sets_its_endpoints_itself() {
+    let sim = simulator(SimConfig {
+        discovery: DiscoveryDoc::default().with("authorization_response_iss_parameter_supported", json!(true)),
+        ..SimConfig::for_preset(PresetName::Generic)
+    })
+    .await;
+    let base = &sim.base_url;
+    let text = |token_url: &str, issuer: &str| {
+        format!(
+            "[providers.own]\npreset = \"generic\"\ncredentials_secret = \"s\"\nissuer = \"{issuer}\"\n\
+             authorize_url = \"{base}/authorize\"\ntoken_url = \"{token_url}\"\n"
+        )
+    };
+    let load = |text: String| async move {
+        Config::parse_and_discover(&text, "own.toml")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    let config = load(text(&format!("{base}/token"), base)).await;
+    assert_eq!(sim.sim.counters().discovery_requests, 0, "loading fetched nothing");
+    let findings = shared::doctor::check_discovery(&config.providers["own"]).await;
+    assert_eq!(found(&findings, "discovery").verdict, Verdict::Ok, "{findings:#?}");
+    let iss = found(&findings, "issuer in the answer");
+    assert_eq!(iss.verdict, Verdict::Warn);
+    assert!(iss.detail.contains("set require_iss = true"), "{}", iss.detail);
+    assert_eq!(found(&findings, "client authentication").verdict, Verdict::Ok);
+
+    let config = load(text("https://elsewhere.example/token", base)).await;
+    let findings = shared::doctor::check_discovery(&config.providers["own"]).await;
+    let discovery = found(&findings, "discovery");
+    assert_eq!(discovery.verdict, Verdict::Warn);
+    assert!(
+        discovery.detail.contains(&format!(
+            "token_url https://elsewhere.example/token is not its token_endpoint {base}/token"
+        )),
+        "{}",
+        discovery.detail
+    );
+
+    // Unreachable: a warning that names the URL, and nothing else to say.
+    let config = load(text(&format!("{base}/token"), "http://127.0.0.1:9")).await;
+    let findings = shared::doctor::check_discovery(&config.providers["own"]).await;
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    assert_eq!(findings[0].verdict, Verdict::Warn);
+    assert!(
+        findings[0]
+            .detail
+            .contains("http://127.0.0.1:9/.well-known/openid-configuration"),
+        "{}",
+        findings[0].detail
+    );
+}
