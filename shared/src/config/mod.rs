@@ -571,7 +571,10 @@ fn resolve_provider(name: &str, entry: ProviderEntry, discovered: &Discovered) -
         if template.is_empty() {
             return Err((
                 key,
-                format!("missing field `{key}` (preset `{preset}` does not provide one)"),
+                format!(
+                    "missing field `{key}` (preset `{preset}` does not provide one; or set `issuer` to read the \
+                     endpoints from the server's OpenID Connect discovery document)"
+                ),
             ));
         }
         let filled = fill_template(template, &settings.params, &[]).map_err(|e| (key, e.to_string()))?;
