@@ -328,12 +328,15 @@ pub async fn push(file: &Path, as_json: bool) -> anyhow::Result<()> {
         Ok(text) => text,
         // The same error `config check` gives.
         Err(_) => {
-            return Err(Config::load(file)
+            return Err(Config::load_and_discover(file)
+                .await
                 .err()
                 .map_or_else(|| anyhow::anyhow!("cannot read {label}"), Into::into));
         }
     };
-    let config = Config::parse(&text, &label).context("nothing was written")?;
+    let config = Config::parse_and_discover(&text, &label)
+        .await
+        .context("nothing was written")?;
     let name = config_secret_name();
     let aws = AwsClients::from_env().await;
     secrets(&aws)

@@ -215,7 +215,7 @@ async fn main() -> ExitCode {
         }
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match Config::load(&config_path(file.or(cli.config))) {
+        } => match Config::load_and_discover(&config_path(file.or(cli.config))).await {
             Ok(config) => output::config(&config, cli.json),
             Err(e) => Err(anyhow::Error::new(e)),
         },
@@ -282,7 +282,7 @@ struct LinkRequest {
 
 /// Checks everything it can before touching AWS, then signs with the link key.
 async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load(&config_file)?;
+    let config = Config::load_and_discover(&config_file).await?;
     let provider = config.provider(&request.provider)?;
     let connection = ConnectionId::parse(&request.connection)?;
     let lifetime = parse_lifetime(&request.expires).context("--expires")?;
@@ -377,7 +377,7 @@ fn record_store(aws: &AwsClients) -> anyhow::Result<RecordStore> {
 }
 
 async fn token_service(config_file: &std::path::Path) -> anyhow::Result<TokenService> {
-    let config = Arc::new(Config::load(config_file)?);
+    let config = Arc::new(Config::load_and_discover(config_file).await?);
     let (aws, store) = store().await?;
     Ok(TokenService::load(config, store, SecretStore::new(aws.secrets), RefreshSettings::default()).await?)
 }
@@ -395,7 +395,7 @@ fn sync_definition<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a sha
 }
 
 async fn list(config_file: PathBuf, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load(&config_file)?;
+    let config = Config::load_and_discover(&config_file).await?;
     let (aws, store) = store().await?;
     let connections = store.list().await?;
     // The newest run of each connection's jobs, when syncs are configured
@@ -419,7 +419,7 @@ async fn list(config_file: PathBuf, as_json: bool) -> anyhow::Result<()> {
 }
 
 async fn show(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load(&config_file)?;
+    let config = Config::load_and_discover(&config_file).await?;
     let (aws, store) = store().await?;
     let id = ConnectionId::parse(id)?;
     let connection = store
@@ -477,7 +477,7 @@ async fn sync_run(config_file: PathBuf, id: &str, sync: &str, timeout: &str, as_
         settings.page_timeout.as_secs(),
         settings.commit_margin.as_secs()
     );
-    let config = Arc::new(Config::load(&config_file)?);
+    let config = Arc::new(Config::load_and_discover(&config_file).await?);
     let id = ConnectionId::parse(id)?;
     let definition = sync_definition(&config, sync)?;
     let (aws, store) = store().await?;
@@ -514,7 +514,7 @@ async fn sync_run(config_file: PathBuf, id: &str, sync: &str, timeout: &str, as_
 }
 
 async fn sync_schedule(config_file: PathBuf, sync: &str, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load(&config_file)?;
+    let config = Config::load_and_discover(&config_file).await?;
     let definition = sync_definition(&config, sync)?;
     let (aws, store) = store().await?;
     let jobs = job_store(&aws)?;
@@ -550,7 +550,7 @@ async fn sync_schedule(config_file: PathBuf, sync: &str, as_json: bool) -> anyho
 const RECENT_RUNS: i32 = 5;
 
 async fn sync_status(config_file: PathBuf, id: Option<String>, as_json: bool) -> anyhow::Result<()> {
-    let _ = Config::load(&config_file)?;
+    let _ = Config::load_and_discover(&config_file).await?;
     let id = id.as_deref().map(ConnectionId::parse).transpose()?;
     let aws = AwsClients::from_env().await;
     let store = job_store(&aws)?;
@@ -570,7 +570,7 @@ async fn sync_status(config_file: PathBuf, id: Option<String>, as_json: bool) ->
 
 async fn records(config_file: PathBuf, id: &str, sync: &str, limit: usize, as_json: bool) -> anyhow::Result<()> {
     anyhow::ensure!(limit > 0, "--limit: at least 1");
-    let config = Config::load(&config_file)?;
+    let config = Config::load_and_discover(&config_file).await?;
     let id = ConnectionId::parse(id)?;
     sync_definition(&config, sync)?;
     let aws = AwsClients::from_env().await;
@@ -598,7 +598,7 @@ async fn revoke(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result
 
 async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> anyhow::Result<()> {
     use shared::doctor::{Verdict, check_credentials, check_service_secrets, check_settings};
-    let config = Config::load(&config_file)?;
+    let config = Config::load_and_discover(&config_file).await?;
     let providers: Vec<_> = match &only {
         Some(name) => vec![config.provider(name)?],
         None => config.providers.values().collect(),
@@ -609,6 +609,7 @@ async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> an
     let mut findings = check_service_secrets(&config.service, &secrets).await;
     for provider in providers {
         findings.extend(check_settings(provider, &config.service));
+        findings.extend(shared::doctor::check_discovery(provider).await);
         findings.extend(check_credentials(provider, &secrets, &http).await);
     }
     // With the connections table at hand, each connection that cannot be refreshed is named.
@@ -631,7 +632,7 @@ async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> an
 }
 
 async fn keys_command(config_file: PathBuf, command: KeysCommand, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load(&config_file)?;
+    let config = Config::load_and_discover(&config_file).await?;
     let ring = |link: bool| if link { keys::Ring::Link } else { keys::Ring::Token };
     match command {
         KeysCommand::Init => keys::init(&config, as_json).await,
@@ -646,7 +647,7 @@ const STACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn deploy_check(config_file: PathBuf, stack: Option<String>, as_json: bool) -> anyhow::Result<()> {
     use shared::doctor::{Verdict, check_deployment_secrets, check_settings, check_stack_outputs};
-    let config = Config::load(&config_file)?;
+    let config = Config::load_and_discover(&config_file).await?;
     let local_text = std::fs::read_to_string(&config_file)?;
     let mut findings = Vec::new();
     if let Some(stack) = &stack {

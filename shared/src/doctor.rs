@@ -7,7 +7,8 @@
 
 use url::Url;
 
-use crate::config::{Config, Provider, ServiceSettings};
+use crate::config::discovery::{ServerMetadata, auth_method};
+use crate::config::{ClientAuth, Config, PresetName, Provider, ServiceSettings};
 use crate::crypto::KeyRing;
 use crate::login::LinkKeys;
 use crate::oauth::{ClientCredentials, TokenEndpoint, TokenError};
@@ -127,9 +128,247 @@ pub fn check_settings(provider: &Provider, service: &ServiceSettings) -> Vec<Fin
             Verdict::Ok,
             format!("`{scope}` requested"),
         )),
+        None if provider.preset == PresetName::Generic => {
+            let listed = provider
+                .metadata
+                .as_ref()
+                .and_then(|m| m.scopes_supported.as_ref().map(|s| (m, s)))
+                .filter(|(_, scopes)| scopes.iter().any(|s| s == OFFLINE_ACCESS));
+            let fix = match listed {
+                Some((metadata, _)) => format!(
+                    "the server lists `{OFFLINE_ACCESS}` in scopes_supported ({}): set offline_scope = \
+                     \"{OFFLINE_ACCESS}\" and add it to scopes",
+                    metadata.document_url
+                ),
+                None => format!(
+                    "set `offline_scope` to the scope that makes the server issue refresh tokens \
+                     (offline_scope = \"{OFFLINE_ACCESS}\" for OpenID Connect servers) and add it to scopes"
+                ),
+            };
+            out.push(finding(
+                name,
+                "refresh token scope",
+                Verdict::Warn,
+                format!("no `offline_scope`: whether a login gets a refresh token cannot be checked; {fix}"),
+            ));
+        }
         None => {}
     }
+    if let Some(metadata) = &provider.metadata {
+        out.push(finding(
+            name,
+            "discovery",
+            Verdict::Ok,
+            format!("endpoints from {}", metadata.document_url),
+        ));
+        out.extend(check_metadata(provider, metadata));
+    }
     out
+}
+
+/// For a provider that names its issuer but sets its endpoints itself, so
+/// that loading the configuration fetched nothing: reads the discovery
+/// document now and checks the configuration against it. A document that
+/// cannot be read is only a warning, since nothing depends on it.
+pub async fn check_discovery(provider: &Provider) -> Vec<Finding> {
+    let name = provider.name.as_str();
+    let Some(issuer) = provider.settings.issuer.clone().filter(|_| provider.metadata.is_none()) else {
+        return Vec::new();
+    };
+    let metadata = match crate::config::discovery::fetch_all([issuer.clone()]).await {
+        Ok(mut found) => found.remove(&issuer),
+        Err((_, e)) => {
+            return vec![finding(
+                name,
+                "discovery",
+                Verdict::Warn,
+                format!("{e} (the endpoints are set in the configuration: nothing depends on it)"),
+            )];
+        }
+    };
+    let Some(metadata) = metadata else {
+        return Vec::new();
+    };
+    let url = &metadata.document_url;
+    let differing: Vec<String> = [
+        (
+            "authorize_url",
+            &provider.authorize_url,
+            "authorization_endpoint",
+            &metadata.authorization_endpoint,
+        ),
+        (
+            "token_url",
+            &provider.token_url,
+            "token_endpoint",
+            &metadata.token_endpoint,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, configured, _, listed)| configured != listed)
+    .map(|(key, configured, member, listed)| format!("{key} {configured} is not its {member} {listed}"))
+    .collect();
+    let mut out = vec![if differing.is_empty() {
+        finding(
+            name,
+            "discovery",
+            Verdict::Ok,
+            format!("the configured endpoints are those of {url}"),
+        )
+    } else {
+        finding(
+            name,
+            "discovery",
+            Verdict::Warn,
+            format!(
+                "{} ({url}): is the issuer or the endpoint right? Leave the endpoints unset to take the document's",
+                differing.join("; ")
+            ),
+        )
+    }];
+    out.extend(check_metadata(provider, &metadata));
+    out
+}
+
+/// The OpenID Connect scope that asks for a refresh token.
+const OFFLINE_ACCESS: &str = "offline_access";
+
+/// What the provider's discovery document says about its settings: the
+/// client authentication, the offline scope, PKCE S256 and RFC 9207 `iss`.
+pub fn check_metadata(provider: &Provider, metadata: &ServerMetadata) -> Vec<Finding> {
+    let name = provider.name.as_str();
+    let settings = &provider.settings;
+    let url = &metadata.document_url;
+    let list = |values: &[String]| values.join(", ");
+    let mut out = Vec::new();
+
+    let auth = settings.client_auth;
+    let supported = &metadata.token_endpoint_auth_methods_supported;
+    out.push(if metadata.supports_client_auth(auth) {
+        finding(
+            name,
+            "client authentication",
+            Verdict::Ok,
+            format!("{} is supported", auth_method(auth)),
+        )
+    } else {
+        let other = match auth {
+            ClientAuth::Basic => ClientAuth::Body,
+            ClientAuth::Body => ClientAuth::Basic,
+        };
+        let fix = if metadata.supports_client_auth(other) {
+            format!("set client_auth = \"{}\"", client_auth_key(other))
+        } else {
+            "oauth-sync authenticates with client_secret_basic or client_secret_post only: allow one of them for \
+             this client at the server"
+                .to_owned()
+        };
+        finding(
+            name,
+            "client authentication",
+            Verdict::Fail,
+            format!(
+                "client_auth = \"{}\" ({}) is not in token_endpoint_auth_methods_supported [{}] ({url}): {fix}",
+                client_auth_key(auth),
+                auth_method(auth),
+                list(supported)
+            ),
+        )
+    });
+
+    if settings.offline_scope.as_deref() == Some(OFFLINE_ACCESS) {
+        match &metadata.scopes_supported {
+            Some(scopes) if scopes.iter().any(|s| s == OFFLINE_ACCESS) => out.push(finding(
+                name,
+                "offline scope supported",
+                Verdict::Ok,
+                format!("`{OFFLINE_ACCESS}` is in scopes_supported"),
+            )),
+            Some(scopes) => out.push(finding(
+                name,
+                "offline scope supported",
+                Verdict::Warn,
+                format!(
+                    "`{OFFLINE_ACCESS}` is not in scopes_supported [{}] ({url}): the server may refuse it or issue \
+                     no refresh token; find the scope it uses for refresh tokens and set offline_scope to it",
+                    list(scopes)
+                ),
+            )),
+            None => {}
+        }
+    }
+
+    let pkce = match (&metadata.code_challenge_methods_supported, settings.pkce) {
+        (Some(methods), true) if methods.iter().any(|m| m == "S256") => {
+            (Verdict::Ok, "S256 is in code_challenge_methods_supported".to_owned())
+        }
+        (Some(methods), true) => (
+            Verdict::Fail,
+            format!(
+                "code_challenge_methods_supported [{}] has no S256, the only method oauth-sync sends ({url}): enable \
+                 S256 at the server, or set pkce = false",
+                list(methods)
+            ),
+        ),
+        (None, true) => (
+            Verdict::Warn,
+            format!(
+                "the server does not announce PKCE (no code_challenge_methods_supported at {url}): it may ignore \
+                 the S256 challenge"
+            ),
+        ),
+        (Some(methods), false) if methods.iter().any(|m| m == "S256") => (
+            Verdict::Warn,
+            "pkce = false, but the server supports S256: remove `pkce = false` (RFC 9700 recommends PKCE for \
+             every client)"
+                .to_owned(),
+        ),
+        (_, false) => (Verdict::Ok, "off (pkce = false)".to_owned()),
+    };
+    out.push(finding(name, "PKCE", pkce.0, pkce.1));
+
+    let announced = metadata.authorization_response_iss_parameter_supported;
+    let iss = match (announced, provider.requires_iss(), settings.require_iss) {
+        (true, true, _) => (
+            Verdict::Ok,
+            "the server always sends `iss` (RFC 9207): an answer without it, or with another issuer, is refused"
+                .to_owned(),
+        ),
+        (true, false, Some(false)) => (
+            Verdict::Warn,
+            "the server always sends `iss` (RFC 9207), but require_iss = false accepts an answer without it: \
+             remove `require_iss = false`"
+                .to_owned(),
+        ),
+        (true, false, _) => (
+            Verdict::Warn,
+            "the server always sends `iss` (RFC 9207), and its document is not read at start-up (the endpoints \
+             are set): set require_iss = true so that an answer without it is refused"
+                .to_owned(),
+        ),
+        (false, true, _) => (
+            Verdict::Warn,
+            "require_iss = true, but the server does not announce `iss` \
+             (authorization_response_iss_parameter_supported): if it does not send it, every login is refused"
+                .to_owned(),
+        ),
+        (false, false, _) => (
+            Verdict::Ok,
+            "the server does not announce `iss` (RFC 9207); when an answer carries one, it is compared with \
+             `issuer`"
+                .to_owned(),
+        ),
+    };
+    out.push(finding(name, "issuer in the answer", iss.0, iss.1));
+    out
+}
+
+/// The configuration value of a client authentication.
+fn client_auth_key(auth: ClientAuth) -> &'static str {
+    match auth {
+        ClientAuth::Basic => "basic",
+        ClientAuth::Body => "body",
+    }
 }
 
 /// Reads the provider's credentials and asks its token endpoint to refresh a
@@ -294,7 +533,8 @@ pub async fn check_deployment_secrets(
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     let config_finding = match secrets.text(config_secret).await {
-        Ok(text) => match Config::parse(&text, &format!("secret {config_secret}")) {
+        // The local file's discovery documents serve the secret's text too.
+        Ok(text) => match Config::parse_with(&text, &format!("secret {config_secret}"), &config.discovered()) {
             Err(e) => finding(
                 "service",
                 "config secret",
@@ -503,6 +743,40 @@ mod tests {
     fn url_of(text: &str) -> String {
         let start = text.find("token_url = \"").expect("token_url") + "token_url = \"".len();
         text[start..].split('"').next().expect("url").to_owned()
+    }
+
+    #[test]
+    fn a_generic_provider_without_an_offline_scope_is_told_how_to_check_refresh_tokens() {
+        let findings = |table: &str| {
+            let text = format!("[providers.p]\ncredentials_secret = \"s\"\n{table}");
+            let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+            check_settings(&config.providers["p"], &config.service)
+                .into_iter()
+                .filter(|f| f.check == "refresh token scope")
+                .collect::<Vec<_>>()
+        };
+        let generic = "preset = \"generic\"\nauthorize_url = \"https://id.example/auth\"\n\
+                       token_url = \"https://id.example/token\"\n";
+        let found = findings(generic);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].verdict, Verdict::Warn);
+        assert!(
+            found[0]
+                .detail
+                .contains("whether a login gets a refresh token cannot be checked")
+                && found[0]
+                    .detail
+                    .contains("offline_scope = \"offline_access\" for OpenID Connect servers"),
+            "{}",
+            found[0].detail
+        );
+        // Set, it is checked instead; a preset that knows its provider is not warned about.
+        let set = findings(&format!(
+            "{generic}scopes = [\"offline_access\"]\noffline_scope = \"offline_access\"\n"
+        ));
+        assert_eq!(set.len(), 1);
+        assert_eq!(set[0].verdict, Verdict::Ok);
+        assert!(findings("preset = \"hubspot\"\n").is_empty());
     }
 
     #[test]

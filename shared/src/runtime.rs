@@ -121,16 +121,19 @@ fn env(name: &'static str) -> Result<String, StartupError> {
     std::env::var(name).map_err(|_| StartupError::MissingEnv(name))
 }
 
-/// `OAUTH_SYNC_CONFIG_SECRET` when set, else the file of `OAUTH_SYNC_CONFIG`.
+/// `OAUTH_SYNC_CONFIG_SECRET` when set, else the file of `OAUTH_SYNC_CONFIG`,
+/// with the discovery documents its providers need fetched once, here (a
+/// document that cannot be fetched or used stops the start).
 pub async fn load_config(secrets: &SecretStore) -> Result<Config, StartupError> {
     match std::env::var(CONFIG_SECRET_ENV) {
         Ok(name) if !name.is_empty() => {
             let text = secrets.text(&name).await?;
-            Ok(Config::parse(&text, &format!("secret {name}"))?)
+            Ok(Config::parse_and_discover(&text, &format!("secret {name}")).await?)
         }
         _ => {
             tracing::debug!(variable = CONFIG_ENV, "reading the configuration file");
-            Ok(Config::from_env()?)
+            let path = std::env::var(CONFIG_ENV).unwrap_or_else(|_| "oauth-sync.toml".to_owned());
+            Ok(Config::load_and_discover(std::path::Path::new(&path)).await?)
         }
     }
 }

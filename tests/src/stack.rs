@@ -494,6 +494,35 @@ impl LoginFixture {
         let text = edit(&self.config_text);
         let config =
             std::sync::Arc::new(shared::config::Config::parse(&text, "login.toml").unwrap_or_else(|e| panic!("{e}")));
+        self.service_for(config, ttl).await
+    }
+
+    /// This fixture's configuration with the provider's endpoints left to
+    /// OpenID Connect discovery at `issuer`, and `extra` lines in its table.
+    pub fn config_discovering(&self, issuer: &str, extra: &str) -> String {
+        let kept: Vec<&str> = self
+            .config_text
+            .lines()
+            .filter(|l| {
+                !["authorize_url =", "token_url =", "revocation_url ="]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .collect();
+        kept.join("\n").replacen(
+            &format!("[providers.{PROVIDER}]\n"),
+            &format!("[providers.{PROVIDER}]\nissuer = \"{issuer}\"\n{extra}"),
+            1,
+        ) + "\n"
+    }
+
+    /// A login service on `config` (one loaded with discovery); the token
+    /// service stays the fixture's.
+    pub async fn service_for(
+        &self,
+        config: std::sync::Arc<shared::config::Config>,
+        ttl: std::time::Duration,
+    ) -> shared::login::flow::LoginService {
         let attempts = shared::login::attempts::AttemptStore::new(
             self.fixture.aws.dynamodb.clone(),
             &self.fixture.tables["LoginAttemptsTable"],

@@ -19,6 +19,7 @@
 //! cursor_field = "Timestamp"
 //! ```
 
+pub mod discovery;
 mod provider;
 mod sync;
 mod template;
@@ -31,6 +32,7 @@ use std::path::Path;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
+use discovery::{Discovered, ServerMetadata};
 use provider::ProviderEntry;
 pub use provider::{
     ClientAuth, DeadTokenRule, DeletedFeed, Discovery, IncrementalFilter, PRESETS_TOML, Pagination, PresetName,
@@ -117,6 +119,21 @@ pub struct Provider {
     pub authorize_url: Url,
     pub token_url: Url,
     pub revocation_url: Option<Url>,
+    /// The provider's discovery document, when its endpoints came from one.
+    pub metadata: Option<ServerMetadata>,
+}
+
+impl Provider {
+    /// Is an authorization response without `iss` refused (RFC 9207 §2.4)?
+    /// `require_iss` when set, else what the discovery document announces.
+    pub fn requires_iss(&self) -> bool {
+        self.settings.issuer.is_some()
+            && self.settings.require_iss.unwrap_or_else(|| {
+                self.metadata
+                    .as_ref()
+                    .is_some_and(|m| m.authorization_response_iss_parameter_supported)
+            })
+    }
 }
 
 /// A configuration mistake, located.
@@ -158,14 +175,7 @@ struct RawConfig {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            line: 0,
-            column: 0,
-            field: String::new(),
-            message: format!("cannot read the configuration file: {e}"),
-        })?;
+        let (text, file) = read_file(path)?;
         Config::parse(&text, &file)
     }
 
@@ -176,22 +186,58 @@ impl Config {
     }
 
     /// Parses and validates configuration text; `file` names it in errors.
+    /// Fetches nothing: a provider whose endpoints come from its discovery
+    /// document is an error here (see [`Config::parse_and_discover`]).
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, file, &Discovered::new())
+    }
+
+    /// [`Config::load`], fetching the discovery documents its providers need.
+    pub async fn load_and_discover(path: &Path) -> Result<Config, ConfigError> {
+        let (text, file) = read_file(path)?;
+        Config::parse_and_discover(&text, &file).await
+    }
+
+    /// [`Config::parse`], after fetching the discovery document of every
+    /// provider that sets `issuer` and leaves `authorize_url` or `token_url`
+    /// unset, all at once. A provider whose endpoints are all given fetches
+    /// nothing. A document that cannot be fetched or used is an error at the
+    /// provider's `issuer` key that names the document's URL.
+    pub async fn parse_and_discover(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let pending = Config::to_discover(text, file)?;
+        if pending.is_empty() {
+            return Config::parse(text, file);
+        }
+        match discovery::fetch_all(pending.iter().map(|(issuer, _)| issuer.clone())).await {
+            Ok(discovered) => Config::parse_with(text, file, &discovered),
+            Err((issuer, e)) => {
+                let mut error = pending
+                    .into_iter()
+                    .find(|(i, _)| *i == issuer)
+                    .map(|(_, at)| at)
+                    .unwrap_or_else(|| ConfigError {
+                        file: file.to_owned(),
+                        line: 0,
+                        column: 0,
+                        field: String::new(),
+                        message: String::new(),
+                    });
+                error.message = cut_quoted(&e.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Parses with the discovery documents at hand (by issuer); a provider
+    /// that needs one not among them is an error.
+    pub fn parse_with(text: &str, file: &str, discovered: &Discovered) -> Result<Config, ConfigError> {
         let locate = Locator { text, file };
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|e| locate.error(e.span(), "", &format!("syntax error: {}", e.message())))?;
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            // Spanned<T> adds a private path segment; the user never wrote it.
-            let field = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-            let inner = e.into_inner();
-            let field = if field == "." { String::new() } else { field };
-            locate.error(inner.span(), &field, inner.message())
-        })?;
+        let raw = parse_raw(&locate)?;
 
         let mut providers = BTreeMap::new();
         for (name, entry) in raw.providers {
             let span = entry.span();
-            let provider = resolve_provider(&name, entry.into_inner())
+            let provider = resolve_provider(&name, entry.into_inner(), discovered)
                 .map_err(|(key, message)| locate.field_error(span, &format!("providers.{name}"), key, &message))?;
             providers.insert(name, provider);
         }
@@ -223,12 +269,106 @@ impl Config {
         })
     }
 
+    /// The issuers whose documents the providers need, each with where an
+    /// error about it points (its provider's `issuer` key).
+    fn to_discover(text: &str, file: &str) -> Result<Vec<(String, ConfigError)>, ConfigError> {
+        let locate = Locator { text, file };
+        let raw = parse_raw(&locate)?;
+        let mut pending = Vec::new();
+        for (name, entry) in raw.providers {
+            let span = entry.span();
+            let entry = entry.into_inner();
+            let Some(preset) = entry.preset else { continue };
+            let settings = preset.settings().with_overrides(entry.overrides());
+            if let Some(issuer) = issuer_to_discover(&settings) {
+                pending.push((
+                    issuer.to_owned(),
+                    locate.field_error(span, &format!("providers.{name}"), "issuer", ""),
+                ));
+            }
+        }
+        Ok(pending)
+    }
+
+    /// The discovery documents the providers were resolved with, by issuer
+    /// (to read another text of the same configuration without fetching again).
+    pub fn discovered(&self) -> Discovered {
+        self.providers
+            .values()
+            .filter_map(|p| p.metadata.clone())
+            .map(|m| (m.issuer.clone(), m))
+            .collect()
+    }
+
     /// The provider called `name`, or an error that lists the configured ones.
     pub fn provider(&self, name: &str) -> Result<&Provider, UnknownProvider> {
         self.providers.get(name).ok_or_else(|| UnknownProvider {
             name: name.to_owned(),
             known: self.providers.keys().cloned().collect::<Vec<_>>().join(", "),
         })
+    }
+}
+
+/// The file's text and the name errors give it.
+fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(e) => Err(ConfigError {
+            file,
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read the configuration file: {e}"),
+        }),
+    }
+}
+
+/// The text as TOML, into the file's shape; mistakes located.
+fn parse_raw(locate: &Locator<'_>) -> Result<RawConfig, ConfigError> {
+    let deserializer = toml::Deserializer::parse(locate.text)
+        .map_err(|e| locate.error(e.span(), "", &format!("syntax error: {}", e.message())))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        // Spanned<T> adds a private path segment; the user never wrote it.
+        let field = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+        let inner = e.into_inner();
+        let field = if field == "." { String::new() } else { field };
+        locate.error(inner.span(), &field, inner.message())
+    })
+}
+
+/// The issuer whose discovery document fills this provider's endpoints:
+/// set when `issuer` is and `authorize_url` or `token_url` is not. A preset
+/// that gives all endpoints fetches nothing (no cold-start cost, no
+/// dependency on the document's availability).
+fn issuer_to_discover(settings: &ProviderSettings) -> Option<&str> {
+    settings
+        .issuer
+        .as_deref()
+        .filter(|_| settings.authorize_url.is_empty() || settings.token_url.is_empty())
+}
+
+/// Fills what the user and the preset left unset from the discovery
+/// document: the endpoints, and the client authentication when the preset's
+/// default is not one the token endpoint accepts.
+fn apply_discovered(settings: &mut ProviderSettings, metadata: &ServerMetadata, client_auth_set: bool) {
+    if settings.authorize_url.is_empty() {
+        settings.authorize_url = metadata.authorization_endpoint.to_string();
+    }
+    if settings.token_url.is_empty() {
+        settings.token_url = metadata.token_endpoint.to_string();
+    }
+    if settings.revocation_url.is_none() {
+        settings.revocation_url = metadata.revocation_endpoint.as_ref().map(Url::to_string);
+    }
+    if !client_auth_set && !metadata.supports_client_auth(settings.client_auth) {
+        let other = match settings.client_auth {
+            ClientAuth::Basic => ClientAuth::Body,
+            ClientAuth::Body => ClientAuth::Basic,
+        };
+        if metadata.supports_client_auth(other) {
+            settings.client_auth = other;
+        }
     }
 }
 
@@ -371,7 +511,7 @@ impl Locator<'_> {
 /// (field, message) of a validation failure inside one table.
 type FieldProblem = (&'static str, String);
 
-fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldProblem> {
+fn resolve_provider(name: &str, entry: ProviderEntry, discovered: &Discovered) -> Result<Provider, FieldProblem> {
     if name.is_empty()
         || !name
             .bytes()
@@ -401,14 +541,40 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
         "credentials_secret",
         "missing field `credentials_secret`: the Secrets Manager secret holding {\"client_id\": ..., \"client_secret\": ...}".to_owned(),
     ))?;
-    let settings = preset.settings().with_overrides(entry.overrides());
+    let mut settings = preset.settings().with_overrides(entry.overrides());
     check_params_are_used(&settings, entry.params.iter().flat_map(|p| p.keys()))?;
+    let metadata = match issuer_to_discover(&settings) {
+        None => None,
+        Some(issuer) => {
+            let url = discovery::document_url(issuer).map_err(|e| ("issuer", e.to_string()))?;
+            let metadata = discovered.get(issuer).ok_or_else(|| {
+                (
+                    "issuer",
+                    format!(
+                        "the endpoints come from {url}, which this command does not fetch: set `authorize_url` \
+                         and `token_url`, or check the file with `oauth-sync config check`"
+                    ),
+                )
+            })?;
+            apply_discovered(&mut settings, metadata, entry.client_auth.is_some());
+            Some(metadata.clone())
+        }
+    };
+    if settings.require_iss.is_some() && settings.issuer.is_none() {
+        return Err((
+            "require_iss",
+            "`require_iss` needs `issuer`: the `iss` of an answer is compared with it".to_owned(),
+        ));
+    }
 
     let endpoint = |key: &'static str, template: &str| -> Result<Url, FieldProblem> {
         if template.is_empty() {
             return Err((
                 key,
-                format!("missing field `{key}` (preset `{preset}` does not provide one)"),
+                format!(
+                    "missing field `{key}` (preset `{preset}` does not provide one; or set `issuer` to read the \
+                     endpoints from the server's OpenID Connect discovery document)"
+                ),
             ));
         }
         let filled = fill_template(template, &settings.params, &[]).map_err(|e| (key, e.to_string()))?;
@@ -470,6 +636,7 @@ fn resolve_provider(name: &str, entry: ProviderEntry) -> Result<Provider, FieldP
         authorize_url,
         token_url,
         revocation_url,
+        metadata,
     })
 }
 

@@ -172,6 +172,7 @@ replace_on_merge!(
     Vec<DeadTokenRule>,
     Option<String>,
     Option<u64>,
+    Option<bool>,
     Option<Pagination>,
     Vec<RateLimitHeaders>,
     Option<IncrementalFilter>,
@@ -241,7 +242,15 @@ provider_fields! {
     /// The authorization server's issuer identifier (RFC 9207). When the
     /// authorization response carries `iss`, it must equal this; absent where
     /// it is not one fixed value (Microsoft's v2 issuer names the tenant).
+    /// With `authorize_url` or `token_url` unset, the endpoints, supported
+    /// client authentication and scopes are read from
+    /// `{issuer}/.well-known/openid-configuration` when the configuration is
+    /// loaded (OpenID Connect Discovery 1.0); keys that are set still win.
     issuer: Option<String> = None;
+    /// Refuse an authorization response without `iss` (RFC 9207 §2.4).
+    /// Unset: refused when the provider's discovery document says
+    /// `authorization_response_iss_parameter_supported: true`. Needs `issuer`.
+    require_iss: Option<bool> = None;
     /// Authorization endpoint; `{name}` placeholders are filled from `params`.
     authorize_url: String = String::new();
     /// Token endpoint (code exchange and refresh).

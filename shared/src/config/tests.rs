@@ -571,3 +571,45 @@ fn issuers_are_preset_only_where_they_are_one_fixed_value() {
         "one redirect URI per provider"
     );
 }
+
+#[tokio::test]
+async fn a_provider_whose_endpoints_are_all_given_fetches_no_discovery_document() {
+    // Nothing listens at the issuer: a fetch would fail the load.
+    let text = "[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\nissuer = \"https://127.0.0.1:9\"\n\n\
+                [providers.own]\npreset = \"generic\"\ncredentials_secret = \"s\"\nissuer = \"http://127.0.0.1:9\"\n\
+                authorize_url = \"https://id.example/auth\"\ntoken_url = \"https://id.example/token\"\n";
+    let config = Config::parse_and_discover(text, "oauth-sync.toml")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.providers.values().all(|p| p.metadata.is_none()));
+    assert!(config.discovered().is_empty());
+}
+
+#[test]
+fn require_iss_needs_an_issuer_and_an_explicit_value_wins() {
+    let e = err("[providers.p]\npreset = \"generic\"\ncredentials_secret = \"s\"\n\
+                 authorize_url = \"https://id.example/auth\"\ntoken_url = \"https://id.example/token\"\nrequire_iss = true\n");
+    assert_eq!((e.line, e.field.as_str()), (6, "providers.p.require_iss"), "{e}");
+    let google = |extra: &str| {
+        let text = format!("[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n{extra}");
+        parse(&text).unwrap_or_else(|e| panic!("{e}")).providers["g"].requires_iss()
+    };
+    // Without a discovery document, an answer without `iss` is refused only when asked for.
+    assert!(!google(""));
+    assert!(google("require_iss = true\n"));
+}
+
+#[test]
+fn without_discovery_a_provider_that_needs_its_document_says_where_it_is() {
+    let e = err(
+        "[providers.p]\npreset = \"generic\"\ncredentials_secret = \"s\"\nissuer = \"https://id.example/realms/a/\"\n",
+    );
+    assert_eq!((e.line, e.field.as_str()), (4, "providers.p.issuer"), "{e}");
+    assert!(
+        e.message
+            .contains("https://id.example/realms/a/.well-known/openid-configuration"),
+        "{e}"
+    );
+    let e = err("[providers.p]\npreset = \"generic\"\ncredentials_secret = \"s\"\nissuer = \"http://id.example\"\n");
+    assert!(e.message.contains("must use https"), "{e}");
+}

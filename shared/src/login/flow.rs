@@ -158,6 +158,11 @@ pub enum LoginError {
     )]
     WrongIssuer { provider: String, got: String },
     #[error(
+        "this answer names no issuer, and {provider} always names itself (RFC 9207); nothing was stored, and \
+         the login cannot be finished: open the connect link again"
+    )]
+    MissingIssuer { provider: String },
+    #[error(
         "connection {connection} was disconnected while this login was in progress, so nothing was stored{}; ask for a new link",
         if *revoked_at_provider { " and the new tokens were revoked at the provider" } else { "" }
     )]
@@ -185,7 +190,7 @@ impl LoginError {
     pub fn status(&self) -> u16 {
         match self {
             LoginError::Link(_) | LoginError::NotConfirmed(_) => 403,
-            LoginError::MixUp { .. } | LoginError::WrongIssuer { .. } => 400,
+            LoginError::MixUp { .. } | LoginError::WrongIssuer { .. } | LoginError::MissingIssuer { .. } => 400,
             LoginError::RevokedDuringLogin { .. } => 409,
             LoginError::UnknownProvider(_) => 404,
             LoginError::Attempt(AttemptError::Dynamo { .. } | AttemptError::Malformed(_)) => 503,
@@ -384,6 +389,14 @@ impl LoginService {
             return Err(LoginError::WrongIssuer {
                 provider: path_provider.name.clone(),
                 got: excerpt(got, &[]).chars().take(60).collect(),
+            });
+        }
+        // RFC 9207 §2.4: a server that announces `iss` always sends it.
+        if !query.contains_key("iss") && path_provider.requires_iss() {
+            tracing::warn!(provider = %path_provider.name, connection = %attempt.connection,
+                "the authorization response has no `iss` although the provider always sends one (possible mix-up attack)");
+            return Err(LoginError::MissingIssuer {
+                provider: path_provider.name.clone(),
             });
         }
         if let Some(error) = query.get("error") {

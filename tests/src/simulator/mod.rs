@@ -8,6 +8,9 @@
 //!   it issued) and `refresh_token` (rotating single-use refresh tokens; reuse
 //!   outside the grace period revokes the whole token family).
 //! - `POST /revoke` is RFC 7009.
+//! - `GET /.well-known/openid-configuration` is its OpenID Connect Discovery
+//!   document, with members changed or removed, or a fault (not JSON,
+//!   oversized, a status), as configured (`discovery.rs`).
 //! - `GET /api/me` answers 200 for a live access token and 401 otherwise.
 //! - Each preset's response and error quirks (Exact Online's string
 //!   `expires_in` and 401 "Old refresh token used.", HubSpot's
@@ -42,6 +45,7 @@
 //!   at `POST /_sim/data`; data counters and a request log.
 
 mod data;
+mod discovery;
 mod server;
 
 use std::collections::{HashMap, VecDeque};
@@ -53,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use shared::config::{ClientAuth, PresetName};
 
 pub use data::{DataCommand, DataConfig, DataFault, DataFaultPlan, DataRequest, RateLimits};
+pub use discovery::{DiscoveryDoc, DiscoveryFault};
 pub use server::SimulatorHandle;
 
 /// How the simulator behaves. Start from [`SimConfig::for_preset`].
@@ -91,6 +96,8 @@ pub struct SimConfig {
     pub data: DataConfig,
     /// The `iss` the authorization response carries (RFC 9207); none when `None`.
     pub issuer: Option<String>,
+    /// What `GET /.well-known/openid-configuration` serves.
+    pub discovery: DiscoveryDoc,
 }
 
 impl SimConfig {
@@ -116,6 +123,7 @@ impl SimConfig {
             tenant: "tenant-1".to_owned(),
             data: DataConfig::default(),
             issuer: None,
+            discovery: DiscoveryDoc::default(),
         }
     }
 }
@@ -200,6 +208,8 @@ pub struct Counters {
     pub data_errors: u64,
     /// Data faults injected.
     pub data_faults: u64,
+    /// Requests for the discovery document.
+    pub discovery_requests: u64,
 }
 
 /// The simulator's state, shared by its handlers and the test that owns it.

@@ -40,6 +40,7 @@ pub(super) async fn serve(sim: Arc<Simulator>, addr: SocketAddr) -> std::io::Res
         .route("/token", post(token))
         .route("/revoke", post(revoke))
         .route("/api/me", get(me))
+        .route("/.well-known/openid-configuration", get(discovery))
         .route("/_sim/counters", get(counters))
         .route("/_sim/faults", post(faults))
         // The data APIs, whatever the preset; `data` routes within them.
@@ -165,6 +166,12 @@ async fn me(State(sim): State<Arc<Simulator>>, headers: HeaderMap) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn discovery(State(sim): State<Arc<Simulator>>) -> Response {
+    let (status, content_type, body) = sim.discovery();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn counters(State(sim): State<Arc<Simulator>>) -> Response {
