@@ -5,6 +5,7 @@
 
 mod keys;
 mod output;
+mod redirect;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ enum Command {
     Revoke { id: String },
     /// Check the set-up of one provider (or all) and name the fix for what is wrong.
     Doctor { provider: Option<String> },
+    /// The redirect URI to register at each provider (or one): `provider<TAB>uri`
+    /// per line; with --json an object from provider to URI.
+    RedirectUris { provider: Option<String> },
     /// Make a signed connect link that lets one person connect one account.
     ConnectLink {
         /// The provider (a key of [providers] in the configuration).
@@ -229,6 +233,7 @@ async fn main() -> ExitCode {
         Command::Refresh { id } => refresh(config_path(cli.config), &id, cli.json).await,
         Command::Revoke { id } => revoke(config_path(cli.config), &id, cli.json).await,
         Command::Doctor { provider } => doctor(config_path(cli.config), provider, cli.json).await,
+        Command::RedirectUris { provider } => redirect::print(&config_path(cli.config), provider.as_deref(), cli.json),
         Command::ConnectLink {
             provider,
             connection,

@@ -110,11 +110,21 @@ impl App {
 /// An invocation's deadline (Lambda's epoch milliseconds) as an `Instant`,
 /// less `margin`.
 pub fn deadline_from_epoch_ms(deadline_ms: u64, margin: std::time::Duration) -> std::time::Instant {
-    let left = i64::try_from(deadline_ms)
-        .unwrap_or(i64::MAX)
-        .saturating_sub(crate::connection::now_ms());
-    let left = std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0));
-    std::time::Instant::now() + left.saturating_sub(margin)
+    std::time::Instant::now() + time_left(deadline_ms, crate::connection::now_ms()).saturating_sub(margin)
+}
+
+/// Deadlines below this (2001-09-09) are not epoch times.
+const EPOCH_MS_FLOOR: u64 = 1_000_000_000_000;
+
+/// The time from `now_ms` to the deadline. Lambda sends epoch milliseconds;
+/// `cargo lambda watch` sends a constant 600000, its 10-minute timeout as a
+/// duration, which read as a time would be in 1970 and leave no time at all.
+fn time_left(deadline_ms: u64, now_ms: i64) -> std::time::Duration {
+    if deadline_ms < EPOCH_MS_FLOOR {
+        return std::time::Duration::from_millis(deadline_ms);
+    }
+    let left = i64::try_from(deadline_ms).unwrap_or(i64::MAX).saturating_sub(now_ms);
+    std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0))
 }
 
 fn env(name: &'static str) -> Result<String, StartupError> {
@@ -134,6 +144,26 @@ pub async fn load_config(secrets: &SecretStore) -> Result<Config, StartupError> 
             tracing::debug!(variable = CONFIG_ENV, "reading the configuration file");
             let path = std::env::var(CONFIG_ENV).unwrap_or_else(|_| "oauth-sync.toml".to_owned());
             Ok(Config::load_and_discover(std::path::Path::new(&path)).await?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::time_left;
+
+    #[test]
+    fn a_deadline_is_an_epoch_time_unless_it_is_cargo_lambda_watchs_duration() {
+        let now = 1_796_000_000_000;
+        for (deadline, left) in [
+            (1_796_000_900_000, Duration::from_secs(900)),
+            (1_795_999_000_000, Duration::ZERO),
+            (600_000, Duration::from_secs(600)),
+            (0, Duration::ZERO),
+        ] {
+            assert_eq!(time_left(deadline, now), left, "deadline {deadline}");
         }
     }
 }

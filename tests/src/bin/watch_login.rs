@@ -1,6 +1,7 @@
 //! A whole login through the real `oauth-callback` binary behind the Lambda
-//! runtime API, served by `cargo lambda watch` (function URL events), against
-//! the local stack and the simulator, twice:
+//! runtime API, as the local stack serves it (`scripts/stack start
+//! --functions`: `cargo lambda watch`, function URL events), against the
+//! stack's simulator (provider `sim`), twice:
 //!
 //! 1. with `reqwest` as the browser: the confirmation page, its button, the
 //!    provider, the callback, and a replayed callback refused;
@@ -9,40 +10,30 @@
 //!    page. It saves screenshots of both pages into `target/screenshots/`
 //!    (`OAUTH_SYNC_SCREENSHOTS=docs/images` refreshes the copies docs/login.md shows).
 //!
-//! The function logs at `trace` (`RUST_LOG` and `AWS_LAMBDA_LOG_LEVEL`), and
-//! its output must hold none of the codes, states and login cookies seen.
+//! The connect links come from `oauth-sync connect-link`, as an operator makes
+//! them. The function logs at `trace` (`OAUTH_SYNC_FUNCTIONS_RUST_LOG=trace`
+//! when the stack starts the functions), and what it wrote during the run
+//! must hold none of the codes, states and login cookies seen.
 //!
-//! Run by `scripts/test` after `cargo test` (a nested cargo build inside
-//! `cargo test` would wait for the build lock). Needs the stack's environment,
-//! `.local/venv/bin/cargo-lambda`, `/usr/bin/chromium` and `/usr/bin/chromedriver`.
+//! Run by `scripts/test` after `cargo test`. Needs the stack's environment
+//! with the functions and the stack's own configuration (no
+//! `OAUTH_SYNC_CONFIG` of yours), `/usr/bin/chromium` and `/usr/bin/chromedriver`.
 
-use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
+use std::io::{Read, Seek};
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{CALLBACK, LoginFixture, authorize, hidden_fields};
+use oauth_sync_tests::stack::{RETURN_TO, authorize, hidden_fields};
 use oauth_sync_tests::webdriver::Driver;
-use shared::config::PresetName;
+use shared::config::Config;
+use shared::connection::store::ConnectionStore;
 use shared::connection::{ConnectionId, Status};
 
-/// The simulator's name on the pages (and in the screenshots).
+/// The provider of the stack's own configuration (`scripts/stack`).
+const PROVIDER: &str = "sim";
+/// Its name on the pages (and in the screenshots).
 const DISPLAY_NAME: &str = "Example Books (simulator)";
-
-/// Stops `cargo lambda watch` and the function it started (one process group).
-struct Watch(std::process::Child);
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", "--", &group])
-            .status();
-        let _ = self.0.wait();
-    }
-}
 
 fn say(text: &str) {
     #[allow(clippy::print_stdout)]
@@ -51,104 +42,93 @@ fn say(text: &str) {
     }
 }
 
+fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| {
+        format!("{name}: start the functions (scripts/stack start --functions) and source the stack's env file")
+    })
+}
+
+/// The stack's functions, and what the run needs to reach them.
+struct Stack {
+    root: &'static str,
+    /// `…/lambda-url/oauth-callback`.
+    base: String,
+    config: std::path::PathBuf,
+    store: ConnectionStore,
+}
+
+impl Stack {
+    /// A signed connect link from `oauth-sync connect-link` (`args` added).
+    fn link(&self, connection: &str, args: &[&str]) -> anyhow::Result<String> {
+        let output = std::process::Command::new(format!("{}/target/debug/oauth-sync", self.root))
+            .arg("--config")
+            .arg(&self.config)
+            .args([
+                "--json",
+                "connect-link",
+                "--provider",
+                PROVIDER,
+                "--connection",
+                connection,
+            ])
+            .args(args)
+            .output()
+            .context("running oauth-sync (scripts/stack start --functions builds it)")?;
+        ensure!(
+            output.status.success(),
+            "oauth-sync connect-link: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let url = json["url"].as_str().context("no url from connect-link")?.to_owned();
+        ensure!(
+            url.starts_with(&format!("{}/connect/{PROVIDER}?", self.base)),
+            "the link {url} is not served by the stack's functions at {}",
+            self.base
+        );
+        Ok(url)
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "watch").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let base = format!("http://127.0.0.1:{port}/lambda-url/oauth-callback");
-    // The provider sends the browser back to this function, not to the fixture's
-    // example address: the real browser follows that redirect.
-    let config_text = login
-        .config_text
-        .replace(CALLBACK, &format!("{base}/callback"))
-        .replacen(
-            "[providers.sim]\n",
-            &format!("[providers.sim]\ndisplay_name = \"{DISPLAY_NAME}\"\n"),
-            1,
-        );
-    let config = std::env::temp_dir().join(format!("oauth-sync-watch-{}.toml", std::process::id()));
-    std::fs::write(&config, &config_text)?;
-    let log_path = std::env::temp_dir().join(format!("oauth-sync-watch-{}.log", std::process::id()));
-    let log = std::fs::File::create(&log_path)?;
-
-    let mut command = std::process::Command::new(format!("{root}/.local/venv/bin/cargo-lambda"));
-    command
-        .current_dir(root)
-        .args([
-            "lambda",
-            "watch",
-            "--ignore-changes",
-            "-A",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-        ])
-        .arg("--env-var")
-        .arg(format!("OAUTH_SYNC_CONFIG={}", config.display()))
-        .arg("--env-var")
-        .arg(format!(
-            "OAUTH_SYNC_CONNECTIONS_TABLE={}",
-            login.fixture.connections_table()
-        ))
-        .arg("--env-var")
-        .arg(format!(
-            "OAUTH_SYNC_LOGIN_ATTEMPTS_TABLE={}",
-            login.fixture.tables["LoginAttemptsTable"]
-        ))
-        .arg("--env-var")
-        .arg(format!(
-            "OAUTH_SYNC_SYNC_STATE_TABLE={}",
-            login.fixture.tables["SyncStateTable"]
-        ))
-        .arg("--env-var")
-        .arg(format!(
-            "OAUTH_SYNC_SYNC_RUNS_TABLE={}",
-            login.fixture.tables["SyncRunsTable"]
-        ))
-        // The most verbose logging there is: no level may print a code, state or cookie.
-        .args(["--env-var", "RUST_LOG=trace", "--env-var", "AWS_LAMBDA_LOG_LEVEL=TRACE"])
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0);
-    for var in [
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_ENDPOINT_URL_DYNAMODB",
-        "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-    ] {
-        command.arg("--env-var").arg(format!(
-            "{var}={}",
-            std::env::var(var).with_context(|| format!("{var}: start the stack"))?
-        ));
-    }
-    let _watch = Watch(
-        command
-            .spawn()
-            .context("starting cargo lambda watch (scripts/bootstrap installs it)")?,
+    let base = format!("{}/lambda-url/oauth-callback", env("OAUTH_SYNC_FUNCTIONS_URL")?);
+    let config = std::path::PathBuf::from(env("OAUTH_SYNC_CONFIG")?);
+    let callback = Config::load(&config)?.service.redirect_uri(PROVIDER);
+    ensure!(
+        callback.as_ref().map(url::Url::as_str) == Some(format!("{base}/callback/{PROVIDER}").as_str()),
+        "{} is not the stack's own configuration (provider `{PROVIDER}` called back at {base}): \
+         start the functions without OAUTH_SYNC_CONFIG",
+        config.display()
     );
+    let aws = shared::aws::AwsClients::from_env().await;
+    let stack = Stack {
+        root,
+        base: base.clone(),
+        config,
+        store: ConnectionStore::new(aws.dynamodb.clone(), env(shared::runtime::CONNECTIONS_TABLE_ENV)?),
+    };
+    // Only what the functions write from here on is searched.
+    let log_path = env("OAUTH_SYNC_FUNCTIONS_LOG_FILE")?;
+    let log_start = std::fs::metadata(&log_path)
+        .with_context(|| format!("the functions' log {log_path}"))?
+        .len();
+    // Connection ids of this run: the stack's tables outlive it.
+    let run = format!("watch-{}", std::process::id());
 
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(900))
+        .timeout(Duration::from_secs(60))
         .build()?;
-    let query = |pairs: &BTreeMap<String, String>| -> String {
+    let query = |pairs: &[(&str, &str)]| -> String {
         url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(pairs)
             .finish()
     };
-    let link = login.link("watch-1");
-    // The first request starts (and if need be builds) the function; wait for the server first.
-    let mut answer = None;
-    let give_up = std::time::Instant::now() + Duration::from_secs(300);
-    while answer.is_none() && std::time::Instant::now() < give_up {
-        match http.get(format!("{base}/connect/sim?{}", query(&link))).send().await {
-            Ok(response) => answer = Some(response),
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-    let confirm = answer.context("cargo lambda watch did not answer within 300 s")?;
+    let reqwest_id = format!("{run}-1");
+    let link = stack.link(&reqwest_id, &["--return-url", RETURN_TO])?;
+    let confirm = http.get(&link).send().await.context("GET the connect link")?;
     ensure!(confirm.status() == 200, "GET /connect answered {}", confirm.status());
     let cookie = confirm
         .headers()
@@ -163,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
     say("GET /connect: 200, the confirmation page and the login cookie");
 
     let connect = http
-        .post(format!("{base}/connect/sim"))
+        .post(format!("{base}/connect/{PROVIDER}"))
         .header("cookie", &cookie_pair)
         .header("sec-fetch-site", "same-origin")
         .form(&form)
@@ -173,22 +153,18 @@ async fn main() -> anyhow::Result<()> {
     let location = url::Url::parse(connect.headers().get("location").context("no location")?.to_str()?)?;
     say("POST /connect: 303 to the provider");
 
-    let result = authorize(&login.fixture.oauth.http, &location).await;
+    let result = authorize(&http, &location).await;
     let state = result.state.context("no state")?;
     let code = result.code.context("no code")?;
-    let callback = query(
-        &[("state", &state), ("code", &code)]
-            .map(|(k, v)| (k.to_owned(), v.clone()))
-            .into(),
-    );
+    let callback = query(&[("state", &state), ("code", &code)]);
     let finish = http
-        .get(format!("{base}/callback/sim?{callback}"))
+        .get(format!("{base}/callback/{PROVIDER}?{callback}"))
         .header("cookie", &cookie_pair)
         .send()
         .await?;
     ensure!(
         finish.status() == 302,
-        "/callback/sim answered {}: {}",
+        "/callback/{PROVIDER} answered {}: {}",
         finish.status(),
         finish.text().await.unwrap_or_default()
     );
@@ -199,13 +175,13 @@ async fn main() -> anyhow::Result<()> {
         .to_str()?
         .to_owned();
     ensure!(
-        back.starts_with(oauth_sync_tests::stack::RETURN_TO) && back.contains("status=connected"),
+        back.starts_with(RETURN_TO) && back.contains("status=connected"),
         "returned to {back}"
     );
-    say(&format!("/callback/sim: 302 to {back}"));
+    say(&format!("/callback/{PROVIDER}: 302 to {back}"));
 
     let replay = http
-        .get(format!("{base}/callback/sim?{callback}"))
+        .get(format!("{base}/callback/{PROVIDER}?{callback}"))
         .header("cookie", &cookie_pair)
         .send()
         .await?;
@@ -219,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
         page.contains("already used") && !page.contains(&code),
         "replay page: {page}"
     );
-    expect_active(&login, "watch-1").await?;
+    expect_active(&stack, &reqwest_id).await?;
     say("login with reqwest as the browser: ok (connection active, replay refused)");
 
     let mut seen = vec![
@@ -227,40 +203,32 @@ async fn main() -> anyhow::Result<()> {
         state,
         cookie_pair.split('=').nth(1).unwrap_or_default().to_owned(),
     ];
-    seen.extend(in_browser(&login, &base, root).await?);
+    seen.extend(in_browser(&stack, &format!("{run}-browser")).await?);
 
-    // The function's own output, at trace level, never holds them.
-    let logs = std::fs::read_to_string(&log_path)?;
+    // The function's own output during the run, at trace level, never holds them.
+    let mut logs = String::new();
+    let mut file = std::fs::File::open(&log_path)?;
+    file.seek(std::io::SeekFrom::Start(log_start))?;
+    file.read_to_string(&mut logs)?;
     ensure!(
         logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""),
-        "the function did not log at trace level; is RUST_LOG passed?"
+        "the function did not log at trace level: start the functions with OAUTH_SYNC_FUNCTIONS_RUST_LOG=trace"
     );
     for secret in seen.iter().filter(|s| s.len() >= 16) {
         if logs.contains(secret.as_str()) {
-            bail!(
-                "a code, state or login cookie reached the function's trace log ({})",
-                log_path.display()
-            );
+            bail!("a code, state or login cookie reached the function's trace log ({log_path})");
         }
     }
     say(&format!(
         "trace logs: {} KiB, no code, state or login cookie in them",
         logs.len() / 1024
     ));
-    std::fs::remove_file(&config).ok();
-    std::fs::remove_file(&log_path).ok();
     Ok(())
 }
 
-async fn expect_active(login: &LoginFixture, id: &str) -> anyhow::Result<()> {
+async fn expect_active(stack: &Stack, id: &str) -> anyhow::Result<()> {
     let id = ConnectionId::parse(id)?;
-    let connection = login
-        .fixture
-        .service
-        .store()
-        .get(&id)
-        .await?
-        .context("the connection was not stored")?;
+    let connection = stack.store.get(&id).await?.context("the connection was not stored")?;
     if connection.status != Status::Active || connection.token_version != 1 {
         bail!("stored {connection:?}");
     }
@@ -270,14 +238,12 @@ async fn expect_active(login: &LoginFixture, id: &str) -> anyhow::Result<()> {
 /// The whole login in headless Chromium; screenshots of the confirmation and
 /// callback pages go to `target/screenshots/` (or `$OAUTH_SYNC_SCREENSHOTS`). Returns the code, state and cookie the
 /// browser carried, for the log check.
-async fn in_browser(login: &LoginFixture, base: &str, root: &str) -> anyhow::Result<Vec<String>> {
-    let link = login.link_labelled("watch-browser", "Acme B.V. project sync", Some("alice@acme.example"));
-    let address = format!(
-        "{base}/connect/sim?{}",
-        url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&link)
-            .finish()
-    );
+async fn in_browser(stack: &Stack, connection: &str) -> anyhow::Result<Vec<String>> {
+    let address = stack.link(
+        connection,
+        &["--label", "Acme B.V. project sync", "--for", "alice@acme.example"],
+    )?;
+    let root = stack.root;
     let driver = Driver::start().await?;
     let profile = std::env::temp_dir().join(format!("oauth-sync-chromium-{}", std::process::id()));
     std::fs::create_dir_all(&profile)?;
@@ -308,7 +274,9 @@ async fn in_browser(login: &LoginFixture, base: &str, root: &str) -> anyhow::Res
     // refuses the 303 that follows the POST, and the browser stays here.
     browser.click("#connect").await?;
     let at = browser
-        .wait_for_url("the callback page", |url| url.contains("/callback/sim?"))
+        .wait_for_url("the callback page", |url| {
+            url.contains(&format!("/callback/{PROVIDER}?"))
+        })
         .await?;
     let page = browser.source().await?;
     ensure!(
@@ -323,7 +291,7 @@ async fn in_browser(login: &LoginFixture, base: &str, root: &str) -> anyhow::Res
     browser.quit().await?;
     drop(driver);
     std::fs::remove_dir_all(&profile).ok();
-    expect_active(login, "watch-browser").await?;
+    expect_active(stack, connection).await?;
     say("login in headless Chromium: ok (connection active)");
 
     let at = url::Url::parse(&at)?;
