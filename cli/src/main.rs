@@ -233,7 +233,9 @@ async fn main() -> ExitCode {
         Command::Refresh { id } => refresh(config_path(cli.config), &id, cli.json).await,
         Command::Revoke { id } => revoke(config_path(cli.config), &id, cli.json).await,
         Command::Doctor { provider } => doctor(config_path(cli.config), provider, cli.json).await,
-        Command::RedirectUris { provider } => redirect::print(&config_path(cli.config), provider.as_deref(), cli.json),
+        Command::RedirectUris { provider } => {
+            redirect::print(&config_path(cli.config), provider.as_deref(), cli.json).await
+        }
         Command::ConnectLink {
             provider,
             connection,

@@ -10,8 +10,8 @@ use shared::config::Config;
 use crate::output::write_out;
 
 /// Prints the redirect URI of every configured provider (or of `only`).
-pub fn print(config_file: &Path, only: Option<&str>, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load(config_file)?;
+pub async fn print(config_file: &Path, only: Option<&str>, as_json: bool) -> anyhow::Result<()> {
+    let config = Config::load_and_discover(config_file).await?;
     let uris = redirect_uris(&config, only).with_context(|| config_file.display().to_string())?;
     if as_json {
         let object: serde_json::Map<String, serde_json::Value> = uris

@@ -238,7 +238,10 @@ async fn main() -> anyhow::Result<()> {
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(), "256".into()),
         ("AWS_LAMBDA_LOG_GROUP_NAME".into(), "/aws/lambda/coldstart".into()),
         ("AWS_LAMBDA_LOG_STREAM_NAME".into(), "coldstart".into()),
-        ("RUST_LOG".into(), "warn".into()),
+        (
+            "RUST_LOG".into(),
+            std::env::var("COLDSTART_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
     ];
     let query = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(&login.link("coldstart-1"))
