@@ -1,5 +1,5 @@
-//! The local demo, run by `scripts/demo` against the local stack: what works
-//! today, end to end, with the real components.
+//! The refresh protocol up close, against a running local stack (`scripts/stack
+//! start`, then `target/debug/demo`); `scripts/demo` shows the main job instead.
 //!
 //! 1. stores a provider's client credentials in Secrets Manager (moto)
 //! 2. loads a configuration whose Exact Online-style provider is the simulator

@@ -1,0 +1,333 @@
+//! The demo's main act (run by `scripts/demo`): the job oauth-sync is for,
+//! end to end, on the three real function binaries served by `scripts/stack
+//! start --functions` (`cargo lambda watch`), invoked the way AWS invokes
+//! them.
+//!
+//! 1. The simulator (an Exact Online-style provider) gets a few hundred
+//!    projects.
+//! 2. A person logs in as a browser does: a connect link from `oauth-sync
+//!    connect-link`, its confirmation page, the button, the provider, the
+//!    callback — HTTP requests to `oauth-callback`'s function URL.
+//! 3. On a compressed schedule (EventBridge scheduled events posted to the
+//!    runtime's invoke endpoint), `token-refresher` keeps the short-lived
+//!    access token fresh, rotating the single-use refresh token, and `sync`
+//!    copies `sync/Project/Projects` into the records table.
+//! 4. Upstream, a project is inserted, one updated and one deleted; the next
+//!    incremental sync and the sweep bring the changes.
+//! 5. The simulator's counters must show zero reused refresh tokens.
+//!
+//! A line per step; the tables at the end come from the CLI (scripts/demo).
+//! Needs the stack's environment with the functions and `OAUTH_SYNC_CONFIG`
+//! naming the demo's configuration (provider `sim`, sync `projects`).
+//! `DEMO_SECONDS` (default 60) is how long the schedule runs.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use oauth_sync_tests::stack::{authorize, hidden_fields};
+use serde_json::{Value, json};
+use shared::connection::ConnectionId;
+use shared::connection::store::ConnectionStore;
+
+const PROVIDER: &str = "sim";
+const CONNECTION: &str = "acme-books";
+const PROJECTS: usize = 300;
+
+fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} is not set: run scripts/demo"))
+}
+
+/// An EventBridge scheduled event, as the template's schedules send it.
+fn scheduled_event() -> Value {
+    json!({
+        "version": "0", "id": "demo", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "time": "2026-12-01T00:00:00Z", "region": "eu-west-1",
+        "resources": ["arn:aws:events:eu-west-1:123456789012:rule/demo"], "detail": {}
+    })
+}
+
+struct Demo {
+    http: reqwest::Client,
+    functions: String,
+    simulator: String,
+    store: ConnectionStore,
+    id: ConnectionId,
+}
+
+impl Demo {
+    /// Invokes a function the way its EventBridge schedule does; its answer.
+    async fn invoke(&self, function: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/2015-03-31/functions/{function}/invocations", self.functions);
+        let response = self
+            .http
+            .post(&url)
+            .json(&scheduled_event())
+            .send()
+            .await
+            .with_context(|| format!("invoking {function}"))?;
+        let status = response.status();
+        let body: Value = response.json().await.with_context(|| format!("{function}'s answer"))?;
+        ensure!(status.is_success(), "{function} answered {status}: {body}");
+        Ok(body)
+    }
+
+    async fn sim_data(&self, command: Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}/_sim/data", self.simulator))
+            .json(&command)
+            .send()
+            .await?;
+        ensure!(response.status().is_success(), "simulator: {}", response.status());
+        Ok(response.json().await?)
+    }
+
+    async fn counters(&self) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/_sim/counters", self.simulator))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    async fn token_version(&self) -> anyhow::Result<u64> {
+        Ok(self.store.get(&self.id).await?.map_or(0, |c| c.token_version))
+    }
+
+    /// The login, as a browser makes it.
+    async fn login(&self, config: &str, root: &str) -> anyhow::Result<()> {
+        let output = std::process::Command::new(format!("{root}/target/debug/oauth-sync"))
+            .args(["--config", config, "--json", "connect-link", "--provider", PROVIDER])
+            .args([
+                "--connection",
+                CONNECTION,
+                "--label",
+                "Acme Books",
+                "--for",
+                "ann@acme.example",
+            ])
+            .output()
+            .context("running oauth-sync connect-link")?;
+        ensure!(
+            output.status.success(),
+            "oauth-sync connect-link: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let link: Value = serde_json::from_slice(&output.stdout)?;
+        let link = link["url"].as_str().context("no url from connect-link")?.to_owned();
+        say(&format!(
+            "  the operator makes a connect link for {CONNECTION} (oauth-sync connect-link)"
+        ));
+
+        let confirm = self.http.get(&link).send().await.context("GET the connect link")?;
+        ensure!(confirm.status() == 200, "GET /connect answered {}", confirm.status());
+        let cookie = confirm
+            .headers()
+            .get("set-cookie")
+            .context("no login cookie")?
+            .to_str()?
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let form = hidden_fields(&confirm.text().await?);
+        say("  GET  /connect/sim      200  the confirmation page: \"Connect your Example Books (simulator) account\"");
+        let base = link.split("/connect/").next().unwrap_or_default().to_owned();
+        let connect = self
+            .http
+            .post(format!("{base}/connect/{PROVIDER}"))
+            .header("cookie", &cookie)
+            .header("sec-fetch-site", "same-origin")
+            .form(&form)
+            .send()
+            .await?;
+        ensure!(connect.status() == 303, "POST /connect answered {}", connect.status());
+        let location = url::Url::parse(connect.headers().get("location").context("no location")?.to_str()?)?;
+        say("  POST /connect/sim      303  to the provider's login (PKCE S256, state bound to this browser)");
+        let answer = authorize(&self.http, &location).await;
+        let (state, code) = (answer.state.context("no state")?, answer.code.context("no code")?);
+        say("  the person logs in at the provider, which sends the browser back with a code");
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([("state", state.as_str()), ("code", code.as_str())])
+            .finish();
+        let finish = self
+            .http
+            .get(format!("{base}/callback/{PROVIDER}?{query}"))
+            .header("cookie", &cookie)
+            .send()
+            .await?;
+        let status = finish.status();
+        let page = finish.text().await.unwrap_or_default();
+        ensure!(
+            status == 200 && page.contains("Connected"),
+            "/callback/sim answered {status}: {page}"
+        );
+        say("  GET  /callback/sim     200  \"Connected\": the tokens are stored encrypted, the sync is scheduled");
+        Ok(())
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let seconds: u64 = std::env::var("DEMO_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let config = env("OAUTH_SYNC_CONFIG")?;
+    let aws = shared::aws::AwsClients::from_env().await;
+    let demo = Demo {
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(120))
+            .build()?,
+        functions: env("OAUTH_SYNC_FUNCTIONS_URL")?,
+        simulator: env("OAUTH_SYNC_SIMULATOR_URL")?,
+        store: ConnectionStore::new(aws.dynamodb.clone(), env(shared::runtime::CONNECTIONS_TABLE_ENV)?),
+        id: ConnectionId::parse(CONNECTION)?,
+    };
+
+    say(&format!("\n1. The provider has {PROJECTS} projects"));
+    let seeded = demo.sim_data(json!({"op": "seed_projects", "count": PROJECTS})).await?;
+    let ids: Vec<String> = serde_json::from_value(seeded["ids"].clone()).context("seeded ids")?;
+    ensure!(ids.len() == PROJECTS, "seeded {}", ids.len());
+
+    say("\n2. A person connects their account (HTTP API events to oauth-callback)");
+    demo.login(&config, root).await?;
+
+    say(&format!(
+        "\n3. The schedules, compressed: token-refresher every 4 s, sync every 5 s, for {seconds} s \
+         (access tokens live 20 s; each refresh token is single-use)"
+    ));
+    let started = Instant::now();
+    let (mut next_refresh, mut next_sync) = (Duration::ZERO, Duration::ZERO);
+    let mut changed_upstream = false;
+    let (mut inserted_id, updated_id, deleted_id) = (String::new(), ids[7].clone(), ids[42].clone());
+    let mut totals = (0_u64, 0_u64, 0_u64);
+    let mut said = started.elapsed();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let at = started.elapsed();
+        if at.saturating_sub(said) >= Duration::from_secs(5) {
+            said = at;
+            let left = demo
+                .store
+                .get(&demo.id)
+                .await?
+                .and_then(|c| c.access_expires_at)
+                .map_or(0, |expires| (expires - shared::connection::now_ms()) / 1000);
+            say(&format!(
+                "  {:>4.1} s  nothing due: the access token has {left} s left (refreshed at 12 s); the sync runs every minute",
+                at.as_secs_f64()
+            ));
+        }
+        if at >= next_refresh {
+            next_refresh = at + Duration::from_secs(4);
+            let summary = demo.invoke("token-refresher").await?;
+            if summary["refreshed"].as_u64().unwrap_or(0) > 0 {
+                said = at;
+                say(&format!(
+                    "  {:>4.1} s  token-refresher: refreshed, token version {} (the old refresh token is now spent)",
+                    at.as_secs_f64(),
+                    demo.token_version().await?
+                ));
+            }
+            for (field, what) in [("needs_reauth", "needs a new login"), ("failed", "failed")] {
+                if summary[field].as_u64().unwrap_or(0) > 0 {
+                    bail!("token-refresher: a connection {what}: {summary}");
+                }
+            }
+        }
+        if !changed_upstream && at >= Duration::from_secs(seconds / 3) {
+            changed_upstream = true;
+            let insert = demo
+                .sim_data(
+                    json!({"op": "insert_project", "code": "P-NEW", "description": "Added upstream during the demo"}),
+                )
+                .await?;
+            inserted_id = insert["id"].as_str().unwrap_or_default().to_owned();
+            said = at;
+            demo.sim_data(json!({"op": "update_project", "id": updated_id, "description": "Renamed upstream"}))
+                .await?;
+            demo.sim_data(json!({"op": "delete_project", "id": deleted_id})).await?;
+            say(&format!(
+                "  {:>4.1} s  upstream: project P-NEW inserted, {updated_id} renamed, {deleted_id} deleted",
+                at.as_secs_f64()
+            ));
+        }
+        if at >= next_sync {
+            next_sync = at + Duration::from_secs(5);
+            let runs = demo.invoke("sync").await?;
+            let count = |f: &str| runs[f].as_u64().unwrap_or(0);
+            if count("due") > 0 {
+                said = at;
+                totals = (
+                    totals.0 + count("inserted"),
+                    totals.1 + count("updated"),
+                    totals.2 + count("deleted"),
+                );
+                say(&format!(
+                    "  {:>4.1} s  sync: {} run(s) {}: {} inserted, {} updated, {} deleted, {} unchanged",
+                    at.as_secs_f64(),
+                    count("due"),
+                    if count("failed") + count("parked") > 0 {
+                        "with trouble"
+                    } else {
+                        "finished"
+                    },
+                    count("inserted"),
+                    count("updated"),
+                    count("deleted"),
+                    count("unchanged"),
+                ));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    say("\n4. What the provider saw");
+    let counters = demo.counters().await?;
+    let n = |f: &str| counters[f].as_u64().unwrap_or(0);
+    say(&format!(
+        "  refresh requests {}, refresh tokens reused {}, token families revoked {}, data pages {}, 429s {}",
+        n("refresh_requests"),
+        n("refresh_tokens_reused"),
+        n("families_revoked"),
+        n("data_pages"),
+        n("data_429s")
+    ));
+    ensure!(
+        n("refresh_tokens_reused") == 0 && n("families_revoked") == 0,
+        "a refresh token was spent twice"
+    );
+    let version = demo.token_version().await?;
+    ensure!(
+        version >= 3,
+        "the refresh token rotated only {} time(s)",
+        version.saturating_sub(1)
+    );
+    ensure!(
+        totals.0 > PROJECTS as u64,
+        "the sync inserted {} records, not all {PROJECTS} and the upstream insert",
+        totals.0
+    );
+    ensure!(
+        totals.1 >= 1 && totals.2 >= 1,
+        "the upstream update or deletion did not arrive: {totals:?}"
+    );
+    say(&format!(
+        "  the refresh token rotated {} times, none reused; {} projects copied, then {inserted_id} inserted, \
+         {updated_id} updated and {deleted_id} deleted incrementally",
+        version - 1,
+        totals.0 - 1
+    ));
+    Ok(())
+}
