@@ -38,7 +38,7 @@ pub use provider::{
 };
 use sync::SyncEntry;
 pub use sync::{Sync, SyncMode};
-pub use template::{CONNECTION_PLACEHOLDERS, TemplateError, fill_template};
+pub use template::{CONNECTION_PLACEHOLDERS, MAX_FILLED_LEN, TemplateError, fill_template};
 
 /// The environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "OAUTH_SYNC_CONFIG";
