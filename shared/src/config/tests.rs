@@ -571,3 +571,24 @@ fn issuers_are_preset_only_where_they_are_one_fixed_value() {
         "one redirect URI per provider"
     );
 }
+
+#[test]
+fn a_pagination_style_without_fields_refuses_unknown_keys() {
+    // Found by fuzz::config: serde ignores unknown keys in the unit variants
+    // of an internally tagged enum, so a typo (or a pasted client secret)
+    // next to `style = "link_header"` was accepted without a word.
+    let base = "[providers.p]\npreset = \"google\"\ncredentials_secret = \"s\"\n";
+    for style in ["odata_v2", "odata_next_link", "next_records_url", "link_header"] {
+        let e = err(&format!(
+            "{base}pagination = {{ style = \"{style}\", records_pth = \"x\" }}\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (4, "providers.p.pagination"), "{e}");
+        assert!(e.message.contains("unknown field `records_pth`"), "{e}");
+        let config = parse(&format!("{base}pagination = {{ style = \"{style}\" }}\n")).expect("config");
+        assert!(config.providers["p"].settings.pagination.is_some());
+    }
+    let e = err(&format!(
+        "{base}pagination = {{ style = \"cursor\", param = \"a\", next_field = \"b\", items_field = \"c\", typo = 1 }}\n"
+    ));
+    assert!(e.message.contains("unknown field `typo`"), "{e}");
+}
