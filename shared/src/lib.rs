@@ -31,3 +31,6 @@ pub mod secrets;
 pub mod sync;
 pub mod telemetry;
 pub mod when;
+
+#[cfg(test)]
+mod fuzz;
