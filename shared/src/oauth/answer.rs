@@ -316,13 +316,17 @@ pub(super) fn classify_error(
 }
 
 /// A body that is not JSON is quoted (a gateway's "Bad Gateway" page says
-/// what went wrong), unless it may be a token answer: JSON cut short, or
-/// form-encoded token fields. The secrets we sent are scrubbed either way,
-/// but a token the provider just issued is not one of them.
+/// what went wrong), unless it may be a token answer: JSON cut short or
+/// garbled (after a BOM or a stray byte too), or anything naming a token
+/// field. The secrets we sent are scrubbed either way, but a token the
+/// provider just issued is not one of them.
 fn non_json_answer(body: &[u8], sent: &[&str]) -> String {
     let text = String::from_utf8_lossy(body);
-    let may_hold_a_token = text.trim_start().starts_with(['{', '['])
-        || ["access_token=", "refresh_token=", "id_token="]
+    let start = text.trim_start_matches(|c: char| {
+        c.is_whitespace() || c.is_control() || matches!(c, '\u{feff}' | char::REPLACEMENT_CHARACTER)
+    });
+    let may_hold_a_token = start.starts_with(['{', '['])
+        || ["access_token", "refresh_token", "id_token"]
             .iter()
             .any(|field| text.contains(field));
     if may_hold_a_token {

@@ -588,6 +588,10 @@ mod tests {
         for body in [
             &br#"{"access_token":"at-planted-0b7e55d1c9","token_type":"Bea"#[..],
             b"access_token=at-planted-0b7e55d1c9&token_type=bearer",
+            // The long run: a stray byte before the JSON hid its `{`.
+            b"\xff{\"x\":1,\"access_token\":\"at-planted-0b7e55d1c9\"",
+            b"\xef\xbb\xbf{\"y\":\"at-planted-0b7e55d1c9\"",
+            b"<pre>access_token: at-planted-0b7e55d1c9</pre>",
         ] {
             let e = parse_token_response(&PresetName::Generic.settings(), StatusCode::MULTIPLE_CHOICES, body, &[])
                 .unwrap_err();
