@@ -363,7 +363,7 @@ fn damage(text: &str, how: u8, at: usize, depth: usize) -> String {
 }
 
 proptest! {
-    #![proptest_config(cases(200))]
+    #![proptest_config(cases(512))]
 
     /// A generated valid document parses, and each provider has exactly the
     /// values its table set.

@@ -161,7 +161,7 @@ fn check(
 }
 
 proptest! {
-    #![proptest_config(cases(300))]
+    #![proptest_config(cases(512))]
 
     /// A page in its style's shape, whatever its links say: records read,
     /// and no link away from the API's origin.

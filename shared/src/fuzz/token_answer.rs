@@ -249,7 +249,7 @@ fn serialize(answer: &Answer, damage: u8, at: usize) -> Vec<u8> {
 const SECRETS: [&str; 4] = [SENT, PLANTED_ACCESS, PLANTED_REFRESH, PLANTED_ID];
 
 proptest! {
-    #![proptest_config(cases(300))]
+    #![proptest_config(cases(512))]
 
     /// Whatever the answer, the call returns a token set or a clear error
     /// that quotes none of the tokens, sent or received.
