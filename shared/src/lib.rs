@@ -32,3 +32,6 @@ pub mod shards;
 pub mod sync;
 pub mod telemetry;
 pub mod when;
+
+#[cfg(test)]
+mod fuzz;

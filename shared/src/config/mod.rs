@@ -40,7 +40,7 @@ pub use provider::{
 };
 use sync::SyncEntry;
 pub use sync::{Sync, SyncMode};
-pub use template::{CONNECTION_PLACEHOLDERS, TemplateError, fill_template};
+pub use template::{CONNECTION_PLACEHOLDERS, MAX_FILLED_LEN, TemplateError, fill_template};
 
 /// The environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "OAUTH_SYNC_CONFIG";
@@ -391,6 +391,8 @@ const MESSAGE_LIMIT: usize = 1_200;
 /// `…`, and the whole text is cut at [`MESSAGE_LIMIT`], so a 5 MiB value is
 /// never printed whole. An unclosed quote is cut the same way.
 pub fn cut_quoted(text: &str) -> String {
+    let escaped = one_line(text);
+    let text = escaped.as_str();
     let mut out = String::with_capacity(text.len().min(MESSAGE_LIMIT + 8));
     let mut rest = text;
     while let Some(open) = rest.find(['`', '"']) {
@@ -426,18 +428,41 @@ pub fn cut_quoted(text: &str) -> String {
     }
 }
 
+/// Control characters and line separators as escapes (`\r`, `\u{2028}`): a
+/// key or value may hold them, and an error stays one line of a log.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A dotted field path with each part cut like a quote (a key may be the
-/// user's 5 MiB typo).
+/// user's 5 MiB typo), and the whole path cut after [`FIELD_LIMIT`]
+/// characters (a quoted key may hold thousands of dots).
 fn cut_field(field: &str) -> String {
-    field
+    let path = one_line(field)
         .split('.')
         .map(|part| match part.char_indices().nth(QUOTE_LIMIT) {
             Some((cut, _)) => format!("{}…", &part[..cut]),
             None => part.to_owned(),
         })
         .collect::<Vec<_>>()
-        .join(".")
+        .join(".");
+    match path.char_indices().nth(FIELD_LIMIT) {
+        Some((cut, _)) => format!("{}…", &path[..cut]),
+        None => path,
+    }
 }
+
+/// The most characters of a field path an error shows: the table and key
+/// names a person needs, with room for a few quoted parts.
+const FIELD_LIMIT: usize = 4 * QUOTE_LIMIT;
 
 /// Turns byte spans into file:line:column.
 struct Locator<'a> {
@@ -450,6 +475,15 @@ impl Locator<'_> {
         let (line, column) = match span {
             Some(span) => self.line_col(span.start),
             None => (0, 0),
+        };
+        // serde quotes the value it refused (`invalid type: string "…"`), and
+        // a credential pasted in the wrong table (or inside an array or a
+        // table under its key) must not reach the log.
+        let names_a_credential = field.split(['.', '[']).any(|key| CREDENTIAL_KEYS.contains(&key));
+        let message = if names_a_credential {
+            CREDENTIALS_NEVER_HERE
+        } else {
+            message
         };
         ConfigError {
             file: self.file.to_owned(),
@@ -508,6 +542,13 @@ impl Locator<'_> {
     }
 }
 
+/// Keys that hold client credentials, wherever they are written: an error
+/// about one never quotes its value.
+const CREDENTIAL_KEYS: [&str; 2] = ["client_id", "client_secret"];
+
+const CREDENTIALS_NEVER_HERE: &str = "client credentials never go in the config file: store them in the Secrets \
+                                      Manager secret named by `credentials_secret`";
+
 /// (field, message) of a validation failure inside one table.
 type FieldProblem = (&'static str, String);
 
@@ -524,10 +565,7 @@ fn resolve_provider(name: &str, entry: ProviderEntry, discovered: &Discovered) -
     }
     for (key, value) in [("client_id", &entry.client_id), ("client_secret", &entry.client_secret)] {
         if value.is_some() {
-            return Err((
-                key,
-                "client credentials never go in the config file: store them in the Secrets Manager secret named by `credentials_secret`".to_owned(),
-            ));
+            return Err((key, CREDENTIALS_NEVER_HERE.to_owned()));
         }
     }
     let preset = entry.preset.ok_or((
@@ -604,6 +642,10 @@ fn resolve_provider(name: &str, entry: ProviderEntry, discovered: &Discovered) -
         if discovery.field.is_empty() {
             return Err(("discover", format!("{param}: `field` must name where the value is")));
         }
+    }
+    if settings.authorize_params.contains_key("client_secret") {
+        // The authorize URL goes through the user's browser.
+        return Err(("authorize_params", CREDENTIALS_NEVER_HERE.to_owned()));
     }
     if let Some(reserved) = settings
         .authorize_params

@@ -44,8 +44,11 @@ fn default_error_field() -> String {
 }
 
 /// How the data API pages through results.
+// `remote = "Self"`: the derives become inherent functions, wrapped below by
+// a `Deserialize` that also refuses unknown keys next to a style without
+// fields (serde ignores them in an internally tagged unit variant).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "style", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(remote = "Self", tag = "style", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Pagination {
     /// OData v2: `{"d": {"results": [...], "__next": "<full url>"}}` (Exact Online).
     OdataV2,
@@ -82,6 +85,28 @@ pub enum Pagination {
 
 fn one() -> u64 {
     1
+}
+
+impl<'de> Deserialize<'de> for Pagination {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let table = toml::Table::deserialize(deserializer)?;
+        let style = table.get("style").and_then(toml::Value::as_str).unwrap_or_default();
+        if ["odata_v2", "odata_next_link", "next_records_url", "link_header"].contains(&style)
+            && let Some(extra) = table.keys().find(|key| *key != "style")
+        {
+            return Err(D::Error::custom(format!(
+                "unknown field `{extra}`: pagination style `{style}` has no other fields"
+            )));
+        }
+        Pagination::deserialize(toml::Value::Table(table)).map_err(|e| D::Error::custom(e.message()))
+    }
+}
+
+impl Serialize for Pagination {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Pagination::serialize(self, serializer)
+    }
 }
 
 /// How a reset header counts time.

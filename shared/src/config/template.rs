@@ -9,13 +9,21 @@ use std::collections::BTreeMap;
 /// `division`, QuickBooks' `realm_id`, Xero's `tenant_id`.
 pub const CONNECTION_PLACEHOLDERS: &[&str] = &["instance_url", "api_domain", "division", "realm_id", "tenant_id"];
 
-/// A placeholder that has no value, or a brace that does not close.
+/// The longest a filled template may be: what servers take as a URL (they
+/// answer 414 beyond about 8 KiB). A placeholder repeated a thousand times
+/// with a long value would otherwise turn a small file into megabytes.
+pub const MAX_FILLED_LEN: usize = 8 * 1024;
+
+/// A placeholder that has no value, a brace that does not close, or a
+/// result too long to be a URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     #[error("placeholder `{{{0}}}` has no value: set `params.{0}`")]
     Unfilled(String),
     #[error("unclosed `{{` in `{0}`")]
     Unclosed(String),
+    #[error("longer than {MAX_FILLED_LEN} bytes once its placeholders are filled")]
+    TooLong,
 }
 
 /// Replaces every `{name}` with `params[name]`; names listed in `keep` stay as
@@ -44,8 +52,14 @@ pub fn fill_template(
             None => return Err(TemplateError::Unfilled(name.to_owned())),
         }
         rest = &after[close + 1..];
+        if out.len() > MAX_FILLED_LEN {
+            return Err(TemplateError::TooLong);
+        }
     }
     out.push_str(rest);
+    if out.len() > MAX_FILLED_LEN {
+        return Err(TemplateError::TooLong);
+    }
     Ok(out)
 }
 
@@ -72,5 +86,18 @@ mod tests {
             fill_template("https://h/{oops", &params, &[]),
             Err(TemplateError::Unclosed(_))
         ));
+    }
+
+    #[test]
+    fn a_repeated_placeholder_cannot_blow_a_small_file_up() {
+        // Found by fuzz::config: 2,000 `{p}` with a 2,000-byte `p` made a
+        // 4 MB URL from a 8 KB file.
+        let params = BTreeMap::from([("p".to_owned(), "a".repeat(2_000))]);
+        let template = format!("https://h/{}", "{p}".repeat(2_000));
+        assert_eq!(fill_template(&template, &params, &[]), Err(TemplateError::TooLong));
+        let long = format!("https://h/{}", "a".repeat(MAX_FILLED_LEN));
+        assert_eq!(fill_template(&long, &params, &[]), Err(TemplateError::TooLong));
+        let fits = format!("https://h/{}", "{p}".repeat(3));
+        assert_eq!(fill_template(&fits, &params, &[]).map(|s| s.len()), Ok(10 + 6_000));
     }
 }

@@ -613,3 +613,88 @@ fn without_discovery_a_provider_that_needs_its_document_says_where_it_is() {
     let e = err("[providers.p]\npreset = \"generic\"\ncredentials_secret = \"s\"\nissuer = \"http://id.example\"\n");
     assert!(e.message.contains("must use https"), "{e}");
 }
+
+#[test]
+fn credentials_in_the_wrong_table_are_refused_without_being_quoted() {
+    // Found by fuzz::config: `[providers]` with the credentials written
+    // straight under it gave `invalid type: string "<the secret>"`.
+    for text in [
+        "[providers]\nclient_id = \"ci-planted\"\nclient_secret = \"cs-planted\"\n",
+        "[providers]\nclient_secret = 12345678\n",
+        "[syncs]\nclient_secret = \"cs-planted\"\n",
+        "[providers]\nclient_secret = [\"cs-planted\"]\n",
+    ] {
+        let e = err(text);
+        assert!(
+            e.field.contains("client_id") || e.field.contains("client_secret"),
+            "{e}"
+        );
+        assert!(e.message.contains("Secrets Manager"), "{e}");
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("planted") && !shown.contains("12345678"), "{shown}");
+    }
+}
+
+#[test]
+fn an_error_about_a_key_with_control_characters_stays_one_line() {
+    // Found by fuzz::config: a quoted key `"\r"` came back raw in the field
+    // and the message, and a terminal printed the rest over the file name.
+    let e = err("\"a\\r\\nb\\u2028\" = 1\n[providers.p]\npreset = \"google\"\ncredentials_secret = \"s\"\n");
+    let shown = e.to_string();
+    assert!(!shown.chars().any(|c| c.is_control() || c == '\u{2028}'), "{shown:?}");
+    assert!(shown.contains("a\\r\\nb\\u{2028}"), "{shown}");
+}
+
+#[test]
+fn a_pagination_style_without_fields_refuses_unknown_keys() {
+    // Found by fuzz::config: serde ignores unknown keys in the unit variants
+    // of an internally tagged enum, so a typo (or a pasted client secret)
+    // next to `style = "link_header"` was accepted without a word.
+    let base = "[providers.p]\npreset = \"google\"\ncredentials_secret = \"s\"\n";
+    for style in ["odata_v2", "odata_next_link", "next_records_url", "link_header"] {
+        let e = err(&format!(
+            "{base}pagination = {{ style = \"{style}\", records_pth = \"x\" }}\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (4, "providers.p.pagination"), "{e}");
+        assert!(e.message.contains("unknown field `records_pth`"), "{e}");
+        let config = parse(&format!("{base}pagination = {{ style = \"{style}\" }}\n")).expect("config");
+        assert!(config.providers["p"].settings.pagination.is_some());
+    }
+    let e = err(&format!(
+        "{base}pagination = {{ style = \"cursor\", param = \"a\", next_field = \"b\", items_field = \"c\", typo = 1 }}\n"
+    ));
+    assert!(e.message.contains("unknown field `typo`"), "{e}");
+}
+
+#[test]
+fn a_client_secret_in_the_authorize_parameters_is_refused() {
+    // Found by fuzz::config: it was accepted, and every login would have
+    // carried the client secret through the user's browser.
+    let e = err(
+        "[providers.p]\npreset = \"google\"\ncredentials_secret = \"s\"\nauthorize_params = { client_secret = \"cs-planted\" }\n",
+    );
+    assert_eq!((e.line, e.field.as_str()), (4, "providers.p.authorize_params"), "{e}");
+    assert!(e.message.contains("Secrets Manager"), "{e}");
+    assert!(!format!("{e} {e:?}").contains("planted"), "{e}");
+}
+
+#[test]
+fn a_key_of_many_dots_is_cut_in_the_field_path() {
+    // Found by fuzz::config: `params = { "a.a.a…" = 1 }` with 5,000 dots
+    // gave a 10,000-character field path, each part short enough to be kept.
+    let key = "a.".repeat(5_000);
+    let e = err(&format!(
+        "[providers.p]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\nparams = {{ \"{key}\" = 1 }}\n"
+    ));
+    assert!(e.field.starts_with("providers.p.params.a.a"), "{e}");
+    assert!(
+        e.field.chars().count() <= 4 * QUOTE_LIMIT + 1,
+        "{} chars",
+        e.field.chars().count()
+    );
+    assert!(
+        e.to_string().chars().count() < 2_000,
+        "{} chars",
+        e.to_string().chars().count()
+    );
+}

@@ -282,9 +282,7 @@ pub(super) fn classify_error(
         .unwrap_or_else(|| "no error code".to_owned());
     let message = match provider_message(json) {
         Some(m) => excerpt(m, sent),
-        None if json.is_null() && !body.is_empty() => {
-            format!("non-JSON answer: {}", excerpt(&String::from_utf8_lossy(body), sent))
-        }
+        None if json.is_null() && !body.is_empty() => non_json_answer(body, sent),
         None => "no description".to_owned(),
     };
     if settings.is_dead_token(code, json) {
@@ -315,6 +313,29 @@ pub(super) fn classify_error(
             message,
         },
     }
+}
+
+/// A body that is not JSON is quoted (a gateway's "Bad Gateway" page says
+/// what went wrong), unless it may be a token answer: JSON cut short or
+/// garbled (after a BOM or a stray byte too), or anything naming a token
+/// field. The secrets we sent are scrubbed either way, but a token the
+/// provider just issued is not one of them.
+fn non_json_answer(body: &[u8], sent: &[&str]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let start = text.trim_start_matches(|c: char| {
+        c.is_whitespace() || c.is_control() || matches!(c, '\u{feff}' | char::REPLACEMENT_CHARACTER)
+    });
+    let may_hold_a_token = start.starts_with(['{', '['])
+        || ["access_token", "refresh_token", "id_token"]
+            .iter()
+            .any(|field| text.contains(field));
+    if may_hold_a_token {
+        return format!(
+            "an answer that is not valid JSON ({} bytes, not quoted: it may hold a token)",
+            body.len()
+        );
+    }
+    format!("non-JSON answer: {}", excerpt(&text, sent))
 }
 
 /// Statuses after which the request may have been processed: an internal

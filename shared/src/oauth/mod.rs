@@ -360,7 +360,11 @@ fn s256(challenge: &str) -> Option<PkceCodeChallenge> {
 /// removed, as sent and form-encoded, before it is cut to length (so no cut
 /// can leave half a secret behind).
 pub fn excerpt(text: &str, sent: &[&str]) -> String {
-    let mut text: String = text.chars().filter(|c| !c.is_control()).collect();
+    // U+2028 and U+2029 are not controls, but end a line in log viewers too.
+    let mut text: String = text
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '\u{2028}' | '\u{2029}'))
+        .collect();
     for secret in sent.iter().filter(|s| s.len() >= 4) {
         let encoded: String = byte_serialize(secret.as_bytes()).collect();
         text = text.replace(secret, "[redacted]").replace(&encoded, "[redacted]");
@@ -368,34 +372,35 @@ pub fn excerpt(text: &str, sent: &[&str]) -> String {
     text.chars().take(MAX_MESSAGE).collect()
 }
 
+/// A token answer read the way a refresh reads it: the crate's response
+/// handling (through its synchronous interface, with a canned answer), then
+/// ours. For the unit tests and the fuzz targets (`crate::fuzz`).
+#[cfg(test)]
+pub(crate) fn parse_token_response(
+    settings: &crate::config::ProviderSettings,
+    status: reqwest::StatusCode,
+    body: &[u8],
+    sent: &[&str],
+) -> Result<TokenSet, TokenError> {
+    let client = OauthClient::new(ClientId::new("client".to_owned()))
+        .set_token_uri(TokenUrl::new("https://auth.example/token".to_owned()).expect("url"));
+    let token = oauth2::RefreshToken::new("rt".to_owned());
+    let answer = |_| Ok::<_, TransportError>(transport::for_the_crate(status, body.to_vec()));
+    let result = client.exchange_refresh_token(&token).request(&answer);
+    let seen = transport::Seen {
+        status,
+        retry_after: None,
+    };
+    interpret(settings, Some(seen), result, sent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::transport::{MAX_RETRY_AFTER_SECS, Seen, for_the_crate, retry_after};
     use super::*;
-    use crate::config::{PresetName, ProviderSettings};
+    use crate::config::PresetName;
     use reqwest::StatusCode;
     use serde_json::json;
-
-    /// A token answer read the way a refresh reads it: the crate's response
-    /// handling (through its synchronous interface, with a canned answer),
-    /// then ours.
-    fn parse_token_response(
-        settings: &ProviderSettings,
-        status: StatusCode,
-        body: &[u8],
-        sent: &[&str],
-    ) -> Result<TokenSet, TokenError> {
-        let client = OauthClient::new(ClientId::new("client".to_owned()))
-            .set_token_uri(TokenUrl::new("https://auth.example/token".to_owned()).expect("url"));
-        let token = oauth2::RefreshToken::new("rt".to_owned());
-        let answer = |_| Ok::<_, TransportError>(for_the_crate(status, body.to_vec()));
-        let result = client.exchange_refresh_token(&token).request(&answer);
-        let seen = Seen {
-            status,
-            retry_after: None,
-        };
-        interpret(settings, Some(seen), result, sent)
-    }
 
     #[test]
     fn retry_after_is_read_as_seconds_and_bounded() {
@@ -550,6 +555,61 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn provider_text_is_kept_on_one_line() {
+        // Found by fuzz::token_answer: `"expires_in": "\u2028"` was quoted with
+        // the line separator in it.
+        let e = parse(
+            PresetName::ExactOnline,
+            200,
+            json!({"access_token": "at", "expires_in": "1\u{2028}2"}),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("`expires_in` is not a number of seconds: \"12\""),
+            "{e}"
+        );
+        let e = parse(
+            PresetName::Generic,
+            400,
+            json!({"error": "invalid_request", "error_description": "a\u{2029}b\r\nc\u{85}d"}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().ends_with(": abcd"), "{e}");
+    }
+
+    #[test]
+    fn a_cut_off_token_answer_with_an_error_status_is_not_quoted() {
+        // Found by fuzz::token_answer: a 300 whose body was a token answer cut
+        // short quoted the new access token as "non-JSON answer: {...".
+        for body in [
+            &br#"{"access_token":"at-planted-0b7e55d1c9","token_type":"Bea"#[..],
+            b"access_token=at-planted-0b7e55d1c9&token_type=bearer",
+            // The long run: a stray byte before the JSON hid its `{`.
+            b"\xff{\"x\":1,\"access_token\":\"at-planted-0b7e55d1c9\"",
+            b"\xef\xbb\xbf{\"y\":\"at-planted-0b7e55d1c9\"",
+            b"<pre>access_token: at-planted-0b7e55d1c9</pre>",
+        ] {
+            let e = parse_token_response(&PresetName::Generic.settings(), StatusCode::MULTIPLE_CHOICES, body, &[])
+                .unwrap_err();
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains("planted"), "{text}");
+            assert!(text.contains("not valid JSON") && text.contains("bytes"), "{text}");
+        }
+        let e = parse_token_response(
+            &PresetName::Generic.settings(),
+            StatusCode::FORBIDDEN,
+            b"<html>Forbidden by the firewall</html>",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("Forbidden by the firewall"),
+            "an error page is still quoted: {e}"
+        );
     }
 
     #[test]

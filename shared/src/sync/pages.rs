@@ -169,9 +169,20 @@ pub fn set_param(url: &mut Url, key: &str, value: &str) {
 fn same_origin(request: &Url, link: &str) -> Result<Url, PageError> {
     let url = request.join(link).map_err(|e| PageError::BadLink(format!("{e}")))?;
     if url.origin() != request.origin() {
-        return Err(PageError::OtherOrigin(url.origin().ascii_serialization()));
+        return Err(PageError::OtherOrigin(shorten(url.origin().ascii_serialization())));
     }
     Ok(url)
+}
+
+/// The most characters of a page's text an error quotes: the run's error is
+/// stored with the run and logged, and a host name can be megabytes long.
+const QUOTE_LIMIT: usize = 100;
+
+fn shorten(text: String) -> String {
+    match text.char_indices().nth(QUOTE_LIMIT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
 }
 
 /// The `rel="next"` target of an RFC 8288 `Link` header.
@@ -341,6 +352,25 @@ mod tests {
         let page =
             parse_page(&numbered, "Invoices", &first, None, br#"{"Invoices":[]}"#).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(page.next, None);
+    }
+
+    #[test]
+    fn a_refused_next_link_is_quoted_short() {
+        // Found by fuzz::pages: a 5,000-character host came back whole in the error.
+        let host = "a".repeat(5_000);
+        let body = format!(r#"{{"d":{{"results":[],"__next":"https://{host}.test/"}}}}"#);
+        let e = parse_page(
+            &Pagination::OdataV2,
+            "d.results",
+            &url("https://api.test/x"),
+            None,
+            body.as_bytes(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, PageError::OtherOrigin(_)), "{e}");
+        let shown = e.to_string();
+        assert!(shown.contains("https://aaaa") && shown.contains('…'), "{shown}");
+        assert!(shown.chars().count() < 200, "{} chars", shown.chars().count());
     }
 
     #[test]
