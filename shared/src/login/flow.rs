@@ -533,12 +533,16 @@ impl LoginService {
         self.redirect_uri(&provider.name)?;
         // Refused before the user logs in: a used link, another provider's
         // connection, a connection revoked after the link was made.
+        // The two reads are independent: one round trip, not two.
         let link_id = link_id(query).ok_or(LinkError::Missing("sig"))?;
-        if self.attempts.link_used(&link_id).await? {
+        let (used, connection) = tokio::join!(
+            self.attempts.link_used(&link_id),
+            self.check_connection(&claims.connection, &provider.name, claims.issued_at)
+        );
+        if used? {
             return Err(LinkError::Used.into());
         }
-        self.check_connection(&claims.connection, &provider.name, claims.issued_at)
-            .await?;
+        connection?;
         Ok(claims)
     }
 
