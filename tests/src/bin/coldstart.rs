@@ -138,6 +138,9 @@ async fn start_once(
     let mut child = tokio::process::Command::new(binary)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("AWS_LAMBDA_RUNTIME_API", server.addr.to_string())
+        // Lambda sets no SSL_CERT_DIR; with it (as on some build machines)
+        // every TLS client scans the whole directory at start-up.
+        .env_remove("SSL_CERT_DIR")
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
         .kill_on_drop(true)
