@@ -2,6 +2,7 @@
 //! read from `infra/template.yaml`, and helpers for tests that run against the
 //! local stack (DynamoDB Local, the Secrets Manager emulator, the simulator).
 
+pub mod functions;
 pub mod logs;
 pub mod proxy;
 pub mod serve;

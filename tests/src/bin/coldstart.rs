@@ -26,6 +26,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use oauth_sync_tests::functions::scheduled_event;
 use oauth_sync_tests::serve::serve;
 use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::LoginFixture;
@@ -87,15 +88,6 @@ async fn runtime_api(State(api): State<Arc<RuntimeApi>>, method: Method, uri: Ur
         let _ = answer.send(outcome);
     }
     StatusCode::ACCEPTED.into_response()
-}
-
-/// An EventBridge scheduled event, as the schedules in infra/template.yaml send it.
-fn scheduled_event() -> Value {
-    json!({
-        "version": "0", "id": "coldstart", "detail-type": "Scheduled Event", "source": "aws.events",
-        "account": "123456789012", "time": "2026-12-01T00:00:00Z", "region": "eu-west-1",
-        "resources": ["arn:aws:events:eu-west-1:123456789012:rule/coldstart"], "detail": {}
-    })
 }
 
 /// An HTTP API (payload 2.0) request for a connect link's confirmation page.

@@ -25,7 +25,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use oauth_sync_tests::stack::{authorize, hidden_fields};
+use oauth_sync_tests::functions::{browse_to_callback, connect_link, scheduled_event};
 use serde_json::{Value, json};
 use shared::connection::ConnectionId;
 use shared::connection::store::ConnectionStore;
@@ -42,15 +42,6 @@ fn say(text: &str) {
 
 fn env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| format!("{name} is not set: run scripts/demo"))
-}
-
-/// An EventBridge scheduled event, as the template's schedules send it.
-fn scheduled_event() -> Value {
-    json!({
-        "version": "0", "id": "demo", "detail-type": "Scheduled Event", "source": "aws.events",
-        "account": "123456789012", "time": "2026-12-01T00:00:00Z", "region": "eu-west-1",
-        "resources": ["arn:aws:events:eu-west-1:123456789012:rule/demo"], "detail": {}
-    })
 }
 
 struct Demo {
@@ -105,64 +96,25 @@ impl Demo {
 
     /// The login, as a browser makes it.
     async fn login(&self, config: &str, root: &str) -> anyhow::Result<()> {
-        let output = std::process::Command::new(format!("{root}/target/debug/oauth-sync"))
-            .args(["--config", config, "--json", "connect-link", "--provider", PROVIDER])
-            .args([
-                "--connection",
-                CONNECTION,
-                "--label",
-                "Acme Books",
-                "--for",
-                "ann@acme.example",
-            ])
-            .output()
-            .context("running oauth-sync connect-link")?;
-        ensure!(
-            output.status.success(),
-            "oauth-sync connect-link: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let link: Value = serde_json::from_slice(&output.stdout)?;
-        let link = link["url"].as_str().context("no url from connect-link")?.to_owned();
+        let link = connect_link(
+            root,
+            std::path::Path::new(config),
+            PROVIDER,
+            CONNECTION,
+            &["--label", "Acme Books", "--for", "ann@acme.example"],
+        )?;
         say(&format!(
             "  the operator makes a connect link for {CONNECTION} (oauth-sync connect-link)"
         ));
-
-        let confirm = self.http.get(&link).send().await.context("GET the connect link")?;
-        ensure!(confirm.status() == 200, "GET /connect answered {}", confirm.status());
-        let cookie = confirm
-            .headers()
-            .get("set-cookie")
-            .context("no login cookie")?
-            .to_str()?
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let form = hidden_fields(&confirm.text().await?);
+        let base = link.split("/connect/").next().unwrap_or_default();
+        let at = browse_to_callback(&self.http, &link, base, PROVIDER).await?;
         say("  GET  /connect/sim      200  the confirmation page: \"Connect your Example Books (simulator) account\"");
-        let base = link.split("/connect/").next().unwrap_or_default().to_owned();
-        let connect = self
-            .http
-            .post(format!("{base}/connect/{PROVIDER}"))
-            .header("cookie", &cookie)
-            .header("sec-fetch-site", "same-origin")
-            .form(&form)
-            .send()
-            .await?;
-        ensure!(connect.status() == 303, "POST /connect answered {}", connect.status());
-        let location = url::Url::parse(connect.headers().get("location").context("no location")?.to_str()?)?;
         say("  POST /connect/sim      303  to the provider's login (PKCE S256, state bound to this browser)");
-        let answer = authorize(&self.http, &location).await;
-        let (state, code) = (answer.state.context("no state")?, answer.code.context("no code")?);
         say("  the person logs in at the provider, which sends the browser back with a code");
-        let query = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs([("state", state.as_str()), ("code", code.as_str())])
-            .finish();
         let finish = self
             .http
-            .get(format!("{base}/callback/{PROVIDER}?{query}"))
-            .header("cookie", &cookie)
+            .get(&at.callback_url)
+            .header("cookie", &at.cookie)
             .send()
             .await?;
         let status = finish.status();

@@ -24,7 +24,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use oauth_sync_tests::stack::{RETURN_TO, authorize, hidden_fields};
+use oauth_sync_tests::functions::{AtCallback, browse_to_callback, connect_link};
+use oauth_sync_tests::stack::RETURN_TO;
 use oauth_sync_tests::webdriver::Driver;
 use shared::config::Config;
 use shared::connection::store::ConnectionStore;
@@ -58,29 +59,10 @@ struct Stack {
 }
 
 impl Stack {
-    /// A signed connect link from `oauth-sync connect-link` (`args` added).
+    /// A signed connect link from `oauth-sync connect-link` (`args` added),
+    /// served by the stack's functions.
     fn link(&self, connection: &str, args: &[&str]) -> anyhow::Result<String> {
-        let output = std::process::Command::new(format!("{}/target/debug/oauth-sync", self.root))
-            .arg("--config")
-            .arg(&self.config)
-            .args([
-                "--json",
-                "connect-link",
-                "--provider",
-                PROVIDER,
-                "--connection",
-                connection,
-            ])
-            .args(args)
-            .output()
-            .context("running oauth-sync (scripts/stack start --functions builds it)")?;
-        ensure!(
-            output.status.success(),
-            "oauth-sync connect-link: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let json: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-        let url = json["url"].as_str().context("no url from connect-link")?.to_owned();
+        let url = connect_link(self.root, &self.config, PROVIDER, connection, args)?;
         ensure!(
             url.starts_with(&format!("{}/connect/{PROVIDER}?", self.base)),
             "the link {url} is not served by the stack's functions at {}",
@@ -121,47 +103,18 @@ async fn main() -> anyhow::Result<()> {
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))
         .build()?;
-    let query = |pairs: &[(&str, &str)]| -> String {
-        url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs)
-            .finish()
-    };
     let reqwest_id = format!("{run}-1");
     let link = stack.link(&reqwest_id, &["--return-url", RETURN_TO])?;
-    let confirm = http.get(&link).send().await.context("GET the connect link")?;
-    ensure!(confirm.status() == 200, "GET /connect answered {}", confirm.status());
-    let cookie = confirm
-        .headers()
-        .get("set-cookie")
-        .context("no cookie")?
-        .to_str()?
-        .to_owned();
-    ensure!(cookie.starts_with("__Host-oauth-sync-login="), "cookie {cookie}");
-    let cookie_pair = cookie.split(';').next().unwrap_or_default().to_owned();
-    let form = hidden_fields(&confirm.text().await?);
-    ensure!(form.contains_key("confirm"), "no form token on the page: {form:?}");
+    let AtCallback {
+        cookie: cookie_pair,
+        code,
+        state,
+        callback_url,
+    } = browse_to_callback(&http, &link, &base, PROVIDER).await?;
     say("GET /connect: 200, the confirmation page and the login cookie");
-
-    let connect = http
-        .post(format!("{base}/connect/{PROVIDER}"))
-        .header("cookie", &cookie_pair)
-        .header("sec-fetch-site", "same-origin")
-        .form(&form)
-        .send()
-        .await?;
-    ensure!(connect.status() == 303, "POST /connect answered {}", connect.status());
-    let location = url::Url::parse(connect.headers().get("location").context("no location")?.to_str()?)?;
     say("POST /connect: 303 to the provider");
 
-    let result = authorize(&http, &location).await;
-    let state = result.state.context("no state")?;
-    let code = result.code.context("no code")?;
-    let callback = query(&[("state", &state), ("code", &code)]);
-    let finish = http
-        .get(format!("{base}/callback/{PROVIDER}?{callback}"))
-        .header("cookie", &cookie_pair)
-        .send()
-        .await?;
+    let finish = http.get(&callback_url).header("cookie", &cookie_pair).send().await?;
     ensure!(
         finish.status() == 302,
         "/callback/{PROVIDER} answered {}: {}",
@@ -180,11 +133,7 @@ async fn main() -> anyhow::Result<()> {
     );
     say(&format!("/callback/{PROVIDER}: 302 to {back}"));
 
-    let replay = http
-        .get(format!("{base}/callback/{PROVIDER}?{callback}"))
-        .header("cookie", &cookie_pair)
-        .send()
-        .await?;
+    let replay = http.get(&callback_url).header("cookie", &cookie_pair).send().await?;
     ensure!(
         replay.status() == 400,
         "a replayed callback answered {}",
