@@ -3,6 +3,7 @@
 //! local stack (DynamoDB Local, the Secrets Manager emulator, the simulator).
 
 pub mod functions;
+pub mod invoke;
 pub mod logs;
 pub mod proxy;
 pub mod serve;
