@@ -368,6 +368,22 @@ impl RefreshFixture {
         id
     }
 
+    /// Logs in `n` connections named `{prefix}-N` (`concurrency` logins at a time).
+    pub async fn connect_many(self: &std::sync::Arc<Self>, prefix: &str, n: usize, concurrency: usize) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        for i in 0..n {
+            let (fixture, permits, id) = (self.clone(), permits.clone(), format!("{prefix}-{i}"));
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                fixture.connect(&id).await;
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.expect("login");
+        }
+    }
+
     /// The stored connection, read consistently.
     pub async fn connection(&self, id: &shared::connection::ConnectionId) -> shared::connection::Connection {
         self.service
@@ -635,6 +651,12 @@ impl LoginFixture {
         scan.items.unwrap_or_default().len()
     }
 }
+
+/// The sync the benches measure: Exact Online's projects, incrementally
+/// over `sync/Project/Projects` (1,000 a page), as provider `sim`'s `projects`.
+pub const PROJECTS_INCREMENTAL: &str = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
+     query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"incremental\"\ncursor_field = \"Timestamp\"\n\
+     fields = { id = \"ID\", code = \"Code\", description = \"Description\" }\ninterval_secs = 900\n";
 
 /// A refresh fixture plus the sync engine on its own tables: the simulator's
 /// data APIs as the provider's API (Exact Online style under `/api/v1`,
