@@ -5,23 +5,23 @@
 //! peak RSS. Against DynamoDB Local and the simulator's data APIs.
 //!
 //! Needs the local stack, freshly started: DynamoDB Local slows down as it
-//! takes writes, even after the tables are deleted (see BENCHMARKS.md):
-//!   scripts/stack start && . .local/stack.env && cargo bench -p oauth-sync-tests --bench sync
-//! Optional: BENCH_RECORDS (default 10000), BENCH_RUNS (default 3),
+//! takes writes, even after the tables are deleted (see BENCHMARKS.md). So
+//! each part runs on its own stack, and the timed part once per stack:
+//! `scripts/bench sync` runs `rate`, then `records` BENCH_RUNS times, then
+//! `rerun`, each against a freshly started stack, and prints the medians.
+//!   scripts/stack start && . .local/stack.env && BENCH_SYNC_PART=records cargo bench -p oauth-sync-tests --bench sync
+//! BENCH_SYNC_PART: rate, records or rerun (default: all three, in that
+//! order, on one stack). Optional: BENCH_RECORDS (default 10000),
 //! BENCH_RATE_RECORDS (default 1200: 60 pages of 20, six windows of 10).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use oauth_sync_tests::simulator::{RateLimits, SimConfig};
-use oauth_sync_tests::stack::{SyncFixture, deadline, quick_sync_settings};
+use oauth_sync_tests::stack::{PROJECTS_INCREMENTAL, SyncFixture, deadline, quick_sync_settings};
 use shared::config::PresetName;
 use shared::connection::ConnectionId;
 use shared::sync::engine::{RunEnd, RunReport};
-
-const INCREMENTAL: &str = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
-     query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"incremental\"\ncursor_field = \"Timestamp\"\n\
-     fields = { id = \"ID\", code = \"Code\", description = \"Description\" }\ninterval_secs = 900\n";
 
 /// The same endpoint read whole every run: an unchanged rerun fetches every
 /// record again and compares it with the stored one.
@@ -55,6 +55,22 @@ async fn run(fx: &SyncFixture, conn: &ConnectionId) -> RunReport {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Fresh tables, `records` projects at an Exact simulator without a rate
+/// limit, and a connection `name` with `syncs` scheduled.
+async fn seeded(syncs: &str, name: &str, records: usize) -> (SyncFixture, ConnectionId) {
+    let fx = fixture(exact(), syncs, name).await;
+    fx.sim().seed_projects(records);
+    let conn = fx.connect(name).await;
+    (fx, conn)
+}
+
+/// A first run, which must finish with every record inserted.
+async fn first_run(fx: &SyncFixture, conn: &ConnectionId, records: usize) {
+    let report = run(fx, conn).await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.inserted as usize, records, "{report:?}");
+}
+
 /// Deletes the fixture's tables: DynamoDB Local slows down as its in-memory
 /// database grows, so each run starts from an otherwise empty one.
 async fn drop_tables(fx: SyncFixture) {
@@ -79,134 +95,127 @@ fn peak_rss_kb() -> Option<u64> {
 #[tokio::main]
 async fn main() {
     let records = env("BENCH_RECORDS", 10_000);
-    let runs = env("BENCH_RUNS", 3).max(1);
     let rate_records = env("BENCH_RATE_RECORDS", 1_200);
+    let part = std::env::var("BENCH_SYNC_PART").unwrap_or_default();
     let mut lines = Vec::new();
-
-    // 1. The share of the allowed request rate used under a scaled-down
-    // Exact minutely limit: 10 per 5 s instead of 60 per minute. First, while
-    // DynamoDB Local is still fast, so that its latency does not pace the run.
-    {
-        let limits = RateLimits {
-            minutely: 10,
-            minute_window: Duration::from_secs(5),
-            daily: 5_000,
-            day_window: Duration::from_secs(86_400),
-        };
-        let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
-        sim.data.page_size = 20;
-        sim.data.rate_limit = Some(limits);
-        let fx = fixture(sim, FULL_NORMAL, "bench-sync-rate").await;
-        fx.sim().seed_projects(rate_records);
-        let conn = fx.connect("bench-sync-rate").await;
-        let logged = fx.sim().data_requests_log().len();
-        let before = fx.sim().counters();
-        let started = Instant::now();
-        let report = run(&fx, &conn).await;
-        let elapsed = started.elapsed();
-        assert_eq!(report.end, RunEnd::Finished, "{report:?}");
-        assert_eq!(report.counts.inserted as usize, rate_records, "{report:?}");
-        let after = fx.sim().counters();
-        let log = fx.sim().data_requests_log();
-        let during = &log[logged..];
-        let requests = during.len() as u64;
-        let window_ms = limits.minute_window.as_millis() as u64;
-        // Windows touched, counted from the first request as back-to-back
-        // windows: the last, partly used one counts whole.
-        let windows = match (during.first(), during.last()) {
-            (Some(first), Some(last)) => (last.at_ms - first.at_ms) / window_ms + 1,
-            _ => 0,
-        };
-        let share = 100.0 * requests as f64 / (windows * u64::from(limits.minutely)) as f64;
-        lines.push(format!(
-            "rate: {requests} requests in {windows} windows of {} per {} s = {share:.0} % of the allowed rate, {} x 429 ({rate_records} records, 20 a page, {:.1} s, {} waits)",
-            limits.minutely,
-            limits.minute_window.as_secs(),
-            after.data_429s - before.data_429s,
-            elapsed.as_secs_f64(),
-            report.counts.rate_limit_waits
-        ));
-        drop_tables(fx).await;
+    if matches!(part.as_str(), "" | "rate") {
+        lines.push(rate_share(rate_records).await);
     }
-
-    // 2. Records per second, each run on fresh tables and a fresh connection.
-    let mut rates = Vec::new();
-    let mut first_ops = (0, 0);
-    for i in 0..runs {
-        let fx = fixture(exact(), INCREMENTAL, "bench-sync").await;
-        fx.sim().seed_projects(records);
-        let conn = fx.connect(&format!("bench-sync-{i}")).await;
-        let before = ops(&fx);
-        let started = Instant::now();
-        let report = run(&fx, &conn).await;
-        let elapsed = started.elapsed();
-        assert_eq!(report.end, RunEnd::Finished, "{report:?}");
-        assert_eq!(report.counts.inserted as usize, records, "{report:?}");
-        let after = ops(&fx);
-        first_ops = (after.0 - before.0, after.1 - before.1);
-        rates.push(records as f64 / elapsed.as_secs_f64());
-        drop_tables(fx).await;
-        #[allow(clippy::print_stderr)]
-        {
-            eprintln!("run {i}: {:.1} s", elapsed.as_secs_f64());
-        }
+    if matches!(part.as_str(), "" | "records") {
+        lines.extend(records_per_second(records).await);
     }
-    let peak = peak_rss_kb();
-    let all: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
-    rates.sort_by(f64::total_cmp);
-    let median = rates[rates.len() / 2];
-    lines.push(format!(
-        "records/s: {median:.0} (median of {runs}; runs {}) for {records} projects, incremental over sync/Project/Projects, 1,000 a page, no rate limit",
-        all.join(", ")
-    ));
-    let per = |n: u64| n as f64 / records as f64;
-    lines.push(format!(
-        "first run (incremental): {:.2} reads/record, {:.2} writes/record",
-        per(first_ops.0),
-        per(first_ops.1)
-    ));
-
-    // 3. An unchanged full rerun over the same endpoint.
-    {
-        let fx = fixture(exact(), FULL_SYNC, "bench-sync-full").await;
-        fx.sim().seed_projects(records);
-        let conn = fx.connect("bench-sync-full").await;
-        let before = ops(&fx);
-        let first = run(&fx, &conn).await;
-        assert_eq!(first.end, RunEnd::Finished, "{first:?}");
-        assert_eq!(first.counts.inserted as usize, records, "{first:?}");
-        let middle = ops(&fx);
-        let rerun = run(&fx, &conn).await;
-        assert_eq!(rerun.end, RunEnd::Finished, "{rerun:?}");
-        assert_eq!(rerun.counts.unchanged as usize, records, "{rerun:?}");
-        let after = ops(&fx);
-        lines.push(format!(
-            "first run (full): {:.2} reads/record, {:.2} writes/record",
-            per(middle.0 - before.0),
-            per(middle.1 - before.1)
-        ));
-        lines.push(format!(
-            "unchanged full rerun: {:.2} reads/record, {:.2} writes/record ({} record writes; plus {} seen-id marker items, one per page, in the runs table)",
-            per(after.0 - middle.0),
-            per(after.1 - middle.1),
-            after.1 - middle.1,
-            rerun.counts.pages
-        ));
-        drop_tables(fx).await;
+    if matches!(part.as_str(), "" | "rerun") {
+        lines.extend(unchanged_rerun(records).await);
     }
-
-    // 4. Peak memory after the timed runs.
-    if let Some(kb) = peak {
-        lines.push(format!(
-            "peak RSS after the {records}-record runs: {:.1} MB (VmHWM of the whole bench process, simulator included)",
-            kb as f64 / 1024.0
-        ));
-    }
-
+    assert!(
+        !lines.is_empty(),
+        "BENCH_SYNC_PART is `{part}`: rate, records or rerun (or unset: all three)"
+    );
     #[allow(clippy::print_stdout)]
     {
         for line in lines {
             println!("{line}");
         }
     }
+}
+
+/// The share of the allowed request rate used under a scaled-down Exact
+/// minutely limit: 10 per 5 s instead of 60 per minute. On a just-started
+/// stack, so that DynamoDB Local's latency does not pace the run.
+async fn rate_share(rate_records: usize) -> String {
+    let limits = RateLimits {
+        minutely: 10,
+        minute_window: Duration::from_secs(5),
+        daily: 5_000,
+        day_window: Duration::from_secs(86_400),
+    };
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.page_size = 20;
+    sim.data.rate_limit = Some(limits);
+    let fx = fixture(sim, FULL_NORMAL, "bench-sync-rate").await;
+    fx.sim().seed_projects(rate_records);
+    let conn = fx.connect("bench-sync-rate").await;
+    let logged = fx.sim().data_requests_log().len();
+    let before = fx.sim().counters();
+    let started = Instant::now();
+    let report = run(&fx, &conn).await;
+    let elapsed = started.elapsed();
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.inserted as usize, rate_records, "{report:?}");
+    let after = fx.sim().counters();
+    let log = fx.sim().data_requests_log();
+    let during = &log[logged..];
+    let requests = during.len() as u64;
+    let window_ms = limits.minute_window.as_millis() as u64;
+    // Windows touched, counted from the first request as back-to-back
+    // windows: the last, partly used one counts whole.
+    let windows = match (during.first(), during.last()) {
+        (Some(first), Some(last)) => (last.at_ms - first.at_ms) / window_ms + 1,
+        _ => 0,
+    };
+    let share = 100.0 * requests as f64 / (windows * u64::from(limits.minutely)) as f64;
+    drop_tables(fx).await;
+    format!(
+        "rate: {requests} requests in {windows} windows of {} per {} s = {share:.0} % of the allowed rate, {} x 429 ({rate_records} records, 20 a page, {:.1} s, {} waits)",
+        limits.minutely,
+        limits.minute_window.as_secs(),
+        after.data_429s - before.data_429s,
+        elapsed.as_secs_f64(),
+        report.counts.rate_limit_waits
+    )
+}
+
+/// One timed first run on fresh tables and a fresh connection, as a table
+/// row (`scripts/bench` takes the median of the rows of several stacks),
+/// with the record store's reads and writes and the bench process's peak
+/// RSS after it.
+async fn records_per_second(records: usize) -> Vec<String> {
+    let (fx, conn) = seeded(PROJECTS_INCREMENTAL, "bench-sync", records).await;
+    let before = ops(&fx);
+    let started = Instant::now();
+    first_run(&fx, &conn, records).await;
+    let elapsed = started.elapsed();
+    let after = ops(&fx);
+    drop_tables(fx).await;
+    let per = |n: u64| n as f64 / records as f64;
+    vec![
+        "| sync | seconds | records/s | reads/record | writes/record | bench process peak RSS MiB |".to_owned(),
+        "| --- | ---: | ---: | ---: | ---: | ---: |".to_owned(),
+        format!(
+            "| {records} projects, incremental, first run | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            elapsed.as_secs_f64(),
+            records as f64 / elapsed.as_secs_f64(),
+            per(after.0 - before.0),
+            per(after.1 - before.1),
+            peak_rss_kb().unwrap_or(0) as f64 / 1024.0
+        ),
+    ]
+}
+
+/// A full-mode first run, then an unchanged full rerun over the same endpoint.
+async fn unchanged_rerun(records: usize) -> Vec<String> {
+    let (fx, conn) = seeded(FULL_SYNC, "bench-sync-full", records).await;
+    let before = ops(&fx);
+    first_run(&fx, &conn, records).await;
+    let middle = ops(&fx);
+    let rerun = run(&fx, &conn).await;
+    assert_eq!(rerun.end, RunEnd::Finished, "{rerun:?}");
+    assert_eq!(rerun.counts.unchanged as usize, records, "{rerun:?}");
+    let after = ops(&fx);
+    drop_tables(fx).await;
+    let per = |n: u64| n as f64 / records as f64;
+    vec![
+        format!(
+            "first run (full): {:.2} reads/record, {:.2} writes/record",
+            per(middle.0 - before.0),
+            per(middle.1 - before.1)
+        ),
+        format!(
+            "unchanged full rerun: {:.2} reads/record, {:.2} writes/record ({} record writes; plus {} seen-id marker items, one per page, in the runs table)",
+            per(after.0 - middle.0),
+            per(after.1 - middle.1),
+            after.1 - middle.1,
+            rerun.counts.pages
+        ),
+    ]
 }
