@@ -42,6 +42,18 @@ pub async fn fresh_tables(clients: &AwsClients, test: &str) -> BTreeMap<String, 
     }
 }
 
+/// Creates a secret in the Secrets Manager emulator.
+pub async fn create_secret(aws: &AwsClients, name: &str, value: String) {
+    #[allow(clippy::expect_used)]
+    aws.secrets
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("create secret");
+}
+
 /// Starts a simulator on a free loopback port.
 pub async fn simulator(config: SimConfig) -> SimulatorHandle {
     #[allow(clippy::expect_used)]
@@ -283,18 +295,13 @@ impl RefreshFixture {
             "client_id": oauth.credentials.client_id,
             "client_secret": oauth.credentials.client_secret.secret(),
         });
-        for (name, value) in [
-            (&credentials_secret, credentials.to_string()),
-            (&keys_secret, shared::crypto::KeyRing::generate_json("k1").expect("rng")),
-        ] {
-            aws.secrets
-                .create_secret()
-                .name(name)
-                .secret_string(value)
-                .send()
-                .await
-                .expect("create secret");
-        }
+        create_secret(&aws, &credentials_secret, credentials.to_string()).await;
+        create_secret(
+            &aws,
+            &keys_secret,
+            shared::crypto::KeyRing::generate_json("k1").expect("rng"),
+        )
+        .await;
         let base = &oauth.sim.base_url;
         let preset = oauth.sim.sim.config().preset;
         let config_text = format!(
@@ -457,15 +464,7 @@ impl LoginFixture {
         let fixture = RefreshFixture::start(sim, shared::refresh::RefreshSettings::default(), "", test).await;
         let secret = format!("{}link-key", unique_prefix(test));
         let key = shared::crypto::KeyRing::generate_json("l1").expect("rng");
-        fixture
-            .aws
-            .secrets
-            .create_secret()
-            .name(&secret)
-            .secret_string(&key)
-            .send()
-            .await
-            .expect("secret");
+        create_secret(&fixture.aws, &secret, key.clone()).await;
         let text = fixture.config_text.replace(
             "[service]\n",
             &format!(

@@ -9,8 +9,6 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use shared::connection::DUE_SHARDS;
 use shared::refresh::{DueSummary, TokenService};
 
-/// Connections refreshed at the same time.
-pub const CONCURRENCY: usize = 16;
 /// Time kept back from the invocation's deadline: no refresh starts in it.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
@@ -47,7 +45,9 @@ pub async fn function_handler(
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<DueSummary, RefresherError> {
     let deadline = deadline_of(&event.context);
-    let summary = service.refresh_due(deadline, CONCURRENCY).await;
+    // `[service] refresh_concurrency`: refreshes in flight (default 16).
+    let concurrency = service.config().service.refresh_concurrency;
+    let summary = service.refresh_due(deadline, concurrency).await;
     tracing::info!(
         request_id = %event.context.request_id,
         due = summary.due,

@@ -284,6 +284,21 @@ fn bad_url_is_named_with_its_line() {
 }
 
 #[test]
+fn refresh_concurrency_is_bounded() {
+    let provider = "[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n";
+    let parse = |service: &str| {
+        Config::parse(&format!("[service]\n{service}{provider}"), "oauth-sync.toml").unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(parse("").service.refresh_concurrency, 16);
+    assert_eq!(parse("refresh_concurrency = 64\n").service.refresh_concurrency, 64);
+    for bad in ["0", "257", "-1"] {
+        let e = err(&format!("[service]\nrefresh_concurrency = {bad}\n"));
+        assert_eq!((e.line, e.field.as_str()), (2, "service.refresh_concurrency"), "{e}");
+        assert!(e.message.contains("between 1 and 256"), "{e}");
+    }
+}
+
+#[test]
 fn missing_fields_are_named() {
     let e = err(
         "[providers.g]\npreset = \"generic\"\ncredentials_secret = \"s\"\nauthorize_url = \"https://a.example/auth\"\n",

@@ -103,8 +103,9 @@ impl RefreshSettings {
     }
 
     /// The least time before the deadline in which a send may start: the
-    /// token call's timeout and one commit attempt.
-    fn time_for_a_send(&self) -> Duration {
+    /// token call's timeout and one commit attempt. A run given the deadline
+    /// `now + w + time_for_a_send()` starts refreshes for `w`.
+    pub fn time_for_a_send(&self) -> Duration {
         self.token_timeout + MIN_COMMIT
     }
 }
@@ -321,6 +322,11 @@ impl TokenService {
 
     pub fn store(&self) -> &ConnectionStore {
         &self.store
+    }
+
+    /// The configuration it was loaded with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub fn keys(&self) -> &KeyRing {

@@ -352,6 +352,22 @@ impl Simulator {
         }
     }
 
+    /// This access token, and its family's newest if it is that one, expires
+    /// at `expires` instead: a population seeded at once whose logins stand
+    /// for different times (the scale bench's staggered expiries). Provider
+    /// rules that depend on the expiry (Exact's `too_early`) follow it.
+    pub fn set_access_expiry(&self, access_token: &str, expires: Instant) {
+        let mut state = self.state();
+        let Some(record) = state.access_tokens.get_mut(access_token) else {
+            return;
+        };
+        record.expires = expires;
+        let family = record.family;
+        if state.families[family].last_access_token.as_deref() == Some(access_token) {
+            state.families[family].last_access_expires = expires;
+        }
+    }
+
     /// Holds the next code exchange after processing it, until released.
     pub fn hold_next_code_exchange(&self) -> HeldExchange {
         let (reached_tx, reached) = tokio::sync::oneshot::channel();

@@ -1,0 +1,627 @@
+//! Scale: 100,000 connections across presets with staggered expiries,
+//! refreshed by the token-refresher's schedule in compressed time against
+//! DynamoDB Local and one strict simulator per provider.
+//!
+//! The population stands for connections that logged in at different times:
+//! their refresh-due times are spread evenly over `BENCH_SPAN_SECS` (540 s,
+//! shorter than Exact's 575 s cycle, so each connection comes due once),
+//! a mix of Exact Online (40 %, single-use refresh tokens that Exact refuses
+//! to refresh more than 30 s early), Microsoft (20 %), Xero (20 %) and Google
+//! (20 %). The refresher's schedule is compressed: a run every
+//! `BENCH_TICK_SECS` (10 s) that starts refreshes for that long (the template
+//! runs it every minute with a 60 s timeout), each run
+//! `TokenService::refresh_due` at the function's concurrency (16) unless
+//! `BENCH_REFRESH_CONCURRENCY` says otherwise. Runs start on schedule even if
+//! the previous one is still going, as EventBridge starts them.
+//!
+//! Checked and reported: every connection refreshed exactly once (token
+//! version), never before its due time, within its window (before its access
+//! token expired), no refresh token reused and none refused as too early by
+//! the simulators; the due index's items per shard and the peak commits per
+//! shard and second (the hot-key check); the invocations in flight at once
+//! and the refreshes per second one invocation achieved, from which the
+//! README's model derives the Lambda concurrency at a million connections.
+//!
+//! Needs a freshly started local stack (`scripts/bench scale` starts one).
+//! Knobs: BENCH_CONNECTIONS (100000), BENCH_SPAN_SECS (540), BENCH_TICK_SECS
+//! (10), BENCH_REFRESH_CONCURRENCY (16), BENCH_TOKEN_LATENCY_MS (0: the
+//! simulators answer at once; a real provider takes a few hundred ms).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, Select};
+use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
+use oauth_sync_tests::stack::{self, OauthFixture};
+use shared::config::{Config, PresetName};
+use shared::connection::{ConnectionId, ConnectionKind, DUE_SHARDS, now_ms};
+use shared::refresh::{DueSummary, RefreshSettings, TokenService};
+
+/// The provider mix: name in the configuration, preset, share in tenths.
+const MIX: [(&str, PresetName, usize); 4] = [
+    ("exact", PresetName::ExactOnline, 4),
+    ("microsoft", PresetName::Microsoft, 2),
+    ("xero", PresetName::Xero, 2),
+    ("google", PresetName::Google, 2),
+];
+
+/// The saves are done before the first due time: this many seconds, plus
+/// one for every `SAVES_PER_SEC` connections (the saves run at 500–570 a
+/// second here when nothing else runs).
+const LEAD_IN_SECS: u64 = 20;
+const SAVES_PER_SEC: u64 = 400;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Which provider connection `i` belongs to: the mix interleaved, so that
+/// every stretch of due times has every provider.
+fn provider_of(i: usize) -> usize {
+    let tenth = i % 10;
+    let mut upto = 0;
+    MIX.iter()
+        .position(|(_, _, share)| {
+            upto += share;
+            tenth < upto
+        })
+        .unwrap_or(0)
+}
+
+/// What was stored for one connection at its login.
+#[derive(Debug, Clone, Copy)]
+struct Seeded {
+    provider: usize,
+    due_at: i64,
+    expires_at: i64,
+    /// The save landed after the connection's due time.
+    late: bool,
+}
+
+/// One scheduled run of the refresher.
+#[derive(Debug)]
+struct Invocation {
+    started: f64,
+    seconds: f64,
+    summary: DueSummary,
+}
+
+#[tokio::main]
+async fn main() {
+    let connections = env("BENCH_CONNECTIONS", 100_000) as usize;
+    let span = Duration::from_secs(env("BENCH_SPAN_SECS", 540));
+    let tick = Duration::from_secs(env("BENCH_TICK_SECS", 10));
+    let concurrency = env("BENCH_REFRESH_CONCURRENCY", 16) as usize;
+    let latency_ms = env("BENCH_TOKEN_LATENCY_MS", 0);
+
+    let aws = stack::aws().await;
+    let tables = stack::fresh_tables(&aws, "scale").await;
+    let prefix = stack::unique_prefix("scale");
+    let keys_secret = format!("{prefix}keys");
+    stack::create_secret(
+        &aws,
+        &keys_secret,
+        shared::crypto::KeyRing::generate_json("k1").expect("rng"),
+    )
+    .await;
+    let mut config_text = format!("[service]\ntoken_key_secret = \"{keys_secret}\"\n\n");
+    let mut providers = Vec::new();
+    for (name, preset, _) in MIX {
+        let mut sim = SimConfig::for_preset(preset);
+        if preset == PresetName::ExactOnline {
+            // Exact refuses a refresh more than ~30 s before expiry.
+            sim.too_early = Some(Duration::from_secs(30));
+        }
+        let fixture = OauthFixture::start(sim, Duration::from_secs(10)).await;
+        if latency_ms > 0 {
+            fixture.sim.sim.inject(FaultPlan {
+                grant: Grant::RefreshToken,
+                fault: Fault::DelayAfterProcessing { millis: latency_ms },
+                times: u32::MAX,
+            });
+        }
+        let credentials_secret = format!("{prefix}{name}");
+        let credentials = serde_json::json!({
+            "client_id": fixture.credentials.client_id,
+            "client_secret": fixture.credentials.client_secret.secret(),
+        });
+        stack::create_secret(&aws, &credentials_secret, credentials.to_string()).await;
+        let base = &fixture.sim.base_url;
+        config_text.push_str(&format!(
+            "[providers.{name}]\npreset = \"{preset}\"\ncredentials_secret = \"{credentials_secret}\"\n\
+             authorize_url = \"{base}/authorize\"\ntoken_url = \"{base}/token\"\nrevocation_url = \"{base}/revoke\"\n"
+        ));
+        if preset == PresetName::ExactOnline {
+            // The seeded logins stand for logins made long ago: the minimum
+            // interval after a login does not hold their first refresh back.
+            // And every call stays on loopback.
+            config_text.push_str(&format!(
+                "min_refresh_interval_secs = 0\ndiscover = {{ division = {{ url = \"{base}/api/v1/current/Me?$select=CurrentDivision\", field = \"d.results.0.CurrentDivision\" }} }}\n"
+            ));
+        }
+        config_text.push('\n');
+        providers.push(fixture);
+    }
+    let config = Arc::new(Config::parse(&config_text, "scale.toml").unwrap_or_else(|e| panic!("{e}")));
+    // Each connection must come due once in the run: a token refreshed at
+    // the start of the span must not come due again before its end.
+    let shortest_cycle = MIX
+        .iter()
+        .map(|(_, preset, _)| {
+            let settings = preset.settings();
+            settings.default_expires_in_secs - settings.refresh_lead_secs
+        })
+        .min()
+        .unwrap_or(0);
+    assert!(
+        span.as_secs() + 30 <= shortest_cycle,
+        "BENCH_SPAN_SECS must be at most {} s: a token refreshed at the start comes due again after {shortest_cycle} s",
+        shortest_cycle - 30
+    );
+    let leads: Vec<i64> = MIX
+        .iter()
+        .map(|(name, _, _)| config.provider(name).expect("provider").settings.refresh_lead_secs as i64 * 1000)
+        .collect();
+    let store = shared::connection::store::ConnectionStore::new(aws.dynamodb.clone(), &tables["ConnectionsTable"]);
+    let service = Arc::new(
+        TokenService::load(
+            config.clone(),
+            store,
+            shared::secrets::SecretStore::new(aws.secrets.clone()),
+            RefreshSettings::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let providers = Arc::new(providers);
+
+    // 1. The logins at the providers, all before any time counts.
+    eprintln!("scale: {connections} logins at {} simulators", MIX.len());
+    let started = Instant::now();
+    // At most 64 tasks exist at a time: 100,000 waiting tasks made the
+    // allocator the bottleneck (logins 20 times slower).
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tokens = vec![None; connections];
+    for i in 0..connections {
+        while tasks.len() >= 64 {
+            let (i, set) = tasks.join_next().await.expect("a task").expect("login");
+            tokens[i] = Some(set);
+        }
+        let providers = providers.clone();
+        tasks.spawn(async move { (i, providers[provider_of(i)].login().await) });
+    }
+    while let Some(result) = tasks.join_next().await {
+        let (i, set) = result.expect("login");
+        tokens[i] = Some(set);
+    }
+    let login_seconds = started.elapsed().as_secs_f64();
+
+    // 2. The saves, in order of due time, while the schedule runs; the due
+    // times start once the saves are done and spread over `span`.
+    let lead_in = LEAD_IN_SECS + connections as u64 / SAVES_PER_SEC;
+    let t0 = now_ms() + lead_in as i64 * 1000;
+    let span_ms = span.as_millis() as i64;
+    let save_started = Instant::now();
+    let schedule_start = Instant::now();
+    let seeded = Arc::new(std::sync::Mutex::new(HashMap::with_capacity(connections)));
+    let saves = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut save_tasks = tokio::task::JoinSet::new();
+    // Give up once every due time is a minute past and 20 runs more went by.
+    let give_up = Duration::from_secs(lead_in + 60) + span + 20 * tick;
+    let schedule = tokio::spawn(run_schedule(service.clone(), tick, concurrency, connections, give_up));
+    for (i, set) in tokens.into_iter().enumerate() {
+        let mut set = set.expect("every login finished");
+        let provider = provider_of(i);
+        let due_at = t0 + (i as i64 * span_ms) / connections as i64;
+        let expires_at = due_at + leads[provider];
+        let permit = saves.clone().acquire_owned().await.expect("semaphore");
+        let (service, providers, seeded) = (service.clone(), providers.clone(), seeded.clone());
+        save_tasks.spawn(async move {
+            let _permit = permit;
+            let id = ConnectionId::parse(&format!("scale-{i:06}")).expect("id");
+            let left_ms = (expires_at - now_ms()).max(1);
+            set.expires_in = (left_ms as u64).div_ceil(1000);
+            let saved = service
+                .save_login(&id, MIX[provider].0, ConnectionKind::Shared, &set, None)
+                .await
+                .unwrap_or_else(|e| panic!("save login: {e}"));
+            let expires = saved.access_expires_at.expect("expiry");
+            let remaining = Duration::from_millis((expires - now_ms()).max(0) as u64);
+            providers[provider]
+                .sim
+                .sim
+                .set_access_expiry(set.access_token.secret(), Instant::now() + remaining);
+            let due_at = saved.refresh_due_at.expect("due");
+            let late = now_ms() > due_at;
+            seeded.lock().expect("lock").insert(
+                id.as_str().to_owned(),
+                Seeded {
+                    provider,
+                    due_at,
+                    expires_at: expires,
+                    late,
+                },
+            );
+        });
+    }
+    while let Some(result) = save_tasks.join_next().await {
+        result.expect("save");
+    }
+    let save_seconds = save_started.elapsed().as_secs_f64();
+    eprintln!("scale: logins {login_seconds:.0} s, saves {save_seconds:.0} s; the schedule runs");
+    let (invocations, max_in_flight) = schedule.await.expect("schedule");
+    let run_seconds = schedule_start.elapsed().as_secs_f64();
+    let seeded = std::mem::take(&mut *seeded.lock().expect("lock"));
+
+    // 3. What the providers saw, and what the table holds.
+    let mut counters = Vec::new();
+    for fixture in providers.iter() {
+        counters.push(fixture.sim.sim.counters());
+    }
+    let stored = scan(&aws.dynamodb, &tables["ConnectionsTable"]).await;
+    let per_shard = due_index_items(&aws.dynamodb, &tables["ConnectionsTable"]).await;
+
+    let report = Report {
+        connections,
+        span,
+        tick,
+        concurrency,
+        latency_ms,
+        login_seconds,
+        save_seconds,
+        run_seconds,
+        invocations,
+        max_in_flight,
+        seeded,
+        stored,
+        per_shard,
+        counters,
+    };
+    let (text, problems) = report.render();
+    #[allow(clippy::print_stdout)]
+    {
+        print!("{text}");
+    }
+    assert!(problems.is_empty(), "{}", problems.join("; "));
+}
+
+/// Starts a refresher run every `tick` (each starting refreshes for `tick`,
+/// at `concurrency`), on schedule whether or not the last one ended, until all
+/// `connections` were refreshed or `give_up` passed; returns the runs and the
+/// most that ran at once.
+async fn run_schedule(
+    service: Arc<TokenService>,
+    tick: Duration,
+    concurrency: usize,
+    connections: usize,
+    give_up: Duration,
+) -> (Vec<Invocation>, usize) {
+    let start = Instant::now();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let refreshed = Arc::new(AtomicUsize::new(0));
+    let mut runs = tokio::task::JoinSet::new();
+    let mut done = Vec::new();
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        interval.tick().await;
+        while let Some(result) = runs.try_join_next() {
+            done.push(result.expect("run"));
+        }
+        if refreshed.load(Ordering::Relaxed) >= connections || start.elapsed() > give_up {
+            break;
+        }
+        let (service, in_flight, max_in_flight, refreshed) = (
+            service.clone(),
+            in_flight.clone(),
+            max_in_flight.clone(),
+            refreshed.clone(),
+        );
+        runs.spawn(async move {
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let began = Instant::now();
+            // Refreshes start for one tick (as in the function: its timeout
+            // less the time a send needs); those in flight then finish.
+            let deadline = began + tick + RefreshSettings::default().time_for_a_send();
+            let summary = service.refresh_due(deadline, concurrency).await;
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            refreshed.fetch_add(summary.refreshed as usize, Ordering::Relaxed);
+            Invocation {
+                started: began.duration_since(start).as_secs_f64(),
+                seconds: began.elapsed().as_secs_f64(),
+                summary,
+            }
+        });
+    }
+    while let Some(result) = runs.join_next().await {
+        done.push(result.expect("run"));
+    }
+    done.sort_by(|a, b| a.started.total_cmp(&b.started));
+    (done, max_in_flight.load(Ordering::SeqCst))
+}
+
+/// A connection as the table holds it after the run.
+#[derive(Debug)]
+struct Stored {
+    version: u64,
+    last_refresh_at: Option<i64>,
+}
+
+/// Every connection's token version and last refresh, by id.
+async fn scan(client: &aws_sdk_dynamodb::Client, table: &str) -> HashMap<String, Stored> {
+    let mut stored = HashMap::new();
+    let mut after = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .projection_expression("id, token_version, last_refresh_at")
+            .set_exclusive_start_key(after)
+            .send()
+            .await
+            .expect("scan");
+        for item in page.items.unwrap_or_default() {
+            let number = |name: &str| match item.get(name) {
+                Some(AttributeValue::N(n)) => n.parse::<i64>().ok(),
+                _ => None,
+            };
+            let Some(AttributeValue::S(id)) = item.get("id") else {
+                continue;
+            };
+            stored.insert(
+                id.clone(),
+                Stored {
+                    version: number("token_version").unwrap_or(0) as u64,
+                    last_refresh_at: number("last_refresh_at"),
+                },
+            );
+        }
+        match page.last_evaluated_key.filter(|key| !key.is_empty()) {
+            Some(key) => after = Some(key),
+            None => return stored,
+        }
+    }
+}
+
+/// Items in each shard of the refresh-due index.
+async fn due_index_items(client: &aws_sdk_dynamodb::Client, table: &str) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for shard in 0..DUE_SHARDS {
+        let mut count = 0;
+        let mut after = None;
+        loop {
+            let page = client
+                .query()
+                .table_name(table)
+                .index_name("refresh-due")
+                .key_condition_expression("due_shard = :shard")
+                .expression_attribute_values(":shard", AttributeValue::S(shard.to_string()))
+                .select(Select::Count)
+                .set_exclusive_start_key(after)
+                .send()
+                .await
+                .expect("count the due index");
+            count += page.count as u64;
+            match page.last_evaluated_key.filter(|key| !key.is_empty()) {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+        }
+        counts.push(count);
+    }
+    counts
+}
+
+struct Report {
+    connections: usize,
+    span: Duration,
+    tick: Duration,
+    concurrency: usize,
+    latency_ms: u64,
+    login_seconds: f64,
+    save_seconds: f64,
+    run_seconds: f64,
+    invocations: Vec<Invocation>,
+    max_in_flight: usize,
+    seeded: HashMap<String, Seeded>,
+    stored: HashMap<String, Stored>,
+    per_shard: Vec<u64>,
+    counters: Vec<oauth_sync_tests::simulator::Counters>,
+}
+
+impl Report {
+    /// The report as Markdown, and what failed the bench's checks.
+    fn render(&self) -> (String, Vec<String>) {
+        let mut problems = Vec::new();
+        let n = self.connections;
+        let mut out = String::new();
+        let line = |out: &mut String, text: String| {
+            out.push_str(&text);
+            out.push('\n');
+        };
+
+        // Per provider: refreshed once, twice, never; early; outside window; lateness.
+        let mut rows = Vec::new();
+        let mut lateness_all = Vec::new();
+        let mut shard_seconds: BTreeMap<(String, i64), u64> = BTreeMap::new();
+        for (p, (name, preset, _)) in MIX.iter().enumerate() {
+            let (mut once, mut more, mut never, mut early, mut outside, mut late_saves) = (0, 0, 0, 0, 0, 0);
+            let mut lateness = Vec::new();
+            for (id, seed) in self.seeded.iter().filter(|(_, s)| s.provider == p) {
+                late_saves += u64::from(seed.late);
+                let Some(stored) = self.stored.get(id) else {
+                    never += 1;
+                    continue;
+                };
+                match stored.version {
+                    0 | 1 => never += 1,
+                    2 => once += 1,
+                    _ => more += 1,
+                }
+                if let Some(at) = stored.last_refresh_at.filter(|_| stored.version >= 2) {
+                    if at < seed.due_at {
+                        early += 1;
+                    }
+                    if at > seed.expires_at {
+                        outside += 1;
+                    }
+                    lateness.push((at - seed.due_at) as f64 / 1000.0);
+                    let shard = ConnectionId::parse(id).map(|id| id.due_shard()).unwrap_or_default();
+                    *shard_seconds.entry((shard, at / 1000)).or_default() += 1;
+                }
+            }
+            lateness.sort_by(f64::total_cmp);
+            let c = &self.counters[p];
+            rows.push(format!(
+                "| {name} ({preset}) | {} | {once} | {more} | {never} | {early} | {outside} | {} | {} | {} | {} | {} |",
+                once + more + never,
+                quantile(&lateness, 0.5),
+                quantile(&lateness, 0.99),
+                quantile(&lateness, 1.0),
+                c.refreshes,
+                c.refresh_tokens_reused + c.too_early + c.families_revoked + c.grace_reuses,
+            ));
+            for (what, count) in [
+                ("refreshed more than once", more),
+                ("never refreshed", never),
+                ("refreshed before its due time", early),
+                ("refreshed after its access token expired", outside),
+                ("saved after its due time (seeding too slow)", late_saves),
+                ("refresh token reused", c.refresh_tokens_reused),
+                ("refused as too early", c.too_early),
+                ("family revoked", c.families_revoked),
+                ("retired refresh token used in grace", c.grace_reuses),
+            ] {
+                if count > 0 {
+                    problems.push(format!("{name}: {count} {what}"));
+                }
+            }
+            if c.refreshes != once + more {
+                problems.push(format!(
+                    "{name}: the provider refreshed {} times for {} refreshed connections",
+                    c.refreshes,
+                    once + more
+                ));
+            }
+            lateness_all.extend(lateness);
+        }
+        lateness_all.sort_by(f64::total_cmp);
+
+        let refreshed: u64 = self.invocations.iter().map(|i| i.summary.refreshed).sum();
+        let peak_rate = self
+            .invocations
+            .iter()
+            .filter(|i| i.seconds > 0.0)
+            .map(|i| i.summary.refreshed as f64 / i.seconds)
+            .fold(0.0, f64::max);
+        let needed_rate = n as f64 / self.span.as_secs_f64();
+        line(
+            &mut out,
+            format!(
+                "{n} connections (Exact Online 40 %, Microsoft 20 %, Xero 20 %, Google 20 %), due times spread over {} s \
+                 ({needed_rate:.0} due/s); a refresher run every {} s that starts refreshes for {} s, {} at a time; \
+                 token endpoint latency {} ms. Logins took {:.0} s, the saves {:.0} s (before the first due time), \
+                 the schedule {:.0} s.",
+                self.span.as_secs(),
+                self.tick.as_secs(),
+                self.tick.as_secs(),
+                self.concurrency,
+                self.latency_ms,
+                self.login_seconds,
+                self.save_seconds,
+                self.run_seconds,
+            ),
+        );
+        line(&mut out, String::new());
+        line(
+            &mut out,
+            "| provider | connections | refreshed once | more than once | never | before due | after expiry | \
+             late p50 s | late p99 s | late max s | provider refreshes | reused / too early / revoked / grace |"
+                .to_owned(),
+        );
+        line(&mut out, format!("| --- |{}", " --- |".repeat(11)));
+        for row in rows {
+            line(&mut out, row);
+        }
+        line(
+            &mut out,
+            format!(
+                "| all | {n} | | | | | | {} | {} | {} | {refreshed} (by the runs) | |",
+                quantile(&lateness_all, 0.5),
+                quantile(&lateness_all, 0.99),
+                quantile(&lateness_all, 1.0),
+            ),
+        );
+        line(&mut out, String::new());
+
+        // Invocations.
+        let busy: Vec<&Invocation> = self.invocations.iter().filter(|i| i.summary.due > 0).collect();
+        let left: u64 = self.invocations.iter().map(|i| i.summary.left_for_next_run).sum();
+        let still_fresh: u64 = self.invocations.iter().map(|i| i.summary.still_fresh).sum();
+        let longest = busy.iter().map(|i| i.seconds).fold(0.0, f64::max);
+        line(
+            &mut out,
+            format!(
+                "Refresher runs: {} ({} found something due); at most {} at once; the longest took {longest:.1} s of its {} s; \
+                 peak {peak_rate:.0} refreshes/s in one run ({:.0} ms a refresh at {} at a time); \
+                 {left} found due but left for the next run, {still_fresh} found already refreshed by another run.",
+                self.invocations.len(),
+                busy.len(),
+                self.max_in_flight,
+                self.tick.as_secs(),
+                if peak_rate > 0.0 {
+                    1000.0 * self.concurrency as f64 / peak_rate
+                } else {
+                    0.0
+                },
+                self.concurrency,
+            ),
+        );
+        line(&mut out, String::new());
+
+        // The due index per shard.
+        let total: u64 = self.per_shard.iter().sum();
+        let mean = total as f64 / self.per_shard.len().max(1) as f64;
+        let (min, max) = (
+            self.per_shard.iter().copied().min().unwrap_or(0),
+            self.per_shard.iter().copied().max().unwrap_or(0),
+        );
+        let peak_shard_second = shard_seconds.values().copied().max().unwrap_or(0);
+        let shard_list: Vec<String> = self.per_shard.iter().map(u64::to_string).collect();
+        line(
+            &mut out,
+            format!(
+                "Refresh-due index: {total} items in {} shards, {min}–{max} a shard (mean {mean:.0}, max/mean {:.3}): {}. \
+                 Peak commits into one shard in one second: {peak_shard_second} (each moves the connection's index \
+                 item; DynamoDB allows 1,000 writes/s per partition).",
+                self.per_shard.len(),
+                if mean > 0.0 { max as f64 / mean } else { 0.0 },
+                shard_list.join(", "),
+            ),
+        );
+        if total != n as u64 {
+            problems.push(format!("the due index holds {total} items for {n} connections"));
+        }
+        if mean > 0.0 && (max as f64) > 1.1 * mean {
+            problems.push(format!("a hot shard: {max} items against a mean of {mean:.0}"));
+        }
+        if !problems.is_empty() {
+            line(&mut out, String::new());
+            line(&mut out, format!("**Failed:** {}", problems.join("; ")));
+        }
+        (out, problems)
+    }
+}
+
+/// The `q` quantile of sorted `values`, to one decimal, or "–".
+fn quantile(values: &[f64], q: f64) -> String {
+    if values.is_empty() {
+        return "–".to_owned();
+    }
+    let index = ((values.len() - 1) as f64 * q).round() as usize;
+    format!("{:.1}", values[index])
+}
