@@ -35,12 +35,13 @@ fn a_typo_fails_with_file_line_and_field() {
         .expect("example")
         .replace("token_url = \"https://auth", "tokn_url = \"https://auth");
     let path = std::env::temp_dir().join(format!("oauth-sync-typo-{}.toml", std::process::id()));
-    std::fs::write(&path, text).expect("write");
+    std::fs::write(&path, &text).expect("write");
     let (ok, _, stderr) = oauth_sync(&["config", "check", path.to_str().expect("utf8 path")]);
     std::fs::remove_file(&path).ok();
     assert!(!ok);
+    let line = 1 + text.lines().position(|l| l.contains("tokn_url")).expect("the typo");
     let expected = format!(
-        "error: {}:34:1: providers.crm.tokn_url: unknown field `tokn_url`",
+        "error: {}:{line}:1: providers.crm.tokn_url: unknown field `tokn_url`",
         path.display()
     );
     assert!(stderr.starts_with(&expected), "{stderr}");
