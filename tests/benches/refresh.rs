@@ -90,7 +90,7 @@ async fn run_once(connections: usize, concurrency: usize) -> Run {
         ..SimConfig::for_preset(PresetName::Generic)
     };
     let fixture = Arc::new(RefreshFixture::start(sim, RefreshSettings::default(), "", "bench").await);
-    seed(&fixture, connections).await;
+    fixture.connect_many("bench", connections, 32).await;
     let raw_rate = raw_conditional_updates(&fixture, connections, concurrency).await;
     let before = fixture.service.store().ops().snapshot();
     let started = Instant::now();
@@ -108,22 +108,6 @@ async fn run_once(connections: usize, concurrency: usize) -> Run {
         writes: per(after.1, before.1),
         queries: (after.2 - before.2) as f64,
         raw_rate,
-    }
-}
-
-/// Logs `n` connections in at the simulator, 32 at a time.
-async fn seed(fixture: &Arc<RefreshFixture>, n: usize) {
-    let mut tasks = tokio::task::JoinSet::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(32));
-    for i in 0..n {
-        let (fixture, permits) = (fixture.clone(), permits.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            fixture.connect(&format!("bench-{i}")).await;
-        });
-    }
-    while let Some(result) = tasks.join_next().await {
-        result.expect("seed");
     }
 }
 

@@ -377,12 +377,17 @@ impl RefreshFixture {
 
     /// Logs in `n` connections named `{prefix}-N` (`concurrency` logins at a time).
     pub async fn connect_many(self: &std::sync::Arc<Self>, prefix: &str, n: usize, concurrency: usize) {
+        // At most `concurrency` tasks exist at a time: a task per connection
+        // spawned up front made the allocator the bottleneck at 100,000.
         let mut tasks = tokio::task::JoinSet::new();
-        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
         for i in 0..n {
-            let (fixture, permits, id) = (self.clone(), permits.clone(), format!("{prefix}-{i}"));
+            while tasks.len() >= concurrency.max(1) {
+                if let Some(result) = tasks.join_next().await {
+                    result.expect("login");
+                }
+            }
+            let (fixture, id) = (self.clone(), format!("{prefix}-{i}"));
             tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await;
                 fixture.connect(&id).await;
             });
         }
