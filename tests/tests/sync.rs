@@ -348,7 +348,8 @@ async fn exact_deletions_arrive_through_sync_deleted() {
     let fx = fixture(sim, &syncs, "sync-deleted").await;
     let ids = fx.sim().seed_projects(50);
     let conn = fx.connect("acme-deleted").await;
-    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+    let first = fx.run(&conn, "projects").await;
+    assert_eq!(first.end, RunEnd::Finished, "{first:?}");
     assert!(fx.sim().delete_project(&ids[7]));
     let report = fx.run(&conn, "projects").await;
     assert_eq!(report.counts.deleted, 1, "{report:?}");
@@ -463,7 +464,7 @@ async fn a_run_killed_between_its_writes_and_its_checkpoint_loses_and_duplicates
     assert!(
         fx.engine
             .jobs()
-            .release(&id, "crash-test", &job_before.checkpoint, Next::At(0), None)
+            .release(&id, "crash-test", &job_before.checkpoint, Next::At(0), None, None)
             .await
             .expect("release")
     );

@@ -158,6 +158,10 @@ pub struct DeletedFeed {
     pub type_field: String,
     /// The field that orders the feed (its cursor).
     pub cursor_field: String,
+    /// Query parameters every request of the feed carries (Exact Online:
+    /// `$select`, mandatory on its `sync/` endpoints, `sync/Deleted` included).
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
 }
 
 /// A connection parameter learned at login by one API call with the new
@@ -336,6 +340,12 @@ provider_fields! {
     /// Error answers (4xx other than 429) a key may get per hour before the
     /// provider blocks it (Exact Online: 10); a sync stops before that.
     error_budget_per_hour: Option<u64> = None;
+    /// What the data API's limits belong to, as a template over the
+    /// connection's parameters and `{connection}`: every job, invocation and
+    /// caller whose key is the same draws on one shared budget (Exact Online:
+    /// `{division}`, its limits being per app and division). The app's
+    /// credentials secret is always part of the key.
+    rate_key: String = "{connection}".to_owned();
     /// Dotted path of the record array in a page, when the pagination style
     /// does not imply one (a sync's `records` overrides it).
     records_path: Option<String> = None;

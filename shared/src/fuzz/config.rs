@@ -55,6 +55,7 @@ const KEYS: &[&str] = &[
     "pagination",
     "rate_limits",
     "error_budget_per_hour",
+    "rate_key",
     "records_path",
     "record_key",
     "incremental",

@@ -386,12 +386,25 @@ impl TokenService {
 
     /// A valid access token for the connection, refreshed through the protocol when due.
     pub async fn access_token(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::IfDue, deadline).await
+        self.run(id, Mode::IfDue, deadline, None).await
     }
 
     /// Refreshes now, unless another worker refreshed it while this call waited.
     pub async fn refresh_now(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::Force, deadline).await
+        self.run(id, Mode::Force, deadline, None).await
+    }
+
+    /// The provider refused the access token of `refused_version` (a 401):
+    /// a newer one when the store already has it (another worker rotated
+    /// meanwhile: nothing is spent), else one refresh now. `refreshed` in
+    /// the answer says which.
+    pub async fn replace_refused(
+        &self,
+        id: &ConnectionId,
+        refused_version: u64,
+        deadline: Instant,
+    ) -> Result<Fresh, RefreshError> {
+        self.run(id, Mode::Force, deadline, Some(refused_version)).await
     }
 
     /// Disconnects: revokes the tokens at the provider's RFC 7009 endpoint
@@ -594,9 +607,17 @@ impl TokenService {
         self.unknown_outcomes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn run(&self, id: &ConnectionId, mode: Mode, deadline: Instant) -> Result<Fresh, RefreshError> {
+    /// The protocol's loop. `forced_from`, with [`Mode::Force`]: the version
+    /// to replace (`None`: the one first read).
+    async fn run(
+        &self,
+        id: &ConnectionId,
+        mode: Mode,
+        deadline: Instant,
+        forced_from: Option<u64>,
+    ) -> Result<Fresh, RefreshError> {
         let owner = self.owner();
-        let mut forced_from: Option<u64> = None;
+        let mut forced_from = forced_from;
         let mut poll = self.settings.poll_min;
         loop {
             if Instant::now() >= deadline {

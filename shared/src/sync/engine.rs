@@ -24,7 +24,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 use url::Url;
 
-use super::jobs::{Checkpoint, Job, JobStore, Next, Phase, RunCounts, RunRecord, RunState, job_id};
+use super::jobs::{Checkpoint, Job, JobStore, Next, Phase, RunCounts, RunRecord, RunState, SWEEP_MAX_AGE_MS, job_id};
 use super::pages::{Page, first_page, parse_page, set_param};
 use super::rate::Gate;
 use super::records::{Change, Incoming, MAX_ITEM_BYTES, RecordStore, content_hash};
@@ -108,7 +108,11 @@ pub enum RunEnd {
 pub struct RunReport {
     pub job: String,
     pub end: RunEnd,
+    /// The run's counts so far (a run resumed after a yield includes what
+    /// the earlier invocations did).
     pub counts: RunCounts,
+    /// This invocation's share of them (what the metrics count).
+    pub invocation: RunCounts,
 }
 
 /// What [`SyncEngine::run_due`] did.
@@ -140,6 +144,22 @@ pub struct DueRuns {
     /// of its interval (100 = on time; above 200 = lagging more than twice
     /// its interval).
     pub lag_percent: u64,
+}
+
+/// How a complete data pass ended.
+enum PassEnd {
+    /// Cursors moved (and the sweep done): on to the feed, or finished.
+    Done,
+    /// The sweep found markers missing: the pass starts again from scratch.
+    Again,
+}
+
+/// Starts a data pass: a fresh marker name, its start time, no pages yet.
+fn begin_pass(run: &mut RunState) {
+    run.pass_id = format!("{:x}-{:08x}", now_ms(), fastrand::u32(..));
+    run.pass_started_at = now_ms();
+    run.pass_pages = 0;
+    run.pass_max = None;
 }
 
 /// Why fetching a page stopped the run.
@@ -190,6 +210,19 @@ fn page_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
         .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(concat!("oauth-sync/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// How long a job waits after its `failures`-th failed run in a row: the
+/// sync's interval (at most 15 minutes) doubling with each failure, capped at
+/// 6 hours, with jitter, so a job that fails until an admin acts does not
+/// spend the provider's error budget at the pace of its schedule.
+fn failure_backoff(interval: i64, failures: u32) -> i64 {
+    const CAP_MS: i64 = 6 * 3_600_000;
+    let first = interval.clamp(1_000, 900_000);
+    let wait = first
+        .saturating_mul(1i64 << failures.saturating_sub(1).min(20))
+        .min(CAP_MS);
+    millis(jitter(Duration::from_millis(u64::try_from(wait).unwrap_or(0))))
 }
 
 /// Time since a job's last finish as a percentage of its `interval` (ms),
@@ -314,7 +347,7 @@ impl SyncEngine {
             let result = result.map(|(report, took)| {
                 summary.run_ms += u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
                 if let Ok(report) = &report {
-                    summary.add(&report.counts);
+                    summary.add(&report.invocation);
                 }
                 report
             });
@@ -395,7 +428,9 @@ impl SyncEngine {
             };
         };
         let mut checkpoint = job.checkpoint.clone();
+        let before = checkpoint.run.as_ref().map(|r| r.counts.clone()).unwrap_or_default();
         let (end, counts) = self.run_claimed(&job, &mut checkpoint, deadline, on_page).await;
+        let invocation = counts.since(&before);
         let now = now_ms();
         let sync = self.config.syncs.get(&job.sync);
         let interval = sync.map_or(3_600_000, |s| i64::try_from(s.interval_secs).unwrap_or(3600) * 1000);
@@ -411,31 +446,45 @@ impl SyncEngine {
         let (next, last_run) = match &end {
             RunEnd::Finished => {
                 checkpoint.run = None;
+                checkpoint.failures = 0;
                 (Next::At(now + interval), Some(record("finished", None)))
             }
             RunEnd::Yielded { until, .. } => (Next::At((*until).max(now)), None),
             RunEnd::Parked(why) => (Next::Parked(why.clone()), Some(record("parked", Some(why.clone())))),
             RunEnd::Failed(why) => {
-                // Keep the place; the next run resumes from it with fresh counts.
-                if let Some(run) = checkpoint.run.as_mut() {
-                    run.counts = RunCounts::default();
+                checkpoint.failures = checkpoint.failures.saturating_add(1);
+                match checkpoint.run.as_mut() {
+                    // The data are stored and their cursor moved: a feed of
+                    // deletions that keeps failing must not keep the next
+                    // runs from the data, so the next run starts afresh and
+                    // reads the feed again from its own cursor.
+                    Some(run) if run.phase == Phase::Deleted => checkpoint.run = None,
+                    // Keep the place; the next run resumes from it with fresh counts.
+                    Some(run) => run.counts = RunCounts::default(),
+                    None => {}
                 }
-                (
-                    Next::At(now + interval.min(900_000)),
-                    Some(record("failed", Some(why.clone()))),
-                )
+                let wait = failure_backoff(interval, checkpoint.failures);
+                (Next::At(now + wait), Some(record("failed", Some(why.clone()))))
             }
             RunEnd::LostLease => {
                 return Ok(RunReport {
                     job: id.to_owned(),
                     end,
                     counts,
+                    invocation,
                 });
             }
         };
         let released = self
             .jobs
-            .release(id, &self.worker, &checkpoint, next, last_run.as_ref())
+            .release(
+                id,
+                &self.worker,
+                &checkpoint,
+                next,
+                last_run.as_ref(),
+                job.schedule_nonce.as_deref(),
+            )
             .await
             .map_err(store_error)?;
         if !released {
@@ -443,6 +492,7 @@ impl SyncEngine {
                 job: id.to_owned(),
                 end: RunEnd::LostLease,
                 counts,
+                invocation,
             });
         }
         if let Some(run) = &last_run
@@ -458,6 +508,7 @@ impl SyncEngine {
             job: id.to_owned(),
             end,
             counts,
+            invocation,
         })
     }
 
@@ -536,6 +587,7 @@ impl SyncEngine {
         let mut run = checkpoint.run.take().unwrap_or_else(|| RunState {
             run_id: format!("{now:x}-{:04x}", fastrand::u16(..)),
             started_at: now,
+            pass_started_at: now,
             sweep: match sync.mode {
                 SyncMode::Full => true,
                 SyncMode::Delta => false,
@@ -569,6 +621,21 @@ impl SyncEngine {
                     reason: "the invocation's deadline is near".to_owned(),
                 };
             }
+            if run.phase == Phase::Data
+                && run.sweep
+                && run.next_url.is_some()
+                && now_ms() - run.pass_started_at > SWEEP_MAX_AGE_MS
+            {
+                // Its first markers may be gone: a pass this old starts again.
+                warn!(
+                    job = cx.job,
+                    "a sweep older than its seen-id markers' life starts again from scratch"
+                );
+                run.next_url = None;
+            }
+            if run.phase == Phase::Data && run.next_url.is_none() {
+                begin_pass(run);
+            }
             let url = match &run.next_url {
                 Some(next) => match Url::parse(next) {
                     Ok(url) => url,
@@ -584,29 +651,10 @@ impl SyncEngine {
                 Err(Stop::Yield { until, why }) => return RunEnd::Yielded { until, reason: why },
                 Err(Stop::Park(why)) => return RunEnd::Parked(why),
                 Err(Stop::Fail(why)) => return RunEnd::Failed(why),
-                Err(Stop::Gone(why)) => {
-                    // Re-reading from the committed cursor is safe (unchanged
-                    // records cost no writes); as a sweep, so that deletions
-                    // missed with the lost link are still found.
-                    let from_link = run.next_url.take().is_some()
-                        || (cx.sync.mode == SyncMode::Delta && checkpoint.delta_link.take().is_some());
-                    if !from_link {
-                        return RunEnd::Failed(why);
-                    }
-                    run.pass_pages = 0;
-                    run.sweep = cx.sync.mode != SyncMode::Incremental || cx.sync.sweep_interval_secs.is_some();
-                    return RunEnd::Failed(format!("{why}; the next run starts the pass again"));
-                }
+                Err(Stop::Gone(why)) => return self.gone(cx, checkpoint, run, why),
             };
-            let changes = self.changes(cx, run, &page.records);
+            let (changes, seen) = self.changes(cx, run, &page.records);
             run.counts.fetched += page.records.len() as u64;
-            let seen: Vec<String> = changes
-                .iter()
-                .filter_map(|c| match c {
-                    Change::Upsert(record) => Some(record.id.clone()),
-                    Change::Delete(_) => None,
-                })
-                .collect();
             match self.store_page(cx, changes).await {
                 Ok(applied) => {
                     run.counts.inserted += applied.inserted;
@@ -617,7 +665,7 @@ impl SyncEngine {
                 Err(e) => return RunEnd::Failed(format!("storing the page failed: {}", error_chain(&e))),
             }
             if run.sweep && run.phase == Phase::Data {
-                if let Err(e) = self.jobs.save_seen(&cx.job, &run.run_id, run.pass_pages, &seen).await {
+                if let Err(e) = self.jobs.save_seen(&cx.job, &run.pass_id, run.pass_pages, &seen).await {
                     return RunEnd::Failed(format!("saving the sweep's seen ids failed: {}", error_chain(&e)));
                 }
             }
@@ -646,35 +694,16 @@ impl SyncEngine {
             run.next_url = page.next.as_ref().map(Url::to_string);
             let mut finished = false;
             if page.next.is_none() {
-                // The pass is complete: move its cursors, sweep, go on to the
-                // deleted-records feed or finish.
                 match run.phase {
-                    Phase::Data => {
-                        if let Some(link) = &page.delta_link {
-                            checkpoint.delta_link = Some(link.to_string());
-                        }
-                        if let Some(max) = run.pass_max.take()
-                            && checkpoint
-                                .cursor
-                                .as_deref()
-                                .is_none_or(|c| compare_cursors(&max, c).is_gt())
-                        {
-                            checkpoint.cursor = Some(max);
-                        }
-                        if run.sweep {
-                            match self.sweep(cx, run).await {
-                                Ok(deleted) => run.counts.deleted += deleted,
-                                Err(e) => return RunEnd::Failed(format!("the sweep failed: {}", error_chain(&e))),
-                            }
-                            checkpoint.last_sweep_at = Some(run.started_at);
-                        }
-                        if cx.sync.deleted.is_some() {
+                    Phase::Data => match self.end_data_pass(cx, checkpoint, run, page.delta_link.as_ref()).await {
+                        Ok(PassEnd::Done) if cx.sync.deleted.is_some() => {
                             run.phase = Phase::Deleted;
                             run.pass_pages = 0;
-                        } else {
-                            finished = true;
                         }
-                    }
+                        Ok(PassEnd::Done) => finished = true,
+                        Ok(PassEnd::Again) => {}
+                        Err(end) => return end,
+                    },
                     Phase::Deleted => {
                         if let Some(max) = run.pass_max.take() {
                             checkpoint.deleted_cursor = Some(max);
@@ -696,6 +725,79 @@ impl SyncEngine {
                 return RunEnd::Finished;
             }
         }
+    }
+
+    /// A 400, 404 or 410 on a link the provider gave (an expired next-page or
+    /// delta link). The pass starts again as a sweep, from scratch: neither
+    /// the stored delta link nor the cursor (both only know recent changes),
+    /// so that deletions missed with the lost link are still found, and
+    /// nothing is marked deleted on the word of a pass that did not read
+    /// everything.
+    fn gone(&self, cx: &Context<'_>, checkpoint: &mut Checkpoint, run: &mut RunState, why: String) -> RunEnd {
+        let had_next = run.next_url.take().is_some();
+        let had_delta =
+            cx.sync.mode == SyncMode::Delta && run.phase == Phase::Data && checkpoint.delta_link.take().is_some();
+        if !had_next && !had_delta {
+            return RunEnd::Failed(why);
+        }
+        if run.phase == Phase::Data {
+            run.sweep = cx.sync.mode != SyncMode::Incremental || cx.sync.sweep_interval_secs.is_some();
+        }
+        RunEnd::Failed(format!("{why}; the next run starts the pass again"))
+    }
+
+    /// The end of a complete data pass: a sweep marks what the pass did not
+    /// see as deleted, if every page's seen-id marker is still there (else
+    /// the pass starts again); only then do the cursor and the delta link
+    /// move, so a pass that fails at its end is read again from scratch,
+    /// never resumed from a link that knows only recent changes.
+    async fn end_data_pass(
+        &self,
+        cx: &Context<'_>,
+        checkpoint: &mut Checkpoint,
+        run: &mut RunState,
+        delta_link: Option<&Url>,
+    ) -> Result<PassEnd, RunEnd> {
+        if run.sweep {
+            let (seen, markers) = self
+                .jobs
+                .seen(&cx.job, &run.pass_id)
+                .await
+                .map_err(|e| RunEnd::Failed(format!("reading the sweep's seen ids failed: {}", error_chain(&e))))?;
+            if markers != run.pass_pages {
+                warn!(
+                    job = cx.job,
+                    markers,
+                    pages = run.pass_pages,
+                    "seen-id markers of the sweep are missing; it starts again, deleting nothing"
+                );
+                run.next_url = None;
+                return Ok(PassEnd::Again);
+            }
+            let deleted = self
+                .records
+                .sweep(&cx.job, &seen, now_ms())
+                .await
+                .map_err(|e| RunEnd::Failed(format!("the sweep failed: {}", error_chain(&e))))?;
+            run.counts.deleted += deleted;
+            if let Err(e) = self.jobs.forget_seen(&cx.job, &run.pass_id, run.pass_pages).await {
+                // They expire on their own; a new pass never reads them.
+                warn!(job = cx.job, error = %error_chain(&e), "the sweep's seen-id markers could not be deleted");
+            }
+            checkpoint.last_sweep_at = Some(run.pass_started_at);
+        }
+        if let Some(link) = delta_link {
+            checkpoint.delta_link = Some(link.to_string());
+        }
+        if let Some(max) = run.pass_max.take()
+            && checkpoint
+                .cursor
+                .as_deref()
+                .is_none_or(|c| compare_cursors(&max, c).is_gt())
+        {
+            checkpoint.cursor = Some(max);
+        }
+        Ok(PassEnd::Done)
     }
 
     /// Stores a page: plans it from the stored hashes, then writes the plan,
@@ -733,17 +835,12 @@ impl SyncEngine {
         }
     }
 
-    /// Marks what a complete sweep did not see as deleted.
-    async fn sweep(&self, cx: &Context<'_>, run: &RunState) -> Result<u64, StoreError> {
-        let seen = self.jobs.seen(&cx.job, &run.run_id).await?;
-        self.records.sweep(&cx.job, &seen, now_ms()).await
-    }
-
     /// The first page of the current pass.
     fn first_url(&self, cx: &Context<'_>, checkpoint: &Checkpoint, run: &RunState) -> Result<Url, String> {
         let sync = cx.sync;
         if run.phase == Phase::Data
             && sync.mode == SyncMode::Delta
+            && !run.sweep
             && let Some(link) = &checkpoint.delta_link
         {
             return Url::parse(link).map_err(|e| format!("the stored delta link is not a URL: {e}"));
@@ -761,7 +858,7 @@ impl SyncEngine {
                 };
                 (
                     feed.endpoint.as_str(),
-                    BTreeMap::new(),
+                    feed.query.clone(),
                     Some(feed.cursor_field.as_str()),
                     checkpoint.deleted_cursor.clone(),
                 )
@@ -777,7 +874,7 @@ impl SyncEngine {
                 .replace("{field}", field)
                 .replace("{cursor}", &cursor);
             let value = match query.remove(&incremental.param) {
-                Some(own) => format!("{own} and {filter}"),
+                Some(own) => and(&own, &filter),
                 None => filter,
             };
             query.insert(incremental.param.clone(), value);
@@ -788,7 +885,7 @@ impl SyncEngine {
             let param = sync.incremental.as_ref().map_or("$filter", |i| i.param.as_str());
             let extra = format!("{} eq {entity_type}", feed.type_field);
             let value = match query.remove(param) {
-                Some(filter) => format!("{filter} and {extra}"),
+                Some(filter) => and(&filter, &extra),
                 None => extra,
             };
             query.insert(param.to_owned(), value);
@@ -809,10 +906,14 @@ impl SyncEngine {
         Ok(first_page(&sync.pagination, url))
     }
 
-    /// The page's records as changes; what cannot be stored is counted and named.
-    fn changes(&self, cx: &Context<'_>, run: &mut RunState, records: &[Value]) -> Vec<Change> {
+    /// The page's records as changes, and the ids the page shows to exist
+    /// (for a sweep); what cannot be stored is counted and named. A record
+    /// rejected for its size still exists: it counts as seen, so a sweep does
+    /// not mark its stored copy deleted.
+    fn changes(&self, cx: &Context<'_>, run: &mut RunState, records: &[Value]) -> (Vec<Change>, Vec<String>) {
         let sync = cx.sync;
         let mut changes = Vec::with_capacity(records.len());
+        let mut seen = Vec::with_capacity(records.len());
         for (index, record) in records.iter().enumerate() {
             if run.phase == Phase::Deleted {
                 let key = sync
@@ -844,10 +945,18 @@ impl SyncEngine {
                 changes.push(Change::Delete(id));
                 continue;
             }
+            seen.push(id.clone());
+            // A delta answer may carry only the properties that changed: a
+            // field it does not carry is left as stored, not set to null.
+            let partial = sync.mode == SyncMode::Delta;
             let data = match &sync.fields {
                 Some(fields) => fields
                     .iter()
-                    .map(|(name, source)| (name.clone(), value_at(record, source).cloned().unwrap_or(Value::Null)))
+                    .filter_map(|(name, source)| match value_at(record, source) {
+                        Some(value) => Some((name.clone(), value.clone())),
+                        None if partial => None,
+                        None => Some((name.clone(), Value::Null)),
+                    })
                     .collect(),
                 None => match record {
                     Value::Object(map) => map.clone(),
@@ -864,9 +973,14 @@ impl SyncEngine {
                 continue;
             }
             let hash = content_hash(&data);
-            changes.push(Change::Upsert(Incoming { id, data, hash }));
+            let incoming = Incoming { id, data, hash };
+            changes.push(if partial {
+                Change::Merge(incoming)
+            } else {
+                Change::Upsert(incoming)
+            });
         }
-        changes
+        (changes, seen)
     }
 
     /// One page: rate gate, token, request, with bounded retries.
@@ -892,8 +1006,8 @@ impl SyncEngine {
                     });
                 }
             }
-            let token = match self.tokens.access_token(cx.connection, cx.deadline).await {
-                Ok(fresh) => fresh.access_token,
+            let (token, version) = match self.tokens.access_token(cx.connection, cx.deadline).await {
+                Ok(fresh) => (fresh.access_token, fresh.token_version),
                 Err(e) => return Err(token_stop(e)),
             };
             let mut request = self
@@ -948,14 +1062,30 @@ impl SyncEngine {
                     }
                 }
                 401 if !refreshed => {
-                    // The token expired early or was revoked: one refresh through
-                    // the protocol, then this page again; never a loop.
+                    // The token expired early or was revoked: this page again
+                    // with a newer token, once, never a loop. When another
+                    // worker already rotated the token, its version is newer
+                    // and no refresh is spent (Exact refuses a second one
+                    // within 9.5 minutes); else one refresh through the protocol.
                     checkpoint.rate.count_error(now);
                     refreshed = true;
-                    counts.token_refreshes += 1;
-                    if let Err(e) = self.tokens.refresh_now(cx.connection, cx.deadline).await {
-                        return Err(token_stop(e));
+                    match self.tokens.replace_refused(cx.connection, version, cx.deadline).await {
+                        Ok(fresh) if fresh.refreshed => counts.token_refreshes += 1,
+                        Ok(_) => {}
+                        Err(e) => return Err(token_stop(e)),
                     }
+                }
+                403 => {
+                    // Access refused until somebody with rights acts (an admin
+                    // grants the app or the user the module): trying again on
+                    // a schedule only spends the error budget.
+                    checkpoint.rate.count_error(now);
+                    let text = excerpt(&String::from_utf8_lossy(&body), &[token.secret()]);
+                    return Err(Stop::Park(format!(
+                        "{} answered HTTP 403 (access refused: {text}); once access is granted, \
+                         `oauth-sync sync run` or a new login resumes the sync",
+                        url.path()
+                    )));
                 }
                 429 => {
                     counts.throttled += 1;
@@ -1085,6 +1215,20 @@ fn unfilled(api_base_url: &Option<String>, sync: &Sync, params: &BTreeMap<String
     None
 }
 
+/// Two filters that must both hold. A side with an `or` goes in parentheses,
+/// so that the `or` stays inside it (`A or B` and `C` is `(A or B) and C`,
+/// not `A or (B and C)`); a side without one is sent as it is.
+fn and(a: &str, b: &str) -> String {
+    let group = |f: &str| {
+        if f.to_ascii_lowercase().contains(" or ") {
+            format!("({f})")
+        } else {
+            f.to_owned()
+        }
+    };
+    format!("{} and {}", group(a), group(b))
+}
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -1092,6 +1236,25 @@ fn millis(duration: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_are_joined_so_that_an_or_stays_inside_its_side() {
+        assert_eq!(and("A or B", "T gt 1L"), "(A or B) and T gt 1L");
+        assert_eq!(and("A eq 1", "T gt 1L"), "A eq 1 and T gt 1L");
+        assert_eq!(and("A eq 1", "X OR Y"), "A eq 1 and (X OR Y)");
+    }
+
+    #[test]
+    fn a_failing_job_waits_exponentially_longer_up_to_a_cap() {
+        let hour = 3_600_000;
+        for failures in 1..=12u32 {
+            let wait = failure_backoff(hour, failures);
+            let full = (900_000i64 << (failures - 1)).min(6 * hour);
+            assert!(wait >= full / 2 && wait <= full, "{failures}: {wait} vs {full}");
+        }
+        // A short interval starts short.
+        assert!(failure_backoff(60_000, 1) <= 60_000);
+    }
 
     #[test]
     fn lag_is_the_time_since_the_last_finish_over_the_interval() {

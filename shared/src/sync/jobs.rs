@@ -20,6 +20,10 @@ use crate::connection::{ConnectionId, now_ms};
 pub const HISTORY_DAYS: i64 = 30;
 /// How long a sweep's seen-id markers are kept (a sweep may span invocations).
 const SEEN_TTL_SECS: i64 = 2 * 86_400;
+/// A sweep pass older than this starts again from scratch: its first
+/// markers may be gone (DynamoDB's TTL), and a pass that lost markers would
+/// mark the records they held as deleted. A day less than the markers' life.
+pub const SWEEP_MAX_AGE_MS: i64 = (SEEN_TTL_SECS - 86_400) * 1000;
 
 /// A job's id: `{connection}#{sync}` (neither may contain `#`).
 pub fn job_id(connection: &ConnectionId, sync: &str) -> String {
@@ -56,6 +60,29 @@ pub struct RunCounts {
 }
 
 impl RunCounts {
+    /// What was counted since `before` (an earlier copy of the same run's
+    /// counts): one invocation's share of a run that spans several.
+    pub fn since(&self, before: &RunCounts) -> RunCounts {
+        RunCounts {
+            pages: self.pages.saturating_sub(before.pages),
+            fetched: self.fetched.saturating_sub(before.fetched),
+            inserted: self.inserted.saturating_sub(before.inserted),
+            updated: self.updated.saturating_sub(before.updated),
+            unchanged: self.unchanged.saturating_sub(before.unchanged),
+            deleted: self.deleted.saturating_sub(before.deleted),
+            rejected: self.rejected.saturating_sub(before.rejected),
+            rejected_examples: self.rejected_examples
+                [before.rejected_examples.len().min(self.rejected_examples.len())..]
+                .to_vec(),
+            requests: self.requests.saturating_sub(before.requests),
+            throttled: self.throttled.saturating_sub(before.throttled),
+            rate_limit_waits: self.rate_limit_waits.saturating_sub(before.rate_limit_waits),
+            waited_ms: self.waited_ms.saturating_sub(before.waited_ms),
+            retries: self.retries.saturating_sub(before.retries),
+            token_refreshes: self.token_refreshes.saturating_sub(before.token_refreshes),
+        }
+    }
+
     pub fn reject(&mut self, what: String) {
         self.rejected += 1;
         if self.rejected_examples.len() < 10 {
@@ -81,8 +108,15 @@ pub struct RunState {
     pub run_id: String,
     pub started_at: i64,
     pub phase: Phase,
-    /// This pass reads everything and marks what it did not see as deleted.
+    /// This pass reads everything from scratch (no cursor, no delta link) and
+    /// marks what it did not see as deleted.
     pub sweep: bool,
+    /// Names the current pass's seen-id markers; a new one for every pass
+    /// that starts from scratch, so a restarted pass never counts the ids an
+    /// abandoned one saw.
+    pub pass_id: String,
+    /// When the current pass started (epoch ms).
+    pub pass_started_at: i64,
     /// The next page of the current pass; `None` at its start.
     pub next_url: Option<String>,
     /// The highest cursor value seen in this pass.
@@ -103,6 +137,8 @@ pub struct Checkpoint {
     /// The deleted-records feed's cursor.
     pub deleted_cursor: Option<String>,
     pub last_sweep_at: Option<i64>,
+    /// Runs that failed in a row: the next one waits exponentially longer.
+    pub failures: u32,
     pub rate: RateState,
     pub run: Option<RunState>,
 }
@@ -127,6 +163,9 @@ pub struct Job {
     pub sync: String,
     /// Absent while parked.
     pub next_run_at: Option<i64>,
+    /// Changed by every [`JobStore::schedule`] (a login): a run that parks
+    /// the job does so only if no login scheduled it since the run began.
+    pub schedule_nonce: Option<String>,
     pub parked_reason: Option<String>,
     pub lease_owner: Option<String>,
     pub lease_until: Option<i64>,
@@ -170,8 +209,10 @@ impl JobStore {
             .key("id", s(&id))
             .update_expression(
                 "SET #connection = :connection, #sync = :sync, due_shard = :shard, \
-                 next_run_at = if_not_exists(next_run_at, :now), updated_at = :now REMOVE parked_reason",
+                 next_run_at = if_not_exists(next_run_at, :now), updated_at = :now, schedule_nonce = :nonce \
+                 REMOVE parked_reason",
             )
+            .expression_attribute_values(":nonce", s(&format!("{:016x}", fastrand::u64(..))))
             .expression_attribute_names("#connection", "connection")
             .expression_attribute_names("#sync", "sync")
             .expression_attribute_values(":connection", s(connection.as_str()))
@@ -198,6 +239,7 @@ impl JobStore {
     }
 
     /// Every job item (the CLI's `sync status`; the functions never scan).
+    /// Items that are not jobs (the shared rate budgets, `rate#…`) are skipped.
     pub async fn all(&self) -> Result<Vec<Job>, StoreError> {
         let mut jobs = Vec::new();
         let mut start = None;
@@ -211,6 +253,13 @@ impl JobStore {
                 .await
                 .map_err(|e| sdk_failure("Scan(jobs)", &self.table, e))?;
             for item in output.items.unwrap_or_default() {
+                if item
+                    .get("id")
+                    .and_then(|v| v.as_s().ok())
+                    .is_some_and(|id| id.starts_with("rate#"))
+                {
+                    continue;
+                }
                 jobs.push(from_item(&item)?);
             }
             start = output.last_evaluated_key.filter(|k| !k.is_empty());
@@ -312,6 +361,11 @@ impl JobStore {
     /// Ends this holder's lease: saves the checkpoint, then either schedules
     /// the next run at `next_run_at` or parks the job with `parked` (out of
     /// the due index until a new login), and records the last run if given.
+    ///
+    /// Parking holds only while the job's `schedule_nonce` is still `seen`
+    /// (what the claim read): when a login scheduled the job during the run,
+    /// the job is released due now instead, so an active connection's job is
+    /// never left parked.
     pub async fn release(
         &self,
         id: &str,
@@ -319,7 +373,32 @@ impl JobStore {
         checkpoint: &Checkpoint,
         next: Next,
         last_run: Option<&RunRecord>,
+        seen: Option<&str>,
     ) -> Result<bool, StoreError> {
+        if let Next::Parked(_) = &next {
+            match self
+                .release_once(id, owner, checkpoint, next.clone(), last_run, Some(seen))
+                .await?
+            {
+                Released::Done => return Ok(true),
+                Released::LostLease => return Ok(false),
+                Released::Rescheduled => {}
+            }
+            let next = Next::At(now_ms());
+            return Ok(self.release_once(id, owner, checkpoint, next, last_run, None).await? == Released::Done);
+        }
+        Ok(self.release_once(id, owner, checkpoint, next, last_run, None).await? == Released::Done)
+    }
+
+    async fn release_once(
+        &self,
+        id: &str,
+        owner: &str,
+        checkpoint: &Checkpoint,
+        next: Next,
+        last_run: Option<&RunRecord>,
+        nonce: Option<Option<&str>>,
+    ) -> Result<Released, StoreError> {
         let now = now_ms();
         let mut set = vec!["#state = :state", "updated_at = :now"];
         let mut remove = vec!["lease_owner", "lease_until"];
@@ -348,7 +427,45 @@ impl JobStore {
             request = request.expression_attribute_values(":last", s(&to_json(run)));
         }
         let request = request.update_expression(format!("SET {} REMOVE {}", set.join(", "), remove.join(", ")));
-        self.owned(request, owner, "UpdateItem(release job)").await
+        let Some(nonce) = nonce else {
+            return Ok(match self.owned(request, owner, "UpdateItem(release job)").await? {
+                true => Released::Done,
+                false => Released::LostLease,
+            });
+        };
+        let request = match nonce {
+            Some(seen) => request
+                .condition_expression("lease_owner = :me AND schedule_nonce = :seen")
+                .expression_attribute_values(":seen", s(seen)),
+            None => request.condition_expression("lease_owner = :me AND attribute_not_exists(schedule_nonce)"),
+        };
+        let result = request
+            .expression_attribute_values(":me", s(owner))
+            .return_values_on_condition_check_failure(
+                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Released::Done),
+            Err(e) => match e.as_service_error() {
+                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
+                    failed,
+                )) => {
+                    let ours = failed
+                        .item()
+                        .and_then(|item| item.get("lease_owner"))
+                        .and_then(|v| v.as_s().ok())
+                        .is_some_and(|o| o == owner);
+                    Ok(if ours {
+                        Released::Rescheduled
+                    } else {
+                        Released::LostLease
+                    })
+                }
+                _ => Err(sdk_failure("UpdateItem(park job)", &self.table, e)),
+            },
+        }
     }
 
     /// A conditional update that holds only while `owner` holds the lease.
@@ -381,7 +498,14 @@ impl JobStore {
             .put_item()
             .table_name(&self.runs_table)
             .item("job", s(id))
-            .item("sk", s(&format!("run#{:015}#{}", run.started_at, run.run_id)))
+            // A run that failed and then resumed leaves one item per ending.
+            .item(
+                "sk",
+                s(&format!(
+                    "run#{:015}#{}#{:015}",
+                    run.started_at, run.run_id, run.finished_at
+                )),
+            )
             .item("run", s(&to_json(run)))
             .item("expires_at", n(run.finished_at / 1000 + HISTORY_DAYS * 86_400))
             .send()
@@ -415,13 +539,14 @@ impl JobStore {
             .collect()
     }
 
-    /// Remembers the ids one page of a sweep saw (one write per page, none per record).
-    pub async fn save_seen(&self, id: &str, run_id: &str, page: u64, ids: &[String]) -> Result<(), StoreError> {
+    /// Remembers the ids one page of a sweep pass saw (one write per page,
+    /// none per record).
+    pub async fn save_seen(&self, id: &str, pass_id: &str, page: u64, ids: &[String]) -> Result<(), StoreError> {
         self.client
             .put_item()
             .table_name(&self.runs_table)
             .item("job", s(id))
-            .item("sk", s(&format!("seen#{run_id}#{page:08}")))
+            .item("sk", s(&format!("seen#{pass_id}#{page:08}")))
             .item("ids", AttributeValue::L(ids.iter().map(|i| s(i)).collect()))
             .item("expires_at", n(now_ms() / 1000 + SEEN_TTL_SECS))
             .send()
@@ -430,9 +555,10 @@ impl JobStore {
         Ok(())
     }
 
-    /// Every id the sweep `run_id` saw.
-    pub async fn seen(&self, id: &str, run_id: &str) -> Result<HashSet<String>, StoreError> {
+    /// Every id the sweep pass `pass_id` saw, and how many page markers held them.
+    pub async fn seen(&self, id: &str, pass_id: &str) -> Result<(HashSet<String>, u64), StoreError> {
         let mut seen = HashSet::new();
+        let mut pages = 0;
         let mut start = None;
         loop {
             let output = self
@@ -441,23 +567,73 @@ impl JobStore {
                 .table_name(&self.runs_table)
                 .key_condition_expression("job = :job AND begins_with(sk, :prefix)")
                 .expression_attribute_values(":job", s(id))
-                .expression_attribute_values(":prefix", s(&format!("seen#{run_id}#")))
+                .expression_attribute_values(":prefix", s(&format!("seen#{pass_id}#")))
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| sdk_failure("Query(seen ids)", &self.runs_table, e))?;
             for item in output.items.unwrap_or_default() {
+                pages += 1;
                 if let Some(AttributeValue::L(ids)) = item.get("ids") {
                     seen.extend(ids.iter().filter_map(|v| v.as_s().ok().cloned()));
                 }
             }
             start = output.last_evaluated_key.filter(|k| !k.is_empty());
             if start.is_none() {
-                return Ok(seen);
+                return Ok((seen, pages));
             }
         }
     }
+
+    /// Deletes the seen-id markers of pages `0..pages` of pass `pass_id`
+    /// (after its sweep; DynamoDB's TTL would take days).
+    pub async fn forget_seen(&self, id: &str, pass_id: &str, pages: u64) -> Result<(), StoreError> {
+        use aws_sdk_dynamodb::types::{DeleteRequest, WriteRequest};
+        let keys: Vec<WriteRequest> = (0..pages)
+            .map(|page| {
+                DeleteRequest::builder()
+                    .key("job", s(id))
+                    .key("sk", s(&format!("seen#{pass_id}#{page:08}")))
+                    .build()
+                    .map(|delete| WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| malformed(id, &e.to_string()))?;
+        for chunk in keys.chunks(25) {
+            let mut batch = chunk.to_vec();
+            for attempt in 0..8u32 {
+                let output = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.runs_table, batch)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_failure("BatchWriteItem(forget seen ids)", &self.runs_table, e))?;
+                batch = output
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.runs_table))
+                    .unwrap_or_default();
+                if batch.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(crate::refresh::jitter(std::time::Duration::from_millis(
+                    50 << attempt.min(6),
+                )))
+                .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How one attempt at releasing a lease went.
+#[derive(Debug, PartialEq, Eq)]
+enum Released {
+    Done,
+    LostLease,
+    /// Parking was refused: a login scheduled the job during the run.
+    Rescheduled,
 }
 
 /// What follows a released lease.
@@ -506,6 +682,7 @@ fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Job, StoreError> 
         sync: text("sync").ok_or_else(|| malformed(&id, "no sync"))?,
         connection,
         next_run_at: number("next_run_at"),
+        schedule_nonce: text("schedule_nonce"),
         parked_reason: text("parked_reason"),
         lease_owner: text("lease_owner"),
         lease_until: number("lease_until"),

@@ -43,14 +43,20 @@ pub struct Incoming {
 /// What the provider said about one record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// The whole record.
     Upsert(Incoming),
+    /// Some of the record's properties (Microsoft Graph's delta answers for
+    /// directory objects carry only what changed): merged into the stored
+    /// record, so the item, and the stream's new image, is the whole record.
+    /// A record not stored yet is stored as it came.
+    Merge(Incoming),
     Delete(String),
 }
 
 impl Change {
     fn id(&self) -> &str {
         match self {
-            Change::Upsert(record) => &record.id,
+            Change::Upsert(record) | Change::Merge(record) => &record.id,
             Change::Delete(id) => id,
         }
     }
@@ -98,6 +104,8 @@ struct Known {
     hash: Option<String>,
     deleted: bool,
     first_seen_at: Option<i64>,
+    /// The stored record, read only when the page has partial records to merge.
+    record: Option<Map<String, Value>>,
 }
 
 impl RecordStore {
@@ -135,7 +143,8 @@ impl RecordStore {
             latest.insert(change.id().to_owned(), change);
         }
         let ids: Vec<String> = latest.keys().cloned().collect();
-        let known = self.known(pk, ids).await?;
+        let merging = latest.values().any(|c| matches!(c, Change::Merge(_)));
+        let known = self.known(pk, ids, merging).await?;
         let mut plan = Plan {
             pk: pk.to_owned(),
             puts: Vec::new(),
@@ -143,9 +152,30 @@ impl RecordStore {
             counts: Applied::default(),
             now,
         };
-        for (id, change) in &latest {
-            let stored = known.get(id);
-            match change {
+        for (id, change) in latest {
+            let stored = known.get(&id);
+            let change = match change {
+                Change::Merge(patch) => match stored {
+                    Some(Known {
+                        deleted: false,
+                        record: Some(record),
+                        ..
+                    }) => {
+                        let mut data = record.clone();
+                        data.extend(patch.data);
+                        let hash = content_hash(&data);
+                        Change::Upsert(Incoming {
+                            id: patch.id,
+                            data,
+                            hash,
+                        })
+                    }
+                    _ => Change::Upsert(patch),
+                },
+                other => other,
+            };
+            match &change {
+                Change::Merge(_) => {}
                 Change::Upsert(record) => match stored {
                     Some(k) if !k.deleted && k.hash.as_deref() == Some(record.hash.as_str()) => {
                         plan.counts.unchanged += 1;
@@ -253,13 +283,13 @@ impl RecordStore {
 
     /// The stored hash, delete mark and first sighting of each id that
     /// exists: batches of 100 keys, a few at a time.
-    async fn known(&self, pk: &str, ids: Vec<String>) -> Result<HashMap<String, Known>, StoreError> {
+    async fn known(&self, pk: &str, ids: Vec<String>, with_record: bool) -> Result<HashMap<String, Known>, StoreError> {
         let batches = ids.chunks(GET_BATCH).map(<[String]>::to_vec).collect();
         let pk = pk.to_owned();
         let found = self
             .concurrently(batches, move |store, chunk| {
                 let pk = pk.clone();
-                async move { store.known_batch(&pk, &chunk).await }
+                async move { store.known_batch(&pk, &chunk, with_record).await }
             })
             .await?;
         Ok(found.into_iter().flatten().collect())
@@ -295,7 +325,12 @@ impl RecordStore {
         }
     }
 
-    async fn known_batch(&self, pk: &str, chunk: &[String]) -> Result<HashMap<String, Known>, StoreError> {
+    async fn known_batch(
+        &self,
+        pk: &str,
+        chunk: &[String],
+        with_record: bool,
+    ) -> Result<HashMap<String, Known>, StoreError> {
         let mut known = HashMap::new();
         let keys = chunk
             .iter()
@@ -305,7 +340,14 @@ impl RecordStore {
             KeysAndAttributes::builder()
                 .set_keys(Some(keys))
                 .consistent_read(true)
-                .projection_expression("record_id, content_hash, deleted_at, first_seen_at")
+                .projection_expression(if with_record {
+                    "record_id, content_hash, deleted_at, first_seen_at, #record"
+                } else {
+                    "record_id, content_hash, deleted_at, first_seen_at"
+                })
+                .set_expression_attribute_names(
+                    with_record.then(|| HashMap::from([("#record".to_owned(), "record".to_owned())])),
+                )
                 .build()
                 .map_err(|e| StoreError::Malformed {
                     id: pk.to_owned(),
@@ -340,6 +382,10 @@ impl RecordStore {
                         deleted: item.contains_key("deleted_at"),
                         first_seen_at: match item.get("first_seen_at") {
                             Some(AttributeValue::N(v)) => v.parse().ok(),
+                            _ => None,
+                        },
+                        record: match item.get("record").map(to_json) {
+                            Some(Value::Object(map)) => Some(map),
                             _ => None,
                         },
                     },
