@@ -2,13 +2,14 @@
 //! own OAuth client (`shared::oauth`): code flow with PKCE, single-use codes,
 //! rotation, reuse detection revoking the family, grace periods, each preset's
 //! quirks, RFC 7009 revocation, and fault injection; and its data APIs (Exact
-//! Online's paging, sync filters and rate limits, Graph's delta rounds, data
-//! faults).
+//! Online's paging, sync filters, mandatory `$select`, rate limits and error
+//! block, Graph's delta rounds with partial updates of users, data faults).
 
 use std::time::Duration;
 
 use oauth_sync_tests::simulator::{
-    Counters, DataCommand, DataConfig, DataFault, DataFaultPlan, Fault, FaultPlan, Grant, RateLimits, SimConfig,
+    Counters, DataCommand, DataConfig, DataFault, DataFaultPlan, ErrorBlock, Fault, FaultPlan, Grant, RateLimits,
+    SimConfig,
 };
 use oauth_sync_tests::stack::{OauthFixture, REDIRECT_URI, authorize, http};
 use shared::config::{ClientAuth, PresetName};
@@ -509,13 +510,15 @@ async fn exact_sync_endpoint_pages_through_every_project_and_the_deleted_log() {
     assert!(sim.update_project(&seeded[10], "renamed"));
     assert!(sim.update_project(&seeded[20], "renamed too"));
     assert!(sim.delete_project(&seeded[30]));
-    let since = c.exact(&format!("sync/Project/Projects?$filter=Timestamp gt {highest}L"));
+    let since = c.exact(&format!(
+        "sync/Project/Projects?$select=ID,Description,Timestamp&$filter=Timestamp gt {highest}L"
+    ));
     let (changed, _) = c.exact_all(&since).await;
     let changed_ids: Vec<_> = changed.iter().map(|r| r["ID"].as_str().expect("ID")).collect();
     assert_eq!(changed_ids, [seeded[10].as_str(), seeded[20].as_str()]);
     assert_eq!(changed[0]["Description"], "renamed");
     let deleted = c.exact(&format!(
-        "sync/Deleted?$filter=Timestamp gt {highest}L and EntityType eq 99"
+        "sync/Deleted?$select=EntityKey,Division,Timestamp&$filter=Timestamp gt {highest}L and EntityType eq 99"
     ));
     let (deleted, _) = c.exact_all(&deleted).await;
     assert_eq!(deleted.len(), 1);
@@ -531,14 +534,18 @@ async fn exact_sync_endpoint_pages_through_every_project_and_the_deleted_log() {
 
     // Strictness: a malformed filter, another division, no Accept: application/json.
     let bad = c
-        .get(&c.exact("sync/Project/Projects?$filter=Timestamp gt 5000000000"), None)
+        .get(
+            &c.exact("sync/Project/Projects?$select=ID&$filter=Timestamp gt 5000000000"),
+            None,
+        )
         .await;
     assert_eq!(bad.status(), 400, "an Int64 literal needs its L");
     let body: serde_json::Value = bad.json().await.expect("json");
     assert!(body["error"]["message"]["value"].is_string(), "{body}");
-    let other =
-        c.f.sim
-            .url(&format!("/api/v1/{}/sync/Project/Projects", sim.division() + 1));
+    let other = c.f.sim.url(&format!(
+        "/api/v1/{}/sync/Project/Projects?$select=ID",
+        sim.division() + 1
+    ));
     assert_eq!(c.get(&other, None).await.status(), 403);
     let xml = c.f.http.get(&first).bearer_auth(&c.token).send().await.expect("get");
     assert!(header(&xml, "content-type").is_some_and(|t| t.contains("xml")));
@@ -548,6 +555,7 @@ async fn exact_sync_endpoint_pages_through_every_project_and_the_deleted_log() {
         (counters.data_errors, counters.data_429s, counters.data_401s),
         (2, 0, 0)
     );
+    assert_eq!((counters.data_blocks, counters.data_blocked), (0, 0), "never blocked");
     assert_eq!(counters.data_pages, 1 + 3 + 1 + 1 + 40);
     assert_eq!(counters.data_requests, counters.data_pages + 3);
 }
@@ -564,7 +572,7 @@ async fn exact_limits_answer_429_with_only_the_exceeded_limits_headers() {
         ..DataConfig::default()
     })
     .await;
-    let url = c.exact("sync/Project/Projects?$filter=Timestamp gt 1L");
+    let url = c.exact("sync/Project/Projects?$select=ID&$filter=Timestamp gt 1L");
     let now_ms = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -718,7 +726,7 @@ async fn data_faults_bad_tokens_and_http_control() {
     assert_eq!(sim.projects().len(), 4);
 
     // A bad token: 401 with WWW-Authenticate and Exact's error body.
-    let url = c.exact("sync/Project/Projects");
+    let url = c.exact("sync/Project/Projects?$select=ID");
     let response = http.get(&url).bearer_auth("at-unknown").send().await.expect("get");
     assert_eq!(response.status(), 401);
     assert!(header(&response, "WWW-Authenticate").is_some_and(|v| v.contains("error=\"invalid_token\"")));
@@ -785,7 +793,366 @@ async fn data_faults_bad_tokens_and_http_control() {
     assert_eq!(log.len() as u64, counters.data_requests);
     let same_page = log
         .iter()
-        .filter(|r| r.path_and_query.ends_with("/sync/Project/Projects"))
+        .filter(|r| r.path_and_query.ends_with("/sync/Project/Projects?$select=ID"))
         .count();
     assert_eq!(same_page, 5);
+}
+
+#[tokio::test]
+async fn exact_sync_endpoints_refuse_a_request_without_select() {
+    let c = DataClient::start(DataConfig {
+        project_deleted_entity_type: Some(99),
+        ..DataConfig::default()
+    })
+    .await;
+    let sim = c.sim();
+    let ids = sim.seed_projects(3);
+    assert!(sim.delete_project(&ids[0]));
+    let mandatory = serde_json::json!({"error": {"code": "", "message": {"lang": "", "value": "$select is mandatory for bulk and sync APIs"}}});
+
+    for path in [
+        "sync/Project/Projects",
+        "sync/Project/Projects?$filter=Timestamp gt 1",
+        "sync/Deleted?$filter=Timestamp gt 1 and EntityType eq 99",
+    ] {
+        let response = c.get(&c.exact(path), None).await;
+        assert_eq!(response.status(), 400, "{path}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body, mandatory, "{path}");
+    }
+    let (projects, _) = c
+        .exact_all(&c.exact("sync/Project/Projects?$select=ID&$filter=Timestamp gt 1"))
+        .await;
+    assert_eq!(projects.len(), 2);
+    let (deleted, _) = c
+        .exact_all(&c.exact("sync/Deleted?$select=EntityKey&$filter=Timestamp gt 1 and EntityType eq 99"))
+        .await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0]["EntityKey"], ids[0].as_str());
+    // The next link keeps the $select.
+    sim.seed_projects(1_200);
+    let first = c
+        .json(
+            &c.exact("sync/Project/Projects?$select=ID&$filter=Timestamp gt 1"),
+            None,
+        )
+        .await;
+    let next = first["d"]["__next"].as_str().expect("a second page");
+    assert!(next.contains("$select=ID"), "{next}");
+    // The normal endpoints stay as they are: all fields without $select.
+    let all = c.json(&c.exact("project/Projects"), None).await;
+    assert!(all["d"]["results"][0]["Modified"].is_string(), "{all}");
+
+    let counters = sim.counters();
+    assert_eq!((counters.data_errors, counters.data_blocks), (3, 0));
+}
+
+#[tokio::test]
+async fn exact_blocks_a_division_after_too_many_errors_until_the_block_lifts() {
+    let block = Duration::from_millis(600);
+    let c = DataClient::start(DataConfig {
+        error_block: Some(ErrorBlock {
+            errors: 3,
+            window: Duration::from_secs(60),
+            block,
+        }),
+        ..DataConfig::default()
+    })
+    .await;
+    let sim = c.sim();
+    sim.seed_projects(5);
+    let division = sim.division();
+    let good = c.exact("sync/Project/Projects?$select=ID&$filter=Timestamp gt 1");
+    let bad = c.exact("sync/Project/Projects?$filter=Timestamp gt 1");
+
+    // Errors of another division count toward its key, not this one's.
+    let other =
+        c.f.sim
+            .url(&format!("/api/v1/{}/project/Projects?$select=ID", division + 1));
+    for _ in 0..4 {
+        assert_eq!(c.get(&other, None).await.status(), 403);
+    }
+    assert_eq!(c.get(&other, None).await.status(), 429);
+    assert!(sim.is_blocked(division + 1) && !sim.is_blocked(division));
+    // Three errors are allowed (a 401 among them: a bad token counts too), the fourth blocks.
+    let unauthorized = c.f.http.get(&good).bearer_auth("at-unknown").send().await.expect("get");
+    assert_eq!(unauthorized.status(), 401);
+    for _ in 0..2 {
+        assert_eq!(c.get(&bad, None).await.status(), 400);
+    }
+    assert_eq!(c.get(&good, None).await.status(), 200);
+    assert!(!sim.is_blocked(division));
+    assert_eq!(c.get(&bad, None).await.status(), 400, "the error itself is answered");
+    assert!(sim.is_blocked(division));
+
+    // Blocked: every request of the division, good ones too, answers 429
+    // without Retry-After or rate-limit headers; current/Me has no division.
+    let blocked = c.get(&good, None).await;
+    assert_eq!(blocked.status(), 429);
+    assert_eq!(header(&blocked, "Retry-After"), None);
+    assert!(!blocked.headers().keys().any(|k| k.as_str().starts_with("x-ratelimit")));
+    let body: serde_json::Value = blocked.json().await.expect("json");
+    assert!(
+        body["error"]["message"]["value"]
+            .as_str()
+            .is_some_and(|m| m.contains("blocked")),
+        "{body}"
+    );
+    assert_eq!(c.get(&c.exact("project/Projects"), None).await.status(), 429);
+    let me = c.f.sim.url("/api/v1/current/Me?$select=CurrentDivision");
+    assert_eq!(c.get(&me, None).await.status(), 200);
+    let counters = sim.counters();
+    assert_eq!((counters.data_blocks, counters.data_blocked), (2, 3));
+    assert_eq!(counters.data_429s, 3);
+
+    // The block lifts after its time, and the count starts afresh.
+    tokio::time::sleep(block + Duration::from_millis(100)).await;
+    assert_eq!(c.get(&good, None).await.status(), 200);
+    assert!(!sim.is_blocked(division));
+
+    // A lasting 403 (rights not granted yet) is a Status fault with a large
+    // `times`, until cleared; it counts toward the block like any 403.
+    sim.inject_data_fault(DataFaultPlan {
+        fault: DataFault::Status { status: 403 },
+        times: u32::MAX,
+        path_contains: Some(format!("/api/v1/{division}/")),
+    });
+    for _ in 0..4 {
+        let forbidden = c.get(&good, None).await;
+        assert_eq!(forbidden.status(), 403);
+        let body: serde_json::Value = forbidden.json().await.expect("json");
+        assert!(body["error"]["message"]["value"].is_string(), "{body}");
+    }
+    assert_eq!(c.get(&good, None).await.status(), 429, "blocked by its own 403s");
+    sim.clear_data_faults();
+    sim.reset_error_blocks();
+    assert_eq!(c.get(&good, None).await.status(), 200);
+    assert_eq!(sim.counters().data_blocks, 3);
+
+    // Switched off (also over HTTP): errors are only counted.
+    let off =
+        c.f.http
+            .post(c.f.sim.url("/_sim/data"))
+            .json(&DataCommand::SetErrorBlock { error_block: None })
+            .send()
+            .await
+            .expect("command");
+    assert_eq!(off.status(), 200);
+    for _ in 0..5 {
+        assert_eq!(c.get(&bad, None).await.status(), 400);
+    }
+    assert_eq!(c.get(&good, None).await.status(), 200);
+    assert_eq!(sim.counters().data_blocks, 3);
+}
+
+#[tokio::test]
+async fn graph_users_delta_sends_only_what_changed_of_a_known_user() {
+    let c = DataClient::start(DataConfig::default()).await;
+    let sim = c.sim();
+    let ids = sim.seed_users(150);
+    let prefer = Some("odata.maxpagesize=100");
+    let delta_url = c.f.sim.url("/v1.0/users/delta");
+
+    // The first round: every user, whole.
+    let (items, pages, delta) = c.graph_round(&delta_url, prefer).await;
+    assert_eq!((items.len(), pages), (150, 2));
+    for item in &items {
+        for property in [
+            "displayName",
+            "givenName",
+            "surname",
+            "mail",
+            "userPrincipalName",
+            "jobTitle",
+        ] {
+            assert!(item.get(property).is_some(), "{property} in {item}");
+        }
+    }
+
+    // Updates come back as `id` and what changed; a new user whole; a
+    // deleted one soft (reason `changed`) or for good (`deleted`).
+    assert!(sim.update_user_job_title(&ids[3], Some("Controller")));
+    assert!(sim.update_user_display_name(&ids[4], "Renamed Four"));
+    assert!(sim.update_user_job_title(&ids[5], Some("CFO")));
+    assert!(sim.update_user_display_name(&ids[5], "Renamed Five"));
+    assert!(sim.delete_user(&ids[6]));
+    assert!(sim.purge_user(&ids[7]));
+    let added = sim.insert_user("New", "Person");
+    assert!(!sim.update_user_job_title("unknown", Some("x")));
+    let (changes, pages, delta) = c.graph_round(&delta, prefer).await;
+    assert_eq!(pages, 1);
+    let by_id = |id: &str| {
+        changes
+            .iter()
+            .find(|i| i["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {changes:?}"))
+            .clone()
+    };
+    assert_eq!(changes.len(), 6, "{changes:?}");
+    assert_eq!(
+        by_id(&ids[3]),
+        serde_json::json!({"id": ids[3], "jobTitle": "Controller"})
+    );
+    assert_eq!(
+        by_id(&ids[4]),
+        serde_json::json!({"id": ids[4], "displayName": "Renamed Four"})
+    );
+    assert_eq!(
+        by_id(&ids[5]),
+        serde_json::json!({"id": ids[5], "jobTitle": "CFO", "displayName": "Renamed Five"})
+    );
+    assert_eq!(
+        by_id(&ids[6]),
+        serde_json::json!({"id": ids[6], "@removed": {"reason": "changed"}})
+    );
+    assert_eq!(
+        by_id(&ids[7]),
+        serde_json::json!({"id": ids[7], "@removed": {"reason": "deleted"}})
+    );
+    let new = by_id(&added);
+    assert_eq!(new["displayName"], "New Person");
+    assert!(new["mail"].is_string() && new.get("jobTitle").is_some(), "{new}");
+
+    // Purging the soft-deleted one is news again; a job title cleared is a null.
+    assert!(sim.purge_user(&ids[6]));
+    assert!(sim.update_user_job_title(&ids[3], None));
+    let (changes, _, _) = c.graph_round(&delta, prefer).await;
+    assert_eq!(
+        changes,
+        [
+            serde_json::json!({"id": ids[6], "@removed": {"reason": "deleted"}}),
+            serde_json::json!({"id": ids[3], "jobTitle": null}),
+        ]
+    );
+
+    // $select is carried in the links; a change outside it is reported as the bare id.
+    let selected = c.f.sim.url("/v1.0/users/delta?$select=displayName,jobTitle");
+    let (items, _, delta) = c.graph_round(&selected, prefer).await;
+    assert_eq!(items.len(), 149);
+    assert!(
+        items.iter().all(|i| i.as_object().is_some_and(|o| o.len() == 3)),
+        "{items:?}"
+    );
+    assert!(delta.contains("$select=displayName,jobTitle&"), "{delta}");
+    assert!(sim.update_user_display_name(&ids[8], "Eight"));
+    let (changes, _, _) = c.graph_round(&delta, prefer).await;
+    assert_eq!(changes, [serde_json::json!({"id": ids[8], "displayName": "Eight"})]);
+
+    // A user changed while a first round is under way comes again, whole.
+    let first = c.json(&delta_url, Some("odata.maxpagesize=50")).await;
+    let next = first["@odata.nextLink"].as_str().expect("more pages").to_owned();
+    let seen = first["value"][0]["id"].as_str().expect("id").to_owned();
+    assert!(sim.update_user_job_title(&seen, Some("Changed mid-round")));
+    let (rest, _, _) = c.graph_round(&next, Some("odata.maxpagesize=50")).await;
+    let again = rest.iter().find(|i| i["id"] == seen.as_str()).expect("served again");
+    assert_eq!(again["jobTitle"], "Changed mid-round");
+    assert!(
+        again["mail"].is_string(),
+        "whole: the client has not finished its first round"
+    );
+
+    // The plain list: live users only, whole, paged with $top.
+    let mut next = Some(c.f.sim.url("/v1.0/users?$top=60"));
+    let (mut listed, mut pages) = (Vec::new(), 0);
+    while let Some(url) = next {
+        let body = c.json(&url, None).await;
+        listed.extend(body["value"].as_array().expect("value").iter().cloned());
+        pages += 1;
+        next = body["@odata.nextLink"].as_str().map(str::to_owned);
+    }
+    assert_eq!((listed.len(), pages), (149, 3));
+    assert_eq!(listed, sim.users());
+    assert!(listed.iter().all(|u| u["id"] != ids[6].as_str()));
+
+    // Over HTTP, for other processes.
+    let (http, url) = (&c.f.http, c.f.sim.url("/_sim/data"));
+    let command = |command: DataCommand| {
+        let url = url.clone();
+        async move {
+            let response = http.post(url).json(&command).send().await.expect("command");
+            (
+                response.status(),
+                response.json::<serde_json::Value>().await.expect("json"),
+            )
+        }
+    };
+    let (status, seeded) = command(DataCommand::SeedUsers { count: 2 }).await;
+    assert_eq!(status, 200);
+    assert_eq!(seeded["ids"].as_array().map(Vec::len), Some(2));
+    let id = seeded["ids"][0].as_str().expect("id").to_owned();
+    let (status, _) = command(DataCommand::UpdateUserJobTitle {
+        id: id.clone(),
+        job_title: Some("Buyer".to_owned()),
+    })
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = command(DataCommand::DeleteUser {
+        id: "nobody".to_owned(),
+    })
+    .await;
+    assert_eq!(status, 404);
+    let (_, users) = command(DataCommand::Users).await;
+    let buyer = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["id"] == id.as_str())
+        .cloned()
+        .expect("seeded");
+    assert_eq!(buyer["jobTitle"], "Buyer");
+}
+
+#[tokio::test]
+async fn graph_next_links_expire_with_the_delta_tokens_and_429s_reach_users_delta() {
+    let c = DataClient::start(DataConfig::default()).await;
+    let sim = c.sim();
+    sim.seed_users(30);
+    sim.seed_contacts(30);
+    let small = Some("odata.maxpagesize=10");
+
+    for path in ["/v1.0/users/delta", "/v1.0/me/contacts/delta"] {
+        let first = c.json(&c.f.sim.url(path), small).await;
+        let next = first["@odata.nextLink"]
+            .as_str()
+            .expect("a round in progress")
+            .to_owned();
+        assert!(next.contains("$skiptoken="), "{next}");
+        assert_eq!(c.get(&next, small).await.status(), 200, "live before expiry");
+        sim.expire_delta_tokens();
+        let gone = c.get(&next, small).await;
+        assert_eq!(gone.status(), 410, "{path}: a next link expires with the sync state");
+        let body: serde_json::Value = gone.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "syncStateNotFound", "{body}");
+        // Starting over works.
+        let (items, _, _) = c.graph_round(&c.f.sim.url(path), small).await;
+        assert_eq!(items.len(), 30, "{path}");
+    }
+
+    // A token of one collection means nothing to another.
+    let (_, _, contacts_delta) = c.graph_round(&c.f.sim.url("/v1.0/me/contacts/delta"), None).await;
+    let confused = contacts_delta.replace("/me/contacts/delta", "/users/delta");
+    assert_eq!(c.get(&confused, None).await.status(), 400);
+
+    // A Graph-style 429 with Retry-After on users/delta only.
+    sim.inject_data_fault(DataFaultPlan {
+        fault: DataFault::RetryAfter { status: 429, secs: 3 },
+        times: 2,
+        path_contains: Some("/v1.0/users/delta".to_owned()),
+    });
+    let users = c.f.sim.url("/v1.0/users/delta");
+    assert_eq!(c.get(&c.f.sim.url("/v1.0/me/contacts/delta"), None).await.status(), 200);
+    let throttled = c.get(&users, None).await;
+    assert_eq!(throttled.status(), 429);
+    assert_eq!(header(&throttled, "Retry-After"), Some("3"));
+    let body: serde_json::Value = throttled.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "TooManyRequests");
+    assert_eq!(c.get(&users, None).await.status(), 429);
+    let (items, _, users_delta) = c.graph_round(&users, None).await;
+    assert_eq!(items.len(), 30);
+    assert!(users_delta.contains("/v1.0/users/delta?$deltatoken="));
+    let counters = sim.counters();
+    assert_eq!(
+        (counters.data_429s, counters.data_faults, counters.data_blocks),
+        (2, 2, 0)
+    );
 }

@@ -800,3 +800,382 @@ async fn no_token_reaches_a_log_line_through_401s_retries_and_failures() {
         assert!(!text.contains(&secret), "a token value appeared in the logs");
     }
 }
+
+/// The engine's settings with in-run waits for a rate limit cut to `max_wait`.
+fn settings_waiting_at_most(max_wait: Duration) -> SyncSettings {
+    SyncSettings {
+        max_wait,
+        ..quick_sync_settings()
+    }
+}
+
+async fn job(fx: &SyncFixture, conn: &ConnectionId, sync: &str) -> shared::sync::jobs::Job {
+    fx.engine
+        .jobs()
+        .get(&job_id(conn, sync))
+        .await
+        .expect("read")
+        .expect("job")
+}
+
+/// Requests the simulator answered with `status`.
+fn answered(fx: &SyncFixture, status: u16) -> usize {
+    fx.sim()
+        .data_requests_log()
+        .iter()
+        .filter(|r| r.status == status)
+        .count()
+}
+
+#[tokio::test]
+async fn a_delta_round_whose_next_link_expires_after_a_yield_deletes_only_what_is_gone() {
+    // Graph: a delta round yields on a 429 with Retry-After, its next link
+    // then expires (410); the next run must read everything again and mark
+    // deleted only what is really gone, not everything the old delta link
+    // would not have returned.
+    let mut sim = SimConfig::for_preset(PresetName::Microsoft);
+    sim.data.rate_limit = None;
+    let syncs = "[syncs.contacts]\nprovider = \"sim\"\nendpoint = \"/me/contacts/delta\"\nmode = \"delta\"\n";
+    let fx = SyncFixture::start(
+        sim,
+        "min_refresh_interval_secs = 0",
+        syncs,
+        settings_waiting_at_most(Duration::from_millis(100)),
+        "sync-delta-restart",
+    )
+    .await;
+    let ids = fx.sim().seed_contacts(245);
+    let conn = fx.connect("acme-delta-restart").await;
+    assert_eq!(fx.run(&conn, "contacts").await.end, RunEnd::Finished);
+
+    // 150 changes: the next round from the delta link has two pages.
+    for id in &ids[..150] {
+        assert!(fx.sim().update_contact(id, "Changed"));
+    }
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::RetryAfter { status: 429, secs: 1 },
+        times: 1,
+        path_contains: Some("skiptoken".to_owned()),
+    });
+    let yielded = fx.run(&conn, "contacts").await;
+    assert!(matches!(yielded.end, RunEnd::Yielded { .. }), "{yielded:?}");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    fx.sim().expire_delta_tokens();
+    assert!(fx.sim().delete_contact(&ids[200]));
+    let gone = fx.run(&conn, "contacts").await;
+    assert!(
+        matches!(&gone.end, RunEnd::Failed(why) if why.contains("410")),
+        "{gone:?}"
+    );
+    let report = fx.run(&conn, "contacts").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.deleted, 1, "only the contact that is gone: {report:?}");
+    let live: BTreeSet<String> = fx
+        .records(&conn, "contacts")
+        .await
+        .into_iter()
+        .filter(|r| r.deleted_at.is_none())
+        .map(|r| r.id)
+        .collect();
+    let upstream: BTreeSet<String> = fx
+        .sim()
+        .contacts()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(live, upstream);
+    assert_eq!(live.len(), 244);
+}
+
+#[tokio::test]
+async fn a_sweep_whose_early_markers_are_gone_starts_again_and_deletes_nothing_wrongly() {
+    // A full pass stops halfway (its invocation's deadline), and while the
+    // job waits its first seen-id markers disappear (their TTL: a connection
+    // that needed a new login and came back days later). Finishing that pass
+    // would mark the records of the early pages deleted; the sweep must see
+    // the gap and read again.
+    let mut sim = exact();
+    sim.data.page_size = 20;
+    let settings = SyncSettings {
+        page_timeout: Duration::from_secs(2),
+        commit_margin: Duration::from_secs(1),
+        ..quick_sync_settings()
+    };
+    let fx = SyncFixture::start(sim, "min_refresh_interval_secs = 0", FULL, settings, "sync-markers").await;
+    fx.sim().seed_projects(200);
+    let conn = fx.connect("acme-markers").await;
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Delay { millis: 700 },
+        times: 4,
+        path_contains: None,
+    });
+    let stopped = fx
+        .engine
+        .run_now(&conn, "projects", deadline(5), &|_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(stopped.end, RunEnd::Yielded { .. }), "{stopped:?}");
+    assert!(stopped.counts.pages >= 2, "{stopped:?}");
+
+    // The markers of the pass so far expire.
+    let sdk = shared::aws::load_sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let runs_table = &fx.fixture.tables["SyncRunsTable"];
+    let markers = dynamodb
+        .query()
+        .table_name(runs_table)
+        .key_condition_expression("job = :job AND begins_with(sk, :seen)")
+        .expression_attribute_values(
+            ":job",
+            aws_sdk_dynamodb::types::AttributeValue::S(job_id(&conn, "projects")),
+        )
+        .expression_attribute_values(":seen", aws_sdk_dynamodb::types::AttributeValue::S("seen#".to_owned()))
+        .send()
+        .await
+        .expect("query markers")
+        .items
+        .unwrap_or_default();
+    assert!(markers.len() >= 2, "the stopped pass left markers");
+    for marker in markers.iter().take(2) {
+        dynamodb
+            .delete_item()
+            .table_name(runs_table)
+            .set_key(Some(
+                ["job", "sk"]
+                    .into_iter()
+                    .map(|k| (k.to_owned(), marker[k].clone()))
+                    .collect(),
+            ))
+            .send()
+            .await
+            .expect("delete marker");
+    }
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.deleted, 0, "nothing is gone upstream: {report:?}");
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+    // And the markers are cleaned up: the abandoned pass's and the finished one's.
+    let left = dynamodb
+        .query()
+        .table_name(runs_table)
+        .key_condition_expression("job = :job AND begins_with(sk, :seen)")
+        .expression_attribute_values(
+            ":job",
+            aws_sdk_dynamodb::types::AttributeValue::S(job_id(&conn, "projects")),
+        )
+        .expression_attribute_values(":seen", aws_sdk_dynamodb::types::AttributeValue::S("seen#".to_owned()))
+        .send()
+        .await
+        .expect("query markers")
+        .count;
+    assert_eq!(left, 0, "the markers of both passes are deleted");
+}
+
+#[tokio::test]
+async fn a_record_too_large_to_store_is_not_swept_as_deleted() {
+    let fx = fixture(exact(), FULL, "sync-too-large").await;
+    let ids = fx.sim().seed_projects(30);
+    let conn = fx.connect("acme-too-large").await;
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+    // Upstream, one project grows past DynamoDB's 400 KB item limit.
+    assert!(fx.sim().update_project(&ids[3], &"x".repeat(420 * 1024)));
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!((report.counts.rejected, report.counts.deleted), (1, 0), "{report:?}");
+    let stored = fx.records(&conn, "projects").await;
+    let big = stored.iter().find(|r| r.id == ids[3]).expect("still stored");
+    assert!(big.deleted_at.is_none(), "it exists upstream: not deleted");
+}
+
+#[tokio::test]
+async fn a_401_after_another_worker_rotated_the_token_spends_no_second_refresh() {
+    let fx = fixture(exact(), INCREMENTAL, "sync-401-version").await;
+    fx.sim().seed_projects(20);
+    let conn = fx.connect("acme-401-version").await;
+    // The page is slow; while it is on its way, the provider ends the token
+    // it carries and another worker (the refresher) rotates it.
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Delay { millis: 1_500 },
+        times: 1,
+        path_contains: Some("Project".to_owned()),
+    });
+    let refreshes_before = fx.sim().counters().refreshes;
+    let run = fx.run(&conn, "projects");
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        fx.sim().expire_access_tokens();
+        fx.fixture
+            .service
+            .refresh_now(&conn, deadline(30))
+            .await
+            .expect("the other worker's refresh");
+    };
+    let (report, ()) = tokio::join!(run, other);
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.inserted, 20);
+    let counters = fx.sim().counters();
+    assert_eq!(counters.data_401s, 1, "{counters:?}");
+    assert_eq!(
+        counters.refreshes - refreshes_before,
+        1,
+        "only the other worker's refresh: the newer token is used as it is"
+    );
+    assert_eq!(report.counts.token_refreshes, 0);
+    assert_eq!(counters.refresh_tokens_reused, 0);
+}
+
+#[tokio::test]
+async fn a_403_parks_the_job_with_the_reason_and_failures_back_off() {
+    let fx = fixture(exact(), INCREMENTAL, "sync-403").await;
+    fx.sim().seed_projects(20);
+    let conn = fx.connect("acme-403").await;
+    // Rights not granted yet: every data request is refused.
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Status { status: 403 },
+        times: 1,
+        path_contains: Some("Project".to_owned()),
+    });
+    let report = fx.run(&conn, "projects").await;
+    let RunEnd::Parked(why) = &report.end else {
+        panic!("{report:?}")
+    };
+    assert!(why.contains("403"), "{why}");
+    let parked = job(&fx, &conn, "projects").await;
+    assert_eq!(
+        parked.next_run_at, None,
+        "out of the schedule, not retried each interval"
+    );
+    assert_eq!(parked.parked_reason.as_deref(), Some(why.as_str()));
+    assert_eq!(answered(&fx, 403), 1, "one error spent, not one per interval");
+
+    // A failing run waits longer each time: the interval (at most 15 min),
+    // doubling, with jitter.
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        fx.sim().inject_data_fault(DataFaultPlan {
+            fault: DataFault::Status { status: 500 },
+            times: quick_sync_settings().page_attempts,
+            path_contains: Some("Project".to_owned()),
+        });
+        let failed = fx.run(&conn, "projects").await;
+        assert!(matches!(failed.end, RunEnd::Failed(_)), "{failed:?}");
+        let after = job(&fx, &conn, "projects").await;
+        let wait = after.next_run_at.expect("scheduled") - shared::connection::now_ms();
+        waits.push((after.checkpoint.failures, wait));
+    }
+    let minute = 60_000;
+    assert_eq!(waits.iter().map(|(f, _)| *f).collect::<Vec<_>>(), [1, 2, 3]);
+    for (failures, wait) in &waits {
+        let full = (15 * minute) << (failures - 1);
+        assert!(*wait > full / 2 - minute && *wait <= full, "{failures}: {wait}");
+    }
+    // A finished run starts the count again.
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(job(&fx, &conn, "projects").await.checkpoint.failures, 0);
+}
+
+#[tokio::test]
+async fn a_failing_deleted_feed_does_not_keep_the_data_from_arriving() {
+    let mut sim = exact();
+    sim.data.project_deleted_entity_type = Some(77);
+    let syncs = format!("{INCREMENTAL}deleted_entity_type = 77\n");
+    let fx = fixture(sim, &syncs, "sync-deleted-fails").await;
+    let ids = fx.sim().seed_projects(40);
+    let conn = fx.connect("acme-deleted-fails").await;
+    let first = fx.run(&conn, "projects").await;
+    assert_eq!(first.end, RunEnd::Finished, "{first:?}");
+    assert_eq!(answered(&fx, 400), 0, "the feed sends the `$select` Exact requires");
+
+    // The feed fails twice; the data of each run arrive all the same.
+    for round in 0..2 {
+        fx.sim().insert_project(&format!("NEW-{round}"), "new");
+        fx.sim().inject_data_fault(DataFaultPlan {
+            fault: DataFault::Status { status: 500 },
+            times: quick_sync_settings().page_attempts,
+            path_contains: Some("sync/Deleted".to_owned()),
+        });
+        let failed = fx.run(&conn, "projects").await;
+        assert!(matches!(failed.end, RunEnd::Failed(_)), "{failed:?}");
+        assert_eq!(failed.counts.inserted, 1, "round {round}: {failed:?}");
+    }
+    // Then it recovers, and the deletion arrives.
+    assert!(fx.sim().delete_project(&ids[5]));
+    let report = fx.run(&conn, "projects").await;
+    assert_eq!(report.end, RunEnd::Finished, "{report:?}");
+    assert_eq!(report.counts.deleted, 1, "{report:?}");
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+    assert_eq!(answered(&fx, 400), 0);
+}
+
+#[tokio::test]
+async fn a_failed_run_and_its_resumed_finish_each_leave_a_history_item() {
+    let mut sim = exact();
+    sim.data.page_size = 20;
+    let fx = fixture(sim, FULL, "sync-history").await;
+    fx.sim().seed_projects(100);
+    let conn = fx.connect("acme-history").await;
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Status { status: 500 },
+        times: quick_sync_settings().page_attempts,
+        path_contains: Some("skiptoken".to_owned()),
+    });
+    assert!(matches!(fx.run(&conn, "projects").await.end, RunEnd::Failed(_)));
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+    let runs = fx
+        .engine
+        .jobs()
+        .runs(&job_id(&conn, "projects"), 10)
+        .await
+        .expect("history");
+    let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["finished", "failed"], "{runs:?}");
+}
+
+#[tokio::test]
+async fn a_login_during_a_run_that_parks_leaves_the_job_scheduled() {
+    let fx = fixture(exact(), INCREMENTAL, "sync-park-race").await;
+    let conn = fx.connect("acme-park-race").await;
+    let id = job_id(&conn, "projects");
+    let jobs = fx.engine.jobs();
+    let until = shared::connection::now_ms() + 60_000;
+    let claimed = jobs.claim(&id, "run", until, true).await.expect("claim").expect("free");
+    // The run finds the connection dead; meanwhile the user logs in again,
+    // which schedules the job; then the run parks it.
+    jobs.schedule(&conn, "projects").await.expect("the login schedules");
+    let released = jobs
+        .release(
+            &id,
+            "run",
+            &claimed.checkpoint,
+            Next::Parked("needs a new login".to_owned()),
+            None,
+            claimed.schedule_nonce.as_deref(),
+        )
+        .await
+        .expect("release");
+    assert!(released);
+    let after = job(&fx, &conn, "projects").await;
+    assert_eq!(after.parked_reason, None, "the login's schedule wins");
+    assert!(after.next_run_at.is_some(), "{after:?}");
+    assert_eq!(after.lease_owner, None);
+
+    // Without a login in between, parking holds.
+    let claimed = jobs.claim(&id, "run", until, true).await.expect("claim").expect("free");
+    assert!(
+        jobs.release(
+            &id,
+            "run",
+            &claimed.checkpoint,
+            Next::Parked("needs a new login".to_owned()),
+            None,
+            claimed.schedule_nonce.as_deref(),
+        )
+        .await
+        .expect("release")
+    );
+    assert_eq!(job(&fx, &conn, "projects").await.next_run_at, None);
+}

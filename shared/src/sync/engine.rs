@@ -771,6 +771,7 @@ impl SyncEngine {
                     pages = run.pass_pages,
                     "seen-id markers of the sweep are missing; it starts again, deleting nothing"
                 );
+                self.forget_markers(cx, run).await;
                 run.next_url = None;
                 return Ok(PassEnd::Again);
             }
@@ -780,10 +781,7 @@ impl SyncEngine {
                 .await
                 .map_err(|e| RunEnd::Failed(format!("the sweep failed: {}", error_chain(&e))))?;
             run.counts.deleted += deleted;
-            if let Err(e) = self.jobs.forget_seen(&cx.job, &run.pass_id, run.pass_pages).await {
-                // They expire on their own; a new pass never reads them.
-                warn!(job = cx.job, error = %error_chain(&e), "the sweep's seen-id markers could not be deleted");
-            }
+            self.forget_markers(cx, run).await;
             checkpoint.last_sweep_at = Some(run.pass_started_at);
         }
         if let Some(link) = delta_link {
@@ -798,6 +796,14 @@ impl SyncEngine {
             checkpoint.cursor = Some(max);
         }
         Ok(PassEnd::Done)
+    }
+
+    /// Deletes the current pass's seen-id markers, best effort: they expire
+    /// on their own, and a new pass never reads them.
+    async fn forget_markers(&self, cx: &Context<'_>, run: &RunState) {
+        if let Err(e) = self.jobs.forget_seen(&cx.job, &run.pass_id, run.pass_pages).await {
+            warn!(job = cx.job, error = %error_chain(&e), "the sweep's seen-id markers could not be deleted");
+        }
     }
 
     /// Stores a page: plans it from the stored hashes, then writes the plan,

@@ -3,15 +3,18 @@
 //! `shared/PROVIDERS.md` describes them.
 //!
 //! Records live in B-tree indexes (projects by `ID` and by `Timestamp`, the
-//! deleted feed and the contact changes by sequence), so one page costs
-//! O(page + log n) whatever the size of the data: a sync test pulls 10,000
-//! records and a benchmark does so repeatedly.
+//! deleted feed and the contact and user changes by sequence), so one page
+//! costs O(page + log n) whatever the size of the data: a sync test pulls
+//! 10,000 records and a benchmark does so repeatedly.
 //!
 //! Everything a provider would notice about a request is checked: the bearer
 //! token against the simulator's token state, the division, the per-division
-//! rate limits, `Accept: application/json` on Exact, and the `$filter`,
-//! `$select` and paging tokens, strictly. What the simulator saw is counted
-//! and logged for tests.
+//! rate limits and error block, `Accept: application/json` on Exact, and the
+//! `$filter`, `$select` (mandatory on Exact's `bulk/` and `sync/`) and paging
+//! tokens, strictly. Where a provider documents the least it promises (Graph:
+//! an updated directory object carries "at least" its changed properties),
+//! the simulator gives exactly that least, so a client that copes here copes
+//! there. What the simulator saw is counted and logged for tests.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -52,6 +55,9 @@ pub struct DataConfig {
     /// Exact answers XML unless the request sends `Accept: application/json`
     /// (its default is XML); `false` serves JSON regardless.
     pub require_json_accept: bool,
+    /// Exact Online's error block: too many answers of 400, 401, 403 or 404
+    /// for one key within a window block the key. `None` switches it off.
+    pub error_block: Option<ErrorBlock>,
 }
 
 impl Default for DataConfig {
@@ -65,6 +71,7 @@ impl Default for DataConfig {
             graph_page_size: 100,
             graph_max_page_size: 999,
             require_json_accept: true,
+            error_block: Some(ErrorBlock::default()),
         }
     }
 }
@@ -94,6 +101,38 @@ impl Default for RateLimits {
     }
 }
 
+/// Exact Online's error limit: more than `errors` answers of 400, 401, 403
+/// or 404 within `window` block the key for `block` (Exact: 10 an hour, an
+/// hour's block; its "will gradually increase" for repeat offenders is not
+/// modelled). Windows are configurable so that tests can see a block lift.
+///
+/// Exact counts per API key, user, company (division) and endpoint; the
+/// simulator counts per division only, over all endpoints, and blocks the
+/// whole division: stricter, so a client that never trips it here never
+/// trips it at Exact. The window is rolling (the errors of the last
+/// `window`), so errors cannot hide on both sides of a fixed window's edge.
+/// Only URLs with a division count (`current/Me` has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBlock {
+    /// The most errors allowed within `window`; one more blocks the key.
+    pub errors: u32,
+    #[serde(rename = "window_ms", with = "millis")]
+    pub window: Duration,
+    #[serde(rename = "block_ms", with = "millis")]
+    pub block: Duration,
+}
+
+impl Default for ErrorBlock {
+    /// 10 errors an hour, an hour's block, as Exact documents.
+    fn default() -> ErrorBlock {
+        ErrorBlock {
+            errors: 10,
+            window: Duration::from_secs(3600),
+            block: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Durations as whole milliseconds in JSON.
 mod millis {
     use std::time::Duration;
@@ -113,7 +152,10 @@ mod millis {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DataFault {
-    /// Answer with this status (e.g. 500, 502, 503) without serving.
+    /// Answer with this status (e.g. 500, 502, 503) without serving. With a
+    /// large `times`, a lasting refusal until [`Simulator::clear_data_faults`]:
+    /// a 403 for a division whose administrator has not granted the app its
+    /// rights yet. On Exact, 400, 401, 403 and 404 count toward the error block.
     Status { status: u16 },
     /// Answer with this status and `Retry-After: secs` without serving (a
     /// Graph-style 429; with a large `times`, a 429 storm).
@@ -194,6 +236,37 @@ pub enum DataCommand {
     },
     /// Answers `{"contacts": [...]}`.
     Contacts,
+    /// Answers `{"ids": [...]}`.
+    SeedUsers {
+        count: usize,
+    },
+    /// Answers `{"id": ...}`.
+    InsertUser {
+        given_name: String,
+        surname: String,
+    },
+    /// Answers `{"updated": true}`, or 404 for an unknown id.
+    UpdateUserJobTitle {
+        id: String,
+        job_title: Option<String>,
+    },
+    /// Answers `{"updated": true}`, or 404 for an unknown id.
+    UpdateUserDisplayName {
+        id: String,
+        display_name: String,
+    },
+    /// A soft deletion (`@removed` reason `changed`); answers
+    /// `{"deleted": true}`, or 404 for an unknown id.
+    DeleteUser {
+        id: String,
+    },
+    /// A permanent deletion (`@removed` reason `deleted`), of a live or a
+    /// soft-deleted user; answers `{"deleted": true}`, or 404.
+    PurgeUser {
+        id: String,
+    },
+    /// Answers `{"users": [...]}`.
+    Users,
     /// Every delta token issued so far answers 410 from now on.
     ExpireDeltaTokens,
     /// Forgets the rate-limit windows (every division starts afresh).
@@ -205,6 +278,14 @@ pub enum DataCommand {
     SetProjectDeletedEntityType {
         entity_type: Option<i32>,
     },
+    /// `null` switches Exact's error block off.
+    SetErrorBlock {
+        error_block: Option<ErrorBlock>,
+    },
+    /// Forgets the errors counted and lifts every block.
+    ResetErrorBlocks,
+    /// Drops every queued data fault (a lasting 403 ends).
+    ClearDataFaults,
     /// Answers `{"division": n}`.
     Division,
     /// Answers `{"requests": [...]}`, the data request log.
@@ -229,9 +310,18 @@ pub(crate) struct DataStore {
     contacts: BTreeMap<String, Contact>,
     /// The latest change of each contact, live or removed, by sequence.
     contact_changes: BTreeMap<u64, Change>,
+    /// Graph's change sequence of the directory's users.
+    user_seq: u64,
+    users: BTreeMap<String, User>,
+    /// Soft-deleted users (restorable at Graph for 30 days), until purged.
+    deleted_users: BTreeMap<String, DeletedUser>,
+    /// The latest change of each user, live or removed, by sequence.
+    user_changes: BTreeMap<u64, Change>,
     /// Delta tokens carry it; a token of another epoch answers 410.
     delta_epoch: u64,
     buckets: HashMap<i64, RateBucket>,
+    /// Exact's error counts and blocks, by division.
+    error_keys: HashMap<i64, ErrorKey>,
     faults: VecDeque<DataFaultPlan>,
     log: Vec<DataRequest>,
 }
@@ -265,10 +355,41 @@ struct Contact {
     seq: u64,
 }
 
+/// A directory user (Graph `/users`). Unlike a contact, a user changed since
+/// a delta round's start comes back with only `id` and what changed.
+#[derive(Debug)]
+struct User {
+    id: String,
+    display_name: String,
+    given_name: String,
+    surname: String,
+    job_title: Option<String>,
+    mail: String,
+    user_principal_name: String,
+    office_location: Option<String>,
+    /// The change that created it: a round that started before it has never
+    /// seen it, and gets the whole object.
+    created_seq: u64,
+    /// Its latest change (its key in `user_changes`).
+    seq: u64,
+    /// Each property's latest change, for the partial updates of delta.
+    changed: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug)]
+struct DeletedUser {
+    /// The soft deletion's key in `user_changes`.
+    seq: u64,
+}
+
 #[derive(Debug)]
 enum Change {
     Live(String),
+    /// Gone for good: `@removed` with reason `deleted`.
     Removed(String),
+    /// Soft-deleted, still restorable: `@removed` with reason `changed`
+    /// (Graph's directory objects; contacts are never soft-deleted).
+    SoftDeleted(String),
 }
 
 /// Where Exact's row version starts: above 32 bits, so that a client that
@@ -289,8 +410,13 @@ impl DataStore {
             contact_seq: 0,
             contacts: BTreeMap::new(),
             contact_changes: BTreeMap::new(),
+            user_seq: 0,
+            users: BTreeMap::new(),
+            deleted_users: BTreeMap::new(),
+            user_changes: BTreeMap::new(),
             delta_epoch: random.hash_one(1u8),
             buckets: HashMap::new(),
+            error_keys: HashMap::new(),
             faults: VecDeque::new(),
             log: Vec::new(),
         }
@@ -476,6 +602,82 @@ impl DataStore {
         true
     }
 
+    fn next_user_seq(&mut self) -> u64 {
+        self.user_seq += 1;
+        self.user_seq
+    }
+
+    fn insert_user(&mut self, given_name: &str, surname: &str) -> String {
+        let id = self.new_guid();
+        let seq = self.next_user_seq();
+        let nick = format!("{given_name}.{surname}").to_ascii_lowercase();
+        let user = User {
+            id: id.clone(),
+            display_name: format!("{given_name} {surname}"),
+            given_name: given_name.to_owned(),
+            surname: surname.to_owned(),
+            job_title: None,
+            mail: format!("{nick}@contoso.example"),
+            user_principal_name: format!("{nick}@contoso.example"),
+            office_location: Some("Amsterdam".to_owned()),
+            created_seq: seq,
+            seq,
+            changed: BTreeMap::new(),
+        };
+        self.users.insert(id.clone(), user);
+        self.user_changes.insert(seq, Change::Live(id.clone()));
+        id
+    }
+
+    fn seed_users(&mut self, count: usize) -> Vec<String> {
+        (0..count)
+            .map(|_| {
+                let n = self.user_seq + 1;
+                self.insert_user(&format!("Given{n}"), &format!("User{n}"))
+            })
+            .collect()
+    }
+
+    /// Changes one property of a user: a new change, remembered per property.
+    fn update_user(&mut self, id: &str, property: &'static str, change: impl FnOnce(&mut User)) -> bool {
+        if !self.users.contains_key(id) {
+            return false;
+        }
+        let seq = self.next_user_seq();
+        let Some(user) = self.users.get_mut(id) else {
+            return false;
+        };
+        change(user);
+        user.changed.insert(property, seq);
+        let old = std::mem::replace(&mut user.seq, seq);
+        self.user_changes.remove(&old);
+        self.user_changes.insert(seq, Change::Live(id.to_owned()));
+        true
+    }
+
+    fn delete_user(&mut self, id: &str) -> bool {
+        let Some(user) = self.users.remove(id) else {
+            return false;
+        };
+        self.user_changes.remove(&user.seq);
+        let seq = self.next_user_seq();
+        self.user_changes.insert(seq, Change::SoftDeleted(user.id.clone()));
+        self.deleted_users.insert(user.id, DeletedUser { seq });
+        true
+    }
+
+    fn purge_user(&mut self, id: &str) -> bool {
+        let old = match (self.users.remove(id), self.deleted_users.remove(id)) {
+            (Some(user), _) => user.seq,
+            (None, Some(deleted)) => deleted.seq,
+            (None, None) => return false,
+        };
+        self.user_changes.remove(&old);
+        let seq = self.next_user_seq();
+        self.user_changes.insert(seq, Change::Removed(id.to_owned()));
+        true
+    }
+
     fn take_fault(&mut self, path_and_query: &str) -> Option<DataFault> {
         let index = self.faults.iter().position(|p| {
             p.path_contains
@@ -608,6 +810,44 @@ impl RateBucket {
             self.minute
                 .view(now_ms, limits.minutely, duration_ms(limits.minute_window)),
         )
+    }
+}
+
+/// One key's errors within the rolling window, and its block.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ErrorKey {
+    /// When each error still inside the window was answered (epoch ms), oldest first.
+    errors: VecDeque<u64>,
+    blocked_until_ms: Option<u64>,
+}
+
+impl ErrorKey {
+    /// When the block lifts, while the key is blocked.
+    pub(crate) fn blocked_until(&self, now_ms: u64) -> Option<u64> {
+        self.blocked_until_ms.filter(|until| now_ms < *until)
+    }
+
+    /// Counts an error answered at `now_ms`; `true` when it starts a block
+    /// (the errors counted so far are then spent: the block is their price).
+    pub(crate) fn count_error(&mut self, now_ms: u64, rule: &ErrorBlock) -> bool {
+        if self.blocked_until(now_ms).is_some() {
+            return false;
+        }
+        let window_ms = duration_ms(rule.window);
+        while self
+            .errors
+            .front()
+            .is_some_and(|at| at.saturating_add(window_ms) <= now_ms)
+        {
+            self.errors.pop_front();
+        }
+        self.errors.push_back(now_ms);
+        if self.errors.len() <= usize::try_from(rule.errors).unwrap_or(usize::MAX) {
+            return false;
+        }
+        self.errors.clear();
+        self.blocked_until_ms = Some(now_ms.saturating_add(duration_ms(rule.block)));
+        true
     }
 }
 
@@ -783,21 +1023,42 @@ pub(crate) fn parse_guid_skiptoken(token: &str) -> Option<&str> {
     well_formed.then_some(guid)
 }
 
+/// Which Graph collection a paging token belongs to: a token of one is
+/// refused by another (400), as its sequence numbers mean nothing there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Feed {
+    /// `/me/contacts`.
+    Contacts,
+    /// `/users`.
+    Users,
+}
+
+impl Feed {
+    fn tag(self) -> &'static str {
+        match self {
+            Feed::Contacts => "c",
+            Feed::Users => "u",
+        }
+    }
+}
+
 /// What a Graph paging token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum GraphToken {
-    /// `/me/contacts`: continue after this id.
+    /// A list (`/me/contacts`, `/users`): continue after this id.
     List { after: String },
     /// A delta round in progress: changes after `after`; removals only when
-    /// newer than `floor` (so the first round skips older deletions).
-    Next { after: u64, floor: u64 },
+    /// newer than `floor` (so the first round skips older deletions); an
+    /// item created after `base` is new to the client, one created before
+    /// it is an update (for users: only what changed after `base`).
+    Next { after: u64, floor: u64, base: u64 },
     /// A finished round: changes after `after`.
     Delta { after: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TokenProblem {
-    /// Not a token this simulator made (400).
+    /// Not a token this simulator made for this collection (400).
     Garbled,
     /// A token of an earlier epoch (`expire_delta_tokens`) or another simulator (410).
     Stale,
@@ -805,17 +1066,18 @@ pub(crate) enum TokenProblem {
 
 impl GraphToken {
     /// An opaque token: base64url of the fields and a checksum.
-    pub(crate) fn encode(&self, epoch: u64) -> String {
+    pub(crate) fn encode(&self, epoch: u64, feed: Feed) -> String {
+        let feed = feed.tag();
         let payload = match self {
-            GraphToken::List { after } => format!("l|0|{after}|0"),
-            GraphToken::Next { after, floor } => format!("n|{epoch:x}|{after}|{floor}"),
-            GraphToken::Delta { after } => format!("d|{epoch:x}|{after}|0"),
+            GraphToken::List { after } => format!("l|{feed}|0|{after}|0|0"),
+            GraphToken::Next { after, floor, base } => format!("n|{feed}|{epoch:x}|{after}|{floor}|{base}"),
+            GraphToken::Delta { after } => format!("d|{feed}|{epoch:x}|{after}|0|0"),
         };
         let check = fnv1a(payload.as_bytes());
         URL_SAFE_NO_PAD.encode(format!("{payload}|{check:x}"))
     }
 
-    pub(crate) fn decode(token: &str, epoch: u64) -> Result<GraphToken, TokenProblem> {
+    pub(crate) fn decode(token: &str, epoch: u64, feed: Feed) -> Result<GraphToken, TokenProblem> {
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| TokenProblem::Garbled)?;
         let text = String::from_utf8(bytes).map_err(|_| TokenProblem::Garbled)?;
         let (payload, check) = text.rsplit_once('|').ok_or(TokenProblem::Garbled)?;
@@ -823,9 +1085,12 @@ impl GraphToken {
             return Err(TokenProblem::Garbled);
         }
         let parts: Vec<&str> = payload.split('|').collect();
-        let [kind, token_epoch, a, b] = parts.as_slice() else {
+        let [kind, token_feed, token_epoch, a, b, c] = parts.as_slice() else {
             return Err(TokenProblem::Garbled);
         };
+        if *token_feed != feed.tag() {
+            return Err(TokenProblem::Garbled);
+        }
         let number = |s: &str| s.parse::<u64>().map_err(|_| TokenProblem::Garbled);
         if *kind != "l" && u64::from_str_radix(token_epoch, 16).map_err(|_| TokenProblem::Garbled)? != epoch {
             return Err(TokenProblem::Stale);
@@ -835,6 +1100,7 @@ impl GraphToken {
             "n" => Ok(GraphToken::Next {
                 after: number(a)?,
                 floor: number(b)?,
+                base: number(c)?,
             }),
             "d" => Ok(GraphToken::Delta { after: number(a)? }),
             _ => Err(TokenProblem::Garbled),
@@ -1027,8 +1293,26 @@ impl DataFault {
     /// The answer of a fault that answers without serving.
     pub(crate) fn answer_instead(&self, path: &str) -> Option<DataAnswer> {
         let error = |status: u16| match api_of(path) {
-            Api::Exact => exact_error(status, "The service is temporarily unavailable."),
+            Api::Exact => exact_error(
+                status,
+                match status {
+                    400 => "Bad request.",
+                    401 => "Unauthorized.",
+                    403 => "Forbidden: the user has no rights for this division.",
+                    404 => "Not found.",
+                    429 => "API rate limit exceeded.",
+                    _ => "The service is temporarily unavailable.",
+                },
+            ),
             Api::Graph => match status {
+                400 => graph_error(status, "BadRequest", "Bad request."),
+                401 => graph_error(status, "InvalidAuthenticationToken", "Access token validation failure."),
+                403 => graph_error(
+                    status,
+                    "Authorization_RequestDenied",
+                    "Insufficient privileges to complete the operation.",
+                ),
+                404 => graph_error(status, "ResourceNotFound", "Resource not found."),
                 429 => graph_error(status, "TooManyRequests", "Too many requests."),
                 _ => graph_error(status, "serviceNotAvailable", "The service is temporarily unavailable."),
             },
@@ -1096,6 +1380,37 @@ const CONTACT_FIELDS: &[&str] = &[
     "emailAddresses",
     "lastModifiedDateTime",
 ];
+const USER_FIELDS: &[&str] = &[
+    "id",
+    "displayName",
+    "givenName",
+    "surname",
+    "jobTitle",
+    "mail",
+    "userPrincipalName",
+    "officeLocation",
+    "mobilePhone",
+    "businessPhones",
+];
+
+/// What Exact answers a `bulk/` or `sync/` request without `$select`.
+const SELECT_MANDATORY: &str = "$select is mandatory for bulk and sync APIs";
+
+/// `$select` on an Exact endpoint; on `bulk/` and `sync/` ones (`mandatory`)
+/// it must be there: Exact answers 400 without it instead of all fields.
+fn exact_select(query: &Query, allowed: &[&'static str], mandatory: bool) -> Result<Vec<&'static str>, DataAnswer> {
+    match query.get("$select") {
+        None if mandatory => Err(exact_error(400, SELECT_MANDATORY)),
+        select => parse_select(select, allowed, true).map_err(|problem| exact_error(400, &problem)),
+    }
+}
+
+/// The division of an Exact URL (`/api/v1/{division}/…`): the error block's
+/// key. `current/Me` has none.
+fn exact_division(path: &str) -> Option<i64> {
+    let (division, _) = path.strip_prefix("/api/v1/")?.split_once('/')?;
+    division.parse().ok()
+}
 
 /// What Exact records carry besides their fields.
 #[derive(Debug)]
@@ -1173,6 +1488,33 @@ fn contact_json(c: &Contact, fields: &[&'static str]) -> Value {
             "surname" => json!(c.surname),
             "emailAddresses" => json!([{"address": c.email, "name": c.display_name}]),
             "lastModifiedDateTime" => json!(rfc3339(c.modified_ms)),
+            _ => continue,
+        };
+        record.insert((*field).to_owned(), value);
+    }
+    Value::Object(record)
+}
+
+/// A user as Graph writes it: `id` always, then the selected properties;
+/// with `changed_after`, only those changed after that point (an update in a
+/// delta round: Graph promises no more than `id` and what changed).
+fn user_json(u: &User, fields: &[&'static str], changed_after: Option<u64>) -> Value {
+    let mut record = Map::new();
+    record.insert("id".to_owned(), json!(u.id));
+    for field in fields {
+        if changed_after.is_some_and(|after| u.changed.get(field).is_none_or(|seq| *seq <= after)) {
+            continue;
+        }
+        let value = match *field {
+            "displayName" => json!(u.display_name),
+            "givenName" => json!(u.given_name),
+            "surname" => json!(u.surname),
+            "jobTitle" => json!(u.job_title),
+            "mail" => json!(u.mail),
+            "userPrincipalName" => json!(u.user_principal_name),
+            "officeLocation" => json!(u.office_location),
+            "mobilePhone" => Value::Null,
+            "businessPhones" => json!([]),
             _ => continue,
         };
         record.insert((*field).to_owned(), value);
@@ -1273,6 +1615,50 @@ impl Simulator {
             .collect()
     }
 
+    /// Adds `count` directory users (`Given1 User1`, …); returns their ids.
+    pub fn seed_users(&self, count: usize) -> Vec<String> {
+        self.data().seed_users(count)
+    }
+
+    pub fn insert_user(&self, given_name: &str, surname: &str) -> String {
+        self.data().insert_user(given_name, surname)
+    }
+
+    /// Sets (or with `None` clears) the job title; `false` for an unknown
+    /// id. The next delta round reports the user with `id` and `jobTitle`
+    /// only (plus whatever else changed since the round's start).
+    pub fn update_user_job_title(&self, id: &str, job_title: Option<&str>) -> bool {
+        self.data()
+            .update_user(id, "jobTitle", |u| u.job_title = job_title.map(str::to_owned))
+    }
+
+    /// Changes the display name; `false` for an unknown id.
+    pub fn update_user_display_name(&self, id: &str, display_name: &str) -> bool {
+        self.data()
+            .update_user(id, "displayName", |u| u.display_name = display_name.to_owned())
+    }
+
+    /// Deletes a user softly, as Entra does first (restorable for 30 days):
+    /// delta reports `@removed` with reason `changed`. `false` for an unknown id.
+    pub fn delete_user(&self, id: &str) -> bool {
+        self.data().delete_user(id)
+    }
+
+    /// Deletes a user for good, live or soft-deleted: delta reports
+    /// `@removed` with reason `deleted`. `false` for an unknown id.
+    pub fn purge_user(&self, id: &str) -> bool {
+        self.data().purge_user(id)
+    }
+
+    /// The live users, in id order, whole, as `/users` returns them.
+    pub fn users(&self) -> Vec<Value> {
+        self.data()
+            .users
+            .values()
+            .map(|u| user_json(u, USER_FIELDS, None))
+            .collect()
+    }
+
     /// Every delta and skip token issued so far answers 410 from now on (a
     /// provider that lost the sync state: the client must start over).
     pub fn expire_delta_tokens(&self) {
@@ -1285,8 +1671,28 @@ impl Simulator {
         self.data().buckets.clear();
     }
 
+    /// Forgets Exact's error counts and lifts every error block.
+    pub fn reset_error_blocks(&self) {
+        self.data().error_keys.clear();
+    }
+
+    /// Whether Exact's error block refuses this division's requests now.
+    pub fn is_blocked(&self, division: i64) -> bool {
+        self.config().data.error_block.is_some()
+            && self
+                .data()
+                .error_keys
+                .get(&division)
+                .is_some_and(|key| key.blocked_until(now_ms()).is_some())
+    }
+
     pub fn inject_data_fault(&self, plan: DataFaultPlan) {
         self.data().faults.push_back(plan);
+    }
+
+    /// Drops every queued data fault, the unused rest of a large `times` included.
+    pub fn clear_data_faults(&self) {
+        self.data().faults.clear();
     }
 
     /// Every data request answered so far, in order.
@@ -1342,6 +1748,39 @@ impl Simulator {
                 }
             }
             DataCommand::Contacts => (200, json!({"contacts": self.contacts()})),
+            DataCommand::SeedUsers { count } => (200, json!({"ids": self.seed_users(count)})),
+            DataCommand::InsertUser { given_name, surname } => {
+                (200, json!({"id": self.insert_user(&given_name, &surname)}))
+            }
+            DataCommand::UpdateUserJobTitle { id, job_title } => {
+                if self.update_user_job_title(&id, job_title.as_deref()) {
+                    (200, json!({"updated": true}))
+                } else {
+                    unknown("user")
+                }
+            }
+            DataCommand::UpdateUserDisplayName { id, display_name } => {
+                if self.update_user_display_name(&id, &display_name) {
+                    (200, json!({"updated": true}))
+                } else {
+                    unknown("user")
+                }
+            }
+            DataCommand::DeleteUser { id } => {
+                if self.delete_user(&id) {
+                    (200, json!({"deleted": true}))
+                } else {
+                    unknown("user")
+                }
+            }
+            DataCommand::PurgeUser { id } => {
+                if self.purge_user(&id) {
+                    (200, json!({"deleted": true}))
+                } else {
+                    unknown("user")
+                }
+            }
+            DataCommand::Users => (200, json!({"users": self.users()})),
             DataCommand::ExpireDeltaTokens => {
                 self.expire_delta_tokens();
                 (200, json!({}))
@@ -1358,25 +1797,81 @@ impl Simulator {
                 self.reconfigure(|c| c.data.project_deleted_entity_type = entity_type);
                 (200, json!({}))
             }
+            DataCommand::SetErrorBlock { error_block } => {
+                self.reconfigure(|c| c.data.error_block = error_block);
+                (200, json!({}))
+            }
+            DataCommand::ResetErrorBlocks => {
+                self.reset_error_blocks();
+                (200, json!({}))
+            }
+            DataCommand::ClearDataFaults => {
+                self.clear_data_faults();
+                (200, json!({}))
+            }
             DataCommand::Division => (200, json!({"division": self.division()})),
             DataCommand::Requests => (200, json!({"requests": self.data_requests_log()})),
         }
     }
 
-    /// Counts a data request and takes the fault queued for it, if any.
-    pub(crate) fn begin_data_request(&self, path_and_query: &str) -> Option<DataFault> {
+    /// Counts a data request and takes the fault queued for it, if any; or,
+    /// while Exact's error block holds the request's division, the answer
+    /// that refuses it (before any fault: the gateway answers first).
+    ///
+    /// Exact documents the block but not how a blocked request is answered;
+    /// the simulator answers 429, the status of Exact's other throttles, in
+    /// Exact's error shape, without `Retry-After` (Exact sends none) and
+    /// without `X-RateLimit-*` headers (neither limit is spent, and nothing
+    /// tells when the block lifts): a client cannot wait it out cheaply, so
+    /// it must not earn it. The refused request counts toward no limit.
+    pub(crate) fn begin_data_request(&self, path: &str, path_and_query: &str) -> Result<Option<DataFault>, DataAnswer> {
+        let rule = self.config().data.error_block;
+        let blocked = {
+            let data = self.data();
+            rule.and(exact_division(path))
+                .and_then(|division| data.error_keys.get(&division))
+                .and_then(|key| key.blocked_until(now_ms()))
+        };
+        if let Some(until) = blocked {
+            let mut state = self.state();
+            state.counters.data_requests += 1;
+            state.counters.data_blocked += 1;
+            return Err(exact_error(
+                429,
+                &format!(
+                    "Too many errors (400, 401, 403, 404): this API key is blocked for this division until {}.",
+                    rfc3339(until)
+                ),
+            ));
+        }
         let fault = self.data().take_fault(path_and_query);
         let mut state = self.state();
         state.counters.data_requests += 1;
         if fault.is_some() {
             state.counters.data_faults += 1;
         }
-        fault
+        Ok(fault)
     }
 
-    /// Counts and logs how a data request was answered.
+    /// Counts and logs how a data request was answered; on Exact, a 400,
+    /// 401, 403 or 404 counts toward its division's error block, whether the
+    /// API or a fault answered it.
     pub(crate) fn finish_data_request(&self, path_and_query: String, answer: &DataAnswer) {
         let status = answer.status;
+        let rule = self.config().data.error_block;
+        let path = path_and_query
+            .split_once('?')
+            .map_or(path_and_query.as_str(), |(p, _)| p);
+        let now = now_ms();
+        let blocks = match (rule, exact_division(path)) {
+            (Some(rule), Some(division)) if matches!(status, 400 | 401 | 403 | 404) => self
+                .data()
+                .error_keys
+                .entry(division)
+                .or_default()
+                .count_error(now, &rule),
+            _ => false,
+        };
         {
             let mut state = self.state();
             let counters = &mut state.counters;
@@ -1392,11 +1887,14 @@ impl Simulator {
                 400..=499 => counters.data_errors += 1,
                 _ => {}
             }
+            if blocks {
+                counters.data_blocks += 1;
+            }
         }
         self.data().log.push(DataRequest {
             path_and_query,
             status,
-            at_ms: now_ms(),
+            at_ms: now,
         });
     }
 
@@ -1457,7 +1955,7 @@ impl Simulator {
             if !json_accepted {
                 return atom_feed(&context.base_url, rest);
             }
-            return match parse_select(query.get("$select"), ME_FIELDS, true) {
+            return match exact_select(query, ME_FIELDS, false) {
                 Ok(fields) => {
                     let value = |field: &str| match field {
                         "CurrentDivision" => json!(config.data.division),
@@ -1476,7 +1974,7 @@ impl Simulator {
                     );
                     DataAnswer::page(json!({"d": {"results": [me]}}))
                 }
-                Err(problem) => exact_error(400, &problem),
+                Err(refused) => refused,
             };
         }
 
@@ -1552,13 +2050,11 @@ impl Simulator {
         }
         let config = self.config();
         let base_url = self.base_url();
-        let fields = match parse_select(query.get("$select"), CONTACT_FIELDS, false) {
-            Ok(fields) => fields,
-            Err(problem) => return graph_error(400, "BadRequest", &problem),
-        };
-        let delta = match rest {
-            "me/contacts" => false,
-            "me/contacts/delta" => true,
+        let (feed, delta) = match rest {
+            "me/contacts" => (Feed::Contacts, false),
+            "me/contacts/delta" => (Feed::Contacts, true),
+            "users" => (Feed::Users, false),
+            "users/delta" => (Feed::Users, true),
             _ => {
                 return graph_error(
                     400,
@@ -1566,6 +2062,14 @@ impl Simulator {
                     &format!("Resource not found for the segment '{rest}'."),
                 );
             }
+        };
+        let allowed = match feed {
+            Feed::Contacts => CONTACT_FIELDS,
+            Feed::Users => USER_FIELDS,
+        };
+        let fields = match parse_select(query.get("$select"), allowed, false) {
+            Ok(fields) => fields,
+            Err(problem) => return graph_error(400, "BadRequest", &problem),
         };
         // `$top` is ignored on delta, as on some of Graph's delta endpoints.
         let top = if delta { None } else { query.get("$top") };
@@ -1579,10 +2083,49 @@ impl Simulator {
             Err(problem) => return graph_error(400, "BadRequest", &problem),
         };
         let data = self.data();
-        let answer = if delta {
-            graph_delta(&data, query, &fields, size, &base_url)
-        } else {
-            graph_list(&data, query, &fields, size, &base_url, &config.user)
+        let page = GraphPage {
+            epoch: data.delta_epoch,
+            query,
+            size,
+            base_url: &base_url,
+        };
+        let answer = match (feed, delta) {
+            (Feed::Contacts, false) => page.list(
+                Feed::Contacts,
+                &data.contacts,
+                "me/contacts",
+                &format!("users('{}')/contacts", config.user),
+                |c| contact_json(c, &fields),
+            ),
+            (Feed::Users, false) => page.list(Feed::Users, &data.users, "users", "users", |u| {
+                user_json(u, &fields, None)
+            }),
+            (Feed::Contacts, true) => page.delta(
+                &DeltaFeed {
+                    feed: Feed::Contacts,
+                    path: "me/contacts/delta",
+                    context: "Collection(contact)",
+                    changes: &data.contact_changes,
+                    seq: data.contact_seq,
+                },
+                // Outlook items come back whole, changed or new.
+                |id, _| data.contacts.get(id).map(|c| contact_json(c, &fields)),
+            ),
+            (Feed::Users, true) => page.delta(
+                &DeltaFeed {
+                    feed: Feed::Users,
+                    path: "users/delta",
+                    context: "users",
+                    changes: &data.user_changes,
+                    seq: data.user_seq,
+                },
+                // Directory objects: new ones whole, known ones as `id` and what changed.
+                |id, base| {
+                    data.users
+                        .get(id)
+                        .map(|u| user_json(u, &fields, (u.created_seq <= base).then_some(base)))
+                },
+            ),
         };
         match applied {
             Some(n) if answer.page => answer.with_headers([("preference-applied", format!("odata.maxpagesize={n}"))]),
@@ -1609,9 +2152,9 @@ fn atom_feed(base_url: &str, path: &str) -> DataAnswer {
 
 /// `project/Projects`: 60 a page in `ID` order, `$skiptoken=guid'<last ID>'`.
 fn exact_projects(data: &DataStore, query: &Query, context: &ExactContext, page_size: usize) -> DataAnswer {
-    let fields = match parse_select(query.get("$select"), PROJECT_FIELDS, true) {
+    let fields = match exact_select(query, PROJECT_FIELDS, false) {
         Ok(fields) => fields,
-        Err(problem) => return exact_error(400, &problem),
+        Err(refused) => return refused,
     };
     if query.get("$filter").is_some() {
         return exact_error(
@@ -1652,9 +2195,9 @@ fn exact_projects(data: &DataStore, query: &Query, context: &ExactContext, page_
 /// `sync/Project/Projects`: ascending `Timestamp`, 1,000 a page, `__next`
 /// with the filter moved to the last `Timestamp` served.
 fn exact_sync_projects(data: &DataStore, query: &Query, context: &ExactContext, page_size: usize) -> DataAnswer {
-    let fields = match parse_select(query.get("$select"), PROJECT_FIELDS, true) {
+    let fields = match exact_select(query, PROJECT_FIELDS, true) {
         Ok(fields) => fields,
-        Err(problem) => return exact_error(400, &problem),
+        Err(refused) => return refused,
     };
     let filter = match query.get("$filter").map(parse_timestamp_filter).transpose() {
         Ok(filter) => filter,
@@ -1681,9 +2224,9 @@ fn exact_sync_projects(data: &DataStore, query: &Query, context: &ExactContext, 
 
 /// `sync/Deleted`: the deletion log in ascending `Timestamp`, optionally of one `EntityType`.
 fn exact_sync_deleted(data: &DataStore, query: &Query, context: &ExactContext, page_size: usize) -> DataAnswer {
-    let fields = match parse_select(query.get("$select"), DELETED_FIELDS, true) {
+    let fields = match exact_select(query, DELETED_FIELDS, true) {
         Ok(fields) => fields,
-        Err(problem) => return exact_error(400, &problem),
+        Err(refused) => return refused,
     };
     let filter = match query.get("$filter").map(parse_timestamp_filter).transpose() {
         Ok(filter) => filter,
@@ -1721,98 +2264,127 @@ fn graph_token_error(problem: TokenProblem) -> DataAnswer {
     }
 }
 
-/// `/me/contacts`: `value` in id order, `@odata.nextLink` with an opaque `$skiptoken`.
-fn graph_list(
-    data: &DataStore,
-    query: &Query,
-    fields: &[&'static str],
+/// One Graph request's paging: the token epoch, the query to carry over, the page size.
+struct GraphPage<'a> {
+    epoch: u64,
+    query: &'a Query,
     size: usize,
-    base_url: &str,
-    user: &str,
-) -> DataAnswer {
-    let after = match query.get("$skiptoken").map(|t| GraphToken::decode(t, data.delta_epoch)) {
-        None => None,
-        Some(Ok(GraphToken::List { after })) => Some(after),
-        Some(Ok(_)) => return graph_token_error(TokenProblem::Garbled),
-        Some(Err(problem)) => return graph_token_error(problem),
-    };
-    let (page, more) = page_after(&data.contacts, after.as_ref(), size, |_, _| true);
-    let value: Vec<Value> = page.iter().map(|(_, c)| contact_json(c, fields)).collect();
-    let mut body = json!({
-        "@odata.context": format!("{base_url}/v1.0/$metadata#users('{user}')/contacts"),
-        "value": value,
-    });
-    if let (true, Some((last, _))) = (more, page.last()) {
-        let token = GraphToken::List { after: (*last).clone() }.encode(data.delta_epoch);
-        let next = query_with(&query.0, &[("$skiptoken", &token)], &[]);
-        body["@odata.nextLink"] = json!(format!("{base_url}/v1.0/me/contacts?{next}"));
-    }
-    DataAnswer::page(body)
+    base_url: &'a str,
 }
 
-/// `/me/contacts/delta`: a round of pages linked by `@odata.nextLink`, the
-/// last one with `@odata.deltaLink` (never both); the deltaLink answers what
-/// changed since, removals as `@removed`.
-fn graph_delta(data: &DataStore, query: &Query, fields: &[&'static str], size: usize, base_url: &str) -> DataAnswer {
-    let link = |token: GraphToken| {
-        let (set, drop) = match token {
-            GraphToken::Delta { .. } => ("$deltatoken", "$skiptoken"),
-            _ => ("$skiptoken", "$deltatoken"),
-        };
-        let encoded = token.encode(data.delta_epoch);
-        let next = query_with(&query.0, &[(set, &encoded)], &[drop]);
-        format!("{base_url}/v1.0/me/contacts/delta?{next}")
-    };
-    let context = format!("{base_url}/v1.0/$metadata#Collection(contact)");
-    let decode = |t: &str| GraphToken::decode(t, data.delta_epoch);
-    let (after, floor) = match (query.get("$skiptoken"), query.get("$deltatoken")) {
-        (Some(_), Some(_)) => {
-            return graph_error(400, "BadRequest", "Give either $skiptoken or $deltatoken, not both.");
-        }
-        // The first round: everything live; deletions before it are not news.
-        (None, None) => (0, data.contact_seq),
-        (None, Some("latest")) => {
-            let body = json!({
-                "@odata.context": context,
-                "value": [],
-                "@odata.deltaLink": link(GraphToken::Delta { after: data.contact_seq }),
-            });
-            return DataAnswer::page(body);
-        }
-        (Some(token), None) => match decode(token) {
-            Ok(GraphToken::Next { after, floor }) => (after, floor),
-            Ok(_) => return graph_token_error(TokenProblem::Garbled),
-            Err(problem) => return graph_token_error(problem),
-        },
-        (None, Some(token)) => match decode(token) {
-            Ok(GraphToken::Delta { after }) => (after, after),
-            Ok(_) => return graph_token_error(TokenProblem::Garbled),
-            Err(problem) => return graph_token_error(problem),
-        },
-    };
-    let (page, more) = page_after(&data.contact_changes, Some(&after), size, |seq, change| {
-        matches!(change, Change::Live(_)) || *seq > floor
-    });
-    let value: Vec<Value> = page
-        .iter()
-        .filter_map(|(_, change)| match change {
-            Change::Live(id) => data.contacts.get(id).map(|c| contact_json(c, fields)),
-            Change::Removed(id) => Some(json!({"id": id, "@removed": {"reason": "deleted"}})),
-        })
-        .collect();
-    let mut body = json!({"@odata.context": context, "value": value});
-    match (more, page.last()) {
-        (true, Some((last, _))) => {
-            body["@odata.nextLink"] = json!(link(GraphToken::Next { after: **last, floor }));
-        }
-        // Everything after `after` was served: the next round starts from now.
-        _ => {
-            body["@odata.deltaLink"] = json!(link(GraphToken::Delta {
-                after: data.contact_seq
-            }))
-        }
+/// A delta feed: its changes, latest per item, by sequence.
+struct DeltaFeed<'a> {
+    feed: Feed,
+    /// Under `/v1.0/`.
+    path: &'static str,
+    /// After `$metadata#`.
+    context: &'static str,
+    changes: &'a BTreeMap<u64, Change>,
+    /// The latest sequence given out.
+    seq: u64,
+}
+
+impl GraphPage<'_> {
+    fn decode(&self, token: &str, feed: Feed) -> Result<GraphToken, TokenProblem> {
+        GraphToken::decode(token, self.epoch, feed)
     }
-    DataAnswer::page(body)
+
+    /// A list (`/me/contacts`, `/users`): `value` in id order, `@odata.nextLink`
+    /// with an opaque `$skiptoken`.
+    fn list<V>(
+        &self,
+        feed: Feed,
+        items: &BTreeMap<String, V>,
+        path: &str,
+        context: &str,
+        json: impl Fn(&V) -> Value,
+    ) -> DataAnswer {
+        let after = match self.query.get("$skiptoken").map(|t| self.decode(t, feed)) {
+            None => None,
+            Some(Ok(GraphToken::List { after })) => Some(after),
+            Some(Ok(_)) => return graph_token_error(TokenProblem::Garbled),
+            Some(Err(problem)) => return graph_token_error(problem),
+        };
+        let (page, more) = page_after(items, after.as_ref(), self.size, |_, _| true);
+        let value: Vec<Value> = page.iter().map(|(_, item)| json(item)).collect();
+        let mut body = json!({
+            "@odata.context": format!("{}/v1.0/$metadata#{context}", self.base_url),
+            "value": value,
+        });
+        if let (true, Some((last, _))) = (more, page.last()) {
+            let token = GraphToken::List { after: (*last).clone() }.encode(self.epoch, feed);
+            let next = query_with(&self.query.0, &[("$skiptoken", &token)], &[]);
+            body["@odata.nextLink"] = json!(format!("{}/v1.0/{path}?{next}", self.base_url));
+        }
+        DataAnswer::page(body)
+    }
+
+    /// A delta round: pages linked by `@odata.nextLink`, the last one with
+    /// `@odata.deltaLink` (never both); the deltaLink answers what changed
+    /// since, removals as `@removed`. `live(id, base)` is the item of a live
+    /// change in a round based at `base`.
+    fn delta(&self, feed: &DeltaFeed<'_>, live: impl Fn(&str, u64) -> Option<Value>) -> DataAnswer {
+        let link = |token: GraphToken| {
+            let (set, drop) = match token {
+                GraphToken::Delta { .. } => ("$deltatoken", "$skiptoken"),
+                _ => ("$skiptoken", "$deltatoken"),
+            };
+            let encoded = token.encode(self.epoch, feed.feed);
+            let next = query_with(&self.query.0, &[(set, &encoded)], &[drop]);
+            format!("{}/v1.0/{}?{next}", self.base_url, feed.path)
+        };
+        let context = format!("{}/v1.0/$metadata#{}", self.base_url, feed.context);
+        let (after, floor, base) = match (self.query.get("$skiptoken"), self.query.get("$deltatoken")) {
+            (Some(_), Some(_)) => {
+                return graph_error(400, "BadRequest", "Give either $skiptoken or $deltatoken, not both.");
+            }
+            // The first round: everything live, all of it new to the client;
+            // deletions before it are not news.
+            (None, None) => (0, feed.seq, 0),
+            (None, Some("latest")) => {
+                let body = json!({
+                    "@odata.context": context,
+                    "value": [],
+                    "@odata.deltaLink": link(GraphToken::Delta { after: feed.seq }),
+                });
+                return DataAnswer::page(body);
+            }
+            (Some(token), None) => match self.decode(token, feed.feed) {
+                Ok(GraphToken::Next { after, floor, base }) => (after, floor, base),
+                Ok(_) => return graph_token_error(TokenProblem::Garbled),
+                Err(problem) => return graph_token_error(problem),
+            },
+            (None, Some(token)) => match self.decode(token, feed.feed) {
+                Ok(GraphToken::Delta { after }) => (after, after, after),
+                Ok(_) => return graph_token_error(TokenProblem::Garbled),
+                Err(problem) => return graph_token_error(problem),
+            },
+        };
+        let (page, more) = page_after(feed.changes, Some(&after), self.size, |seq, change| {
+            matches!(change, Change::Live(_)) || *seq > floor
+        });
+        let value: Vec<Value> = page
+            .iter()
+            .filter_map(|(_, change)| match change {
+                Change::Live(id) => live(id, base),
+                Change::Removed(id) => Some(json!({"id": id, "@removed": {"reason": "deleted"}})),
+                Change::SoftDeleted(id) => Some(json!({"id": id, "@removed": {"reason": "changed"}})),
+            })
+            .collect();
+        let mut body = json!({"@odata.context": context, "value": value});
+        match (more, page.last()) {
+            (true, Some((last, _))) => {
+                body["@odata.nextLink"] = json!(link(GraphToken::Next {
+                    after: **last,
+                    floor,
+                    base
+                }));
+            }
+            // Everything after `after` was served: the next round starts from now.
+            _ => body["@odata.deltaLink"] = json!(link(GraphToken::Delta { after: feed.seq })),
+        }
+        DataAnswer::page(body)
+    }
 }
 
 #[cfg(test)]
@@ -1960,28 +2532,145 @@ mod tests {
             GraphToken::List {
                 after: "AAMkADx-_y==".to_owned(),
             },
-            GraphToken::Next { after: 5, floor: 3 },
+            GraphToken::Next {
+                after: 5,
+                floor: 3,
+                base: 2,
+            },
             GraphToken::Delta { after: 42 },
         ] {
-            let encoded = token.encode(7);
+            let encoded = token.encode(7, Feed::Contacts);
             assert!(
                 encoded
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
                 "{encoded}"
             );
-            assert_eq!(GraphToken::decode(&encoded, 7), Ok(token.clone()));
+            assert_eq!(GraphToken::decode(&encoded, 7, Feed::Contacts), Ok(token.clone()));
+            assert_eq!(
+                GraphToken::decode(&encoded, 7, Feed::Users),
+                Err(TokenProblem::Garbled),
+                "a contacts token means nothing to /users"
+            );
             let mut garbled = encoded.into_bytes();
             garbled[3] = if garbled[3] == b'A' { b'B' } else { b'A' };
             let garbled = String::from_utf8(garbled).expect("ascii");
-            assert_eq!(GraphToken::decode(&garbled, 7), Err(TokenProblem::Garbled));
+            assert_eq!(
+                GraphToken::decode(&garbled, 7, Feed::Contacts),
+                Err(TokenProblem::Garbled)
+            );
         }
+        let next = GraphToken::Next {
+            after: 1,
+            floor: 1,
+            base: 1,
+        };
         assert_eq!(
-            GraphToken::decode(&GraphToken::Delta { after: 42 }.encode(7), 8),
+            GraphToken::decode(&next.encode(7, Feed::Users), 8, Feed::Users),
+            Err(TokenProblem::Stale),
+            "a next link of a round in progress expires too"
+        );
+        assert_eq!(
+            GraphToken::decode(&GraphToken::Delta { after: 42 }.encode(7, Feed::Users), 8, Feed::Users),
             Err(TokenProblem::Stale)
         );
-        assert_eq!(GraphToken::decode("not a token", 7), Err(TokenProblem::Garbled));
-        assert_eq!(GraphToken::decode("", 7), Err(TokenProblem::Garbled));
+        assert_eq!(
+            GraphToken::decode("not a token", 7, Feed::Users),
+            Err(TokenProblem::Garbled)
+        );
+        assert_eq!(GraphToken::decode("", 7, Feed::Users), Err(TokenProblem::Garbled));
+    }
+
+    #[test]
+    fn the_error_block_counts_a_rolling_window_and_lifts_after_the_block() {
+        let rule = ErrorBlock {
+            errors: 3,
+            window: Duration::from_secs(60),
+            block: Duration::from_secs(600),
+        };
+        let t0 = 1_700_000_000_000;
+        let mut key = ErrorKey::default();
+        for at in [0, 30_000, 31_000] {
+            assert!(!key.count_error(t0 + at, &rule), "{at}: within the allowance");
+        }
+        // The first error leaves the window: the fourth is only the third in it.
+        assert!(!key.count_error(t0 + 60_000, &rule));
+        assert_eq!(key.blocked_until(t0 + 60_000), None);
+        // A fixed window [t0, t0 + 60 s) would count this one afresh; a rolling one does not.
+        assert!(key.count_error(t0 + 61_000, &rule), "four within 60 s");
+        assert_eq!(key.blocked_until(t0 + 61_000), Some(t0 + 661_000));
+        assert_eq!(key.blocked_until(t0 + 660_999), Some(t0 + 661_000));
+        assert!(!key.count_error(t0 + 100_000, &rule), "no counting while blocked");
+        assert_eq!(key.blocked_until(t0 + 661_000), None, "lifted");
+        // After the block the count starts afresh.
+        for i in 0..3 {
+            assert!(!key.count_error(t0 + 700_000 + i, &rule));
+        }
+        assert!(key.count_error(t0 + 700_003, &rule));
+
+        let exact = ErrorBlock::default();
+        assert_eq!(
+            (exact.errors, exact.window, exact.block),
+            (10, Duration::from_secs(3600), Duration::from_secs(3600))
+        );
+        assert_eq!(exact_division("/api/v1/3155812/sync/Deleted"), Some(3_155_812));
+        assert_eq!(exact_division("/api/v1/current/Me"), None);
+        assert_eq!(exact_division("/v1.0/users/delta"), None);
+    }
+
+    #[test]
+    fn users_remember_which_properties_changed_and_deletions_are_soft_first() {
+        let mut store = DataStore::new();
+        let ids = store.seed_users(3);
+        assert!(store.update_user(&ids[0], "jobTitle", |u| u.job_title = Some("CFO".to_owned())));
+        let seq_after_job = store.user_seq;
+        assert!(store.update_user(&ids[0], "displayName", |u| u.display_name = "Renamed".to_owned()));
+        assert!(!store.update_user("unknown", "jobTitle", |_| {}));
+        let user = &store.users[&ids[0]];
+        let fields = USER_FIELDS;
+        // New to the round: whole.
+        let whole = user_json(user, fields, None);
+        assert_eq!(whole["mail"], "given1.user1@contoso.example");
+        assert_eq!(whole["jobTitle"], "CFO");
+        // Known since seq 3: both changes; since the job title: only the name.
+        let since_seed = user_json(user, fields, Some(3));
+        assert_eq!(
+            since_seed,
+            json!({"id": ids[0], "jobTitle": "CFO", "displayName": "Renamed"})
+        );
+        let since_job = user_json(user, fields, Some(seq_after_job));
+        assert_eq!(since_job, json!({"id": ids[0], "displayName": "Renamed"}));
+        let unselected = user_json(user, &["mail"], Some(3));
+        assert_eq!(
+            unselected,
+            json!({"id": ids[0]}),
+            "only id when nothing selected changed"
+        );
+
+        assert!(store.delete_user(&ids[1]));
+        assert!(!store.delete_user(&ids[1]), "already gone");
+        assert!(!store.update_user(&ids[1], "jobTitle", |_| {}));
+        assert!(store.purge_user(&ids[1]), "a soft-deleted user can be purged");
+        assert!(store.purge_user(&ids[2]), "so can a live one");
+        assert!(!store.purge_user(&ids[2]));
+        let changes: Vec<String> = store
+            .user_changes
+            .values()
+            .map(|change| match change {
+                Change::Live(id) => format!("live {id}"),
+                Change::Removed(id) => format!("deleted {id}"),
+                Change::SoftDeleted(id) => format!("changed {id}"),
+            })
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                format!("live {}", ids[0]),
+                format!("deleted {}", ids[1]),
+                format!("deleted {}", ids[2])
+            ]
+        );
+        assert!(store.deleted_users.is_empty());
     }
 
     #[test]
@@ -2017,6 +2706,36 @@ mod tests {
     #[test]
     fn select_skiptoken_and_dates() {
         assert_eq!(parse_select(None, PROJECT_FIELDS, true), Ok(PROJECT_FIELDS.to_vec()));
+        let refused = |answer: Result<Vec<&str>, DataAnswer>| match answer {
+            Err(DataAnswer {
+                status: 400,
+                body: DataBody::Json(body),
+                ..
+            }) => body,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(exact_select(&Query::parse(""), PROJECT_FIELDS, true)),
+            json!({"error": {"code": "", "message": {"lang": "", "value": "$select is mandatory for bulk and sync APIs"}}})
+        );
+        assert_eq!(
+            refused(exact_select(
+                &Query::parse("$filter=Timestamp%20gt%201"),
+                DELETED_FIELDS,
+                true
+            ))["error"]["message"]["value"],
+            SELECT_MANDATORY
+        );
+        assert!(exact_select(&Query::parse("$select="), PROJECT_FIELDS, true).is_err());
+        assert_eq!(
+            exact_select(&Query::parse("$select=ID"), PROJECT_FIELDS, true).ok(),
+            Some(vec!["ID"])
+        );
+        assert_eq!(
+            exact_select(&Query::parse(""), PROJECT_FIELDS, false).ok(),
+            Some(PROJECT_FIELDS.to_vec()),
+            "the normal endpoints return all fields without $select"
+        );
         assert_eq!(
             parse_select(Some("Code, ID,Code"), PROJECT_FIELDS, true),
             Ok(vec!["Code", "ID"])
@@ -2080,7 +2799,7 @@ mod tests {
             .iter()
             .map(|(seq, change)| match change {
                 Change::Live(id) => (*seq, format!("live {id}")),
-                Change::Removed(id) => (*seq, format!("removed {id}")),
+                Change::Removed(id) | Change::SoftDeleted(id) => (*seq, format!("removed {id}")),
             })
             .collect();
         assert_eq!(
@@ -2132,8 +2851,10 @@ mod tests {
         let bearer = format!("Bearer {token}");
         let division = sim.division();
         let path = format!("/api/v1/{division}/sync/Project/Projects");
-        let answer = sim.serve_data(&call(&path, "", Some(&bearer)));
+        let answer = sim.serve_data(&call(&path, "$select=ID", Some(&bearer)));
         assert_eq!(answer.status, 200);
+        let answer = sim.serve_data(&call(&path, "", Some(&bearer)));
+        assert_eq!(answer.status, 400, "no $select on a sync endpoint");
         let header =
             |answer: &DataAnswer, name: &str| answer.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
 
@@ -2145,7 +2866,7 @@ mod tests {
         );
         assert_eq!(
             header(&answer, "x-ratelimit-minutely-remaining").as_deref(),
-            Some("59"),
+            Some("58"),
             "a 401 reports the limits without counting"
         );
         let DataBody::Json(body) = &answer.body else {

@@ -32,15 +32,23 @@
 //!   `$skiptoken=guid'…'`); `GET /api/v1/{division}/sync/Project/Projects`
 //!   (1,000 a page by `Timestamp`, a string row version,
 //!   `$filter=Timestamp gt nL`); `GET /api/v1/{division}/sync/Deleted` (the
-//!   deletion log; projects only when configured). `$select` everywhere.
+//!   deletion log; projects only when configured). `$select` everywhere,
+//!   mandatory on `bulk/` and `sync/` (400 without it).
 //!   Per-division minutely and daily limits with Exact's `X-RateLimit-*`
 //!   headers (resets in epoch ms) and 429s without `Retry-After`; another
-//!   division answers 403.
-//! - Microsoft Graph style: `GET /v1.0/me/contacts` (`value`,
-//!   `@odata.nextLink`, page size from `Prefer: odata.maxpagesize` or `$top`)
-//!   and `GET /v1.0/me/contacts/delta` (rounds ending in `@odata.deltaLink`,
-//!   removals as `@removed`, `$deltatoken=latest`, 410 for expired tokens).
-//! - Data faults (5xx, 429 with `Retry-After`, slow, truncated and HTML
+//!   division answers 403. The error block: more than 10 answers of 400,
+//!   401, 403 or 404 for a division within an hour refuse all of its
+//!   requests (429) for an hour (`ErrorBlock`, configurable).
+//! - Microsoft Graph style: `GET /v1.0/me/contacts` and `GET /v1.0/users`
+//!   (`value`, `@odata.nextLink`, page size from `Prefer:
+//!   odata.maxpagesize` or `$top`) and `GET /v1.0/me/contacts/delta` and
+//!   `GET /v1.0/users/delta` (rounds ending in `@odata.deltaLink`, removals
+//!   as `@removed`, `$deltatoken=latest`, 410 for expired tokens, next links
+//!   included). Contacts come back whole; a user updated since the round's
+//!   start comes back as `id` and the changed properties only, as Graph
+//!   documents for directory objects; a deleted user is soft-deleted
+//!   (`@removed` reason `changed`) until purged (`deleted`).
+//! - Data faults (4xx, 5xx, 429 with `Retry-After`, slow, truncated and HTML
 //!   pages), also at `POST /_sim/data-faults`; changes to the data over HTTP
 //!   at `POST /_sim/data`; data counters and a request log.
 
@@ -56,7 +64,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use shared::config::{ClientAuth, PresetName};
 
-pub use data::{DataCommand, DataConfig, DataFault, DataFaultPlan, DataRequest, RateLimits};
+pub use data::{DataCommand, DataConfig, DataFault, DataFaultPlan, DataRequest, ErrorBlock, RateLimits};
 pub use discovery::{DiscoveryDoc, DiscoveryFault};
 pub use server::SimulatorHandle;
 
@@ -203,9 +211,15 @@ pub struct Counters {
     pub data_429s: u64,
     /// 401 answers of the data APIs (also counted in `data_errors`).
     pub data_401s: u64,
-    /// 4xx answers other than 429: what Exact counts against the key's error
-    /// budget (10 an hour block it). Counted, never enforced.
+    /// 4xx answers other than 429, on either API. Exact's error block counts
+    /// the 400, 401, 403 and 404 among them per division (`ErrorBlock`).
     pub data_errors: u64,
+    /// Times Exact's error block was imposed on a division (too many errors
+    /// within the window). A well-behaved client keeps this at 0.
+    pub data_blocks: u64,
+    /// Requests refused (429) because their division was blocked; also
+    /// counted in `data_429s`.
+    pub data_blocked: u64,
     /// Data faults injected.
     pub data_faults: u64,
     /// Requests for the discovery document.

@@ -185,13 +185,13 @@ async fn faults(State(sim): State<Arc<Simulator>>, Json(plans): Json<Vec<FaultPl
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// A data-API request: a queued fault may answer instead, slow it down or
-/// spoil its body; then it is counted and logged.
+/// A data-API request: Exact's error block may refuse it, a queued fault may
+/// answer instead, slow it down or spoil its body; then it is counted and logged.
 async fn data(State(sim): State<Arc<Simulator>>, uri: Uri, headers: HeaderMap) -> Response {
     let path_and_query = uri
         .path_and_query()
         .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
-    let fault = sim.begin_data_request(&path_and_query);
+    let begun = sim.begin_data_request(uri.path(), &path_and_query);
     let header = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let call = DataCall {
         path: uri.path(),
@@ -199,6 +199,13 @@ async fn data(State(sim): State<Arc<Simulator>>, uri: Uri, headers: HeaderMap) -
         authorization: header(header::AUTHORIZATION),
         accept: header(header::ACCEPT),
         prefer: header(HeaderName::from_static("prefer")),
+    };
+    let fault = match begun {
+        Ok(fault) => fault,
+        Err(blocked) => {
+            sim.finish_data_request(path_and_query, &blocked);
+            return data_response(blocked);
+        }
     };
     let answer = match fault.as_ref().and_then(|f| f.answer_instead(call.path)) {
         Some(instead) => instead,
