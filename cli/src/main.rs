@@ -508,6 +508,15 @@ async fn sync_run(config_file: PathBuf, id: &str, sync: &str, timeout: &str, as_
         RefreshSettings::default(),
     )
     .await?;
+    // Running a parked job takes it back into the schedule: say so.
+    if let Some(job) = jobs.get(&job_id(&id, sync)).await?
+        && let Some(reason) = &job.parked_reason
+    {
+        eprintln!(
+            "{}: was parked ({reason}); this run takes it back into the schedule",
+            job.id
+        );
+    }
     let engine = SyncEngine::new(config, Arc::new(tokens), jobs, records, settings)?;
     let started = Instant::now();
     let report = engine.run_now(&id, sync, started + timeout, &output::progress).await?;

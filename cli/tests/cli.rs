@@ -567,6 +567,27 @@ async fn operators_run_a_sync_and_see_its_state_and_records() {
         "the newest run: {stdout}"
     );
 
+    // Access refused (403): the job is parked with the reason, not retried
+    // on a schedule; a later `sync run` says it takes the job back.
+    fx.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Status { status: 403 },
+        times: 1,
+        path_contains: Some("/project/Projects".to_owned()),
+    });
+    let (ok, stdout, stderr) = run(&["sync", "run", "acme-exact", "all_projects"]);
+    assert!(!ok && stderr.contains("the run was parked"), "{stderr}");
+    assert!(stdout.contains("parked: ") && stdout.contains("HTTP 403"), "{stdout}");
+    let (ok, stdout, _) = run(&["sync", "status", "acme-exact"]);
+    assert!(ok);
+    let all = line_of(&stdout, "acme-exact#all_projects ");
+    assert!(all.contains("parked: ") && all.contains("HTTP 403"), "{all}");
+    let (ok, stdout, stderr) = run(&["sync", "run", "acme-exact", "all_projects"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("acme-exact#all_projects: was parked (") && stderr.contains("takes it back into the schedule"),
+        "{stderr}"
+    );
+
     // Mistakes create no job.
     let (ok, _, stderr) = run(&["sync", "run", "acme-exact", "nope"]);
     assert!(!ok && stderr.contains("unknown sync `nope`"), "{stderr}");

@@ -88,9 +88,101 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+/// Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`, the inverse of [`civil_from_days`]).
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// An RFC 3339 / ISO 8601 date-time with a `Z` or `±hh:mm` offset and any
+/// fraction of a second, as nanoseconds since 1970-01-01 UTC; `None` for
+/// anything else (a date without time, no offset, out-of-range fields).
+/// `2026-01-02T01:00:00+01:00` and `2026-01-02T00:00:00.000Z` are the same instant.
+pub fn parse_rfc3339(text: &str) -> Option<i128> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        (!part.is_empty() && part.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = 19;
+    let mut nanos: i128 = 0;
+    if b.get(rest) == Some(&b'.') {
+        let start = rest + 1;
+        let end = start + b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if end == start {
+            return None;
+        }
+        for (i, c) in b[start..end].iter().take(9).enumerate() {
+            nanos += i128::from(c - b'0') * 10i128.pow(8 - u32::try_from(i).ok()?);
+        }
+        rest = end;
+    }
+    let offset_secs = match &text[rest..] {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6 && matches!(tz.as_bytes()[0], b'+' | b'-') && tz.as_bytes()[3] == b':' => {
+            let (h, m) = (digits(rest + 1..rest + 3)?, digits(rest + 4..rest + 6)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = h * 3600 + m * 60;
+            if tz.starts_with('-') { -secs } else { secs }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    Some(i128::from(secs) * 1_000_000_000 + nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_times_become_instants() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339("2026-01-02T01:00:00+01:00"),
+            parse_rfc3339("2026-01-02T00:00:00.000Z")
+        );
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.5Z"), Some(500_000_000));
+        assert_eq!(parse_rfc3339("1969-12-31T23:00:00-01:00"), Some(0));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400 * 1_000_000_000));
+        for bad in [
+            "2026-01-02",
+            "2026-01-02T00:00:00",
+            "2026-13-02T00:00:00Z",
+            "x026-01-02T00:00:00Z",
+            "2026-01-02T00:00:00.Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        for days in [-800_000, -1, 0, 1, 20_000, 2_000_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
 
     #[test]
     fn dates_match_the_calendar() {

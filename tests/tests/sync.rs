@@ -1179,3 +1179,44 @@ async fn a_login_during_a_run_that_parks_leaves_the_job_scheduled() {
     );
     assert_eq!(job(&fx, &conn, "projects").await.next_run_at, None);
 }
+
+#[tokio::test]
+async fn graph_user_updates_that_carry_only_what_changed_are_merged_into_the_whole_record() {
+    let mut sim = SimConfig::for_preset(PresetName::Microsoft);
+    sim.data.rate_limit = None;
+    let syncs = "[syncs.users]\nprovider = \"sim\"\nendpoint = \"/users/delta\"\nmode = \"delta\"\n";
+    let fx = fixture(sim, syncs, "sync-users-delta").await;
+    let ids = fx.sim().seed_users(60);
+    let conn = fx.connect("acme-users").await;
+    let first = fx.run(&conn, "users").await;
+    assert_eq!(
+        (first.end.clone(), first.counts.inserted),
+        (RunEnd::Finished, 60),
+        "{first:?}"
+    );
+
+    for id in &ids[..20] {
+        assert!(fx.sim().update_user_job_title(id, Some("Engineer")));
+    }
+    let second = fx.run(&conn, "users").await;
+    assert_eq!(second.end, RunEnd::Finished, "{second:?}");
+    assert_eq!(second.counts.updated, 20, "{second:?}");
+    // Every stored record is the whole user, as the provider has it now.
+    let upstream: BTreeMap<String, serde_json::Value> = fx
+        .sim()
+        .users()
+        .into_iter()
+        .map(|u| (u["id"].as_str().unwrap_or_default().to_owned(), u))
+        .collect();
+    let stored = fx.records(&conn, "users").await;
+    assert_eq!(stored.len(), 60);
+    for record in &stored {
+        let want = &upstream[&record.id];
+        for (field, value) in want.as_object().into_iter().flatten() {
+            assert_eq!(record.data.get(field), Some(value), "{}: `{field}`", record.id);
+        }
+    }
+    // A rerun of the same round changes nothing.
+    let third = fx.run(&conn, "users").await;
+    assert_eq!((third.counts.updated, third.counts.inserted), (0, 0), "{third:?}");
+}

@@ -172,6 +172,19 @@ pub(crate) fn resolve(
     }
     let mode = entry.mode.unwrap_or(SyncMode::Full);
     let incremental = match mode {
+        SyncMode::Incremental if matches!(pagination, Pagination::Offset { .. } | Pagination::PageNumber { .. }) => {
+            // Rows ordered by a cursor that changes shift under a position:
+            // a record updated during the pass moves to the end and the one
+            // after it slides into a page already read, skipped for good
+            // once the cursor passes it.
+            return Err((
+                "mode",
+                "`incremental` cannot page by offset or page number: a record changed during a pass shifts the \
+                 rows after it, and one would be skipped; use `full` (with deletion detection) or a provider \
+                 link or cursor style"
+                    .to_owned(),
+            ));
+        }
         SyncMode::Incremental => {
             if entry.cursor_field.as_deref().is_none_or(str::is_empty) {
                 return Err(("cursor_field", "an incremental sync needs `cursor_field`".to_owned()));

@@ -479,6 +479,11 @@ fn every_sync_mistake_is_named_with_its_line_and_field() {
             "empty field list",
         ),
         (
+            "provider = \"exact\"\nendpoint = \"/x\"\nmode = \"incremental\"\ncursor_field = \"T\"\npagination = { style = \"page_number\", param = \"page\" }\n",
+            "syncs.s.mode",
+            "cannot page by offset or page number",
+        ),
+        (
             "provider = \"crm\"\nendpoint = \"/items\"\n",
             "syncs.s.primary_key",
             "primary key",
