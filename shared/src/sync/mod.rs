@@ -57,11 +57,16 @@ pub fn scalar_text(value: &Value) -> Option<String> {
 }
 
 /// Compares two cursor values as the provider means them: integers when both
-/// are integers (Exact's int64 `Timestamp` arrives as a string, "1234"), text
-/// otherwise (ISO 8601 times compare as text).
+/// are integers (Exact's int64 `Timestamp` arrives as a string, "1234"),
+/// instants when both are RFC 3339 times (with offsets and fractions:
+/// `…T01:00:00+01:00` is `…T00:00:00Z`, and `…:00.5Z` is after `…:00Z`,
+/// which text comparison gets wrong), text otherwise.
 pub fn compare_cursors(a: &str, b: &str) -> Ordering {
-    match (a.parse::<i128>(), b.parse::<i128>()) {
-        (Ok(a), Ok(b)) => a.cmp(&b),
+    if let (Ok(a), Ok(b)) = (a.parse::<i128>(), b.parse::<i128>()) {
+        return a.cmp(&b);
+    }
+    match (crate::when::parse_rfc3339(a), crate::when::parse_rfc3339(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
         _ => a.cmp(b),
     }
 }
@@ -148,5 +153,20 @@ mod tests {
             Ordering::Less
         );
         assert_eq!(compare_cursors("5", "5"), Ordering::Equal);
+        // Times with offsets and fractions compare as instants, not as text.
+        assert_eq!(
+            compare_cursors("2026-01-02T00:30:00+01:00", "2026-01-01T23:45:00Z"),
+            Ordering::Less,
+            "23:30 UTC is before 23:45 UTC, though the text sorts after"
+        );
+        assert_eq!(
+            compare_cursors("2026-01-02T00:00:00Z", "2026-01-02T00:00:00.5Z"),
+            Ordering::Less,
+            "text puts `Z` after `.`"
+        );
+        assert_eq!(
+            compare_cursors("2026-01-02T01:00:00+01:00", "2026-01-02T00:00:00Z"),
+            Ordering::Equal
+        );
     }
 }
