@@ -142,6 +142,11 @@ enum SyncCommand {
         /// How long the run may go on before it saves its place and yields: 90s, 15m, 2h.
         #[arg(long, default_value = "15m")]
         timeout: String,
+        /// How long the run's lease lasts between renewals (every third of it).
+        /// A run paused longer (a laptop asleep) loses the job to the next run
+        /// and writes nothing more when it wakes.
+        #[arg(long, default_value = "60s")]
+        lease: String,
     },
     /// Schedule a sync for every active connection of its provider.
     ///
@@ -257,8 +262,14 @@ async fn main() -> ExitCode {
             connect_link(config_path(cli.config), request, cli.json).await
         }
         Command::Sync {
-            command: SyncCommand::Run { id, sync, timeout },
-        } => sync_run(config_path(cli.config), &id, &sync, &timeout, cli.json).await,
+            command:
+                SyncCommand::Run {
+                    id,
+                    sync,
+                    timeout,
+                    lease,
+                },
+        } => sync_run(config_path(cli.config), &id, &sync, &timeout, &lease, cli.json).await,
         Command::Sync {
             command: SyncCommand::Status { id },
         } => sync_status(config_path(cli.config), id, cli.json).await,
@@ -473,8 +484,25 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(seconds))
 }
 
-async fn sync_run(config_file: PathBuf, id: &str, sync: &str, timeout: &str, as_json: bool) -> anyhow::Result<()> {
-    let settings = SyncSettings::default();
+async fn sync_run(
+    config_file: PathBuf,
+    id: &str,
+    sync: &str,
+    timeout: &str,
+    lease: &str,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let lease = parse_duration(lease).context("--lease")?;
+    let settings = SyncSettings {
+        renewed_lease: Some(lease),
+        ..SyncSettings::default()
+    };
+    anyhow::ensure!(
+        lease > settings.commit_margin * 2,
+        "--lease: more than {}s (no write starts in its last {}s)",
+        (settings.commit_margin * 2).as_secs(),
+        settings.commit_margin.as_secs()
+    );
     let timeout = parse_duration(timeout).context("--timeout")?;
     let least = settings.page_timeout + settings.commit_margin + Duration::from_secs(5);
     anyhow::ensure!(

@@ -634,3 +634,136 @@ fn config_check_refuses_an_empty_file_and_quotes_only_a_prefix_of_bad_input() {
     assert!(stderr.contains("providers.g.pkce") && stderr.contains('…'), "{stderr}");
     assert!(stderr.len() < 1_000, "{} bytes of error", stderr.len());
 }
+
+/// `sync run` paused (SIGSTOP) past its lease while another run takes the
+/// job over and stores newer data: when it wakes it writes nothing more, so
+/// what it read before the pause never overwrites what is newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_run_paused_past_its_lease_writes_nothing_when_it_wakes() {
+    use std::io::BufRead;
+    use std::time::Duration;
+
+    use oauth_sync_tests::simulator::SimConfig;
+    use oauth_sync_tests::stack::{SyncFixture, deadline, quick_sync_settings};
+    use shared::config::PresetName;
+
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.rate_limit = None;
+    let syncs = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
+         query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"incremental\"\n\
+         cursor_field = \"Timestamp\"\ninterval_secs = 900\n";
+    let fx = SyncFixture::start(
+        sim,
+        "min_refresh_interval_secs = 0",
+        syncs,
+        quick_sync_settings(),
+        "cli-paused",
+    )
+    .await;
+    // 1,000 a page: storing one takes DynamoDB Local a while, long enough to
+    // pause the run in the middle of it.
+    let ids = fx.sim().seed_projects(4_000);
+    let conn = fx.connect("acme-paused").await;
+    let path = std::env::temp_dir().join(format!("oauth-sync-paused-{}.toml", std::process::id()));
+    std::fs::write(&path, &fx.fixture.config_text).expect("write");
+    let tables = &fx.fixture.tables;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oauth-sync"))
+        .args([
+            "--config",
+            path.to_str().expect("utf8 path"),
+            "sync",
+            "run",
+            conn.as_str(),
+            "projects",
+        ])
+        .args(["--lease", "12s"])
+        .env("OAUTH_SYNC_CONNECTIONS_TABLE", &tables["ConnectionsTable"])
+        .env("OAUTH_SYNC_SYNC_STATE_TABLE", &tables["SyncStateTable"])
+        .env("OAUTH_SYNC_SYNC_RUNS_TABLE", &tables["SyncRunsTable"])
+        .env("OAUTH_SYNC_RECORDS_TABLE", &tables["RecordsTable"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn oauth-sync");
+    let pid = child.id().to_string();
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {name}");
+    };
+
+    // Pause it as soon as the provider has answered its second page: it
+    // holds that page, read before the change below, not yet stored.
+    let answered = || {
+        fx.sim()
+            .data_requests_log()
+            .iter()
+            .filter(|r| r.path_and_query.contains("Project/Projects") && r.status == 200)
+            .count()
+    };
+    let started = std::time::Instant::now();
+    while answered() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never reached its second page"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    signal("-STOP");
+
+    // Upstream every project changes; past the paused run's lease, another
+    // run takes the job over and stores the new data.
+    assert_eq!(fx.sim().update_projects_together(&ids, "newer"), 4_000);
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    let mut takeover = fx
+        .engine
+        .run_now(&conn, "projects", deadline(300), &|_| {})
+        .await
+        .expect("the takeover");
+    while takeover.end != shared::sync::engine::RunEnd::Finished {
+        assert!(
+            matches!(takeover.end, shared::sync::engine::RunEnd::Yielded { .. }),
+            "{takeover:?}"
+        );
+        takeover = fx
+            .engine
+            .run_now(&conn, "projects", deadline(300), &|_| {})
+            .await
+            .expect("run");
+    }
+    let caught_up = fx.run(&conn, "projects").await;
+    assert_eq!(caught_up.end, shared::sync::engine::RunEnd::Finished, "{caught_up:?}");
+    let newest = |records: Vec<shared::sync::records::StoredRecord>| {
+        records.iter().filter(|r| r.data["Description"] != "newer").count()
+    };
+    assert_eq!(
+        newest(fx.records(&conn, "projects").await),
+        0,
+        "the takeover stored the new data"
+    );
+
+    // The paused run wakes: it must not write the page it held.
+    signal("-CONT");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let stderr = lines.join().expect("stderr lines").join("\n");
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("lost its lease"), "{stderr}");
+    assert_eq!(
+        newest(fx.records(&conn, "projects").await),
+        0,
+        "no record older than the takeover's: {stderr}"
+    );
+    std::fs::remove_file(&path).ok();
+}

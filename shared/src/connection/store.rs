@@ -68,6 +68,10 @@ pub enum StoreError {
         existing: String,
         requested: String,
     },
+    /// A sync run's lease ran out (the process was paused past it, or
+    /// another run took the job over): the run writes nothing more.
+    #[error("the run's lease ran out; nothing more is written")]
+    LeaseLost,
 }
 
 impl StoreError {

@@ -24,7 +24,9 @@ use serde_json::Value;
 use tracing::{info, warn};
 use url::Url;
 
-use super::jobs::{Checkpoint, Job, JobStore, Next, Phase, RunCounts, RunRecord, RunState, SWEEP_MAX_AGE_MS, job_id};
+use super::jobs::{
+    Checkpoint, Job, JobStore, LeaseClock, Next, Phase, RunCounts, RunRecord, RunState, SWEEP_MAX_AGE_MS, job_id,
+};
 use super::pages::{Page, first_page, parse_page, set_param};
 use super::rate::Gate;
 use super::records::{Change, Incoming, MAX_ITEM_BYTES, RecordStore, content_hash};
@@ -52,8 +54,16 @@ pub struct SyncSettings {
     pub max_wait: Duration,
     /// How long the run lease outlives the invocation's deadline.
     pub lease_margin: Duration,
-    /// Time kept before the deadline for the last writes and the checkpoint.
+    /// Time kept before the deadline for the last writes and the checkpoint;
+    /// also how much of its lease a run keeps unused: no write starts later.
     pub commit_margin: Duration,
+    /// Runs started by [`SyncEngine::run_now`] (the CLI's `sync run`, which
+    /// no Lambda timeout ends) hold a lease this long, renewed in the
+    /// background at a third of it, instead of one lasting their whole
+    /// deadline: a run paused longer (a laptop asleep, SIGSTOP) loses the
+    /// job to the next run and writes nothing more. `None`: the lease lasts
+    /// the deadline plus `lease_margin`, as for scheduled runs.
+    pub renewed_lease: Option<Duration>,
     /// Jobs run at once by [`SyncEngine::run_due`].
     pub concurrency: usize,
 }
@@ -69,6 +79,7 @@ impl Default for SyncSettings {
             max_wait: Duration::from_secs(70),
             lease_margin: Duration::from_secs(60),
             commit_margin: Duration::from_secs(5),
+            renewed_lease: Some(Duration::from_secs(60)),
             concurrency: 4,
         }
     }
@@ -146,6 +157,15 @@ pub struct DueRuns {
     pub lag_percent: u64,
 }
 
+/// Aborts a background task when dropped (the lease renewal ends with its run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a complete data pass ended.
 enum PassEnd {
     /// Cursors moved (and the sweep done): on to the feed, or finished.
@@ -196,6 +216,8 @@ struct Context<'a> {
     provider: &'a Provider,
     params: BTreeMap<String, String>,
     deadline: Instant,
+    /// The run lease; every record write checks it first.
+    lease: LeaseClock,
 }
 
 /// The HTTP client for data pages: like the token client (no redirects, a
@@ -415,7 +437,12 @@ impl SyncEngine {
         on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
     ) -> Result<RunReport, SyncError> {
         let store_error = |e| SyncError::Store(id.to_owned(), e);
-        let until = now_ms() + millis(deadline.saturating_duration_since(Instant::now()) + self.settings.lease_margin);
+        let renewed = self.settings.renewed_lease.filter(|_| force);
+        let until = now_ms()
+            + millis(match renewed {
+                Some(lease) => lease,
+                None => deadline.saturating_duration_since(Instant::now()) + self.settings.lease_margin,
+            });
         let Some(job) = self
             .jobs
             .claim(id, &self.worker, until, force)
@@ -427,9 +454,11 @@ impl SyncEngine {
                 Some(_) => Err(SyncError::Busy(id.to_owned())),
             };
         };
+        let lease = LeaseClock::new(until, millis(self.settings.commit_margin));
+        let _renewal = renewed.map(|every| self.renew_in_background(id, every, &lease));
         let mut checkpoint = job.checkpoint.clone();
         let before = checkpoint.run.as_ref().map(|r| r.counts.clone()).unwrap_or_default();
-        let (end, counts) = self.run_claimed(&job, &mut checkpoint, deadline, on_page).await;
+        let (end, counts) = self.run_claimed(&job, &mut checkpoint, deadline, &lease, on_page).await;
         let invocation = counts.since(&before);
         let now = now_ms();
         let sync = self.config.syncs.get(&job.sync);
@@ -519,6 +548,7 @@ impl SyncEngine {
         job: &Job,
         checkpoint: &mut Checkpoint,
         deadline: Instant,
+        lease: &LeaseClock,
         on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
     ) -> (RunEnd, RunCounts) {
         let Some(sync) = self.config.syncs.get(&job.sync) else {
@@ -582,6 +612,7 @@ impl SyncEngine {
             provider,
             params,
             deadline,
+            lease: lease.clone(),
         };
         let now = now_ms();
         let mut run = checkpoint.run.take().unwrap_or_else(|| RunState {
@@ -655,6 +686,9 @@ impl SyncEngine {
             };
             let (changes, seen) = self.changes(cx, run, &page.records);
             run.counts.fetched += page.records.len() as u64;
+            if !self.lease_holds(cx).await {
+                return RunEnd::LostLease;
+            }
             match self.store_page(cx, changes).await {
                 Ok(applied) => {
                     run.counts.inserted += applied.inserted;
@@ -662,6 +696,7 @@ impl SyncEngine {
                     run.counts.unchanged += applied.unchanged;
                     run.counts.deleted += applied.deleted;
                 }
+                Err(StoreError::LeaseLost) => return RunEnd::LostLease,
                 Err(e) => return RunEnd::Failed(format!("storing the page failed: {}", error_chain(&e))),
             }
             if run.sweep && run.phase == Phase::Data {
@@ -775,11 +810,14 @@ impl SyncEngine {
                 run.next_url = None;
                 return Ok(PassEnd::Again);
             }
-            let deleted = self
-                .records
-                .sweep(&cx.job, &seen, now_ms())
-                .await
-                .map_err(|e| RunEnd::Failed(format!("the sweep failed: {}", error_chain(&e))))?;
+            if !self.lease_holds(cx).await {
+                return Err(RunEnd::LostLease);
+            }
+            let deleted = match self.records.sweep(&cx.job, &seen, now_ms(), &cx.lease).await {
+                Ok(deleted) => deleted,
+                Err(StoreError::LeaseLost) => return Err(RunEnd::LostLease),
+                Err(e) => return Err(RunEnd::Failed(format!("the sweep failed: {}", error_chain(&e)))),
+            };
             run.counts.deleted += deleted;
             self.forget_markers(cx, run).await;
             checkpoint.last_sweep_at = Some(run.pass_started_at);
@@ -796,6 +834,55 @@ impl SyncEngine {
             checkpoint.cursor = Some(max);
         }
         Ok(PassEnd::Done)
+    }
+
+    /// Does the run still hold its lease with time to write? When its clock
+    /// says no (the process was paused, say), one renewal decides: it holds
+    /// only while nobody took the job over.
+    async fn lease_holds(&self, cx: &Context<'_>) -> bool {
+        if cx.lease.holds() {
+            return true;
+        }
+        let Some(lease) = self.settings.renewed_lease else {
+            return false;
+        };
+        let until = now_ms() + millis(lease);
+        match self.jobs.renew(&cx.job, &self.worker, until).await {
+            Ok(true) => {
+                cx.lease.set(until);
+                true
+            }
+            Ok(false) => {
+                warn!(job = cx.job, "the run's lease was taken over; it writes nothing more");
+                cx.lease.set(0);
+                false
+            }
+            Err(e) => {
+                warn!(job = cx.job, error = %error_chain(&e), "the run's lease could not be renewed");
+                false
+            }
+        }
+    }
+
+    /// Renews the run lease every third of `lease` until the returned guard
+    /// is dropped; a lost lease stops it and sets the clock to 0.
+    fn renew_in_background(&self, id: &str, lease: Duration, clock: &LeaseClock) -> AbortOnDrop {
+        let (jobs, id, owner, clock) = (self.jobs.clone(), id.to_owned(), self.worker.clone(), clock.clone());
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let until = now_ms() + millis(lease);
+                match jobs.renew(&id, &owner, until).await {
+                    Ok(true) => clock.set(until),
+                    Ok(false) => {
+                        clock.set(0);
+                        return;
+                    }
+                    // The clock runs out on its own if this keeps failing.
+                    Err(e) => warn!(job = id, error = %error_chain(&e), "renewing the run's lease failed"),
+                }
+            }
+        }))
     }
 
     /// Deletes the current pass's seen-id markers, best effort: they expire
@@ -815,7 +902,7 @@ impl SyncEngine {
         let plan = self
             .store_retry(cx, || self.records.plan(&cx.job, changes.clone(), now))
             .await?;
-        self.store_retry(cx, || self.records.write(&plan)).await?;
+        self.store_retry(cx, || self.records.write(&plan, &cx.lease)).await?;
         Ok(plan.counts)
     }
 

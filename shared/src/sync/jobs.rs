@@ -8,6 +8,8 @@
 //! that lost its lease can change nothing.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use serde::{Deserialize, Serialize};
@@ -344,6 +346,19 @@ impl JobStore {
         }
     }
 
+    /// Extends the run lease to `until` while `owner` still holds it (even if
+    /// it ran out: nobody took it over). `false`: another run has the job.
+    pub async fn renew(&self, id: &str, owner: &str, until: i64) -> Result<bool, StoreError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", s(id))
+            .update_expression("SET lease_until = :until")
+            .expression_attribute_values(":until", n(until));
+        self.owned(request, owner, "UpdateItem(renew lease)").await
+    }
+
     /// Saves the checkpoint while holding the lease. `false`: the lease was lost.
     pub async fn checkpoint(&self, id: &str, owner: &str, checkpoint: &Checkpoint) -> Result<bool, StoreError> {
         let request = self
@@ -634,6 +649,43 @@ enum Released {
     LostLease,
     /// Parking was refused: a login scheduled the job during the run.
     Rescheduled,
+}
+
+/// A run's lease as the run knows it: until when it holds (epoch ms), kept
+/// up to date by whoever renews it. Record writes check it before every
+/// batch, without a round trip, and stop `margin` before it runs out.
+#[derive(Debug, Clone)]
+pub struct LeaseClock {
+    until: Arc<AtomicI64>,
+    margin_ms: i64,
+}
+
+impl LeaseClock {
+    pub fn new(until: i64, margin_ms: i64) -> LeaseClock {
+        LeaseClock {
+            until: Arc::new(AtomicI64::new(until)),
+            margin_ms,
+        }
+    }
+
+    /// A clock that always holds: writes outside any run (benchmarks, tools).
+    pub fn unfenced() -> LeaseClock {
+        LeaseClock::new(i64::MAX, 0)
+    }
+
+    /// May a write still start now?
+    pub fn holds(&self) -> bool {
+        now_ms().saturating_add(self.margin_ms) < self.until()
+    }
+
+    pub fn until(&self) -> i64 {
+        self.until.load(Ordering::Acquire)
+    }
+
+    /// After a renewal; `0` after a lost one, so that nothing more is written.
+    pub fn set(&self, until: i64) {
+        self.until.store(until, Ordering::Release);
+    }
 }
 
 /// What follows a released lease.

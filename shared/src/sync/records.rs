@@ -18,6 +18,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use serde_json::{Map, Number, Value};
 
+use super::jobs::LeaseClock;
 use crate::connection::store::{OpCounts, StoreError, n, s, sdk_failure};
 
 /// DynamoDB's item size limit.
@@ -128,9 +129,15 @@ impl RecordStore {
     }
 
     /// Applies one page: [`RecordStore::plan`], then [`RecordStore::write`].
-    pub async fn apply(&self, pk: &str, changes: Vec<Change>, now: i64) -> Result<Applied, StoreError> {
+    pub async fn apply(
+        &self,
+        pk: &str,
+        changes: Vec<Change>,
+        now: i64,
+        fence: &LeaseClock,
+    ) -> Result<Applied, StoreError> {
         let plan = self.plan(pk, changes, now).await?;
-        self.write(&plan).await?;
+        self.write(&plan, fence).await?;
         Ok(plan.counts)
     }
 
@@ -202,15 +209,24 @@ impl RecordStore {
 
     /// Carries out a plan. Safe to repeat after a failure: puts replace the
     /// same items, and a deletion that already landed is not written again.
-    pub async fn write(&self, plan: &Plan) -> Result<(), StoreError> {
-        self.put_all(plan.puts.clone()).await?;
-        self.mark_deleted(&plan.pk, &plan.deletes, plan.now).await?;
+    /// No batch is sent once `fence` says the run's lease ran out
+    /// ([`StoreError::LeaseLost`]): a run paused past its lease cannot write
+    /// what it read before over what a newer run wrote since.
+    pub async fn write(&self, plan: &Plan, fence: &LeaseClock) -> Result<(), StoreError> {
+        self.put_all(plan.puts.clone(), fence).await?;
+        self.mark_deleted(&plan.pk, &plan.deletes, plan.now, fence).await?;
         Ok(())
     }
 
     /// Marks every stored, not yet deleted record of `pk` that is not in
-    /// `seen` as deleted (the end of a complete full pass).
-    pub async fn sweep(&self, pk: &str, seen: &HashSet<String>, now: i64) -> Result<u64, StoreError> {
+    /// `seen` as deleted (the end of a complete full pass), while `fence` holds.
+    pub async fn sweep(
+        &self,
+        pk: &str,
+        seen: &HashSet<String>,
+        now: i64,
+        fence: &LeaseClock,
+    ) -> Result<u64, StoreError> {
         let gone: Vec<String> = self
             .partition(pk, Some("record_id, deleted_at"), usize::MAX)
             .await?
@@ -221,7 +237,7 @@ impl RecordStore {
                 _ => None,
             })
             .collect();
-        self.mark_deleted(pk, &gone, now).await
+        self.mark_deleted(pk, &gone, now, fence).await
     }
 
     /// Up to `limit` records of `pk`, in key order.
@@ -406,7 +422,7 @@ impl RecordStore {
 
     /// Writes items in batches of 25, a few batches at a time; unprocessed
     /// items are retried with jittered backoff, a bounded number of times.
-    async fn put_all(&self, items: Vec<HashMap<String, AttributeValue>>) -> Result<(), StoreError> {
+    async fn put_all(&self, items: Vec<HashMap<String, AttributeValue>>, fence: &LeaseClock) -> Result<(), StoreError> {
         let requests = items
             .into_iter()
             .map(|item| {
@@ -421,14 +437,20 @@ impl RecordStore {
                 reason: e.to_string(),
             })?;
         let batches = requests.chunks(WRITE_BATCH).map(<[_]>::to_vec).collect();
-        self.concurrently(batches, |store, batch| async move { store.write_batch(batch).await })
-            .await?;
+        self.concurrently(batches, |store, batch| {
+            let fence = fence.clone();
+            async move { store.write_batch(batch, &fence).await }
+        })
+        .await?;
         Ok(())
     }
 
-    async fn write_batch(&self, mut batch: Vec<WriteRequest>) -> Result<(), StoreError> {
+    async fn write_batch(&self, mut batch: Vec<WriteRequest>, fence: &LeaseClock) -> Result<(), StoreError> {
         let mut attempt = 0;
         while !batch.is_empty() {
+            if !fence.holds() {
+                return Err(StoreError::LeaseLost);
+            }
             let sent = batch.len() as u64;
             let output = self
                 .client
@@ -452,9 +474,12 @@ impl RecordStore {
     }
 
     /// Soft-deletes: `deleted_at` on records that exist and are not deleted yet.
-    async fn mark_deleted(&self, pk: &str, ids: &[String], now: i64) -> Result<u64, StoreError> {
+    async fn mark_deleted(&self, pk: &str, ids: &[String], now: i64, fence: &LeaseClock) -> Result<u64, StoreError> {
         let mut deleted = 0;
         for id in ids {
+            if !fence.holds() {
+                return Err(StoreError::LeaseLost);
+            }
             self.ops.writes.fetch_add(1, Ordering::Relaxed);
             let result = self
                 .client
