@@ -1220,3 +1220,67 @@ async fn graph_user_updates_that_carry_only_what_changed_are_merged_into_the_who
     let third = fx.run(&conn, "users").await;
     assert_eq!((third.counts.updated, third.counts.inserted), (0, 0), "{third:?}");
 }
+
+#[tokio::test]
+async fn four_jobs_of_one_division_share_its_rate_budget_without_a_429() {
+    // Exact's limits belong to the app and the division: two syncs of two
+    // connections (two users of one company) draw on one budget.
+    // A limit the four jobs together outrun many times over, even on a busy
+    // machine: at every reset, jobs are waiting to draw, so a window left
+    // unused is the budget's fault, not a lack of demand.
+    let minute = Duration::from_secs(2);
+    let limit = 2;
+    let mut sim = exact_limited(RateLimits {
+        minutely: limit,
+        minute_window: minute,
+        daily: 5_000,
+        day_window: Duration::from_secs(86_400),
+    });
+    sim.data.sync_page_size = 20;
+    let syncs = format!(
+        "{INCREMENTAL}\n[syncs.all_projects]\nprovider = \"sim\"\nendpoint = \"/project/Projects\"\n\
+         query = {{ \"$select\" = \"ID,Code,Description\" }}\nmode = \"full\"\n"
+    );
+    let fx = fixture(sim, &syncs, "sync-shared-budget").await;
+    fx.sim().seed_projects(100);
+    let a = fx.connect("acme-user-a").await;
+    let b = fx.connect("acme-user-b").await;
+    let runs = fx.engine.run_due(deadline(300)).await;
+    assert_eq!((runs.due, runs.finished), (4, 4), "{runs:?}");
+    for conn in [&a, &b] {
+        assert_eq!(live(&fx, conn, "projects").await, upstream(&fx));
+        assert_eq!(live(&fx, conn, "all_projects").await, upstream(&fx));
+    }
+    let counters = fx.sim().counters();
+    assert_eq!(counters.data_429s, 0, "{counters:?}");
+    assert_eq!(counters.data_blocks, 0, "{counters:?}");
+    // The provider's windows, as it counted them: each starts at the first
+    // request after the one before ended. All but the last are (nearly) full.
+    let mut times: Vec<u64> = fx
+        .sim()
+        .data_requests_log()
+        .iter()
+        .filter(|r| r.path_and_query.contains("Project"))
+        .map(|r| r.at_ms)
+        .collect();
+    times.sort_unstable();
+    let window = u64::try_from(minute.as_millis()).unwrap_or(u64::MAX);
+    let mut windows: Vec<u64> = Vec::new();
+    let mut start = None;
+    for at in times {
+        match start {
+            Some(s) if at < s + window => *windows.last_mut().expect("a window") += 1,
+            _ => {
+                start = Some(at);
+                windows.push(1);
+            }
+        }
+    }
+    assert!(windows.len() >= 5, "{windows:?}");
+    let full: Vec<&u64> = windows[..windows.len() - 1].iter().collect();
+    let used: u64 = full.iter().copied().sum();
+    assert!(
+        used * 100 >= 90 * u64::from(limit) * full.len() as u64,
+        "at least 90 % of each window is used: {windows:?}"
+    );
+}

@@ -24,11 +24,12 @@ use serde_json::Value;
 use tracing::{info, warn};
 use url::Url;
 
+use super::budget::RateBudget;
 use super::jobs::{
     Checkpoint, Job, JobStore, LeaseClock, Next, Phase, RunCounts, RunRecord, RunState, SWEEP_MAX_AGE_MS, job_id,
 };
 use super::pages::{Page, first_page, parse_page, set_param};
-use super::rate::Gate;
+use super::rate::{Answer, Draw, Ticket};
 use super::records::{Change, Incoming, MAX_ITEM_BYTES, RecordStore, content_hash};
 use super::{compare_cursors, scalar_text, value_at};
 use crate::config::{Config, Provider, Sync, SyncMode, fill_template};
@@ -202,6 +203,8 @@ pub struct SyncEngine {
     tokens: Arc<TokenService>,
     jobs: JobStore,
     records: RecordStore,
+    /// The shared rate budgets, in the sync-state table.
+    budget: RateBudget,
     http: reqwest::Client,
     settings: SyncSettings,
     worker: String,
@@ -218,6 +221,8 @@ struct Context<'a> {
     deadline: Instant,
     /// The run lease; every record write checks it first.
     lease: LeaseClock,
+    /// The provider's rate key: whose shared budget the requests draw on.
+    rate_key: String,
 }
 
 /// The HTTP client for data pages: like the token client (no redirects, a
@@ -304,6 +309,7 @@ impl SyncEngine {
         Ok(SyncEngine {
             config,
             tokens,
+            budget: jobs.budget(),
             jobs,
             records,
             http,
@@ -610,6 +616,7 @@ impl SyncEngine {
             connection: &job.connection,
             sync,
             provider,
+            rate_key: rate_key(provider, &params, &job.connection),
             params,
             deadline,
             lease: lease.clone(),
@@ -1089,20 +1096,12 @@ impl SyncEngine {
         let mut throttled = 0u32;
         let mut refreshed = false;
         loop {
-            match checkpoint.rate.gate(now_ms(), settings.error_budget_per_hour) {
-                Gate::Go => {}
-                Gate::WaitUntil(until) => self.wait_until(cx, until, counts, "rate limit").await?,
-                Gate::ErrorBudgetSpent(until) => {
-                    return Err(Stop::Yield {
-                        until,
-                        why: "half of the provider's hourly error budget is used".to_owned(),
-                    });
-                }
-            }
             let (token, version) = match self.tokens.access_token(cx.connection, cx.deadline).await {
                 Ok(fresh) => (fresh.access_token, fresh.token_version),
                 Err(e) => return Err(token_stop(e)),
             };
+            // The token first, then the draw: a refresh holds no reservation.
+            let ticket = self.draw(cx, counts).await?;
             let mut request = self
                 .http
                 .get(url.clone())
@@ -1113,12 +1112,13 @@ impl SyncEngine {
                 request = request.header(name.as_str(), value);
             }
             counts.requests += 1;
-            checkpoint.rate.spend();
             let sent = request.send().await;
             let now = now_ms();
             let response = match sent {
                 Ok(response) => response,
                 Err(e) => {
+                    // It may have counted at the provider: the reservation stays spent.
+                    self.observe(cx, ticket, &Answer::lost()).await;
                     attempt += 1;
                     let why = format!("the request failed: {}", error_chain(&e));
                     self.retry(cx, attempt, None, counts, why).await?;
@@ -1128,11 +1128,15 @@ impl SyncEngine {
             let status = response.status().as_u16();
             let headers = response.headers().clone();
             let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let mut answer = Answer::read(&settings.rate_limits, header, status, now);
+            if status == 429 && answer.retry_after_secs.is_none() && answer.windows.iter().all(|w| w.remaining > 0) {
+                // A 429 that says nothing of how long: back off exponentially.
+                answer.retry_after_secs = Some(self.backoff(throttled + 1).as_secs().max(1));
+            }
+            self.observe(cx, ticket, &answer).await;
+            // What this job last saw, for `sync status`; the gate is the shared budget.
             checkpoint.rate.observe(&settings.rate_limits, header, now);
-            let retry_after = headers
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            let retry_after = answer.retry_after_secs;
             let body = match response.bytes().await {
                 Ok(body) => body,
                 Err(e) => {
@@ -1160,7 +1164,6 @@ impl SyncEngine {
                     // worker already rotated the token, its version is newer
                     // and no refresh is spent (Exact refuses a second one
                     // within 9.5 minutes); else one refresh through the protocol.
-                    checkpoint.rate.count_error(now);
                     refreshed = true;
                     match self.tokens.replace_refused(cx.connection, version, cx.deadline).await {
                         Ok(fresh) if fresh.refreshed => counts.token_refreshes += 1,
@@ -1172,7 +1175,6 @@ impl SyncEngine {
                     // Access refused until somebody with rights acts (an admin
                     // grants the app or the user the module): trying again on
                     // a schedule only spends the error budget.
-                    checkpoint.rate.count_error(now);
                     let text = excerpt(&String::from_utf8_lossy(&body), &[token.secret()]);
                     return Err(Stop::Park(format!(
                         "{} answered HTTP 403 (access refused: {text}); once access is granted, \
@@ -1189,17 +1191,8 @@ impl SyncEngine {
                             why: format!("{throttled} answers 429 in a row"),
                         });
                     }
-                    if let Some(secs) = retry_after {
-                        checkpoint.rate.retry_after(secs, now);
-                    }
-                    if !matches!(
-                        checkpoint.rate.gate(now, settings.error_budget_per_hour),
-                        Gate::WaitUntil(_)
-                    ) {
-                        // Nothing says how long: back off exponentially.
-                        let wait = self.backoff(throttled);
-                        checkpoint.rate.retry_after_until = Some(now + millis(wait));
-                    }
+                    // The shared budget now holds every caller of the key
+                    // until the window's reset or the `Retry-After`.
                 }
                 408 | 500..=599 => {
                     attempt += 1;
@@ -1210,7 +1203,6 @@ impl SyncEngine {
                     self.retry(cx, attempt, retry_after, counts, why).await?;
                 }
                 _ => {
-                    checkpoint.rate.count_error(now);
                     let text = excerpt(&String::from_utf8_lossy(&body), &[token.secret()]);
                     let why = format!("{} answered HTTP {status}: {text}", url.path());
                     return Err(if matches!(status, 400 | 404 | 410) {
@@ -1220,6 +1212,41 @@ impl SyncEngine {
                     });
                 }
             }
+        }
+    }
+
+    /// One request from the rate key's shared budget: waits (in the run) for
+    /// a spent window or a `Retry-After`, yields when the wait is longer or
+    /// the error budget is spent.
+    async fn draw(&self, cx: &Context<'_>, counts: &mut RunCounts) -> Result<Ticket, Stop> {
+        let budget_per_hour = cx.provider.settings.error_budget_per_hour;
+        let mut failures = 0;
+        loop {
+            match self.budget.draw(&cx.rate_key, budget_per_hour).await {
+                Ok(Draw::Go(ticket)) => return Ok(ticket),
+                Ok(Draw::WaitUntil(until)) => self.wait_until(cx, until, counts, "rate limit").await?,
+                Ok(Draw::ErrorBudgetSpent(until)) => {
+                    return Err(Stop::Yield {
+                        until,
+                        why: "half of the provider's hourly error budget is used".to_owned(),
+                    });
+                }
+                Err(e) if e.is_transient() && failures < 3 => {
+                    failures += 1;
+                    warn!(job = cx.job, error = %error_chain(&e), "the rate budget could not be read; trying again");
+                    tokio::time::sleep(self.backoff(failures)).await;
+                }
+                Err(e) => return Err(Stop::Fail(format!("the rate budget: {}", error_chain(&e)))),
+            }
+        }
+    }
+
+    /// Folds an answer into the shared budget; a failure is logged (the
+    /// reservation then expires on its own, the window corrects itself with
+    /// the next answer).
+    async fn observe(&self, cx: &Context<'_>, ticket: Ticket, answer: &Answer) {
+        if let Err(e) = self.budget.observe(&cx.rate_key, ticket, answer).await {
+            warn!(job = cx.job, error = %error_chain(&e), "an answer could not be recorded in the rate budget");
         }
     }
 
@@ -1291,6 +1318,17 @@ fn token_stop(error: RefreshError) -> Stop {
         },
         other => Stop::Fail(format!("no access token: {}", error_chain(&other))),
     }
+}
+
+/// The key of the budget a connection's requests draw on: the app (its
+/// credentials secret) and the provider's `rate_key` filled from the
+/// connection (Exact Online: the division). A key that cannot be filled
+/// falls back to the connection alone.
+pub fn rate_key(provider: &Provider, params: &BTreeMap<String, String>, connection: &ConnectionId) -> String {
+    let mut params = params.clone();
+    params.insert("connection".to_owned(), connection.to_string());
+    let key = fill_template(&provider.settings.rate_key, &params, &[]).unwrap_or_else(|_| connection.to_string());
+    format!("{}#{key}", provider.credentials_secret)
 }
 
 /// The first placeholder of the sync's URL that the connection cannot fill.

@@ -240,6 +240,11 @@ impl JobStore {
         output.item.map(|item| from_item(&item)).transpose()
     }
 
+    /// The shared rate budgets, kept in the same table (`rate#…` items).
+    pub fn budget(&self) -> super::budget::RateBudget {
+        super::budget::RateBudget::new(self.client.clone(), self.table.clone())
+    }
+
     /// Every job item (the CLI's `sync status`; the functions never scan).
     /// Items that are not jobs (the shared rate budgets, `rate#…`) are skipped.
     pub async fn all(&self) -> Result<Vec<Job>, StoreError> {

@@ -13,6 +13,7 @@
 //! The engine gets every access token through
 //! [`TokenService`](crate::refresh::TokenService), never from the store.
 
+pub mod budget;
 pub mod engine;
 pub mod jobs;
 pub mod pages;
