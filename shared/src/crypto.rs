@@ -35,6 +35,15 @@ pub fn random_token() -> Result<String, RandomError> {
     Ok(URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
 }
 
+/// The first 8 bytes of an input's SHA-256, as a number: a compact, stable
+/// fingerprint (a sweep's seen-id markers keep these, not the ids).
+pub fn sha256_u64(input: &[u8]) -> u64 {
+    let digest = digest::digest(&digest::SHA256, input);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// SHA-256, base64url without padding.
 pub fn sha256_b64url(input: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, input))

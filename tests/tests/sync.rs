@@ -1284,3 +1284,49 @@ async fn four_jobs_of_one_division_share_its_rate_budget_without_a_429() {
         "at least 90 % of each window is used: {windows:?}"
     );
 }
+
+#[tokio::test]
+async fn a_sweep_cut_by_deadlines_goes_on_where_it_stopped_and_deletes_exactly_what_is_gone() {
+    let full_sync = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
+         query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"full\"\n";
+    let settings = SyncSettings {
+        page_timeout: Duration::from_secs(2),
+        commit_margin: Duration::from_secs(1),
+        sweep_page: 40,
+        ..quick_sync_settings()
+    };
+    let fx = SyncFixture::start(
+        exact(),
+        "min_refresh_interval_secs = 0",
+        full_sync,
+        settings,
+        "sync-sweep-yield",
+    )
+    .await;
+    let ids = fx.sim().seed_projects(2_000);
+    let conn = fx.connect("acme-sweep-yield").await;
+    assert_eq!(fx.run(&conn, "projects").await.end, RunEnd::Finished);
+    for id in &ids[..1_500] {
+        assert!(fx.sim().delete_project(id));
+    }
+    let (mut runs, mut sweeping, mut deleted) = (0, 0, 0);
+    loop {
+        runs += 1;
+        assert!(runs < 100, "never finished");
+        let report = fx
+            .engine
+            .run_now(&conn, "projects", deadline(5), &|_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        deleted += report.invocation.deleted;
+        match &report.end {
+            RunEnd::Finished => break,
+            RunEnd::Yielded { reason, .. } if reason.contains("sweeping") => sweeping += 1,
+            RunEnd::Yielded { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(sweeping >= 1, "a deadline cut the sweep ({runs} runs)");
+    assert_eq!(deleted, 1_500, "each deletion once, across the invocations");
+    assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
+}

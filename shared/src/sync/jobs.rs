@@ -7,7 +7,7 @@
 //! Every write by a run is conditional on the run's lease owner, so a run
 //! that lost its lease can change nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -119,6 +119,13 @@ pub struct RunState {
     pub pass_id: String,
     /// When the current pass started (epoch ms).
     pub pass_started_at: i64,
+    /// The pass read its last page and is sweeping: marking what it did not
+    /// see as deleted, a page of the records table at a time.
+    pub sweeping: bool,
+    /// The sweep's place: the last record id it went through.
+    pub sweep_after: Option<String>,
+    /// The delta link of the pass's last page, stored once its sweep is done.
+    pub pending_delta_link: Option<String>,
     /// The next page of the current pass; `None` at its start.
     pub next_url: Option<String>,
     /// The highest cursor value seen in this pass.
@@ -560,14 +567,16 @@ impl JobStore {
     }
 
     /// Remembers the ids one page of a sweep pass saw (one write per page,
-    /// none per record).
+    /// none per record), as 8-byte fingerprints ([`seen_hash`]): a sweep
+    /// holds 8 bytes per record in memory, whatever the ids' length.
     pub async fn save_seen(&self, id: &str, pass_id: &str, page: u64, ids: &[String]) -> Result<(), StoreError> {
+        let hashes: Vec<u8> = ids.iter().flat_map(|i| seen_hash(i).to_le_bytes()).collect();
         self.client
             .put_item()
             .table_name(&self.runs_table)
             .item("job", s(id))
             .item("sk", s(&format!("seen#{pass_id}#{page:08}")))
-            .item("ids", AttributeValue::L(ids.iter().map(|i| s(i)).collect()))
+            .item("hashes", AttributeValue::B(hashes.into()))
             .item("expires_at", n(now_ms() / 1000 + SEEN_TTL_SECS))
             .send()
             .await
@@ -575,9 +584,10 @@ impl JobStore {
         Ok(())
     }
 
-    /// Every id the sweep pass `pass_id` saw, and how many page markers held them.
-    pub async fn seen(&self, id: &str, pass_id: &str) -> Result<(HashSet<String>, u64), StoreError> {
-        let mut seen = HashSet::new();
+    /// The fingerprints of every id the sweep pass `pass_id` saw, sorted
+    /// (look one up with [`Seen::contains`]), and how many page markers held them.
+    pub async fn seen(&self, id: &str, pass_id: &str) -> Result<(Seen, u64), StoreError> {
+        let mut seen = Vec::new();
         let mut pages = 0;
         let mut start = None;
         loop {
@@ -595,13 +605,26 @@ impl JobStore {
                 .map_err(|e| sdk_failure("Query(seen ids)", &self.runs_table, e))?;
             for item in output.items.unwrap_or_default() {
                 pages += 1;
-                if let Some(AttributeValue::L(ids)) = item.get("ids") {
-                    seen.extend(ids.iter().filter_map(|v| v.as_s().ok().cloned()));
+                match item.get("hashes") {
+                    Some(AttributeValue::B(bytes)) => seen.extend(
+                        bytes
+                            .as_ref()
+                            .chunks_exact(8)
+                            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())),
+                    ),
+                    // A marker written before fingerprints: the ids themselves.
+                    _ => {
+                        if let Some(AttributeValue::L(ids)) = item.get("ids") {
+                            seen.extend(ids.iter().filter_map(|v| v.as_s().ok()).map(|i| seen_hash(i)));
+                        }
+                    }
                 }
             }
             start = output.last_evaluated_key.filter(|k| !k.is_empty());
             if start.is_none() {
-                return Ok((seen, pages));
+                seen.sort_unstable();
+                seen.dedup();
+                return Ok((Seen(seen), pages));
             }
         }
     }
@@ -644,6 +667,31 @@ impl JobStore {
             }
         }
         Ok(())
+    }
+}
+
+/// The fingerprint a sweep keeps of a seen record id: the first 8 bytes of
+/// its SHA-256. Two ids that share one (about one pair in 2^64) can only
+/// keep a deleted record live until the next sweep, never delete a live one.
+pub fn seen_hash(id: &str) -> u64 {
+    crate::crypto::sha256_u64(id.as_bytes())
+}
+
+/// What a sweep pass saw: sorted fingerprints.
+#[derive(Debug, Clone, Default)]
+pub struct Seen(Vec<u64>);
+
+impl Seen {
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.binary_search(&seen_hash(id)).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -10,7 +10,7 @@
 //! back from deletion, in `BatchWriteItem`s of 25 whose unprocessed items are
 //! retried with backoff: an unchanged record costs zero writes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -218,26 +218,62 @@ impl RecordStore {
         Ok(())
     }
 
-    /// Marks every stored, not yet deleted record of `pk` that is not in
-    /// `seen` as deleted (the end of a complete full pass), while `fence` holds.
-    pub async fn sweep(
+    /// One page of a sweep: the ids of up to `limit` live (not deleted)
+    /// records of `pk` after `after`, in key order, and the last id read
+    /// (`None` when the partition ends). Only the key and the delete mark
+    /// are read; memory is bounded by `limit`, whatever the partition's size.
+    pub async fn live_page(
         &self,
         pk: &str,
-        seen: &HashSet<String>,
-        now: i64,
-        fence: &LeaseClock,
-    ) -> Result<u64, StoreError> {
-        let gone: Vec<String> = self
-            .partition(pk, Some("record_id, deleted_at"), usize::MAX)
-            .await?
-            .into_iter()
+        after: Option<&str>,
+        limit: i32,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        self.ops.queries.fetch_add(1, Ordering::Relaxed);
+        let start = after.map(|id| HashMap::from([("pk".to_owned(), s(pk)), ("record_id".to_owned(), s(id))]));
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk))
+            .projection_expression("record_id, deleted_at")
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| sdk_failure("Query(records)", &self.table, e))?;
+        let items = output.items.unwrap_or_default();
+        let live = items
+            .iter()
             .filter(|item| !item.contains_key("deleted_at"))
             .filter_map(|item| match item.get("record_id") {
-                Some(AttributeValue::S(id)) if !seen.contains(id) => Some(id.clone()),
+                Some(AttributeValue::S(id)) => Some(id.clone()),
                 _ => None,
             })
             .collect();
-        self.mark_deleted(pk, &gone, now, fence).await
+        let last = output
+            .last_evaluated_key
+            .filter(|k| !k.is_empty())
+            .and_then(|k| match k.get("record_id") {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            });
+        Ok((live, last))
+    }
+
+    /// Marks the records `ids` of `pk` deleted, a few at a time, while
+    /// `fence` holds; those already deleted are left as they are. Returns
+    /// how many it marked.
+    pub async fn delete_many(&self, pk: &str, ids: &[String], now: i64, fence: &LeaseClock) -> Result<u64, StoreError> {
+        let batches = ids.chunks(WRITE_BATCH).map(<[String]>::to_vec).collect();
+        let pk = pk.to_owned();
+        let deleted = self
+            .concurrently(batches, |store, chunk| {
+                let (pk, fence) = (pk.clone(), fence.clone());
+                async move { store.mark_deleted(&pk, &chunk, now, &fence).await }
+            })
+            .await?;
+        Ok(deleted.into_iter().sum())
     }
 
     /// Up to `limit` records of `pk`, in key order.

@@ -38,6 +38,7 @@ use crate::telemetry::error_chain;
 mod fetch;
 mod pass;
 mod store;
+mod sweep;
 
 use fetch::page_client;
 
@@ -68,6 +69,9 @@ pub struct SyncSettings {
     pub renewed_lease: Option<Duration>,
     /// Jobs run at once by [`SyncEngine::run_due`].
     pub concurrency: usize,
+    /// Records a sweep reads (and at most marks deleted) per step; its place
+    /// is saved after each.
+    pub sweep_page: i32,
 }
 
 impl Default for SyncSettings {
@@ -83,6 +87,7 @@ impl Default for SyncSettings {
             commit_margin: Duration::from_secs(5),
             renewed_lease: Some(Duration::from_secs(60)),
             concurrency: 4,
+            sweep_page: 1_000,
         }
     }
 }

@@ -8,6 +8,7 @@ use tracing::warn;
 use url::Url;
 
 use super::fetch::Stop;
+use super::sweep::Swept;
 use super::{Context, RunEnd, SyncEngine};
 use crate::config::{Provider, Sync, SyncMode, fill_template};
 use crate::connection::store::StoreError;
@@ -31,6 +32,9 @@ pub(super) fn begin_pass(run: &mut RunState) {
     run.pass_started_at = now_ms();
     run.pass_pages = 0;
     run.pass_max = None;
+    run.sweeping = false;
+    run.sweep_after = None;
+    run.pending_delta_link = None;
 }
 
 /// The key of the budget a connection's requests draw on: the app (its
@@ -202,6 +206,20 @@ impl SyncEngine {
                 );
                 run.next_url = None;
             }
+            if run.phase == Phase::Data && run.sweeping {
+                // The pass was read; its sweep yielded: go on with it.
+                let finished = match self.data_pass_done(cx, checkpoint, run, None).await {
+                    Ok(finished) => finished,
+                    Err(end) => return end,
+                };
+                if let Err(end) = self.save(cx, checkpoint, run).await {
+                    return end;
+                }
+                if finished {
+                    return RunEnd::Finished;
+                }
+                continue;
+            }
             if run.phase == Phase::Data && run.next_url.is_none() {
                 begin_pass(run);
             }
@@ -268,13 +286,8 @@ impl SyncEngine {
             let mut finished = false;
             if page.next.is_none() {
                 match run.phase {
-                    Phase::Data => match self.end_data_pass(cx, checkpoint, run, page.delta_link.as_ref()).await {
-                        Ok(PassEnd::Done) if cx.sync.deleted.is_some() => {
-                            run.phase = Phase::Deleted;
-                            run.pass_pages = 0;
-                        }
-                        Ok(PassEnd::Done) => finished = true,
-                        Ok(PassEnd::Again) => {}
+                    Phase::Data => match self.data_pass_done(cx, checkpoint, run, page.delta_link.as_ref()).await {
+                        Ok(done) => finished = done,
                         Err(end) => return end,
                     },
                     Phase::Deleted => {
@@ -286,17 +299,47 @@ impl SyncEngine {
                 }
             }
             // The page's writes are durable: now the checkpoint.
-            let mut saved = checkpoint.clone();
-            saved.run = Some(run.clone());
-            match self.jobs.checkpoint(&cx.job, &self.worker, &saved).await {
-                Ok(true) => {}
-                Ok(false) => return RunEnd::LostLease,
-                Err(e) => return RunEnd::Failed(format!("saving the checkpoint failed: {}", error_chain(&e))),
+            if let Err(end) = self.save(cx, checkpoint, run).await {
+                return end;
             }
             on_page(&run.counts);
             if finished {
                 return RunEnd::Finished;
             }
+        }
+    }
+
+    /// After the last page of a data pass, or to go on with its sweep:
+    /// whether the run is finished (else the feed or a new pass follows).
+    async fn data_pass_done(
+        &self,
+        cx: &Context<'_>,
+        checkpoint: &mut Checkpoint,
+        run: &mut RunState,
+        delta_link: Option<&Url>,
+    ) -> Result<bool, RunEnd> {
+        match self.end_data_pass(cx, checkpoint, run, delta_link).await? {
+            PassEnd::Done if cx.sync.deleted.is_some() => {
+                run.phase = Phase::Deleted;
+                run.pass_pages = 0;
+                Ok(false)
+            }
+            PassEnd::Done => Ok(true),
+            PassEnd::Again => Ok(false),
+        }
+    }
+
+    /// Saves the checkpoint with the run's place, while the lease holds.
+    pub(super) async fn save(&self, cx: &Context<'_>, checkpoint: &Checkpoint, run: &RunState) -> Result<(), RunEnd> {
+        let mut saved = checkpoint.clone();
+        saved.run = Some(run.clone());
+        match self.jobs.checkpoint(&cx.job, &self.worker, &saved).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(RunEnd::LostLease),
+            Err(e) => Err(RunEnd::Failed(format!(
+                "saving the checkpoint failed: {}",
+                error_chain(&e)
+            ))),
         }
     }
 
@@ -337,37 +380,19 @@ impl SyncEngine {
         run: &mut RunState,
         delta_link: Option<&Url>,
     ) -> Result<PassEnd, RunEnd> {
+        if let Some(link) = delta_link {
+            run.pending_delta_link = Some(link.to_string());
+        }
         if run.sweep {
-            let (seen, markers) = self
-                .jobs
-                .seen(&cx.job, &run.pass_id)
-                .await
-                .map_err(|e| RunEnd::Failed(format!("reading the sweep's seen ids failed: {}", error_chain(&e))))?;
-            if markers != run.pass_pages {
-                warn!(
-                    job = cx.job,
-                    markers,
-                    pages = run.pass_pages,
-                    "seen-id markers of the sweep are missing; it starts again, deleting nothing"
-                );
-                self.forget_markers(cx, run).await;
-                run.next_url = None;
+            run.sweeping = true;
+            if self.sweep(cx, checkpoint, run).await? == Swept::Again {
                 return Ok(PassEnd::Again);
             }
-            if !self.lease_holds(cx).await {
-                return Err(RunEnd::LostLease);
-            }
-            let deleted = match self.records.sweep(&cx.job, &seen, now_ms(), &cx.lease).await {
-                Ok(deleted) => deleted,
-                Err(StoreError::LeaseLost) => return Err(RunEnd::LostLease),
-                Err(e) => return Err(RunEnd::Failed(format!("the sweep failed: {}", error_chain(&e)))),
-            };
-            run.counts.deleted += deleted;
-            self.forget_markers(cx, run).await;
+            run.sweeping = false;
             checkpoint.last_sweep_at = Some(run.pass_started_at);
         }
-        if let Some(link) = delta_link {
-            checkpoint.delta_link = Some(link.to_string());
+        if let Some(link) = run.pending_delta_link.take() {
+            checkpoint.delta_link = Some(link);
         }
         if let Some(max) = run.pass_max.take()
             && checkpoint
