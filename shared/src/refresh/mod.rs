@@ -904,6 +904,14 @@ pub fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 
+/// The wait before try `attempt` + 1 (`attempt` from 1): `base` doubling
+/// with each attempt, at most `cap`, with [`jitter`]. The one exponential
+/// backoff of the sync code (pages, batches, budgets, failed runs).
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(20);
+    jitter(base.saturating_mul(factor).min(cap))
+}
+
 /// Why a [`TokenService`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

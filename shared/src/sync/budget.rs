@@ -155,8 +155,7 @@ impl RateBudget {
                 Err(e) if !e.is_transient() || attempt >= attempts => return Err(e.into()),
                 Ok(Tried::Lost) | Err(_) => {}
             }
-            let backoff = (BASE_BACKOFF * (1 << attempt.min(8))).min(MAX_BACKOFF);
-            tokio::time::sleep(jitter(backoff)).await;
+            tokio::time::sleep(crate::refresh::backoff(BASE_BACKOFF, MAX_BACKOFF, attempt + 1)).await;
         }
     }
 

@@ -660,10 +660,7 @@ impl JobStore {
                 if batch.is_empty() {
                     break;
                 }
-                tokio::time::sleep(crate::refresh::jitter(std::time::Duration::from_millis(
-                    50 << attempt.min(6),
-                )))
-                .await;
+                tokio::time::sleep(super::records::backoff_delay(attempt + 1)).await;
             }
         }
         Ok(())

@@ -551,10 +551,9 @@ fn backoff(attempt: u32, operation: &'static str, table: &str) -> Result<(), Sto
     Ok(())
 }
 
-/// 50 ms doubling, capped at 2 s, with full jitter.
-fn backoff_delay(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(2));
-    crate::refresh::jitter(cap)
+/// 100 ms doubling, at most 2 s, with jitter.
+pub(crate) fn backoff_delay(attempt: u32) -> Duration {
+    crate::refresh::backoff(Duration::from_millis(100), Duration::from_secs(2), attempt)
 }
 
 /// The item of a record.

@@ -10,7 +10,7 @@ use super::{Context, SyncEngine, millis};
 use crate::config::fill_template;
 use crate::connection::now_ms;
 use crate::oauth::excerpt;
-use crate::refresh::{RefreshError, jitter};
+use crate::refresh::RefreshError;
 use crate::sync::jobs::{Checkpoint, RunCounts};
 use crate::sync::pages::{Page, parse_page};
 use crate::sync::rate::{Answer, Draw, Ticket};
@@ -280,9 +280,8 @@ impl SyncEngine {
         Ok(())
     }
 
-    /// Exponential from `base_backoff`, capped, with full jitter.
+    /// Exponential from `base_backoff`, capped, with jitter.
     pub(super) fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        jitter((self.settings.base_backoff * factor).min(self.settings.max_backoff))
+        crate::refresh::backoff(self.settings.base_backoff, self.settings.max_backoff, attempt)
     }
 }

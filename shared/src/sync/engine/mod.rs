@@ -31,7 +31,7 @@ use super::records::RecordStore;
 use crate::config::{Config, Provider, Sync};
 use crate::connection::store::StoreError;
 use crate::connection::{ConnectionId, now_ms};
-use crate::refresh::{TokenService, jitter};
+use crate::refresh::TokenService;
 use crate::shards::ShardPage;
 use crate::telemetry::error_chain;
 
@@ -198,12 +198,8 @@ struct Context<'a> {
 /// 6 hours, with jitter, so a job that fails until an admin acts does not
 /// spend the provider's error budget at the pace of its schedule.
 fn failure_backoff(interval: i64, failures: u32) -> i64 {
-    const CAP_MS: i64 = 6 * 3_600_000;
-    let first = interval.clamp(1_000, 900_000);
-    let wait = first
-        .saturating_mul(1i64 << failures.saturating_sub(1).min(20))
-        .min(CAP_MS);
-    millis(jitter(Duration::from_millis(u64::try_from(wait).unwrap_or(0))))
+    let first = Duration::from_millis(u64::try_from(interval.clamp(1_000, 900_000)).unwrap_or(900_000));
+    millis(crate::refresh::backoff(first, Duration::from_secs(6 * 3600), failures))
 }
 
 /// Time since a job's last finish as a percentage of its `interval` (ms),
