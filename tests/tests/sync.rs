@@ -88,6 +88,16 @@ fn writes(fx: &SyncFixture) -> u64 {
     fx.engine.records().ops().writes.load(Ordering::Relaxed)
 }
 
+/// Settings for runs cut by a deadline of a few seconds: a page may take 2 s
+/// and the last writes 1 s, so a run yields with 3 s left.
+fn short_deadline_settings() -> SyncSettings {
+    SyncSettings {
+        page_timeout: Duration::from_secs(2),
+        commit_margin: Duration::from_secs(1),
+        ..quick_sync_settings()
+    }
+}
+
 #[tokio::test]
 async fn ten_thousand_projects_land_once_and_the_next_run_fetches_only_what_changed() {
     let fx = fixture(exact(), INCREMENTAL, "sync-10k").await;
@@ -391,11 +401,7 @@ async fn an_access_token_that_expires_mid_run_is_refreshed_through_the_protocol(
 async fn a_run_stopped_at_its_deadline_resumes_to_the_same_table() {
     let mut sim = exact();
     sim.data.sync_page_size = 100;
-    let settings = SyncSettings {
-        page_timeout: Duration::from_secs(2),
-        commit_margin: Duration::from_secs(1),
-        ..quick_sync_settings()
-    };
+    let settings = short_deadline_settings();
     let fx = SyncFixture::start(
         sim,
         "min_refresh_interval_secs = 0",
@@ -888,6 +894,27 @@ async fn a_delta_round_whose_next_link_expires_after_a_yield_deletes_only_what_i
     assert_eq!(live.len(), 244);
 }
 
+/// The seen-id marker items of a job in the sync-runs table.
+async fn seen_markers(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    job: &str,
+) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    dynamodb
+        .query()
+        .table_name(table)
+        .key_condition_expression("job = :job AND begins_with(sk, :seen)")
+        .expression_attribute_values(":job", AttributeValue::S(job.to_owned()))
+        .expression_attribute_values(":seen", AttributeValue::S("seen#".to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("query markers")
+        .items
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn a_sweep_whose_early_markers_are_gone_starts_again_and_deletes_nothing_wrongly() {
     // A full pass stops halfway (its invocation's deadline), and while the
@@ -897,11 +924,7 @@ async fn a_sweep_whose_early_markers_are_gone_starts_again_and_deletes_nothing_w
     // the gap and read again.
     let mut sim = exact();
     sim.data.page_size = 20;
-    let settings = SyncSettings {
-        page_timeout: Duration::from_secs(2),
-        commit_margin: Duration::from_secs(1),
-        ..quick_sync_settings()
-    };
+    let settings = short_deadline_settings();
     let fx = SyncFixture::start(sim, "min_refresh_interval_secs = 0", FULL, settings, "sync-markers").await;
     fx.sim().seed_projects(200);
     let conn = fx.connect("acme-markers").await;
@@ -924,20 +947,7 @@ async fn a_sweep_whose_early_markers_are_gone_starts_again_and_deletes_nothing_w
     let sdk = shared::aws::load_sdk_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let runs_table = &fx.fixture.tables["SyncRunsTable"];
-    let markers = dynamodb
-        .query()
-        .table_name(runs_table)
-        .key_condition_expression("job = :job AND begins_with(sk, :seen)")
-        .expression_attribute_values(
-            ":job",
-            aws_sdk_dynamodb::types::AttributeValue::S(job_id(&conn, "projects")),
-        )
-        .expression_attribute_values(":seen", aws_sdk_dynamodb::types::AttributeValue::S("seen#".to_owned()))
-        .send()
-        .await
-        .expect("query markers")
-        .items
-        .unwrap_or_default();
+    let markers = seen_markers(&dynamodb, runs_table, &job_id(&conn, "projects")).await;
     assert!(markers.len() >= 2, "the stopped pass left markers");
     for marker in markers.iter().take(2) {
         dynamodb
@@ -958,19 +968,9 @@ async fn a_sweep_whose_early_markers_are_gone_starts_again_and_deletes_nothing_w
     assert_eq!(report.counts.deleted, 0, "nothing is gone upstream: {report:?}");
     assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
     // And the markers are cleaned up: the abandoned pass's and the finished one's.
-    let left = dynamodb
-        .query()
-        .table_name(runs_table)
-        .key_condition_expression("job = :job AND begins_with(sk, :seen)")
-        .expression_attribute_values(
-            ":job",
-            aws_sdk_dynamodb::types::AttributeValue::S(job_id(&conn, "projects")),
-        )
-        .expression_attribute_values(":seen", aws_sdk_dynamodb::types::AttributeValue::S("seen#".to_owned()))
-        .send()
+    let left = seen_markers(&dynamodb, runs_table, &job_id(&conn, "projects"))
         .await
-        .expect("query markers")
-        .count;
+        .len();
     assert_eq!(left, 0, "the markers of both passes are deleted");
 }
 
@@ -1290,10 +1290,8 @@ async fn a_sweep_cut_by_deadlines_goes_on_where_it_stopped_and_deletes_exactly_w
     let full_sync = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
          query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"full\"\n";
     let settings = SyncSettings {
-        page_timeout: Duration::from_secs(2),
-        commit_margin: Duration::from_secs(1),
         sweep_page: 40,
-        ..quick_sync_settings()
+        ..short_deadline_settings()
     };
     let fx = SyncFixture::start(
         exact(),
