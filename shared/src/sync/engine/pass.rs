@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use serde_json::Value;
 use tracing::warn;
 use url::Url;
 
@@ -17,6 +18,32 @@ use crate::sync::jobs::{Checkpoint, Job, LeaseClock, Phase, RunCounts, RunState,
 use crate::sync::pages::{first_page, set_param};
 use crate::sync::{compare_cursors, scalar_text, value_at};
 use crate::telemetry::error_chain;
+
+/// What one step of a run did.
+enum Step {
+    /// A page was read and stored (and `finished`: it was the run's last).
+    Page { finished: bool },
+    /// A step of a sweep that had yielded.
+    Swept { finished: bool },
+}
+
+/// The pass's highest cursor value so far: the data's, or the deleted feed's.
+fn note_highest_cursor(cx: &Context<'_>, run: &mut RunState, records: &[Value]) {
+    let field = match run.phase {
+        Phase::Data => cx.sync.cursor_field.as_deref(),
+        Phase::Deleted => cx.sync.deleted.as_ref().map(|(feed, _)| feed.cursor_field.as_str()),
+    };
+    let Some(field) = field else { return };
+    for value in records.iter().filter_map(|r| value_at(r, field).and_then(scalar_text)) {
+        if run
+            .pass_max
+            .as_deref()
+            .is_none_or(|max| compare_cursors(&value, max).is_gt())
+        {
+            run.pass_max = Some(value);
+        }
+    }
+}
 
 /// How a complete data pass ended.
 pub(super) enum PassEnd {
@@ -187,126 +214,118 @@ impl SyncEngine {
         on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
     ) -> RunEnd {
         loop {
-            let left = cx.deadline.saturating_duration_since(Instant::now());
-            if left < self.settings.page_timeout + self.settings.commit_margin {
-                return RunEnd::Yielded {
-                    until: now_ms(),
-                    reason: "the invocation's deadline is near".to_owned(),
-                };
-            }
-            if run.phase == Phase::Data
-                && run.sweep
-                && run.next_url.is_some()
-                && now_ms() - run.pass_started_at > SWEEP_MAX_AGE_MS
-            {
-                // Its first markers may be gone: a pass this old starts again.
-                warn!(
-                    job = cx.job,
-                    "a sweep older than its seen-id markers' life starts again from scratch"
-                );
-                run.next_url = None;
-            }
-            if run.phase == Phase::Data && run.sweeping {
-                // The pass was read; its sweep yielded: go on with it.
-                let finished = match self.data_pass_done(cx, checkpoint, run, None).await {
-                    Ok(finished) => finished,
-                    Err(end) => return end,
-                };
-                if let Err(end) = self.save(cx, checkpoint, run).await {
-                    return end;
-                }
-                if finished {
-                    return RunEnd::Finished;
-                }
-                continue;
-            }
-            if run.phase == Phase::Data && run.next_url.is_none() {
-                begin_pass(run);
-            }
-            let url = match &run.next_url {
-                Some(next) => match Url::parse(next) {
-                    Ok(url) => url,
-                    Err(e) => return RunEnd::Failed(format!("the stored next-page link is not a URL: {e}")),
-                },
-                None => match self.first_url(cx, checkpoint, run) {
-                    Ok(url) => url,
-                    Err(e) => return RunEnd::Parked(e),
-                },
-            };
-            let page = match self.fetch(cx, &url, checkpoint, &mut run.counts).await {
-                Ok(page) => page,
-                Err(Stop::Yield { until, why }) => return RunEnd::Yielded { until, reason: why },
-                Err(Stop::Park(why)) => return RunEnd::Parked(why),
-                Err(Stop::Fail(why)) => return RunEnd::Failed(why),
-                Err(Stop::Gone(why)) => return self.gone(cx, checkpoint, run, why),
-            };
-            let (changes, seen) = self.changes(cx, run, &page.records);
-            run.counts.fetched += page.records.len() as u64;
-            if !self.lease_holds(cx).await {
-                return RunEnd::LostLease;
-            }
-            match self.store_page(cx, changes).await {
-                Ok(applied) => {
-                    run.counts.inserted += applied.inserted;
-                    run.counts.updated += applied.updated;
-                    run.counts.unchanged += applied.unchanged;
-                    run.counts.deleted += applied.deleted;
-                }
-                Err(StoreError::LeaseLost) => return RunEnd::LostLease,
-                Err(e) => return RunEnd::Failed(format!("storing the page failed: {}", error_chain(&e))),
-            }
-            if run.sweep && run.phase == Phase::Data {
-                if let Err(e) = self.jobs.save_seen(&cx.job, &run.pass_id, run.pass_pages, &seen).await {
-                    return RunEnd::Failed(format!("saving the sweep's seen ids failed: {}", error_chain(&e)));
-                }
-            }
-            run.pass_pages += 1;
-            run.counts.pages += 1;
-            // The pass's highest cursor: the data's, or the deleted feed's.
-            let cursor_field = match run.phase {
-                Phase::Data => cx.sync.cursor_field.as_deref(),
-                Phase::Deleted => cx.sync.deleted.as_ref().map(|(feed, _)| feed.cursor_field.as_str()),
-            };
-            if let Some(field) = cursor_field {
-                for value in page
-                    .records
-                    .iter()
-                    .filter_map(|r| value_at(r, field).and_then(scalar_text))
-                {
-                    if run
-                        .pass_max
-                        .as_deref()
-                        .is_none_or(|max| compare_cursors(&value, max).is_gt())
-                    {
-                        run.pass_max = Some(value);
+            match self.step(cx, checkpoint, run).await {
+                Ok(Step::Page { finished }) => {
+                    on_page(&run.counts);
+                    if finished {
+                        return RunEnd::Finished;
                     }
                 }
-            }
-            run.next_url = page.next.as_ref().map(Url::to_string);
-            let mut finished = false;
-            if page.next.is_none() {
-                match run.phase {
-                    Phase::Data => match self.data_pass_done(cx, checkpoint, run, page.delta_link.as_ref()).await {
-                        Ok(done) => finished = done,
-                        Err(end) => return end,
-                    },
-                    Phase::Deleted => {
-                        if let Some(max) = run.pass_max.take() {
-                            checkpoint.deleted_cursor = Some(max);
-                        }
-                        finished = true;
-                    }
-                }
-            }
-            // The page's writes are durable: now the checkpoint.
-            if let Err(end) = self.save(cx, checkpoint, run).await {
-                return end;
-            }
-            on_page(&run.counts);
-            if finished {
-                return RunEnd::Finished;
+                Ok(Step::Swept { finished: true }) => return RunEnd::Finished,
+                Ok(Step::Swept { finished: false }) => {}
+                Err(end) => return end,
             }
         }
+    }
+
+    /// One step of a run, as docs/sync.md tells it: yield near the deadline;
+    /// a page of the pass (fetch, store, the pass's highest cursor) and, after
+    /// its last page, the end of the pass (sweep, cursors, feed); then the
+    /// checkpoint. A sweep that yielded goes on first.
+    async fn step(&self, cx: &Context<'_>, checkpoint: &mut Checkpoint, run: &mut RunState) -> Result<Step, RunEnd> {
+        let left = cx.deadline.saturating_duration_since(Instant::now());
+        if left < self.settings.page_timeout + self.settings.commit_margin {
+            return Err(RunEnd::Yielded {
+                until: now_ms(),
+                reason: "the invocation's deadline is near".to_owned(),
+            });
+        }
+        if run.phase == Phase::Data && run.sweeping {
+            let finished = self.data_pass_done(cx, checkpoint, run, None).await?;
+            self.save(cx, checkpoint, run).await?;
+            return Ok(Step::Swept { finished });
+        }
+        let url = self.page_url(cx, checkpoint, run)?;
+        let page = match self.fetch(cx, &url, checkpoint, &mut run.counts).await {
+            Ok(page) => page,
+            Err(Stop::Yield { until, why }) => return Err(RunEnd::Yielded { until, reason: why }),
+            Err(Stop::Park(why)) => return Err(RunEnd::Parked(why)),
+            Err(Stop::Fail(why)) => return Err(RunEnd::Failed(why)),
+            Err(Stop::Gone(why)) => return Err(self.gone(cx, checkpoint, run, why)),
+        };
+        self.store(cx, run, &page.records).await?;
+        run.pass_pages += 1;
+        run.counts.pages += 1;
+        note_highest_cursor(cx, run, &page.records);
+        run.next_url = page.next.as_ref().map(Url::to_string);
+        let finished = match (&page.next, run.phase) {
+            (Some(_), _) => false,
+            (None, Phase::Data) => {
+                self.data_pass_done(cx, checkpoint, run, page.delta_link.as_ref())
+                    .await?
+            }
+            (None, Phase::Deleted) => {
+                if let Some(max) = run.pass_max.take() {
+                    checkpoint.deleted_cursor = Some(max);
+                }
+                true
+            }
+        };
+        // The page's writes are durable: now the checkpoint.
+        self.save(cx, checkpoint, run).await?;
+        Ok(Step::Page { finished })
+    }
+
+    /// Where the pass goes next: its stored next-page link, or (a pass that
+    /// starts) its first page. A data pass older than its markers' life
+    /// starts again.
+    fn page_url(&self, cx: &Context<'_>, checkpoint: &Checkpoint, run: &mut RunState) -> Result<Url, RunEnd> {
+        if run.phase == Phase::Data
+            && run.sweep
+            && run.next_url.is_some()
+            && now_ms() - run.pass_started_at > SWEEP_MAX_AGE_MS
+        {
+            // Its first markers may be gone: a pass this old starts again.
+            warn!(
+                job = cx.job,
+                "a sweep older than its seen-id markers' life starts again from scratch"
+            );
+            run.next_url = None;
+        }
+        if run.phase == Phase::Data && run.next_url.is_none() {
+            begin_pass(run);
+        }
+        match &run.next_url {
+            Some(next) => {
+                Url::parse(next).map_err(|e| RunEnd::Failed(format!("the stored next-page link is not a URL: {e}")))
+            }
+            None => self.first_url(cx, checkpoint, run).map_err(RunEnd::Parked),
+        }
+    }
+
+    /// Stores a page's records (only while the lease holds) and, in a sweep,
+    /// the ids it saw.
+    async fn store(&self, cx: &Context<'_>, run: &mut RunState, records: &[Value]) -> Result<(), RunEnd> {
+        let (changes, seen) = self.changes(cx, run, records);
+        run.counts.fetched += records.len() as u64;
+        if !self.lease_holds(cx).await {
+            return Err(RunEnd::LostLease);
+        }
+        match self.store_page(cx, changes).await {
+            Ok(applied) => {
+                run.counts.inserted += applied.inserted;
+                run.counts.updated += applied.updated;
+                run.counts.unchanged += applied.unchanged;
+                run.counts.deleted += applied.deleted;
+            }
+            Err(StoreError::LeaseLost) => return Err(RunEnd::LostLease),
+            Err(e) => return Err(RunEnd::Failed(format!("storing the page failed: {}", error_chain(&e)))),
+        }
+        if run.sweep && run.phase == Phase::Data {
+            let saved = self.jobs.save_seen(&cx.job, &run.pass_id, run.pass_pages, &seen).await;
+            saved.map_err(|e| RunEnd::Failed(format!("saving the sweep's seen ids failed: {}", error_chain(&e))))?;
+        }
+        Ok(())
     }
 
     /// After the last page of a data pass, or to go on with its sweep:
