@@ -2,17 +2,22 @@
 //! `sync/Project/Projects`, 1,000 a page, no rate limit), DynamoDB reads and
 //! writes per record on a first run and on an unchanged full rerun, the share
 //! of Exact's request rate a rate-limited run uses, and the bench process's
-//! peak RSS. Against DynamoDB Local and the simulator's data APIs.
+//! peak RSS. Against DynamoDB Local and the simulator's data APIs. Beside
+//! the timed run, DynamoDB Local's raw `BatchWriteItem` rate measured in the
+//! same run (the anchor: the ratio is the figure that holds across machines).
 //!
 //! Needs the local stack, freshly started: DynamoDB Local slows down as it
-//! takes writes, even after the tables are deleted (see BENCHMARKS.md). So
+//! takes writes to tables with a stream (the records table has one), even
+//! after the tables are deleted (see BENCHMARKS.md). So
 //! each part runs on its own stack, and the timed part once per stack:
 //! `scripts/bench sync` runs `rate`, then `records` BENCH_RUNS times, then
 //! `rerun`, each against a freshly started stack, and prints the medians.
 //!   scripts/stack start && . .local/stack.env && BENCH_SYNC_PART=records cargo bench -p oauth-sync-tests --bench sync
 //! BENCH_SYNC_PART: rate, records or rerun (default: all three, in that
 //! order, on one stack). Optional: BENCH_RECORDS (default 10000),
-//! BENCH_RATE_RECORDS (default 1200: 60 pages of 20, six windows of 10).
+//! BENCH_RATE_RECORDS (default 1200: 60 pages of 20, six windows of 10),
+//! BENCH_RAW_STREAM=1 (the raw rate's scratch table gets the records
+//! table's stream; it slows the timed run after it, see `raw_batch_writes`).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -167,10 +172,12 @@ async fn rate_share(rate_records: usize) -> String {
 
 /// One timed first run on fresh tables and a fresh connection, as a table
 /// row (`scripts/bench` takes the median of the rows of several stacks),
-/// with the record store's reads and writes and the bench process's peak
-/// RSS after it.
+/// with the record store's reads and writes, DynamoDB Local's raw
+/// `BatchWriteItem` rate measured just before on the same stack, the ratio,
+/// and the bench process's peak RSS after it.
 async fn records_per_second(records: usize) -> Vec<String> {
     let (fx, conn) = seeded(PROJECTS_INCREMENTAL, "bench-sync", records).await;
+    let raw = raw_batch_writes(&fx, records).await;
     let before = ops(&fx);
     let started = Instant::now();
     first_run(&fx, &conn, records).await;
@@ -178,18 +185,109 @@ async fn records_per_second(records: usize) -> Vec<String> {
     let after = ops(&fx);
     drop_tables(fx).await;
     let per = |n: u64| n as f64 / records as f64;
+    let rate = records as f64 / elapsed.as_secs_f64();
     vec![
-        "| sync | seconds | records/s | reads/record | writes/record | bench process peak RSS MiB |".to_owned(),
-        "| --- | ---: | ---: | ---: | ---: | ---: |".to_owned(),
+        "| sync | seconds | records/s | reads/record | writes/record | raw BatchWriteItem items/s | records/s ÷ raw items/s | bench process peak RSS MiB |".to_owned(),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |".to_owned(),
         format!(
-            "| {records} projects, incremental, first run | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            "| {records} projects, incremental, first run | {:.1} | {rate:.0} | {:.2} | {:.2} | {raw:.0} | {:.0}% | {:.1} |",
             elapsed.as_secs_f64(),
-            records as f64 / elapsed.as_secs_f64(),
             per(after.0 - before.0),
             per(after.1 - before.1),
+            100.0 * rate / raw,
             peak_rss_kb().unwrap_or(0) as f64 / 1024.0
         ),
     ]
+}
+
+/// DynamoDB Local's own rate for the sync's kind of write, measured on the
+/// same stack just before the timed run, as the anchor for the records
+/// rate: `n` items of the size of the bench's stored projects (key, the
+/// record's three fields as a map, content hash, two times) written with
+/// plain `BatchWriteItem`s of 25, 4 batches in flight (the records writer's
+/// batch size and concurrency), into a scratch table with the records
+/// table's keys, deleted after. Items per second.
+///
+/// The scratch table has no stream (the records table has one), unless
+/// `BENCH_RAW_STREAM=1`: in DynamoDB Local every write to a table with a
+/// stream slows the later writes to any table with one, even after the
+/// table is deleted, so 10,000 raw writes with a stream made the sync after
+/// them four times slower (BENCHMARKS.md).
+async fn raw_batch_writes(fx: &SyncFixture, n: usize) -> f64 {
+    use aws_sdk_dynamodb::types::{AttributeValue, BillingMode, PutRequest, WriteRequest};
+    use shared::sync::records::{content_hash, to_attribute};
+    let client = fx.fixture.aws.dynamodb.clone();
+    let records = &fx.fixture.tables["RecordsTable"];
+    let described = client
+        .describe_table()
+        .table_name(records)
+        .send()
+        .await
+        .expect("describe records table");
+    let definition = described.table.expect("records table description");
+    let scratch = format!("{records}-raw");
+    client
+        .create_table()
+        .table_name(&scratch)
+        .set_attribute_definitions(definition.attribute_definitions)
+        .set_key_schema(definition.key_schema)
+        .set_stream_specification(
+            definition
+                .stream_specification
+                .filter(|_| std::env::var("BENCH_RAW_STREAM").is_ok_and(|v| v == "1")),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create the scratch table");
+    let now = shared::connection::now_ms().to_string();
+    let requests: Vec<WriteRequest> = (0..n)
+        .map(|i| {
+            // GUIDs like the simulator's, in scattered key order.
+            let id = format!("{:08x}-0000-4000-8000-{i:012x}", (i as u32).wrapping_mul(2_654_435_761));
+            let data = serde_json::json!({"id": id, "code": format!("P{i:05}"), "description": format!("Project {i}")});
+            let serde_json::Value::Object(data) = data else {
+                unreachable!()
+            };
+            let item = std::collections::HashMap::from([
+                ("pk".to_owned(), AttributeValue::S("bench-raw#projects".to_owned())),
+                ("record_id".to_owned(), AttributeValue::S(id)),
+                ("content_hash".to_owned(), AttributeValue::S(content_hash(&data))),
+                ("record".to_owned(), to_attribute(&serde_json::Value::Object(data), 1)),
+                ("first_seen_at".to_owned(), AttributeValue::N(now.clone())),
+                ("updated_at".to_owned(), AttributeValue::N(now.clone())),
+            ]);
+            let put = PutRequest::builder().set_item(Some(item)).build().expect("put request");
+            WriteRequest::builder().put_request(put).build()
+        })
+        .collect();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for batch in requests.chunks(25) {
+        let (client, table, permits, mut batch) = (client.clone(), scratch.clone(), permits.clone(), batch.to_vec());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            while !batch.is_empty() {
+                let output = client
+                    .batch_write_item()
+                    .request_items(&table, std::mem::take(&mut batch))
+                    .send()
+                    .await
+                    .expect("BatchWriteItem");
+                batch = output
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&table))
+                    .unwrap_or_default();
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("raw batch write");
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let _ = client.delete_table().table_name(&scratch).send().await;
+    rate
 }
 
 /// A full-mode first run, then an unchanged full rerun over the same endpoint.
