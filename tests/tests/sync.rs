@@ -29,6 +29,13 @@ fn exact() -> SimConfig {
     sim
 }
 
+/// A Microsoft Graph simulator without rate limits.
+fn graph() -> SimConfig {
+    let mut sim = SimConfig::for_preset(PresetName::Microsoft);
+    sim.data.rate_limit = None;
+    sim
+}
+
 /// An Exact Online simulator with these limits and 20 projects a page on
 /// the normal endpoint, so that a few hundred projects take many requests.
 fn exact_limited(limits: RateLimits) -> SimConfig {
@@ -321,8 +328,7 @@ async fn a_429_storm_with_retry_after_is_ridden_out() {
 
 #[tokio::test]
 async fn graph_delta_brings_inserts_updates_and_removals() {
-    let mut sim = SimConfig::for_preset(PresetName::Microsoft);
-    sim.data.rate_limit = None;
+    let sim = graph();
     let syncs = "[syncs.contacts]\nprovider = \"sim\"\nendpoint = \"/me/contacts/delta\"\nmode = \"delta\"\n";
     let fx = fixture(sim, syncs, "sync-delta").await;
     let ids = fx.sim().seed_contacts(250);
@@ -578,8 +584,7 @@ async fn the_division_is_learned_at_login_and_fills_the_url() {
 
 #[tokio::test]
 async fn an_expired_delta_link_starts_a_new_round_that_still_finds_deletions() {
-    let mut sim = SimConfig::for_preset(PresetName::Microsoft);
-    sim.data.rate_limit = None;
+    let sim = graph();
     let syncs = "[syncs.contacts]\nprovider = \"sim\"\nendpoint = \"/me/contacts/delta\"\nmode = \"delta\"\n";
     let fx = fixture(sim, syncs, "sync-gone").await;
     let ids = fx.sim().seed_contacts(30);
@@ -839,8 +844,7 @@ async fn a_delta_round_whose_next_link_expires_after_a_yield_deletes_only_what_i
     // then expires (410); the next run must read everything again and mark
     // deleted only what is really gone, not everything the old delta link
     // would not have returned.
-    let mut sim = SimConfig::for_preset(PresetName::Microsoft);
-    sim.data.rate_limit = None;
+    let sim = graph();
     let syncs = "[syncs.contacts]\nprovider = \"sim\"\nendpoint = \"/me/contacts/delta\"\nmode = \"delta\"\n";
     let fx = SyncFixture::start(
         sim,
@@ -1182,8 +1186,7 @@ async fn a_login_during_a_run_that_parks_leaves_the_job_scheduled() {
 
 #[tokio::test]
 async fn graph_user_updates_that_carry_only_what_changed_are_merged_into_the_whole_record() {
-    let mut sim = SimConfig::for_preset(PresetName::Microsoft);
-    sim.data.rate_limit = None;
+    let sim = graph();
     let syncs = "[syncs.users]\nprovider = \"sim\"\nendpoint = \"/users/delta\"\nmode = \"delta\"\n";
     let fx = fixture(sim, syncs, "sync-users-delta").await;
     let ids = fx.sim().seed_users(60);
