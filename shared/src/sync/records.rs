@@ -161,45 +161,13 @@ impl RecordStore {
         };
         for (id, change) in latest {
             let stored = known.get(&id);
-            let change = match change {
-                Change::Merge(patch) => match stored {
-                    Some(Known {
-                        deleted: false,
-                        record: Some(record),
-                        ..
-                    }) => {
-                        let mut data = record.clone();
-                        data.extend(patch.data);
-                        let hash = content_hash(&data);
-                        Change::Upsert(Incoming {
-                            id: patch.id,
-                            data,
-                            hash,
-                        })
-                    }
-                    _ => Change::Upsert(patch),
-                },
-                other => other,
-            };
-            match &change {
-                Change::Merge(_) => {}
-                Change::Upsert(record) => match stored {
-                    Some(k) if !k.deleted && k.hash.as_deref() == Some(record.hash.as_str()) => {
-                        plan.counts.unchanged += 1;
-                    }
-                    Some(k) => {
-                        plan.counts.updated += 1;
-                        plan.puts.push(item(pk, record, k.first_seen_at.unwrap_or(now), now));
-                    }
-                    None => {
-                        plan.counts.inserted += 1;
-                        plan.puts.push(item(pk, record, now, now));
-                    }
-                },
+            match change {
+                Change::Upsert(record) => plan.upsert(record, stored),
+                Change::Merge(patch) => plan.upsert(merged(patch, stored), stored),
                 Change::Delete(id) => {
                     if stored.is_some_and(|k| !k.deleted) {
                         plan.counts.deleted += 1;
-                        plan.deletes.push(id.clone());
+                        plan.deletes.push(id);
                     }
                 }
             }
@@ -228,21 +196,10 @@ impl RecordStore {
         after: Option<&str>,
         limit: i32,
     ) -> Result<(Vec<String>, Option<String>), StoreError> {
-        self.ops.queries.fetch_add(1, Ordering::Relaxed);
         let start = after.map(|id| HashMap::from([("pk".to_owned(), s(pk)), ("record_id".to_owned(), s(id))]));
-        let output = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(pk))
-            .projection_expression("record_id, deleted_at")
-            .limit(limit)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| sdk_failure("Query(records)", &self.table, e))?;
-        let items = output.items.unwrap_or_default();
+        let (items, last) = self
+            .query_page(pk, Some("record_id, deleted_at"), Some(limit), start)
+            .await?;
         let live = items
             .iter()
             .filter(|item| !item.contains_key("deleted_at"))
@@ -251,13 +208,10 @@ impl RecordStore {
                 _ => None,
             })
             .collect();
-        let last = output
-            .last_evaluated_key
-            .filter(|k| !k.is_empty())
-            .and_then(|k| match k.get("record_id") {
-                Some(AttributeValue::S(id)) => Some(id.clone()),
-                _ => None,
-            });
+        let last = last.and_then(|k| match k.get("record_id") {
+            Some(AttributeValue::S(id)) => Some(id.clone()),
+            _ => None,
+        });
         Ok((live, last))
     }
 
@@ -310,27 +264,48 @@ impl RecordStore {
         let mut items = Vec::new();
         let mut start = None;
         while items.len() < limit {
-            self.ops.queries.fetch_add(1, Ordering::Relaxed);
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(pk))
-                .set_projection_expression(projection.map(str::to_owned))
-                // No limit for an unbounded read: DynamoDB's 1 MB pages.
-                .set_limit(i32::try_from(limit - items.len()).ok())
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_failure("Query(records)", &self.table, e))?;
-            items.extend(output.items.unwrap_or_default());
-            start = output.last_evaluated_key.filter(|k| !k.is_empty());
+            // No limit for an unbounded read: DynamoDB's 1 MB pages.
+            let left = i32::try_from(limit - items.len()).ok();
+            let (page, last) = self.query_page(pk, projection, left, start).await?;
+            items.extend(page);
+            start = last;
             if start.is_none() {
                 break;
             }
         }
         Ok(items)
+    }
+
+    /// One `Query` page of the partition `pk`: its items and the key to go
+    /// on from (`None` at the end).
+    async fn query_page(
+        &self,
+        pk: &str,
+        projection: Option<&str>,
+        limit: Option<i32>,
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> Result<
+        (
+            Vec<HashMap<String, AttributeValue>>,
+            Option<HashMap<String, AttributeValue>>,
+        ),
+        StoreError,
+    > {
+        self.ops.queries.fetch_add(1, Ordering::Relaxed);
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk))
+            .set_projection_expression(projection.map(str::to_owned))
+            .set_limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| sdk_failure("Query(records)", &self.table, e))?;
+        let last = output.last_evaluated_key.filter(|k| !k.is_empty());
+        Ok((output.items.unwrap_or_default(), last))
     }
 
     /// The stored hash, delete mark and first sighting of each id that
@@ -554,6 +529,45 @@ fn backoff(attempt: u32, operation: &'static str, table: &str) -> Result<(), Sto
 /// 100 ms doubling, at most 2 s, with jitter.
 pub(crate) fn backoff_delay(attempt: u32) -> Duration {
     crate::refresh::backoff(Duration::from_millis(100), Duration::from_secs(2), attempt)
+}
+
+impl Plan {
+    /// A whole record: nothing when it is stored unchanged, else a put.
+    fn upsert(&mut self, record: Incoming, stored: Option<&Known>) {
+        match stored {
+            Some(k) if !k.deleted && k.hash.as_deref() == Some(record.hash.as_str()) => self.counts.unchanged += 1,
+            Some(k) => {
+                self.counts.updated += 1;
+                let first_seen_at = k.first_seen_at.unwrap_or(self.now);
+                self.puts.push(item(&self.pk, &record, first_seen_at, self.now));
+            }
+            None => {
+                self.counts.inserted += 1;
+                self.puts.push(item(&self.pk, &record, self.now, self.now));
+            }
+        }
+    }
+}
+
+/// A partial record merged into the stored one (when there is a live one).
+fn merged(patch: Incoming, stored: Option<&Known>) -> Incoming {
+    match stored {
+        Some(Known {
+            deleted: false,
+            record: Some(record),
+            ..
+        }) => {
+            let mut data = record.clone();
+            data.extend(patch.data);
+            let hash = content_hash(&data);
+            Incoming {
+                id: patch.id,
+                data,
+                hash,
+            }
+        }
+        _ => patch,
+    }
 }
 
 /// The item of a record.
