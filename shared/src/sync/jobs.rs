@@ -371,6 +371,22 @@ impl JobStore {
         self.owned(request, owner, "UpdateItem(renew lease)").await
     }
 
+    /// [`JobStore::renew`] for `lease` from now, and the run's clock set to
+    /// what it gave: the new end, or 0 when another run has the job (then
+    /// nothing more is written). An error leaves the clock as it was.
+    pub async fn renew_clock(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: std::time::Duration,
+        clock: &LeaseClock,
+    ) -> Result<bool, StoreError> {
+        let until = now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let renewed = self.renew(id, owner, until).await?;
+        clock.set(if renewed { until } else { 0 });
+        Ok(renewed)
+    }
+
     /// Saves the checkpoint while holding the lease. `false`: the lease was lost.
     pub async fn checkpoint(&self, id: &str, owner: &str, checkpoint: &Checkpoint) -> Result<bool, StoreError> {
         let request = self

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tracing::warn;
 
-use super::{Context, SyncEngine, millis};
+use super::{Context, SyncEngine};
 use crate::config::SyncMode;
 use crate::connection::now_ms;
 use crate::connection::store::StoreError;
@@ -157,15 +157,10 @@ impl SyncEngine {
         let Some(lease) = self.settings.renewed_lease else {
             return false;
         };
-        let until = now_ms() + millis(lease);
-        match self.jobs.renew(&cx.job, &self.worker, until).await {
-            Ok(true) => {
-                cx.lease.set(until);
-                true
-            }
+        match self.jobs.renew_clock(&cx.job, &self.worker, lease, &cx.lease).await {
+            Ok(true) => true,
             Ok(false) => {
                 warn!(job = cx.job, "the run's lease was taken over; it writes nothing more");
-                cx.lease.set(0);
                 false
             }
             Err(e) => {
@@ -182,13 +177,9 @@ impl SyncEngine {
         AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(lease / 3).await;
-                let until = now_ms() + millis(lease);
-                match jobs.renew(&id, &owner, until).await {
-                    Ok(true) => clock.set(until),
-                    Ok(false) => {
-                        clock.set(0);
-                        return;
-                    }
+                match jobs.renew_clock(&id, &owner, lease, &clock).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
                     // The clock runs out on its own if this keeps failing.
                     Err(e) => warn!(job = id, error = %error_chain(&e), "renewing the run's lease failed"),
                 }
