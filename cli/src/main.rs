@@ -19,7 +19,7 @@ use shared::aws::AwsClients;
 use shared::config::{CONFIG_ENV, Config, PresetName};
 use shared::connection::store::ConnectionStore;
 use shared::connection::{ConnectionId, ConnectionKind, now_ms};
-use shared::login::{ConnectClaims, LinkKeys, check_return_url, parse_lifetime};
+use shared::login::{LinkKeys, LinkOrder, parse_lifetime};
 use shared::refresh::{RefreshSettings, TokenService};
 use shared::runtime::{CONNECTIONS_TABLE_ENV, RECORDS_TABLE_ENV, SYNC_RUNS_TABLE_ENV, SYNC_STATE_TABLE_ENV};
 use shared::secrets::SecretStore;
@@ -298,47 +298,36 @@ struct LinkRequest {
     user: Option<String>,
 }
 
-/// Checks everything it can before touching AWS, then signs with the link key.
+/// Checks everything it can before touching AWS (the same checks as the
+/// API's `POST /links`: [`LinkOrder::claims`]), then signs with the link key.
 async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool) -> anyhow::Result<()> {
     let config = Config::load_and_discover(&config_file).await?;
-    let provider = config.provider(&request.provider)?;
-    let connection = ConnectionId::parse(&request.connection)?;
     let lifetime = parse_lifetime(&request.expires).context("--expires")?;
-    let return_url = match &request.return_url {
-        Some(text) => {
-            let url = shared::config::parse_http_url(text)
-                .map_err(anyhow::Error::msg)
-                .context("--return-url")?;
-            check_return_url(&url, &config.service.return_url_allow_list)?;
-            Some(url)
-        }
-        None => None,
-    };
-    for (flag, text) in [("--label", &request.label), ("--for", &request.user)] {
-        if let Some(text) = text {
-            shared::login::link::check_link_text(flag, text).with_context(|| {
-                format!(
-                    "{flag}: 1 to {} characters on one line",
-                    shared::login::link::MAX_LINK_TEXT
-                )
-            })?;
-        }
-    }
-    let expires_at = now_ms() / 1000 + i64::try_from(lifetime.as_secs())?;
-    let claims = ConnectClaims {
-        provider: provider.name.clone(),
-        connection,
+    let order = LinkOrder {
+        provider: request.provider,
+        connection: Some(request.connection),
         kind: if request.shared {
             ConnectionKind::Shared
         } else {
             ConnectionKind::PerUser
         },
-        return_url,
-        issued_at: now_ms(),
-        expires_at,
+        return_url: request.return_url,
+        lifetime,
         label: request.label,
         user: request.user,
     };
+    let claims = order.claims(&config, now_ms()).map_err(|e| {
+        let flag = match e.field {
+            "provider" => "PROVIDER",
+            "connection" => "--connection",
+            "return_url" => "--return-url",
+            "expires_in" => "--expires",
+            "label" => "--label",
+            "for" => "--for",
+            other => other,
+        };
+        anyhow::anyhow!("{flag}: {}", e.reason)
+    })?;
     let aws = AwsClients::from_env().await;
     let secret = &config.service.link_key_secret;
     let text = SecretStore::new(aws.secrets).text(secret).await?;

@@ -16,6 +16,7 @@
 //! - [`telemetry`]: logging for CloudWatch
 //! - [`runtime`]: start-up of every binary (clients and configuration, once)
 
+pub mod api;
 pub mod aws;
 pub mod config;
 pub mod connection;

@@ -83,13 +83,21 @@ impl App {
         ))
     }
 
+    /// The records table named by `OAUTH_SYNC_RECORDS_TABLE`.
+    pub fn record_store(&self) -> Result<crate::sync::records::RecordStore, StartupError> {
+        Ok(crate::sync::records::RecordStore::new(
+            self.aws.dynamodb.clone(),
+            env(RECORDS_TABLE_ENV)?,
+        ))
+    }
+
     /// The sync engine on the tables named by the environment.
     pub fn sync_engine(
         &self,
         tokens: Arc<TokenService>,
         settings: crate::sync::engine::SyncSettings,
     ) -> Result<crate::sync::engine::SyncEngine, StartupError> {
-        let records = crate::sync::records::RecordStore::new(self.aws.dynamodb.clone(), env(RECORDS_TABLE_ENV)?);
+        let records = self.record_store()?;
         Ok(crate::sync::engine::SyncEngine::new(
             Arc::new(self.config.clone()),
             tokens,

@@ -51,6 +51,8 @@ pub struct TableDefinition {
     pub key_schema: Vec<Key>,
     #[serde(default)]
     pub global_secondary_indexes: Vec<Index>,
+    #[serde(default)]
+    pub local_secondary_indexes: Vec<Index>,
     pub time_to_live_specification: Option<Ttl>,
     pub stream_specification: Option<StreamSpecification>,
     pub billing_mode: Option<String>,
@@ -153,6 +155,15 @@ pub async fn create_tables(
     Ok(names)
 }
 
+fn projection(projection: &IndexProjection) -> Projection {
+    Projection::builder()
+        .projection_type(ProjectionType::from(projection.projection_type.as_str()))
+        .set_non_key_attributes(
+            (!projection.non_key_attributes.is_empty()).then(|| projection.non_key_attributes.clone()),
+        )
+        .build()
+}
+
 fn key(k: &Key) -> Result<KeySchemaElement, String> {
     KeySchemaElement::builder()
         .attribute_name(&k.attribute_name)
@@ -187,19 +198,22 @@ async fn create_table(
         request = request.key_schema(key(k).map_err(fail)?);
     }
     for index in &table.global_secondary_indexes {
-        let projection = Projection::builder()
-            .projection_type(ProjectionType::from(index.projection.projection_type.as_str()))
-            .set_non_key_attributes(
-                (!index.projection.non_key_attributes.is_empty()).then(|| index.projection.non_key_attributes.clone()),
-            )
-            .build();
         let mut gsi = GlobalSecondaryIndex::builder()
             .index_name(&index.index_name)
-            .projection(projection);
+            .projection(projection(&index.projection));
         for k in &index.key_schema {
             gsi = gsi.key_schema(key(k).map_err(fail)?);
         }
         request = request.global_secondary_indexes(gsi.build().map_err(|e| fail(e.to_string()))?);
+    }
+    for index in &table.local_secondary_indexes {
+        let mut lsi = aws_sdk_dynamodb::types::LocalSecondaryIndex::builder()
+            .index_name(&index.index_name)
+            .projection(projection(&index.projection));
+        for k in &index.key_schema {
+            lsi = lsi.key_schema(key(k).map_err(fail)?);
+        }
+        request = request.local_secondary_indexes(lsi.build().map_err(|e| fail(e.to_string()))?);
     }
     if let Some(stream) = &table.stream_specification {
         request = request.stream_specification(

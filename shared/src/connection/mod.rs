@@ -62,8 +62,9 @@ impl fmt::Display for ConnectionId {
 pub const DUE_SHARDS: u32 = 16;
 
 /// Per end user (each user logs in once) or shared (one service account for everyone).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ConnectionKind {
+    #[default]
     PerUser,
     Shared,
 }
@@ -76,7 +77,7 @@ impl ConnectionKind {
         }
     }
 
-    fn parse(value: &str) -> Option<ConnectionKind> {
+    pub fn parse(value: &str) -> Option<ConnectionKind> {
         match value {
             "per_user" => Some(ConnectionKind::PerUser),
             "shared" => Some(ConnectionKind::Shared),
@@ -104,7 +105,7 @@ impl Status {
         }
     }
 
-    fn parse(value: &str) -> Option<Status> {
+    pub fn parse(value: &str) -> Option<Status> {
         match value {
             "pending" => Some(Status::Pending),
             "active" => Some(Status::Active),

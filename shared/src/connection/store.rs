@@ -150,6 +150,9 @@ pub struct ConnectionStore {
     clock: ServerClock,
 }
 
+/// The index of the connections table by provider (keys only), for the API's listing.
+pub const PROVIDER_INDEX: &str = "by-provider";
+
 const LEASE_FIELDS: &str = "lease_owner, lease_until, lease_taken_at";
 /// A refresh whose outcome is unknown: when it was first sent, and when its one resend was.
 const UNKNOWN_FIELDS: &str = "outcome_unknown_since, outcome_unknown_resent_at";
@@ -783,6 +786,103 @@ impl ConnectionStore {
         }
         connections.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(connections)
+    }
+
+    /// One page of the connections of `provider`, in id order after `after`:
+    /// a `Query` of the `by-provider` index (keys only, so token writes never
+    /// touch it), then a consistent `BatchGetItem` of those ids. Returns the
+    /// connections and the last id read (`None`: the provider's last page).
+    pub async fn page_of_provider(
+        &self,
+        provider: &str,
+        after: Option<&ConnectionId>,
+        limit: i32,
+    ) -> Result<(Vec<Connection>, Option<ConnectionId>), StoreError> {
+        self.ops.queries.fetch_add(1, Ordering::Relaxed);
+        let start =
+            after.map(|id| HashMap::from([("id".to_owned(), s(id.as_str())), ("provider".to_owned(), s(provider))]));
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PROVIDER_INDEX)
+            .key_condition_expression("provider = :provider")
+            .expression_attribute_values(":provider", s(provider))
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| self.fail("Query(by-provider)", e))?;
+        let ids: Vec<String> = output
+            .items()
+            .iter()
+            .filter_map(|item| match item.get("id") {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let last = match output.last_evaluated_key() {
+            Some(key) if !key.is_empty() => ids.last().map(|id| ConnectionId::parse(id)).transpose().ok().flatten(),
+            _ => None,
+        };
+        let mut connections = self.get_many(&ids).await?;
+        connections.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((connections, last))
+    }
+
+    /// The connections `ids` that exist (consistent reads, 100 keys a request).
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Connection>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let keys = chunk
+                .iter()
+                .map(|id| HashMap::from([("id".to_owned(), s(id))]))
+                .collect();
+            let mut request = Some(
+                aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| StoreError::Malformed {
+                        id: self.table.clone(),
+                        reason: e.to_string(),
+                    })?,
+            );
+            let mut attempt = 0;
+            while let Some(keys) = request.take() {
+                self.ops.reads.fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
+                let output = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, keys)
+                    .send()
+                    .await
+                    .map_err(|e| self.fail("BatchGetItem", e))?;
+                for item in output
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    found.push(from_item(item)?);
+                }
+                request = output
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+                if request.is_some() {
+                    attempt += 1;
+                    if attempt >= 8 {
+                        return Err(StoreError::Unprocessed {
+                            operation: "BatchGetItem",
+                            table: self.table.clone(),
+                            attempts: attempt,
+                        });
+                    }
+                    tokio::time::sleep(crate::sync::records::backoff_delay(attempt)).await;
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// One page of the ids of active connections in `shard` whose refresh is

@@ -280,6 +280,79 @@ pub fn link_id(query: &BTreeMap<String, String>) -> Option<String> {
         .map(|sig| crate::crypto::sha256_b64url(format!("link:{sig}").as_bytes()))
 }
 
+/// A connect link as asked for by the CLI's `connect-link` or the API's
+/// `POST /links`, before any check: [`LinkOrder::claims`] is the one place
+/// that checks it, so both refuse the same input for the same reason.
+#[derive(Debug, Clone, Default)]
+pub struct LinkOrder {
+    pub provider: String,
+    /// The connection the login creates or renews; a fresh id when absent.
+    pub connection: Option<String>,
+    pub kind: ConnectionKind,
+    pub return_url: Option<String>,
+    pub lifetime: Duration,
+    pub label: Option<String>,
+    pub user: Option<String>,
+}
+
+/// What in a [`LinkOrder`] is wrong: the field (its API name; the CLI maps
+/// it to its flag) and why. Nothing was signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct LinkOrderError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl LinkOrder {
+    /// The claims of the link, checked against the configuration: a
+    /// configured provider, a valid connection id, a lifetime up to
+    /// [`MAX_LINK_LIFETIME`], a return URL on the allow-list, one-line texts.
+    pub fn claims(&self, config: &crate::config::Config, now_ms: i64) -> Result<ConnectClaims, LinkOrderError> {
+        let wrong = |field: &'static str, reason: String| LinkOrderError { field, reason };
+        let provider = config
+            .provider(&self.provider)
+            .map_err(|e| wrong("provider", e.to_string()))?;
+        let connection = match &self.connection {
+            Some(id) => ConnectionId::parse(id).map_err(|e| wrong("connection", e.to_string()))?,
+            None => ConnectionId::parse(&format!("conn-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)))
+                .map_err(|e| wrong("connection", e.to_string()))?,
+        };
+        if self.lifetime.is_zero() {
+            return Err(wrong("expires_in", "a link must live at least one second".to_owned()));
+        }
+        if self.lifetime > MAX_LINK_LIFETIME {
+            return Err(wrong("expires_in", LinkError::TooLong.to_string()));
+        }
+        let return_url = match &self.return_url {
+            Some(text) => {
+                let url = crate::config::parse_http_url(text).map_err(|e| wrong("return_url", e))?;
+                check_return_url(&url, &config.service.return_url_allow_list)
+                    .map_err(|e| wrong("return_url", e.to_string()))?;
+                Some(url)
+            }
+            None => None,
+        };
+        for (field, text) in [("label", &self.label), ("for", &self.user)] {
+            if let Some(text) = text {
+                check_link_text(field, text)
+                    .map_err(|_| wrong(field, format!("1 to {MAX_LINK_TEXT} characters on one line")))?;
+            }
+        }
+        let lifetime_secs = i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX);
+        Ok(ConnectClaims {
+            provider: provider.name.clone(),
+            connection,
+            kind: self.kind,
+            return_url,
+            issued_at: now_ms,
+            expires_at: now_ms / 1000 + lifetime_secs,
+            label: self.label.clone(),
+            user: self.user.clone(),
+        })
+    }
+}
+
 /// A return URL is allowed when an allow-list entry has its scheme, host and
 /// port, and its path is the entry's path or below it (`/done` allows
 /// `/done` and `/done/x`, not `/done-evil`). A URL with user info

@@ -9,4 +9,4 @@ pub mod flow;
 pub mod grant;
 pub mod link;
 
-pub use link::{ConnectClaims, LinkError, LinkKeys, MAX_LINK_LIFETIME, check_return_url, parse_lifetime};
+pub use link::{ConnectClaims, LinkError, LinkKeys, LinkOrder, MAX_LINK_LIFETIME, check_return_url, parse_lifetime};

@@ -386,12 +386,27 @@ impl TokenService {
 
     /// A valid access token for the connection, refreshed through the protocol when due.
     pub async fn access_token(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::IfDue, deadline, None).await
+        self.run(id, Mode::IfDue, deadline, None, 0).await
+    }
+
+    /// [`TokenService::access_token`] for a caller that will use the token
+    /// for a while (the API's token route): one with less than `valid_for`
+    /// left is refreshed through the protocol first. When the provider's
+    /// tokens live shorter than that, asking for more cannot be met: a
+    /// token with at least half its lifetime left is handed out as it is,
+    /// so that repeated calls do not refresh on every call.
+    pub async fn access_token_valid_for(
+        &self,
+        id: &ConnectionId,
+        valid_for: Duration,
+        deadline: Instant,
+    ) -> Result<Fresh, RefreshError> {
+        self.run(id, Mode::IfDue, deadline, None, millis(valid_for)).await
     }
 
     /// Refreshes now, unless another worker refreshed it while this call waited.
     pub async fn refresh_now(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::Force, deadline, None).await
+        self.run(id, Mode::Force, deadline, None, 0).await
     }
 
     /// The provider refused the access token of `refused_version` (a 401):
@@ -404,7 +419,7 @@ impl TokenService {
         refused_version: u64,
         deadline: Instant,
     ) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::Force, deadline, Some(refused_version)).await
+        self.run(id, Mode::Force, deadline, Some(refused_version), 0).await
     }
 
     /// Disconnects: revokes the tokens at the provider's RFC 7009 endpoint
@@ -608,13 +623,15 @@ impl TokenService {
     }
 
     /// The protocol's loop. `forced_from`, with [`Mode::Force`]: the version
-    /// to replace (`None`: the one first read).
+    /// to replace (`None`: the one first read). `valid_for_ms`: how long the
+    /// caller needs the token (see [`TokenService::access_token_valid_for`]).
     async fn run(
         &self,
         id: &ConnectionId,
         mode: Mode,
         deadline: Instant,
         forced_from: Option<u64>,
+        valid_for_ms: i64,
     ) -> Result<Fresh, RefreshError> {
         let owner = self.owner();
         let mut forced_from = forced_from;
@@ -634,7 +651,7 @@ impl TokenService {
             }
             let provider = self.config.provider(&conn.provider)?;
             let now = now_ms();
-            let access_valid = usable(&conn, now);
+            let access_valid = usable(&conn, now, needed_margin(&conn, valid_for_ms));
             let due = match mode {
                 Mode::IfDue => !access_valid || is_due(&conn, provider, now),
                 Mode::Force => match forced_from {
@@ -779,7 +796,7 @@ impl TokenService {
         until: i64,
         cause: String,
     ) -> Result<Fresh, RefreshError> {
-        if mode == Mode::IfDue && usable(conn, now) {
+        if mode == Mode::IfDue && usable(conn, now, USABLE_MARGIN_MS) {
             return self.fresh(conn, false);
         }
         Err(RefreshError::RetryLater {
@@ -860,9 +877,24 @@ impl TokenService {
 /// An access token with less than this left is not handed out.
 const USABLE_MARGIN_MS: i64 = 5_000;
 
-/// Is the stored access token still good to hand out?
-fn usable(conn: &Connection, now: i64) -> bool {
-    conn.access_token.is_some() && conn.access_expires_at.is_some_and(|e| e > now + USABLE_MARGIN_MS)
+/// Is the stored access token still good to hand out, with `margin` ms left?
+fn usable(conn: &Connection, now: i64, margin: i64) -> bool {
+    conn.access_token.is_some() && conn.access_expires_at.is_some_and(|e| e > now.saturating_add(margin))
+}
+
+/// How much of its life a token must have left for a caller that needs it
+/// `valid_for_ms`: at least [`USABLE_MARGIN_MS`], and at most half the
+/// lifetime the provider gave it (from its last refresh or the login), a
+/// need a refresh could not meet any better.
+fn needed_margin(conn: &Connection, valid_for_ms: i64) -> i64 {
+    let issued_at = conn.last_refresh_at.unwrap_or(conn.created_at);
+    let lifetime = conn.access_expires_at.map_or(0, |e| e.saturating_sub(issued_at));
+    let reachable = if lifetime > 0 {
+        valid_for_ms.min(lifetime / 2)
+    } else {
+        valid_for_ms
+    };
+    reachable.max(USABLE_MARGIN_MS)
 }
 
 /// When a token issued at `issued_at` (epoch ms) that lives `expires_in` seconds expires.

@@ -150,6 +150,11 @@ pub struct Checkpoint {
     pub failures: u32,
     pub rate: RateState,
     pub run: Option<RunState>,
+    /// The job's next change number: every record write of the job carries
+    /// one (`change_seq`), and every number below this one has landed. Moved
+    /// only by the run that holds the lease, after its writes; readers of
+    /// changes since a cursor read no further (docs/api.md).
+    pub changes: u64,
 }
 
 /// How a run ended, for the history and `sync status`.
@@ -211,16 +216,27 @@ impl JobStore {
     /// parked (a new login brings a parked job back); a scheduled job keeps
     /// its time.
     pub async fn schedule(&self, connection: &ConnectionId, sync: &str) -> Result<(), StoreError> {
+        self.set_due(connection, sync, "if_not_exists(next_run_at, :now)").await
+    }
+
+    /// [`JobStore::schedule`], but due now whatever its time was: the API's
+    /// "run now" (the sync function picks it up on its next schedule; a run
+    /// in progress keeps its lease and goes on).
+    pub async fn make_due(&self, connection: &ConnectionId, sync: &str) -> Result<(), StoreError> {
+        self.set_due(connection, sync, ":now").await
+    }
+
+    async fn set_due(&self, connection: &ConnectionId, sync: &str, next_run_at: &str) -> Result<(), StoreError> {
         let id = job_id(connection, sync);
         self.client
             .update_item()
             .table_name(&self.table)
             .key("id", s(&id))
-            .update_expression(
+            .update_expression(format!(
                 "SET #connection = :connection, #sync = :sync, due_shard = :shard, \
-                 next_run_at = if_not_exists(next_run_at, :now), updated_at = :now, schedule_nonce = :nonce \
-                 REMOVE parked_reason",
-            )
+                 next_run_at = {next_run_at}, updated_at = :now, schedule_nonce = :nonce \
+                 REMOVE parked_reason"
+            ))
             .expression_attribute_values(":nonce", s(&format!("{:016x}", fastrand::u64(..))))
             .expression_attribute_names("#connection", "connection")
             .expression_attribute_names("#sync", "sync")

@@ -5,6 +5,12 @@
 //! it, `deleted_at` (a soft delete: downstream consumers of the table's stream
 //! see it as a change).
 //!
+//! Every write also sets `change_seq`, the job's change sequence number
+//! handed out by the run that holds the job's lease: the `changes` local
+//! secondary index orders a partition by it, so that [`RecordStore::changes`]
+//! can answer "what changed since this cursor" with strongly consistent
+//! reads (docs/api.md, "Changes since a cursor", says why no change is skipped).
+//!
 //! A page costs one consistent `BatchGetItem` per 100 keys (projection: the
 //! hash and the delete mark) and writes only records that are new, changed or
 //! back from deletion, in `BatchWriteItem`s of 25 whose unprocessed items are
@@ -20,6 +26,9 @@ use serde_json::{Map, Number, Value};
 
 use super::jobs::LeaseClock;
 use crate::connection::store::{OpCounts, StoreError, n, s, sdk_failure};
+
+/// The local secondary index of the records table that orders a partition by `change_seq`.
+pub const CHANGES_INDEX: &str = "changes";
 
 /// DynamoDB's item size limit.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
@@ -83,13 +92,57 @@ pub struct Plan {
     now: i64,
 }
 
-/// A record as stored, for the CLI.
+/// A record as stored, for the CLI and the API.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRecord {
     pub id: String,
     pub data: Value,
+    pub first_seen_at: Option<i64>,
     pub updated_at: Option<i64>,
     pub deleted_at: Option<i64>,
+    /// The job's change sequence number of its last write (absent on records
+    /// written before change sequences existed).
+    pub change_seq: Option<u64>,
+}
+
+impl StoredRecord {
+    fn from_item(item: &HashMap<String, AttributeValue>) -> StoredRecord {
+        let number = |key: &str| match item.get(key) {
+            Some(AttributeValue::N(v)) => v.parse::<i64>().ok(),
+            _ => None,
+        };
+        StoredRecord {
+            id: match item.get("record_id") {
+                Some(AttributeValue::S(id)) => id.clone(),
+                _ => String::new(),
+            },
+            data: item.get("record").map_or(Value::Null, to_json),
+            first_seen_at: number("first_seen_at"),
+            updated_at: number("updated_at"),
+            deleted_at: number("deleted_at"),
+            change_seq: number("change_seq").and_then(|n| u64::try_from(n).ok()),
+        }
+    }
+}
+
+/// A place in a partition's change order: after the change `seq` of record
+/// `id` (two records can share a number when a run that failed left writes
+/// behind, so the id breaks the tie, as the index itself orders them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangePlace {
+    pub seq: u64,
+    pub id: String,
+}
+
+/// One page of [`RecordStore::changes`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangesPage {
+    pub records: Vec<StoredRecord>,
+    /// Where the next page starts: the last record's place, or the place
+    /// asked for when nothing changed since.
+    pub next: Option<ChangePlace>,
+    /// More changes are readable right now (the page was cut by its limit).
+    pub more: bool,
 }
 
 /// The records table.
@@ -128,16 +181,18 @@ impl RecordStore {
         &self.ops
     }
 
-    /// Applies one page: [`RecordStore::plan`], then [`RecordStore::write`].
+    /// Applies one page: [`RecordStore::plan`], then [`RecordStore::write`]
+    /// with change numbers from `first_seq`.
     pub async fn apply(
         &self,
         pk: &str,
         changes: Vec<Change>,
         now: i64,
         fence: &LeaseClock,
+        first_seq: u64,
     ) -> Result<Applied, StoreError> {
         let plan = self.plan(pk, changes, now).await?;
-        self.write(&plan, fence).await?;
+        self.write(&plan, fence, first_seq).await?;
         Ok(plan.counts)
     }
 
@@ -180,9 +235,26 @@ impl RecordStore {
     /// No batch is sent once `fence` says the run's lease ran out
     /// ([`StoreError::LeaseLost`]): a run paused past its lease cannot write
     /// what it read before over what a newer run wrote since.
-    pub async fn write(&self, plan: &Plan, fence: &LeaseClock) -> Result<(), StoreError> {
-        self.put_all(plan.puts.clone(), fence).await?;
-        self.mark_deleted(&plan.pk, &plan.deletes, plan.now, fence).await?;
+    ///
+    /// The writes carry the change numbers `first_seq ..
+    /// first_seq + plan.writes()`, in the plan's order; the caller makes
+    /// them visible to readers of [`RecordStore::changes`] only after this
+    /// returns `Ok`.
+    pub async fn write(&self, plan: &Plan, fence: &LeaseClock, first_seq: u64) -> Result<(), StoreError> {
+        let puts = plan
+            .puts
+            .iter()
+            .zip(first_seq..)
+            .map(|(item, seq)| {
+                let mut item = item.clone();
+                item.insert("change_seq".to_owned(), n(seq));
+                item
+            })
+            .collect();
+        self.put_all(puts, fence).await?;
+        let deletes_from = first_seq + plan.puts.len() as u64;
+        self.mark_deleted(&plan.pk, &plan.deletes, deletes_from, plan.now, fence)
+            .await?;
         Ok(())
     }
 
@@ -216,41 +288,85 @@ impl RecordStore {
     }
 
     /// Marks the records `ids` of `pk` deleted, a few at a time, while
-    /// `fence` holds; those already deleted are left as they are. Returns
-    /// how many it marked.
-    pub async fn delete_many(&self, pk: &str, ids: &[String], now: i64, fence: &LeaseClock) -> Result<u64, StoreError> {
-        let batches = ids.chunks(WRITE_BATCH).map(<[String]>::to_vec).collect();
+    /// `fence` holds, with the change numbers `first_seq .. first_seq +
+    /// ids.len()`; those already deleted are left as they are. Returns how
+    /// many it marked.
+    pub async fn delete_many(
+        &self,
+        pk: &str,
+        ids: &[String],
+        now: i64,
+        fence: &LeaseClock,
+        first_seq: u64,
+    ) -> Result<u64, StoreError> {
+        let batches = ids
+            .chunks(WRITE_BATCH)
+            .zip((first_seq..).step_by(WRITE_BATCH))
+            .map(|(chunk, seq)| (chunk.to_vec(), seq))
+            .collect();
         let pk = pk.to_owned();
         let deleted = self
-            .concurrently(batches, |store, chunk| {
+            .concurrently(batches, |store, (chunk, seq)| {
                 let (pk, fence) = (pk.clone(), fence.clone());
-                async move { store.mark_deleted(&pk, &chunk, now, &fence).await }
+                async move { store.mark_deleted(&pk, &chunk, seq, now, &fence).await }
             })
             .await?;
         Ok(deleted.into_iter().sum())
     }
 
+    /// Records of `pk` changed after `after` (from the start: `None`), in
+    /// change order, with change numbers below `below` only: the job's
+    /// committed number, below which every write has landed. Strongly
+    /// consistent reads of the `changes` index; at most `limit` records.
+    pub async fn changes(
+        &self,
+        pk: &str,
+        after: Option<&ChangePlace>,
+        below: u64,
+        limit: i32,
+    ) -> Result<ChangesPage, StoreError> {
+        // A place with no id is the start (DynamoDB keys cannot be empty).
+        let start = after.filter(|place| !place.id.is_empty()).map(|place| {
+            HashMap::from([
+                ("pk".to_owned(), s(pk)),
+                ("record_id".to_owned(), s(&place.id)),
+                ("change_seq".to_owned(), n(place.seq)),
+            ])
+        });
+        self.ops.queries.fetch_add(1, Ordering::Relaxed);
+        let output = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(CHANGES_INDEX)
+            .key_condition_expression("pk = :pk AND change_seq < :below")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":below", n(below))
+            .consistent_read(true)
+            .select(aws_sdk_dynamodb::types::Select::AllAttributes)
+            .limit(limit)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| sdk_failure("Query(records changes)", &self.table, e))?;
+        let records: Vec<StoredRecord> = output.items().iter().map(StoredRecord::from_item).collect();
+        let more = output.last_evaluated_key.as_ref().is_some_and(|k| !k.is_empty());
+        let next = records
+            .last()
+            .and_then(|r| {
+                Some(ChangePlace {
+                    seq: r.change_seq?,
+                    id: r.id.clone(),
+                })
+            })
+            .or_else(|| after.cloned());
+        Ok(ChangesPage { records, next, more })
+    }
+
     /// Up to `limit` records of `pk`, in key order.
     pub async fn list(&self, pk: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
         let items = self.partition(pk, None, limit).await?;
-        Ok(items
-            .into_iter()
-            .map(|item| {
-                let number = |key: &str| match item.get(key) {
-                    Some(AttributeValue::N(v)) => v.parse().ok(),
-                    _ => None,
-                };
-                StoredRecord {
-                    id: match item.get("record_id") {
-                        Some(AttributeValue::S(id)) => id.clone(),
-                        _ => String::new(),
-                    },
-                    data: item.get("record").map_or(Value::Null, to_json),
-                    updated_at: number("updated_at"),
-                    deleted_at: number("deleted_at"),
-                }
-            })
-            .collect())
+        Ok(items.iter().map(StoredRecord::from_item).collect())
     }
 
     /// Up to `limit` items (`usize::MAX`: all) of the partition `pk`, with
@@ -484,10 +600,18 @@ impl RecordStore {
         Ok(())
     }
 
-    /// Soft-deletes: `deleted_at` on records that exist and are not deleted yet.
-    async fn mark_deleted(&self, pk: &str, ids: &[String], now: i64, fence: &LeaseClock) -> Result<u64, StoreError> {
+    /// Soft-deletes: `deleted_at` on records that exist and are not deleted
+    /// yet, with the change numbers `first_seq ..` in `ids`' order.
+    async fn mark_deleted(
+        &self,
+        pk: &str,
+        ids: &[String],
+        first_seq: u64,
+        now: i64,
+        fence: &LeaseClock,
+    ) -> Result<u64, StoreError> {
         let mut deleted = 0;
-        for id in ids {
+        for (id, seq) in ids.iter().zip(first_seq..) {
             if !fence.holds() {
                 return Err(StoreError::LeaseLost);
             }
@@ -498,9 +622,10 @@ impl RecordStore {
                 .table_name(&self.table)
                 .key("pk", s(pk))
                 .key("record_id", s(id))
-                .update_expression("SET deleted_at = :now, updated_at = :now")
+                .update_expression("SET deleted_at = :now, updated_at = :now, change_seq = :seq")
                 .condition_expression("attribute_exists(record_id) AND attribute_not_exists(deleted_at)")
                 .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":seq", n(seq))
                 .send()
                 .await;
             match result {
@@ -532,6 +657,11 @@ pub(crate) fn backoff_delay(attempt: u32) -> Duration {
 }
 
 impl Plan {
+    /// How many writes (and change numbers) the plan needs.
+    pub fn writes(&self) -> u64 {
+        (self.puts.len() + self.deletes.len()) as u64
+    }
+
     /// A whole record: nothing when it is stored unchanged, else a put.
     fn upsert(&mut self, record: Incoming, stored: Option<&Known>) {
         match stored {

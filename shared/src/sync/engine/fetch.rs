@@ -33,7 +33,7 @@ pub(super) enum Stop {
 /// timeout on every call) but keeping connections alive between pages of a
 /// run. A socket the provider closed while Lambda was frozen only fails a
 /// GET, which the engine retries; a refresh is never sent on this client.
-pub(super) fn page_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+pub(crate) fn page_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(5)))

@@ -40,7 +40,8 @@ mod pass;
 mod store;
 mod sweep;
 
-use fetch::page_client;
+pub(crate) use fetch::page_client;
+pub use pass::rate_key;
 
 /// Timing and bounds of the engine.
 #[derive(Debug, Clone)]
@@ -191,6 +192,24 @@ struct Context<'a> {
     lease: LeaseClock,
     /// The provider's rate key: whose shared budget the requests draw on.
     rate_key: String,
+    /// The job's next change number ([`Checkpoint::changes`]): every record
+    /// write takes numbers from here, and it moves past them only once the
+    /// writes have landed, so the checkpoint never names a number whose
+    /// write could still be missing.
+    changes: std::sync::atomic::AtomicU64,
+}
+
+impl Context<'_> {
+    /// The first change number of the next write.
+    fn next_change(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// After `count` writes from `first` landed.
+    fn changes_landed(&self, first: u64, count: u64) {
+        self.changes
+            .store(first.saturating_add(count), std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// How long a job waits after its `failures`-th failed run in a row: the

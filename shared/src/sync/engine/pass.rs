@@ -182,6 +182,7 @@ impl SyncEngine {
             params,
             deadline,
             lease: lease.clone(),
+            changes: std::sync::atomic::AtomicU64::new(checkpoint.changes),
         };
         let now = now_ms();
         let mut run = checkpoint.run.take().unwrap_or_else(|| RunState {
@@ -200,6 +201,7 @@ impl SyncEngine {
             ..RunState::default()
         });
         let end = self.pages(&context, checkpoint, &mut run, on_page).await;
+        checkpoint.changes = context.next_change();
         let counts = run.counts.clone();
         checkpoint.run = Some(run);
         (end, counts)
@@ -352,6 +354,7 @@ impl SyncEngine {
     pub(super) async fn save(&self, cx: &Context<'_>, checkpoint: &Checkpoint, run: &RunState) -> Result<(), RunEnd> {
         let mut saved = checkpoint.clone();
         saved.run = Some(run.clone());
+        saved.changes = cx.next_change();
         match self.jobs.checkpoint(&cx.job, &self.worker, &saved).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(RunEnd::LostLease),

@@ -121,7 +121,10 @@ impl SyncEngine {
         let plan = self
             .store_retry(cx, || self.records.plan(&cx.job, changes.clone(), now))
             .await?;
-        self.store_retry(cx, || self.records.write(&plan, &cx.lease)).await?;
+        let first = cx.next_change();
+        self.store_retry(cx, || self.records.write(&plan, &cx.lease, first))
+            .await?;
+        cx.changes_landed(first, plan.writes());
         Ok(plan.counts)
     }
 

@@ -71,12 +71,15 @@ impl SyncEngine {
                 if !self.lease_holds(cx).await {
                     return Err(RunEnd::LostLease);
                 }
-                let now = now_ms();
+                let (now, first) = (now_ms(), cx.next_change());
                 match self
-                    .store_retry(cx, || self.records.delete_many(&cx.job, &gone, now, &cx.lease))
+                    .store_retry(cx, || self.records.delete_many(&cx.job, &gone, now, &cx.lease, first))
                     .await
                 {
-                    Ok(deleted) => run.counts.deleted += deleted,
+                    Ok(deleted) => {
+                        cx.changes_landed(first, gone.len() as u64);
+                        run.counts.deleted += deleted;
+                    }
                     Err(StoreError::LeaseLost) => return Err(RunEnd::LostLease),
                     Err(e) => return Err(RunEnd::Failed(format!("the sweep failed: {}", error_chain(&e)))),
                 }
