@@ -3,6 +3,7 @@
 //! Secrets Manager through the same standard environment as the functions
 //! (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL_*`).
 
+mod api;
 mod keys;
 mod output;
 mod redirect;
@@ -113,6 +114,47 @@ enum Command {
         /// configuration and the CLI's environment.
         #[arg(long)]
         stack: Option<String>,
+    },
+    /// Print an access token of a connection, valid for at least --min-valid.
+    ///
+    /// The token comes through the refresh protocol (refreshed first when it
+    /// would expire sooner), as the API's token route gives it. Only the token
+    /// goes to stdout (`TOKEN=$(oauth-sync token ID)`), its version and expiry
+    /// to stderr; with --json the token route's answer: access_token,
+    /// token_type, expires_at, expires_in, token_version. A provider whose
+    /// tokens live shorter than --min-valid gives one with at least half its
+    /// lifetime left. The token is never logged.
+    Token {
+        /// The connection id.
+        id: String,
+        /// How long the token must stay valid: 90s, 15m, 1h (at most 1h).
+        #[arg(long, default_value = "60s")]
+        min_valid: String,
+    },
+    /// Call the provider's API as the connection, through the API's proxy.
+    ///
+    /// PATH is below the provider's api_base_url (its placeholders, such as
+    /// Exact's {division}, filled from the connection): `oauth-sync proxy ID
+    /// GET '/project/Projects?$select=ID,Code'`. The request draws on the
+    /// provider's shared rate budget (with the syncs); a 401 gets one refresh
+    /// and one retry. The status line goes to stderr, the body as it came to
+    /// stdout; with --json one object with status, headers and body. Exits
+    /// non-zero when the provider answers 4xx or 5xx.
+    Proxy {
+        /// The connection id.
+        id: String,
+        /// GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS.
+        method: String,
+        /// The path below the provider's API, with its query: '/project/Projects?$top=5'.
+        path: String,
+        /// A request header, `Name: value` (repeat for more). Authorization,
+        /// cookies and hop-by-hop headers are not forwarded.
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The request body: @FILE, - (stdin) or the text itself. A JSON body
+        /// without a Content-Type header is sent as application/json.
+        #[arg(long, short = 'd', value_name = "@FILE|-|TEXT")]
+        data: Option<String>,
     },
     /// Show the stored records of one connection's sync, in key order.
     Records {
@@ -277,6 +319,23 @@ async fn main() -> ExitCode {
             command: SyncCommand::Schedule { sync },
         } => sync_schedule(config_path(cli.config), &sync, cli.json).await,
         Command::Records { id, sync, limit } => records(config_path(cli.config), &id, &sync, limit, cli.json).await,
+        Command::Token { id, min_valid } => api::token(&config_path(cli.config), &id, &min_valid, cli.json).await,
+        Command::Proxy {
+            id,
+            method,
+            path,
+            headers,
+            data,
+        } => {
+            let args = api::ProxyArgs {
+                id,
+                method,
+                target: path,
+                headers,
+                data,
+            };
+            api::proxy(&config_path(cli.config), args, cli.json).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

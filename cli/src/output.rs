@@ -15,8 +15,12 @@ use shared::sync::records::StoredRecord;
 use shared::when;
 
 pub fn write_out(text: &str) -> anyhow::Result<()> {
+    write_bytes(text.as_bytes())
+}
+
+fn write_bytes(bytes: &[u8]) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
+    stdout.write_all(bytes)?;
     stdout.flush()?;
     Ok(())
 }
@@ -319,6 +323,82 @@ pub fn revoked(
         ),
     };
     write_out(&text)
+}
+
+/// `token`: the token alone on stdout, what it is on stderr; with --json
+/// the token route's answer.
+pub fn token(
+    id: &ConnectionId,
+    answer: &shared::api::TokenAnswer,
+    expires_at: i64,
+    refreshed: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    if as_json {
+        return write_out(&format!("{}\n", serde_json::to_string(answer)?));
+    }
+    write_out(&format!("{}\n", answer.access_token))?;
+    eprintln!(
+        "{id}: token_version {}{}, expires {}",
+        answer.token_version,
+        if refreshed { " (refreshed now)" } else { "" },
+        when::moment(expires_at, now_ms())
+    );
+    Ok(())
+}
+
+/// `proxy`: the status line on stderr and the body as it came on stdout;
+/// with --json one object: status, headers, body (JSON when it parses,
+/// else text; a binary body only by its size), and whether the token was
+/// refreshed after a 401.
+pub fn proxied(answer: &shared::api::proxy::ProxyAnswer, as_json: bool) -> anyhow::Result<()> {
+    let refreshed = if answer.refreshed {
+        " (after one refresh: the provider refused the first token)"
+    } else {
+        ""
+    };
+    if !as_json {
+        eprintln!("HTTP {}{refreshed}", answer.status);
+        write_bytes(&answer.body)?;
+        // A terminal's prompt starts on a line of its own; a pipe gets the bytes unchanged.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout())
+            && !answer.body.ends_with(b"\n")
+            && !answer.body.is_empty()
+        {
+            write_out("\n")?;
+        }
+        return Ok(());
+    }
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &answer.headers {
+        let value = json!(String::from_utf8_lossy(value.as_bytes()));
+        match headers.get_mut(name.as_str()) {
+            Some(Value::Array(values)) => values.push(value),
+            Some(one) => *one = json!([one.take(), value]),
+            None => {
+                headers.insert(name.as_str().to_owned(), value);
+            }
+        }
+    }
+    let mut out = json!({
+        "status": answer.status,
+        "headers": headers,
+        "refreshed": answer.refreshed,
+    });
+    match (
+        serde_json::from_slice::<Value>(&answer.body),
+        std::str::from_utf8(&answer.body),
+    ) {
+        (_, Ok("")) => out["body"] = Value::Null,
+        (Ok(value), _) => out["body"] = value,
+        (Err(_), Ok(text)) => out["body"] = json!(text),
+        (Err(_), Err(_)) => {
+            out["body"] = Value::Null;
+            out["body_bytes"] = json!(answer.body.len());
+            out["note"] = json!("a binary body: without --json the bytes go to stdout");
+        }
+    }
+    write_out(&format!("{}\n", serde_json::to_string_pretty(&out)?))
 }
 
 pub fn findings(findings: &[shared::doctor::Finding], as_json: bool) -> anyhow::Result<()> {

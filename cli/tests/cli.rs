@@ -767,3 +767,235 @@ async fn a_sync_run_paused_past_its_lease_writes_nothing_when_it_wakes() {
     );
     std::fs::remove_file(&path).ok();
 }
+
+/// `token` and `proxy` (the API's token and proxy routes from a terminal)
+/// against the local stack and the simulator's Exact Online data API: the
+/// token works at the provider, the proxy returns the provider's data and
+/// refreshes once on a 401, bad input is named, and no token value ever
+/// reaches stderr, even with every log level on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_get_a_token_and_call_the_provider_through_the_proxy() {
+    use oauth_sync_tests::simulator::SimConfig;
+    use oauth_sync_tests::stack::{SyncFixture, quick_sync_settings};
+    use shared::config::PresetName;
+
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.access_token_ttl = std::time::Duration::from_secs(600);
+    let syncs = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/project/Projects\"\nmode = \"full\"\n";
+    let fx = SyncFixture::start(
+        sim,
+        "min_refresh_interval_secs = 0",
+        syncs,
+        quick_sync_settings(),
+        "cli-api",
+    )
+    .await;
+    let ids = fx.sim().seed_projects(3);
+    fx.connect("acme-api").await;
+    let path = std::env::temp_dir().join(format!("oauth-sync-api-{}.toml", std::process::id()));
+    std::fs::write(&path, &fx.fixture.config_text).expect("write");
+    let config = path.to_str().expect("utf8 path");
+    let tables = &fx.fixture.tables;
+    // Every log level on: whatever is logged, no token may be among it.
+    let env = [
+        ("OAUTH_SYNC_CONNECTIONS_TABLE", tables["ConnectionsTable"].as_str()),
+        ("OAUTH_SYNC_SYNC_STATE_TABLE", tables["SyncStateTable"].as_str()),
+        ("OAUTH_SYNC_SYNC_RUNS_TABLE", tables["SyncRunsTable"].as_str()),
+        ("RUST_LOG", "trace"),
+    ];
+    let mut stderrs = Vec::new();
+    let mut run = |args: &[&str]| {
+        let mut all = vec!["--config", config];
+        all.extend(args);
+        let (ok, stdout, stderr) = oauth_sync_with(&all, &env);
+        stderrs.push(stderr.clone());
+        (ok, stdout, stderr)
+    };
+
+    // The token alone on stdout; what it is on stderr.
+    let (ok, stdout, stderr) = run(&["token", "acme-api"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "only the token: {stdout}");
+    let token = stdout.trim().to_owned();
+    assert!(fx.sim().is_latest_access_token(&token), "the connection's token");
+    assert!(stderr.contains("acme-api: token_version 1, expires at "), "{stderr}");
+    let me = fx
+        .fixture
+        .oauth
+        .http
+        .get(fx.fixture.oauth.sim.url("/api/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("/api/me");
+    assert_eq!(me.status().as_u16(), 200, "the token works at the provider");
+
+    // --json: the token route's answer. A token that lives shorter than
+    // asked (10 min, 1 h asked) is handed out while half its life is left.
+    let (ok, stdout, stderr) = run(&["--json", "token", "acme-api", "--min-valid", "1h"]);
+    assert!(ok, "{stderr}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let mut fields: Vec<&str> = answer
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "access_token",
+            "expires_at",
+            "expires_in",
+            "token_type",
+            "token_version"
+        ]
+    );
+    assert_eq!(answer["access_token"], token.as_str(), "not refreshed");
+    assert_eq!(
+        (answer["token_type"].as_str(), answer["token_version"].as_u64()),
+        (Some("Bearer"), Some(1))
+    );
+    assert!(
+        answer["expires_in"].as_i64().is_some_and(|s| (300..=600).contains(&s)),
+        "{answer}"
+    );
+    assert!(
+        answer["expires_at"].as_str().is_some_and(|t| t.ends_with(" UTC")),
+        "{answer}"
+    );
+
+    // The proxy: the simulator's projects, under the connection's division.
+    let (ok, stdout, stderr) = run(&[
+        "proxy",
+        "acme-api",
+        "GET",
+        "/project/Projects?$select=ID,Code",
+        "--header",
+        "Accept: application/json",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.lines().any(|l| l == "HTTP 200"), "{stderr}");
+    let body: serde_json::Value = serde_json::from_str(&stdout).expect("the provider's JSON, as it came");
+    let mut got: Vec<&str> = body["d"]["results"]
+        .as_array()
+        .expect("d.results")
+        .iter()
+        .filter_map(|r| r["ID"].as_str())
+        .collect();
+    got.sort_unstable();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    let division = fx.sim().division().to_string();
+    assert!(
+        fx.sim().data_requests_log().iter().any(|r| r
+            .path_and_query
+            .starts_with(&format!("/api/v1/{division}/project/Projects?"))
+            && r.status == 200),
+        "the division filled in from the connection"
+    );
+
+    // The provider ends the token early: one refresh, one retry, as JSON.
+    fx.sim().expire_access_tokens();
+    let (ok, stdout, stderr) = run(&[
+        "--json",
+        "proxy",
+        "acme-api",
+        "get",
+        "project/Projects?$top=1",
+        "-H",
+        "Accept: application/json",
+    ]);
+    assert!(ok, "{stderr}");
+    let answer: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(
+        (answer["status"].as_u64(), answer["refreshed"].as_bool()),
+        (Some(200), Some(true)),
+        "{answer}"
+    );
+    assert!(answer["body"]["d"]["results"].is_array(), "{answer}");
+    assert!(
+        answer["headers"]["content-type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{answer}"
+    );
+    assert_eq!(fx.sim().counters().data_401s, 1);
+    let (ok, stdout, _) = run(&["token", "acme-api"]);
+    assert!(
+        ok && fx.sim().is_latest_access_token(stdout.trim()),
+        "the refreshed token is stored"
+    );
+    assert_ne!(stdout.trim(), token);
+
+    // The provider's 4xx: its answer is shown, and the command fails.
+    let (ok, stdout, stderr) = run(&[
+        "proxy",
+        "acme-api",
+        "GET",
+        "/project/Nothing",
+        "-H",
+        "Accept: application/json",
+    ]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.lines().any(|l| l == "HTTP 404"), "{stderr}");
+    assert!(stderr.contains("error: the provider answered HTTP 404"), "{stderr}");
+    assert!(stdout.contains("Not found"), "the provider's body: {stdout}");
+
+    // Bad input: named, non-zero, and nothing sent to the provider.
+    let sent = fx.sim().data_requests_log().len();
+    for (args, expected) in [
+        (
+            vec!["token", "acme-api", "--min-valid", "2h"],
+            "error: --min-valid: at most 3600s",
+        ),
+        (vec!["token", "acme-api", "--min-valid", "soon"], "is not a duration"),
+        (vec!["token", "nobody"], "connection nobody does not exist"),
+        (vec!["token", "no body"], "error: ID: invalid connection id `no body`"),
+        (vec!["proxy", "nobody", "GET", "/x"], "connection nobody does not exist"),
+        (
+            vec!["proxy", "acme-api", "GTE", "/x"],
+            "error: METHOD: `GTE` is not one of GET",
+        ),
+        (
+            vec!["proxy", "acme-api", "GET", "/../../4711/project/Projects"],
+            "error: PATH: the target must stay below the provider's API",
+        ),
+        (
+            vec!["proxy", "acme-api", "GET", "https://evil.example/x"],
+            "error: PATH: `https://evil.example/x` is a URL",
+        ),
+        (
+            vec!["proxy", "acme-api", "GET", "/x", "-H", "Accept"],
+            "error: --header: `Accept` is not `Name: value`",
+        ),
+        (
+            vec!["proxy", "acme-api", "POST", "/x", "--data", "@/nonexistent.json"],
+            "error: --data @/nonexistent.json",
+        ),
+    ] {
+        let (ok, _, stderr) = run(&args);
+        assert!(!ok && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert_eq!(fx.sim().data_requests_log().len(), sent, "no request for bad input");
+    let (ok, _, stderr) = oauth_sync_with(
+        &["--config", config, "proxy", "acme-api", "GET", "/x"],
+        &[("OAUTH_SYNC_SYNC_STATE_TABLE", "")],
+    );
+    assert!(
+        !ok && stderr.contains("OAUTH_SYNC_SYNC_STATE_TABLE"),
+        "the budget's table: {stderr}"
+    );
+
+    // Not one token, refresh token or code the simulator issued is on stderr.
+    let secrets = fx.sim().issued_secrets();
+    assert!(secrets.len() >= 4, "a code, two access and two refresh tokens");
+    for stderr in &stderrs {
+        for secret in &secrets {
+            assert!(!stderr.contains(secret.as_str()), "a token on stderr:\n{stderr}");
+        }
+    }
+    std::fs::remove_file(&path).ok();
+}
