@@ -451,6 +451,68 @@ mod tests {
         assert_eq!(routes, expected);
     }
 
+    /// Every route of the HTTP API, with its authorizer: `AWS_IAM` by the
+    /// API's default unless the event names another.
+    fn routes() -> Vec<(String, String, String, String)> {
+        let text = std::fs::read_to_string(template_path()).expect("template");
+        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        let api = &template["Resources"]["HttpApi"]["Properties"]["Auth"];
+        assert_eq!(api["EnableIamAuthorizer"].as_bool(), Some(true));
+        let default = api["DefaultAuthorizer"]
+            .as_str()
+            .expect("a default authorizer")
+            .to_owned();
+        let mut routes = Vec::new();
+        for (id, resource) in template["Resources"].as_mapping().expect("resources") {
+            let Some(events) = resource["Properties"]["Events"].as_mapping() else {
+                continue;
+            };
+            for event in events.values().filter(|e| e["Type"].as_str() == Some("HttpApi")) {
+                let properties = &event["Properties"];
+                routes.push((
+                    id.as_str().unwrap_or_default().to_owned(),
+                    properties["Method"].as_str().unwrap_or_default().to_owned(),
+                    properties["Path"].as_str().unwrap_or_default().to_owned(),
+                    properties["Auth"]["Authorizer"]
+                        .as_str()
+                        .map_or_else(|| default.clone(), str::to_owned),
+                ));
+            }
+        }
+        routes.sort();
+        routes
+    }
+
+    #[test]
+    fn every_route_but_the_login_pages_requires_iam() {
+        let routes = routes();
+        let api: Vec<(&str, &str)> = routes
+            .iter()
+            .filter(|r| r.0 == "ApiFunction")
+            .map(|r| (r.1.as_str(), r.2.as_str()))
+            .collect();
+        assert_eq!(
+            api,
+            [
+                ("ANY", "/proxy/{id}/{path+}"),
+                ("DELETE", "/connections/{id}"),
+                ("GET", "/connections"),
+                ("GET", "/connections/{id}"),
+                ("GET", "/records/{connection}/{sync}"),
+                ("GET", "/syncs/{connection}/{sync}"),
+                ("POST", "/connections/{id}/token"),
+                ("POST", "/links"),
+                ("POST", "/syncs/{connection}/{sync}/run"),
+            ]
+        );
+        for (function, method, path, authorizer) in &routes {
+            let public = path.starts_with("/connect/") || path.starts_with("/callback/");
+            assert_eq!(public, function == "OAuthCallbackFunction", "{method} {path}");
+            let expected = if public { "NONE" } else { "AWS_IAM" };
+            assert_eq!(authorizer, expected, "{function}: {method} {path}");
+        }
+    }
+
     fn grants() -> BTreeMap<String, BTreeSet<Grant>> {
         function_grants(&template_path()).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -460,7 +522,7 @@ mod tests {
         let grants = grants();
         assert_eq!(
             grants.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["oauth-callback", "sync", "token-refresher"]
+            ["api", "oauth-callback", "sync", "token-refresher"]
         );
         for (function, set) in &grants {
             for grant in set {

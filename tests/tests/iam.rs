@@ -259,3 +259,89 @@ async fn the_callback_may_call_exactly_what_its_code_calls() {
 
     assert_policy_is("oauth-callback", &recorded.grants(tables));
 }
+
+#[tokio::test]
+async fn the_api_may_call_exactly_what_its_code_calls() {
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.rate_limit = None;
+    let fx = SyncFixture::start(
+        sim,
+        "min_refresh_interval_secs = 0",
+        oauth_sync_tests::stack::PROJECTS_INCREMENTAL,
+        quick_sync_settings(),
+        "iam-api",
+    )
+    .await;
+    fx.sim().seed_projects(5);
+    let id = fx.connect("iam-p").await;
+    fx.run(&id, "projects").await;
+    let tables = &fx.fixture.tables;
+
+    // As `main.rs` wires it: the token service, the job and record stores, the link keys.
+    let recorded = Recorded::start().await;
+    let text = fx.fixture.config_text.replace(
+        "[service]\n",
+        "[service]\ncallback_url = \"https://auth.example.com/callback\"\n",
+    );
+    let config = Arc::new(shared::config::Config::parse(&text, "iam.toml").unwrap_or_else(|e| panic!("{e}")));
+    let store =
+        shared::connection::store::ConnectionStore::new(recorded.aws.dynamodb.clone(), fx.fixture.connections_table());
+    let secrets = shared::secrets::SecretStore::new(recorded.aws.secrets.clone());
+    let tokens = Arc::new(
+        TokenService::load(config.clone(), store, secrets, RefreshSettings::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let links =
+        shared::login::LinkKeys::from_json(&shared::crypto::KeyRing::generate_json("k1").expect("rng")).expect("keys");
+    let api = shared::api::ApiService::new(
+        config,
+        tokens,
+        shared::sync::jobs::JobStore::new(
+            recorded.aws.dynamodb.clone(),
+            &tables["SyncStateTable"],
+            &tables["SyncRunsTable"],
+        ),
+        shared::sync::records::RecordStore::new(recorded.aws.dynamodb.clone(), &tables["RecordsTable"]),
+        links,
+    )
+    .expect("api");
+
+    // Every route's path: a link, the listing and one connection, a token,
+    // a proxied call that needs a refresh, run now, a sync's status, the
+    // changes since the start, and a revoke.
+    api.create_link(shared::api::LinkBody {
+        provider: PROVIDER.to_owned(),
+        ..Default::default()
+    })
+    .expect("link");
+    let page = api.list_connections(None, None, None, None).await.expect("list");
+    assert_eq!(page.connections.len(), 1);
+    api.connection("iam-p").await.expect("connection");
+    api.token("iam-p", Some(60), deadline(30)).await.expect("token");
+    // The provider no longer takes the token: the proxy's 401 refreshes it.
+    fx.sim().expire_access_tokens();
+    let answer = api
+        .proxy()
+        .forward(
+            &id,
+            shared::api::proxy::ProxyRequest {
+                method: reqwest::Method::GET,
+                path: "project/Projects".to_owned(),
+                query: Some("$select=ID".to_owned()),
+                headers: reqwest::header::HeaderMap::new(),
+                body: Vec::new(),
+            },
+            deadline(30),
+        )
+        .await
+        .expect("proxy");
+    assert_eq!((answer.status, answer.refreshed), (200, true));
+    api.run_sync("iam-p", "projects").await.expect("run now");
+    api.sync_status("iam-p", "projects").await.expect("status");
+    let changes = api.changes("iam-p", "projects", None, None).await.expect("changes");
+    assert_eq!(changes.records.len(), 5);
+    api.revoke("iam-p").await.expect("revoke");
+
+    assert_policy_is("api", &recorded.grants(tables));
+}
