@@ -150,16 +150,25 @@ async fn tables_match_the_template() {
         for key in &definition.key_schema {
             assert_eq!(keys.get(&key.attribute_name), Some(&key.key_type), "{name}");
         }
-        let indexes: Vec<_> = described
+        let mut indexes: Vec<_> = described
             .global_secondary_indexes()
             .iter()
             .filter_map(|i| i.index_name())
+            .chain(
+                described
+                    .local_secondary_indexes()
+                    .iter()
+                    .filter_map(|i| i.index_name()),
+            )
             .collect();
-        let declared: Vec<_> = definition
+        let mut declared: Vec<_> = definition
             .global_secondary_indexes
             .iter()
+            .chain(&definition.local_secondary_indexes)
             .map(|i| i.index_name.as_str())
             .collect();
+        indexes.sort_unstable();
+        declared.sort_unstable();
         assert_eq!(indexes, declared, "{name}");
         if let Some(ttl) = &definition.time_to_live_specification {
             let described = clients
