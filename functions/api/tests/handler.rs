@@ -403,3 +403,70 @@ async fn the_token_route_the_refresher_and_the_sync_never_spend_a_refresh_token_
         assert!(!logged.contains(token.as_str()), "a token handed out reached the log");
     }
 }
+
+/// Proxy calls and a sync of one Exact division draw on one budget: the
+/// provider never answers 429, and a proxy call the budget cannot serve
+/// soon gets our 429 with `Retry-After` instead of spending the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxy_calls_and_a_sync_of_one_division_never_exceed_its_limit() {
+    use oauth_sync_tests::simulator::RateLimits;
+    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+    sim.data.page_size = 20;
+    sim.data.sync_page_size = 20;
+    sim.data.rate_limit = Some(RateLimits {
+        minutely: 3,
+        minute_window: Duration::from_secs(2),
+        daily: 5_000,
+        day_window: Duration::from_secs(86_400),
+    });
+    let (fx, api) = start(sim, "min_refresh_interval_secs = 0", "api-budget").await;
+    fx.sim().seed_projects(100);
+    let id = fx.connect("acme-1").await;
+    let api = Arc::new(api);
+
+    let sync = {
+        let (engine, id) = (fx.engine.clone(), id.clone());
+        tokio::spawn(async move { engine.run_now(&id, "projects", deadline(300), &|_| {}).await })
+    };
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let api = api.clone();
+        callers.spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..6 {
+                let response = api::handle(&api, request("GET", "/proxy/acme-1/project/Projects", "$top=1", None))
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                answers.push((status, retry_after));
+                if let Some(wait) = retry_after {
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                }
+            }
+            answers
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(part) = callers.join_next().await {
+        answers.extend(part.expect("caller"));
+    }
+    let report = sync.await.expect("join").expect("sync run");
+    assert!(
+        matches!(report.end, shared::sync::engine::RunEnd::Finished),
+        "{:?}",
+        report.end
+    );
+    let counters = fx.sim().counters();
+    assert_eq!(counters.data_429s, 0, "the provider's limit was exceeded: {counters:?}");
+    assert!(answers.iter().any(|(status, _)| *status == 200), "{answers:?}");
+    for (status, retry_after) in &answers {
+        assert!(
+            *status == 200 || (*status == 429 && retry_after.is_some()),
+            "{answers:?}"
+        );
+    }
+}
