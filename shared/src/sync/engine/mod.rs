@@ -43,6 +43,18 @@ mod sweep;
 pub(crate) use fetch::page_client;
 pub use pass::rate_key;
 
+impl SyncSettings {
+    /// How long before its lease ends a run starts no more writes: the
+    /// commit margin, and at least as long as a DynamoDB call with its
+    /// retries can last ([`crate::aws::OPERATION_TIMEOUT`]). A write still
+    /// in flight when another run takes the job over could otherwise land
+    /// behind a change number that run already made readable (docs/api.md).
+    /// A renewed lease must be longer than twice this.
+    pub fn write_fence(&self) -> Duration {
+        self.commit_margin.max(crate::aws::OPERATION_TIMEOUT)
+    }
+}
+
 /// Timing and bounds of the engine.
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
@@ -429,7 +441,7 @@ impl SyncEngine {
                 Some(_) => Err(SyncError::Busy(id.to_owned())),
             };
         };
-        let lease = LeaseClock::new(until, millis(self.settings.commit_margin));
+        let lease = LeaseClock::new(until, millis(self.settings.write_fence()));
         let _renewal = renewed.map(|every| self.renew_in_background(id, every, &lease));
         let mut checkpoint = job.checkpoint.clone();
         let before = checkpoint.run.as_ref().map(|r| r.counts.clone()).unwrap_or_default();
