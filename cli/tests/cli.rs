@@ -781,6 +781,12 @@ async fn applications_get_a_token_and_call_the_provider_through_the_proxy() {
 
     let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
     sim.access_token_ttl = std::time::Duration::from_secs(600);
+    // A small minute window that cannot reset while the test runs.
+    sim.data.rate_limit = Some(oauth_sync_tests::simulator::RateLimits {
+        minutely: 8,
+        minute_window: std::time::Duration::from_secs(600),
+        ..Default::default()
+    });
     let syncs = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/project/Projects\"\nmode = \"full\"\n";
     let fx = SyncFixture::start(
         sim,
@@ -987,6 +993,51 @@ async fn applications_get_a_token_and_call_the_provider_through_the_proxy() {
     assert!(
         !ok && stderr.contains("OAUTH_SYNC_SYNC_STATE_TABLE"),
         "the budget's table: {stderr}"
+    );
+
+    // The caller's Authorization is not forwarded: the connection's token is.
+    let (ok, _, stderr) = run(&[
+        "proxy",
+        "acme-api",
+        "GET",
+        "/project/Projects?$top=1",
+        "-H",
+        "Accept: application/json",
+        "-H",
+        "Authorization: Bearer not-the-connections",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("--header authorization: not forwarded; the proxy sends the connection's own token"),
+        "{stderr}"
+    );
+
+    // The shared budget (the sync's) says wait before the provider says 429:
+    // a 429 of the proxy's own, with when to come back, and nothing sent.
+    let mut refused = None;
+    for _ in 0..10 {
+        let (ok, _, stderr) = run(&[
+            "proxy",
+            "acme-api",
+            "GET",
+            "/project/Projects?$top=1",
+            "-H",
+            "Accept: application/json",
+        ]);
+        if !ok {
+            refused = Some(stderr);
+            break;
+        }
+    }
+    let refused = refused.expect("the budget of 8 a window ends");
+    assert!(
+        refused
+            .contains("error: the provider's rate limit for this connection is spent; try again later (retry after "),
+        "{refused}"
+    );
+    assert!(
+        fx.sim().data_requests_log().iter().all(|r| r.status != 429),
+        "the provider never had to answer 429"
     );
 
     // Not one token, refresh token or code the simulator issued is on stderr.
