@@ -184,9 +184,10 @@ enum SyncCommand {
         /// How long the run may go on before it saves its place and yields: 90s, 15m, 2h.
         #[arg(long, default_value = "15m")]
         timeout: String,
-        /// How long the run's lease lasts between renewals (every third of it).
-        /// A run paused longer (a laptop asleep) loses the job to the next run
-        /// and writes nothing more when it wakes.
+        /// How long the run's lease lasts between renewals (every third of it);
+        /// more than 40s, as no write starts in its last 20s. A run paused
+        /// longer (a laptop asleep) loses the job to the next run and writes
+        /// nothing more when it wakes.
         #[arg(long, default_value = "60s")]
         lease: String,
     },
@@ -546,10 +547,10 @@ async fn sync_run(
         ..SyncSettings::default()
     };
     anyhow::ensure!(
-        lease > settings.commit_margin * 2,
+        lease > settings.write_fence() * 2,
         "--lease: more than {}s (no write starts in its last {}s)",
-        (settings.commit_margin * 2).as_secs(),
-        settings.commit_margin.as_secs()
+        (settings.write_fence() * 2).as_secs(),
+        settings.write_fence().as_secs()
     );
     let timeout = parse_duration(timeout).context("--timeout")?;
     let least = settings.page_timeout + settings.commit_margin + Duration::from_secs(5);

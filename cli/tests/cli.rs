@@ -350,6 +350,11 @@ fn sync_and_records_commands_are_documented() {
     assert!(!ok && stderr.contains("--timeout: at least"), "{stderr}");
     let (ok, _, stderr) = oauth_sync(&["sync", "run", "a", "b", "--timeout", "soon"]);
     assert!(!ok && stderr.contains("is not a duration"), "{stderr}");
+    let (ok, _, stderr) = oauth_sync(&["sync", "run", "a", "b", "--lease", "30s"]);
+    assert!(
+        !ok && stderr.contains("--lease: more than 40s (no write starts in its last 20s)"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = oauth_sync(&["--config", &example(), "records", "acme", "nope"]);
     assert!(
         !ok && stderr.contains("unknown sync `nope` (configured: exact_projects"),
@@ -676,7 +681,7 @@ async fn a_sync_run_paused_past_its_lease_writes_nothing_when_it_wakes() {
             conn.as_str(),
             "projects",
         ])
-        .args(["--lease", "12s"])
+        .args(["--lease", "45s"])
         .env("OAUTH_SYNC_CONNECTIONS_TABLE", &tables["ConnectionsTable"])
         .env("OAUTH_SYNC_SYNC_STATE_TABLE", &tables["SyncStateTable"])
         .env("OAUTH_SYNC_SYNC_RUNS_TABLE", &tables["SyncRunsTable"])
@@ -723,7 +728,7 @@ async fn a_sync_run_paused_past_its_lease_writes_nothing_when_it_wakes() {
     // Upstream every project changes; past the paused run's lease, another
     // run takes the job over and stores the new data.
     assert_eq!(fx.sim().update_projects_together(&ids, "newer"), 4_000);
-    tokio::time::sleep(Duration::from_secs(13)).await;
+    tokio::time::sleep(Duration::from_secs(46)).await;
     let mut takeover = fx
         .engine
         .run_now(&conn, "projects", deadline(300), &|_| {})
