@@ -42,7 +42,7 @@ pub async fn token(config_file: &Path, id: &str, min_valid: &str, as_json: bool)
     let answer = TokenAnswer {
         access_token: fresh.access_token.secret().to_owned(),
         token_type: "Bearer",
-        expires_at: shared::when::utc(fresh.expires_at),
+        expires_at: shared::when::rfc3339(fresh.expires_at),
         expires_in: (fresh.expires_at - now_ms()) / 1000,
         token_version: fresh.token_version,
     };

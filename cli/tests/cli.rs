@@ -873,7 +873,9 @@ async fn applications_get_a_token_and_call_the_provider_through_the_proxy() {
         "{answer}"
     );
     assert!(
-        answer["expires_at"].as_str().is_some_and(|t| t.ends_with(" UTC")),
+        answer["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.contains('T')),
         "{answer}"
     );
 

@@ -11,6 +11,13 @@ pub fn utc(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {} UTC", time_of_day(secs))
 }
 
+/// "2026-12-01T14:03:12Z": RFC 3339, for machines (the API's answers).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    format!("{year:04}-{month:02}-{day:02}T{}Z", time_of_day(secs))
+}
+
 /// "14:03:12 UTC" when `ms` falls on the same UTC day as `now`, else with
 /// the date ("2026-12-02 14:03:12 UTC").
 pub fn clock(ms: i64, now: i64) -> String {
@@ -158,6 +165,19 @@ pub fn parse_rfc3339(text: &str) -> Option<i128> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_written_as_rfc3339_read_back() {
+        for ms in [0, 951_782_400_000, 1_796_551_891_000, 1_796_551_891_999] {
+            let text = rfc3339(ms);
+            assert_eq!(
+                parse_rfc3339(&text),
+                Some(i128::from(ms / 1000) * 1_000_000_000),
+                "{text}"
+            );
+        }
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
 
     #[test]
     fn rfc3339_times_become_instants() {

@@ -37,8 +37,19 @@ pub async fn handle(service: &ApiService, request: Request) -> Result<Response<B
                 .min(Instant::now() + REQUEST_BUDGET)
         },
     );
-    let path = route_path(request.uri().path()).to_owned();
-    let route = Route::of(&path);
+    // The raw path, as the client sent it: the URI lambda_http builds has
+    // its dot segments resolved, so `/proxy/x/%2e%2e/%2e%2e/connections/c/token`
+    // (authorized by IAM as a proxy call) would otherwise reach the token route.
+    let raw = match request.raw_http_path() {
+        "" => request.uri().path().to_owned(),
+        raw => raw.to_owned(),
+    };
+    let path = route_path(&raw).to_owned();
+    let route = if has_dot_segment(&path) {
+        Route::DotSegments
+    } else {
+        Route::of(&path)
+    };
     let result = answer(service, &request, route, deadline).await;
     let response = match result {
         Ok(response) => response,
@@ -77,7 +88,17 @@ enum Route<'a> {
     SyncRun(&'a str, &'a str),
     Sync(&'a str, &'a str),
     Records(&'a str, &'a str),
+    /// A path with `.` or `..` segments (also percent-encoded): refused, never resolved.
+    DotSegments,
     Unknown,
+}
+
+/// Does a segment of `path`, percent-decoded, read `.` or `..` (or hide a `/`)?
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = decode(segment);
+        decoded == "." || decoded == ".." || decoded.contains(['/', '\\'])
+    })
 }
 
 impl<'a> Route<'a> {
@@ -113,6 +134,7 @@ impl<'a> Route<'a> {
             Route::SyncRun(..) => "sync-run",
             Route::Sync(..) => "sync",
             Route::Records(..) => "records",
+            Route::DotSegments => "dot-segments",
             Route::Unknown => "unknown",
         }
     }
@@ -187,6 +209,10 @@ async fn answer(
             Ok(json_response(StatusCode::OK, &page))
         }
         Route::Records(..) => Err(only("GET")),
+        Route::DotSegments => Err(ApiError::bad(
+            "path",
+            "`.` and `..` segments (also percent-encoded) and encoded slashes are refused",
+        )),
         Route::Unknown => Err(ApiError::NotFound(
             "there is no such route (see docs/api.md)".to_owned(),
         )),
@@ -337,5 +363,14 @@ mod tests {
         for unknown in ["/", "/proxy/", "/connections/c1/tokens", "/records/c1", "/x"] {
             assert_eq!(Route::of(unknown), Route::Unknown, "{unknown}");
         }
+        for dotted in [
+            "/proxy/x/../../connections/c/token",
+            "/proxy/x/%2e%2e/%2E%2e/connections/c/token",
+            "/connections/./c",
+            "/proxy/x/a%2f..%2fb",
+        ] {
+            assert!(has_dot_segment(dotted), "{dotted}");
+        }
+        assert!(!has_dot_segment("/proxy/x/project/Projects.json"));
     }
 }

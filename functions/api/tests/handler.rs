@@ -214,6 +214,20 @@ async fn every_route_answers_as_documented_and_bad_input_changes_nothing() {
     assert!(projects.contains("\"Code\""), "{projects}");
     let (status, error) = call(&api, "GET", "/proxy/acme-1/..%2f..%2fother", "", None).await;
     assert_eq!(status, 400, "{error}");
+    // A proxy-shaped path (IAM authorizes it as a proxy call) that would
+    // resolve to the token route is refused, never resolved.
+    for smuggled in [
+        "/proxy/acme-1/%2e%2e/%2e%2e/connections/acme-1/token",
+        "/proxy/acme-1/../../connections/acme-1/token",
+    ] {
+        let (status, error) = call(&api, "POST", smuggled, "", None).await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (400, Some("bad_request")),
+            "{smuggled}: {error}"
+        );
+        assert!(error.get("access_token").is_none());
+    }
 
     // Run now, the sync's status, and the records changed since a cursor.
     let (status, job) = call(&api, "POST", "/syncs/acme-1/projects/run", "", None).await;

@@ -29,7 +29,8 @@ use crate::telemetry::error_chain;
 
 pub use cursor::Cursor;
 
-/// The default and the longest lifetime of a link made through the API, as `connect-link --expires`.
+/// The lifetime of a link made through the API when `expires_in` is not given
+/// (as `connect-link --expires`); at most [`crate::login::MAX_LINK_LIFETIME`].
 pub const DEFAULT_LINK_SECS: u64 = 3600;
 /// How long a token from the token route must stay valid, unless asked otherwise.
 pub const DEFAULT_MIN_VALID_SECS: u64 = 60;
@@ -268,8 +269,8 @@ impl From<&RunRecord> for RunView {
         RunView {
             run_id: run.run_id.clone(),
             status: run.status.clone(),
-            started_at: crate::when::utc(run.started_at),
-            finished_at: crate::when::utc(run.finished_at),
+            started_at: crate::when::rfc3339(run.started_at),
+            finished_at: crate::when::rfc3339(run.finished_at),
             counts: run.counts.clone(),
             error: run.error.clone(),
         }
@@ -394,7 +395,7 @@ impl ApiService {
         Ok(Link {
             url: url.to_string(),
             connection: claims.connection.to_string(),
-            expires_at: crate::when::utc(claims.expires_at.saturating_mul(1000)),
+            expires_at: crate::when::rfc3339(claims.expires_at.saturating_mul(1000)),
         })
     }
 
@@ -529,7 +530,7 @@ impl ApiService {
         Ok(TokenAnswer {
             access_token: fresh.access_token.secret().to_owned(),
             token_type: "Bearer",
-            expires_at: crate::when::utc(fresh.expires_at),
+            expires_at: crate::when::rfc3339(fresh.expires_at),
             expires_in: (fresh.expires_at - now_ms()) / 1000,
             token_version: fresh.token_version,
         })
@@ -666,7 +667,7 @@ impl ApiService {
                 } else {
                     "scheduled"
                 },
-                next_run_at: job.next_run_at.map(crate::when::utc),
+                next_run_at: job.next_run_at.map(crate::when::rfc3339),
                 parked_reason: job.parked_reason.clone(),
                 last_run: job.last_run.as_ref().map(RunView::from),
                 runs,
@@ -698,12 +699,12 @@ fn view(conn: &Connection, syncs: Option<Vec<SyncView>>) -> ConnectionView {
         params: conn.params.clone(),
         param_error: conn.param_error.clone(),
         token_version: conn.token_version,
-        expires_at: conn.access_expires_at.map(crate::when::utc),
+        expires_at: conn.access_expires_at.map(crate::when::rfc3339),
         scopes: conn.scopes.clone(),
-        last_refresh_at: conn.last_refresh_at.map(crate::when::utc),
+        last_refresh_at: conn.last_refresh_at.map(crate::when::rfc3339),
         last_refresh_outcome: conn.last_refresh_outcome.clone(),
-        created_at: crate::when::utc(conn.created_at),
-        updated_at: crate::when::utc(conn.updated_at),
+        created_at: crate::when::rfc3339(conn.created_at),
+        updated_at: crate::when::rfc3339(conn.updated_at),
         syncs,
     }
 }
@@ -720,8 +721,8 @@ fn change_view(record: &crate::sync::records::StoredRecord) -> ChangeView {
         id: record.id.clone(),
         change,
         record: record.data.clone(),
-        first_seen_at: record.first_seen_at.map(crate::when::utc),
-        updated_at: record.updated_at.map(crate::when::utc),
-        deleted_at: record.deleted_at.map(crate::when::utc),
+        first_seen_at: record.first_seen_at.map(crate::when::rfc3339),
+        updated_at: record.updated_at.map(crate::when::rfc3339),
+        deleted_at: record.deleted_at.map(crate::when::rfc3339),
     }
 }
