@@ -1331,3 +1331,59 @@ async fn a_sweep_cut_by_deadlines_goes_on_where_it_stopped_and_deletes_exactly_w
     assert_eq!(deleted, 1_500, "each deletion once, across the invocations");
     assert_eq!(live(&fx, &conn, "projects").await, upstream(&fx));
 }
+
+/// Change numbers a failed run wrote but never committed are used again by
+/// the next run: the two records sharing a number are both read, once each,
+/// across pages of one, in number order (equal numbers in the index's own
+/// order, which the paging key pins), and only once the number is committed.
+#[tokio::test]
+async fn change_numbers_reused_after_a_failed_run_are_read_once_each() {
+    use serde_json::json;
+    use shared::sync::jobs::LeaseClock;
+    use shared::sync::records::{Change, ChangePlace, Incoming, content_hash};
+    let fx = fixture(exact(), INCREMENTAL, "sync-reused-numbers").await;
+    let records = fx.engine.records();
+    let pk = "acme#projects";
+    let upsert = |id: &str| {
+        let data = json!({ "id": id }).as_object().cloned().unwrap_or_default();
+        Change::Upsert(Incoming {
+            id: id.to_owned(),
+            hash: content_hash(&data),
+            data,
+        })
+    };
+    let fence = LeaseClock::unfenced();
+    // The failed run: its writes landed with numbers 0 and 1, its checkpoint never moved.
+    records
+        .apply(pk, vec![upsert("b-failed"), upsert("d-failed")], 1, &fence, 0)
+        .await
+        .expect("write");
+    let none = records.changes(pk, None, 0, 10).await.expect("changes");
+    assert!(none.records.is_empty(), "nothing is readable below the committed 0");
+    // The next run starts again from the committed number 0 and commits 3.
+    records
+        .apply(
+            pk,
+            vec![upsert("a-next"), upsert("c-next"), upsert("e-next")],
+            2,
+            &fence,
+            0,
+        )
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    let mut after: Option<ChangePlace> = None;
+    loop {
+        let page = records.changes(pk, after.as_ref(), 3, 1).await.expect("changes");
+        seen.extend(page.records.iter().map(|r| (r.change_seq, r.id.clone())));
+        after = page.next;
+        if !page.more {
+            break;
+        }
+    }
+    let numbers: Vec<Option<u64>> = seen.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(numbers, [Some(0), Some(0), Some(1), Some(1), Some(2)], "{seen:?}");
+    let mut ids: Vec<&str> = seen.iter().map(|(_, id)| id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["a-next", "b-failed", "c-next", "d-failed", "e-next"], "each once");
+}

@@ -126,8 +126,9 @@ impl StoredRecord {
 }
 
 /// A place in a partition's change order: after the change `seq` of record
-/// `id` (two records can share a number when a run that failed left writes
-/// behind, so the id breaks the tie, as the index itself orders them).
+/// `id`. Two records can share a number when a run that failed left writes
+/// behind; the index keeps its own order among them, and the record id in
+/// the paging key pins the place within it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangePlace {
     pub seq: u64,
