@@ -325,9 +325,17 @@ impl EventSink {
     /// Events on `bus`. The client's own retries are off: [`PublishSettings`]
     /// bound the calls, and only refused entries are sent again.
     pub fn new(sdk: &aws_config::SdkConfig, bus: impl Into<String>, settings: PublishSettings) -> EventSink {
-        let config = aws_sdk_eventbridge::config::Builder::from(sdk)
-            .retry_config(aws_config::retry::RetryConfig::disabled())
-            .build();
+        EventSink::with_config(aws_sdk_eventbridge::config::Builder::from(sdk), bus, settings)
+    }
+
+    /// Events on `bus` through a client built from `config` (another
+    /// endpoint, for tests), its retries off as in [`EventSink::new`].
+    pub fn with_config(
+        config: aws_sdk_eventbridge::config::Builder,
+        bus: impl Into<String>,
+        settings: PublishSettings,
+    ) -> EventSink {
+        let config = config.retry_config(aws_config::retry::RetryConfig::disabled()).build();
         EventSink {
             inner: Some(Arc::new(Publisher {
                 client: aws_sdk_eventbridge::Client::from_conf(config),
