@@ -161,6 +161,75 @@ pub fn record_event(change: &StreamChange) -> Result<Option<Event>, ShapeError> 
     Ok(Some(wrap(detail)))
 }
 
+/// What one stream batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub records: usize,
+    pub published: usize,
+    /// Bookkeeping changes and removals: no event.
+    pub skipped: usize,
+    /// The sequence numbers of the stream records that could not be read or
+    /// published: the partial batch response names them, and Lambda retries
+    /// from them.
+    pub failed: Vec<String>,
+}
+
+/// A stream record without a sequence number cannot be reported alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stream record {index} of the batch has no SequenceNumber: {reason}")]
+pub struct BatchError {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// A batch of the records table's stream (Lambda's event JSON): each
+/// record's event, published together through `events`.
+pub async fn publish_batch(events: &super::EventSink, payload: &Value) -> Result<BatchOutcome, BatchError> {
+    let records = payload["Records"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut outcome = BatchOutcome {
+        records: records.len(),
+        ..BatchOutcome::default()
+    };
+    let (mut sequences, mut batch) = (Vec::new(), Vec::new());
+    for (index, record) in records.iter().enumerate() {
+        let decided =
+            StreamChange::parse(record).and_then(|change| Ok((change.sequence_number.clone(), record_event(&change)?)));
+        match decided {
+            Ok((_, None)) => outcome.skipped += 1,
+            Ok((Some(sequence), Some(event))) => {
+                sequences.push(sequence);
+                batch.push(event);
+            }
+            Ok((None, Some(_))) => {
+                return Err(BatchError {
+                    index,
+                    reason: "a change to publish".to_owned(),
+                });
+            }
+            Err(e) => {
+                tracing::error!(index, error = %e, "a stream record could not be read");
+                let Some(sequence) = StreamChange::sequence_number_of(record) else {
+                    return Err(BatchError {
+                        index,
+                        reason: e.to_string(),
+                    });
+                };
+                outcome.failed.push(sequence);
+            }
+        }
+    }
+    for ((sequence, event), result) in sequences.into_iter().zip(&batch).zip(events.put(&batch).await) {
+        match result {
+            Ok(()) => outcome.published += 1,
+            Err(e) => {
+                tracing::warn!(detail_type = event.detail_type(), connection = event.connection(), error = %e, "a record event could not be published; Lambda retries from it");
+                outcome.failed.push(sequence);
+            }
+        }
+    }
+    Ok(outcome)
+}
+
 /// An item in DynamoDB's attribute JSON (`{"name": {"S": "x"}}`) as plain JSON.
 pub fn plain_item(item: &Value) -> Result<Map<String, Value>, ShapeError> {
     let map = item
