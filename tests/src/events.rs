@@ -39,12 +39,20 @@ impl EventsFixture {
         }
         let sdk = shared::aws::load_sdk_config().await;
         let eventbridge = aws_sdk_eventbridge::Client::new(&sdk);
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
         let stack = unique_prefix(test).trim_end_matches('-').to_owned();
         let buses = create_event_buses(&eventbridge, &template_path(), &stack)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let bus = buses.get("EventBus").cloned().expect("the template's EventBus");
+        EventsFixture::subscribe(&sdk, &bus, &stack).await
+    }
+
+    /// A queue named `{name}-events` and a rule `{name}-all` on an existing
+    /// `bus` sending it every `oauth-sync` event.
+    pub async fn subscribe(sdk: &aws_config::SdkConfig, bus: &str, name: &str) -> EventsFixture {
+        let (sdk, bus, stack) = (sdk.clone(), bus.to_owned(), name.to_owned());
+        let eventbridge = aws_sdk_eventbridge::Client::new(&sdk);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
         let queue_url = sqs
             .create_queue()
             .queue_name(format!("{stack}-events"))
