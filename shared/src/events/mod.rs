@@ -11,7 +11,7 @@
 //! Publishing never fails what it reports on: every `PutEvents` call has a
 //! timeout and a bounded, jittered retry of the entries EventBridge refused
 //! (`FailedEntryCount`); what still fails is logged and counted in the EMF
-//! metric `EventsFailed` (dimension `Function=events`). Details are typed
+//! metric `EventsFailed` (dimension `Function=events`, written in Lambda). Details are typed
 //! structs without a token, code or client secret in them.
 
 pub mod stream;
@@ -421,9 +421,12 @@ impl EventSink {
         let failed = results.iter().filter(|r| r.is_err()).count() as u64;
         if failed > 0 {
             publisher.failed.fetch_add(failed, Ordering::Relaxed);
-            crate::metrics::Metrics::new("events")
-                .count(EVENTS_FAILED_METRIC, failed)
-                .emit();
+            // In Lambda only: the CLI's stdout is its output, not a log.
+            if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+                crate::metrics::Metrics::new("events")
+                    .count(EVENTS_FAILED_METRIC, failed)
+                    .emit();
+            }
         }
         results
     }

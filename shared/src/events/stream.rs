@@ -93,7 +93,7 @@ pub fn classify(change: &StreamChange) -> Option<Kind> {
             let (was_deleted, is_deleted) = (deleted(&change.old_image), deleted(&change.new_image));
             if is_deleted && !was_deleted {
                 Some(Kind::Deleted)
-            } else if was_deleted && !is_deleted
+            } else if (was_deleted && !is_deleted)
                 || field(&change.old_image, "content_hash") != field(&change.new_image, "content_hash")
             {
                 Some(Kind::Updated)
