@@ -161,6 +161,33 @@ async fn the_refresher_may_call_exactly_what_its_code_calls() {
     assert_policy_is("token-refresher", &recorded.grants(&fixture.tables));
 }
 
+#[tokio::test]
+async fn record_events_may_call_exactly_what_its_code_calls() {
+    let recorded = Recorded::start().await;
+    // A stream batch as Lambda hands it over: one insert, one bookkeeping change.
+    let insert = serde_json::json!({"eventID": "1", "eventName": "INSERT", "dynamodb": {
+        "Keys": {"pk": {"S": "c1#projects"}, "record_id": {"S": "42"}},
+        "NewImage": {"pk": {"S": "c1#projects"}, "record_id": {"S": "42"}, "record": {"M": {"ID": {"S": "42"}}},
+                     "content_hash": {"S": "h"}, "updated_at": {"N": "1796126400000"}},
+        "SequenceNumber": "1"}});
+    let mut touched = insert.clone();
+    touched["eventName"] = "MODIFY".into();
+    touched["dynamodb"]["OldImage"] = insert["dynamodb"]["NewImage"].clone();
+    touched["dynamodb"]["SequenceNumber"] = "2".into();
+    let batch = serde_json::json!({"Records": [insert, touched]});
+    // What the handler does (functions/record-events calls just this).
+    let outcome = shared::events::stream::publish_batch(&recorded.sink, &batch)
+        .await
+        .expect("a batch");
+    assert!(outcome.failed.is_empty(), "{outcome:?}");
+    assert_eq!(
+        (outcome.published, outcome.skipped),
+        (1, 1),
+        "one published, one skipped"
+    );
+    assert_policy_is("record-events", &recorded.grants(&BTreeMap::new()));
+}
+
 /// `token_refresher::CONCURRENCY`; the value does not change the calls.
 fn token_refresher_concurrency() -> usize {
     16
@@ -294,31 +321,4 @@ async fn the_callback_may_call_exactly_what_its_code_calls() {
     assert_eq!(finished.connection.as_str(), "iam-c");
 
     assert_policy_is("oauth-callback", &recorded.grants(tables));
-}
-
-#[tokio::test]
-async fn record_events_may_call_exactly_what_its_code_calls() {
-    let recorded = Recorded::start().await;
-    // A stream batch as Lambda hands it over: one insert, one bookkeeping change.
-    let insert = serde_json::json!({"eventID": "1", "eventName": "INSERT", "dynamodb": {
-        "Keys": {"pk": {"S": "c1#projects"}, "record_id": {"S": "42"}},
-        "NewImage": {"pk": {"S": "c1#projects"}, "record_id": {"S": "42"}, "record": {"M": {"ID": {"S": "42"}}},
-                     "content_hash": {"S": "h"}, "updated_at": {"N": "1796126400000"}},
-        "SequenceNumber": "1"}});
-    let mut touched = insert.clone();
-    touched["eventName"] = "MODIFY".into();
-    touched["dynamodb"]["OldImage"] = insert["dynamodb"]["NewImage"].clone();
-    touched["dynamodb"]["SequenceNumber"] = "2".into();
-    let batch = serde_json::json!({"Records": [insert, touched]});
-    // What the handler does (functions/record-events calls just this).
-    let outcome = shared::events::stream::publish_batch(&recorded.sink, &batch)
-        .await
-        .expect("a batch");
-    assert!(outcome.failed.is_empty(), "{outcome:?}");
-    assert_eq!(
-        (outcome.published, outcome.skipped),
-        (1, 1),
-        "one published, one skipped"
-    );
-    assert_policy_is("record-events", &recorded.grants(&BTreeMap::new()));
 }
