@@ -414,6 +414,9 @@ pub const METRIC_NAMESPACE: &str = shared::metrics::NAMESPACE;
 pub fn emitted_metrics(function: &str) -> Vec<String> {
     let document = match function {
         "token-refresher" => shared::refresh::DueSummary::default().metrics().document(0),
+        "events" => shared::metrics::Metrics::new("events")
+            .count(shared::events::EVENTS_FAILED_METRIC, 1)
+            .document(0),
         "sync" => shared::sync::engine::DueRuns {
             due: 1,
             ..Default::default()
@@ -608,6 +611,6 @@ mod tests {
                 "{id:?}: {function} does not emit {metric}"
             );
         }
-        assert_eq!(custom, 3, "needs_reauth, refresh failures and sync lag");
+        assert_eq!(custom, 4, "needs_reauth, refresh failures, sync lag and failed events");
     }
 }
