@@ -446,7 +446,12 @@ fn record_store(aws: &AwsClients) -> anyhow::Result<RecordStore> {
 async fn token_service(config_file: &std::path::Path) -> anyhow::Result<TokenService> {
     let config = Arc::new(Config::load_and_discover(config_file).await?);
     let (aws, store) = store().await?;
-    Ok(TokenService::load(config, store, SecretStore::new(aws.secrets), RefreshSettings::default()).await?)
+    let events = shared::events::EventSink::from_env(&shared::aws::load_sdk_config().await);
+    Ok(
+        TokenService::load(config, store, SecretStore::new(aws.secrets), RefreshSettings::default())
+            .await?
+            .with_events(events),
+    )
 }
 
 /// A configured sync, or an error that names the configured ones.
@@ -594,7 +599,15 @@ async fn sync_run(
             job.id
         );
     }
-    let engine = SyncEngine::new(config, Arc::new(tokens), jobs, records, settings)?;
+    let events = shared::events::EventSink::from_env(&shared::aws::load_sdk_config().await);
+    let engine = SyncEngine::new(
+        config,
+        Arc::new(tokens.with_events(events.clone())),
+        jobs,
+        records,
+        settings,
+    )?
+    .with_events(events);
     let started = Instant::now();
     let report = engine.run_now(&id, sync, started + timeout, &output::progress).await?;
     output::run_report(&report, started.elapsed(), as_json)?;

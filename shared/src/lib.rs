@@ -12,6 +12,7 @@
 //! - [`login`]: the login flow: signed connect links
 //! - [`sync`]: the sync engine: jobs, pages, rate limits, records
 //! - [`doctor`]: set-up checks with the fix named
+//! - [`events`]: connection, sync-run and record events on the stack's EventBridge bus
 //! - [`aws`]: AWS clients from the standard environment
 //! - [`telemetry`]: logging for CloudWatch
 //! - [`runtime`]: start-up of every binary (clients and configuration, once)
@@ -22,6 +23,7 @@ pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod doctor;
+pub mod events;
 pub mod login;
 pub mod metrics;
 pub mod oauth;

@@ -47,14 +47,23 @@ pub struct App {
     pub config: Config,
     pub aws: AwsClients,
     pub secrets: SecretStore,
+    /// The stack's event bus (`OAUTH_SYNC_EVENT_BUS`), or off.
+    pub events: crate::events::EventSink,
 }
 
 impl App {
     pub async fn from_env() -> Result<App, StartupError> {
-        let aws = AwsClients::from_env().await;
+        let sdk = crate::aws::load_sdk_config().await;
+        let aws = AwsClients::from_sdk_config(&sdk);
+        let events = crate::events::EventSink::from_env(&sdk);
         let secrets = SecretStore::new(aws.secrets.clone());
         let config = load_config(&secrets).await?;
-        Ok(App { config, aws, secrets })
+        Ok(App {
+            config,
+            aws,
+            secrets,
+            events,
+        })
     }
 
     /// The connection store on the table named by `OAUTH_SYNC_CONNECTIONS_TABLE`.
@@ -104,14 +113,19 @@ impl App {
             self.job_store()?,
             records,
             settings,
-        )?)
+        )?
+        .with_events(self.events.clone()))
     }
 
     /// The token service (loads the key ring from Secrets Manager).
     pub async fn token_service(&self) -> Result<TokenService, StartupError> {
         let config = Arc::new(self.config.clone());
         let store = self.connection_store()?;
-        Ok(TokenService::load(config, store, self.secrets.clone(), RefreshSettings::default()).await?)
+        Ok(
+            TokenService::load(config, store, self.secrets.clone(), RefreshSettings::default())
+                .await?
+                .with_events(self.events.clone()),
+        )
     }
 }
 

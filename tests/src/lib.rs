@@ -2,12 +2,15 @@
 //! read from `infra/template.yaml`, and helpers for tests that run against the
 //! local stack (DynamoDB Local, the Secrets Manager emulator, the simulator).
 
+pub mod events;
 pub mod functions;
 pub mod invoke;
 pub mod logs;
 pub mod proxy;
+pub mod schema;
 pub mod serve;
 pub mod simulator;
 pub mod stack;
+pub mod stream;
 pub mod template;
 pub mod webdriver;

@@ -9,7 +9,8 @@
 //!
 //! It also records every call it forwards (operation, table, index, secret),
 //! so a test can compare what a function's code calls with what its IAM
-//! policy allows. It forwards any AWS JSON protocol, Secrets Manager's too.
+//! policy allows. It forwards any AWS JSON protocol, Secrets Manager's and
+//! EventBridge's too.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +75,8 @@ impl AwsCall {
         let (service, operation) = target.split_once('.')?;
         let prefix = if service.starts_with("DynamoDB") {
             "dynamodb"
+        } else if service == "AWSEvents" {
+            "events"
         } else {
             service
         };
@@ -82,6 +85,19 @@ impl AwsCall {
         let mut resources: Vec<String> = text("TableName").or_else(|| text("SecretId")).into_iter().collect();
         if let Some(items) = json.get("RequestItems").and_then(serde_json::Value::as_object) {
             resources.extend(items.keys().cloned());
+        }
+        // PutEvents: the buses its entries name.
+        for entry in json
+            .get("Entries")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(bus) = entry.get("EventBusName").and_then(serde_json::Value::as_str)
+                && !resources.iter().any(|r| r == bus)
+            {
+                resources.push(bus.to_owned());
+            }
         }
         Some(AwsCall {
             action: format!("{prefix}:{operation}"),

@@ -253,6 +253,56 @@ async fn create_table(
     Ok(())
 }
 
+/// The template's `AWS::Events::EventBus` resources: logical id → the bus's
+/// name for a stack called `stack` (`!Sub ${AWS::StackName}-events`).
+pub fn event_buses(path: &Path, stack: &str) -> Result<BTreeMap<String, String>, TemplateError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let invalid = |message: String| TemplateError::Invalid {
+        path: shown.clone(),
+        message,
+    };
+    let template: Template = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let mut buses = BTreeMap::new();
+    for (logical_id, resource) in template.resources {
+        if resource.kind != "AWS::Events::EventBus" {
+            continue;
+        }
+        let name = tagged(&resource.properties["Name"], "Sub")
+            .ok_or_else(|| invalid(format!("{logical_id}: Name is not a !Sub")))?
+            .replace("${AWS::StackName}", stack);
+        buses.insert(logical_id, name);
+    }
+    Ok(buses)
+}
+
+/// Creates every event bus of the template for a stack called `stack`
+/// (those that exist are left as they are); logical id → bus name.
+pub async fn create_event_buses(
+    client: &aws_sdk_eventbridge::Client,
+    path: &Path,
+    stack: &str,
+) -> Result<BTreeMap<String, String>, TemplateError> {
+    let buses = event_buses(path, stack)?;
+    for name in buses.values() {
+        if let Err(e) = client.create_event_bus().name(name).send().await {
+            let exists = e
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_already_exists_exception());
+            if !exists {
+                return Err(TemplateError::Create {
+                    table: name.clone(),
+                    message: error_chain(&aws_sdk_eventbridge::Error::from(e)),
+                });
+            }
+        }
+    }
+    Ok(buses)
+}
+
 /// One IAM permission: an action on a resource named by the template's
 /// logical id (`ConnectionsTable`, `ConnectionsTable/index/refresh-due`) or,
 /// for secrets, `secret:${SecretsPrefix}*`.
@@ -378,6 +428,9 @@ pub const METRIC_NAMESPACE: &str = shared::metrics::NAMESPACE;
 pub fn emitted_metrics(function: &str) -> Vec<String> {
     let document = match function {
         "token-refresher" => shared::refresh::DueSummary::default().metrics().document(0),
+        "events" => shared::metrics::Metrics::new("events")
+            .count(shared::events::EVENTS_FAILED_METRIC, 1)
+            .document(0),
         "sync" => shared::sync::engine::DueRuns {
             due: 1,
             ..Default::default()
@@ -522,7 +575,7 @@ mod tests {
         let grants = grants();
         assert_eq!(
             grants.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["api", "oauth-callback", "sync", "token-refresher"]
+            ["api", "oauth-callback", "record-events", "sync", "token-refresher"]
         );
         for (function, set) in &grants {
             for grant in set {
@@ -551,6 +604,57 @@ mod tests {
             "{:?}",
             grants["oauth-callback"]
         );
+    }
+
+    #[test]
+    fn the_stack_has_its_own_bus_every_function_may_put_on() {
+        let buses = event_buses(&template_path(), "my-stack").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            buses,
+            BTreeMap::from([("EventBus".to_owned(), "my-stack-events".to_owned())])
+        );
+        let put = Grant::new("events:PutEvents", "EventBus");
+        for (function, set) in grants() {
+            assert!(set.contains(&put), "{function} publishes events");
+        }
+        let text = std::fs::read_to_string(template_path()).expect("template");
+        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        let variables = &template["Globals"]["Function"]["Environment"]["Variables"];
+        assert_eq!(
+            tagged(&variables[shared::events::EVENT_BUS_ENV], "Ref"),
+            Some("EventBus")
+        );
+        assert_eq!(
+            tagged(&template["Outputs"]["EventBusName"]["Value"], "Ref"),
+            Some("EventBus")
+        );
+    }
+
+    #[test]
+    fn record_events_reads_the_stream_with_partial_batch_failures_and_a_bounded_retry() {
+        let text = std::fs::read_to_string(template_path()).expect("template");
+        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        let resources = &template["Resources"];
+        let stream = &resources["RecordEventsFunction"]["Properties"]["Events"]["Stream"];
+        assert_eq!(stream["Type"].as_str(), Some("DynamoDB"));
+        let p = &stream["Properties"];
+        assert_eq!(tagged(&p["Stream"], "GetAtt"), Some("RecordsTable.StreamArn"));
+        assert_eq!(p["StartingPosition"].as_str(), Some("TRIM_HORIZON"));
+        assert_eq!(p["FunctionResponseTypes"].as_sequence().map(|s| s.len()), Some(1));
+        assert_eq!(p["FunctionResponseTypes"][0].as_str(), Some("ReportBatchItemFailures"));
+        assert_eq!(p["BisectBatchOnFunctionError"].as_bool(), Some(true));
+        let retries = p["MaximumRetryAttempts"].as_i64().expect("a bounded retry");
+        assert!((0..=10_000).contains(&retries));
+        let queue = tagged(&p["DestinationConfig"]["OnFailure"]["Destination"], "GetAtt")
+            .and_then(|d| d.strip_suffix(".Arn"))
+            .expect("an on-failure queue");
+        assert_eq!(resources[queue]["Type"].as_str(), Some("AWS::SQS::Queue"));
+        let watched = resources.as_mapping().expect("resources").values().any(|r| {
+            r["Type"].as_str() == Some("AWS::CloudWatch::Alarm")
+                && tagged(&r["Properties"]["Dimensions"][0]["Value"], "GetAtt")
+                    == Some(format!("{queue}.QueueName").as_str())
+        });
+        assert!(watched, "an alarm watches {queue}");
     }
 
     #[test]
@@ -583,6 +687,6 @@ mod tests {
                 "{id:?}: {function} does not emit {metric}"
             );
         }
-        assert_eq!(custom, 3, "needs_reauth, refresh failures and sync lag");
+        assert_eq!(custom, 4, "needs_reauth, refresh failures, sync lag and failed events");
     }
 }

@@ -1,5 +1,5 @@
-//! Each function's IAM policy in `infra/template.yaml` against the DynamoDB
-//! and Secrets Manager calls its code makes. Each test wires the function's
+//! Each function's IAM policy in `infra/template.yaml` against the DynamoDB,
+//! Secrets Manager and EventBridge calls its code makes. Each test wires the function's
 //! services the way its `main.rs` does, on clients whose traffic goes through
 //! a recording proxy, drives the function's paths against the local stack,
 //! and requires the recorded calls to be exactly the policy: a call the policy
@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use oauth_sync_tests::events::EventsFixture;
 use oauth_sync_tests::proxy::{AwsCall, DynamoProxy};
 use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::{
@@ -19,14 +20,19 @@ use oauth_sync_tests::stack::{
 use oauth_sync_tests::template::{Grant, SECRETS_RESOURCE, function_grants, template_path};
 use shared::aws::AwsClients;
 use shared::config::PresetName;
+use shared::events::{EventSink, PublishSettings};
 use shared::login::flow::ATTEMPT_TTL;
 use shared::refresh::{RefreshSettings, TokenService};
 
-/// Clients whose DynamoDB and Secrets Manager traffic is recorded.
+/// Clients whose DynamoDB, Secrets Manager and EventBridge traffic is recorded.
 struct Recorded {
     dynamodb: DynamoProxy,
     secrets: DynamoProxy,
     aws: AwsClients,
+    events: DynamoProxy,
+    /// A bus made from the template, and the sink `App` would build for it.
+    bus: EventsFixture,
+    sink: EventSink,
 }
 
 impl Recorded {
@@ -51,7 +57,23 @@ impl Recorded {
                     .build(),
             ),
         };
-        Recorded { dynamodb, secrets, aws }
+        let events = DynamoProxy::start(&upstream("AWS_ENDPOINT_URL_EVENTBRIDGE"))
+            .await
+            .expect("proxy");
+        let bus = EventsFixture::start("iam").await;
+        let sink = EventSink::with_config(
+            aws_sdk_eventbridge::config::Builder::from(&sdk).endpoint_url(&events.url),
+            &bus.bus,
+            PublishSettings::default(),
+        );
+        Recorded {
+            dynamodb,
+            secrets,
+            aws,
+            events,
+            bus,
+            sink,
+        }
     }
 
     /// The token service as `App::token_service` builds it, on these clients.
@@ -62,15 +84,18 @@ impl Recorded {
         Arc::new(
             TokenService::load(fixture.config.clone(), store, secrets, RefreshSettings::default())
                 .await
-                .unwrap_or_else(|e| panic!("{e}")),
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_events(self.sink.clone()),
         )
     }
 
     /// The calls recorded, as grants on the template's logical ids.
     fn grants(&self, tables: &BTreeMap<String, String>) -> BTreeSet<Grant> {
-        let logical: BTreeMap<&str, &str> = tables.iter().map(|(id, name)| (name.as_str(), id.as_str())).collect();
+        let mut logical: BTreeMap<&str, &str> = tables.iter().map(|(id, name)| (name.as_str(), id.as_str())).collect();
+        logical.insert(self.bus.bus.as_str(), "EventBus");
         let mut calls = self.dynamodb.calls();
         calls.extend(self.secrets.calls());
+        calls.extend(self.events.calls());
         let mut grants = BTreeSet::new();
         for AwsCall {
             action,
@@ -84,7 +109,7 @@ impl Recorded {
                 } else {
                     let id = logical
                         .get(resource.as_str())
-                        .unwrap_or_else(|| panic!("unknown table {resource}"));
+                        .unwrap_or_else(|| panic!("unknown table or bus {resource}"));
                     match &index {
                         Some(index) => format!("{id}/index/{index}"),
                         None => (*id).to_owned(),
@@ -116,6 +141,11 @@ async fn the_refresher_may_call_exactly_what_its_code_calls() {
     };
     let fixture = RefreshFixture::start(sim, RefreshSettings::default(), "", "iam-refresher").await;
     fixture.connect("iam-a").await;
+    // And one whose refresh token is dead: it needs a new login (an event).
+    let dead = fixture.connect("iam-dead").await;
+    fixture
+        .sim()
+        .kill_family_of(fixture.stored_refresh_token(&dead).await.secret());
     let recorded = Recorded::start().await;
     // What the handler does: every due connection, through the refresh-due index.
     let summary = recorded
@@ -123,8 +153,39 @@ async fn the_refresher_may_call_exactly_what_its_code_calls() {
         .await
         .refresh_due(deadline(30), token_refresher_concurrency())
         .await;
-    assert_eq!((summary.due, summary.refreshed), (1, 1), "{summary:?}");
+    assert_eq!(
+        (summary.due, summary.refreshed, summary.needs_reauth),
+        (2, 1, 1),
+        "{summary:?}"
+    );
     assert_policy_is("token-refresher", &recorded.grants(&fixture.tables));
+}
+
+#[tokio::test]
+async fn record_events_may_call_exactly_what_its_code_calls() {
+    let recorded = Recorded::start().await;
+    // A stream batch as Lambda hands it over: one insert, one bookkeeping change.
+    let insert = serde_json::json!({"eventID": "1", "eventName": "INSERT", "dynamodb": {
+        "Keys": {"pk": {"S": "c1#projects"}, "record_id": {"S": "42"}},
+        "NewImage": {"pk": {"S": "c1#projects"}, "record_id": {"S": "42"}, "record": {"M": {"ID": {"S": "42"}}},
+                     "content_hash": {"S": "h"}, "updated_at": {"N": "1796126400000"}},
+        "SequenceNumber": "1"}});
+    let mut touched = insert.clone();
+    touched["eventName"] = "MODIFY".into();
+    touched["dynamodb"]["OldImage"] = insert["dynamodb"]["NewImage"].clone();
+    touched["dynamodb"]["SequenceNumber"] = "2".into();
+    let batch = serde_json::json!({"Records": [insert, touched]});
+    // What the handler does (functions/record-events calls just this).
+    let outcome = shared::events::stream::publish_batch(&recorded.sink, &batch)
+        .await
+        .expect("a batch");
+    assert!(outcome.failed.is_empty(), "{outcome:?}");
+    assert_eq!(
+        (outcome.published, outcome.skipped),
+        (1, 1),
+        "one published, one skipped"
+    );
+    assert_policy_is("record-events", &recorded.grants(&BTreeMap::new()));
 }
 
 /// `token_refresher::CONCURRENCY`; the value does not change the calls.
@@ -166,7 +227,8 @@ async fn the_sync_may_call_exactly_what_its_code_calls() {
             shared::sync::records::RecordStore::new(recorded.aws.dynamodb.clone(), &tables["RecordsTable"]),
             quick_sync_settings(),
         )
-        .expect("engine"),
+        .expect("engine")
+        .with_events(recorded.sink.clone()),
     );
     let make_due = async || {
         fx.fixture
@@ -228,7 +290,8 @@ async fn the_callback_may_call_exactly_what_its_code_calls() {
     let tokens = Arc::new(
         TokenService::load(config.clone(), store, secrets.clone(), RefreshSettings::default())
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_events(recorded.sink.clone()),
     );
     let tables = &login.fixture.tables;
     let service = shared::login::flow::LoginService::load(
@@ -290,7 +353,8 @@ async fn the_api_may_call_exactly_what_its_code_calls() {
     let tokens = Arc::new(
         TokenService::load(config.clone(), store, secrets, RefreshSettings::default())
             .await
-            .unwrap_or_else(|e| panic!("{e}")),
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_events(recorded.sink.clone()),
     );
     let links =
         shared::login::LinkKeys::from_json(&shared::crypto::KeyRing::generate_json("k1").expect("rng")).expect("keys");

@@ -291,6 +291,8 @@ pub struct TokenService {
     worker: String,
     /// Sends with an unknown outcome since the process started (for metrics).
     unknown_outcomes: std::sync::atomic::AtomicU64,
+    /// Where connection events go (off unless [`TokenService::with_events`]).
+    events: crate::events::EventSink,
 }
 
 impl TokenService {
@@ -317,7 +319,20 @@ impl TokenService {
             settings,
             worker: format!("{:08x}", fastrand::u32(..)),
             unknown_outcomes: std::sync::atomic::AtomicU64::new(0),
+            events: crate::events::EventSink::off(),
         })
+    }
+
+    /// Publishes connection events (connected, refresh failed, needs a new
+    /// login, revoked) to `events`.
+    pub fn with_events(mut self, events: crate::events::EventSink) -> TokenService {
+        self.events = events;
+        self
+    }
+
+    /// Where connection events go.
+    pub fn events(&self) -> &crate::events::EventSink {
+        &self.events
     }
 
     pub fn store(&self) -> &ConnectionStore {
@@ -381,6 +396,15 @@ impl TokenService {
             .map_err(|source| RefreshError::Store { id: id.clone(), source })?
             .ok_or_else(|| RefreshError::RevokedDuringLogin { id: id.clone() })?;
         info!(connection = %id, provider, version = saved.token_version, "login stored");
+        self.events
+            .publish(crate::events::Event::Connected(crate::events::Connected {
+                connection: id.to_string(),
+                provider: provider.to_owned(),
+                kind: saved.kind.as_str().to_owned(),
+                token_version: saved.token_version,
+                scopes: saved.scopes.clone(),
+            }))
+            .await;
         Ok(saved)
     }
 
@@ -476,6 +500,13 @@ impl TokenService {
             match self.write(id, self.store.mark_revoked(id, conn.token_version, &owner).await)? {
                 Write::Done => {
                     info!(connection = %id, at_provider, "connection revoked");
+                    self.events
+                        .publish(crate::events::Event::Revoked(crate::events::Revoked {
+                            connection: id.to_string(),
+                            provider: conn.provider.clone(),
+                            at_provider,
+                        }))
+                        .await;
                     return Ok(Revoked {
                         at_provider,
                         already: false,

@@ -9,6 +9,7 @@ use super::decide::{Action, Answer, ResendPolicy, Sent, UnknownSend, decide};
 use super::{MAX_TOKEN_BYTES, Pass, RefreshError, Step, TokenService, jitter, millis};
 use crate::connection::store::Write;
 use crate::connection::{now_ms, reason};
+use crate::events::Event;
 use crate::oauth::{TokenEndpoint, TokenError};
 use crate::secret::RefreshToken;
 use crate::telemetry::error_chain;
@@ -255,6 +256,15 @@ impl TokenService {
             Write::Conflict(_) => Ok(Step::Again),
             Write::Done => {
                 warn!(connection = %id, reason = why, message, "connection needs a new login");
+                self.events
+                    .publish(Event::NeedsReauth(crate::events::NeedsReauth {
+                        connection: id.to_string(),
+                        provider: conn.provider.clone(),
+                        token_version: conn.token_version,
+                        reason: why.to_owned(),
+                        provider_message: message.to_owned(),
+                    }))
+                    .await;
                 Err(RefreshError::NeedsReauth {
                     id: id.clone(),
                     reason: why,
@@ -309,7 +319,18 @@ impl TokenService {
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 other => {
-                    self.write(&conn.id, other)?;
+                    if let Write::Done = self.write(&conn.id, other)? {
+                        self.events
+                            .publish(Event::RefreshFailed(crate::events::RefreshFailed {
+                                connection: conn.id.to_string(),
+                                provider: conn.provider.clone(),
+                                token_version: conn.token_version,
+                                failures,
+                                cause: cause.to_owned(),
+                                next_attempt_at: crate::events::rfc3339(next),
+                            }))
+                            .await;
+                    }
                     return Ok(next);
                 }
             }

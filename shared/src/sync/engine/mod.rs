@@ -189,6 +189,8 @@ pub struct SyncEngine {
     http: reqwest::Client,
     settings: SyncSettings,
     worker: String,
+    /// Where run events go (off unless [`SyncEngine::with_events`]).
+    events: crate::events::EventSink,
 }
 
 /// Something the run knows for its whole length.
@@ -296,7 +298,14 @@ impl SyncEngine {
             http,
             settings,
             worker: format!("sync-{:08x}", fastrand::u32(..)),
+            events: crate::events::EventSink::off(),
         })
+    }
+
+    /// Publishes run events (finished, failed, parked) to `events`.
+    pub fn with_events(mut self, events: crate::events::EventSink) -> SyncEngine {
+        self.events = events;
+        self
     }
 
     pub fn jobs(&self) -> &JobStore {
@@ -491,6 +500,10 @@ impl SyncEngine {
                 });
             }
         };
+        let next_at = match &next {
+            Next::At(at) => Some(*at),
+            Next::Parked(_) => None,
+        };
         let released = self
             .jobs
             .release(
@@ -516,6 +529,9 @@ impl SyncEngine {
         {
             warn!(job = id, error = %error_chain(&e), "the run history item could not be written");
         }
+        if let Some(event) = run_event(&job, &end, next_at, last_run.as_ref()) {
+            self.events.publish(event).await;
+        }
         info!(job = id, end = ?end, pages = counts.pages, fetched = counts.fetched, inserted = counts.inserted,
               updated = counts.updated, unchanged = counts.unchanged, deleted = counts.deleted,
               rejected = counts.rejected, requests = counts.requests, throttled = counts.throttled,
@@ -526,6 +542,41 @@ impl SyncEngine {
             counts,
             invocation,
         })
+    }
+}
+
+/// The event of a run's end: finished, failed or parked (a yield is no end).
+fn run_event(
+    job: &super::jobs::Job,
+    end: &RunEnd,
+    next_at: Option<i64>,
+    run: Option<&RunRecord>,
+) -> Option<crate::events::Event> {
+    use crate::events::{Event, JobParked, RunEnded, rfc3339};
+    let ended = |run: &RunRecord, error: Option<String>| {
+        let next_run_at = next_at.map(rfc3339).unwrap_or_default();
+        RunEnded {
+            connection: job.connection.to_string(),
+            sync: job.sync.clone(),
+            job: job.id.clone(),
+            run_id: run.run_id.clone(),
+            started_at: rfc3339(run.started_at),
+            finished_at: rfc3339(run.finished_at),
+            counts: (&run.counts).into(),
+            error,
+            next_run_at,
+        }
+    };
+    match (end, run) {
+        (RunEnd::Finished, Some(run)) => Some(Event::RunFinished(ended(run, None))),
+        (RunEnd::Failed(why), Some(run)) => Some(Event::RunFailed(ended(run, Some(why.clone())))),
+        (RunEnd::Parked(why), _) => Some(Event::JobParked(JobParked {
+            connection: job.connection.to_string(),
+            sync: job.sync.clone(),
+            job: job.id.clone(),
+            reason: why.clone(),
+        })),
+        _ => None,
     }
 }
 
