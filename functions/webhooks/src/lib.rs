@@ -1,0 +1,66 @@
+//! The `webhooks` Lambda function: on batches from the webhook events queue
+//! (fanned out, one delivery message per endpoint) and from the deliveries
+//! queue (each sent, signed, to its endpoint), reporting the messages that
+//! must come back as `batchItemFailures` (docs/webhooks.md).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_runtime::LambdaEvent;
+use shared::webhooks::queue::ENDPOINT_ATTRIBUTE;
+use shared::webhooks::{Received, WebhookService};
+
+/// A record as the library takes it; `None` without an id or a receipt
+/// handle (Lambda always sends both).
+pub fn received(message: SqsMessage) -> Option<Received> {
+    let endpoint = message
+        .message_attributes
+        .get(ENDPOINT_ATTRIBUTE)
+        .and_then(|a| a.string_value.clone());
+    let receive_count = message
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1);
+    Some(Received {
+        message_id: message.message_id?,
+        receipt_handle: message.receipt_handle?,
+        body: message.body.unwrap_or_default(),
+        endpoint,
+        receive_count,
+    })
+}
+
+pub async fn function_handler(
+    service: &Arc<WebhookService>,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, Infallible> {
+    let records = event.payload.records.len();
+    let messages: Vec<Received> = event.payload.records.into_iter().filter_map(received).collect();
+    let report = service.handle(messages).await;
+    tracing::info!(
+        request_id = %event.context.request_id,
+        records,
+        events = report.events,
+        enqueued = report.enqueued,
+        delivered = report.delivered,
+        retrying = report.retrying,
+        dead_lettered = report.dead_lettered,
+        malformed = report.malformed,
+        dropped = report.dropped,
+        "webhook batch handled"
+    );
+    report.metrics().emit();
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = report
+        .failed
+        .into_iter()
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    Ok(response)
+}
