@@ -11,3 +11,4 @@ pub mod simulator;
 pub mod stack;
 pub mod template;
 pub mod webdriver;
+pub mod webhooks;

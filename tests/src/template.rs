@@ -370,6 +370,7 @@ pub fn emitted_metrics(function: &str) -> Vec<String> {
         }
         .metrics()
         .document(0),
+        "webhooks" => shared::webhooks::BatchReport::default().metrics().document(0),
         _ => return Vec::new(),
     };
     document["_aws"]["CloudWatchMetrics"][0]["Metrics"]
@@ -446,7 +447,7 @@ mod tests {
         let grants = grants();
         assert_eq!(
             grants.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["oauth-callback", "sync", "token-refresher"]
+            ["oauth-callback", "sync", "token-refresher", "webhooks"]
         );
         for (function, set) in &grants {
             for grant in set {
@@ -507,6 +508,9 @@ mod tests {
                 "{id:?}: {function} does not emit {metric}"
             );
         }
-        assert_eq!(custom, 3, "needs_reauth, refresh failures and sync lag");
+        assert_eq!(
+            custom, 4,
+            "needs_reauth, refresh failures, sync lag and dead-lettered webhooks"
+        );
     }
 }
