@@ -76,7 +76,7 @@ impl std::fmt::Debug for Receiver {
 /// The receiver's tolerance for `webhook-timestamp`, as the reference libraries.
 pub const TOLERANCE_SECS: i64 = 300;
 
-async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn verify_and_answer(State(state): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let header = |name: &str| {
         headers
             .get(name)
@@ -124,7 +124,7 @@ impl Receiver {
             attempts: Mutex::new(Vec::new()),
         });
         let router = Router::new()
-            .route("/hooks", axum::routing::post(receive))
+            .route("/hooks", axum::routing::post(verify_and_answer))
             .with_state(state.clone());
         let server = serve(router, addr, || true).await?;
         Ok(Receiver {
@@ -417,4 +417,37 @@ pub async fn pump(
         }
     }
     bail!("not done after {rounds} rounds")
+}
+
+/// Receives up to 10 messages from `queue` as the function would get them
+/// (for tests that call the library directly).
+pub async fn receive(sqs: &aws_sdk_sqs::Client, queue: &Queue) -> anyhow::Result<Vec<shared::webhooks::Received>> {
+    let output = sqs
+        .receive_message()
+        .queue_url(&queue.url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .context("ReceiveMessage (moto)")?;
+    Ok(output
+        .messages()
+        .iter()
+        .map(|m| shared::webhooks::Received {
+            message_id: m.message_id().unwrap_or_default().to_owned(),
+            receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
+            body: m.body().unwrap_or_default().to_owned(),
+            endpoint: m
+                .message_attributes()
+                .and_then(|a| a.get(shared::webhooks::queue::ENDPOINT_ATTRIBUTE))
+                .and_then(|a| a.string_value().map(str::to_owned)),
+            receive_count: m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1),
+        })
+        .collect())
 }
