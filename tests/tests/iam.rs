@@ -325,6 +325,27 @@ async fn the_webhooks_function_may_call_exactly_what_its_code_calls() {
         .handle(receive(&queues.sqs, &queues.deliveries).await.expect("receive"))
         .await;
     assert_eq!((sent.delivered, sent.retrying), (1, 1), "{sent:?}");
+    // A second event: the signing secrets were read once, by the first delivery.
+    queues
+        .put_event(&event("e-iam-2", "connection.revoked", serde_json::json!({})))
+        .await
+        .expect("put");
+    service
+        .handle(receive(&queues.sqs, &queues.events).await.expect("receive"))
+        .await;
+    let again = service
+        .handle(receive(&queues.sqs, &queues.deliveries).await.expect("receive"))
+        .await;
+    assert_eq!((again.delivered, again.retrying), (1, 1), "{again:?}");
+    let reads = recorded.secrets.calls();
+    for name in ["up", "down"] {
+        let secret = format!("oauth-sync/{prefix}{name}");
+        assert_eq!(
+            reads.iter().filter(|c| c.resources.contains(&secret)).count(),
+            1,
+            "{secret} read once per process: {reads:?}"
+        );
+    }
 
     let mut grants = BTreeSet::new();
     for call in recorded.secrets.calls().into_iter().chain(sqs_proxy.calls()) {

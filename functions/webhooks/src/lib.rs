@@ -64,3 +64,27 @@ pub async fn function_handler(
         .collect();
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_becomes_a_delivery_with_its_endpoint_and_receive_count_or_an_event_without() {
+        let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [
+            {"messageId": "m1", "receiptHandle": "r1", "body": "{}", "eventSource": "aws:sqs",
+             "attributes": {"ApproximateReceiveCount": "4", "SentTimestamp": "1"},
+             "messageAttributes": {"endpoint": {"stringValue": "crm", "stringListValues": [], "binaryListValues": [], "dataType": "String"}}},
+            {"messageId": "m2", "receiptHandle": "r2", "body": "{}", "attributes": {}, "messageAttributes": {}},
+            {"receiptHandle": "r3", "body": "{}"}
+        ]}))
+        .expect("an SQS event");
+        let received: Vec<Received> = event.records.into_iter().filter_map(received).collect();
+        assert_eq!(received.len(), 2, "a record without an id is not ours to answer for");
+        assert_eq!(
+            (received[0].endpoint.as_deref(), received[0].receive_count),
+            (Some("crm"), 4)
+        );
+        assert_eq!((received[1].endpoint.as_deref(), received[1].receive_count), (None, 1));
+    }
+}
