@@ -234,6 +234,28 @@ impl Queues {
     }
 }
 
+impl Queue {
+    /// The queue at `url`, with its ARN.
+    pub async fn at(sqs: &aws_sdk_sqs::Client, url: &str) -> anyhow::Result<Queue> {
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .with_context(|| format!("GetQueueAttributes {url}"))?;
+        let arn = attributes
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .context("no queue ARN")?
+            .clone();
+        Ok(Queue {
+            url: url.to_owned(),
+            arn,
+        })
+    }
+}
+
 async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str, redrive: Option<(&str, u32)>) -> anyhow::Result<Queue> {
     let mut request = sqs
         .create_queue()
@@ -252,18 +274,7 @@ async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str, redrive: Option<(&s
         .queue_url()
         .context("no queue URL")?
         .to_owned();
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await?;
-    let arn = attributes
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .context("no queue ARN")?
-        .clone();
-    Ok(Queue { url, arn })
+    Queue::at(sqs, &url).await
 }
 
 /// How the function is invoked.
