@@ -247,12 +247,9 @@ impl WebhookService {
                     report.failed.push(message.message_id);
                 }
                 Sent::Failed => {
-                    let last = self.schedule.is_last(message.receive_count);
-                    // After the last attempt: visible at once, so the next
-                    // receive moves it to the dead-letter queue.
-                    let delay = if last {
+                    let delay = if self.schedule.is_last(message.receive_count) {
                         report.dead_lettered += 1;
-                        std::time::Duration::ZERO
+                        self.schedule.after_last(message.receive_count)
                     } else {
                         report.retrying += 1;
                         self.schedule.jittered(message.receive_count)

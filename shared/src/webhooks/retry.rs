@@ -101,6 +101,19 @@ impl RetrySchedule {
         Duration::from_secs((secs as u64).clamp(1, MAX_VISIBILITY.as_secs()))
     }
 
+    /// The wait after a failed last attempt: none, so the next receive
+    /// moves the message to the dead-letter queue (the queue's
+    /// `maxReceiveCount` is `max_attempts`). Past the last attempt (a queue
+    /// that allows more receives than the function's setting), the backoff
+    /// goes on rather than retrying at once.
+    pub fn after_last(&self, receive_count: u32) -> Duration {
+        if receive_count > self.max_attempts {
+            self.jittered(receive_count)
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// [`RetrySchedule::delay`] with a random jitter.
     pub fn jittered(&self, receive_count: u32) -> Duration {
         self.delay(receive_count, fastrand::f64())
@@ -124,6 +137,15 @@ mod tests {
         assert!((24 * 3600..36 * 3600).contains(&span), "{span}");
         assert!(!schedule.is_last(11) && schedule.is_last(12) && schedule.is_last(13));
         assert_eq!(schedule.ceiling(u32::MAX), MAX_VISIBILITY);
+        assert_eq!(
+            schedule.after_last(12),
+            Duration::ZERO,
+            "to the dead-letter queue at once"
+        );
+        assert!(
+            schedule.after_last(13) >= MAX_VISIBILITY / 2,
+            "never a hot loop past the last"
+        );
     }
 
     #[test]
