@@ -9,8 +9,7 @@
 //!
 //! It also records every call it forwards (operation, table, index, secret),
 //! so a test can compare what a function's code calls with what its IAM
-//! policy allows. It forwards any AWS JSON protocol, Secrets Manager's and
-//! SQS's too.
+//! policy allows. It forwards any AWS JSON protocol, Secrets Manager's too.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,15 +74,14 @@ impl AwsCall {
         let (service, operation) = target.split_once('.')?;
         let prefix = if service.starts_with("DynamoDB") {
             "dynamodb"
-        } else if service == "AmazonSQS" {
-            "sqs"
         } else {
             service
         };
-        // SQS authorizes a batch call by its single-message action.
-        let operation = match prefix {
-            "sqs" => operation.strip_suffix("Batch").unwrap_or(operation),
-            _ => operation,
+        // SQS (the webhooks' queues) speaks AWS JSON too; it authorizes a
+        // batch call by its single-message action.
+        let (prefix, operation) = match service {
+            "AmazonSQS" => ("sqs", operation.strip_suffix("Batch").unwrap_or(operation)),
+            _ => (prefix, operation),
         };
         let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         let text = |key: &str| json.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);

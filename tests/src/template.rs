@@ -479,6 +479,42 @@ mod tests {
     }
 
     #[test]
+    fn the_alarms_watch_only_metrics_the_functions_emit() {
+        let text = std::fs::read_to_string(template_path()).expect("template");
+        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        let mut custom = 0;
+        for (id, resource) in template["Resources"].as_mapping().expect("resources") {
+            if resource["Type"].as_str() != Some("AWS::CloudWatch::Alarm") {
+                continue;
+            }
+            let properties = &resource["Properties"];
+            assert_eq!(properties["TreatMissingData"].as_str(), Some("notBreaching"), "{id:?}");
+            if properties["Namespace"].as_str() != Some(METRIC_NAMESPACE) {
+                continue;
+            }
+            custom += 1;
+            let dimensions = properties["Dimensions"].as_sequence().expect("dimensions");
+            assert_eq!(
+                dimensions.len(),
+                1,
+                "{id:?}: the metrics have the one dimension Function"
+            );
+            assert_eq!(dimensions[0]["Name"].as_str(), Some("Function"), "{id:?}");
+            let function = dimensions[0]["Value"].as_str().expect("function");
+            let metric = properties["MetricName"].as_str().expect("metric");
+            let emitted = emitted_metrics(function);
+            assert!(
+                emitted.iter().any(|m| m == metric),
+                "{id:?}: {function} does not emit {metric}"
+            );
+        }
+        assert_eq!(
+            custom, 4,
+            "needs_reauth, refresh failures, sync lag and dead-lettered webhooks"
+        );
+    }
+
+    #[test]
     fn the_webhooks_function_reads_both_queues_reports_partial_failures_and_dead_letters_after_its_attempts() {
         let text = std::fs::read_to_string(template_path()).expect("template");
         let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
@@ -530,41 +566,5 @@ mod tests {
     /// `!Ref X` → `X`.
     fn ref_of(value: &serde_yaml::Value) -> Option<String> {
         tagged(value, "Ref").map(str::to_owned)
-    }
-
-    #[test]
-    fn the_alarms_watch_only_metrics_the_functions_emit() {
-        let text = std::fs::read_to_string(template_path()).expect("template");
-        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
-        let mut custom = 0;
-        for (id, resource) in template["Resources"].as_mapping().expect("resources") {
-            if resource["Type"].as_str() != Some("AWS::CloudWatch::Alarm") {
-                continue;
-            }
-            let properties = &resource["Properties"];
-            assert_eq!(properties["TreatMissingData"].as_str(), Some("notBreaching"), "{id:?}");
-            if properties["Namespace"].as_str() != Some(METRIC_NAMESPACE) {
-                continue;
-            }
-            custom += 1;
-            let dimensions = properties["Dimensions"].as_sequence().expect("dimensions");
-            assert_eq!(
-                dimensions.len(),
-                1,
-                "{id:?}: the metrics have the one dimension Function"
-            );
-            assert_eq!(dimensions[0]["Name"].as_str(), Some("Function"), "{id:?}");
-            let function = dimensions[0]["Value"].as_str().expect("function");
-            let metric = properties["MetricName"].as_str().expect("metric");
-            let emitted = emitted_metrics(function);
-            assert!(
-                emitted.iter().any(|m| m == metric),
-                "{id:?}: {function} does not emit {metric}"
-            );
-        }
-        assert_eq!(
-            custom, 4,
-            "needs_reauth, refresh failures, sync lag and dead-lettered webhooks"
-        );
     }
 }
