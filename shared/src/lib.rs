@@ -11,6 +11,7 @@
 //! - [`crypto`]: randomness, hashing, PKCE, the token key ring
 //! - [`login`]: the login flow: signed connect links
 //! - [`sync`]: the sync engine: jobs, pages, rate limits, records
+//! - [`webhooks`]: signed webhooks: fan-out, delivery, retry schedule
 //! - [`doctor`]: set-up checks with the fix named
 //! - [`events`]: connection, sync-run and record events on the stack's EventBridge bus
 //! - [`aws`]: AWS clients from the standard environment
@@ -34,6 +35,7 @@ pub mod secrets;
 pub mod shards;
 pub mod sync;
 pub mod telemetry;
+pub mod webhooks;
 pub mod when;
 
 #[cfg(test)]

@@ -14,3 +14,4 @@ pub mod stack;
 pub mod stream;
 pub mod template;
 pub mod webdriver;
+pub mod webhooks;

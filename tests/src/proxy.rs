@@ -80,9 +80,19 @@ impl AwsCall {
         } else {
             service
         };
+        // SQS (the webhooks' queues) speaks AWS JSON too; it authorizes a
+        // batch call by its single-message action.
+        let (prefix, operation) = match service {
+            "AmazonSQS" => ("sqs", operation.strip_suffix("Batch").unwrap_or(operation)),
+            _ => (prefix, operation),
+        };
         let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         let text = |key: &str| json.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
-        let mut resources: Vec<String> = text("TableName").or_else(|| text("SecretId")).into_iter().collect();
+        let mut resources: Vec<String> = text("TableName")
+            .or_else(|| text("SecretId"))
+            .or_else(|| text("QueueUrl"))
+            .into_iter()
+            .collect();
         if let Some(items) = json.get("RequestItems").and_then(serde_json::Value::as_object) {
             resources.extend(items.keys().cloned());
         }

@@ -437,6 +437,7 @@ pub fn emitted_metrics(function: &str) -> Vec<String> {
         }
         .metrics()
         .document(0),
+        "webhooks" => shared::webhooks::BatchReport::default().metrics().document(0),
         _ => return Vec::new(),
     };
     document["_aws"]["CloudWatchMetrics"][0]["Metrics"]
@@ -575,7 +576,7 @@ mod tests {
         let grants = grants();
         assert_eq!(
             grants.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["api", "oauth-callback", "record-events", "sync", "token-refresher"]
+            ["api", "oauth-callback", "record-events", "sync", "token-refresher", "webhooks"]
         );
         for (function, set) in &grants {
             for grant in set {
@@ -687,6 +688,63 @@ mod tests {
                 "{id:?}: {function} does not emit {metric}"
             );
         }
-        assert_eq!(custom, 4, "needs_reauth, refresh failures, sync lag and failed events");
+        assert_eq!(
+            custom, 5,
+            "needs_reauth, refresh failures, sync lag, failed events and dead-lettered webhooks"
+        );
+    }
+
+    #[test]
+    fn the_webhooks_function_reads_both_queues_reports_partial_failures_and_dead_letters_after_its_attempts() {
+        let text = std::fs::read_to_string(template_path()).expect("template");
+        let template: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        let resources = &template["Resources"];
+        let rule = &resources["WebhookEventsRule"]["Properties"];
+        assert_eq!(rule["EventPattern"]["source"][0].as_str(), Some("oauth-sync"));
+        assert_eq!(ref_of(&rule["EventBusName"]).as_deref(), Some("EventBus"));
+        assert_eq!(
+            logical_id_of(&rule["Targets"][0]["Arn"]).as_deref(),
+            Some("WebhookEventsQueue")
+        );
+        let function = &resources["WebhooksFunction"]["Properties"];
+        let mut queues: Vec<String> = function["Events"]
+            .as_mapping()
+            .expect("events")
+            .values()
+            .map(|event| {
+                assert_eq!(event["Type"].as_str(), Some("SQS"));
+                assert_eq!(
+                    event["Properties"]["FunctionResponseTypes"][0].as_str(),
+                    Some("ReportBatchItemFailures")
+                );
+                logical_id_of(&event["Properties"]["Queue"]).expect("queue")
+            })
+            .collect();
+        queues.sort();
+        assert_eq!(queues, ["WebhookDeliveriesQueue", "WebhookEventsQueue"]);
+        // The function's idea of the last attempt is the queue's redrive count.
+        let variables = &function["Environment"]["Variables"];
+        let redrive = &resources["WebhookDeliveriesQueue"]["Properties"]["RedrivePolicy"];
+        assert_eq!(
+            ref_of(&variables[shared::webhooks::retry::MAX_ATTEMPTS_ENV]).as_deref(),
+            Some("WebhookMaxAttempts")
+        );
+        assert_eq!(
+            ref_of(&redrive["maxReceiveCount"]).as_deref(),
+            Some("WebhookMaxAttempts")
+        );
+        assert_eq!(
+            logical_id_of(&redrive["deadLetterTargetArn"]).as_deref(),
+            Some("WebhookDeadLetterQueue")
+        );
+        assert_eq!(
+            ref_of(&variables[shared::webhooks::queue::DELIVERIES_QUEUE_ENV]).as_deref(),
+            Some("WebhookDeliveriesQueue")
+        );
+    }
+
+    /// `!Ref X` → `X`.
+    fn ref_of(value: &serde_yaml::Value) -> Option<String> {
+        tagged(value, "Ref").map(str::to_owned)
     }
 }

@@ -133,6 +133,109 @@ fn assert_policy_is(function: &str, recorded: &BTreeSet<Grant>) {
 }
 
 #[tokio::test]
+async fn the_webhooks_function_may_call_exactly_what_its_code_calls() {
+    use oauth_sync_tests::proxy::DynamoProxy as RecordingProxy;
+    use oauth_sync_tests::stack::{create_secret, unique_prefix};
+    use oauth_sync_tests::webhooks::{Behaviour, Queues, Receiver, event, receive};
+    use shared::webhooks::sign::SigningSecret;
+    use shared::webhooks::{RetrySchedule, WebhookService, queue::DeliveryQueue};
+
+    let aws = oauth_sync_tests::stack::aws().await;
+    let queues = Queues::create("iam-wh", 3).await.expect("queues");
+    let prefix = unique_prefix("iam-wh");
+    let (up_secret, down_secret) = (
+        SigningSecret::generate().expect("rng"),
+        SigningSecret::generate().expect("rng"),
+    );
+    let up = Receiver::start(&up_secret, Behaviour::Accept).await.expect("receiver");
+    let down = Receiver::start(&down_secret, Behaviour::AlwaysFail)
+        .await
+        .expect("receiver");
+    let mut text = "[providers.g]\npreset = \"google\"\ncredentials_secret = \"oauth-sync/g\"\n".to_owned();
+    for (name, receiver, secret) in [("up", &up, &up_secret), ("down", &down, &down_secret)] {
+        let secret_name = format!("oauth-sync/{prefix}{name}");
+        create_secret(&aws, &secret_name, secret.clone()).await;
+        text.push_str(&format!(
+            "[webhooks.{name}]\nurl = \"{}\"\nevents = [\"*\"]\nsigning_secret = \"{secret_name}\"\n",
+            receiver.url
+        ));
+    }
+    let config = shared::config::Config::parse(&text, "iam.toml").unwrap_or_else(|e| panic!("{e}"));
+
+    // As `main.rs` wires it, on recorded Secrets Manager and SQS clients.
+    let recorded = Recorded::start().await;
+    let sqs_proxy = RecordingProxy::start(&std::env::var("AWS_ENDPOINT_URL_SQS").expect("AWS_ENDPOINT_URL_SQS"))
+        .await
+        .expect("proxy");
+    let sdk = shared::aws::load_sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&sdk)
+            .endpoint_url(&sqs_proxy.url)
+            .build(),
+    );
+    let service = Arc::new(
+        WebhookService::new(
+            &config.webhooks,
+            shared::secrets::SecretStore::new(recorded.aws.secrets.clone()),
+            DeliveryQueue::new(sqs, &queues.deliveries.url),
+            RetrySchedule::default(),
+        )
+        .expect("service"),
+    );
+
+    // What the handler does with a batch from each queue: the fan-out, then
+    // one delivery that succeeds and one that fails (its backoff set).
+    queues
+        .put_event(&event("e-iam-1", "connection.revoked", serde_json::json!({})))
+        .await
+        .expect("put");
+    let fanned = service
+        .handle(receive(&queues.sqs, &queues.events).await.expect("receive"))
+        .await;
+    assert_eq!((fanned.events, fanned.enqueued), (1, 2), "{fanned:?}");
+    let sent = service
+        .handle(receive(&queues.sqs, &queues.deliveries).await.expect("receive"))
+        .await;
+    assert_eq!((sent.delivered, sent.retrying), (1, 1), "{sent:?}");
+    // A second event: the signing secrets were read once, by the first delivery.
+    queues
+        .put_event(&event("e-iam-2", "connection.revoked", serde_json::json!({})))
+        .await
+        .expect("put");
+    service
+        .handle(receive(&queues.sqs, &queues.events).await.expect("receive"))
+        .await;
+    let again = service
+        .handle(receive(&queues.sqs, &queues.deliveries).await.expect("receive"))
+        .await;
+    assert_eq!((again.delivered, again.retrying), (1, 1), "{again:?}");
+    let reads = recorded.secrets.calls();
+    for name in ["up", "down"] {
+        let secret = format!("oauth-sync/{prefix}{name}");
+        assert_eq!(
+            reads.iter().filter(|c| c.resources.contains(&secret)).count(),
+            1,
+            "{secret} read once per process: {reads:?}"
+        );
+    }
+
+    let mut grants = BTreeSet::new();
+    for call in recorded.secrets.calls().into_iter().chain(sqs_proxy.calls()) {
+        for resource in &call.resources {
+            let resource = if call.action.starts_with("secretsmanager:") {
+                SECRETS_RESOURCE
+            } else if *resource == queues.deliveries.url {
+                "WebhookDeliveriesQueue"
+            } else {
+                panic!("{}: unknown queue {resource}", call.action)
+            };
+            grants.insert(Grant::new(&call.action, resource));
+        }
+    }
+    assert_policy_is("webhooks", &grants);
+}
+
+#[tokio::test]
 async fn the_refresher_may_call_exactly_what_its_code_calls() {
     let sim = SimConfig {
         // Inside every preset's refresh lead, so due at once.

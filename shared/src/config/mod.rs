@@ -23,6 +23,7 @@ pub mod discovery;
 mod provider;
 mod sync;
 mod template;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -41,6 +42,8 @@ pub use provider::{
 use sync::SyncEntry;
 pub use sync::{Sync, SyncMode};
 pub use template::{CONNECTION_PLACEHOLDERS, MAX_FILLED_LEN, TemplateError, fill_template};
+use webhooks::WebhookEntry;
+pub use webhooks::{EVENT_TYPES, EventPattern, Webhook, webhook_url_allowed};
 
 /// The environment variable naming the configuration file.
 pub const CONFIG_ENV: &str = "OAUTH_SYNC_CONFIG";
@@ -51,6 +54,8 @@ pub struct Config {
     pub service: ServiceSettings,
     pub providers: BTreeMap<String, Provider>,
     pub syncs: BTreeMap<String, Sync>,
+    /// `[webhooks.NAME]`: endpoints outside AWS that get signed events.
+    pub webhooks: BTreeMap<String, Webhook>,
 }
 
 /// Deployment-wide settings (`[service]`).
@@ -176,6 +181,8 @@ struct RawConfig {
     providers: BTreeMap<String, toml::Spanned<ProviderEntry>>,
     #[serde(default)]
     syncs: BTreeMap<String, toml::Spanned<SyncEntry>>,
+    #[serde(default)]
+    webhooks: BTreeMap<String, toml::Spanned<WebhookEntry>>,
 }
 
 impl Config {
@@ -256,6 +263,14 @@ impl Config {
             syncs.insert(name, sync);
         }
 
+        let mut webhooks = BTreeMap::new();
+        for (name, entry) in raw.webhooks {
+            let span = entry.span();
+            let webhook = webhooks::resolve(&name, entry.into_inner())
+                .map_err(|(key, message)| locate.field_error(span, &format!("webhooks.{name}"), key, &message))?;
+            webhooks.insert(name, webhook);
+        }
+
         if providers.is_empty() {
             // An empty file is a mistake (a wrong path, a truncated upload), not a valid set-up.
             return Err(ConfigError {
@@ -272,6 +287,7 @@ impl Config {
             service: raw.service,
             providers,
             syncs,
+            webhooks,
         })
     }
 
