@@ -576,7 +576,14 @@ mod tests {
         let grants = grants();
         assert_eq!(
             grants.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["api", "oauth-callback", "record-events", "sync", "token-refresher", "webhooks"]
+            [
+                "api",
+                "oauth-callback",
+                "record-events",
+                "sync",
+                "token-refresher",
+                "webhooks"
+            ]
         );
         for (function, set) in &grants {
             for grant in set {
