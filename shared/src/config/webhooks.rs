@@ -194,6 +194,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_event_types_an_endpoint_may_name_are_those_with_a_schema() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/events");
+        let mut documented: Vec<String> = std::fs::read_dir(dir)
+            .expect("docs/events")
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter_map(|name| name.strip_suffix(".json").map(str::to_owned))
+            .collect();
+        documented.sort();
+        let mut known: Vec<&str> = EVENT_TYPES.to_vec();
+        known.sort_unstable();
+        assert_eq!(documented, known);
+    }
+
+    #[test]
     fn patterns_match_exact_prefix_and_all() {
         let exact = pattern("sync.run.failed").expect("exact");
         assert!(exact.matches("sync.run.failed") && !exact.matches("sync.run.finished"));
