@@ -553,6 +553,7 @@ mod tests {
                 ("GET", "/connections"),
                 ("GET", "/connections/{id}"),
                 ("GET", "/records/{connection}/{sync}"),
+                ("GET", "/records/{connection}/{sync}/{id}"),
                 ("GET", "/syncs/{connection}/{sync}"),
                 ("POST", "/connections/{id}/token"),
                 ("POST", "/links"),

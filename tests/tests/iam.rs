@@ -508,6 +508,9 @@ async fn the_api_may_call_exactly_what_its_code_calls() {
     api.sync_status("iam-p", "projects").await.expect("status");
     let changes = api.changes("iam-p", "projects", None, None).await.expect("changes");
     assert_eq!(changes.records.len(), 5);
+    api.record("iam-p", "projects", &changes.records[0].id)
+        .await
+        .expect("one record");
     api.revoke("iam-p").await.expect("revoke");
 
     assert_policy_is("api", &recorded.grants(tables));

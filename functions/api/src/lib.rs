@@ -88,6 +88,7 @@ enum Route<'a> {
     SyncRun(&'a str, &'a str),
     Sync(&'a str, &'a str),
     Records(&'a str, &'a str),
+    Record(&'a str, &'a str, &'a str),
     /// A path with `.` or `..` segments (also percent-encoded): refused, never resolved.
     DotSegments,
     Unknown,
@@ -120,6 +121,7 @@ impl<'a> Route<'a> {
             ["syncs", connection, sync, "run"] => Route::SyncRun(connection, sync),
             ["syncs", connection, sync] => Route::Sync(connection, sync),
             ["records", connection, sync] => Route::Records(connection, sync),
+            ["records", connection, sync, id] => Route::Record(connection, sync, id),
             _ => Route::Unknown,
         }
     }
@@ -134,6 +136,7 @@ impl<'a> Route<'a> {
             Route::SyncRun(..) => "sync-run",
             Route::Sync(..) => "sync",
             Route::Records(..) => "records",
+            Route::Record(..) => "record",
             Route::DotSegments => "dot-segments",
             Route::Unknown => "unknown",
         }
@@ -209,6 +212,11 @@ async fn answer(
             Ok(json_response(StatusCode::OK, &page))
         }
         Route::Records(..) => Err(only("GET")),
+        Route::Record(connection, sync, id) if method == Method::GET => {
+            let record = service.record(&decode(connection), &decode(sync), &decode(id)).await?;
+            Ok(json_response(StatusCode::OK, &record))
+        }
+        Route::Record(..) => Err(only("GET")),
         Route::DotSegments => Err(ApiError::bad(
             "path",
             "`.` and `..` segments (also percent-encoded) and encoded slashes are refused",
@@ -360,6 +368,10 @@ mod tests {
         assert_eq!(Route::of("/syncs/c1/projects/run"), Route::SyncRun("c1", "projects"));
         assert_eq!(Route::of("/syncs/c1/projects"), Route::Sync("c1", "projects"));
         assert_eq!(Route::of("/records/c1/projects"), Route::Records("c1", "projects"));
+        assert_eq!(
+            Route::of("/records/c1/projects/a%7Cb"),
+            Route::Record("c1", "projects", "a%7Cb")
+        );
         for unknown in ["/", "/proxy/", "/connections/c1/tokens", "/records/c1", "/x"] {
             assert_eq!(Route::of(unknown), Route::Unknown, "{unknown}");
         }

@@ -240,6 +240,18 @@ async fn every_route_answers_as_documented_and_bad_input_changes_nothing() {
     let (seen, cursor) = read_changes(&api, "", 7).await;
     assert_eq!(seen.len(), 30, "every record once, over pages of 7");
     assert!(seen.iter().all(|(_, change)| change == "inserted"));
+    let (status, one) = call(
+        &api,
+        "GET",
+        &format!("/records/acme-1/projects/{}", seen[0].0),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!((status, one["id"].as_str()), (200, Some(seen[0].0.as_str())), "{one}");
+    assert!(one["record"].is_object(), "{one}");
+    let (status, _) = call(&api, "GET", "/records/acme-1/projects/nothing-here", "", None).await;
+    assert_eq!(status, 404);
     let (status, error) = call(&api, "GET", "/records/acme-1/projects", "since=garbage", None).await;
     assert_eq!(status, 400, "{error}");
     let (status, _) = call(&api, "GET", "/records/acme-1/other", "", None).await;

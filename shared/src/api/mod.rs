@@ -614,6 +614,25 @@ impl ApiService {
         })
     }
 
+    /// `GET /records/{connection}/{sync}/{id}`: one record as stored (a
+    /// `record.*` event too large for EventBridge names it and says `truncated`).
+    pub async fn record(&self, connection: &str, sync: &str, id: &str) -> Result<ChangeView, ApiError> {
+        let conn = connection_id(connection)?;
+        if !self.config.syncs.contains_key(sync) {
+            return Err(ApiError::NotFound(format!("there is no sync `{sync}`")));
+        }
+        if id.is_empty() || id.len() > 1024 {
+            return Err(ApiError::bad("id", "a record id of 1 to 1024 bytes"));
+        }
+        let stored = self
+            .records
+            .get(&job_id(&conn, sync), id)
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+            .ok_or_else(|| ApiError::NotFound(format!("connection {conn} has no record `{id}` in sync `{sync}`")))?;
+        Ok(change_view(&stored))
+    }
+
     async fn read(&self, id: &str) -> Result<Connection, ApiError> {
         let id = connection_id(id)?;
         self.tokens

@@ -364,6 +364,22 @@ impl RecordStore {
         Ok(ChangesPage { records, next, more })
     }
 
+    /// One record of `pk` as stored (deleted ones too), with a strongly consistent read.
+    pub async fn get(&self, pk: &str, id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        self.ops.reads.fetch_add(1, Ordering::Relaxed);
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("record_id", s(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_failure("GetItem(record)", &self.table, e))?;
+        Ok(output.item.as_ref().map(StoredRecord::from_item))
+    }
+
     /// Up to `limit` records of `pk`, in key order.
     pub async fn list(&self, pk: &str, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
         let items = self.partition(pk, None, limit).await?;
