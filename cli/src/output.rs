@@ -25,21 +25,47 @@ fn write_bytes(bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Left-aligned columns, two spaces apart.
+/// The most characters a table cell shows; `--json` has every value whole.
+const MAX_CELL: usize = 200;
+
+/// `text` in at most [`MAX_CELL`] characters, cut with `…`.
+fn cut_cell(text: &str) -> String {
+    if text.chars().count() <= MAX_CELL {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(MAX_CELL - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// `text` and spaces up to `width` characters. Padded by hand: a `{:<w$}`
+/// width of 65,536 or more panics ("Formatting argument out of range").
+fn pad(text: &str, width: usize) -> String {
+    let mut padded = text.to_owned();
+    padded.extend(std::iter::repeat_n(' ', width.saturating_sub(text.chars().count())));
+    padded
+}
+
+/// Left-aligned columns, two spaces apart; long cells cut ([`MAX_CELL`]).
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| cut_cell(c)).collect())
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| pad(c, *w)).collect();
         padded.join("  ").trim_end().to_owned() + "\n"
     };
-    let mut out = line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        out.push_str(&line(row.clone()));
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut out = line(&header);
+    for row in &rows {
+        out.push_str(&line(row));
     }
     out
 }
@@ -789,7 +815,7 @@ pub fn show(
     }
     let width = rows.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
     for (key, value) in rows {
-        out.push_str(&format!("{:<width$}  {value}\n", format!("{key}:")));
+        out.push_str(&format!("{}  {value}\n", pad(&format!("{key}:"), width)));
     }
     match jobs {
         Ok(jobs) if jobs.is_empty() => {}

@@ -29,6 +29,25 @@ fn the_example_configuration_is_valid() {
     assert_eq!(json["syncs"]["exact_projects"]["mode"], "incremental");
 }
 
+/// A table cell of 65,536 characters or more made `{:<w$}` panic
+/// ("Formatting argument out of range"): cells are cut, nothing panics.
+#[test]
+fn a_huge_value_is_cut_in_the_table_not_a_panic() {
+    let long = "s".repeat(70_000);
+    let text = std::fs::read_to_string(example()).expect("example").replace(
+        "credentials_secret = \"oauth-sync/exact\"",
+        &format!("credentials_secret = \"{long}\""),
+    );
+    let path = std::env::temp_dir().join(format!("oauth-sync-huge-{}.toml", std::process::id()));
+    std::fs::write(&path, &text).expect("write");
+    let (ok, stdout, stderr) = oauth_sync(&["config", "check", path.to_str().expect("utf8 path")]);
+    let (json_ok, json, _) = oauth_sync(&["--json", "config", "check", path.to_str().expect("utf8 path")]);
+    std::fs::remove_file(&path).ok();
+    assert!(ok && !stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.contains('…') && !stdout.contains(&long), "the cell is cut");
+    assert!(json_ok && json.contains(&long), "--json keeps the whole value");
+}
+
 #[test]
 fn a_typo_fails_with_file_line_and_field() {
     let text = std::fs::read_to_string(example())
