@@ -16,6 +16,7 @@
 //! - [`events`]: connection, sync-run and record events on the stack's EventBridge bus
 //! - [`aws`]: AWS clients from the standard environment
 //! - [`telemetry`]: logging for CloudWatch
+//! - [`text`]: text shown to people or logged (invisible format characters)
 //! - [`runtime`]: start-up of every binary (clients and configuration, once)
 
 pub mod api;
@@ -35,6 +36,7 @@ pub mod secrets;
 pub mod shards;
 pub mod sync;
 pub mod telemetry;
+pub mod text;
 pub mod webhooks;
 pub mod when;
 

@@ -249,9 +249,12 @@ fn failure(error: &LoginError, correlation: &str) -> Response<Body> {
     page(status, title, &error.to_string(), correlation)
 }
 
-/// The first 60 characters of something the visitor typed.
+/// The first 60 characters of something the visitor typed, without
+/// controls or invisible format characters (a bidi override would make it
+/// read otherwise on the page and in the log).
 fn cut(text: &str) -> String {
-    let mut cut: String = text.chars().filter(|c| !c.is_control()).take(60).collect();
+    let shown = |c: &char| !c.is_control() && !shared::text::is_invisible_format(*c);
+    let mut cut: String = text.chars().filter(shown).take(60).collect();
     if text.chars().count() > 60 {
         cut.push('…');
     }
@@ -336,6 +339,12 @@ pub fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_visitor_typed_is_shown_without_controls_or_invisible_formatting() {
+        assert_eq!(cut("exa\u{202e}ct\u{200b}\n"), "exact");
+        assert_eq!(cut(&"x".repeat(70)).chars().count(), 61, "60 and an ellipsis");
+    }
 
     #[test]
     fn a_path_names_its_endpoint_after_any_prefix() {

@@ -46,11 +46,14 @@ pub struct ConnectClaims {
 pub const MAX_LINK_TEXT: usize = 120;
 
 /// Checks a link's `label` or `user`: 1 to [`MAX_LINK_TEXT`] characters, no
-/// control characters (which also keeps the signed text unambiguous). The
-/// page escapes it; this only keeps it short and on one line.
+/// control characters (which also keeps the signed text unambiguous) and no
+/// invisible format characters (a right-to-left override would make
+/// `Acme \u{202e}gnp.exe` read "Acme exe.png" on the confirmation page). The
+/// page escapes it; this keeps it short, on one line, and read as written.
 pub fn check_link_text(field: &'static str, text: &str) -> Result<(), LinkError> {
     let length = text.chars().count();
-    if length == 0 || length > MAX_LINK_TEXT || text.chars().any(char::is_control) {
+    let hidden = |c: char| c.is_control() || crate::text::is_invisible_format(c);
+    if length == 0 || length > MAX_LINK_TEXT || text.chars().any(hidden) {
         return Err(LinkError::Malformed(field));
     }
     Ok(())
@@ -335,8 +338,12 @@ impl LinkOrder {
         };
         for (field, text) in [("label", &self.label), ("for", &self.user)] {
             if let Some(text) = text {
-                check_link_text(field, text)
-                    .map_err(|_| wrong(field, format!("1 to {MAX_LINK_TEXT} characters on one line")))?;
+                check_link_text(field, text).map_err(|_| {
+                    wrong(
+                        field,
+                        format!("1 to {MAX_LINK_TEXT} characters on one line, without invisible formatting characters"),
+                    )
+                })?;
             }
         }
         let lifetime_secs = i64::try_from(self.lifetime.as_secs()).unwrap_or(i64::MAX);
@@ -405,6 +412,21 @@ pub fn parse_lifetime(text: &str) -> Result<Duration, LinkError> {
 mod tests {
     use super::*;
     use crate::crypto::KeyRing;
+
+    #[test]
+    fn link_texts_with_invisible_formatting_are_refused() {
+        for text in [
+            "Acme \u{202e}gnp.exe",
+            "Ac\u{200b}me",
+            "\u{2066}Acme\u{2069}",
+            "\u{feff}Acme",
+        ] {
+            assert!(check_link_text("label", text).is_err(), "{text:?}");
+        }
+        for text in ["Acme", "Café Zürich", "株式会社", "Acme (NL) – Books"] {
+            assert!(check_link_text("label", text).is_ok(), "{text:?}");
+        }
+    }
 
     fn keys(id: &str) -> (String, LinkKeys) {
         let json = KeyRing::generate_json(id).expect("rng");

@@ -358,12 +358,14 @@ fn s256(challenge: &str) -> Option<PkceCodeChallenge> {
 
 /// A short, single-line piece of provider text with every secret we sent
 /// removed, as sent and form-encoded, before it is cut to length (so no cut
-/// can leave half a secret behind).
+/// can leave half a secret behind). Invisible format characters (bidi
+/// overrides, zero-width ones) are dropped too: the text is shown to people
+/// and written to logs, and must read there as it is.
 pub fn excerpt(text: &str, sent: &[&str]) -> String {
     // U+2028 and U+2029 are not controls, but end a line in log viewers too.
     let mut text: String = text
         .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '\u{2028}' | '\u{2029}'))
+        .filter(|c| !c.is_control() && !matches!(c, '\u{2028}' | '\u{2029}') && !crate::text::is_invisible_format(*c))
         .collect();
     for secret in sent.iter().filter(|s| s.len() >= 4) {
         let encoded: String = byte_serialize(secret.as_bytes()).collect();
@@ -401,6 +403,12 @@ mod tests {
     use crate::config::PresetName;
     use reqwest::StatusCode;
     use serde_json::json;
+
+    #[test]
+    fn provider_text_loses_invisible_formatting_before_anyone_reads_it() {
+        let shown = excerpt("Access for \u{202e}gnp.exe\u{202c} denied\u{200b}", &[]);
+        assert_eq!(shown, "Access for gnp.exe denied");
+    }
 
     #[test]
     fn retry_after_is_read_as_seconds_and_bounded() {
