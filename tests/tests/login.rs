@@ -595,3 +595,37 @@ async fn a_revoke_during_a_login_is_not_undone_and_the_fresh_tokens_are_revoked(
         "the fresh tokens were revoked at the provider too"
     );
 }
+
+/// A parameter the login could not learn (the provider's `current/Me`
+/// failing): the person reads a plain sentence, the detail is the
+/// connection's (for `oauth-sync show` and the log), never the page's.
+#[tokio::test]
+async fn a_parameter_not_learned_is_a_plain_sentence_for_the_person_and_the_detail_for_the_operator() {
+    use oauth_sync_tests::simulator::{DataFault, DataFaultPlan};
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::ExactOnline), "login-param").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    login.fixture.sim().inject_data_fault(DataFaultPlan {
+        fault: DataFault::Status { status: 503 },
+        times: 100,
+        path_contains: Some("current/Me".to_owned()),
+    });
+    let (query, cookie) = login.to_callback(&service, "acme-param").await;
+    let finished = service.finish(PROVIDER, &query, Some(&cookie)).await.expect("finish");
+    let page = finished.warnings.join("\n");
+    assert!(page.contains("not ready to sync yet"), "{page}");
+    assert!(page.contains("oauth-sync show acme-param"), "{page}");
+    let base = &login.fixture.oauth.sim.base_url;
+    assert!(
+        !page.contains(base.as_str()) && !page.contains("503"),
+        "no internals: {page}"
+    );
+    let connection = login
+        .fixture
+        .connection(&ConnectionId::parse("acme-param").expect("id"))
+        .await;
+    assert!(
+        connection.param_error.as_deref().is_some_and(|e| e.contains("503")),
+        "{:?}",
+        connection.param_error
+    );
+}

@@ -489,8 +489,15 @@ impl LoginService {
         })?;
         let mut warnings = warnings;
         if let Some(error) = &stored.param_error {
+            // The detail (a DNS error, the provider's internal URL) is for the
+            // log and `oauth-sync show`; the person gets a plain sentence.
+            tracing::warn!(connection = %attempt.connection, provider = %provider.name, error = %error,
+                "connected, but a connection parameter could not be learned; not ready to sync");
             warnings.push(format!(
-                "connected, but not ready to sync: a connection parameter could not be learned ({error}); try logging in again"
+                "connected, but not ready to sync yet: a detail of the account could not be read from {}. \
+                 Try connecting again; if it happens again, the operator sees why with `oauth-sync show {}`.",
+                display_name(provider),
+                attempt.connection
             ));
         }
         if let Some(jobs) = &self.jobs {
