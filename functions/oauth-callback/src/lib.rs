@@ -56,6 +56,16 @@ async fn route(login: &LoginService, request: &Request, path: &str, correlation:
             correlation,
         );
     }
+    // RFC 6749 §3.1: a parameter is never sent twice. Which of two `state`s
+    // or `code`s was meant cannot be known, so neither is taken.
+    if let Some(name) = repeated(request.uri().query().unwrap_or_default()) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "This address cannot be used",
+            &format!("The address gives `{}` more than once.", cut(&name)),
+            correlation,
+        );
+    }
     let query: BTreeMap<String, String> = request
         .query_string_parameters()
         .iter()
@@ -75,6 +85,19 @@ async fn route(login: &LoginService, request: &Request, path: &str, correlation:
                 .map(|v| v.to_str().unwrap_or("unreadable"));
             if let Err(e) = check_fetch_site(fetch_site) {
                 return failure(&e, correlation);
+            }
+            let content_type = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !is_form(content_type) {
+                return page(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "Not a form",
+                    "This address takes the confirmation page's form only.",
+                    correlation,
+                );
             }
             let Some(form) = form(request.body()) else {
                 return page(
@@ -114,14 +137,33 @@ async fn route(login: &LoginService, request: &Request, path: &str, correlation:
     }
 }
 
-/// A form body (`application/x-www-form-urlencoded`), or `None` when it is too large.
+/// A form body (`application/x-www-form-urlencoded`), or `None` when it is
+/// too large or gives a field twice.
 fn form(body: &Body) -> Option<BTreeMap<String, String>> {
     let bytes: &[u8] = match body {
         Body::Text(text) => text.as_bytes(),
         Body::Binary(bytes) => bytes,
         _ => &[],
     };
-    (bytes.len() <= MAX_QUERY).then(|| url::form_urlencoded::parse(bytes).into_owned().collect())
+    let text = std::str::from_utf8(bytes).ok()?;
+    (bytes.len() <= MAX_QUERY && repeated(text).is_none())
+        .then(|| url::form_urlencoded::parse(bytes).into_owned().collect())
+}
+
+/// Is this `Content-Type` a form's (`application/x-www-form-urlencoded`, any parameters)?
+fn is_form(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
+
+/// The first parameter name given more than once in a query or form.
+fn repeated(query: &str) -> Option<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    url::form_urlencoded::parse(query.as_bytes())
+        .map(|(name, _)| name.into_owned())
+        .find(|name| !seen.insert(name.clone()))
 }
 
 /// The login cookie from the `Cookie` header(s) (HTTP API v2 passes `cookies` as one).
@@ -339,6 +381,18 @@ pub fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_parameter_is_found_and_only_forms_are_forms() {
+        assert_eq!(repeated("state=a&code=b&state=c").as_deref(), Some("state"));
+        assert_eq!(repeated("state=a&code=b"), None);
+        assert_eq!(repeated(""), None);
+        assert!(is_form("application/x-www-form-urlencoded"));
+        assert!(is_form("Application/X-WWW-Form-Urlencoded; charset=UTF-8"));
+        for other in ["", "text/plain", "application/json", "multipart/form-data; boundary=x"] {
+            assert!(!is_form(other), "{other}");
+        }
+    }
 
     #[test]
     fn what_a_visitor_typed_is_shown_without_controls_or_invisible_formatting() {

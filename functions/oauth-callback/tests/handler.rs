@@ -418,3 +418,64 @@ async fn an_unknown_provider_page_names_no_configured_provider_and_every_page_fo
         assert_secure_headers(&response);
     }
 }
+
+/// A GET with a raw query string as a client sent it (repeats included).
+fn raw_get(path: &str, raw: &str) -> Request {
+    let mut value: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/http-api-v2.json")).expect("fixture");
+    value["routeKey"] = "GET /callback/{provider}".into();
+    value["requestContext"]["routeKey"] = value["routeKey"].clone();
+    value["pathParameters"] = serde_json::json!({ "provider": "sim" });
+    value["rawPath"] = path.into();
+    value["requestContext"]["http"]["path"] = path.into();
+    value["requestContext"]["http"]["method"] = "GET".into();
+    value["rawQueryString"] = raw.into();
+    let mut parameters = serde_json::Map::new();
+    for (name, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        let joined = match parameters.get(name.as_ref()).and_then(|p| p.as_str()) {
+            Some(before) => format!("{before},{v}"),
+            None => v.into_owned(),
+        };
+        parameters.insert(name.into_owned(), joined.into());
+    }
+    value["queryStringParameters"] = serde_json::Value::Object(parameters);
+    value["cookies"] = serde_json::json!([]);
+    lambda_http::request::from_str(&value.to_string()).expect("a valid HTTP API v2 event")
+}
+
+/// RFC 6749 §3.1: a parameter given twice is refused before anything is
+/// looked up or spent; a POST that is not a form is refused too.
+#[tokio::test]
+async fn a_repeated_parameter_and_a_post_that_is_not_a_form_are_refused() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "cb-repeat").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    for raw in [
+        "state=a&state=b&code=c",
+        "state=a&code=b&code=c",
+        "state=a&code=b&iss=x&iss=y",
+    ] {
+        let response = oauth_callback::handle(&service, raw_get("/callback/sim", raw))
+            .await
+            .expect("handle");
+        assert_eq!(response.status(), 400, "{raw}");
+        assert!(body(&response).contains("more than once"), "{raw}");
+        assert_secure_headers(&response);
+    }
+    let response = oauth_callback::handle(&service, raw_get("/connect/sim", "connection=a&connection=b"))
+        .await
+        .expect("handle");
+    assert_eq!(response.status(), 400);
+    let (_, fields, cookie) = confirmation_page(&service, &login.link("acme-form")).await;
+    let not_a_form = request(
+        "POST",
+        "/connect/sim",
+        &BTreeMap::new(),
+        &[cookie],
+        &[("sec-fetch-site", "same-origin"), ("content-type", "application/json")],
+        None,
+    );
+    let response = oauth_callback::handle(&service, not_a_form).await.expect("handle");
+    assert_eq!(response.status(), 415, "{}", body(&response));
+    assert!(!fields.is_empty());
+    assert_eq!(login.attempts_stored().await, 0, "nothing was written");
+}
