@@ -104,7 +104,8 @@ async fn a_cancelled_login_changes_nothing() {
     let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-cancel").await;
     let service = login.service(ATTEMPT_TTL).await;
     login.fixture.sim().deny_next_authorize();
-    let (query, cookie) = login.to_callback(&service, "acme-5").await;
+    let link = login.link("acme-5");
+    let (query, cookie) = login.to_callback_via(&service, &link).await;
     let e = service.finish(PROVIDER, &query, Some(&cookie)).await.unwrap_err();
     assert!(
         matches!(&e, LoginError::Cancelled { provider } if provider == PROVIDER),
@@ -116,11 +117,63 @@ async fn a_cancelled_login_changes_nothing() {
         login.fixture.service.store().get(&id).await.expect("read").is_none(),
         "no connection"
     );
-    let e = service.finish(PROVIDER, &query, Some(&cookie)).await.unwrap_err();
-    assert!(
-        matches!(e, LoginError::Attempt(AttemptError::Replayed)),
-        "the state was used up: {e}"
-    );
+    // The state was used up; a later answer for it says what happened, not
+    // "already used": the link itself still works.
+    let mut with_code = query.clone();
+    with_code.remove("error");
+    with_code.insert("code".to_owned(), "a-code".to_owned());
+    let e = service.finish(PROVIDER, &with_code, Some(&cookie)).await.unwrap_err();
+    assert!(matches!(e, LoginError::Attempt(AttemptError::Cancelled)), "{e}");
+    assert!(e.to_string().contains("cancelled at the provider"), "{e}");
+    let (again, again_cookie) = login.to_callback_via(&service, &link).await;
+    let finished = service
+        .finish(PROVIDER, &again, Some(&again_cookie))
+        .await
+        .expect("the same link connects after a cancel");
+    assert_eq!(finished.connection.as_str(), "acme-5");
+}
+
+/// An answer with neither `code` nor `error` (RFC 6749 §4.1.2 allows
+/// neither) is refused without spending the state: the real answer that
+/// follows still connects.
+#[tokio::test]
+async fn a_callback_without_code_or_error_spends_nothing() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-nocode").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let (query, cookie) = login.to_callback(&service, "acme-nocode").await;
+    let bare: BTreeMap<String, String> = query
+        .iter()
+        .filter(|(k, _)| *k == "state")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let e = service.finish(PROVIDER, &bare, Some(&cookie)).await.unwrap_err();
+    assert!(matches!(e, LoginError::BadCallback("code")), "{e}");
+    let finished = service
+        .finish(PROVIDER, &query, Some(&cookie))
+        .await
+        .expect("the real answer");
+    assert_eq!(finished.connection.as_str(), "acme-nocode");
+}
+
+/// Login states and used-link marks live in one table, under hashes with
+/// their own prefixes: a `state` shaped like a link's key learns nothing
+/// (a used and an unused link answer alike: an unknown login).
+#[tokio::test]
+async fn a_state_shaped_like_a_used_link_is_just_unknown() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-keyspace").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let used = login.link("acme-used");
+    let (query, cookie) = login.to_callback_via(&service, &used).await;
+    service.finish(PROVIDER, &query, Some(&cookie)).await.expect("login");
+    let unused = login.link("acme-unused");
+    for link in [&used, &unused] {
+        let probe = BTreeMap::from([
+            ("state".to_owned(), format!("link:{}", link["sig"])),
+            ("code".to_owned(), "x".to_owned()),
+        ]);
+        let e = service.finish(PROVIDER, &probe, Some(&cookie)).await.unwrap_err();
+        assert!(matches!(e, LoginError::Attempt(AttemptError::Unknown)), "{e}");
+    }
 }
 
 #[tokio::test]

@@ -479,3 +479,36 @@ async fn a_repeated_parameter_and_a_post_that_is_not_a_form_are_refused() {
     assert!(!fields.is_empty());
     assert_eq!(login.attempts_stored().await, 0, "nothing was written");
 }
+
+/// A login cookie the server did not issue (planted by someone else) is
+/// never adopted: the confirmation page sets a fresh one, and the button
+/// refuses the planted one.
+#[tokio::test]
+async fn a_planted_login_cookie_is_replaced_not_adopted() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "cb-cookie").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let planted = format!("__Host-oauth-sync-login={}", "A".repeat(43));
+    let link = login.link("acme-cookie");
+    let response = oauth_callback::handle(&service, event("/connect/sim", &link, std::slice::from_ref(&planted)))
+        .await
+        .expect("handle");
+    assert_eq!(response.status(), 200);
+    let set = header_of(&response, header::SET_COOKIE)
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(set.starts_with("__Host-oauth-sync-login=") && set != planted, "{set}");
+    let fields = hidden_fields(&body(&response));
+    let with_planted = request(
+        "POST",
+        "/connect/sim",
+        &BTreeMap::new(),
+        &[planted],
+        &[("sec-fetch-site", "same-origin")],
+        Some(&fields),
+    );
+    let response = oauth_callback::handle(&service, with_planted).await.expect("handle");
+    assert_eq!(response.status(), 403, "{}", body(&response));
+    assert_eq!(login.attempts_stored().await, 0);
+}

@@ -41,6 +41,10 @@ pub struct Attempt {
 pub enum AttemptError {
     #[error("this login link was already used; start again from a new connect link")]
     Replayed,
+    /// The provider's answer was a cancel (or a refusal) for this login: the
+    /// link is still unused and starts a new login.
+    #[error("this login was cancelled at the provider; open the connect link again to start over")]
+    Cancelled,
     #[error("this login took too long and expired; start again from a new connect link")]
     Expired,
     #[error("this login was started in another browser; finish it in the browser that opened the connect link")]
@@ -66,8 +70,11 @@ pub struct AttemptStore {
 }
 
 /// The key of an attempt: the state's hash, so a table dump reveals no state.
+/// Hashed under its own prefix (`state:`), as a used link's key is under
+/// `link:` ([`crate::login::link::link_id`]): no `state` a caller sends can
+/// name a used-link item, so a callback learns nothing about links.
 pub fn state_key(state: &str) -> String {
-    sha256_b64url(state.as_bytes())
+    sha256_b64url(format!("state:{state}").as_bytes())
 }
 
 /// The browser binding: a hash of the cookie's value.
@@ -195,14 +202,24 @@ impl AttemptStore {
     }
 
     /// Consumes the attempt for `state`, once: only if it exists, is not used,
-    /// has not expired and belongs to the browser holding `cookie`.
-    pub async fn consume(&self, state: &str, cookie: Option<&str>, now_secs: i64) -> Result<Attempt, AttemptError> {
+    /// has not expired and belongs to the browser holding `cookie`. `cancelled`:
+    /// the provider's answer was an error (the person cancelled or the
+    /// provider refused), which the attempt keeps so that a later answer for
+    /// it says so instead of "already used".
+    pub async fn consume(
+        &self,
+        state: &str,
+        cookie: Option<&str>,
+        now_secs: i64,
+        cancelled: bool,
+    ) -> Result<Attempt, AttemptError> {
         let request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("state_hash", s(&state_key(state)))
-            .update_expression("SET consumed_at = :now")
+            .update_expression("SET consumed_at = :now, outcome = :outcome")
+            .expression_attribute_values(":outcome", s(if cancelled { "cancelled" } else { "code" }))
             .condition_expression(
                 "attribute_exists(state_hash) AND attribute_not_exists(consumed_at) AND expires_at > :now \
                  AND browser_hash = :browser",
@@ -216,6 +233,9 @@ impl AttemptStore {
             Err(SdkError::ServiceError(service)) => match service.into_err() {
                 UpdateItemError::ConditionalCheckFailedException(failed) => Err(match failed.item {
                     None => AttemptError::Unknown,
+                    Some(item) if matches!(item.get("outcome"), Some(AttributeValue::S(o)) if o == "cancelled") => {
+                        AttemptError::Cancelled
+                    }
                     Some(item) if item.contains_key("consumed_at") => AttemptError::Replayed,
                     Some(item) if number(&item, "expires_at").is_none_or(|e| e <= now_secs) => AttemptError::Expired,
                     Some(_) => AttemptError::OtherBrowser,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::attempts::{Attempt, AttemptError, AttemptStore, state_key};
-use super::link::{LinkError, LinkKeys, form_token, form_token_matches, link_id};
+use super::link::{LinkError, LinkKeys, cookie_is_ours, form_token, form_token_matches, link_id, new_cookie};
 use crate::config::{Config, Provider, UnknownProvider};
 use crate::connection::store::StoreError;
 use crate::connection::{ConnectionId, Sealed, now_ms};
@@ -271,10 +271,11 @@ impl LoginService {
     ) -> Result<Confirm, LoginError> {
         let provider = self.config.provider(provider)?;
         let claims = self.check_link(provider, query).await?;
-        // One cookie per browser, kept across logins, so two tabs do not break each other.
-        let cookie = match browser_cookie.filter(|c| is_cookie(c)) {
+        // One cookie per browser, kept across logins, so two tabs do not
+        // break each other; one this service did not issue is never adopted.
+        let cookie = match browser_cookie.filter(|c| cookie_is_ours(&self.links, c)) {
             Some(existing) => existing.to_owned(),
-            None => random_token()?,
+            None => new_cookie(&self.links, &random_token()?)?,
         };
         let link_id = link_id(query).ok_or(LinkError::Missing("sig"))?;
         let mut fields: Vec<(String, String)> = LINK_FIELDS
@@ -307,7 +308,7 @@ impl LoginService {
     ) -> Result<Begin, LoginError> {
         let provider = self.config.provider(provider)?;
         let cookie = browser_cookie
-            .filter(|c| is_cookie(c))
+            .filter(|c| cookie_is_ours(&self.links, c))
             .ok_or(LoginError::NotConfirmed("this browser sent no login cookie"))?;
         let token = form
             .get(FORM_TOKEN)
@@ -372,7 +373,17 @@ impl LoginService {
         // An address no provider has touches nothing.
         let path_provider = self.config.provider(path_provider)?;
         let state = query.get("state").ok_or(LoginError::BadCallback("state"))?;
-        let attempt = self.attempts.consume(state, browser_cookie, now_ms() / 1000).await?;
+        // RFC 6749 §4.1.2: an answer carries a `code` or an `error`. One with
+        // neither is malformed (perhaps not the provider's): it is refused
+        // without spending the state, so the real answer can still come.
+        if !query.contains_key("code") && !query.contains_key("error") {
+            return Err(LoginError::BadCallback("code"));
+        }
+        let cancelled = query.contains_key("error");
+        let attempt = self
+            .attempts
+            .consume(state, browser_cookie, now_ms() / 1000, cancelled)
+            .await?;
         if attempt.provider != path_provider.name {
             tracing::warn!(path = %path_provider.name, started = %attempt.provider, connection = %attempt.connection,
                 "an authorization response came back on another provider's redirect URI (possible mix-up attack)");
@@ -598,10 +609,6 @@ fn attempt_aad(state: &str) -> String {
     format!("login:{}", state_key(state))
 }
 
-fn is_base64url(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
-}
-
 /// The provider's name as people know it, or its key.
 fn display_name(provider: &Provider) -> String {
     provider
@@ -619,11 +626,6 @@ pub fn check_fetch_site(value: Option<&str>) -> Result<(), LoginError> {
         None | Some("same-origin" | "none") => Ok(()),
         Some(_) => Err(LoginError::NotConfirmed("the request came from another site")),
     }
-}
-
-/// A cookie value this service could have made (256 bits, base64url).
-fn is_cookie(value: &str) -> bool {
-    value.len() == 43 && value.bytes().all(is_base64url)
 }
 
 /// RFC 7009 for tokens that must not be kept: the refresh token first (which

@@ -275,6 +275,34 @@ fn form_message(cookie: &str, link_id: &str) -> String {
     )
 }
 
+/// A login cookie's value: `random.kid.mac`, the browser's 256 random bits
+/// and this service's HMAC over them, so that a cookie the server did not
+/// issue (one an attacker planted, say) is never adopted: it gets a fresh one.
+pub fn new_cookie(keys: &LinkKeys, random: &str) -> Result<String, LinkError> {
+    let key = keys
+        .keys
+        .get(&keys.current)
+        .ok_or_else(|| CryptoError::UnknownKey(keys.current.clone()))?;
+    let mac = hmac::sign(key, cookie_message(random).as_bytes());
+    Ok(format!("{random}.{}.{}", keys.current, URL_SAFE_NO_PAD.encode(mac)))
+}
+
+/// Did this service issue the cookie `value` (with a key it still lists)? Constant time.
+pub fn cookie_is_ours(keys: &LinkKeys, value: &str) -> bool {
+    let mut parts = value.splitn(3, '.');
+    let (Some(random), Some(kid), Some(mac)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let (Some(key), Ok(mac)) = (keys.keys.get(kid), URL_SAFE_NO_PAD.decode(mac)) else {
+        return false;
+    };
+    random.len() == 43 && hmac::verify(key, cookie_message(random).as_bytes(), &mac).is_ok()
+}
+
+fn cookie_message(random: &str) -> String {
+    format!("oauth-sync cookie v1\n{random}")
+}
+
 /// A link's identity for "one login per link": the hash of its signature
 /// (which covers every claim), once the link has been verified.
 pub fn link_id(query: &BTreeMap<String, String>) -> Option<String> {
@@ -412,6 +440,19 @@ pub fn parse_lifetime(text: &str) -> Result<Duration, LinkError> {
 mod tests {
     use super::*;
     use crate::crypto::KeyRing;
+
+    #[test]
+    fn only_a_cookie_this_service_issued_is_ours() {
+        let (_, ring) = keys("l1");
+        let random = "A".repeat(43);
+        let cookie = new_cookie(&ring, &random).expect("cookie");
+        assert!(cookie_is_ours(&ring, &cookie));
+        assert!(!cookie_is_ours(&ring, &random), "a bare random value was not issued");
+        assert!(!cookie_is_ours(&ring, &cookie.replace("AAAA", "AAAB")), "a changed one");
+        let (_, other) = keys("l1");
+        assert!(!cookie_is_ours(&other, &cookie), "another deployment's");
+        assert!(!cookie_is_ours(&ring, ""));
+    }
 
     #[test]
     fn link_texts_with_invisible_formatting_are_refused() {
