@@ -625,6 +625,17 @@ impl LoginFixture {
         service.begin(PROVIDER, &confirm.form(), Some(&confirm.cookie)).await
     }
 
+    /// `/connect` (page and button) again in the browser holding `cookie`.
+    pub async fn begin_with_cookie(
+        &self,
+        service: &shared::login::flow::LoginService,
+        link: &BTreeMap<String, String>,
+        cookie: &str,
+    ) -> Result<shared::login::flow::Begin, shared::login::flow::LoginError> {
+        let confirm = service.confirm(PROVIDER, link, Some(cookie)).await?;
+        service.begin(PROVIDER, &confirm.form(), Some(&confirm.cookie)).await
+    }
+
     /// `/connect` (page and button) with this link, then the provider's headless approval.
     pub async fn to_callback_via(
         &self,
@@ -640,7 +651,7 @@ impl LoginFixture {
         (query, begin.cookie)
     }
 
-    /// How many login attempts (and used-link records) are stored.
+    /// How many login attempts are stored (not the used-link or press marks).
     pub async fn attempts_stored(&self) -> usize {
         let table = &self.fixture.tables["LoginAttemptsTable"];
         let scan = self
@@ -652,7 +663,12 @@ impl LoginFixture {
             .send()
             .await
             .expect("scan");
-        scan.items.unwrap_or_default().len()
+        // Login attempts only: not the used-link marks nor the press marks.
+        scan.items
+            .unwrap_or_default()
+            .iter()
+            .filter(|item| item.contains_key("browser_hash"))
+            .count()
     }
 }
 

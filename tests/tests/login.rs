@@ -682,3 +682,37 @@ async fn a_parameter_not_learned_is_a_plain_sentence_for_the_person_and_the_deta
         connection.param_error
     );
 }
+
+/// Pressing the confirmation button again and again leaves one login that
+/// can finish: each press supersedes the one before in this browser.
+#[tokio::test]
+async fn pressing_the_button_again_leaves_one_live_login() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-presses").await;
+    let service = login.service(ATTEMPT_TTL).await;
+    let link = login.link("acme-presses");
+    let (first, cookie) = login.to_callback_via(&service, &link).await;
+    let (second, second_cookie) = login.to_callback_via(&service, &link).await;
+    assert_ne!(cookie, second_cookie, "each confirmation page here is a new browser");
+    // The same browser pressing again: replay the button with its cookie.
+    let begin = login
+        .begin_with_cookie(&service, &link, &cookie)
+        .await
+        .expect("begin again");
+    let newest = oauth_sync_tests::stack::authorize(&login.fixture.oauth.http, &begin.location)
+        .await
+        .callback_query();
+    let e = service.finish(PROVIDER, &first, Some(&cookie)).await.unwrap_err();
+    assert!(matches!(e, LoginError::Attempt(AttemptError::Superseded)), "{e}");
+    let finished = service
+        .finish(PROVIDER, &newest, Some(&cookie))
+        .await
+        .expect("the newest finishes");
+    assert_eq!(finished.connection.as_str(), "acme-presses");
+    // Another browser's login of the same link was not touched by these
+    // presses (it loses to the link being used, as two tabs do).
+    let e = service
+        .finish(PROVIDER, &second, Some(&second_cookie))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LoginError::Link(LinkError::Used)), "{e}");
+}

@@ -45,6 +45,10 @@ pub enum AttemptError {
     /// link is still unused and starts a new login.
     #[error("this login was cancelled at the provider; open the connect link again to start over")]
     Cancelled,
+    /// The same browser pressed the button of the same link again: only the
+    /// newest login of a link and browser can finish.
+    #[error("a newer login from the same link replaced this one in this browser; finish the newest one")]
+    Superseded,
     #[error("this login took too long and expired; start again from a new connect link")]
     Expired,
     #[error("this login was started in another browser; finish it in the browser that opened the connect link")]
@@ -75,6 +79,12 @@ pub struct AttemptStore {
 /// name a used-link item, so a callback learns nothing about links.
 pub fn state_key(state: &str) -> String {
     sha256_b64url(format!("state:{state}").as_bytes())
+}
+
+/// The key of the mark that names the one live attempt of a link in a
+/// browser (a hash under its own prefix, like states and links).
+pub fn press_key(link_id: &str, cookie: &str) -> String {
+    sha256_b64url(format!("press:{link_id}\n{}", browser_key(cookie)).as_bytes())
 }
 
 /// The browser binding: a hash of the cookie's value.
@@ -146,7 +156,52 @@ impl AttemptStore {
             .send()
             .await
             .map_err(|e| self.fail("PutItem(login attempt)", e))?;
-        Ok(())
+        self.supersede_older(state, cookie, attempt, now_ms).await
+    }
+
+    /// Makes `state` the one live attempt of its link in this browser: the
+    /// mark of (link, browser) names it now, and the attempt it named before
+    /// is spent (`superseded`), so pressing the button again and again
+    /// leaves one login that can finish, not one per press.
+    async fn supersede_older(
+        &self,
+        state: &str,
+        cookie: &str,
+        attempt: &Attempt,
+        now_ms: i64,
+    ) -> Result<(), AttemptError> {
+        let output = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("state_hash", s(&press_key(&attempt.link_id, cookie)))
+            .item("attempt", s(&state_key(state)))
+            .item("expires_at", n(attempt.expires_at))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| self.fail("PutItem(login press)", e))?;
+        let older = match output.attributes.as_ref().and_then(|a| a.get("attempt")) {
+            Some(AttributeValue::S(older)) if *older != state_key(state) => older.clone(),
+            _ => return Ok(()),
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("state_hash", s(&older))
+            .update_expression("SET consumed_at = :now, outcome = :superseded")
+            .condition_expression("attribute_exists(state_hash) AND attribute_not_exists(consumed_at)")
+            .expression_attribute_values(":now", n(now_ms / 1000))
+            .expression_attribute_values(":superseded", s("superseded"))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Finished, cancelled or expired meanwhile: nothing left to spend.
+            Err(SdkError::ServiceError(service)) if service.err().is_conditional_check_failed_exception() => Ok(()),
+            Err(e) => Err(self.fail("UpdateItem(supersede login attempt)", e)),
+        }
     }
 
     /// Whether the link `link_id` has already finished a login (consistent read).
@@ -235,6 +290,9 @@ impl AttemptStore {
                     None => AttemptError::Unknown,
                     Some(item) if matches!(item.get("outcome"), Some(AttributeValue::S(o)) if o == "cancelled") => {
                         AttemptError::Cancelled
+                    }
+                    Some(item) if matches!(item.get("outcome"), Some(AttributeValue::S(o)) if o == "superseded") => {
+                        AttemptError::Superseded
                     }
                     Some(item) if item.contains_key("consumed_at") => AttemptError::Replayed,
                     Some(item) if number(&item, "expires_at").is_none_or(|e| e <= now_secs) => AttemptError::Expired,
