@@ -184,19 +184,9 @@ pub enum Event {
     RecordDeleted(RecordChanged),
 }
 
-/// Every detail type, in the order docs/events.md lists them.
-pub const DETAIL_TYPES: [&str; 10] = [
-    "connection.connected",
-    "connection.refresh_failed",
-    "connection.needs_reauth",
-    "connection.revoked",
-    "sync.run.finished",
-    "sync.run.failed",
-    "sync.job.parked",
-    "record.inserted",
-    "record.updated",
-    "record.deleted",
-];
+/// Every detail type, in the order docs/events.md lists them: the list an
+/// `[webhooks.NAME]` endpoint is checked against, kept once.
+pub const DETAIL_TYPES: [&str; 10] = crate::config::EVENT_TYPES;
 
 impl Event {
     /// The event's `detail-type`.
