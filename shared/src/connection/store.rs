@@ -161,6 +161,50 @@ pub(crate) fn s(value: &str) -> AttributeValue {
     AttributeValue::S(value.to_owned())
 }
 
+/// Every item of one `BatchGetItem` of `keys` on `table`: keys the service
+/// leaves unprocessed are asked again with jittered backoff, at most
+/// [`BATCH_ATTEMPTS`] times. Items read are counted in `ops.reads`.
+pub(crate) async fn batch_get(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: aws_sdk_dynamodb::types::KeysAndAttributes,
+    ops: &OpCounts,
+    operation: &'static str,
+) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+    let mut items = Vec::new();
+    let mut request = Some(keys);
+    let mut attempt = 0;
+    while let Some(keys) = request.take() {
+        ops.reads.fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
+        let output = client
+            .batch_get_item()
+            .request_items(table, keys)
+            .send()
+            .await
+            .map_err(|e| sdk_failure(operation, table, e))?;
+        items.extend(output.responses.and_then(|mut r| r.remove(table)).unwrap_or_default());
+        request = output
+            .unprocessed_keys
+            .and_then(|mut u| u.remove(table))
+            .filter(|k| !k.keys().is_empty());
+        if request.is_some() {
+            attempt += 1;
+            if attempt >= BATCH_ATTEMPTS {
+                return Err(StoreError::Unprocessed {
+                    operation,
+                    table: table.to_owned(),
+                    attempts: attempt,
+                });
+            }
+            tokio::time::sleep(crate::sync::records::backoff_delay(attempt)).await;
+        }
+    }
+    Ok(items)
+}
+
+/// Attempts for a batch whose items keep coming back unprocessed.
+pub(crate) const BATCH_ATTEMPTS: u32 = 8;
+
 pub(crate) fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
@@ -838,48 +882,16 @@ impl ConnectionStore {
                 .iter()
                 .map(|id| HashMap::from([("id".to_owned(), s(id))]))
                 .collect();
-            let mut request = Some(
-                aws_sdk_dynamodb::types::KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(|e| StoreError::Malformed {
-                        id: self.table.clone(),
-                        reason: e.to_string(),
-                    })?,
-            );
-            let mut attempt = 0;
-            while let Some(keys) = request.take() {
-                self.ops.reads.fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
-                let output = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, keys)
-                    .send()
-                    .await
-                    .map_err(|e| self.fail("BatchGetItem", e))?;
-                for item in output
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    found.push(from_item(item)?);
-                }
-                request = output
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(&self.table))
-                    .filter(|k| !k.keys().is_empty());
-                if request.is_some() {
-                    attempt += 1;
-                    if attempt >= 8 {
-                        return Err(StoreError::Unprocessed {
-                            operation: "BatchGetItem",
-                            table: self.table.clone(),
-                            attempts: attempt,
-                        });
-                    }
-                    tokio::time::sleep(crate::sync::records::backoff_delay(attempt)).await;
-                }
+            let request = aws_sdk_dynamodb::types::KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| StoreError::Malformed {
+                    id: self.table.clone(),
+                    reason: e.to_string(),
+                })?;
+            for item in batch_get(&self.client, &self.table, request, &self.ops, "BatchGetItem").await? {
+                found.push(from_item(item)?);
             }
         }
         Ok(found)

@@ -25,7 +25,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, Wri
 use serde_json::{Map, Number, Value};
 
 use super::jobs::LeaseClock;
-use crate::connection::store::{OpCounts, StoreError, n, s, sdk_failure};
+use crate::connection::store::{BATCH_ATTEMPTS, OpCounts, StoreError, batch_get, n, s, sdk_failure};
 
 /// The local secondary index of the records table that orders a partition by `change_seq`.
 pub const CHANGES_INDEX: &str = "changes";
@@ -36,8 +36,6 @@ pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 const MAX_DEPTH: usize = 30;
 const GET_BATCH: usize = 100;
 const WRITE_BATCH: usize = 25;
-/// Attempts for a batch whose items keep coming back unprocessed.
-const BATCH_ATTEMPTS: u32 = 8;
 /// Batch reads or writes of one page in flight at once.
 const CONCURRENCY: usize = 4;
 
@@ -496,70 +494,45 @@ impl RecordStore {
             .iter()
             .map(|id| HashMap::from([("pk".to_owned(), s(pk)), ("record_id".to_owned(), s(id))]))
             .collect();
-        let mut request = Some(
-            KeysAndAttributes::builder()
-                .set_keys(Some(keys))
-                .consistent_read(true)
-                .projection_expression(if with_record {
-                    "record_id, content_hash, deleted_at, first_seen_at, #record"
-                } else {
-                    "record_id, content_hash, deleted_at, first_seen_at"
-                })
-                .set_expression_attribute_names(
-                    with_record.then(|| HashMap::from([("#record".to_owned(), "record".to_owned())])),
-                )
-                .build()
-                .map_err(|e| StoreError::Malformed {
-                    id: pk.to_owned(),
-                    reason: e.to_string(),
-                })?,
-        );
-        let mut attempt = 0;
-        while let Some(keys) = request.take() {
-            self.ops.reads.fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
-            let output = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, keys)
-                .send()
-                .await
-                .map_err(|e| sdk_failure("BatchGetItem(records)", &self.table, e))?;
-            for item in output
-                .responses
-                .and_then(|mut r| r.remove(&self.table))
-                .unwrap_or_default()
-            {
-                let Some(AttributeValue::S(id)) = item.get("record_id") else {
-                    continue;
-                };
-                known.insert(
-                    id.clone(),
-                    Known {
-                        hash: match item.get("content_hash") {
-                            Some(AttributeValue::S(h)) => Some(h.clone()),
-                            _ => None,
-                        },
-                        deleted: item.contains_key("deleted_at"),
-                        first_seen_at: match item.get("first_seen_at") {
-                            Some(AttributeValue::N(v)) => v.parse().ok(),
-                            _ => None,
-                        },
-                        record: match item.get("record").map(to_json) {
-                            Some(Value::Object(map)) => Some(map),
-                            _ => None,
-                        },
+        let request = KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .projection_expression(if with_record {
+                "record_id, content_hash, deleted_at, first_seen_at, #record"
+            } else {
+                "record_id, content_hash, deleted_at, first_seen_at"
+            })
+            .set_expression_attribute_names(
+                with_record.then(|| HashMap::from([("#record".to_owned(), "record".to_owned())])),
+            )
+            .build()
+            .map_err(|e| StoreError::Malformed {
+                id: pk.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let items = batch_get(&self.client, &self.table, request, &self.ops, "BatchGetItem(records)").await?;
+        for item in items {
+            let Some(AttributeValue::S(id)) = item.get("record_id") else {
+                continue;
+            };
+            known.insert(
+                id.clone(),
+                Known {
+                    hash: match item.get("content_hash") {
+                        Some(AttributeValue::S(h)) => Some(h.clone()),
+                        _ => None,
                     },
-                );
-            }
-            request = output
-                .unprocessed_keys
-                .and_then(|mut u| u.remove(&self.table))
-                .filter(|k| !k.keys().is_empty());
-            if request.is_some() {
-                attempt += 1;
-                backoff(attempt, "BatchGetItem(records)", &self.table)?;
-                tokio::time::sleep(backoff_delay(attempt)).await;
-            }
+                    deleted: item.contains_key("deleted_at"),
+                    first_seen_at: match item.get("first_seen_at") {
+                        Some(AttributeValue::N(v)) => v.parse().ok(),
+                        _ => None,
+                    },
+                    record: match item.get("record").map(to_json) {
+                        Some(Value::Object(map)) => Some(map),
+                        _ => None,
+                    },
+                },
+            );
         }
         Ok(known)
     }
