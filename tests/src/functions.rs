@@ -111,3 +111,28 @@ pub fn scheduled_event() -> Value {
         "resources": ["arn:aws:events:eu-west-1:123456789012:rule/schedule"], "detail": {}
     })
 }
+
+/// Invokes `function` behind `cargo lambda watch` at `functions` (its
+/// runtime API's address) with `event`, as Lambda does; its answer, or an
+/// error naming the function and its status.
+pub async fn invoke(http: &reqwest::Client, functions: &str, function: &str, event: &Value) -> anyhow::Result<Value> {
+    let url = format!("{functions}/2015-03-31/functions/{function}/invocations");
+    let response = http
+        .post(&url)
+        .json(event)
+        .send()
+        .await
+        .with_context(|| format!("invoking {function}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.with_context(|| format!("{function}'s answer"))?;
+    ensure!(status.is_success(), "{function} answered {status}: {body}");
+    Ok(body)
+}
+
+/// A command to the simulator's data API (`POST {simulator}/_sim/data`:
+/// seed, insert, update or delete projects); its answer.
+pub async fn sim_data(http: &reqwest::Client, simulator: &str, command: &Value) -> anyhow::Result<Value> {
+    let response = http.post(format!("{simulator}/_sim/data")).json(command).send().await?;
+    ensure!(response.status().is_success(), "simulator: {}", response.status());
+    Ok(response.json().await?)
+}

@@ -25,7 +25,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use oauth_sync_tests::functions::{browse_to_callback, connect_link, scheduled_event};
+use oauth_sync_tests::functions::{browse_to_callback, connect_link, invoke, scheduled_event, sim_data};
 use serde_json::{Value, json};
 use shared::connection::ConnectionId;
 use shared::connection::store::ConnectionStore;
@@ -55,29 +55,11 @@ struct Demo {
 impl Demo {
     /// Invokes a function the way its EventBridge schedule does; its answer.
     async fn invoke(&self, function: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/2015-03-31/functions/{function}/invocations", self.functions);
-        let response = self
-            .http
-            .post(&url)
-            .json(&scheduled_event())
-            .send()
-            .await
-            .with_context(|| format!("invoking {function}"))?;
-        let status = response.status();
-        let body: Value = response.json().await.with_context(|| format!("{function}'s answer"))?;
-        ensure!(status.is_success(), "{function} answered {status}: {body}");
-        Ok(body)
+        invoke(&self.http, &self.functions, function, &scheduled_event()).await
     }
 
     async fn sim_data(&self, command: Value) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}/_sim/data", self.simulator))
-            .json(&command)
-            .send()
-            .await?;
-        ensure!(response.status().is_success(), "simulator: {}", response.status());
-        Ok(response.json().await?)
+        sim_data(&self.http, &self.simulator, &command).await
     }
 
     async fn counters(&self) -> anyhow::Result<Value> {

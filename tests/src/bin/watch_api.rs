@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use oauth_sync_tests::functions::{browse_to_callback, scheduled_event};
+use oauth_sync_tests::functions::{browse_to_callback, invoke, scheduled_event, sim_data};
 use oauth_sync_tests::stack::RETURN_TO;
 use serde_json::{Value, json};
 
@@ -70,23 +70,11 @@ impl Client {
     }
 
     async fn invoke(&self, function: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/2015-03-31/functions/{function}/invocations", self.functions);
-        let response = self.http.post(&url).json(&scheduled_event()).send().await?;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        ensure!(status.is_success(), "{function} answered {status}: {body}");
-        Ok(body)
+        invoke(&self.http, &self.functions, function, &scheduled_event()).await
     }
 
     async fn sim_data(&self, command: Value) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}/_sim/data", self.simulator))
-            .json(&command)
-            .send()
-            .await?;
-        ensure!(response.status().is_success(), "simulator: {}", response.status());
-        Ok(response.json().await?)
+        sim_data(&self.http, &self.simulator, &command).await
     }
 
     /// Every change since `cursor`, `limit` a page: (id, change), and the cursor after them.

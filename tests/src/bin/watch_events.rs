@@ -60,12 +60,7 @@ struct Run {
 impl Run {
     /// Invokes a function as Lambda does; its answer.
     async fn invoke(&self, function: &str, event: &Value) -> anyhow::Result<Value> {
-        let url = format!("{}/2015-03-31/functions/{function}/invocations", self.functions);
-        let response = self.http.post(&url).json(event).send().await?;
-        let status = response.status();
-        let body: Value = response.json().await.with_context(|| format!("{function}'s answer"))?;
-        ensure!(status.is_success(), "{function} answered {status}: {body}");
-        Ok(body)
+        oauth_sync_tests::functions::invoke(&self.http, &self.functions, function, event).await
     }
 
     async fn sim(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
