@@ -340,6 +340,10 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {}", shared::telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
@@ -600,6 +604,7 @@ async fn sync_run(
         );
     }
     let events = shared::events::EventSink::from_env(&shared::aws::load_sdk_config().await);
+    let stop = stop_on_signals()?;
     let engine = SyncEngine::new(
         config,
         Arc::new(tokens.with_events(events.clone())),
@@ -607,16 +612,63 @@ async fn sync_run(
         records,
         settings,
     )?
-    .with_events(events);
+    .with_events(events)
+    .with_stop(stop.clone());
     let started = Instant::now();
     let report = engine.run_now(&id, sync, started + timeout, &output::progress).await?;
     output::run_report(&report, started.elapsed(), as_json)?;
+    if let (Some(why), RunEnd::Yielded { .. }) = (stop.borrow().clone(), &report.end) {
+        return Err(Interrupted(format!("{}: {why}", report.job)).into());
+    }
     match report.end {
         RunEnd::Finished | RunEnd::Yielded { .. } => Ok(()),
         RunEnd::Parked(_) => anyhow::bail!("{}: the run was parked", report.job),
         RunEnd::Failed(_) => anyhow::bail!("{}: the run failed", report.job),
         RunEnd::LostLease => anyhow::bail!("{}: the run lost its lease", report.job),
     }
+}
+
+/// A run ended early by a signal, its place saved and its lease released:
+/// exit code 130, as a shell reports an interrupted command.
+#[derive(Debug)]
+struct Interrupted(String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// The first Ctrl-C (SIGINT) or SIGTERM asks the run to stop: it abandons a
+/// page request or a wait in flight (a token refresh and a fetched page's
+/// writes finish), saves its place and releases the job's lease, so the
+/// next `sync run` or scheduled run can go on at once. A second signal quits
+/// at once, leaving the lease to run out.
+fn stop_on_signals() -> anyhow::Result<tokio::sync::watch::Receiver<Option<String>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        eprintln!("{name}: stopping; saving the run's place and releasing its lease (send it again to quit at once)");
+        let why = format!("stopped by {name}; `oauth-sync sync run` again, or the schedule, goes on from here");
+        if tx.send(Some(why)).is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("quitting at once: the job's lease stays held until it runs out");
+        std::process::exit(130);
+    });
+    Ok(rx)
 }
 
 async fn sync_schedule(config_file: PathBuf, sync: &str, as_json: bool) -> anyhow::Result<()> {

@@ -545,7 +545,11 @@ fn job_state_word(job: &Job, now: i64) -> &'static str {
 
 fn job_state(job: &Job, now: i64) -> String {
     match job_state_word(job, now) {
-        "running" => format!("running (lease until {})", relative(job.lease_until)),
+        "running" => format!(
+            "running (lease held by {} until {})",
+            job.lease_owner.as_deref().unwrap_or("another run"),
+            relative(job.lease_until)
+        ),
         "parked" => format!(
             "parked: {}",
             job.parked_reason.as_deref().unwrap_or("no reason recorded")

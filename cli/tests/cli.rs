@@ -659,98 +659,205 @@ fn config_check_refuses_an_empty_file_and_quotes_only_a_prefix_of_bad_input() {
     assert!(stderr.len() < 1_000, "{} bytes of error", stderr.len());
 }
 
+/// A sync fixture with 4,000 Exact projects (4 pages of 1,000: storing one
+/// takes DynamoDB Local a while, long enough to act in the middle of it),
+/// a connection `acme-{name}`, and the configuration in a file for the CLI.
+struct Projects {
+    fx: oauth_sync_tests::stack::SyncFixture,
+    ids: Vec<String>,
+    conn: shared::connection::ConnectionId,
+    path: std::path::PathBuf,
+}
+
+impl Projects {
+    async fn start(name: &str) -> Projects {
+        use oauth_sync_tests::simulator::SimConfig;
+        use oauth_sync_tests::stack::{SyncFixture, quick_sync_settings};
+        use shared::config::PresetName;
+
+        let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
+        sim.data.rate_limit = None;
+        let syncs = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
+             query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"incremental\"\n\
+             cursor_field = \"Timestamp\"\ninterval_secs = 900\n";
+        let fx = SyncFixture::start(
+            sim,
+            "min_refresh_interval_secs = 0",
+            syncs,
+            quick_sync_settings(),
+            &format!("cli-{name}"),
+        )
+        .await;
+        let ids = fx.sim().seed_projects(4_000);
+        let conn = fx.connect(&format!("acme-{name}")).await;
+        let path = std::env::temp_dir().join(format!("oauth-sync-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, &fx.fixture.config_text).expect("write");
+        Projects { fx, ids, conn, path }
+    }
+
+    /// `oauth-sync --config PATH sync run ID projects` on the fixture's tables.
+    fn sync_run(&self) -> std::process::Command {
+        let tables = &self.fx.fixture.tables;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_oauth-sync"));
+        command
+            .args(["--config", self.path.to_str().expect("utf8 path")])
+            .args(["sync", "run", self.conn.as_str(), "projects"])
+            .env("OAUTH_SYNC_CONNECTIONS_TABLE", &tables["ConnectionsTable"])
+            .env("OAUTH_SYNC_SYNC_STATE_TABLE", &tables["SyncStateTable"])
+            .env("OAUTH_SYNC_SYNC_RUNS_TABLE", &tables["SyncRunsTable"])
+            .env("OAUTH_SYNC_RECORDS_TABLE", &tables["RecordsTable"]);
+        command
+    }
+
+    /// Waits until the provider has answered the run's second page.
+    async fn second_page_answered(&self) {
+        let answered = || {
+            self.fx
+                .sim()
+                .data_requests_log()
+                .iter()
+                .filter(|r| r.path_and_query.contains("Project/Projects") && r.status == 200)
+                .count()
+        };
+        let started = std::time::Instant::now();
+        while answered() < 2 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(120),
+                "the run never reached its second page"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Drop for Projects {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.path).ok();
+    }
+}
+
+/// A CLI process in the background, its stderr collected.
+struct Background {
+    child: std::process::Child,
+    pid: String,
+    stderr: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Background {
+    fn spawn(command: &mut std::process::Command) -> Background {
+        use std::io::BufRead;
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn oauth-sync");
+        let stderr = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        Background {
+            pid: child.id().to_string(),
+            child,
+            stderr,
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([name, &self.pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {name}");
+    }
+
+    /// Its exit status and stderr.
+    async fn finish(self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child;
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait");
+        (status, self.stderr.join().expect("stderr lines").join("\n"))
+    }
+}
+
+/// Ctrl-C in `sync run`: the run saves its place and releases the job's
+/// lease, so the next run starts at once and goes on from that place. While
+/// the first run holds the lease, the refusal says by whom and until when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_sync_run_releases_its_lease_and_the_next_goes_on() {
+    let p = Projects::start("interrupted").await;
+    let run = Background::spawn(&mut p.sync_run());
+    p.second_page_answered().await;
+
+    // While it holds the lease, another run is refused, naming the holder.
+    run.signal("-STOP");
+    let refused = p.sync_run().output().expect("run");
+    run.signal("-CONT");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{why}");
+    assert!(
+        why.contains("is running elsewhere")
+            && why.contains(&format!("held by pid {} on ", run.pid))
+            && why.contains(" until 20")
+            && why.contains(" s from now)"),
+        "{why}"
+    );
+
+    // Ctrl-C: the run stops, saves its place, releases its lease.
+    run.signal("-INT");
+    let (status, stderr) = run.finish().await;
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopped by SIGINT"), "{stderr}");
+    let job =
+        p.fx.engine
+            .jobs()
+            .get(&format!("{}#projects", p.conn))
+            .await
+            .expect("read")
+            .expect("job");
+    assert_eq!(job.lease_owner, None, "the lease is released");
+
+    // The next run starts at once and goes on from the saved place.
+    let next = p.sync_run().arg("--json").output().expect("run");
+    let out = String::from_utf8_lossy(&next.stdout);
+    assert!(
+        next.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["end"]["end"], "finished", "{out}");
+    let fetched = report["invocation"]["fetched"].as_u64().expect("fetched");
+    assert!(fetched < 4_000, "the next run started over: {out}");
+    assert_eq!(p.fx.records(&p.conn, "projects").await.len(), 4_000);
+}
+
 /// `sync run` paused (SIGSTOP) past its lease while another run takes the
 /// job over and stores newer data: when it wakes it writes nothing more, so
 /// what it read before the pause never overwrites what is newer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_run_paused_past_its_lease_writes_nothing_when_it_wakes() {
-    use std::io::BufRead;
-    use std::time::Duration;
+    use oauth_sync_tests::stack::deadline;
 
-    use oauth_sync_tests::simulator::SimConfig;
-    use oauth_sync_tests::stack::{SyncFixture, deadline, quick_sync_settings};
-    use shared::config::PresetName;
-
-    let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
-    sim.data.rate_limit = None;
-    let syncs = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/sync/Project/Projects\"\n\
-         query = { \"$select\" = \"ID,Code,Description,Timestamp\" }\nmode = \"incremental\"\n\
-         cursor_field = \"Timestamp\"\ninterval_secs = 900\n";
-    let fx = SyncFixture::start(
-        sim,
-        "min_refresh_interval_secs = 0",
-        syncs,
-        quick_sync_settings(),
-        "cli-paused",
-    )
-    .await;
-    // 1,000 a page: storing one takes DynamoDB Local a while, long enough to
-    // pause the run in the middle of it.
-    let ids = fx.sim().seed_projects(4_000);
-    let conn = fx.connect("acme-paused").await;
-    let path = std::env::temp_dir().join(format!("oauth-sync-paused-{}.toml", std::process::id()));
-    std::fs::write(&path, &fx.fixture.config_text).expect("write");
-    let tables = &fx.fixture.tables;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_oauth-sync"))
-        .args([
-            "--config",
-            path.to_str().expect("utf8 path"),
-            "sync",
-            "run",
-            conn.as_str(),
-            "projects",
-        ])
-        .args(["--lease", "45s"])
-        .env("OAUTH_SYNC_CONNECTIONS_TABLE", &tables["ConnectionsTable"])
-        .env("OAUTH_SYNC_SYNC_STATE_TABLE", &tables["SyncStateTable"])
-        .env("OAUTH_SYNC_SYNC_RUNS_TABLE", &tables["SyncRunsTable"])
-        .env("OAUTH_SYNC_RECORDS_TABLE", &tables["RecordsTable"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn oauth-sync");
-    let pid = child.id().to_string();
-    let stderr = child.stderr.take().expect("stderr");
-    let lines = std::thread::spawn(move || {
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let signal = |name: &str| {
-        let status = std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill {name}");
-    };
-
+    let p = Projects::start("paused").await;
+    let (fx, conn) = (&p.fx, &p.conn);
+    let run = Background::spawn(p.sync_run().args(["--lease", "45s"]));
     // Pause it as soon as the provider has answered its second page: it
     // holds that page, read before the change below, not yet stored.
-    let answered = || {
-        fx.sim()
-            .data_requests_log()
-            .iter()
-            .filter(|r| r.path_and_query.contains("Project/Projects") && r.status == 200)
-            .count()
-    };
-    let started = std::time::Instant::now();
-    while answered() < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the run never reached its second page"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    signal("-STOP");
+    p.second_page_answered().await;
+    run.signal("-STOP");
 
     // Upstream every project changes; past the paused run's lease, another
     // run takes the job over and stores the new data.
-    assert_eq!(fx.sim().update_projects_together(&ids, "newer"), 4_000);
-    tokio::time::sleep(Duration::from_secs(46)).await;
+    assert_eq!(fx.sim().update_projects_together(&p.ids, "newer"), 4_000);
+    tokio::time::sleep(std::time::Duration::from_secs(46)).await;
     let mut takeover = fx
         .engine
-        .run_now(&conn, "projects", deadline(300), &|_| {})
+        .run_now(conn, "projects", deadline(300), &|_| {})
         .await
         .expect("the takeover");
     while takeover.end != shared::sync::engine::RunEnd::Finished {
@@ -760,36 +867,31 @@ async fn a_sync_run_paused_past_its_lease_writes_nothing_when_it_wakes() {
         );
         takeover = fx
             .engine
-            .run_now(&conn, "projects", deadline(300), &|_| {})
+            .run_now(conn, "projects", deadline(300), &|_| {})
             .await
             .expect("run");
     }
-    let caught_up = fx.run(&conn, "projects").await;
+    let caught_up = fx.run(conn, "projects").await;
     assert_eq!(caught_up.end, shared::sync::engine::RunEnd::Finished, "{caught_up:?}");
     let newest = |records: Vec<shared::sync::records::StoredRecord>| {
         records.iter().filter(|r| r.data["Description"] != "newer").count()
     };
     assert_eq!(
-        newest(fx.records(&conn, "projects").await),
+        newest(fx.records(conn, "projects").await),
         0,
         "the takeover stored the new data"
     );
 
     // The paused run wakes: it must not write the page it held.
-    signal("-CONT");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    let stderr = lines.join().expect("stderr lines").join("\n");
+    run.signal("-CONT");
+    let (status, stderr) = run.finish().await;
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("lost its lease"), "{stderr}");
     assert_eq!(
-        newest(fx.records(&conn, "projects").await),
+        newest(fx.records(conn, "projects").await),
         0,
         "no record older than the takeover's: {stderr}"
     );
-    std::fs::remove_file(&path).ok();
 }
 
 /// `token` and `proxy` (the API's token and proxy routes from a terminal)

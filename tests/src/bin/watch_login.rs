@@ -105,6 +105,8 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let reqwest_id = format!("{run}-1");
     let link = stack.link(&reqwest_id, &["--return-url", RETURN_TO])?;
+    no_cors(&http, &link).await?;
+    say("another origin: no CORS headers, as the deployed API (no CORS configured) answers");
     let AtCallback {
         cookie: cookie_pair,
         code,
@@ -172,6 +174,35 @@ async fn main() -> anyhow::Result<()> {
         "trace logs: {} KiB, no code, state or login cookie in them",
         logs.len() / 1024
     ));
+    Ok(())
+}
+
+/// The login pages answer another site's script as the deployed API does:
+/// without `Access-Control-Allow-*`, so a browser keeps the answer from it.
+/// `cargo lambda watch` adds permissive CORS (any origin, with credentials)
+/// unless started with `--disable-cors`, as `scripts/stack` does.
+async fn no_cors(http: &reqwest::Client, link: &str) -> anyhow::Result<()> {
+    const ORIGIN: &str = "https://attacker.example";
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, link)
+        .header("origin", ORIGIN)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await?;
+    let get = http.get(link).header("origin", ORIGIN).send().await?;
+    for answer in [&preflight, &get] {
+        let cors: Vec<_> = answer
+            .headers()
+            .keys()
+            .filter(|name| name.as_str().starts_with("access-control-"))
+            .map(|name| name.as_str().to_owned())
+            .collect();
+        ensure!(
+            cors.is_empty(),
+            "{} {link} from {ORIGIN} answered with CORS headers {cors:?}: start cargo lambda watch with --disable-cors",
+            answer.status()
+        );
+    }
     Ok(())
 }
 

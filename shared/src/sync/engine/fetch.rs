@@ -88,7 +88,14 @@ impl SyncEngine {
                 request = request.header(name.as_str(), value);
             }
             counts.requests += 1;
-            let sent = request.send().await;
+            let sent = tokio::select! {
+                sent = request.send() => sent,
+                why = self.stopped() => {
+                    // It may have counted at the provider: the reservation stays spent.
+                    self.observe(cx, ticket, &Answer::lost()).await;
+                    return Err(Stop::Yield { until: now_ms(), why });
+                }
+            };
             let now = now_ms();
             let response = match sent {
                 Ok(response) => response,
@@ -113,7 +120,11 @@ impl SyncEngine {
             // What this job last saw, for `sync status`; the gate is the shared budget.
             checkpoint.rate.observe(&settings.rate_limits, header, now);
             let retry_after = answer.retry_after_secs;
-            let body = match response.bytes().await {
+            let body = tokio::select! {
+                body = response.bytes() => body,
+                why = self.stopped() => return Err(Stop::Yield { until: now_ms(), why }),
+            };
+            let body = match body {
                 Ok(body) => body,
                 Err(e) => {
                     attempt += 1;
@@ -210,7 +221,7 @@ impl SyncEngine {
                 Err(e) if e.is_transient() && failures < 3 => {
                     failures += 1;
                     warn!(job = cx.job, error = %error_chain(&e), "the rate budget could not be read; trying again");
-                    tokio::time::sleep(self.backoff(failures)).await;
+                    self.sleep(self.backoff(failures)).await?;
                 }
                 Err(e) => return Err(Stop::Fail(format!("the rate budget: {}", error_chain(&e)))),
             }
@@ -254,8 +265,7 @@ impl SyncEngine {
                 why: format!("{why}; no time left to try again in this invocation"),
             });
         }
-        tokio::time::sleep(wait).await;
-        Ok(())
+        self.sleep(wait).await
     }
 
     /// Sleeps until a rate-limit window resets, if that fits in the run.
@@ -276,8 +286,15 @@ impl SyncEngine {
         }
         counts.rate_limit_waits += 1;
         counts.waited_ms += u64::try_from(millis(wait)).unwrap_or(0);
-        tokio::time::sleep(wait).await;
-        Ok(())
+        self.sleep(wait).await
+    }
+
+    /// Sleeps `wait` in the run, or yields at once when asked to stop.
+    async fn sleep(&self, wait: Duration) -> Result<(), Stop> {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Ok(()),
+            why = self.stopped() => Err(Stop::Yield { until: now_ms(), why }),
+        }
     }
 
     /// Exponential from `base_backoff`, capped, with jitter.

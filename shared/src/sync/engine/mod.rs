@@ -112,8 +112,13 @@ pub enum SyncError {
     UnknownSync(String),
     #[error("job {0}: {1}")]
     Store(String, #[source] StoreError),
-    #[error("job {0} is running elsewhere (its lease is held)")]
-    Busy(String),
+    /// Another run holds the job's lease: who, and until when (epoch ms).
+    #[error("job {job} is running elsewhere: {}", busy_holder(holder.as_deref(), *until))]
+    Busy {
+        job: String,
+        holder: Option<String>,
+        until: Option<i64>,
+    },
     #[error("job {0} does not exist; it is created at login (or by `oauth-sync sync run`)")]
     NoJob(String),
 }
@@ -188,9 +193,49 @@ pub struct SyncEngine {
     budget: RateBudget,
     http: reqwest::Client,
     settings: SyncSettings,
+    /// This process's name in the leases it takes ([`worker_name`]).
     worker: String,
     /// Where run events go (off unless [`SyncEngine::with_events`]).
     events: crate::events::EventSink,
+    /// A request to stop early ([`SyncEngine::with_stop`]).
+    stop: Option<tokio::sync::watch::Receiver<Option<String>>>,
+}
+
+/// Who holds a lease and until when, in words: `held by pid 4242 on build-7
+/// #1a2b3c4d until 2026-12-06T13:20:00Z (45 s from now)`.
+fn busy_holder(holder: Option<&str>, until: Option<i64>) -> String {
+    let holder = holder.unwrap_or("another run");
+    match until {
+        Some(until) => format!(
+            "its lease is held by {holder} until {} ({} s from now)",
+            crate::when::rfc3339(until),
+            (until - now_ms()).max(0).saturating_add(999) / 1000
+        ),
+        None => format!("its lease is held by {holder}"),
+    }
+}
+
+/// This process's name in a job's `lease_owner`, so that a refused run can
+/// say whom it waits for: the Lambda function and log stream (where its
+/// logs are), else the process id and host; plus a random suffix, as two
+/// engines of one process must not share a lease.
+fn worker_name() -> String {
+    let who = match (
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME"),
+        std::env::var("AWS_LAMBDA_LOG_STREAM_NAME"),
+    ) {
+        (Ok(function), Ok(stream)) => format!("{function} {stream}"),
+        _ => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.chars().filter(char::is_ascii_graphic).take(100).collect::<String>())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "an unnamed host".to_owned());
+            format!("pid {} on {host}", std::process::id())
+        }
+    };
+    format!("{who} #{:08x}", fastrand::u32(..))
 }
 
 /// Something the run knows for its whole length.
@@ -297,9 +342,36 @@ impl SyncEngine {
             records,
             http,
             settings,
-            worker: format!("sync-{:08x}", fastrand::u32(..)),
+            worker: worker_name(),
             events: crate::events::EventSink::off(),
+            stop: None,
         })
+    }
+
+    /// Stops runs early when `stop` holds a reason (the CLI's Ctrl-C): a run
+    /// abandons a page request or a wait in flight, lets a token refresh and
+    /// the writes of a fetched page finish, saves its place and releases its
+    /// lease, ending [`RunEnd::Yielded`] with the reason. The job is due at
+    /// once, so the next run (by hand or on schedule) goes on from there.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<Option<String>>) -> SyncEngine {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Why the run must stop now, if it must.
+    fn stop_requested(&self) -> Option<String> {
+        self.stop.as_ref().and_then(|stop| stop.borrow().clone())
+    }
+
+    /// Waits for a stop request; never returns without one.
+    async fn stopped(&self) -> String {
+        if let Some(stop) = &self.stop {
+            let mut stop = stop.clone();
+            if let Ok(why) = stop.wait_for(Option::is_some).await {
+                return why.clone().unwrap_or_default();
+            }
+        }
+        std::future::pending().await
     }
 
     /// Publishes run events (finished, failed, parked) to `events`.
@@ -377,7 +449,7 @@ impl SyncEngine {
                     RunEnd::Failed(_) => summary.failed += 1,
                     RunEnd::LostLease => summary.busy += 1,
                 },
-                Ok(Err(SyncError::Busy(_))) => summary.busy += 1,
+                Ok(Err(SyncError::Busy { .. })) => summary.busy += 1,
                 Ok(Err(e)) => {
                     warn!(error = %error_chain(&e), "sync run failed");
                     summary.failed += 1;
@@ -447,7 +519,11 @@ impl SyncEngine {
         else {
             return match self.jobs.get(id).await.map_err(store_error)? {
                 None => Err(SyncError::NoJob(id.to_owned())),
-                Some(_) => Err(SyncError::Busy(id.to_owned())),
+                Some(job) => Err(SyncError::Busy {
+                    job: id.to_owned(),
+                    holder: job.lease_owner,
+                    until: job.lease_until,
+                }),
             };
         };
         let lease = LeaseClock::new(until, millis(self.settings.write_fence()));

@@ -230,11 +230,17 @@ impl SyncEngine {
         }
     }
 
-    /// One step of a run, as docs/sync.md tells it: yield near the deadline;
+    /// One step of a run, as docs/sync.md tells it: yield when asked to stop or near the deadline;
     /// a page of the pass (fetch, store, the pass's highest cursor) and, after
     /// its last page, the end of the pass (sweep, cursors, feed); then the
     /// checkpoint. A sweep that yielded goes on first.
     async fn step(&self, cx: &Context<'_>, checkpoint: &mut Checkpoint, run: &mut RunState) -> Result<Step, RunEnd> {
+        if let Some(why) = self.stop_requested() {
+            return Err(RunEnd::Yielded {
+                until: now_ms(),
+                reason: why,
+            });
+        }
         let left = cx.deadline.saturating_duration_since(Instant::now());
         if left < self.settings.page_timeout + self.settings.commit_margin {
             return Err(RunEnd::Yielded {

@@ -51,11 +51,12 @@ impl SyncEngine {
         }
         loop {
             let left = cx.deadline.saturating_duration_since(Instant::now());
-            if left < self.settings.page_timeout + self.settings.commit_margin {
+            let stop = self.stop_requested();
+            if stop.is_some() || left < self.settings.page_timeout + self.settings.commit_margin {
                 self.save(cx, checkpoint, run).await?;
                 return Err(RunEnd::Yielded {
                     until: now_ms(),
-                    reason: "the invocation's deadline is near (sweeping)".to_owned(),
+                    reason: stop.unwrap_or_else(|| "the invocation's deadline is near (sweeping)".to_owned()),
                 });
             }
             let after = run.sweep_after.clone();
