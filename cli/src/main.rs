@@ -763,7 +763,7 @@ async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> an
     };
     let aws = AwsClients::from_env().await;
     let secrets = SecretStore::new(aws.secrets);
-    let http = shared::oauth::http_client(Duration::from_secs(10))?;
+    let http = shared::http::client(Duration::from_secs(10), shared::http::Pooling::Off)?;
     let mut findings = check_service_secrets(&config.service, &secrets).await;
     for provider in providers {
         findings.extend(check_settings(provider, &config.service));

@@ -716,7 +716,7 @@ mod tests {
             client_id: "id".into(),
             client_secret: crate::secret::ClientSecret::new("cs-planted"),
         };
-        let http = crate::oauth::http_client(std::time::Duration::from_secs(5)).expect("client");
+        let http = crate::http::client(std::time::Duration::from_secs(5), crate::http::Pooling::Off).expect("client");
         let found = probe_token_endpoint(&config.providers["sf"], &credentials, &http).await;
         assert_eq!(found.verdict, Verdict::Fail, "{found:?}");
         assert!(

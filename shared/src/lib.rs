@@ -15,17 +15,28 @@
 //! - [`doctor`]: set-up checks with the fix named
 //! - [`events`]: connection, sync-run and record events on the stack's EventBridge bus
 //! - [`aws`]: AWS clients from the standard environment
+//! - [`dynamo`]: what every table shares: attributes, errors, batched reads, the one retry and lost-answer check
+//! - [`backoff`]: jitter and exponential backoff, for every retry
+//! - [`http`]: every outbound HTTP client (timeouts, no redirects, pooling by need)
 //! - [`telemetry`]: logging for CloudWatch
-//! - [`text`]: text shown to people or logged (invisible format characters)
+//! - [`json`]: reading providers' JSON answers (dotted paths, scalars as text)
+//! - [`text`]: text shown to people or logged (provider excerpts, invisible format characters)
+//! - `lambda` (feature `lambda`): the functions' deadline and retryable errors
 //! - [`runtime`]: start-up of every binary (clients and configuration, once)
 
 pub mod api;
 pub mod aws;
+pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod crypto;
 pub mod doctor;
+pub mod dynamo;
 pub mod events;
+pub mod http;
+pub mod json;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod login;
 pub mod metrics;
 pub mod oauth;

@@ -1,5 +1,28 @@
 //! Text shown to people or written to logs: what must not reach them as it came.
 
+use url::form_urlencoded::byte_serialize;
+
+/// The most characters of a provider's text an [`excerpt`] keeps.
+pub const MAX_EXCERPT: usize = 300;
+
+/// A short, single-line piece of provider text with every secret we sent
+/// removed, as sent and form-encoded, before it is cut to length (so no cut
+/// can leave half a secret behind). Invisible format characters (bidi
+/// overrides, zero-width ones) are dropped too: the text is shown to people
+/// and written to logs, and must read there as it is.
+pub fn excerpt(text: &str, sent: &[&str]) -> String {
+    // U+2028 and U+2029 are not controls, but end a line in log viewers too.
+    let mut text: String = text
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '\u{2028}' | '\u{2029}') && !is_invisible_format(*c))
+        .collect();
+    for secret in sent.iter().filter(|s| s.len() >= 4) {
+        let encoded: String = byte_serialize(secret.as_bytes()).collect();
+        text = text.replace(secret, "[redacted]").replace(&encoded, "[redacted]");
+    }
+    text.chars().take(MAX_EXCERPT).collect()
+}
+
 /// Unicode format characters (general category Cf) that change how text
 /// around them reads without being seen: bidirectional overrides, embeddings
 /// and isolates (`Acme \u{202e}gnp.exe` reads "Acme exe.png"), zero-width
@@ -25,6 +48,12 @@ pub fn is_invisible_format(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_text_loses_invisible_formatting_before_anyone_reads_it() {
+        let shown = excerpt("Access for \u{202e}gnp.exe\u{202c} denied\u{200b}", &[]);
+        assert_eq!(shown, "Access for gnp.exe denied");
+    }
 
     #[test]
     fn bidi_overrides_and_zero_width_characters_are_found_and_letters_are_not() {

@@ -191,7 +191,7 @@ pub async fn login(sim: &SimulatorHandle, http: &reqwest::Client) -> shared::oau
 /// An HTTP client like the product's (no redirects), with this timeout.
 pub fn http(timeout: std::time::Duration) -> reqwest::Client {
     #[allow(clippy::expect_used)]
-    shared::oauth::http_client(timeout).expect("http client")
+    shared::http::client(timeout, shared::http::Pooling::Off).expect("http client")
 }
 
 /// A simulator with the product's OAuth client set up against it.

@@ -447,6 +447,45 @@ async fn a_retried_link_claim_finds_its_own_claim() {
 }
 
 #[tokio::test]
+async fn a_retried_attempt_put_finds_its_own_attempt() {
+    // The attempt's PutItem may land with its answer lost; the SDK's retry
+    // then meets `attribute_not_exists` and must count the attempt as stored
+    // (it answered 503 before), while the same state from another browser
+    // stays refused.
+    use shared::login::attempts::{Attempt, AttemptStore};
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-put").await;
+    let attempts = AttemptStore::new(
+        login.fixture.aws.dynamodb.clone(),
+        &login.fixture.tables["LoginAttemptsTable"],
+    );
+    let now = shared::connection::now_ms();
+    let attempt = Attempt {
+        provider: PROVIDER.to_owned(),
+        connection: ConnectionId::parse("acme-put").expect("id"),
+        kind: ConnectionKind::PerUser,
+        return_url: None,
+        redirect_uri: "https://example.test/callback/sim".to_owned(),
+        pkce_verifier: shared::connection::Sealed(vec![1, 2, 3]),
+        link_id: "link-of-the-put".to_owned(),
+        link_issued_at: now,
+        link_expires_at: now / 1000 + 600,
+        expires_at: now / 1000 + 600,
+    };
+    attempts.put("state-put", "cookie-a", &attempt, now).await.expect("put");
+    attempts
+        .put("state-put", "cookie-a", &attempt, now)
+        .await
+        .expect("the retry finds its own attempt");
+    let e = attempts.put("state-put", "cookie-b", &attempt, now).await.unwrap_err();
+    assert!(matches!(e, AttemptError::StateTaken), "{e}");
+    let consumed = attempts
+        .consume("state-put", Some("cookie-a"), now / 1000, false)
+        .await
+        .expect("the attempt is live");
+    assert_eq!(consumed, attempt);
+}
+
+#[tokio::test]
 async fn a_login_starts_only_from_its_confirmation_page_in_the_same_browser() {
     let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "login-confirm").await;
     let service = login.service(ATTEMPT_TTL).await;

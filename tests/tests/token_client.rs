@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shared::config::{Config, Provider};
-use shared::oauth::{ClientCredentials, TokenEndpoint, TokenError, http_client};
+use shared::oauth::{ClientCredentials, TokenEndpoint, TokenError};
 use shared::secret::{ClientSecret, RefreshToken};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -127,7 +127,7 @@ async fn two_refreshes(server: &ClosesIdleConnections, http: &reqwest::Client) -
 #[tokio::test]
 async fn a_refresh_never_leaves_on_a_connection_the_provider_may_have_closed() {
     let server = ClosesIdleConnections::start().await;
-    let http = http_client(Duration::from_secs(5)).expect("client");
+    let http = shared::http::client(Duration::from_secs(5), shared::http::Pooling::Off).expect("client");
     for (i, result) in two_refreshes(&server, &http).await.into_iter().enumerate() {
         if let Err(e) = result {
             panic!(

@@ -20,10 +20,7 @@ pub struct HandlerError(#[from] BatchError);
 impl From<HandlerError> for Diagnostic {
     fn from(error: HandlerError) -> Diagnostic {
         // Lambda retries the batch, halving it (BisectBatchOnFunctionError).
-        Diagnostic {
-            error_type: "Retryable".to_owned(),
-            error_message: error.to_string(),
-        }
+        shared::lambda::retryable(&error)
     }
 }
 

@@ -4,14 +4,14 @@
 //! next invocation from its checkpoint.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use shared::connection::DUE_SHARDS;
 use shared::sync::engine::{DueRuns, SyncEngine};
 
 /// Time kept back from the invocation's deadline for the last checkpoint.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Part of the sync-due index could not be read (each failure is logged);
 /// the rest was served. Worth retrying, and the next schedule will.
@@ -26,23 +26,15 @@ pub struct SyncRunError {
 
 impl From<SyncRunError> for Diagnostic {
     fn from(error: SyncRunError) -> Diagnostic {
-        Diagnostic {
-            error_type: "Retryable".to_owned(),
-            error_message: error.to_string(),
-        }
+        shared::lambda::retryable(&error)
     }
-}
-
-/// The invocation's deadline as an `Instant`, less a margin.
-pub fn deadline_of(context: &lambda_runtime::Context) -> Instant {
-    shared::runtime::deadline_from_epoch_ms(context.deadline, DEADLINE_MARGIN)
 }
 
 pub async fn function_handler(
     engine: &Arc<SyncEngine>,
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<DueRuns, SyncRunError> {
-    let summary = engine.run_due(deadline_of(&event.context)).await;
+    let summary = engine.run_due(shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN)).await;
     tracing::info!(
         request_id = %event.context.request_id,
         due = summary.due,

@@ -3,14 +3,14 @@
 //! otherwise die of idleness), found through the sharded refresh-due index.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use shared::connection::DUE_SHARDS;
 use shared::refresh::{DueSummary, TokenService};
 
 /// Time kept back from the invocation's deadline: no refresh starts in it.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
 /// Part of the refresh-due index could not be read (each failure is logged
 /// with its cause); the rest was served. Worth retrying, and the next
@@ -28,23 +28,15 @@ pub struct RefresherError {
 
 impl From<RefresherError> for Diagnostic {
     fn from(error: RefresherError) -> Diagnostic {
-        Diagnostic {
-            error_type: "Retryable".to_owned(),
-            error_message: error.to_string(),
-        }
+        shared::lambda::retryable(&error)
     }
-}
-
-/// The invocation's deadline as an `Instant`, less a margin.
-pub fn deadline_of(context: &lambda_runtime::Context) -> Instant {
-    shared::runtime::deadline_from_epoch_ms(context.deadline, DEADLINE_MARGIN)
 }
 
 pub async fn function_handler(
     service: &Arc<TokenService>,
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<DueSummary, RefresherError> {
-    let deadline = deadline_of(&event.context);
+    let deadline = shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN);
     // `[service] refresh_concurrency`: refreshes in flight (default 16).
     let concurrency = service.config().service.refresh_concurrency;
     let summary = service.refresh_due(deadline, concurrency).await;

@@ -155,7 +155,7 @@ impl Proxy {
         Ok(Proxy {
             tokens,
             budget,
-            http: crate::sync::engine::page_client(PROXY_TIMEOUT)?,
+            http: crate::http::client(PROXY_TIMEOUT, crate::http::Pooling::On)?,
         })
     }
 
@@ -313,7 +313,7 @@ impl Proxy {
                 }
                 Err(e) if e.is_transient() && failures < 3 => {
                     failures += 1;
-                    tokio::time::sleep(crate::refresh::backoff(
+                    tokio::time::sleep(crate::backoff::exponential(
                         Duration::from_millis(50),
                         Duration::from_secs(1),
                         failures,

@@ -238,7 +238,7 @@ pub async fn fetch_all(issuers: impl IntoIterator<Item = String>) -> Result<Disc
     let mut issuers: Vec<String> = issuers.into_iter().collect();
     issuers.sort();
     issuers.dedup();
-    let http = crate::oauth::http_client(FETCH_TIMEOUT).map_err(|e| {
+    let http = crate::http::client(FETCH_TIMEOUT, crate::http::Pooling::Off).map_err(|e| {
         (
             issuers.first().cloned().unwrap_or_default(),
             DiscoveryError::NoClient(e.to_string()),

@@ -1,8 +1,10 @@
 //! Connections: one per connected account at a provider, with its encrypted
 //! tokens, status, `token_version` and refresh lease. Every token write is in
-//! [`store`]; the protocol that decides them is in [`crate::refresh`].
+//! [`store`]; the protocol that decides them is in [`crate::refresh`]. The
+//! parameters a login learns are in [`params`].
 
 pub mod clock;
+pub mod params;
 pub mod store;
 
 use std::fmt;

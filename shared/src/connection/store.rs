@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
@@ -16,72 +16,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 
 use super::clock::ServerClock;
 use super::{Connection, ConnectionId, ConnectionKind, Lease, Sealed, Status, now_ms};
-
-/// DynamoDB calls made, for the benchmark and for tests that count them.
-#[derive(Debug, Default)]
-pub struct OpCounts {
-    pub reads: AtomicU64,
-    pub writes: AtomicU64,
-    pub queries: AtomicU64,
-}
-
-impl OpCounts {
-    /// (reads, writes, queries)
-    pub fn snapshot(&self) -> (u64, u64, u64) {
-        (
-            self.reads.load(Ordering::Relaxed),
-            self.writes.load(Ordering::Relaxed),
-            self.queries.load(Ordering::Relaxed),
-        )
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("DynamoDB {operation} on table {table} failed")]
-    Dynamo {
-        operation: &'static str,
-        table: String,
-        /// Throttling, a 5xx, a timeout or a connection failure: worth retrying.
-        transient: bool,
-        #[source]
-        source: Box<aws_sdk_dynamodb::Error>,
-    },
-    #[error("connection {id}: the stored item is malformed ({reason})")]
-    Malformed { id: String, reason: String },
-    #[error("DynamoDB {operation} did not answer in the time left")]
-    TimedOut { operation: &'static str },
-    /// A batch kept coming back with unprocessed items (throttling).
-    #[error("DynamoDB {operation} on table {table} left items unprocessed after {attempts} attempts")]
-    Unprocessed {
-        operation: &'static str,
-        table: String,
-        attempts: u32,
-    },
-    /// A connection belongs to one provider for life: its refresh token must
-    /// never be sent to another provider's token endpoint.
-    #[error(
-        "connection {id} is connected to provider `{existing}`; a login at `{requested}` cannot take it over (use another connection id)"
-    )]
-    OtherProvider {
-        id: String,
-        existing: String,
-        requested: String,
-    },
-    /// A sync run's lease ran out (the process was paused past it, or
-    /// another run took the job over): the run writes nothing more.
-    #[error("the run's lease ran out; nothing more is written")]
-    LeaseLost,
-}
-
-impl StoreError {
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Dynamo { transient: true, .. } | StoreError::TimedOut { .. } | StoreError::Unprocessed { .. }
-        )
-    }
-}
+use crate::dynamo::{Conditional, Item, OpCounts, StoreError, batch_get, n, s, sdk_failure};
 
 /// The result of a conditional write.
 #[derive(Debug)]
@@ -157,105 +92,8 @@ const LEASE_FIELDS: &str = "lease_owner, lease_until, lease_taken_at";
 /// A refresh whose outcome is unknown: when it was first sent, and when its one resend was.
 const UNKNOWN_FIELDS: &str = "outcome_unknown_since, outcome_unknown_resent_at";
 
-pub(crate) fn s(value: &str) -> AttributeValue {
-    AttributeValue::S(value.to_owned())
-}
-
-/// Every item of one `BatchGetItem` of `keys` on `table`: keys the service
-/// leaves unprocessed are asked again with jittered backoff, at most
-/// [`BATCH_ATTEMPTS`] times. Items read are counted in `ops.reads`.
-pub(crate) async fn batch_get(
-    client: &aws_sdk_dynamodb::Client,
-    table: &str,
-    keys: aws_sdk_dynamodb::types::KeysAndAttributes,
-    ops: &OpCounts,
-    operation: &'static str,
-) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
-    let mut items = Vec::new();
-    let mut request = Some(keys);
-    let mut attempt = 0;
-    while let Some(keys) = request.take() {
-        ops.reads.fetch_add(keys.keys().len() as u64, Ordering::Relaxed);
-        let output = client
-            .batch_get_item()
-            .request_items(table, keys)
-            .send()
-            .await
-            .map_err(|e| sdk_failure(operation, table, e))?;
-        items.extend(output.responses.and_then(|mut r| r.remove(table)).unwrap_or_default());
-        request = output
-            .unprocessed_keys
-            .and_then(|mut u| u.remove(table))
-            .filter(|k| !k.keys().is_empty());
-        if request.is_some() {
-            attempt += 1;
-            if attempt >= BATCH_ATTEMPTS {
-                return Err(StoreError::Unprocessed {
-                    operation,
-                    table: table.to_owned(),
-                    attempts: attempt,
-                });
-            }
-            tokio::time::sleep(crate::sync::records::backoff_delay(attempt)).await;
-        }
-    }
-    Ok(items)
-}
-
-/// Attempts for a batch whose items keep coming back unprocessed.
-pub(crate) const BATCH_ATTEMPTS: u32 = 8;
-
-pub(crate) fn n(value: impl ToString) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
-
 fn b(value: &Sealed) -> AttributeValue {
     AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(value.0.clone()))
-}
-
-fn is_transient<E>(error: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> bool {
-    match error {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
-        _ => false,
-    }
-}
-
-/// An SDK error of `operation` on `table`, classified (see [`dynamo_error`]).
-pub(crate) fn sdk_failure<E>(
-    operation: &'static str,
-    table: &str,
-    error: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
-) -> StoreError
-where
-    aws_sdk_dynamodb::Error: From<SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
-{
-    let transient = is_transient(&error);
-    dynamo_error(operation, table, aws_sdk_dynamodb::Error::from(error), transient)
-}
-
-/// A DynamoDB error, transient when the transport said so (a timeout, a
-/// dropped connection, an HTTP 5xx) or DynamoDB throttled or failed internally.
-pub(crate) fn dynamo_error(
-    operation: &'static str,
-    table: &str,
-    source: aws_sdk_dynamodb::Error,
-    transport_transient: bool,
-) -> StoreError {
-    let transient = transport_transient
-        || matches!(
-            source,
-            aws_sdk_dynamodb::Error::ProvisionedThroughputExceededException(_)
-                | aws_sdk_dynamodb::Error::RequestLimitExceeded(_)
-                | aws_sdk_dynamodb::Error::InternalServerError(_)
-                | aws_sdk_dynamodb::Error::ThrottlingException(_)
-        );
-    StoreError::Dynamo {
-        operation,
-        table: table.to_owned(),
-        transient,
-        source: Box::new(source),
-    }
 }
 
 impl ConnectionStore {
@@ -295,15 +133,6 @@ impl ConnectionStore {
         aws_sdk_dynamodb::Error: From<SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
     {
         sdk_failure(operation, &self.table, error)
-    }
-
-    fn dynamo_error(
-        &self,
-        operation: &'static str,
-        source: aws_sdk_dynamodb::Error,
-        transport_transient: bool,
-    ) -> StoreError {
-        dynamo_error(operation, &self.table, source, transport_transient)
     }
 
     /// An `UpdateItem` on the connection `id`, to be given its expressions.
@@ -460,7 +289,7 @@ impl ConnectionStore {
                 .expression_attribute_values(":seen", n(seen)),
         };
         let update = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
-        self.conditional_update("UpdateItem(login)", request.update_expression(update))
+        self.conditional_update("UpdateItem(login)", request.update_expression(update), never)
             .await
     }
 
@@ -526,7 +355,10 @@ impl ConnectionStore {
             }
         }
         let request = request.condition_expression(condition.join(" AND "));
-        self.conditional_update("UpdateItem(lease)", request).await
+        self.conditional_update("UpdateItem(lease)", request, |now| {
+            holds_lease(now, read.token_version, owner)
+        })
+        .await
     }
 
     /// Gives back the caller's own lease when nothing was sent under it (a
@@ -540,7 +372,7 @@ impl ConnectionStore {
             .condition_expression("token_version = :seen AND lease_owner = :me")
             .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":me", s(owner));
-        self.conditional_update("UpdateItem(release unused lease)", request)
+        self.conditional_update("UpdateItem(release unused lease)", request, never)
             .await
     }
 
@@ -580,7 +412,10 @@ impl ConnectionStore {
             .expression_attribute_values(":sent", n(abandoned.taken_at))
             .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":old", s(&abandoned.owner));
-        self.conditional_update("UpdateItem(take over lease)", request).await
+        self.conditional_update("UpdateItem(take over lease)", request, |now| {
+            holds_lease(now, seen, owner)
+        })
+        .await
     }
 
     /// Extends the caller's own lease to resend a refresh whose outcome is
@@ -606,7 +441,8 @@ impl ConnectionStore {
             .expression_attribute_values(":now", n(now_ms()))
             .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":me", s(owner));
-        self.conditional_update("UpdateItem(extend lease)", request).await
+        self.conditional_update("UpdateItem(extend lease)", request, never)
+            .await
     }
 
     /// Commits a refreshed token set: version + 1, lease released, failures cleared.
@@ -656,7 +492,10 @@ impl ConnectionStore {
         let request = request
             .update_expression(update)
             .condition_expression("token_version = :seen AND lease_owner = :me");
-        self.conditional_update("UpdateItem(commit)", request).await
+        self.conditional_update("UpdateItem(commit)", request, |now| {
+            now.commit_id.as_deref() == Some(commit.commit_id.as_str())
+        })
+        .await
     }
 
     /// Releases the lease after a refresh that did not happen (the provider
@@ -698,7 +537,7 @@ impl ConnectionStore {
         if let Some(sent_at) = unknown_since {
             request = request.expression_attribute_values(":unknown", n(sent_at));
         }
-        self.conditional_update("UpdateItem(release)", request).await
+        self.conditional_update("UpdateItem(release)", request, never).await
     }
 
     /// Moves the connection to `needs_reauth` (out of the refresh-due index),
@@ -725,7 +564,8 @@ impl ConnectionStore {
             .expression_attribute_values(":now", n(now_ms()))
             .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":me", s(owner));
-        self.conditional_update("UpdateItem(needs_reauth)", request).await
+        self.conditional_update("UpdateItem(needs_reauth)", request, never)
+            .await
     }
 
     /// Marks the connection revoked and erases its tokens, if the version is
@@ -745,7 +585,7 @@ impl ConnectionStore {
             .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":next", n(seen + 1))
             .expression_attribute_values(":now", n(now_ms()));
-        self.conditional_update("UpdateItem(revoke)", request).await
+        self.conditional_update("UpdateItem(revoke)", request, never).await
     }
 
     /// Writes tokens re-encrypted under another key (`oauth-sync keys
@@ -802,7 +642,7 @@ impl ConnectionStore {
         let request = request
             .update_expression(format!("SET {}", set.join(", ")))
             .condition_expression(condition.join(" AND "));
-        self.conditional_update("UpdateItem(reseal)", request).await
+        self.conditional_update("UpdateItem(reseal)", request, never).await
     }
 
     /// Every connection, for the operator's `list` (a paginated Scan: an
@@ -941,31 +781,40 @@ impl ConnectionStore {
         })
     }
 
+    /// A conditional update of a connection, read through
+    /// [`crate::dynamo::conditional`]: a retry that met the write its lost
+    /// answer came from is [`Write::Done`] when `ours` recognises that write
+    /// in the item as it is now; any other refusal is [`Write::Conflict`]
+    /// with the item.
     async fn conditional_update(
         &self,
         operation: &'static str,
         request: UpdateItemFluentBuilder,
+        ours: impl FnOnce(&Connection) -> bool,
     ) -> Result<Write, StoreError> {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
         self.ops.writes.fetch_add(1, Ordering::Relaxed);
-        let request = request.return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        match request.send().await {
-            Ok(_) => Ok(Write::Done),
-            Err(SdkError::ServiceError(service)) => {
-                // As on every other path, a 5xx is transient even when the SDK
-                // has no variant for it (e.g. a 503 ServiceUnavailable).
-                let server_error = service.raw().status().is_server_error();
-                match service.into_err() {
-                    UpdateItemError::ConditionalCheckFailedException(failed) => {
-                        let now = failed.item.map(from_item).transpose()?;
-                        Ok(Write::Conflict(now.map(Box::new)))
-                    }
-                    other => Err(self.dynamo_error(operation, aws_sdk_dynamodb::Error::from(other), server_error)),
-                }
-            }
-            Err(e) => Err(self.fail(operation, e)),
+        let sent = request
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let ours = |item: &Item| from_item(item.clone()).is_ok_and(|now| ours(&now));
+        match crate::dynamo::conditional(sent, operation, &self.table, ours)? {
+            Conditional::Done => Ok(Write::Done),
+            Conditional::Refused(item) => Ok(Write::Conflict(item.map(from_item).transpose()?.map(Box::new))),
         }
     }
+}
+
+/// The lease write of `owner` on version `seen` as it shows in the item: a
+/// lease write that "failed" only because an earlier try of the same request
+/// (the SDK's retry after a lost answer) already made it.
+pub(crate) fn holds_lease(now: &Connection, seen: u64, owner: &str) -> bool {
+    now.token_version == seen && now.lease.as_ref().is_some_and(|l| l.owner == owner)
+}
+
+/// Writes that no later state can be told apart by: never "ours".
+fn never(_: &Connection) -> bool {
+    false
 }
 
 fn from_item(item: HashMap<String, AttributeValue>) -> Result<Connection, StoreError> {

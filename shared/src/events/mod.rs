@@ -25,8 +25,6 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::sync::jobs::RunCounts;
-
 /// Every event's `source`.
 pub const SOURCE: &str = "oauth-sync";
 /// The environment variable naming the bus (set by infra/template.yaml);
@@ -100,22 +98,6 @@ pub struct Counts {
     pub rejected: u64,
     pub requests: u64,
     pub throttled: u64,
-}
-
-impl From<&RunCounts> for Counts {
-    fn from(c: &RunCounts) -> Counts {
-        Counts {
-            pages: c.pages,
-            fetched: c.fetched,
-            inserted: c.inserted,
-            updated: c.updated,
-            unchanged: c.unchanged,
-            deleted: c.deleted,
-            rejected: c.rejected,
-            requests: c.requests,
-            throttled: c.throttled,
-        }
-    }
 }
 
 /// `sync.run.finished` and `sync.run.failed`: a run ended (a run that
@@ -435,7 +417,7 @@ impl Publisher {
         let mut pending: Vec<usize> = batch.to_vec();
         for attempt in 1..=self.settings.attempts.max(1) {
             if attempt > 1 {
-                tokio::time::sleep(crate::refresh::backoff(
+                tokio::time::sleep(crate::backoff::exponential(
                     self.settings.base_backoff,
                     self.settings.max_backoff,
                     attempt - 1,

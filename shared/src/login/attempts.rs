@@ -9,12 +9,14 @@
 
 use std::collections::HashMap;
 
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use crate::connection::{ConnectionId, ConnectionKind, Sealed};
 use crate::crypto::sha256_b64url;
+use crate::dynamo::{Conditional, Item, StoreError, conditional, dynamo_error, has_s, n, s, sdk_failure};
 
 /// A login in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,13 +57,11 @@ pub enum AttemptError {
     OtherBrowser,
     #[error("this login is unknown; start again from a new connect link")]
     Unknown,
-    #[error("DynamoDB {operation} on table {table} failed")]
-    Dynamo {
-        operation: &'static str,
-        table: String,
-        #[source]
-        source: Box<aws_sdk_dynamodb::Error>,
-    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another attempt holds this state (256 random bits: never by chance).
+    #[error("a login attempt with this state exists already")]
+    StateTaken,
     #[error("a stored login attempt is malformed ({0})")]
     Malformed(&'static str),
 }
@@ -92,14 +92,6 @@ pub fn browser_key(cookie: &str) -> String {
     sha256_b64url(format!("browser:{cookie}").as_bytes())
 }
 
-fn s(value: &str) -> AttributeValue {
-    AttributeValue::S(value.to_owned())
-}
-
-fn n(value: i64) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
-
 impl AttemptStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> AttemptStore {
         AttemptStore {
@@ -108,23 +100,11 @@ impl AttemptStore {
         }
     }
 
-    fn fail<E>(
-        &self,
-        operation: &'static str,
-        error: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
-    ) -> AttemptError
+    fn fail<E>(&self, operation: &'static str, error: SdkError<E, HttpResponse>) -> AttemptError
     where
-        aws_sdk_dynamodb::Error: From<SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>,
+        aws_sdk_dynamodb::Error: From<SdkError<E, HttpResponse>>,
     {
-        self.dynamo(operation, error.into())
-    }
-
-    fn dynamo(&self, operation: &'static str, source: aws_sdk_dynamodb::Error) -> AttemptError {
-        AttemptError::Dynamo {
-            operation,
-            table: self.table.clone(),
-            source: Box::new(source),
-        }
+        sdk_failure(operation, &self.table, error).into()
     }
 
     /// Stores a new attempt under `state`, bound to the browser holding `cookie`.
@@ -152,11 +132,20 @@ impl AttemptStore {
         if let Some(return_url) = &attempt.return_url {
             request = request.item("return_url", s(return_url));
         }
-        request
+        let sent = request
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await
-            .map_err(|e| self.fail("PutItem(login attempt)", e))?;
-        self.supersede_older(state, cookie, attempt, now_ms).await
+            .await;
+        // The SDK's retry of a put whose answer was lost meets the put itself.
+        let ours = |item: &Item| {
+            has_s(item, "browser_hash", &browser_key(cookie))
+                && has_s(item, "link_id", &attempt.link_id)
+                && item.get("created_at") == Some(&n(now_ms))
+        };
+        match conditional(sent, "PutItem(login attempt)", &self.table, ours)? {
+            Conditional::Done => self.supersede_older(state, cookie, attempt, now_ms).await,
+            Conditional::Refused(_) => Err(AttemptError::StateTaken),
+        }
     }
 
     /// Makes `state` the one live attempt of its link in this browser: the
@@ -230,9 +219,8 @@ impl AttemptStore {
         link_expires_at: i64,
         now_secs: i64,
     ) -> Result<bool, AttemptError> {
-        use aws_sdk_dynamodb::operation::put_item::PutItemError;
         let claimed_by = state_key(state);
-        let result = self
+        let sent = self
             .client
             .put_item()
             .table_name(&self.table)
@@ -244,16 +232,11 @@ impl AttemptStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(service)) => match service.into_err() {
-                PutItemError::ConditionalCheckFailedException(failed) => Ok(failed.item.is_some_and(
-                    |item| matches!(item.get("claimed_by"), Some(AttributeValue::S(by)) if *by == claimed_by),
-                )),
-                other => Err(self.dynamo("PutItem(connect link)", other.into())),
-            },
-            Err(e) => Err(self.fail("PutItem(connect link)", e)),
-        }
+        let ours = |item: &Item| has_s(item, "claimed_by", &claimed_by);
+        Ok(matches!(
+            conditional(sent, "PutItem(connect link)", &self.table, ours)?,
+            Conditional::Done
+        ))
     }
 
     /// Consumes the attempt for `state`, once: only if it exists, is not used,
@@ -298,7 +281,9 @@ impl AttemptStore {
                     Some(item) if number(&item, "expires_at").is_none_or(|e| e <= now_secs) => AttemptError::Expired,
                     Some(_) => AttemptError::OtherBrowser,
                 }),
-                other => Err(self.dynamo("UpdateItem(consume login attempt)", other.into())),
+                other => {
+                    Err(dynamo_error("UpdateItem(consume login attempt)", &self.table, other.into(), false).into())
+                }
             },
             Err(e) => Err(self.fail("UpdateItem(consume login attempt)", e)),
         }

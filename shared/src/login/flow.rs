@@ -11,13 +11,14 @@ use url::Url;
 use super::attempts::{Attempt, AttemptError, AttemptStore, state_key};
 use super::link::{LinkError, LinkKeys, cookie_is_ours, form_token, form_token_matches, link_id, new_cookie};
 use crate::config::{Config, Provider, UnknownProvider};
-use crate::connection::store::StoreError;
 use crate::connection::{ConnectionId, Sealed, now_ms};
 use crate::crypto::{CryptoError, Pkce, random_token};
-use crate::oauth::{TokenEndpoint, TokenError, TokenHint, TokenSet, authorize_url, excerpt};
+use crate::dynamo::StoreError;
+use crate::oauth::{TokenEndpoint, TokenError, TokenHint, TokenSet, authorize_url};
 use crate::refresh::{RefreshError, TokenService};
 use crate::secret::{AuthorizationCode, PkceVerifier};
 use crate::secrets::{SecretStore, SecretsError};
+use crate::text::excerpt;
 
 /// How long a login may take from `/connect` to `/callback`.
 pub const ATTEMPT_TTL: Duration = Duration::from_secs(600);
@@ -193,7 +194,7 @@ impl LoginError {
             LoginError::MixUp { .. } | LoginError::WrongIssuer { .. } | LoginError::MissingIssuer { .. } => 400,
             LoginError::RevokedDuringLogin { .. } => 409,
             LoginError::UnknownProvider(_) => 404,
-            LoginError::Attempt(AttemptError::Dynamo { .. } | AttemptError::Malformed(_)) => 503,
+            LoginError::Attempt(AttemptError::Store(_) | AttemptError::StateTaken | AttemptError::Malformed(_)) => 503,
             LoginError::Attempt(_) | LoginError::BadCallback(_) | LoginError::Cancelled { .. } => 400,
             LoginError::Refused { .. } | LoginError::Exchange(_) => 502,
             LoginError::OtherProvider { .. } => 409,

@@ -11,9 +11,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::transport::{Seen, TransportError};
-use super::{TokenError, TokenSet, excerpt};
+use super::{TokenError, TokenSet};
 use crate::config::{ProviderSettings, provider_message};
 use crate::secret::{AccessToken, RefreshToken};
+use crate::text::excerpt;
 
 /// What the crate returns for one token call.
 pub(super) type CrateResult = Result<ProviderTokenResponse, RequestTokenError<TransportError, ProviderError>>;

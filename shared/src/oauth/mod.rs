@@ -33,11 +33,6 @@ use crate::secret::{AccessToken, AuthorizationCode, ClientSecret, PkceVerifier, 
 use answer::{ProviderError, ProviderTokenResponse, classify_error, interpret};
 use transport::{Transport, TransportError};
 
-pub use transport::http_client;
-
-/// Longest provider message kept in an error.
-const MAX_MESSAGE: usize = 300;
-
 /// The OAuth client id and secret of one provider, from Secrets Manager.
 #[derive(Debug, Clone)]
 pub struct ClientCredentials {
@@ -356,24 +351,6 @@ fn s256(challenge: &str) -> Option<PkceCodeChallenge> {
     .ok()
 }
 
-/// A short, single-line piece of provider text with every secret we sent
-/// removed, as sent and form-encoded, before it is cut to length (so no cut
-/// can leave half a secret behind). Invisible format characters (bidi
-/// overrides, zero-width ones) are dropped too: the text is shown to people
-/// and written to logs, and must read there as it is.
-pub fn excerpt(text: &str, sent: &[&str]) -> String {
-    // U+2028 and U+2029 are not controls, but end a line in log viewers too.
-    let mut text: String = text
-        .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '\u{2028}' | '\u{2029}') && !crate::text::is_invisible_format(*c))
-        .collect();
-    for secret in sent.iter().filter(|s| s.len() >= 4) {
-        let encoded: String = byte_serialize(secret.as_bytes()).collect();
-        text = text.replace(secret, "[redacted]").replace(&encoded, "[redacted]");
-    }
-    text.chars().take(MAX_MESSAGE).collect()
-}
-
 /// A token answer read the way a refresh reads it: the crate's response
 /// handling (through its synchronous interface, with a canned answer), then
 /// ours. For the unit tests and the fuzz targets (`crate::fuzz`).
@@ -403,12 +380,6 @@ mod tests {
     use crate::config::PresetName;
     use reqwest::StatusCode;
     use serde_json::json;
-
-    #[test]
-    fn provider_text_loses_invisible_formatting_before_anyone_reads_it() {
-        let shown = excerpt("Access for \u{202e}gnp.exe\u{202c} denied\u{200b}", &[]);
-        assert_eq!(shown, "Access for gnp.exe denied");
-    }
 
     #[test]
     fn retry_after_is_read_as_seconds_and_bounded() {
@@ -547,7 +518,7 @@ mod tests {
     fn echoed_secrets_are_scrubbed_even_encoded_or_at_the_cut() {
         let secret = "cs:planted+secret/value";
         let encoded: String = byte_serialize(secret.as_bytes()).collect();
-        let long = format!("{}{secret}", "x".repeat(MAX_MESSAGE - 5));
+        let long = format!("{}{secret}", "x".repeat(crate::text::MAX_EXCERPT - 5));
         for description in [format!("bad client {secret}"), format!("bad client {encoded}"), long] {
             let body = json!({"error": "invalid_request", "error_description": description});
             let e = parse_token_response(

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 use reqwest::StatusCode;
@@ -17,23 +16,6 @@ const MAX_BODY: usize = 256 * 1024;
 
 /// The longest `Retry-After` taken at its word (a day); longer is read as a day.
 pub(super) const MAX_RETRY_AFTER_SECS: u64 = 86_400;
-
-/// The HTTP client for authorization servers: redirects are never followed
-/// (a redirecting token endpoint is an SSRF door), every call has a timeout,
-/// and no connection is reused. A socket left idle in the pool while Lambda
-/// froze the process may have been closed by the provider; a refresh sent on
-/// it fails after it left, which would read as an unknown outcome. The cost
-/// is one TCP and TLS handshake per token call, and token calls are rare.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .timeout(timeout)
-        // 0 disables hyper's pool: every request opens its own connection.
-        .pool_max_idle_per_host(0)
-        .user_agent(concat!("oauth-sync/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
 
 /// Why no answer came back.
 #[derive(Debug, thiserror::Error)]

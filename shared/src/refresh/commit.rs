@@ -2,12 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
-use super::{Fresh, Pass, RefreshError, Step, TokenService, expiry, jitter};
-use crate::connection::store::{Commit, StoreError, Write};
+use super::{Fresh, Pass, RefreshError, Step, TokenService, expiry};
+use crate::connection::store::{Commit, Write};
 use crate::connection::{now_ms, refresh_due_at};
 use crate::crypto::random_token;
+use crate::dynamo::{Retry, retry_transient, within};
 use crate::oauth::TokenSet;
 use crate::telemetry::error_chain;
 
@@ -60,39 +61,31 @@ impl TokenService {
         };
         let lease_left = Duration::from_millis(u64::try_from(lease_until - now).unwrap_or(0));
         let stop_at = deadline.min(Instant::now() + lease_left);
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let left = stop_at.saturating_duration_since(Instant::now());
-            let result = match tokio::time::timeout(left, self.store.commit(&commit)).await {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::TimedOut {
-                    operation: "UpdateItem(commit)",
-                }),
-            };
-            match result {
-                Ok(Write::Done) => break,
-                // The write landed and its response was lost: DynamoDB shows our commit id.
-                Ok(Write::Conflict(Some(item))) if item.commit_id.as_deref() == Some(commit.commit_id.as_str()) => {
-                    info!(connection = %id, "commit confirmed after a lost response");
-                    break;
-                }
-                Ok(Write::Conflict(_)) => {
-                    error!(connection = %id, version = conn.token_version, "commit refused: the connection changed under our lease");
-                    return Ok(Step::Again);
-                }
-                Err(e) if e.is_transient() && Instant::now() + delay < stop_at => {
-                    warn!(connection = %id, error = %error_chain(&e), "commit failed; retrying");
-                    tokio::time::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    // Did one of the attempts land after all?
-                    if let Ok(Ok(Some(item))) = tokio::time::timeout(LAST_READ, self.store.get(id)).await
-                        && item.commit_id.as_deref() == Some(commit.commit_id.as_str())
-                    {
-                        info!(connection = %id, "commit confirmed by a last read");
-                        break;
-                    }
+        let retry = Retry {
+            until: stop_at,
+            attempts: u32::MAX,
+            base: Duration::from_millis(50),
+            cap: Duration::from_secs(2),
+        };
+        let written = retry_transient(retry, &format!("the commit of {id}"), || {
+            within(stop_at, "UpdateItem(commit)", self.store.commit(&commit))
+        })
+        .await;
+        match written {
+            // Also when a retry met the write its lost answer came from: the
+            // item shows our commit id (`ConnectionStore::commit`).
+            Ok(Write::Done) => {}
+            Ok(Write::Conflict(_)) => {
+                error!(connection = %id, version = conn.token_version, "commit refused: the connection changed under our lease");
+                return Ok(Step::Again);
+            }
+            Err(e) => {
+                // Did one of the attempts land after all?
+                if let Ok(Ok(Some(item))) = tokio::time::timeout(LAST_READ, self.store.get(id)).await
+                    && item.commit_id.as_deref() == Some(commit.commit_id.as_str())
+                {
+                    info!(connection = %id, "commit confirmed by a last read");
+                } else {
                     error!(connection = %id, version = conn.token_version, error = %error_chain(&e),
                         "the rotated tokens could not be stored before the lease ended; the next worker will find the lease abandoned");
                     return Err(RefreshError::Store {

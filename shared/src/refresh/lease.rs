@@ -8,8 +8,9 @@ use tracing::warn;
 
 use super::{Pass, RefreshError, TokenService};
 use crate::connection::clock::{CLOCK_SKEW_MS, MAX_CLOCK_OFFSET_MS};
-use crate::connection::store::{StoreError, Write};
+use crate::connection::store::Write;
 use crate::connection::{Connection, ConnectionId, Lease, now_ms};
+use crate::dynamo::StoreError;
 use crate::telemetry::error_chain;
 
 /// The connection's lease as one worker sees it at one time.
@@ -35,21 +36,6 @@ impl LeaseState<'_> {
             Some(lease) if lease.until.saturating_add(CLOCK_SKEW_MS) > now => LeaseState::Live(lease),
             Some(lease) => LeaseState::Abandoned(lease),
         }
-    }
-}
-
-/// A conditional write on the lease that "failed" only because an earlier
-/// attempt of the same request (the SDK's retry after a lost response)
-/// already made it: DynamoDB returns the item, and it shows our lease on the
-/// version we read.
-pub(crate) fn own_write_landed(write: Write, seen: u64, owner: &str) -> Write {
-    match write {
-        Write::Conflict(Some(item))
-            if item.token_version == seen && item.lease.as_ref().is_some_and(|l| l.owner == owner) =>
-        {
-            Write::Done
-        }
-        other => other,
     }
 }
 
@@ -87,11 +73,7 @@ impl TokenService {
         let now = now_ms();
         let until = self.lease_until(&conn.id, now, pass.deadline)?;
         let written = self.store.take_lease(conn, pass.owner, now, until, resend).await;
-        match own_write_landed(
-            self.landed_or_released(pass, written).await?,
-            conn.token_version,
-            pass.owner,
-        ) {
+        match self.landed_or_released(pass, written).await? {
             Write::Done => Ok(Some(until)),
             Write::Conflict(_) => Ok(None),
         }
@@ -122,11 +104,7 @@ impl TokenService {
                 resend,
             )
             .await;
-        match own_write_landed(
-            self.landed_or_released(pass, written).await?,
-            conn.token_version,
-            pass.owner,
-        ) {
+        match self.landed_or_released(pass, written).await? {
             Write::Done => {
                 warn!(connection = %conn.id, version = conn.token_version, abandoned_by = %abandoned.owner, "took over an abandoned refresh lease");
                 Ok(Some(until))
@@ -166,7 +144,6 @@ impl TokenService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connection::store::Write;
 
     fn connection(lease: Option<Lease>) -> Connection {
         Connection {
@@ -226,18 +203,12 @@ mod tests {
 
     #[test]
     fn a_refused_lease_write_that_shows_our_own_lease_landed() {
+        use crate::connection::store::holds_lease;
         let ours = connection(Some(lease("me", 2_000_000)));
-        let landed = own_write_landed(Write::Conflict(Some(Box::new(ours.clone()))), 3, "me");
-        assert!(matches!(landed, Write::Done));
+        assert!(holds_lease(&ours, 3, "me"));
         let theirs = connection(Some(lease("other", 2_000_000)));
-        assert!(matches!(
-            own_write_landed(Write::Conflict(Some(Box::new(theirs))), 3, "me"),
-            Write::Conflict(_)
-        ));
+        assert!(!holds_lease(&theirs, 3, "me"));
         // Our lease on another version is not this write's doing.
-        assert!(matches!(
-            own_write_landed(Write::Conflict(Some(Box::new(ours))), 2, "me"),
-            Write::Conflict(_)
-        ));
+        assert!(!holds_lease(&ours, 2, "me"));
     }
 }

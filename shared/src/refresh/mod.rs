@@ -42,10 +42,11 @@ use tracing::{debug, error, info, warn};
 pub use self::decide::{Action, Answer, Plan, ResendPolicy, Sent, UnknownSend, decide, plan};
 use self::lease::LeaseState;
 use crate::config::{Config, Provider, UnknownProvider};
-use crate::connection::store::{ConnectionStore, StoreError, Write};
+use crate::connection::store::{ConnectionStore, Write};
 use crate::connection::{Connection, ConnectionId, Status, now_ms, refresh_due_at};
 use crate::crypto::{CryptoError, KeyRing};
-use crate::oauth::{ClientCredentials, TokenEndpoint, TokenSet, http_client};
+use crate::dynamo::StoreError;
+use crate::oauth::{ClientCredentials, TokenEndpoint, TokenSet};
 use crate::secret::AccessToken;
 use crate::secrets::{SecretStore, SecretsError};
 use crate::shards::ShardPage;
@@ -308,7 +309,7 @@ impl TokenService {
             secret: config.service.token_key_secret.clone(),
             source,
         })?;
-        let http = http_client(settings.token_timeout).map_err(LoadError::Http)?;
+        let http = crate::http::client(settings.token_timeout, crate::http::Pooling::Off).map_err(LoadError::Http)?;
         Ok(TokenService {
             store,
             keys: Arc::new(keys),
@@ -368,7 +369,7 @@ impl TokenService {
         link_issued_at: Option<i64>,
     ) -> Result<Connection, RefreshError> {
         let settings = &self.config.provider(provider)?.settings;
-        let (params, param_error) = crate::sync::discover(&self.http, settings, &tokens.access_token).await;
+        let (params, param_error) = crate::connection::params::learn(&self.http, settings, &tokens.access_token).await;
         if let Some(error) = &param_error {
             warn!(connection = %id, provider, error, "a connection parameter could not be learned; the connection will not be synced");
         }
@@ -719,7 +720,7 @@ impl TokenService {
                         return self.fresh(&conn, false);
                     }
                     debug!(connection = %id, version = conn.token_version, "waiting for another worker's refresh");
-                    tokio::time::sleep(jitter(poll)).await;
+                    tokio::time::sleep(crate::backoff::jitter(poll)).await;
                     poll = (poll * 2).min(self.settings.poll_max);
                     continue;
                 }
@@ -959,20 +960,6 @@ fn seal_bounded(
     keys.seal(id.as_str(), field, value)
         .map(crate::connection::Sealed)
         .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
-}
-
-/// A random duration between half and all of `d`, so workers and connections
-/// do not retry in lockstep.
-pub fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.5 + fastrand::f64() * 0.5)
-}
-
-/// The wait before try `attempt` + 1 (`attempt` from 1): `base` doubling
-/// with each attempt, at most `cap`, with [`jitter`]. The one exponential
-/// backoff of the sync code (pages, batches, budgets, failed runs).
-pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let factor = 1u32 << attempt.saturating_sub(1).min(20);
-    jitter(base.saturating_mul(factor).min(cap))
 }
 
 /// Why a [`TokenService`] could not be built.

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::decide::{Action, Answer, ResendPolicy, Sent, UnknownSend, decide};
-use super::{MAX_TOKEN_BYTES, Pass, RefreshError, Step, TokenService, jitter, millis};
+use super::{MAX_TOKEN_BYTES, Pass, RefreshError, Step, TokenService, millis};
+use crate::backoff::jitter;
 use crate::connection::store::Write;
 use crate::connection::{now_ms, reason};
 use crate::events::Event;
@@ -298,43 +299,37 @@ impl TokenService {
         warn!(connection = %conn.id, failures, cause, "refresh failed; backing off");
         // A lease left behind would read as a send to the next worker: the
         // release is retried (conditional on our lease, so a late one is harmless).
-        let mut delay = Duration::from_millis(50);
-        loop {
-            let released = self
-                .store
-                .release_after_failure(
-                    &conn.id,
-                    conn.token_version,
-                    owner,
-                    cause,
+        let retry = crate::dynamo::Retry {
+            until: pass.deadline,
+            attempts: u32::MAX,
+            base: Duration::from_millis(50),
+            cap: Duration::from_secs(2),
+        };
+        let released = crate::dynamo::retry_transient(retry, &format!("releasing the lease of {}", conn.id), || {
+            self.store.release_after_failure(
+                &conn.id,
+                conn.token_version,
+                owner,
+                cause,
+                failures,
+                next,
+                unknown.map(|u| u.first_sent_at),
+            )
+        })
+        .await;
+        if let Write::Done = self.write(&conn.id, released)? {
+            self.events
+                .publish(Event::RefreshFailed(crate::events::RefreshFailed {
+                    connection: conn.id.to_string(),
+                    provider: conn.provider.clone(),
+                    token_version: conn.token_version,
                     failures,
-                    next,
-                    unknown.map(|u| u.first_sent_at),
-                )
+                    cause: cause.to_owned(),
+                    next_attempt_at: crate::events::rfc3339(next),
+                }))
                 .await;
-            match released {
-                Err(e) if e.is_transient() && Instant::now() + delay < pass.deadline => {
-                    warn!(connection = %conn.id, error = %error_chain(&e), "releasing the lease failed; retrying");
-                    tokio::time::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                other => {
-                    if let Write::Done = self.write(&conn.id, other)? {
-                        self.events
-                            .publish(Event::RefreshFailed(crate::events::RefreshFailed {
-                                connection: conn.id.to_string(),
-                                provider: conn.provider.clone(),
-                                token_version: conn.token_version,
-                                failures,
-                                cause: cause.to_owned(),
-                                next_attempt_at: crate::events::rfc3339(next),
-                            }))
-                            .await;
-                    }
-                    return Ok(next);
-                }
-            }
         }
+        Ok(next)
     }
 }
 

@@ -23,9 +23,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use tracing::warn;
 
 use super::rate::{Answer, Draw, POLL_MS, RateState, Ticket};
+use crate::backoff::jitter;
 use crate::connection::now_ms;
-use crate::connection::store::{StoreError, n, s, sdk_failure};
-use crate::refresh::jitter;
+use crate::dynamo::{StoreError, n, s, sdk_failure};
 
 /// How long one DynamoDB call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,7 +155,7 @@ impl RateBudget {
                 Err(e) if !e.is_transient() || attempt >= attempts => return Err(e.into()),
                 Ok(Tried::Lost) | Err(_) => {}
             }
-            tokio::time::sleep(crate::refresh::backoff(BASE_BACKOFF, MAX_BACKOFF, attempt + 1)).await;
+            tokio::time::sleep(crate::backoff::exponential(BASE_BACKOFF, MAX_BACKOFF, attempt + 1)).await;
         }
     }
 

@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use serde::{Deserialize, Serialize};
 
 use super::rate::RateState;
-use crate::connection::store::{StoreError, n, s, sdk_failure};
 use crate::connection::{ConnectionId, now_ms};
+use crate::dynamo::{Conditional, Item, StoreError, conditional, has_s, n, s, sdk_failure};
 
 /// How long run history is kept.
 pub const HISTORY_DAYS: i64 = 30;
@@ -59,6 +59,23 @@ pub struct RunCounts {
     pub retries: u64,
     /// Access tokens refreshed after a 401.
     pub token_refreshes: u64,
+}
+
+/// The counts a run event carries (its schema is the events', not ours).
+impl From<&RunCounts> for crate::events::Counts {
+    fn from(c: &RunCounts) -> crate::events::Counts {
+        crate::events::Counts {
+            pages: c.pages,
+            fetched: c.fetched,
+            inserted: c.inserted,
+            updated: c.updated,
+            unchanged: c.unchanged,
+            deleted: c.deleted,
+            rejected: c.rejected,
+            requests: c.requests,
+            throttled: c.throttled,
+        }
+    }
 }
 
 impl RunCounts {
@@ -360,17 +377,25 @@ impl JobStore {
             .expression_attribute_values(":until", n(until))
             .expression_attribute_values(":now", n(now))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(output) => output.attributes.map(|item| from_item(&item)).transpose(),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
+        let mut claimed = None;
+        let ours = |item: &Item| {
+            // A retry that met the claim its lost answer came from: the item is the claimed job.
+            let mine = has_s(item, "lease_owner", owner) && item.get("lease_until") == Some(&n(until));
+            if mine {
+                claimed = Some(item.clone());
             }
-            Err(e) => Err(sdk_failure("UpdateItem(claim job)", &self.table, e)),
+            mine
+        };
+        let answer = match result {
+            Ok(output) => return output.attributes.map(|item| from_item(&item)).transpose(),
+            Err(e) => conditional(Err::<(), _>(e), "UpdateItem(claim job)", &self.table, ours)?,
+        };
+        match (answer, claimed) {
+            (Conditional::Done, Some(item)) => from_item(&item).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -500,31 +525,18 @@ impl JobStore {
         };
         let result = request
             .expression_attribute_values(":me", s(owner))
-            .return_values_on_condition_check_failure(
-                aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure::AllOld,
-            )
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Released::Done),
-            Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(
-                    failed,
-                )) => {
-                    let ours = failed
-                        .item()
-                        .and_then(|item| item.get("lease_owner"))
-                        .and_then(|v| v.as_s().ok())
-                        .is_some_and(|o| o == owner);
-                    Ok(if ours {
-                        Released::Rescheduled
-                    } else {
-                        Released::LostLease
-                    })
-                }
-                _ => Err(sdk_failure("UpdateItem(park job)", &self.table, e)),
+        // Refused while we still hold the lease: a new schedule came (a login), so the job stays scheduled.
+        let rescheduled = |item: &Item| has_s(item, "lease_owner", owner);
+        Ok(
+            match conditional(result, "UpdateItem(park job)", &self.table, |_| false)? {
+                Conditional::Done => Released::Done,
+                Conditional::Refused(Some(item)) if rescheduled(&item) => Released::Rescheduled,
+                Conditional::Refused(_) => Released::LostLease,
             },
-        }
+        )
     }
 
     /// A conditional update that holds only while `owner` holds the lease.
@@ -539,16 +551,11 @@ impl JobStore {
             .expression_attribute_values(":me", s(owner))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_failure(operation, &self.table, e)),
-        }
+        // Holds only while we hold the lease, so a retry after a lost answer holds too.
+        Ok(matches!(
+            conditional(result, operation, &self.table, |_| false)?,
+            Conditional::Done
+        ))
     }
 
     /// Writes a run's history item (expires after [`HISTORY_DAYS`]).
@@ -692,7 +699,7 @@ impl JobStore {
                 if batch.is_empty() {
                     break;
                 }
-                tokio::time::sleep(super::records::backoff_delay(attempt + 1)).await;
+                tokio::time::sleep(crate::dynamo::batch_backoff(attempt + 1)).await;
             }
         }
         Ok(())

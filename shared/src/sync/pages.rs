@@ -8,8 +8,8 @@
 use serde_json::Value;
 use url::Url;
 
-use super::{scalar_text, value_at};
 use crate::config::Pagination;
+use crate::json::{scalar_text, value_at};
 
 /// Records per page asked for by the offset style when the sync's query does
 /// not set the limit.

@@ -19,13 +19,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use serde_json::{Map, Number, Value};
 
 use super::jobs::LeaseClock;
-use crate::connection::store::{BATCH_ATTEMPTS, OpCounts, StoreError, batch_get, n, s, sdk_failure};
+use crate::dynamo::{BATCH_ATTEMPTS, OpCounts, StoreError, batch_get, n, s, sdk_failure};
 
 /// The local secondary index of the records table that orders a partition by `change_seq`.
 pub const CHANGES_INDEX: &str = "changes";
@@ -584,7 +583,7 @@ impl RecordStore {
             if !batch.is_empty() {
                 attempt += 1;
                 backoff(attempt, "BatchWriteItem(records)", &self.table)?;
-                tokio::time::sleep(backoff_delay(attempt)).await;
+                tokio::time::sleep(crate::dynamo::batch_backoff(attempt)).await;
             }
         }
         Ok(())
@@ -639,11 +638,6 @@ fn backoff(attempt: u32, operation: &'static str, table: &str) -> Result<(), Sto
         });
     }
     Ok(())
-}
-
-/// 100 ms doubling, at most 2 s, with jitter.
-pub(crate) fn backoff_delay(attempt: u32) -> Duration {
-    crate::refresh::backoff(Duration::from_millis(100), Duration::from_secs(2), attempt)
 }
 
 impl Plan {

@@ -1,5 +1,5 @@
 //! One webhook POST: the payload signed with the endpoint's secret, through
-//! the HTTP client of [`crate::oauth::http_client`] (a timeout on every call,
+//! the HTTP client of [`crate::http::client`] (a timeout on every call,
 //! redirects never followed, no pooled sockets across Lambda freezes). Any
 //! answer but a 2xx is a failure, a redirect too.
 

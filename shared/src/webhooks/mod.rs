@@ -151,7 +151,7 @@ impl WebhookService {
                 })
                 .collect(),
             secrets,
-            http: crate::oauth::http_client(DELIVERY_TIMEOUT)?,
+            http: crate::http::client(DELIVERY_TIMEOUT, crate::http::Pooling::Off)?,
             queue,
             schedule,
         })

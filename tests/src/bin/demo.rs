@@ -30,7 +30,7 @@ use shared::crypto::{KeyRing, Pkce, random_token, sha256_b64url};
 use shared::login::attempts::AttemptStore;
 use shared::login::flow::{ATTEMPT_TTL, LoginService};
 use shared::login::{ConnectClaims, LinkKeys};
-use shared::oauth::{TokenEndpoint, TokenError, authorize_url, http_client};
+use shared::oauth::{TokenEndpoint, TokenError, authorize_url};
 use shared::refresh::{RefreshSettings, TokenService};
 use shared::secret::AuthorizationCode;
 use shared::secrets::SecretStore;
@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let simulator =
         std::env::var("OAUTH_SYNC_SIMULATOR_URL").context("OAUTH_SYNC_SIMULATOR_URL: start the stack first")?;
     let aws = shared::aws::AwsClients::from_env().await;
-    let http = http_client(Duration::from_secs(10))?;
+    let http = shared::http::client(Duration::from_secs(10), shared::http::Pooling::Off)?;
 
     say("1. client credentials → Secrets Manager");
     let sim = SimConfig::for_preset(PresetName::ExactOnline);

@@ -9,12 +9,12 @@ use url::Url;
 use super::{Context, SyncEngine, millis};
 use crate::config::fill_template;
 use crate::connection::now_ms;
-use crate::oauth::excerpt;
 use crate::refresh::RefreshError;
 use crate::sync::jobs::{Checkpoint, RunCounts};
 use crate::sync::pages::{Page, parse_page};
 use crate::sync::rate::{Answer, Draw, Ticket};
 use crate::telemetry::error_chain;
+use crate::text::excerpt;
 
 /// Why fetching a page stopped the run.
 pub(super) enum Stop {
@@ -27,20 +27,6 @@ pub(super) enum Stop {
     /// A 400, 404 or 410 on a link the provider gave (an expired next-page or
     /// delta link): the pass starts again, from the cursor, as a sweep.
     Gone(String),
-}
-
-/// The HTTP client for data pages: like the token client (no redirects, a
-/// timeout on every call) but keeping connections alive between pages of a
-/// run. A socket the provider closed while Lambda was frozen only fails a
-/// GET, which the engine retries; a refresh is never sent on this client.
-pub(crate) fn page_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .timeout(timeout)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .user_agent(concat!("oauth-sync/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 /// A token that could not be had ends the run: a dead connection parks it,
@@ -299,6 +285,6 @@ impl SyncEngine {
 
     /// Exponential from `base_backoff`, capped, with jitter.
     pub(super) fn backoff(&self, attempt: u32) -> Duration {
-        crate::refresh::backoff(self.settings.base_backoff, self.settings.max_backoff, attempt)
+        crate::backoff::exponential(self.settings.base_backoff, self.settings.max_backoff, attempt)
     }
 }

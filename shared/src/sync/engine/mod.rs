@@ -29,8 +29,8 @@ use super::budget::RateBudget;
 use super::jobs::{JobStore, LeaseClock, Next, Phase, RunCounts, RunRecord, job_id};
 use super::records::RecordStore;
 use crate::config::{Config, Provider, Sync};
-use crate::connection::store::StoreError;
 use crate::connection::{ConnectionId, now_ms};
+use crate::dynamo::StoreError;
 use crate::refresh::TokenService;
 use crate::shards::ShardPage;
 use crate::telemetry::error_chain;
@@ -40,7 +40,6 @@ mod pass;
 mod store;
 mod sweep;
 
-pub(crate) use fetch::page_client;
 pub use pass::rate_key;
 
 impl SyncSettings {
@@ -277,7 +276,11 @@ impl Context<'_> {
 /// spend the provider's error budget at the pace of its schedule.
 fn failure_backoff(interval: i64, failures: u32) -> i64 {
     let first = Duration::from_millis(u64::try_from(interval.clamp(1_000, 900_000)).unwrap_or(900_000));
-    millis(crate::refresh::backoff(first, Duration::from_secs(6 * 3600), failures))
+    millis(crate::backoff::exponential(
+        first,
+        Duration::from_secs(6 * 3600),
+        failures,
+    ))
 }
 
 /// Time since a job's last finish as a percentage of its `interval` (ms),
@@ -333,7 +336,7 @@ impl SyncEngine {
         records: RecordStore,
         settings: SyncSettings,
     ) -> Result<SyncEngine, reqwest::Error> {
-        let http = page_client(settings.page_timeout)?;
+        let http = crate::http::client(settings.page_timeout, crate::http::Pooling::On)?;
         Ok(SyncEngine {
             config,
             tokens,

@@ -12,11 +12,12 @@ use super::fetch::Stop;
 use super::sweep::Swept;
 use super::{Context, RunEnd, SyncEngine};
 use crate::config::{Provider, Sync, SyncMode, fill_template};
-use crate::connection::store::StoreError;
 use crate::connection::{ConnectionId, Status, now_ms};
+use crate::dynamo::StoreError;
+use crate::json::{scalar_text, value_at};
+use crate::sync::compare_cursors;
 use crate::sync::jobs::{Checkpoint, Job, LeaseClock, Phase, RunCounts, RunState, SWEEP_MAX_AGE_MS};
 use crate::sync::pages::{first_page, set_param};
-use crate::sync::{compare_cursors, scalar_text, value_at};
 use crate::telemetry::error_chain;
 
 /// What one step of a run did.

@@ -2,7 +2,7 @@
 //! run holds its lease, each step retried while DynamoDB answers with a
 //! transient error.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tracing::warn;
@@ -10,10 +10,10 @@ use tracing::warn;
 use super::{Context, SyncEngine};
 use crate::config::SyncMode;
 use crate::connection::now_ms;
-use crate::connection::store::StoreError;
+use crate::dynamo::StoreError;
+use crate::json::{scalar_text, value_at};
 use crate::sync::jobs::{LeaseClock, Phase, RunState};
 use crate::sync::records::{Change, Incoming, MAX_ITEM_BYTES, content_hash};
-use crate::sync::{scalar_text, value_at};
 use crate::telemetry::error_chain;
 
 /// Aborts a background task when dropped (the lease renewal ends with its run).
@@ -128,26 +128,23 @@ impl SyncEngine {
         Ok(plan.counts)
     }
 
+    /// `step` retried while DynamoDB answers with a transient error, up to
+    /// the page's attempts, while the run has time for it and its last writes.
     pub(super) async fn store_retry<T, F, Fut>(&self, cx: &Context<'_>, step: F) -> Result<T, StoreError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match step().await {
-                Err(e) if e.is_transient() && attempt < self.settings.page_attempts => {
-                    let wait = self.backoff(attempt);
-                    if Instant::now() + wait + self.settings.commit_margin > cx.deadline {
-                        return Err(e);
-                    }
-                    warn!(job = cx.job, attempt, error = %error_chain(&e), "storing the page failed; trying again");
-                    tokio::time::sleep(wait).await;
-                }
-                result => return result,
-            }
-        }
+        let retry = crate::dynamo::Retry {
+            until: cx
+                .deadline
+                .checked_sub(self.settings.commit_margin)
+                .unwrap_or(cx.deadline),
+            attempts: self.settings.page_attempts,
+            base: self.settings.base_backoff,
+            cap: self.settings.max_backoff,
+        };
+        crate::dynamo::retry_transient(retry, &format!("storing a page of {}", cx.job), step).await
     }
 
     /// Does the run still hold its lease with time to write? When its clock

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::{Context, RunEnd, SyncEngine};
 use crate::connection::now_ms;
-use crate::connection::store::StoreError;
+use crate::dynamo::StoreError;
 use crate::sync::jobs::{Checkpoint, RunState};
 use crate::telemetry::error_chain;
 
