@@ -27,89 +27,45 @@
 //! first send: that saves the connection when the first send was not
 //! processed, and otherwise turns a token already lost into the provider's
 //! dead-token answer.
+//!
+//! Beside the steps: the token-refresher's run over the refresh-due index
+//! (`due.rs`), disconnecting (`revoke.rs`), the errors (`error.rs`) and the
+//! protocol's timing (`settings.rs`).
 
 mod commit;
 mod decide;
+mod due;
+mod error;
 mod lease;
+mod revoke;
 mod send;
+mod settings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 pub use self::decide::{Action, Answer, Plan, ResendPolicy, Sent, UnknownSend, decide, plan};
+pub use self::due::DueSummary;
+pub use self::error::{LoadError, RefreshError};
 use self::lease::LeaseState;
-use crate::config::{Config, Provider, UnknownProvider};
+pub use self::revoke::Revoked;
+pub use self::settings::RefreshSettings;
+use crate::config::{Config, Provider};
 use crate::connection::store::{ConnectionStore, Write};
 use crate::connection::{Connection, ConnectionId, Status, now_ms, refresh_due_at};
-use crate::crypto::{CryptoError, KeyRing};
+use crate::crypto::KeyRing;
 use crate::dynamo::StoreError;
-use crate::oauth::{ClientCredentials, TokenEndpoint, TokenSet};
+use crate::oauth::{ClientCredentials, TokenSet};
 use crate::secret::AccessToken;
 use crate::secrets::{SecretStore, SecretsError};
-use crate::shards::ShardPage;
-use crate::telemetry::error_chain;
 
 /// The longest token (access or refresh) stored, in bytes. Real ones are a
 /// few kilobytes (Microsoft: ~1,800-character refresh tokens, ~2,500-character
 /// JWT access tokens); the bound keeps every lease and commit write small.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-
-/// Timing of the protocol.
-#[derive(Debug, Clone)]
-pub struct RefreshSettings {
-    /// `T`: the token call's timeout.
-    pub token_timeout: Duration,
-    /// Lease time kept after `T` for committing. The commit stops retrying
-    /// at the lease's end, also for a caller with a long deadline (a sync
-    /// run): from that end plus the clock-skew margin another worker may take
-    /// the lease over, and nothing of ours may still be retrying then.
-    pub commit_budget: Duration,
-    /// First backoff after a failed refresh; doubles per consecutive failure.
-    pub base_backoff: Duration,
-    pub max_backoff: Duration,
-    /// How often a worker that lost the lease race looks for the new version.
-    pub poll_min: Duration,
-    pub poll_max: Duration,
-    /// Ids per query of the refresh-due index in [`TokenService::refresh_due`].
-    pub due_page_size: i32,
-}
-
-impl Default for RefreshSettings {
-    fn default() -> Self {
-        RefreshSettings {
-            token_timeout: Duration::from_secs(10),
-            commit_budget: Duration::from_secs(20),
-            base_backoff: Duration::from_secs(30),
-            max_backoff: Duration::from_secs(3600),
-            poll_min: Duration::from_millis(50),
-            poll_max: Duration::from_secs(1),
-            due_page_size: 100,
-        }
-    }
-}
-
-impl RefreshSettings {
-    fn lease_ms(&self) -> i64 {
-        millis(self.token_timeout + self.commit_budget)
-    }
-
-    /// The least lease left at which a send may start: the token call's
-    /// timeout and one commit attempt (or half the commit budget, if shorter:
-    /// what came before the send may take a little of the lease).
-    fn lease_needed_to_send(&self) -> Duration {
-        self.token_timeout + (self.commit_budget / 2).min(MIN_COMMIT)
-    }
-
-    /// The least time before the deadline in which a send may start: the
-    /// token call's timeout and one commit attempt. A run given the deadline
-    /// `now + w + time_for_a_send()` starts refreshes for `w`.
-    pub fn time_for_a_send(&self) -> Duration {
-        self.token_timeout + MIN_COMMIT
-    }
-}
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
@@ -124,129 +80,6 @@ pub struct Fresh {
     pub expires_at: i64,
     /// Whether this call refreshed it.
     pub refreshed: bool,
-}
-
-/// What [`TokenService::revoke`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Revoked {
-    /// The provider's RFC 7009 endpoint confirmed the revocation.
-    pub at_provider: bool,
-    /// The connection was revoked before this call.
-    pub already: bool,
-}
-
-/// Why no access token could be had.
-#[derive(Debug, thiserror::Error)]
-pub enum RefreshError {
-    #[error("connection {0} does not exist")]
-    NotFound(ConnectionId),
-    #[error("connection {id} is {}{}", status.as_str(), reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
-    NotActive {
-        id: ConnectionId,
-        status: Status,
-        reason: Option<String>,
-        message: Option<String>,
-    },
-    #[error("connection {id} needs a new login ({reason}): {message}")]
-    NeedsReauth {
-        id: ConnectionId,
-        reason: &'static str,
-        message: String,
-    },
-    #[error("refreshing connection {id} failed ({cause}); next attempt {}", crate::when::moment(*until, now_ms()))]
-    RetryLater {
-        id: ConnectionId,
-        until: i64,
-        cause: String,
-    },
-    #[error("connection {id}: not enough time left in this invocation to refresh safely")]
-    Deadline { id: ConnectionId },
-    #[error(
-        "connection {id}: this machine's clock is {} s {} DynamoDB's; refusing to take a refresh lease \
-         (at most {} s are tolerated): set the clock (NTP) and try again",
-        offset_ms.unsigned_abs().div_ceil(1000),
-        if *offset_ms > 0 { "behind" } else { "ahead of" },
-        crate::connection::clock::MAX_CLOCK_OFFSET_MS / 1000
-    )]
-    ClockSkew { id: ConnectionId, offset_ms: i64 },
-    #[error("connection {id}: the provider returned a {field} of {bytes} bytes; at most {max} are stored", max = MAX_TOKEN_BYTES)]
-    TokenTooLarge {
-        id: ConnectionId,
-        field: &'static str,
-        bytes: usize,
-    },
-    #[error("connection {id}: {source}")]
-    Store { id: ConnectionId, source: StoreError },
-    #[error("connection {id}: {source}")]
-    Crypto { id: ConnectionId, source: CryptoError },
-    #[error(transparent)]
-    Secrets(#[from] SecretsError),
-    #[error(transparent)]
-    UnknownProvider(#[from] UnknownProvider),
-    /// A login's tokens were not stored: the connection was revoked at or
-    /// after the time its connect link was made.
-    #[error("connection {id} was revoked after this login's link was made; nothing was stored")]
-    RevokedDuringLogin { id: ConnectionId },
-}
-
-/// What [`TokenService::refresh_due`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DueSummary {
-    /// Due connections found in the index (started or left for the next run).
-    pub due: u64,
-    pub refreshed: u64,
-    /// Someone else refreshed it first.
-    pub still_fresh: u64,
-    pub needs_reauth: u64,
-    pub retry_later: u64,
-    pub failed: u64,
-    /// Found due, not started: too little of the invocation was left.
-    pub left_for_next_run: u64,
-    /// Every shard was read to its end and every due connection started
-    /// (`false` when time ran out first or a query failed): the rest waits
-    /// for the next run.
-    pub complete: bool,
-    /// Shards whose index query failed (each logged with its error).
-    pub shards_failed: u64,
-    /// Refresh sends whose outcome was unknown (each is recorded and resent once).
-    pub outcome_unknown: u64,
-}
-
-impl DueSummary {
-    /// The run as CloudWatch metrics (`OauthSync`, `Function=token-refresher`);
-    /// the template's alarms watch `NeedsReauth` and `RefreshFailed`.
-    pub fn metrics(&self) -> crate::metrics::Metrics {
-        crate::metrics::Metrics::new("token-refresher")
-            .count("DueConnections", self.due)
-            .count("Refreshed", self.refreshed)
-            .count("NeedsReauth", self.needs_reauth)
-            .count("RetryLater", self.retry_later)
-            .count("RefreshFailed", self.failed)
-            .count("LeftForNextRun", self.left_for_next_run)
-            .count("OutcomeUnknown", self.outcome_unknown)
-    }
-
-    fn count(&mut self, result: Result<Result<Fresh, RefreshError>, tokio::task::JoinError>) {
-        match result {
-            Ok(Ok(fresh)) if fresh.refreshed => self.refreshed += 1,
-            Ok(Ok(_)) => self.still_fresh += 1,
-            Ok(Err(RefreshError::NeedsReauth { .. } | RefreshError::NotActive { .. })) => self.needs_reauth += 1,
-            Ok(Err(RefreshError::RetryLater { .. })) => self.retry_later += 1,
-            // Started, then found too little time left to send: as if never started.
-            Ok(Err(RefreshError::Deadline { .. })) => {
-                self.left_for_next_run += 1;
-                self.complete = false;
-            }
-            Ok(Err(e)) => {
-                warn!(error = %error_chain(&e), "refresh failed");
-                self.failed += 1;
-            }
-            Err(e) => {
-                error!(error = %e, "refresh task failed");
-                self.failed += 1;
-            }
-        }
-    }
 }
 
 /// Whether a call refreshes only when due, or now.
@@ -274,9 +107,6 @@ pub(crate) struct Pass<'a> {
 
 /// Why no refresh is sent before an unknown send's resend may go.
 const WAITING_TO_RESEND: &str = "waiting to resend a refresh whose outcome is unknown";
-
-/// Time a commit needs at least: one DynamoDB attempt (see `aws::ATTEMPT_TIMEOUT`).
-const MIN_COMMIT: Duration = Duration::from_secs(5);
 
 /// The one entry point for access tokens: every function and the CLI go
 /// through it. Build it once per process.
@@ -447,211 +277,9 @@ impl TokenService {
         self.run(id, Mode::Force, deadline, Some(refused_version), 0).await
     }
 
-    /// Disconnects: revokes the tokens at the provider's RFC 7009 endpoint
-    /// when it has one (the refresh token first, which ends the whole grant),
-    /// then erases them and marks the connection revoked. The revocation holds
-    /// the refresh lease, so no refresh spends the token meanwhile; a lease
-    /// whose holder vanished is taken over, a live one makes the caller retry.
-    /// A provider that cannot revoke right now (503) leaves everything as it
-    /// was: the tokens still live there, so they are kept and the caller retries.
-    pub async fn revoke(&self, id: &ConnectionId) -> Result<Revoked, RefreshError> {
-        let owner = self.owner();
-        let deadline = Instant::now() + self.settings.time_for_a_send() + self.settings.token_timeout;
-        for _ in 0..5 {
-            let conn = self.read(id).await?;
-            if conn.status == Status::Revoked {
-                return Ok(Revoked {
-                    at_provider: false,
-                    already: true,
-                });
-            }
-            let provider = self.config.provider(&conn.provider)?;
-            let pass = Pass {
-                conn: &conn,
-                provider,
-                owner: &owner,
-                deadline,
-                mode: Mode::Force,
-            };
-            let taken = match LeaseState::of(&conn, &owner, now_ms()) {
-                LeaseState::Live(_) => {
-                    return Err(RefreshError::RetryLater {
-                        id: id.clone(),
-                        until: now_ms() + 1_000,
-                        cause: "a refresh is in progress".to_owned(),
-                    });
-                }
-                LeaseState::Mine(_) => true,
-                LeaseState::Free => self.take_lease(&pass, false).await?.is_some(),
-                LeaseState::Abandoned(lease) => self.take_over_lease(&pass, lease, false).await?.is_some(),
-            };
-            if !taken {
-                continue;
-            }
-            let at_provider = match self.revoke_at_provider(&conn, provider).await {
-                Ok(at_provider) => at_provider,
-                Err(e) => {
-                    self.write(
-                        id,
-                        self.store.release_unused_lease(id, conn.token_version, &owner).await,
-                    )?;
-                    return Err(e);
-                }
-            };
-            match self.write(id, self.store.mark_revoked(id, conn.token_version, &owner).await)? {
-                Write::Done => {
-                    info!(connection = %id, at_provider, "connection revoked");
-                    self.events
-                        .publish(crate::events::Event::Revoked(crate::events::Revoked {
-                            connection: id.to_string(),
-                            provider: conn.provider.clone(),
-                            at_provider,
-                        }))
-                        .await;
-                    return Ok(Revoked {
-                        at_provider,
-                        already: false,
-                    });
-                }
-                Write::Conflict(_) => continue,
-            }
-        }
-        Err(RefreshError::RetryLater {
-            id: id.clone(),
-            until: now_ms() + 1_000,
-            cause: "the connection kept changing".into(),
-        })
-    }
-
-    /// Revokes the stored tokens at the provider's RFC 7009 endpoint, if it
-    /// has one. `true` when the provider confirmed.
-    async fn revoke_at_provider(&self, conn: &Connection, provider: &Provider) -> Result<bool, RefreshError> {
-        let id = &conn.id;
-        if provider.revocation_url.is_none() {
-            return Ok(false);
-        }
-        let credentials = self.credentials(provider).await?;
-        let endpoint = TokenEndpoint {
-            provider,
-            credentials: &credentials,
-            http: &self.http,
-        };
-        let tokens = [
-            (
-                conn.refresh_token.as_ref(),
-                "refresh_token",
-                crate::oauth::TokenHint::RefreshToken,
-            ),
-            (
-                conn.access_token.as_ref(),
-                "access_token",
-                crate::oauth::TokenHint::AccessToken,
-            ),
-        ];
-        let mut at_provider = false;
-        for (sealed, field, hint) in tokens {
-            let Some(sealed) = sealed else { continue };
-            let token = self
-                .keys
-                .open(id.as_str(), field, &sealed.0)
-                .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?;
-            at_provider |= endpoint
-                .revoke(&token, hint)
-                .await
-                .map_err(|e| RefreshError::RetryLater {
-                    id: id.clone(),
-                    until: now_ms() + 60_000,
-                    cause: format!("revocation at the provider failed, nothing was erased: {e}"),
-                })?;
-        }
-        Ok(at_provider)
-    }
-
     /// A lease owner id for one call: unique, not secret.
     fn owner(&self) -> String {
         format!("{}/{:016x}", self.worker, fastrand::u64(..))
-    }
-
-    /// Refreshes every connection the refresh-due index says is due, at most
-    /// `concurrency` at a time (the token-refresher's job). Every shard of the
-    /// index is read at once, a page at a time, while refreshes run (a run
-    /// with nothing due costs one query round trip, not one per shard); no
-    /// refresh starts once less than one send and one commit fit before
-    /// `deadline`, and what is left waits for the next run. A failed query of
-    /// one shard is logged and counted, and the other shards are still served.
-    pub async fn refresh_due(self: &Arc<Self>, deadline: Instant, concurrency: usize) -> DueSummary {
-        let now = now_ms();
-        let start_by = deadline
-            .checked_sub(self.settings.time_for_a_send())
-            .unwrap_or_else(Instant::now);
-        let mut summary = DueSummary {
-            complete: true,
-            ..DueSummary::default()
-        };
-        let unknown_before = self.unknown_outcomes();
-        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        let (store, page_size) = (self.store.clone(), self.settings.due_page_size);
-        let mut found = crate::shards::read_all(start_by, move |shard, after| {
-            let store = store.clone();
-            async move {
-                let page = store
-                    .due(&shard.to_string(), now, page_size, after)
-                    .await
-                    .map_err(|e| error_chain(&e))?;
-                Ok::<_, String>((page.ids, page.next))
-            }
-        });
-        while let Some(page) = found.recv().await {
-            let ids = match page {
-                ShardPage::Items(ids) => ids,
-                ShardPage::Failed { shard, error } => {
-                    error!(
-                        shard,
-                        error, "the refresh-due index could not be read; this shard waits for the next run"
-                    );
-                    summary.shards_failed += 1;
-                    summary.complete = false;
-                    continue;
-                }
-                ShardPage::OutOfTime => {
-                    summary.complete = false;
-                    continue;
-                }
-            };
-            // A connection refreshed in this run is due no sooner than its
-            // refresh (`refresh_due_at`), after `now`: later pages never
-            // bring it up again.
-            summary.due += ids.len() as u64;
-            for id in ids {
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    break;
-                };
-                while let Some(result) = tasks.try_join_next() {
-                    summary.count(result);
-                }
-                if Instant::now() >= start_by {
-                    summary.left_for_next_run += 1;
-                    summary.complete = false;
-                    continue;
-                }
-                let service = Arc::clone(self);
-                tasks.spawn(async move {
-                    let _permit = permit;
-                    service.access_token(&id, deadline).await
-                });
-            }
-        }
-        while let Some(result) = tasks.join_next().await {
-            summary.count(result);
-        }
-        summary.outcome_unknown = self.unknown_outcomes().saturating_sub(unknown_before);
-        summary
-    }
-
-    /// Refresh sends whose outcome was unknown, since the process started.
-    pub fn unknown_outcomes(&self) -> u64 {
-        self.unknown_outcomes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The protocol's loop. `forced_from`, with [`Mode::Force`]: the version
@@ -962,36 +590,9 @@ fn seal_bounded(
         .map_err(|source| RefreshError::Crypto { id: id.clone(), source })
 }
 
-/// Why a [`TokenService`] could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Secrets(#[from] SecretsError),
-    #[error("token key ring in secret `{secret}`: {source}")]
-    KeyRing { secret: String, source: CryptoError },
-    #[error("HTTP client: {0}")]
-    Http(reqwest::Error),
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_held_back_refresh_says_when_as_a_time_and_a_duration() {
-        let e = RefreshError::RetryLater {
-            id: ConnectionId::parse("acme-1").expect("id"),
-            until: now_ms() + 570_500,
-            cause: "rate limited".to_owned(),
-        };
-        let text = e.to_string();
-        assert!(
-            text.starts_with("refreshing connection acme-1 failed (rate limited); next attempt at "),
-            "{text}"
-        );
-        assert!(text.contains(" UTC, in 9 min"), "{text}");
-        assert!(!text.contains("epoch"), "{text}");
-    }
 
     #[test]
     fn a_token_over_the_bound_is_named_with_its_length() {
