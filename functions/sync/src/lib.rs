@@ -34,7 +34,9 @@ pub async fn function_handler(
     engine: &Arc<SyncEngine>,
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<DueRuns, SyncRunError> {
-    let summary = engine.run_due(shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN)).await;
+    let summary = engine
+        .run_due(shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN))
+        .await;
     tracing::info!(
         request_id = %event.context.request_id,
         due = summary.due,

@@ -52,11 +52,13 @@ async fn a_scheduled_run_refreshes_what_is_due() {
 fn the_deadline_keeps_a_margin() {
     let mut context = Context::default();
     context.deadline = u64::try_from(now_ms()).expect("time") + 10_000;
-    let left = shared::lambda::deadline_of(&context, token_refresher::DEADLINE_MARGIN).saturating_duration_since(std::time::Instant::now());
+    let left = shared::lambda::deadline_of(&context, token_refresher::DEADLINE_MARGIN)
+        .saturating_duration_since(std::time::Instant::now());
     assert!(left <= Duration::from_secs(8), "{left:?}");
     context.deadline = 0;
     assert_eq!(
-        shared::lambda::deadline_of(&context, token_refresher::DEADLINE_MARGIN).saturating_duration_since(std::time::Instant::now()),
+        shared::lambda::deadline_of(&context, token_refresher::DEADLINE_MARGIN)
+            .saturating_duration_since(std::time::Instant::now()),
         Duration::ZERO
     );
 }
