@@ -143,6 +143,7 @@ impl<'a> Route<'a> {
     }
 }
 
+/// One function: the routing table, one arm per route and method.
 async fn answer(
     service: &ApiService,
     request: &Request,

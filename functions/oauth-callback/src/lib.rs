@@ -39,6 +39,7 @@ fn endpoint(path: &str) -> Option<(&str, &str)> {
     matches!(kind, "connect" | "callback").then_some((kind, provider))
 }
 
+/// One function: the routing table, one arm per route and method.
 async fn route(login: &LoginService, request: &Request, path: &str, correlation: &str) -> Response<Body> {
     let Some((kind, provider)) = endpoint(path) else {
         return page(

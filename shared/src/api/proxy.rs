@@ -160,6 +160,10 @@ impl Proxy {
     }
 
     /// Forwards `request` for connection `id`.
+    ///
+    /// One function: the target's checks, the budget draw, the request and its
+    /// one retry after a 401 share the draw's ticket, in the order docs/api.md
+    /// tells them.
     pub async fn forward(
         &self,
         id: &ConnectionId,

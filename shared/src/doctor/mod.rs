@@ -69,6 +69,9 @@ pub fn check_connections(connections: &[crate::connection::Connection]) -> Vec<F
 }
 
 /// Checks that need nothing but the configuration.
+///
+/// One function: a list of independent checks, each a few lines, in the order
+/// `oauth-sync doctor` prints them.
 pub fn check_settings(provider: &Provider, service: &ServiceSettings) -> Vec<Finding> {
     let name = provider.name.as_str();
     let settings = &provider.settings;

@@ -76,15 +76,25 @@ pub async fn check_discovery(provider: &Provider) -> Vec<Finding> {
 /// What the provider's discovery document says about its settings: the
 /// client authentication, the offline scope, PKCE S256 and RFC 9207 `iss`.
 pub fn check_metadata(provider: &Provider, metadata: &ServerMetadata) -> Vec<Finding> {
+    let mut out = vec![client_auth_supported(provider, metadata)];
+    out.extend(offline_scope_supported(provider, metadata));
+    out.push(pkce_supported(provider, metadata));
+    out.push(issuer_in_answer(provider, metadata));
+    out
+}
+
+fn list(values: &[String]) -> String {
+    values.join(", ")
+}
+
+/// The client authentication we send is one the token endpoint accepts.
+fn client_auth_supported(provider: &Provider, metadata: &ServerMetadata) -> Finding {
     let name = provider.name.as_str();
     let settings = &provider.settings;
     let url = &metadata.document_url;
-    let list = |values: &[String]| values.join(", ");
-    let mut out = Vec::new();
-
     let auth = settings.client_auth;
     let supported = &metadata.token_endpoint_auth_methods_supported;
-    out.push(if metadata.supports_client_auth(auth) {
+    if metadata.supports_client_auth(auth) {
         finding(
             name,
             "client authentication",
@@ -114,30 +124,43 @@ pub fn check_metadata(provider: &Provider, metadata: &ServerMetadata) -> Vec<Fin
                 list(supported)
             ),
         )
-    });
-
-    if settings.offline_scope.as_deref() == Some(OFFLINE_ACCESS) {
-        match &metadata.scopes_supported {
-            Some(scopes) if scopes.iter().any(|s| s == OFFLINE_ACCESS) => out.push(finding(
-                name,
-                "offline scope supported",
-                Verdict::Ok,
-                format!("`{OFFLINE_ACCESS}` is in scopes_supported"),
-            )),
-            Some(scopes) => out.push(finding(
-                name,
-                "offline scope supported",
-                Verdict::Warn,
-                format!(
-                    "`{OFFLINE_ACCESS}` is not in scopes_supported [{}] ({url}): the server may refuse it or issue \
-                     no refresh token; find the scope it uses for refresh tokens and set offline_scope to it",
-                    list(scopes)
-                ),
-            )),
-            None => {}
-        }
     }
+}
 
+/// The offline scope we ask for is one the server lists.
+fn offline_scope_supported(provider: &Provider, metadata: &ServerMetadata) -> Option<Finding> {
+    let name = provider.name.as_str();
+    let settings = &provider.settings;
+    let url = &metadata.document_url;
+    if settings.offline_scope.as_deref() != Some(OFFLINE_ACCESS) {
+        return None;
+    }
+    match &metadata.scopes_supported {
+        Some(scopes) if scopes.iter().any(|s| s == OFFLINE_ACCESS) => Some(finding(
+            name,
+            "offline scope supported",
+            Verdict::Ok,
+            format!("`{OFFLINE_ACCESS}` is in scopes_supported"),
+        )),
+        Some(scopes) => Some(finding(
+            name,
+            "offline scope supported",
+            Verdict::Warn,
+            format!(
+                "`{OFFLINE_ACCESS}` is not in scopes_supported [{}] ({url}): the server may refuse it or issue \
+                 no refresh token; find the scope it uses for refresh tokens and set offline_scope to it",
+                list(scopes)
+            ),
+        )),
+        None => None,
+    }
+}
+
+/// PKCE S256, which we send unless `pkce = false`, is one the server supports.
+fn pkce_supported(provider: &Provider, metadata: &ServerMetadata) -> Finding {
+    let name = provider.name.as_str();
+    let settings = &provider.settings;
+    let url = &metadata.document_url;
     let pkce = match (&metadata.code_challenge_methods_supported, settings.pkce) {
         (Some(methods), true) if methods.iter().any(|m| m == "S256") => {
             (Verdict::Ok, "S256 is in code_challenge_methods_supported".to_owned())
@@ -165,8 +188,13 @@ pub fn check_metadata(provider: &Provider, metadata: &ServerMetadata) -> Vec<Fin
         ),
         (_, false) => (Verdict::Ok, "off (pkce = false)".to_owned()),
     };
-    out.push(finding(name, "PKCE", pkce.0, pkce.1));
+    finding(name, "PKCE", pkce.0, pkce.1)
+}
 
+/// Whether an answer without `iss` (RFC 9207) is refused, and should be.
+fn issuer_in_answer(provider: &Provider, metadata: &ServerMetadata) -> Finding {
+    let name = provider.name.as_str();
+    let settings = &provider.settings;
     let announced = metadata.authorization_response_iss_parameter_supported;
     let iss = match (announced, provider.requires_iss(), settings.require_iss) {
         (true, true, _) => (
@@ -199,8 +227,7 @@ pub fn check_metadata(provider: &Provider, metadata: &ServerMetadata) -> Vec<Fin
                 .to_owned(),
         ),
     };
-    out.push(finding(name, "issuer in the answer", iss.0, iss.1));
-    out
+    finding(name, "issuer in the answer", iss.0, iss.1)
 }
 
 /// The configuration value of a client authentication.

@@ -105,6 +105,9 @@ fn key() -> impl Strategy<Value = String> {
 }
 
 /// Any TOML value: every type, edge numbers, hostile strings, nesting.
+///
+/// One function: a generator with one arm per shape of configuration value
+/// (test-only).
 fn toml_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         hostile_string().prop_map(Value::String),

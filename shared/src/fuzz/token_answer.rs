@@ -229,6 +229,9 @@ fn answer() -> impl Strategy<Value = Answer> {
 
 /// Serialized, then sometimes damaged at the text level: a duplicate key
 /// (JSON allows them; the last wins), a cut, or bytes that are not UTF-8.
+///
+/// One function: a generator with one arm per shape of token answer (test-
+/// only).
 fn serialize(answer: &Answer, damage: u8, at: usize) -> Vec<u8> {
     let text = Value::Object(answer.body()).to_string();
     match damage % 8 {

@@ -385,51 +385,7 @@ impl LoginService {
             .attempts
             .consume(state, browser_cookie, now_ms() / 1000, cancelled)
             .await?;
-        if attempt.provider != path_provider.name {
-            tracing::warn!(path = %path_provider.name, started = %attempt.provider, connection = %attempt.connection,
-                "an authorization response came back on another provider's redirect URI (possible mix-up attack)");
-            return Err(LoginError::MixUp {
-                path: path_provider.name.clone(),
-                started: attempt.provider,
-            });
-        }
-        if let (Some(got), Some(expected)) = (query.get("iss"), &path_provider.settings.issuer)
-            && got != expected
-        {
-            tracing::warn!(provider = %path_provider.name, connection = %attempt.connection,
-                "the authorization response names another issuer (possible mix-up attack)");
-            return Err(LoginError::WrongIssuer {
-                provider: path_provider.name.clone(),
-                got: excerpt(got, &[]).chars().take(60).collect(),
-            });
-        }
-        // RFC 9207 §2.4: a server that announces `iss` always sends it.
-        if !query.contains_key("iss") && path_provider.requires_iss() {
-            tracing::warn!(provider = %path_provider.name, connection = %attempt.connection,
-                "the authorization response has no `iss` although the provider always sends one (possible mix-up attack)");
-            return Err(LoginError::MissingIssuer {
-                provider: path_provider.name.clone(),
-            });
-        }
-        if let Some(error) = query.get("error") {
-            // The provider's words, but short, on one line, without control characters.
-            let error = excerpt(error, &[]);
-            let provider = attempt.provider;
-            tracing::info!(%provider, connection = %attempt.connection, error, "login not completed at the provider");
-            return Err(if error == "access_denied" {
-                LoginError::Cancelled { provider }
-            } else {
-                let description = query
-                    .get("error_description")
-                    .map_or_else(|| "no description".into(), |d| excerpt(d, &[]));
-                LoginError::Refused {
-                    provider,
-                    error,
-                    description,
-                }
-            });
-        }
-        let code = AuthorizationCode::new(query.get("code").ok_or(LoginError::BadCallback("code"))?.clone());
+        let code = answer_code(path_provider, query, &attempt)?;
         let provider = self.config.provider(&attempt.provider)?;
         // Checked again, now that the login is about to count: the connection
         // may have been revoked meanwhile, and two tabs may race on one link.
@@ -442,6 +398,31 @@ impl LoginService {
         {
             return Err(LinkError::Used.into());
         }
+        let (stored, warnings) = self.exchange_and_store(provider, &attempt, state, &code).await?;
+        let warnings = self.ready_to_sync(provider, &attempt, &stored, warnings).await;
+        Ok(Finished {
+            connection: attempt.connection,
+            provider: provider.name.clone(),
+            provider_display: display_name(provider),
+            token_version: stored.token_version,
+            return_url: attempt.return_url,
+            warnings,
+        })
+    }
+}
+
+impl LoginService {
+    /// The code exchanged (with the attempt's PKCE verifier) and the tokens
+    /// stored as the connection's; tokens issued while the connection was
+    /// being revoked are revoked at the provider too. Returns what was
+    /// stored and the grant's warnings.
+    async fn exchange_and_store(
+        &self,
+        provider: &Provider,
+        attempt: &Attempt,
+        state: &str,
+        code: &AuthorizationCode,
+    ) -> Result<(crate::connection::Connection, Vec<String>), LoginError> {
         let verifier = PkceVerifier::new(self.tokens.keys().open(
             &attempt_aad(state),
             "pkce_verifier",
@@ -455,7 +436,7 @@ impl LoginService {
         };
         let tokens = endpoint
             .exchange_code(
-                &code,
+                code,
                 &attempt.redirect_uri,
                 Some(&verifier).filter(|_| provider.settings.pkce),
             )
@@ -482,7 +463,7 @@ impl LoginService {
             tracing::warn!(connection = %attempt.connection, provider = %provider.name, revoked_at_provider,
                 "the connection was revoked during the login; nothing stored");
             return Err(LoginError::RevokedDuringLogin {
-                connection: attempt.connection,
+                connection: attempt.connection.clone(),
                 revoked_at_provider,
             });
         }
@@ -499,6 +480,19 @@ impl LoginService {
             },
             other => other.into(),
         })?;
+        Ok((stored, warnings))
+    }
+
+    /// The person's warnings once the tokens are stored: a parameter that
+    /// could not be learned (in plain words; the detail goes to the log), and
+    /// the provider's syncs scheduled for the connection.
+    async fn ready_to_sync(
+        &self,
+        provider: &Provider,
+        attempt: &Attempt,
+        stored: &crate::connection::Connection,
+        warnings: Vec<String>,
+    ) -> Vec<String> {
         let mut warnings = warnings;
         if let Some(error) = &stored.param_error {
             // The detail (a DNS error, the provider's internal URL) is for the
@@ -524,18 +518,9 @@ impl LoginService {
                 }
             }
         }
-        Ok(Finished {
-            connection: attempt.connection,
-            provider: provider.name.clone(),
-            provider_display: display_name(provider),
-            token_version: stored.token_version,
-            return_url: attempt.return_url,
-            warnings,
-        })
+        warnings
     }
-}
 
-impl LoginService {
     /// The link's claims, if it is signed, unexpired, unused, and its
     /// connection may be connected at `provider`. Reads, never writes.
     async fn check_link(
@@ -653,6 +638,63 @@ async fn revoke_fresh_tokens(endpoint: &TokenEndpoint<'_>, tokens: &TokenSet) ->
         }
     }
     all
+}
+
+/// What the provider's answer says, checked against the attempt it is for:
+/// on the address of the provider the login started at, naming that
+/// provider's issuer when it names one (RFC 9207), and a code, not an error.
+fn answer_code(
+    path_provider: &Provider,
+    query: &BTreeMap<String, String>,
+    attempt: &Attempt,
+) -> Result<AuthorizationCode, LoginError> {
+    if attempt.provider != path_provider.name {
+        tracing::warn!(path = %path_provider.name, started = %attempt.provider, connection = %attempt.connection,
+                "an authorization response came back on another provider's redirect URI (possible mix-up attack)");
+        return Err(LoginError::MixUp {
+            path: path_provider.name.clone(),
+            started: attempt.provider.clone(),
+        });
+    }
+    if let (Some(got), Some(expected)) = (query.get("iss"), &path_provider.settings.issuer)
+        && got != expected
+    {
+        tracing::warn!(provider = %path_provider.name, connection = %attempt.connection,
+                "the authorization response names another issuer (possible mix-up attack)");
+        return Err(LoginError::WrongIssuer {
+            provider: path_provider.name.clone(),
+            got: excerpt(got, &[]).chars().take(60).collect(),
+        });
+    }
+    // RFC 9207 §2.4: a server that announces `iss` always sends it.
+    if !query.contains_key("iss") && path_provider.requires_iss() {
+        tracing::warn!(provider = %path_provider.name, connection = %attempt.connection,
+                "the authorization response has no `iss` although the provider always sends one (possible mix-up attack)");
+        return Err(LoginError::MissingIssuer {
+            provider: path_provider.name.clone(),
+        });
+    }
+    if let Some(error) = query.get("error") {
+        // The provider's words, but short, on one line, without control characters.
+        let error = excerpt(error, &[]);
+        let provider = attempt.provider.clone();
+        tracing::info!(%provider, connection = %attempt.connection, error, "login not completed at the provider");
+        return Err(if error == "access_denied" {
+            LoginError::Cancelled { provider }
+        } else {
+            let description = query
+                .get("error_description")
+                .map_or_else(|| "no description".into(), |d| excerpt(d, &[]));
+            LoginError::Refused {
+                provider,
+                error,
+                description,
+            }
+        });
+    }
+    Ok(AuthorizationCode::new(
+        query.get("code").ok_or(LoginError::BadCallback("code"))?.clone(),
+    ))
 }
 
 #[cfg(test)]

@@ -285,6 +285,9 @@ impl TokenService {
     /// The protocol's loop. `forced_from`, with [`Mode::Force`]: the version
     /// to replace (`None`: the one first read). `valid_for_ms`: how long the
     /// caller needs the token (see [`TokenService::access_token_valid_for`]).
+    ///
+    /// One loop: the protocol's steps as the module comment numbers them, read
+    /// in one place.
     async fn run(
         &self,
         id: &ConnectionId,

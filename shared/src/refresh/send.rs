@@ -29,6 +29,9 @@ fn answer_to(error: &TokenError) -> Answer {
 impl TokenService {
     /// Sends the refresh token (`sent` says whether this is the one resend
     /// of an unknown send) and acts on the answer.
+    ///
+    /// One function: the send and what each kind of answer leads to, in the
+    /// order docs/refresh.md tells them.
     pub(super) async fn send(&self, pass: &Pass<'_>, lease_until: i64, sent: Sent) -> Result<Step, RefreshError> {
         let Pass {
             conn,

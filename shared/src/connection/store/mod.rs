@@ -200,6 +200,9 @@ impl ConnectionStore {
 
     /// One conditional UpdateItem for both cases: `seen` is the version of the
     /// existing connection (same provider), or `None` to create it at version 1.
+    ///
+    /// One function: the one conditional write of a login, its expression built
+    /// a field at a time.
     async fn write_login(&self, login: &NewLogin, seen: Option<u64>, now: i64) -> Result<Write, StoreError> {
         let mut set = vec![
             "provider = :provider",
@@ -321,6 +324,7 @@ fn never(_: &Connection) -> bool {
     false
 }
 
+/// One function: one line per attribute of the item.
 fn from_item(item: HashMap<String, AttributeValue>) -> Result<Connection, StoreError> {
     let id_text = match item.get("id") {
         Some(AttributeValue::S(id)) => id.clone(),

@@ -46,6 +46,10 @@ pub(super) fn token_stop(error: RefreshError) -> Stop {
 
 impl SyncEngine {
     /// One page: rate gate, token, request, with bounded retries.
+    ///
+    /// One loop, not split: each answer's branch decides whether the same page
+    /// goes again, with which token and after which wait, state a helper would
+    /// have to hand back.
     pub(super) async fn fetch(
         &self,
         cx: &Context<'_>,

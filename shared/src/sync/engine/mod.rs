@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::budget::RateBudget;
-use super::jobs::{JobStore, LeaseClock, Next, Phase, RunCounts, RunRecord, job_id};
+use super::jobs::{Checkpoint, JobStore, LeaseClock, Next, Phase, RunCounts, RunRecord, job_id};
 use super::records::RecordStore;
 use crate::config::{Config, Provider, Sync};
 use crate::connection::{ConnectionId, now_ms};
@@ -500,6 +500,9 @@ impl SyncEngine {
     }
 
     /// Claims the job and runs it until it finishes, yields or fails.
+    ///
+    /// One function: claim, run, conclude, release, record, publish, in that
+    /// order.
     async fn run(
         &self,
         id: &str,
@@ -538,46 +541,13 @@ impl SyncEngine {
         let now = now_ms();
         let sync = self.config.syncs.get(&job.sync);
         let interval = sync.map_or(3_600_000, |s| i64::try_from(s.interval_secs).unwrap_or(3600) * 1000);
-        let run = checkpoint.run.clone();
-        let record = |status: &str, error: Option<String>| RunRecord {
-            run_id: run.as_ref().map(|r| r.run_id.clone()).unwrap_or_default(),
-            status: status.to_owned(),
-            started_at: run.as_ref().map_or(now, |r| r.started_at),
-            finished_at: now,
-            counts: counts.clone(),
-            error,
-        };
-        let (next, last_run) = match &end {
-            RunEnd::Finished => {
-                checkpoint.run = None;
-                checkpoint.failures = 0;
-                (Next::At(now + interval), Some(record("finished", None)))
-            }
-            RunEnd::Yielded { until, .. } => (Next::At((*until).max(now)), None),
-            RunEnd::Parked(why) => (Next::Parked(why.clone()), Some(record("parked", Some(why.clone())))),
-            RunEnd::Failed(why) => {
-                checkpoint.failures = checkpoint.failures.saturating_add(1);
-                match checkpoint.run.as_mut() {
-                    // The data are stored and their cursor moved: a feed of
-                    // deletions that keeps failing must not keep the next
-                    // runs from the data, so the next run starts afresh and
-                    // reads the feed again from its own cursor.
-                    Some(run) if run.phase == Phase::Deleted => checkpoint.run = None,
-                    // Keep the place; the next run resumes from it with fresh counts.
-                    Some(run) => run.counts = RunCounts::default(),
-                    None => {}
-                }
-                let wait = failure_backoff(interval, checkpoint.failures);
-                (Next::At(now + wait), Some(record("failed", Some(why.clone()))))
-            }
-            RunEnd::LostLease => {
-                return Ok(RunReport {
-                    job: id.to_owned(),
-                    end,
-                    counts,
-                    invocation,
-                });
-            }
+        let Some((next, last_run)) = conclude(&end, &mut checkpoint, &counts, interval, now) else {
+            return Ok(RunReport {
+                job: id.to_owned(),
+                end,
+                counts,
+                invocation,
+            });
         };
         let next_at = match &next {
             Next::At(at) => Some(*at),
@@ -622,6 +592,55 @@ impl SyncEngine {
             invocation,
         })
     }
+}
+
+/// What a run's end means for its job: when it runs next, what its
+/// checkpoint keeps, and the history item it leaves (a yield leaves none).
+/// `interval` is the sync's, in ms; `now` when the run ended. `None` for a
+/// run that lost its lease.
+fn conclude(
+    end: &RunEnd,
+    checkpoint: &mut Checkpoint,
+    counts: &RunCounts,
+    interval: i64,
+    now: i64,
+) -> Option<(Next, Option<RunRecord>)> {
+    let run = checkpoint.run.clone();
+    let record = |status: &str, error: Option<String>| RunRecord {
+        run_id: run.as_ref().map(|r| r.run_id.clone()).unwrap_or_default(),
+        status: status.to_owned(),
+        started_at: run.as_ref().map_or(now, |r| r.started_at),
+        finished_at: now,
+        counts: counts.clone(),
+        error,
+    };
+    let concluded = match end {
+        RunEnd::Finished => {
+            checkpoint.run = None;
+            checkpoint.failures = 0;
+            (Next::At(now + interval), Some(record("finished", None)))
+        }
+        RunEnd::Yielded { until, .. } => (Next::At((*until).max(now)), None),
+        RunEnd::Parked(why) => (Next::Parked(why.clone()), Some(record("parked", Some(why.clone())))),
+        RunEnd::Failed(why) => {
+            checkpoint.failures = checkpoint.failures.saturating_add(1);
+            match checkpoint.run.as_mut() {
+                // The data are stored and their cursor moved: a feed of
+                // deletions that keeps failing must not keep the next
+                // runs from the data, so the next run starts afresh and
+                // reads the feed again from its own cursor.
+                Some(run) if run.phase == Phase::Deleted => checkpoint.run = None,
+                // Keep the place; the next run resumes from it with fresh counts.
+                Some(run) => run.counts = RunCounts::default(),
+                None => {}
+            }
+            let wait = failure_backoff(interval, checkpoint.failures);
+            (Next::At(now + wait), Some(record("failed", Some(why.clone()))))
+        }
+        // The job is another run's now: nothing of it is ours to write.
+        RunEnd::LostLease => return None,
+    };
+    Some(concluded)
 }
 
 /// The event of a run's end: finished, failed or parked (a yield is no end).

@@ -112,6 +112,9 @@ pub(super) fn and(a: &str, b: &str) -> String {
 impl SyncEngine {
     /// The run itself, with the lease held. Returns how it ended and the
     /// counts of this invocation's part of it.
+    ///
+    /// One function: the run's preconditions, each parking the job with its
+    /// reason, then the run state and the pass.
     pub(super) async fn run_claimed(
         &self,
         job: &Job,
