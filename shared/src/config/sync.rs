@@ -3,11 +3,11 @@
 //! incremental filter, rate-limit headers) come from the provider's preset,
 //! so a sync names only what is its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DeletedFeed, FieldProblem, IncrementalFilter, Pagination, Provider};
+use super::{DeletedFeed, FieldProblem, IncrementalFilter, Pagination, Provider, all_problems};
 
 /// How a sync pulls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -98,28 +98,50 @@ fn default_records(pagination: &Pagination) -> Option<&str> {
     }
 }
 
+/// Every problem of one sync table: its name, and the first problem of its
+/// settings. A sync of a provider in `broken` (one whose own table has a
+/// mistake, reported there) is checked only for its name: what the rest
+/// means depends on the provider. Such a sync with a good name is `Err`
+/// with no problem of its own.
 pub(crate) fn resolve(
     name: &str,
     entry: SyncEntry,
     providers: &BTreeMap<String, Provider>,
-) -> Result<Sync, FieldProblem> {
+    broken: &BTreeSet<String>,
+) -> Result<Sync, Vec<FieldProblem>> {
+    let mut problems = Vec::new();
     if name.is_empty()
         || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
     {
-        return Err((
+        problems.push((
             "",
             format!("sync name `{name}` may use only A-Z a-z 0-9 `_` `-` `.` (it is part of record keys)"),
         ));
     }
-    let provider = providers.get(&entry.provider).ok_or_else(|| {
-        let known = providers.keys().cloned().collect::<Vec<_>>().join(", ");
-        (
-            "provider",
-            format!("unknown provider `{}` (configured: {known})", entry.provider),
-        )
-    })?;
+    let provider = match providers.get(&entry.provider) {
+        Some(provider) => provider,
+        None if broken.contains(&entry.provider) => return Err(problems),
+        None => {
+            let known = providers
+                .keys()
+                .chain(broken)
+                .map(String::as_str)
+                .collect::<BTreeSet<_>>();
+            let known = known.into_iter().collect::<Vec<_>>().join(", ");
+            problems.push((
+                "provider",
+                format!("unknown provider `{}` (configured: {known})", entry.provider),
+            ));
+            return Err(problems);
+        }
+    };
+    all_problems(problems, resolve_with(name, entry, provider))
+}
+
+/// The sync its table and its provider make, or the first problem.
+fn resolve_with(name: &str, entry: SyncEntry, provider: &Provider) -> Result<Sync, FieldProblem> {
     let settings = &provider.settings;
     let endpoint = entry.endpoint.trim();
     if endpoint.is_empty() {

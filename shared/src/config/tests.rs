@@ -1,14 +1,20 @@
 use super::*;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Config::parse(text, "oauth-sync.toml")
 }
 
-fn err(text: &str) -> ConfigError {
+/// Every error of `text`, in file order.
+fn errs(text: &str) -> Vec<ConfigError> {
     match parse(text) {
         Ok(config) => panic!("expected an error, got {config:?}"),
-        Err(e) => e,
+        Err(e) => e.into_vec(),
     }
+}
+
+/// The first error of `text`.
+fn err(text: &str) -> ConfigError {
+    errs(text).remove(0)
 }
 
 #[test]
@@ -399,7 +405,10 @@ fn syntax_errors_are_located() {
 
 #[test]
 fn unreadable_file_is_named() {
-    let e = Config::load(Path::new("/nonexistent/oauth-sync.toml")).unwrap_err();
+    let e = Config::load(Path::new("/nonexistent/oauth-sync.toml"))
+        .unwrap_err()
+        .first()
+        .clone();
     assert_eq!(e.file, "/nonexistent/oauth-sync.toml");
     assert!(e.message.contains("cannot read"), "{e}");
 }
@@ -717,4 +726,115 @@ fn a_key_of_many_dots_is_cut_in_the_field_path() {
         "{} chars",
         e.to_string().chars().count()
     );
+}
+
+/// The line of `text` that contains `needle` (1-based).
+fn line_of(text: &str, needle: &str) -> usize {
+    1 + text
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no `{needle}`"))
+}
+
+#[test]
+fn every_table_with_a_mistake_is_reported_in_file_order() {
+    let text = "\
+[service]
+callback_url = \"not a url\"
+
+[providers.exact]
+preset = \"exact_online\"
+credentials_secret = \"s\"
+refresh_lead_secs = 300
+
+[providers.ms]
+preset = \"microsoft\"
+credentials_secret = \"s\"
+params = { tennant = \"contoso\" }
+
+[providers.ok]
+preset = \"google\"
+credentials_secret = \"s\"
+
+[syncs.projects]
+provider = \"ok\"
+endpoint = \"/x\"
+modes = \"incremental\"
+
+[syncs.contacts]
+provider = \"ms\"
+endpoint = \"/me/contacts\"
+mode = \"sometimes\"
+
+[syncs.mail]
+provider = \"ms\"
+endpoint = \"/me/messages\"
+
+[syncs.files]
+provider = \"gdrive\"
+endpoint = \"/files\"
+
+[webhooks.crm]
+url = \"http://crm.example.com/hooks\"
+events = [\"*\"]
+signing_secret = \"s\"
+";
+    let found: Vec<(usize, String)> = errs(text).into_iter().map(|e| (e.line, e.field)).collect();
+    let expected = [
+        (line_of(text, "not a url"), "service.callback_url"),
+        (line_of(text, "refresh_lead_secs"), "providers.exact.refresh_lead_secs"),
+        (line_of(text, "tennant"), "providers.ms.params"),
+        (line_of(text, "modes"), "syncs.projects.modes"),
+        // Not a mode at all, whatever the provider.
+        (line_of(text, "sometimes"), "syncs.contacts.mode"),
+        // `syncs.mail` names `ms`, whose own mistake is reported above: no
+        // second error says `ms` is unknown.
+        (line_of(text, "gdrive"), "syncs.files.provider"),
+        (line_of(text, "http://crm"), "webhooks.crm.url"),
+    ]
+    .map(|(line, field)| (line, field.to_owned()));
+    assert_eq!(found, expected);
+    let shown = parse(text).expect_err("mistakes").to_string();
+    assert_eq!(shown.lines().count(), expected.len(), "one error a line:\n{shown}");
+    assert!(
+        shown.contains("unknown provider `gdrive` (configured: exact, ms, ok)"),
+        "{shown}"
+    );
+    assert!(!shown.contains("unknown provider `ms`"), "{shown}");
+}
+
+#[test]
+fn a_table_reports_each_of_its_own_problems() {
+    // A bad name and credentials in the file are found whatever the rest says.
+    let found = errs(
+        "[providers.Exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\nclient_secret = \"cs-planted\"\nrefresh_lead_secs = 300\n",
+    );
+    let found: Vec<(usize, &str)> = found.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (1, "providers.Exact"),
+            (4, "providers.Exact.client_secret"),
+            (5, "providers.Exact.refresh_lead_secs")
+        ]
+    );
+    // A sync of a provider with a mistake still has its own name checked.
+    let found = errs("[providers.p]\npreset = \"nope\"\n\n[syncs.\"a#b\"]\nprovider = \"p\"\nendpoint = \"/x\"\n");
+    let found: Vec<(usize, &str)> = found.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(found, [(2, "providers.p.preset"), (4, "syncs.a#b")]);
+}
+
+#[test]
+fn a_syntax_error_is_the_only_error() {
+    let e = parse("[providers.p]\npreset = \"google\ncredentials_secret = 1\n\n[syncs.s]\nbogus = 1\n")
+        .expect_err("syntax");
+    assert_eq!(e.as_slice().len(), 1, "{e}");
+    assert!(e.first().message.starts_with("syntax error"), "{e}");
+}
+
+#[test]
+fn without_providers_other_mistakes_come_first() {
+    let found = errs("[sync.x]\nprovider = \"p\"\n");
+    let found: Vec<(usize, &str)> = found.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(found, [(1, "sync"), (0, "providers")]);
 }
