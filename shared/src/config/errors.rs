@@ -223,6 +223,7 @@ impl<'a> Locator<'a> {
     pub(super) fn document(&self) -> Result<DeTable<'a>, ConfigErrors> {
         match DeTable::parse(self.text) {
             Ok(document) => Ok(document.into_inner()),
+            Err(e) if e.message() == "duplicate key" => Err(self.duplicate(e.span().unwrap_or_default()).into()),
             Err(e) => Err(self
                 .error(e.span(), "", &format!("syntax error: {}", e.message()))
                 .into()),
@@ -341,6 +342,40 @@ impl<'a> Locator<'a> {
     fn line_col(&self, offset: usize) -> (usize, usize) {
         line_col(&self.text[..floor_char_boundary(self.text, offset)])
     }
+
+    /// A table or key defined twice, at `span` (the second definition): the
+    /// parser names neither the key nor the first definition, so both are
+    /// read again from the text around it.
+    fn duplicate(&self, span: Range<usize>) -> ConfigError {
+        let text = self.text;
+        let start = floor_char_boundary(text, span.start);
+        let end = floor_char_boundary(text, span.end.max(start));
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let (second, _) = self.line_col(start);
+        // The document up to the line of the second definition parses
+        // (the first error is on that line) and holds the first one.
+        let before = DeTable::parse(&text[..line_start]).ok().map(Spanned::into_inner);
+        let path = duplicate_path(text, &text[line_start..end], before.as_ref(), line_start);
+        let first = path
+            .as_deref()
+            .zip(before.as_ref())
+            .and_then(|(path, before)| key_span(before, path))
+            .map(|span| self.line_col(span.start).0);
+        let (field, what) = match &path {
+            Some(path) => (path.join("."), format!("`{}`", path.join("."))),
+            None => (String::new(), format!("`{}`", &text[start..end])),
+        };
+        let message = match first {
+            Some(first) if first != second => {
+                format!("{what} is defined twice (lines {first} and {second}); define each table and key once")
+            }
+            _ => format!("{what} is defined twice; define each table and key once"),
+        };
+        ConfigError {
+            message: cut_quoted(&message),
+            ..self.error(Some(start..end), &field, "")
+        }
+    }
 }
 
 /// The 1-based line and column just after `before`.
@@ -356,4 +391,95 @@ fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
         offset -= 1;
     }
     offset
+}
+
+/// The full key path of a duplicate whose line, up to the end of the
+/// duplicate key, is `line`: a `[header]` names it whole; a `key = …` line
+/// is read under the last `[header]` of the document before it.
+fn duplicate_path(text: &str, line: &str, before: Option<&DeTable<'_>>, line_start: usize) -> Option<Vec<String>> {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('[') {
+        let closing = if trimmed.starts_with("[[") { "]]" } else { "]" };
+        return only_path(&format!("{trimmed}{closing}"));
+    }
+    let key = only_path(&format!("{trimmed} = 0"))?;
+    let mut found = Vec::new();
+    if let Some(before) = before {
+        headers(text, before, &mut Vec::new(), &mut found);
+    }
+    let mut path = found
+        .into_iter()
+        .filter(|(start, _)| *start < line_start)
+        .max_by_key(|(start, _)| *start)
+        .map(|(_, path)| path)
+        .unwrap_or_default();
+    path.extend(key);
+    Some(path)
+}
+
+/// The key path of a document with one value (`[a.b]` or `a.b = 0`).
+fn only_path(text: &str) -> Option<Vec<String>> {
+    let mut table = DeTable::parse(text).ok()?.into_inner();
+    let mut path = Vec::new();
+    loop {
+        let (key, value) = table.into_iter().next()?;
+        path.push(key.get_ref().to_string());
+        match value.into_inner() {
+            DeValue::Table(inner) if !inner.is_empty() => table = inner,
+            DeValue::Array(array) => match array.into_iter().last().map(Spanned::into_inner) {
+                Some(DeValue::Table(inner)) if !inner.is_empty() => table = inner,
+                _ => return Some(path),
+            },
+            _ => return Some(path),
+        }
+    }
+}
+
+/// Every `[header]` table of `text` in `table`: where its header starts,
+/// and its path.
+fn headers(text: &str, table: &DeTable<'_>, path: &mut Vec<String>, out: &mut Vec<(usize, Vec<String>)>) {
+    // Deeper than any table the file means to have (and than a stack holds).
+    if path.len() > 64 {
+        return;
+    }
+    for (key, value) in table {
+        path.push(key.get_ref().to_string());
+        let tables: Vec<&Spanned<DeValue<'_>>> = match value.get_ref() {
+            DeValue::Array(array) => array.iter().collect(),
+            _ => vec![value],
+        };
+        for element in tables {
+            if let DeValue::Table(inner) = element.get_ref() {
+                // A table's span is its header's (`[a.b]`, `[[a]]`); an
+                // inline table's starts at `{`, a dotted key's table elsewhere.
+                let start = element.span().start;
+                if text.as_bytes().get(start) == Some(&b'[') {
+                    out.push((start, path.clone()));
+                }
+                headers(text, inner, path, out);
+            }
+        }
+        path.pop();
+    }
+}
+
+/// Where the last key of `path` is written in `table` (the first definition).
+fn key_span(table: &DeTable<'_>, path: &[String]) -> Option<Range<usize>> {
+    let (last, parents) = path.split_last()?;
+    let mut table = table;
+    for key in parents {
+        let value = table.iter().find(|(k, _)| k.get_ref().as_ref() == key.as_str())?.1;
+        table = match value.get_ref() {
+            DeValue::Table(inner) => inner,
+            DeValue::Array(array) => match array.iter().last().map(Spanned::get_ref) {
+                Some(DeValue::Table(inner)) => inner,
+                _ => return None,
+            },
+            _ => return None,
+        };
+    }
+    table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == last.as_str())
+        .map(|(k, _)| k.span())
 }

@@ -838,3 +838,55 @@ fn without_providers_other_mistakes_come_first() {
     let found: Vec<(usize, &str)> = found.iter().map(|e| (e.line, e.field.as_str())).collect();
     assert_eq!(found, [(1, "sync"), (0, "providers")]);
 }
+
+#[test]
+fn a_table_or_key_defined_twice_is_named_with_both_lines() {
+    let base = "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\n\n";
+    let cases = [
+        // A table, a key in a table, a key in an array of tables, a table
+        // over a dotted key, a quoted name.
+        (
+            format!("{base}[providers.ms]\npreset = \"microsoft\"\n\n[providers.exact]\npreset = \"exact_online\"\n"),
+            (8, 12),
+            "providers.exact",
+            "`providers.exact` is defined twice (lines 1 and 8)",
+        ),
+        (
+            format!("{base}[syncs.s]\nprovider = \"exact\"\nendpoint = \"/x\"\n  provider = \"ms\"\n"),
+            (8, 3),
+            "syncs.s.provider",
+            "`syncs.s.provider` is defined twice (lines 6 and 8)",
+        ),
+        (
+            format!("{base}[[providers.exact.dead_token]]\nequals = \"a\"\nequals = \"b\"\n"),
+            (7, 1),
+            "providers.exact.dead_token.equals",
+            "(lines 6 and 7)",
+        ),
+        (
+            format!("providers.exact.preset = \"exact_online\"\n{base}"),
+            (2, 12),
+            "providers.exact",
+            "`providers.exact` is defined twice (lines 1 and 2)",
+        ),
+        (
+            format!("{base}[providers.\"exact\"]\n"),
+            (5, 12),
+            "providers.exact",
+            "(lines 1 and 5)",
+        ),
+    ];
+    for (text, place, field, says) in cases {
+        let e = parse(&text).expect_err(&text);
+        assert_eq!(e.as_slice().len(), 1, "{e}");
+        let e = e.first();
+        assert_eq!(((e.line, e.column), e.field.as_str()), (place, field), "{text}\n{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
+    // Twice on one line, inside an inline table: the key and the line.
+    let e = err(&format!(
+        "{base}[providers.ms]\npreset = \"microsoft\"\nparams = {{ tenant = \"a\", tenant = \"b\" }}\n"
+    ));
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.message.contains("`tenant` is defined twice"), "{e}");
+}
