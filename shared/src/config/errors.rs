@@ -483,3 +483,23 @@ fn key_span(table: &DeTable<'_>, path: &[String]) -> Option<Range<usize>> {
         .find(|(k, _)| k.get_ref().as_ref() == last.as_str())
         .map(|(k, _)| k.span())
 }
+
+/// The configuration text of `bytes`, or where it stops being UTF-8.
+pub(super) fn utf8(bytes: Vec<u8>, file: &str) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        // The bytes before are valid: as text, they give the line and column.
+        let (line, column) = line_col(std::str::from_utf8(&bytes[..at]).unwrap_or_default());
+        let byte = bytes.get(at).copied().unwrap_or_default();
+        ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            field: String::new(),
+            message: format!(
+                "the file is not UTF-8: invalid byte 0x{byte:02X} at line {line}, column {column} (save it as UTF-8)"
+            ),
+        }
+    })
+}

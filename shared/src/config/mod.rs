@@ -410,8 +410,8 @@ impl Config {
 /// The file's text and the name errors give it.
 fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok((text, file)),
+    match std::fs::read(path) {
+        Ok(bytes) => Ok((errors::utf8(bytes, &file)?, file)),
         Err(e) => Err(ConfigError {
             file,
             line: 0,

@@ -890,3 +890,23 @@ fn a_table_or_key_defined_twice_is_named_with_both_lines() {
     assert_eq!(e.line, 7, "{e}");
     assert!(e.message.contains("`tenant` is defined twice"), "{e}");
 }
+
+#[test]
+fn a_file_that_is_not_utf8_names_the_line_and_column_of_the_first_bad_byte() {
+    let path = std::env::temp_dir().join(format!("oauth-sync-latin1-{}.toml", std::process::id()));
+    let mut bytes = b"[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\ndisplay_name = \"Gr".to_vec();
+    bytes.extend([0xFC, b'n', b'e', b'"', b'\n', 0xFF]);
+    std::fs::write(&path, &bytes).expect("write");
+    let e = Config::load(&path).expect_err("not UTF-8");
+    std::fs::remove_file(&path).ok();
+    assert_eq!(e.as_slice().len(), 1, "{e}");
+    let e = e.first();
+    assert_eq!((e.line, e.column), (4, 19), "{e}");
+    assert_eq!(
+        e.message,
+        "the file is not UTF-8: invalid byte 0xFC at line 4, column 19 (save it as UTF-8)"
+    );
+    // Characters before it count as one column each.
+    let e = errors::utf8("é\n ü\u{2028}x\u{FF}".bytes().chain([0xC3]).collect(), "f").expect_err("cut");
+    assert_eq!((e.line, e.column), (2, 6), "{e}");
+}
