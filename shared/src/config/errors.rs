@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::FieldProblem;
+use super::{FieldProblem, limits};
 
 /// A configuration mistake, located.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -237,6 +237,15 @@ impl<'a> Locator<'a> {
         field: &str,
         value: Spanned<DeValue<'_>>,
     ) -> Result<T, ConfigError> {
+        // No key takes a date or a time, and serde would read one as a
+        // table with a private key (accepted by a string map such as `params`).
+        if let Some((path, span)) = first_datetime(&value, field) {
+            return Err(self.error(
+                Some(span),
+                &path,
+                "invalid type: a date or time, which no key takes (quote it to make it a string)",
+            ));
+        }
         serde_path_to_error::deserialize(ValueDeserializer::from(value)).map_err(|e| {
             // Spanned<T> adds a private path segment; the user never wrote it.
             let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
@@ -245,7 +254,7 @@ impl<'a> Locator<'a> {
                 "." => field.to_owned(),
                 path => format!("{field}.{path}"),
             };
-            self.error(inner.span(), &field, inner.message())
+            self.error(inner.span(), &field, &limits::in_words(&field, inner.message()))
         })
     }
 
@@ -375,6 +384,36 @@ impl<'a> Locator<'a> {
             message: cut_quoted(&message),
             ..self.error(Some(start..end), &field, "")
         }
+    }
+}
+
+/// The dotted path (under `path`) and place of the first date or time in `value`.
+fn first_datetime(value: &Spanned<DeValue<'_>>, path: &str) -> Option<(String, Range<usize>)> {
+    let mut keys = Vec::new();
+    let span = datetime_in(value, &mut keys)?;
+    let mut path = path.to_owned();
+    for key in keys.iter().rev() {
+        path.push_str(key);
+    }
+    Some((path, span))
+}
+
+/// The place of the first date or time in `value`, with the path to it
+/// pushed onto `keys` last part first (`.key`, `[0]`).
+fn datetime_in(value: &Spanned<DeValue<'_>>, keys: &mut Vec<String>) -> Option<Range<usize>> {
+    match value.get_ref() {
+        DeValue::Datetime(_) => Some(value.span()),
+        DeValue::Table(table) => table.iter().find_map(|(key, value)| {
+            let span = datetime_in(value, keys)?;
+            keys.push(format!(".{}", key.get_ref()));
+            Some(span)
+        }),
+        DeValue::Array(array) => array.iter().enumerate().find_map(|(i, value)| {
+            let span = datetime_in(value, keys)?;
+            keys.push(format!("[{i}]"));
+            Some(span)
+        }),
+        _ => None,
     }
 }
 

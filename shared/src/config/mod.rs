@@ -21,6 +21,7 @@
 
 pub mod discovery;
 mod errors;
+mod limits;
 mod provider;
 mod sync;
 mod template;
@@ -37,6 +38,8 @@ use url::Url;
 use discovery::{Discovered, ServerMetadata};
 use errors::{CREDENTIALS_NEVER_HERE, Locator};
 pub use errors::{ConfigError, ConfigErrors, QUOTE_LIMIT, cut_quoted};
+#[cfg(test)]
+pub(crate) use limits::names_a_rust_type;
 use provider::ProviderEntry;
 pub use provider::{
     ClientAuth, DeadTokenRule, DeletedFeed, Discovery, IncrementalFilter, PRESETS_TOML, Pagination, PresetName,
@@ -81,7 +84,7 @@ pub struct ServiceSettings {
     /// Refreshes one token-refresher run keeps in flight (1–256). By
     /// Little's law a run carries this many ÷ the provider's token-endpoint
     /// latency refreshes a second: 16 at 300 ms is about 50/s.
-    #[serde(default = "default_refresh_concurrency", deserialize_with = "de_refresh_concurrency")]
+    #[serde(default = "default_refresh_concurrency")]
     pub refresh_concurrency: usize,
 }
 
@@ -96,6 +99,17 @@ impl ServiceSettings {
         url.set_query(None);
         url.set_fragment(None);
         Some(url)
+    }
+}
+
+impl ServiceSettings {
+    /// What serde cannot check.
+    fn problems(&self) -> Vec<FieldProblem> {
+        let concurrency = i128::try_from(self.refresh_concurrency).unwrap_or(i128::MAX);
+        limits::check_whole("refresh_concurrency", concurrency)
+            .err()
+            .into_iter()
+            .collect()
     }
 }
 
@@ -284,13 +298,23 @@ impl Config {
         let mut errors = tables.errors;
         let has_providers = !tables.providers.is_empty();
 
-        let service = match tables.service {
-            None => ServiceSettings::default(),
-            Some(value) => locate.deserialize("service", value).unwrap_or_else(|e| {
-                errors.push(e);
-                ServiceSettings::default()
-            }),
-        };
+        let service =
+            match tables.service {
+                None => ServiceSettings::default(),
+                Some(value) => {
+                    let span = value.span();
+                    let service = locate.deserialize("service", value).map_err(|e| vec![e]).and_then(
+                        |service: ServiceSettings| match service.problems() {
+                            problems if problems.is_empty() => Ok(service),
+                            problems => Err(locate.problems(&span, "service", problems)),
+                        },
+                    );
+                    service.unwrap_or_else(|found| {
+                        errors.extend(found);
+                        ServiceSettings::default()
+                    })
+                }
+            };
 
         let mut providers = BTreeMap::new();
         let mut broken = BTreeSet::new();
@@ -500,7 +524,33 @@ fn resolve_provider(name: &str, entry: ProviderEntry, discovered: &Discovered) -
             problems.push((key, CREDENTIALS_NEVER_HERE.to_owned()));
         }
     }
+    if let Some(preset) = entry.preset {
+        problems.extend(settings_problems(&preset.settings().with_overrides(entry.overrides())));
+    }
     all_problems(problems, provider_settings(name, entry, discovered))
+}
+
+/// What is out of bounds in a provider's settings, each key on its own.
+fn settings_problems(settings: &ProviderSettings) -> Vec<FieldProblem> {
+    let numbers = [
+        ("refresh_lead_secs", Some(settings.refresh_lead_secs)),
+        ("min_refresh_interval_secs", Some(settings.min_refresh_interval_secs)),
+        ("reuse_grace_secs", Some(settings.reuse_grace_secs)),
+        ("refresh_token_idle_secs", settings.refresh_token_idle_secs),
+        ("default_expires_in_secs", Some(settings.default_expires_in_secs)),
+        ("error_budget_per_hour", settings.error_budget_per_hour),
+    ];
+    let statuses = settings
+        .dead_token
+        .iter()
+        .filter_map(|rule| rule.status)
+        .map(|status| limits::check_whole("status", status).map_err(|(_, message)| ("dead_token", message)));
+    numbers
+        .into_iter()
+        .filter_map(|(key, value)| Some(limits::check_whole(key, value?)))
+        .chain(statuses)
+        .filter_map(Result::err)
+        .collect()
 }
 
 /// The provider its preset, overrides and discovery document make, or the
@@ -695,18 +745,6 @@ pub const MAX_REFRESH_CONCURRENCY: usize = 256;
 
 fn default_refresh_concurrency() -> usize {
     DEFAULT_REFRESH_CONCURRENCY
-}
-
-fn de_refresh_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    let value = i64::deserialize(d)?;
-    usize::try_from(value)
-        .ok()
-        .filter(|v| (1..=MAX_REFRESH_CONCURRENCY).contains(v))
-        .ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "refresh_concurrency must be between 1 and {MAX_REFRESH_CONCURRENCY}, not {value}"
-            ))
-        })
 }
 
 fn de_url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Url>, D::Error> {

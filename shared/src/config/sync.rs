@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DeletedFeed, FieldProblem, IncrementalFilter, Pagination, Provider, all_problems};
+use super::{DeletedFeed, FieldProblem, IncrementalFilter, Pagination, Provider, all_problems, limits};
 
 /// How a sync pulls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -119,6 +119,16 @@ pub(crate) fn resolve(
             "",
             format!("sync name `{name}` may use only A-Z a-z 0-9 `_` `-` `.` (it is part of record keys)"),
         ));
+    }
+    let numbers = [
+        ("interval_secs", entry.interval_secs.map(i128::from)),
+        ("sweep_interval_secs", entry.sweep_interval_secs.map(i128::from)),
+        ("deleted_entity_type", entry.deleted_entity_type.map(i128::from)),
+    ];
+    for (key, value) in numbers {
+        if let Some(Err(problem)) = value.map(|value| limits::check_whole(key, value)) {
+            problems.push(problem);
+        }
     }
     let provider = match providers.get(&entry.provider) {
         Some(provider) => provider,
@@ -262,9 +272,6 @@ fn resolve_with(name: &str, entry: SyncEntry, provider: &Provider) -> Result<Syn
         ));
     }
     let interval_secs = entry.interval_secs.unwrap_or(3600);
-    if interval_secs < 60 {
-        return Err(("interval_secs", format!("{interval_secs} is below the minimum of 60")));
-    }
     if let Some(sweep) = entry.sweep_interval_secs
         && sweep < interval_secs
     {

@@ -910,3 +910,184 @@ fn a_file_that_is_not_utf8_names_the_line_and_column_of_the_first_bad_byte() {
     let e = errors::utf8("é\n ü\u{2028}x\u{FF}".bytes().chain([0xC3]).collect(), "f").expect_err("cut");
     assert_eq!((e.line, e.column), (2, 6), "{e}");
 }
+
+#[test]
+fn every_preset_is_within_the_bounds() {
+    for preset in PresetName::ALL {
+        assert_eq!(settings_problems(&preset.settings()), [], "{preset}");
+    }
+}
+
+#[test]
+fn a_number_out_of_range_or_of_the_wrong_type_says_what_the_key_takes() {
+    let provider = "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\n";
+    let sync = |line: &str| format!("{provider}\n[syncs.s]\nprovider = \"exact\"\nendpoint = \"/x\"\n{line}\n");
+    let seconds = "must be a whole number of seconds between 60 and 31536000 (365 days)";
+    let cases = [
+        (
+            sync("interval_secs = 99999999999999999999"),
+            "syncs.s.interval_secs",
+            format!("{seconds}; 99999999999999999999 is above the maximum of 31536000"),
+        ),
+        (
+            sync("interval_secs = -5"),
+            "syncs.s.interval_secs",
+            format!("{seconds}; -5 is below the minimum of 60"),
+        ),
+        (
+            sync("interval_secs = 31536001"),
+            "syncs.s.interval_secs",
+            format!("{seconds}; 31536001 is above the maximum of 31536000"),
+        ),
+        (
+            sync("interval_secs = \"900\""),
+            "syncs.s.interval_secs",
+            format!("{seconds}; got the string \"900\" (write the number without quotes)"),
+        ),
+        (
+            sync("interval_secs = 1.5"),
+            "syncs.s.interval_secs",
+            format!("{seconds}; got `1.5`, which is not whole"),
+        ),
+        (
+            sync("mode = \"incremental\"\ncursor_field = \"T\"\nsweep_interval_secs = 0"),
+            "syncs.s.sweep_interval_secs",
+            format!("{seconds}; 0 is below the minimum of 60"),
+        ),
+        (
+            sync("mode = \"incremental\"\ncursor_field = \"T\"\ndeleted_entity_type = 99999999999"),
+            "syncs.s.deleted_entity_type",
+            "must be a whole number between 0 and 2147483647; 99999999999 is above the maximum of 2147483647"
+                .to_owned(),
+        ),
+        (
+            format!("[service]\nrefresh_concurrency = 99999999999999999999\n{provider}"),
+            "service.refresh_concurrency",
+            "must be a whole number between 1 and 256; 99999999999999999999 is above the maximum of 256".to_owned(),
+        ),
+        (
+            format!("{provider}refresh_lead_secs = -1\n"),
+            "providers.exact.refresh_lead_secs",
+            "must be a whole number of seconds between 0 and 86400 (1 day); -1 is below the minimum of 0".to_owned(),
+        ),
+        (
+            format!("{provider}refresh_token_idle_secs = 60\n"),
+            "providers.exact.refresh_token_idle_secs",
+            "must be a whole number of seconds between 3600 and 315360000 (3650 days); 60 is below the minimum of 3600"
+                .to_owned(),
+        ),
+        (
+            format!("{provider}error_budget_per_hour = 0\n"),
+            "providers.exact.error_budget_per_hour",
+            "must be a whole number between 1 and 100000; 0 is below the minimum of 1".to_owned(),
+        ),
+        (
+            format!("{provider}dead_token = [{{ status = 70000, equals = \"x\" }}]\n"),
+            "providers.exact.dead_token[0].status",
+            "must be an HTTP status between 100 and 599; 70000 is above the maximum of 599".to_owned(),
+        ),
+        (
+            format!("{provider}dead_token = [{{ status = 99, equals = \"x\" }}]\n"),
+            "providers.exact.dead_token",
+            "must be an HTTP status between 100 and 599; 99 is below the minimum of 100".to_owned(),
+        ),
+        (
+            format!("{provider}pagination = {{ style = \"page_number\", param = \"p\", first = -1 }}\n"),
+            "providers.exact.pagination",
+            "`first` must be a whole number between 0 and 1000000; -1 is below the minimum of 0".to_owned(),
+        ),
+    ];
+    for (text, field, message) in cases {
+        let e = err(&text);
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            (field, message.as_str()),
+            "{text}"
+        );
+        let key = field
+            .rsplit('.')
+            .next()
+            .and_then(|k| k.split('[').next())
+            .unwrap_or_default();
+        assert_eq!(e.line, line_of(&text, key), "{e}");
+    }
+}
+
+#[test]
+fn no_error_names_a_rust_type() {
+    let provider = "[providers.p]\npreset = \"google\"\ncredentials_secret = \"s\"\n";
+    let sync = "[syncs.s]\nprovider = \"p\"\nendpoint = \"/x\"\n";
+    let mut texts: Vec<String> = Vec::new();
+    for value in [
+        "-1",
+        "99999999999999999999",
+        "999999999999999999999999999999999999999999",
+        "1.5",
+        "nan",
+        "\"7\"",
+        "true",
+        "[]",
+        "{}",
+        "1979-05-27",
+    ] {
+        for key in [
+            "refresh_lead_secs",
+            "min_refresh_interval_secs",
+            "reuse_grace_secs",
+            "refresh_token_idle_secs",
+            "default_expires_in_secs",
+            "error_budget_per_hour",
+            "pkce",
+            "scopes",
+            "params",
+            "dead_token",
+            "pagination",
+            "rate_limits",
+            "preset",
+            "display_name",
+        ] {
+            texts.push(format!("{provider}{key} = {value}\n"));
+        }
+        texts.push(format!(
+            "{provider}dead_token = [{{ status = {value}, equals = \"x\" }}]\n"
+        ));
+        texts.push(format!("{provider}dead_token = [{value}]\n"));
+        texts.push(format!("{provider}rate_limits = [{value}]\n"));
+        texts.push(format!(
+            "{provider}pagination = {{ style = \"offset\", offset_param = \"o\", limit_param = \"l\", first = {value} }}\n"
+        ));
+        for key in [
+            "interval_secs",
+            "sweep_interval_secs",
+            "deleted_entity_type",
+            "query",
+            "primary_key",
+        ] {
+            texts.push(format!("{provider}{sync}{key} = {value}\n"));
+        }
+        texts.push(format!("[service]\nrefresh_concurrency = {value}\n{provider}"));
+        texts.push(format!("[service]\nreturn_url_allow_list = {value}\n{provider}"));
+        texts.push(format!("service = {value}\n{provider}"));
+        texts.push(format!("providers = {value}\n"));
+        texts.push(format!("[providers]\np = {value}\n"));
+        texts.push(format!("[syncs]\ns = {value}\n{provider}"));
+    }
+    let mut messages = 0;
+    let mut wrong = Vec::new();
+    for text in &texts {
+        if let Err(errors) = parse(text) {
+            for e in &errors {
+                messages += 1;
+                if let Some(name) = limits::names_a_rust_type(&e.message) {
+                    wrong.push(format!("{name}: {e}"));
+                }
+            }
+        }
+    }
+    assert_eq!(wrong, Vec::<String>::new());
+    assert!(
+        messages > texts.len() / 2,
+        "{messages} errors from {} files",
+        texts.len()
+    );
+}

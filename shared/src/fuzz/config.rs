@@ -16,11 +16,13 @@ fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Config::parse(text, "oauth-sync.toml")
 }
 
-/// Each error is clear (one line, bounded, no planted secret), and so is
-/// the one-line summary a function's start-up failure logs.
+/// Each error is clear (one line, bounded, no planted secret, no Rust type
+/// name), and so is the one-line summary a function's start-up failure logs.
 fn assert_clear_errors(errors: &ConfigErrors, secrets: &[&str]) -> Result<(), TestCaseError> {
     for error in errors {
         assert_clear_error(error, secrets)?;
+        let rust_type = crate::config::names_a_rust_type(&error.message);
+        prop_assert!(rust_type.is_none(), "names {rust_type:?}: {error}");
     }
     assert_clear_error(&errors.in_one_line(), secrets)
 }
