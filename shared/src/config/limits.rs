@@ -232,6 +232,104 @@ fn number_in_words(key: &str, message: &str) -> Option<String> {
     Some(format!("must be {words}; {got}"))
 }
 
+/// The most characters of a provider, sync or webhook name (a table's
+/// `NAME`): it is part of URLs, record keys and webhook ids.
+pub const MAX_NAME_CHARS: usize = 64;
+/// The most characters of a provider's `display_name`, which the login
+/// pages show ("Connect your … account").
+pub const MAX_DISPLAY_NAME_CHARS: usize = 100;
+/// The most characters of one scope (`scopes`, `offline_scope`); the
+/// longest real ones are URLs of about 60.
+pub const MAX_SCOPE_CHARS: usize = 200;
+
+/// Which characters a table's `NAME` may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameChars {
+    /// `a-z 0-9 _ -`: providers (in URLs) and webhooks (in webhook ids).
+    Lower,
+    /// `A-Z a-z 0-9 _ - .`: syncs (in record keys).
+    Mixed,
+}
+
+/// A problem with the `NAME` of `[providers.NAME]` (`kind` "provider"),
+/// `[syncs.NAME]` or `[webhooks.NAME]`; `why` says where the name goes.
+pub(crate) fn check_name(kind: &str, name: &str, chars: NameChars, why: &str) -> Result<(), FieldProblem> {
+    let (allowed, listed): (fn(u8) -> bool, &str) = match chars {
+        NameChars::Lower => (
+            |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-',
+            "a-z, 0-9, `_` and `-`",
+        ),
+        NameChars::Mixed => (
+            |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.',
+            "A-Z a-z 0-9 `_` `-` `.`",
+        ),
+    };
+    if name.is_empty() || !name.bytes().all(allowed) {
+        return Err(("", format!("{kind} name `{name}` may use only {listed} ({why})")));
+    }
+    if name.len() > MAX_NAME_CHARS {
+        return Err((
+            "",
+            format!(
+                "{kind} name `{name}` has {} characters; at most {MAX_NAME_CHARS} ({why})",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A problem with a provider's `display_name`: 1 to
+/// [`MAX_DISPLAY_NAME_CHARS`] characters on one line, none of them
+/// invisible formatting (a right-to-left override would make the page read
+/// other than what was written), as a connect link's label.
+pub(crate) fn check_display_name(text: &str) -> Result<(), String> {
+    let length = text.chars().count();
+    let shown = "the login pages show it";
+    if text.trim().is_empty() {
+        return Err(format!(
+            "must not be empty ({shown}; leave it out to show the provider's key)"
+        ));
+    }
+    if length > MAX_DISPLAY_NAME_CHARS {
+        return Err(format!(
+            "has {length} characters; at most {MAX_DISPLAY_NAME_CHARS} ({shown})"
+        ));
+    }
+    let hidden =
+        |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || crate::text::is_invisible_format(c);
+    if text.chars().any(hidden) {
+        return Err(format!(
+            "must be one line without control or invisible formatting characters ({shown})"
+        ));
+    }
+    Ok(())
+}
+
+/// A problem with one scope: RFC 6749 §3.3 `scope-token`, at most
+/// [`MAX_SCOPE_CHARS`] characters. A space would make it two scopes.
+pub(crate) fn check_scope(scope: &str) -> Result<(), String> {
+    let token = |c: char| matches!(c, '\x21' | '\x23'..='\x5B' | '\x5D'..='\x7E');
+    if scope.chars().any(|c| c == ' ') && scope.split(' ').all(|s| s.chars().all(token)) {
+        return Err(format!(
+            "`{scope}` is several scopes: write each as its own list item ([\"a\", \"b\"], not \"a b\")"
+        ));
+    }
+    if scope.is_empty() || !scope.chars().all(token) {
+        return Err(format!(
+            "`{scope}` is not a scope: 1 to {MAX_SCOPE_CHARS} printable ASCII characters other than space, `\"` \
+             and `\\` (RFC 6749 §3.3)"
+        ));
+    }
+    if scope.len() > MAX_SCOPE_CHARS {
+        return Err(format!(
+            "`{scope}` has {} characters; a scope has at most {MAX_SCOPE_CHARS}",
+            scope.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Rust's names for types, which mean nothing to a person writing TOML.
 #[cfg(test)]
 const RUST_TYPE_NAMES: [&str; 17] = [

@@ -38,8 +38,10 @@ use url::Url;
 use discovery::{Discovered, ServerMetadata};
 use errors::{CREDENTIALS_NEVER_HERE, Locator};
 pub use errors::{ConfigError, ConfigErrors, QUOTE_LIMIT, cut_quoted};
+use limits::NameChars;
 #[cfg(test)]
 pub(crate) use limits::names_a_rust_type;
+pub use limits::{MAX_DISPLAY_NAME_CHARS, MAX_NAME_CHARS, MAX_SCOPE_CHARS};
 use provider::ProviderEntry;
 pub use provider::{
     ClientAuth, DeadTokenRule, DeletedFeed, Discovery, IncrementalFilter, PRESETS_TOML, Pagination, PresetName,
@@ -508,17 +510,10 @@ fn all_problems<T>(mut problems: Vec<FieldProblem>, rest: Result<T, FieldProblem
 /// Every problem of one provider table: its name, credentials written in
 /// the file, and the first problem of its settings.
 fn resolve_provider(name: &str, entry: ProviderEntry, discovered: &Discovered) -> Result<Provider, Vec<FieldProblem>> {
-    let mut problems = Vec::new();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        problems.push((
-            "",
-            format!("provider name `{name}` may use only a-z, 0-9, `_` and `-` (it appears in URLs)"),
-        ));
-    }
+    let mut problems: Vec<FieldProblem> = limits::check_name("provider", name, NameChars::Lower, "it appears in URLs")
+        .err()
+        .into_iter()
+        .collect();
     for (key, value) in [("client_id", &entry.client_id), ("client_secret", &entry.client_secret)] {
         if value.is_some() {
             problems.push((key, CREDENTIALS_NEVER_HERE.to_owned()));
@@ -530,7 +525,8 @@ fn resolve_provider(name: &str, entry: ProviderEntry, discovered: &Discovered) -
     all_problems(problems, provider_settings(name, entry, discovered))
 }
 
-/// What is out of bounds in a provider's settings, each key on its own.
+/// What is out of bounds in a provider's settings (numbers, the display
+/// name, scopes), each key on its own.
 fn settings_problems(settings: &ProviderSettings) -> Vec<FieldProblem> {
     let numbers = [
         ("refresh_lead_secs", Some(settings.refresh_lead_secs)),
@@ -545,10 +541,26 @@ fn settings_problems(settings: &ProviderSettings) -> Vec<FieldProblem> {
         .iter()
         .filter_map(|rule| rule.status)
         .map(|status| limits::check_whole("status", status).map_err(|(_, message)| ("dead_token", message)));
+    let display_name = settings
+        .display_name
+        .iter()
+        .map(|text| limits::check_display_name(text).map_err(|message| ("display_name", message)));
+    let scopes = settings
+        .scopes
+        .iter()
+        .map(|scope| limits::check_scope(scope).map_err(|message| ("scopes", message)))
+        .chain(
+            settings
+                .offline_scope
+                .iter()
+                .map(|scope| limits::check_scope(scope).map_err(|message| ("offline_scope", message))),
+        );
     numbers
         .into_iter()
         .filter_map(|(key, value)| Some(limits::check_whole(key, value?)))
         .chain(statuses)
+        .chain(display_name)
+        .chain(scopes)
         .filter_map(Result::err)
         .collect()
 }

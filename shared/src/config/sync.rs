@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::NameChars;
 use super::{DeletedFeed, FieldProblem, IncrementalFilter, Pagination, Provider, all_problems, limits};
 
 /// How a sync pulls.
@@ -109,17 +110,11 @@ pub(crate) fn resolve(
     providers: &BTreeMap<String, Provider>,
     broken: &BTreeSet<String>,
 ) -> Result<Sync, Vec<FieldProblem>> {
-    let mut problems = Vec::new();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-    {
-        problems.push((
-            "",
-            format!("sync name `{name}` may use only A-Z a-z 0-9 `_` `-` `.` (it is part of record keys)"),
-        ));
-    }
+    let mut problems: Vec<FieldProblem> =
+        limits::check_name("sync", name, NameChars::Mixed, "it is part of record keys")
+            .err()
+            .into_iter()
+            .collect();
     let numbers = [
         ("interval_secs", entry.interval_secs.map(i128::from)),
         ("sweep_interval_secs", entry.sweep_interval_secs.map(i128::from)),

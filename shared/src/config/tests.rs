@@ -1091,3 +1091,86 @@ fn no_error_names_a_rust_type() {
         texts.len()
     );
 }
+
+#[test]
+fn text_shown_to_people_is_capped_and_one_line() {
+    let provider = |line: &str| format!("[providers.p]\npreset = \"google\"\ncredentials_secret = \"s\"\n{line}\n");
+    let fits = "é".repeat(MAX_DISPLAY_NAME_CHARS);
+    let config = parse(&provider(&format!("display_name = \"{fits}\""))).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.providers["p"].settings.display_name.as_deref(),
+        Some(fits.as_str())
+    );
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let cases = [
+        (
+            format!("display_name = \"{huge}\""),
+            "providers.p.display_name",
+            "has 5242880 characters; at most 100 (the login pages show it)",
+        ),
+        (
+            format!("display_name = \"{fits}e\""),
+            "providers.p.display_name",
+            "has 101 characters; at most 100",
+        ),
+        (
+            "display_name = \" \"".to_owned(),
+            "providers.p.display_name",
+            "must not be empty",
+        ),
+        (
+            "display_name = \"Acme \\u202Egnp.exe\"".to_owned(),
+            "providers.p.display_name",
+            "invisible formatting",
+        ),
+        (
+            "display_name = \"a\\nb\"".to_owned(),
+            "providers.p.display_name",
+            "one line",
+        ),
+        (
+            "scopes = [\"openid email\"]".to_owned(),
+            "providers.p.scopes",
+            "`openid email` is several scopes: write each as its own list item",
+        ),
+        (
+            format!("scopes = [\"{}\"]", "s".repeat(MAX_SCOPE_CHARS + 1)),
+            "providers.p.scopes",
+            "has 201 characters; a scope has at most 200",
+        ),
+        (
+            "offline_scope = \"\"".to_owned(),
+            "providers.p.offline_scope",
+            "is not a scope",
+        ),
+    ];
+    for (line, field, says) in cases {
+        let e = err(&provider(&line));
+        assert_eq!((e.line, e.field.as_str()), (4, field), "{e}");
+        assert!(e.message.contains(says), "{e}");
+        assert!(e.to_string().len() < 400, "{e}");
+    }
+}
+
+#[test]
+fn names_have_at_most_64_characters() {
+    let name = "n".repeat(MAX_NAME_CHARS);
+    let text = |name: &str| {
+        format!(
+            "[providers.{name}]\npreset = \"google\"\ncredentials_secret = \"s\"\n\n\
+             [syncs.{name}]\nprovider = \"{name}\"\nendpoint = \"/x\"\n\n\
+             [webhooks.{name}]\nurl = \"https://h.example/x\"\nevents = [\"*\"]\nsigning_secret = \"s\"\n"
+        )
+    };
+    let config = parse(&text(&name)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.providers.contains_key(&name) && config.syncs.contains_key(&name));
+    let long = format!("{name}n");
+    let found = errs(&text(&long));
+    let found: Vec<(usize, &str)> = found.iter().map(|e| (e.line, e.message.as_str())).collect();
+    assert_eq!(found.len(), 3, "{found:?}");
+    for ((line, message), (want, kind)) in found.iter().zip([(1, "provider"), (5, "sync"), (9, "webhook")]) {
+        assert_eq!(*line, want, "{message}");
+        assert!(message.starts_with(&format!("{kind} name `nnn")), "{message}");
+        assert!(message.contains("has 65 characters; at most 64"), "{message}");
+    }
+}

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use url::Url;
 
+use super::limits::{self, NameChars};
 use super::{FieldProblem, all_problems};
 
 /// The event types the functions put on the bus (`detail-type`, source
@@ -100,17 +101,11 @@ pub fn webhook_url_allowed(url: &Url) -> bool {
 /// Every problem of one webhook table: its name, and the first problem of
 /// its settings.
 pub(crate) fn resolve(name: &str, entry: WebhookEntry) -> Result<Webhook, Vec<FieldProblem>> {
-    let mut problems = Vec::new();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        problems.push((
-            "",
-            format!("webhook name `{name}` may use only a-z, 0-9, `_` and `-` (it is part of every webhook-id)"),
-        ));
-    }
+    let problems: Vec<FieldProblem> =
+        limits::check_name("webhook", name, NameChars::Lower, "it is part of every webhook-id")
+            .err()
+            .into_iter()
+            .collect();
     all_problems(problems, resolve_with(name, entry))
 }
 

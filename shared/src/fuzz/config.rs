@@ -198,8 +198,9 @@ fn valid_provider() -> impl Strategy<Value = ValidProvider> {
         "[a-z0-9_-]{1,20}",
         preset(),
         any::<String>(),
-        any::<String>(),
-        proptest::collection::vec(any::<String>(), 0..4),
+        // One line a person can read (config::MAX_DISPLAY_NAME_CHARS), and RFC 6749 scope tokens.
+        "[^\\p{C}\\p{Z}][^\\p{C}\\p{Zl}\\p{Zp}]{0,99}",
+        proptest::collection::vec("[!#-\\[\\]-~]{1,40}", 0..4),
         0u64..=30,
         any::<bool>(),
         proptest::collection::btree_map("x_[a-z_]{1,10}", any::<String>(), 0..3),
