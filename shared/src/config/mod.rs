@@ -23,6 +23,7 @@ pub mod discovery;
 mod errors;
 mod limits;
 mod provider;
+mod service;
 mod sync;
 mod template;
 mod webhooks;
@@ -30,7 +31,6 @@ mod webhooks;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 use toml::de::DeValue;
 use url::Url;
@@ -47,6 +47,8 @@ pub use provider::{
     ClientAuth, DeadTokenRule, DeletedFeed, Discovery, IncrementalFilter, PRESETS_TOML, Pagination, PresetName,
     ProviderSettings, RateLimitHeaders, ResetFormat, provider_message,
 };
+use service::ServiceEntry;
+pub use service::{DEFAULT_REFRESH_CONCURRENCY, MAX_REFRESH_CONCURRENCY, ServiceSettings};
 pub use sync::{Sync, SyncMode};
 pub use template::{CONNECTION_PLACEHOLDERS, MAX_FILLED_LEN, TemplateError, fill_template};
 pub use webhooks::{EVENT_TYPES, EventPattern, Webhook, webhook_url_allowed};
@@ -62,77 +64,6 @@ pub struct Config {
     pub syncs: BTreeMap<String, Sync>,
     /// `[webhooks.NAME]`: endpoints outside AWS that get signed events.
     pub webhooks: BTreeMap<String, Webhook>,
-}
-
-/// Deployment-wide settings (`[service]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSettings {
-    /// The deployed `/callback` URL (the stack's `CallbackUrl` output). Each
-    /// provider's redirect URI is this plus `/{provider}`
-    /// ([`ServiceSettings::redirect_uri`]): one per authorization server, the
-    /// RFC 9700 mix-up defence.
-    #[serde(default, deserialize_with = "de_opt_url")]
-    pub callback_url: Option<Url>,
-    /// Secrets Manager secret holding the token-encryption key ring.
-    #[serde(default = "default_token_key_secret")]
-    pub token_key_secret: String,
-    /// Secrets Manager secret holding the connect-link signing key.
-    #[serde(default = "default_link_key_secret")]
-    pub link_key_secret: String,
-    /// Where a finished login may send the user back to.
-    #[serde(default, deserialize_with = "de_url_list")]
-    pub return_url_allow_list: Vec<Url>,
-    /// Refreshes one token-refresher run keeps in flight (1–256). By
-    /// Little's law a run carries this many ÷ the provider's token-endpoint
-    /// latency refreshes a second: 16 at 300 ms is about 50/s.
-    #[serde(default = "default_refresh_concurrency")]
-    pub refresh_concurrency: usize,
-}
-
-impl ServiceSettings {
-    /// The redirect URI of one provider: `{callback_url}/{provider}`. One per
-    /// provider, so the path names the authorization server the answer must
-    /// come from (RFC 9700 §4.4 mix-up defence). Register exactly this.
-    pub fn redirect_uri(&self, provider: &str) -> Option<Url> {
-        let mut url = self.callback_url.clone()?;
-        let path = format!("{}/{provider}", url.path().trim_end_matches('/'));
-        url.set_path(&path);
-        url.set_query(None);
-        url.set_fragment(None);
-        Some(url)
-    }
-}
-
-impl ServiceSettings {
-    /// What serde cannot check.
-    fn problems(&self) -> Vec<FieldProblem> {
-        let concurrency = i128::try_from(self.refresh_concurrency).unwrap_or(i128::MAX);
-        limits::check_whole("refresh_concurrency", concurrency)
-            .err()
-            .into_iter()
-            .collect()
-    }
-}
-
-impl Default for ServiceSettings {
-    fn default() -> Self {
-        Self {
-            callback_url: None,
-            token_key_secret: default_token_key_secret(),
-            link_key_secret: default_link_key_secret(),
-            return_url_allow_list: Vec::new(),
-            refresh_concurrency: default_refresh_concurrency(),
-        }
-    }
-}
-
-fn default_token_key_secret() -> String {
-    "oauth-sync/token-keys".to_owned()
-}
-
-fn default_link_key_secret() -> String {
-    "oauth-sync/link-key".to_owned()
 }
 
 /// One configured provider.
@@ -300,23 +231,20 @@ impl Config {
         let mut errors = tables.errors;
         let has_providers = !tables.providers.is_empty();
 
-        let service =
-            match tables.service {
-                None => ServiceSettings::default(),
-                Some(value) => {
-                    let span = value.span();
-                    let service = locate.deserialize("service", value).map_err(|e| vec![e]).and_then(
-                        |service: ServiceSettings| match service.problems() {
-                            problems if problems.is_empty() => Ok(service),
-                            problems => Err(locate.problems(&span, "service", problems)),
-                        },
-                    );
-                    service.unwrap_or_else(|found| {
-                        errors.extend(found);
-                        ServiceSettings::default()
-                    })
-                }
-            };
+        let service = match tables.service {
+            None => ServiceSettings::default(),
+            Some(value) => {
+                let span = value.span();
+                let service = locate
+                    .deserialize::<ServiceEntry>("service", value)
+                    .map_err(|e| vec![e])
+                    .and_then(|entry| service::resolve(&locate, span, entry));
+                service.unwrap_or_else(|found| {
+                    errors.extend(found);
+                    ServiceSettings::default()
+                })
+            }
+        };
 
         let mut providers = BTreeMap::new();
         let mut broken = BTreeSet::new();
@@ -743,28 +671,6 @@ pub fn parse_http_url(text: &str) -> Result<Url, String> {
             "invalid URL `{text}`: expected an http:// or https:// URL with a host"
         )),
     }
-}
-
-fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_http_url(&text).map(Some).map_err(serde::de::Error::custom)
-}
-
-/// The refresher's default: 16 refreshes in flight.
-pub const DEFAULT_REFRESH_CONCURRENCY: usize = 16;
-/// The most refreshes one run may keep in flight.
-pub const MAX_REFRESH_CONCURRENCY: usize = 256;
-
-fn default_refresh_concurrency() -> usize {
-    DEFAULT_REFRESH_CONCURRENCY
-}
-
-fn de_url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Url>, D::Error> {
-    let texts = Vec::<String>::deserialize(d)?;
-    texts
-        .iter()
-        .map(|t| parse_http_url(t).map_err(serde::de::Error::custom))
-        .collect()
 }
 
 #[cfg(test)]

@@ -1174,3 +1174,25 @@ fn names_have_at_most_64_characters() {
         assert!(message.contains("has 65 characters; at most 64"), "{message}");
     }
 }
+
+#[test]
+fn an_allow_list_entry_that_no_return_url_is_matched_on_is_refused_at_its_place() {
+    let text = "[service]\nreturn_url_allow_list = [\n  \"https://app.example.com/connected\",\n  \
+                \"https://user:pw-planted@app.example.com/\",\n  \"https://app.example.com/done#top\",\n  \
+                \"http://app.example.com/back\",\n]\n\n[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n";
+    let found = errs(text);
+    let places: Vec<(usize, usize, &str)> = found.iter().map(|e| (e.line, e.column, e.field.as_str())).collect();
+    let field = "service.return_url_allow_list";
+    assert_eq!(places, [(4, 3, field), (5, 3, field), (6, 3, field)]);
+    assert!(found[0].message.contains("has user info"), "{}", found[0]);
+    assert!(found[1].message.contains("remove `#top`"), "{}", found[1]);
+    assert!(found[2].message.contains("must be https"), "{}", found[2]);
+    let shown = parse(text).expect_err("refused").to_string();
+    assert!(!shown.contains("planted"), "{shown}");
+    let config = parse(
+        "[service]\nreturn_url_allow_list = [\"https://app.example.com/connected\", \"http://127.0.0.1:3000/\"]\n\
+         [providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.service.return_url_allow_list.len(), 2);
+}
