@@ -111,6 +111,53 @@ fn config_check_reports_every_mistake_and_push_writes_nothing() {
     assert!(push_stderr.ends_with("error: nothing was written\n"), "{push_stderr}");
 }
 
+/// The errors docs/configuration.md shows are what `config check` prints
+/// for its copy of the example with six mistakes.
+#[test]
+fn the_documented_config_check_output_is_real() {
+    let docs = std::fs::read_to_string(format!("{}/../docs/configuration.md", env!("CARGO_MANIFEST_DIR")))
+        .expect("docs/configuration.md");
+    let section = &docs[docs.find("## The configuration file").expect("the section")..];
+    let block = &section[section
+        .find("$ oauth-sync config check oauth-sync.toml\n")
+        .expect("the example")..];
+    let documented: Vec<&str> = block.lines().skip(1).take_while(|l| l.starts_with("error: ")).collect();
+    let mut text = std::fs::read_to_string(example()).expect("example");
+    for (from, to) in [
+        (
+            "return_url_allow_list = [\"https://app.example.com/integrations\"]",
+            "return_url_allow_list = [\"https://app:s3cret@app.example.com/integrations\"]",
+        ),
+        ("preset = \"exact_online\"", "preset = \"exakt_online\""),
+        (
+            "params = { tenant = \"organizations\" }",
+            "params = { tennant = \"organizations\" }",
+        ),
+        (
+            "token_url = \"https://auth.crm.example/oauth/token\"",
+            "token_url = \"htp:/auth.crm.example/oauth/token\"",
+        ),
+        ("interval_secs = 900", "interval_secs = -900"),
+        ("interval_secs = 3600", "interval_secs = 99999999999999999999"),
+    ] {
+        assert_eq!(text.matches(from).count(), 1, "{from}");
+        text = text.replace(from, to);
+    }
+    let dir = std::env::temp_dir().join(format!("oauth-sync-docs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("oauth-sync.toml"), &text).expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_oauth-sync"))
+        .args(["config", "check", "oauth-sync.toml"])
+        .current_dir(&dir)
+        .output()
+        .expect("run oauth-sync");
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), documented);
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
 #[test]
 fn presets_are_listed() {
     let (ok, stdout, _) = oauth_sync(&["presets"]);

@@ -1,6 +1,8 @@
 //! The configuration file: one TOML file declares the providers (each from a
 //! built-in preset plus overrides) and the syncs. It is parsed once at start-up
-//! and every mistake is reported with the file, line, column and field.
+//! and every mistake is reported with the file, line, column and field, all
+//! at once ([`ConfigErrors`]): each table is read and checked on its own
+//! (`errors.rs` says how a mistake reads, `limits.rs` what a value may be).
 //!
 //! ```toml
 //! [service]

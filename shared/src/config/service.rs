@@ -133,7 +133,7 @@ fn return_url_entry(text: &str) -> Result<Url, String> {
         let host = url.host_str().unwrap_or_default();
         return Err(format!(
             "the entry for `{host}` has user info (`name:password@`): {matched}, and one with user info is \
-             always refused; remove it"
+             always refused; write the entry without it"
         ));
     }
     if let Some(query) = url.query() {
