@@ -248,62 +248,13 @@ impl Config {
             }
         };
 
-        let mut providers = BTreeMap::new();
-        let mut broken = BTreeSet::new();
-        for (name, value) in tables.providers {
-            let (span, table) = (value.span(), format!("providers.{name}"));
-            let resolved = locate
-                .deserialize(&table, value)
-                .map_err(|e| vec![e])
-                .and_then(|entry| {
-                    resolve_provider(&name, entry, discovered)
-                        .map_err(|problems| locate.problems(&span, &table, problems))
-                });
-            match resolved {
-                Ok(provider) => {
-                    providers.insert(name, provider);
-                }
-                Err(found) => {
-                    errors.extend(found);
-                    broken.insert(name);
-                }
-            }
-        }
-
-        let mut syncs = BTreeMap::new();
-        for (name, value) in tables.syncs {
-            let (span, table) = (value.span(), format!("syncs.{name}"));
-            let resolved = locate
-                .deserialize(&table, value)
-                .map_err(|e| vec![e])
-                .and_then(|entry| {
-                    sync::resolve(&name, entry, &providers, &broken)
-                        .map_err(|problems| locate.problems(&span, &table, problems))
-                });
-            match resolved {
-                Ok(sync) => {
-                    syncs.insert(name, sync);
-                }
-                Err(found) => errors.extend(found),
-            }
-        }
-
-        let mut webhooks = BTreeMap::new();
-        for (name, value) in tables.webhooks {
-            let (span, table) = (value.span(), format!("webhooks.{name}"));
-            let resolved = locate
-                .deserialize(&table, value)
-                .map_err(|e| vec![e])
-                .and_then(|entry| {
-                    webhooks::resolve(&name, entry).map_err(|problems| locate.problems(&span, &table, problems))
-                });
-            match resolved {
-                Ok(webhook) => {
-                    webhooks.insert(name, webhook);
-                }
-                Err(found) => errors.extend(found),
-            }
-        }
+        let (providers, broken) = read_each(&locate, "providers", tables.providers, &mut errors, |name, entry| {
+            resolve_provider(name, entry, discovered)
+        });
+        let (syncs, _) = read_each(&locate, "syncs", tables.syncs, &mut errors, |name, entry| {
+            sync::resolve(name, entry, &providers, &broken)
+        });
+        let (webhooks, _) = read_each(&locate, "webhooks", tables.webhooks, &mut errors, webhooks::resolve);
 
         if !has_providers {
             // An empty file is a mistake (a wrong path, a truncated upload), not a valid set-up.
@@ -361,6 +312,37 @@ impl Config {
             known: self.providers.keys().cloned().collect::<Vec<_>>().join(", "),
         })
     }
+}
+
+/// Each `[kind.NAME]` table read into its shape and resolved on its own:
+/// what the good ones make, by name, and the names of those with a mistake
+/// (each mistake, located, into `errors`).
+fn read_each<E: serde::de::DeserializeOwned, T>(
+    locate: &Locator<'_>,
+    kind: &str,
+    entries: Vec<(String, Spanned<DeValue<'_>>)>,
+    errors: &mut Vec<ConfigError>,
+    resolve: impl Fn(&str, E) -> Result<T, Vec<FieldProblem>>,
+) -> (BTreeMap<String, T>, BTreeSet<String>) {
+    let mut made = BTreeMap::new();
+    let mut broken = BTreeSet::new();
+    for (name, value) in entries {
+        let (span, table) = (value.span(), format!("{kind}.{name}"));
+        let resolved = locate
+            .deserialize(&table, value)
+            .map_err(|e| vec![e])
+            .and_then(|entry| resolve(&name, entry).map_err(|problems| locate.problems(&span, &table, problems)));
+        match resolved {
+            Ok(value) => {
+                made.insert(name, value);
+            }
+            Err(found) => {
+                errors.extend(found);
+                broken.insert(name);
+            }
+        }
+    }
+    (made, broken)
 }
 
 /// The file's text and the name errors give it.

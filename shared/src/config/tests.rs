@@ -1196,3 +1196,25 @@ fn an_allow_list_entry_that_no_return_url_is_matched_on_is_refused_at_its_place(
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.service.return_url_allow_list.len(), 2);
 }
+
+#[tokio::test]
+async fn a_discovery_document_that_cannot_be_fetched_is_one_error_among_the_others() {
+    // Nothing listens at the issuer: the fetch fails at once.
+    let text = "[providers.idp]\npreset = \"generic\"\ncredentials_secret = \"s\"\nissuer = \"http://127.0.0.1:9\"\n\n\
+                [providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\ndisplay_name = \"\"\n";
+    let e = Config::parse_and_discover(text, "oauth-sync.toml")
+        .await
+        .expect_err("unreachable");
+    let found: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(
+        found,
+        [(4, "providers.idp.issuer"), (9, "providers.g.display_name")],
+        "{e}"
+    );
+    assert!(
+        e.first()
+            .message
+            .starts_with("cannot fetch the OpenID Connect discovery document http://127.0.0.1:9/.well-known/"),
+        "{e}"
+    );
+}
