@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shared::aws::AwsClients;
-use shared::config::{CONFIG_ENV, Config, PresetName};
+use shared::config::{CONFIG_ENV, Config, ConfigErrors, PresetName};
 use shared::connection::store::ConnectionStore;
 use shared::connection::{ConnectionId, ConnectionKind, now_ms};
 use shared::login::{LinkKeys, LinkOrder, parse_lifetime};
@@ -345,9 +345,27 @@ async fn main() -> ExitCode {
             ExitCode::from(130)
         }
         Err(e) => {
-            eprintln!("error: {}", shared::telemetry::error_chain(e.as_ref()));
+            print_error(&e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `error: …` on stderr: one line per mistake in a configuration file
+/// (`file:line:column: field: message`), then what the command says about
+/// them (`nothing was written`); any other error with its causes on one line.
+fn print_error(error: &anyhow::Error) {
+    match error.chain().find_map(|e| e.downcast_ref::<ConfigErrors>()) {
+        Some(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            let context = error.to_string();
+            if context != errors.to_string() {
+                eprintln!("error: {context}");
+            }
+        }
+        None => eprintln!("error: {}", shared::telemetry::error_chain(error.as_ref())),
     }
 }
 

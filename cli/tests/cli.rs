@@ -67,6 +67,97 @@ fn a_typo_fails_with_file_line_and_field() {
     assert!(stderr.contains("unknown field `tokn_url`"), "{stderr}");
 }
 
+/// Every mistake of a file, one `error:` line each in file order, and a
+/// failing exit; `config push` of that file writes nothing.
+#[test]
+fn config_check_reports_every_mistake_and_push_writes_nothing() {
+    let text = std::fs::read_to_string(example())
+        .expect("example")
+        .replace("token_url = \"https://auth", "tokn_url = \"https://auth")
+        .replace("provider = \"exact\"", "provider = \"exakt\"")
+        .replace("interval_secs = 3600", "interval_secs = 10");
+    let path = std::env::temp_dir().join(format!("oauth-sync-mistakes-{}.toml", std::process::id()));
+    std::fs::write(&path, &text).expect("write");
+    let file = path.to_str().expect("utf8 path");
+    let (ok, stdout, stderr) = oauth_sync(&["config", "check", file]);
+    let (pushed, _, push_stderr) = oauth_sync_with(
+        &["config", "push", file],
+        &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9"), ("AWS_REGION", "eu-west-1")],
+    );
+    std::fs::remove_file(&path).ok();
+    assert!(!ok && !stdout.contains("valid"), "{stdout}");
+    let line = |needle: &str| 1 + text.lines().position(|l| l.contains(needle)).expect(needle);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let wanted = [
+        format!(
+            "{file}:{}:1: providers.crm.tokn_url: unknown field `tokn_url`",
+            line("tokn_url")
+        ),
+        format!(
+            "{file}:{}:1: syncs.exact_projects.provider: unknown provider `exakt`",
+            line("exakt")
+        ),
+        format!(
+            "{file}:{}:1: syncs.graph_contacts.interval_secs: ",
+            line("interval_secs = 10")
+        ),
+    ];
+    assert_eq!(lines.len(), wanted.len(), "{stderr}");
+    for (got, wanted) in lines.iter().zip(&wanted) {
+        assert!(got.starts_with(&format!("error: {wanted}")), "{got}\nwanted {wanted}");
+    }
+    assert!(!pushed, "{push_stderr}");
+    assert!(push_stderr.starts_with(&stderr), "the same errors:\n{push_stderr}");
+    assert!(push_stderr.ends_with("error: nothing was written\n"), "{push_stderr}");
+}
+
+/// The errors docs/configuration.md shows are what `config check` prints
+/// for its copy of the example with six mistakes.
+#[test]
+fn the_documented_config_check_output_is_real() {
+    let docs = std::fs::read_to_string(format!("{}/../docs/configuration.md", env!("CARGO_MANIFEST_DIR")))
+        .expect("docs/configuration.md");
+    let section = &docs[docs.find("## The configuration file").expect("the section")..];
+    let block = &section[section
+        .find("$ oauth-sync config check oauth-sync.toml\n")
+        .expect("the example")..];
+    let documented: Vec<&str> = block.lines().skip(1).take_while(|l| l.starts_with("error: ")).collect();
+    let mut text = std::fs::read_to_string(example()).expect("example");
+    for (from, to) in [
+        (
+            "return_url_allow_list = [\"https://app.example.com/integrations\"]",
+            "return_url_allow_list = [\"https://app:s3cret@app.example.com/integrations\"]",
+        ),
+        ("preset = \"exact_online\"", "preset = \"exakt_online\""),
+        (
+            "params = { tenant = \"organizations\" }",
+            "params = { tennant = \"organizations\" }",
+        ),
+        (
+            "token_url = \"https://auth.crm.example/oauth/token\"",
+            "token_url = \"htp:/auth.crm.example/oauth/token\"",
+        ),
+        ("interval_secs = 900", "interval_secs = -900"),
+        ("interval_secs = 3600", "interval_secs = 99999999999999999999"),
+    ] {
+        assert_eq!(text.matches(from).count(), 1, "{from}");
+        text = text.replace(from, to);
+    }
+    let dir = std::env::temp_dir().join(format!("oauth-sync-docs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("oauth-sync.toml"), &text).expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_oauth-sync"))
+        .args(["config", "check", "oauth-sync.toml"])
+        .current_dir(&dir)
+        .output()
+        .expect("run oauth-sync");
+    std::fs::remove_dir_all(&dir).ok();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), documented);
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
 #[test]
 fn presets_are_listed() {
     let (ok, stdout, _) = oauth_sync(&["presets"]);

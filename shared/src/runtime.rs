@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use crate::aws::AwsClients;
-use crate::config::{CONFIG_ENV, Config, ConfigError};
+use crate::config::{CONFIG_ENV, Config, ConfigErrors};
 use crate::connection::store::ConnectionStore;
 use crate::refresh::{LoadError, RefreshSettings, TokenService};
 use crate::secrets::{SecretStore, SecretsError};
@@ -29,8 +29,10 @@ pub const CONFIG_SECRET_ENV: &str = "OAUTH_SYNC_CONFIG_SECRET";
 /// Why a binary cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("configuration: {0}")]
-    Config(#[from] ConfigError),
+    /// The first mistake and how many follow, on one line (`oauth-sync
+    /// config check` lists them all).
+    #[error("configuration: {}", .0.in_one_line())]
+    Config(ConfigErrors),
     #[error("configuration secret: {0}")]
     Secret(#[from] SecretsError),
     #[error("environment variable {0} is not set")]
@@ -39,6 +41,12 @@ pub enum StartupError {
     TokenService(#[from] LoadError),
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+}
+
+impl From<ConfigErrors> for StartupError {
+    fn from(errors: ConfigErrors) -> Self {
+        StartupError::Config(errors)
+    }
 }
 
 /// Clients and configuration, built once per process and borrowed by handlers.

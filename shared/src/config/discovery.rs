@@ -235,15 +235,29 @@ pub async fn fetch(http: &reqwest::Client, issuer: &str) -> Result<ServerMetadat
 /// Fetches the documents of several issuers at once. The first failure (in
 /// issuer order) is the answer, with the issuer it is about.
 pub async fn fetch_all(issuers: impl IntoIterator<Item = String>) -> Result<Discovered, (String, DiscoveryError)> {
+    let (discovered, failures) = fetch_each(issuers).await;
+    match failures.into_iter().next() {
+        Some(failure) => Err(failure),
+        None => Ok(discovered),
+    }
+}
+
+/// Fetches the documents of several issuers at once: those that could be
+/// used, and each failure with its issuer, in issuer order.
+pub async fn fetch_each(issuers: impl IntoIterator<Item = String>) -> (Discovered, Vec<(String, DiscoveryError)>) {
     let mut issuers: Vec<String> = issuers.into_iter().collect();
     issuers.sort();
     issuers.dedup();
-    let http = crate::http::client(FETCH_TIMEOUT, crate::http::Pooling::Off).map_err(|e| {
-        (
-            issuers.first().cloned().unwrap_or_default(),
-            DiscoveryError::NoClient(e.to_string()),
-        )
-    })?;
+    let http = match crate::http::client(FETCH_TIMEOUT, crate::http::Pooling::Off) {
+        Ok(http) => http,
+        Err(e) => {
+            let failures = issuers
+                .into_iter()
+                .map(|issuer| (issuer, DiscoveryError::NoClient(e.to_string())))
+                .collect();
+            return (Discovered::new(), failures);
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for issuer in &issuers {
         let (http, issuer) = (http.clone(), issuer.clone());
@@ -259,12 +273,13 @@ pub async fn fetch_all(issuers: impl IntoIterator<Item = String>) -> Result<Disc
         }
     }
     let mut discovered = Discovered::new();
+    let mut failures = Vec::new();
     for issuer in issuers {
         match answers.remove(&issuer) {
             Some(Ok(metadata)) => {
                 discovered.insert(issuer, metadata);
             }
-            Some(Err(e)) => return Err((issuer, e)),
+            Some(Err(e)) => failures.push((issuer, e)),
             None => {
                 let e = match document_url(&issuer) {
                     Ok(url) => DiscoveryError::Unreachable {
@@ -273,11 +288,11 @@ pub async fn fetch_all(issuers: impl IntoIterator<Item = String>) -> Result<Disc
                     },
                     Err(e) => e,
                 };
-                return Err((issuer, e));
+                failures.push((issuer, e));
             }
         }
     }
-    Ok(discovered)
+    (discovered, failures)
 }
 
 /// What an error quotes of a value the server sent: at most 60 characters,

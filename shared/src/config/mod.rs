@@ -1,6 +1,8 @@
 //! The configuration file: one TOML file declares the providers (each from a
 //! built-in preset plus overrides) and the syncs. It is parsed once at start-up
-//! and every mistake is reported with the file, line, column and field.
+//! and every mistake is reported with the file, line, column and field, all
+//! at once ([`ConfigErrors`]): each table is read and checked on its own
+//! (`errors.rs` says how a mistake reads, `limits.rs` what a value may be).
 //!
 //! ```toml
 //! [service]
@@ -20,29 +22,37 @@
 //! ```
 
 pub mod discovery;
+mod errors;
+mod limits;
 mod provider;
+mod service;
 mod sync;
 mod template;
 mod webhooks;
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::ops::Range;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+use toml::de::DeValue;
 use url::Url;
 
 use discovery::{Discovered, ServerMetadata};
+use errors::{CREDENTIALS_NEVER_HERE, Locator};
+pub use errors::{ConfigError, ConfigErrors, QUOTE_LIMIT, cut_quoted};
+use limits::NameChars;
+#[cfg(test)]
+pub(crate) use limits::names_a_rust_type;
+pub use limits::{MAX_DISPLAY_NAME_CHARS, MAX_NAME_CHARS, MAX_SCOPE_CHARS};
 use provider::ProviderEntry;
 pub use provider::{
     ClientAuth, DeadTokenRule, DeletedFeed, Discovery, IncrementalFilter, PRESETS_TOML, Pagination, PresetName,
     ProviderSettings, RateLimitHeaders, ResetFormat, provider_message,
 };
-use sync::SyncEntry;
+use service::ServiceEntry;
+pub use service::{DEFAULT_REFRESH_CONCURRENCY, MAX_REFRESH_CONCURRENCY, ServiceSettings};
 pub use sync::{Sync, SyncMode};
 pub use template::{CONNECTION_PLACEHOLDERS, MAX_FILLED_LEN, TemplateError, fill_template};
-use webhooks::WebhookEntry;
 pub use webhooks::{EVENT_TYPES, EventPattern, Webhook, webhook_url_allowed};
 
 /// The environment variable naming the configuration file.
@@ -56,66 +66,6 @@ pub struct Config {
     pub syncs: BTreeMap<String, Sync>,
     /// `[webhooks.NAME]`: endpoints outside AWS that get signed events.
     pub webhooks: BTreeMap<String, Webhook>,
-}
-
-/// Deployment-wide settings (`[service]`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceSettings {
-    /// The deployed `/callback` URL (the stack's `CallbackUrl` output). Each
-    /// provider's redirect URI is this plus `/{provider}`
-    /// ([`ServiceSettings::redirect_uri`]): one per authorization server, the
-    /// RFC 9700 mix-up defence.
-    #[serde(default, deserialize_with = "de_opt_url")]
-    pub callback_url: Option<Url>,
-    /// Secrets Manager secret holding the token-encryption key ring.
-    #[serde(default = "default_token_key_secret")]
-    pub token_key_secret: String,
-    /// Secrets Manager secret holding the connect-link signing key.
-    #[serde(default = "default_link_key_secret")]
-    pub link_key_secret: String,
-    /// Where a finished login may send the user back to.
-    #[serde(default, deserialize_with = "de_url_list")]
-    pub return_url_allow_list: Vec<Url>,
-    /// Refreshes one token-refresher run keeps in flight (1–256). By
-    /// Little's law a run carries this many ÷ the provider's token-endpoint
-    /// latency refreshes a second: 16 at 300 ms is about 50/s.
-    #[serde(default = "default_refresh_concurrency", deserialize_with = "de_refresh_concurrency")]
-    pub refresh_concurrency: usize,
-}
-
-impl ServiceSettings {
-    /// The redirect URI of one provider: `{callback_url}/{provider}`. One per
-    /// provider, so the path names the authorization server the answer must
-    /// come from (RFC 9700 §4.4 mix-up defence). Register exactly this.
-    pub fn redirect_uri(&self, provider: &str) -> Option<Url> {
-        let mut url = self.callback_url.clone()?;
-        let path = format!("{}/{provider}", url.path().trim_end_matches('/'));
-        url.set_path(&path);
-        url.set_query(None);
-        url.set_fragment(None);
-        Some(url)
-    }
-}
-
-impl Default for ServiceSettings {
-    fn default() -> Self {
-        Self {
-            callback_url: None,
-            token_key_secret: default_token_key_secret(),
-            link_key_secret: default_link_key_secret(),
-            return_url_allow_list: Vec::new(),
-            refresh_concurrency: default_refresh_concurrency(),
-        }
-    }
-}
-
-fn default_token_key_secret() -> String {
-    "oauth-sync/token-keys".to_owned()
-}
-
-fn default_link_key_secret() -> String {
-    "oauth-sync/link-key".to_owned()
 }
 
 /// One configured provider.
@@ -147,53 +97,74 @@ impl Provider {
     }
 }
 
-/// A configuration mistake, located.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub file: String,
-    /// 1-based; 0 when the file could not be read.
-    pub line: usize,
-    pub column: usize,
-    /// Dotted path of the offending field (`providers.exact.token_url`).
-    pub field: String,
-    pub message: String,
+/// The document's top-level tables, each entry still unread, and the
+/// mistakes in its shape (an unknown top-level key, `providers = 1`).
+#[derive(Default)]
+struct Tables<'a> {
+    service: Option<Spanned<DeValue<'a>>>,
+    providers: Vec<(String, Spanned<DeValue<'a>>)>,
+    syncs: Vec<(String, Spanned<DeValue<'a>>)>,
+    webhooks: Vec<(String, Spanned<DeValue<'a>>)>,
+    errors: Vec<ConfigError>,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file)?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
+/// The tables a configuration file may have at the top.
+const TOP_LEVEL: [&str; 4] = ["service", "providers", "syncs", "webhooks"];
+
+impl<'a> Tables<'a> {
+    /// Splits the text into its tables; a TOML syntax error is the only error.
+    fn read(locate: &Locator<'a>) -> Result<Tables<'a>, ConfigErrors> {
+        let mut tables = Tables::default();
+        for (key, value) in locate.document()? {
+            let key_span = key.span();
+            let key = key.into_inner();
+            let entries = match key.as_ref() {
+                "service" => {
+                    tables.service = Some(value);
+                    continue;
+                }
+                "providers" => &mut tables.providers,
+                "syncs" => &mut tables.syncs,
+                "webhooks" => &mut tables.webhooks,
+                other => {
+                    let known = TOP_LEVEL.map(|k| format!("`{k}`")).join(", ");
+                    tables.errors.push(locate.error(
+                        Some(key_span),
+                        other,
+                        &format!("unknown field `{other}`, expected one of {known}"),
+                    ));
+                    continue;
+                }
+            };
+            let span = value.span();
+            match value.into_inner() {
+                DeValue::Table(table) => {
+                    entries.extend(
+                        table
+                            .into_iter()
+                            .map(|(name, entry)| (name.into_inner().into_owned(), entry)),
+                    );
+                }
+                other => tables.errors.push(locate.error(
+                    Some(span),
+                    &key,
+                    &format!("invalid type: {}, expected a table", other.type_str()),
+                )),
+            }
         }
-        if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
-        }
-        write!(f, ": {}", self.message)
+        Ok(tables)
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    service: ServiceSettings,
-    #[serde(default)]
-    providers: BTreeMap<String, toml::Spanned<ProviderEntry>>,
-    #[serde(default)]
-    syncs: BTreeMap<String, toml::Spanned<SyncEntry>>,
-    #[serde(default)]
-    webhooks: BTreeMap<String, toml::Spanned<WebhookEntry>>,
 }
 
 impl Config {
     /// Reads and validates the file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let (text, file) = read_file(path)?;
         Config::parse(&text, &file)
     }
 
     /// Reads the file named by `OAUTH_SYNC_CONFIG` (default `oauth-sync.toml`).
-    pub fn from_env() -> Result<Config, ConfigError> {
+    pub fn from_env() -> Result<Config, ConfigErrors> {
         let path = std::env::var(CONFIG_ENV).unwrap_or_else(|_| "oauth-sync.toml".to_owned());
         Config::load(Path::new(&path))
     }
@@ -201,12 +172,12 @@ impl Config {
     /// Parses and validates configuration text; `file` names it in errors.
     /// Fetches nothing: a provider whose endpoints come from its discovery
     /// document is an error here (see [`Config::parse_and_discover`]).
-    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         Config::parse_with(text, file, &Discovered::new())
     }
 
     /// [`Config::load`], fetching the discovery documents its providers need.
-    pub async fn load_and_discover(path: &Path) -> Result<Config, ConfigError> {
+    pub async fn load_and_discover(path: &Path) -> Result<Config, ConfigErrors> {
         let (text, file) = read_file(path)?;
         Config::parse_and_discover(&text, &file).await
     }
@@ -215,98 +186,110 @@ impl Config {
     /// provider that sets `issuer` and leaves `authorize_url` or `token_url`
     /// unset, all at once. A provider whose endpoints are all given fetches
     /// nothing. A document that cannot be fetched or used is an error at the
-    /// provider's `issuer` key that names the document's URL.
-    pub async fn parse_and_discover(text: &str, file: &str) -> Result<Config, ConfigError> {
+    /// provider's `issuer` key that names the document's URL, reported with
+    /// every other mistake in the file.
+    pub async fn parse_and_discover(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         let pending = Config::to_discover(text, file)?;
         if pending.is_empty() {
             return Config::parse(text, file);
         }
-        match discovery::fetch_all(pending.iter().map(|(issuer, _)| issuer.clone())).await {
-            Ok(discovered) => Config::parse_with(text, file, &discovered),
-            Err((issuer, e)) => {
-                let mut error = pending
-                    .into_iter()
-                    .find(|(i, _)| *i == issuer)
-                    .map(|(_, at)| at)
-                    .unwrap_or_else(|| ConfigError {
-                        file: file.to_owned(),
-                        line: 0,
-                        column: 0,
-                        field: String::new(),
-                        message: String::new(),
-                    });
-                error.message = cut_quoted(&e.to_string());
-                Err(error)
-            }
-        }
+        let (discovered, failures) = discovery::fetch_each(pending.iter().map(|(issuer, _)| issuer.clone())).await;
+        let errors = match Config::parse_with(text, file, &discovered) {
+            Ok(config) if failures.is_empty() => return Ok(config),
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.into_vec(),
+        };
+        // A provider whose document failed has the error "this command does
+        // not fetch" at its `issuer`: the reason it failed replaces it.
+        let failed: Vec<ConfigError> = pending
+            .into_iter()
+            .filter_map(|(issuer, at)| {
+                let (_, e) = failures.iter().find(|(failed, _)| *failed == issuer)?;
+                Some(ConfigError {
+                    message: cut_quoted(&e.to_string()),
+                    ..at
+                })
+            })
+            .collect();
+        let same_place =
+            |a: &ConfigError, b: &ConfigError| (a.line, a.column, &a.field) == (b.line, b.column, &b.field);
+        let mut errors: Vec<ConfigError> = errors
+            .into_iter()
+            .filter(|e| !failed.iter().any(|f| same_place(e, f)))
+            .collect();
+        errors.extend(failed);
+        // Not empty: each failure is about an issuer some provider needs.
+        Err(ConfigErrors::new(errors).unwrap_or_else(|| Locator { text, file }.unplaced("", "discovery failed").into()))
     }
 
     /// Parses with the discovery documents at hand (by issuer); a provider
-    /// that needs one not among them is an error.
-    pub fn parse_with(text: &str, file: &str, discovered: &Discovered) -> Result<Config, ConfigError> {
+    /// that needs one not among them is an error. Each `[service]`,
+    /// `[providers.NAME]`, `[syncs.NAME]` and `[webhooks.NAME]` table is read
+    /// and checked on its own, so every mistake in the file is reported at
+    /// once; a sync whose provider has a mistake is checked only for its own.
+    pub fn parse_with(text: &str, file: &str, discovered: &Discovered) -> Result<Config, ConfigErrors> {
         let locate = Locator { text, file };
-        let raw = parse_raw(&locate)?;
+        let tables = Tables::read(&locate)?;
+        let mut errors = tables.errors;
+        let has_providers = !tables.providers.is_empty();
 
-        let mut providers = BTreeMap::new();
-        for (name, entry) in raw.providers {
-            let span = entry.span();
-            let provider = resolve_provider(&name, entry.into_inner(), discovered)
-                .map_err(|(key, message)| locate.field_error(span, &format!("providers.{name}"), key, &message))?;
-            providers.insert(name, provider);
-        }
+        let service = match tables.service {
+            None => ServiceSettings::default(),
+            Some(value) => {
+                let span = value.span();
+                let service = locate
+                    .deserialize::<ServiceEntry>("service", value)
+                    .map_err(|e| vec![e])
+                    .and_then(|entry| service::resolve(&locate, span, entry));
+                service.unwrap_or_else(|found| {
+                    errors.extend(found);
+                    ServiceSettings::default()
+                })
+            }
+        };
 
-        let mut syncs = BTreeMap::new();
-        for (name, entry) in raw.syncs {
-            let span = entry.span();
-            let sync = sync::resolve(&name, entry.into_inner(), &providers)
-                .map_err(|(key, message)| locate.field_error(span, &format!("syncs.{name}"), key, &message))?;
-            syncs.insert(name, sync);
-        }
+        let (providers, broken) = read_each(&locate, "providers", tables.providers, &mut errors, |name, entry| {
+            resolve_provider(name, entry, discovered)
+        });
+        let (syncs, _) = read_each(&locate, "syncs", tables.syncs, &mut errors, |name, entry| {
+            sync::resolve(name, entry, &providers, &broken)
+        });
+        let (webhooks, _) = read_each(&locate, "webhooks", tables.webhooks, &mut errors, webhooks::resolve);
 
-        let mut webhooks = BTreeMap::new();
-        for (name, entry) in raw.webhooks {
-            let span = entry.span();
-            let webhook = webhooks::resolve(&name, entry.into_inner())
-                .map_err(|(key, message)| locate.field_error(span, &format!("webhooks.{name}"), key, &message))?;
-            webhooks.insert(name, webhook);
-        }
-
-        if providers.is_empty() {
+        if !has_providers {
             // An empty file is a mistake (a wrong path, a truncated upload), not a valid set-up.
-            return Err(ConfigError {
-                file: file.to_owned(),
-                line: 0,
-                column: 0,
-                field: "providers".to_owned(),
-                message: "no providers configured: add a [providers.NAME] table with a `preset` and a \
-                          `credentials_secret` (`oauth-sync presets` lists the presets)"
-                    .to_owned(),
-            });
+            errors.push(locate.unplaced(
+                "providers",
+                "no providers configured: add a [providers.NAME] table with a `preset` and a \
+                 `credentials_secret` (`oauth-sync presets` lists the presets)",
+            ));
         }
-        Ok(Config {
-            service: raw.service,
-            providers,
-            syncs,
-            webhooks,
-        })
+        match ConfigErrors::new(errors) {
+            Some(errors) => Err(errors),
+            None => Ok(Config {
+                service,
+                providers,
+                syncs,
+                webhooks,
+            }),
+        }
     }
 
     /// The issuers whose documents the providers need, each with where an
-    /// error about it points (its provider's `issuer` key).
-    fn to_discover(text: &str, file: &str) -> Result<Vec<(String, ConfigError)>, ConfigError> {
+    /// error about it points (its provider's `issuer` key). A table with a
+    /// mistake is left to [`Config::parse_with`] to report.
+    fn to_discover(text: &str, file: &str) -> Result<Vec<(String, ConfigError)>, ConfigErrors> {
         let locate = Locator { text, file };
-        let raw = parse_raw(&locate)?;
         let mut pending = Vec::new();
-        for (name, entry) in raw.providers {
-            let span = entry.span();
-            let entry = entry.into_inner();
+        for (name, value) in Tables::read(&locate)?.providers {
+            let (span, table) = (value.span(), format!("providers.{name}"));
+            let Ok(entry) = locate.deserialize::<ProviderEntry>(&table, value) else {
+                continue;
+            };
             let Some(preset) = entry.preset else { continue };
             let settings = preset.settings().with_overrides(entry.overrides());
             if let Some(issuer) = issuer_to_discover(&settings) {
-                pending.push((
-                    issuer.to_owned(),
-                    locate.field_error(span, &format!("providers.{name}"), "issuer", ""),
-                ));
+                pending.push((issuer.to_owned(), locate.field_error(span, &table, "issuer", "")));
             }
         }
         Ok(pending)
@@ -331,11 +314,42 @@ impl Config {
     }
 }
 
+/// Each `[kind.NAME]` table read into its shape and resolved on its own:
+/// what the good ones make, by name, and the names of those with a mistake
+/// (each mistake, located, into `errors`).
+fn read_each<E: serde::de::DeserializeOwned, T>(
+    locate: &Locator<'_>,
+    kind: &str,
+    entries: Vec<(String, Spanned<DeValue<'_>>)>,
+    errors: &mut Vec<ConfigError>,
+    resolve: impl Fn(&str, E) -> Result<T, Vec<FieldProblem>>,
+) -> (BTreeMap<String, T>, BTreeSet<String>) {
+    let mut made = BTreeMap::new();
+    let mut broken = BTreeSet::new();
+    for (name, value) in entries {
+        let (span, table) = (value.span(), format!("{kind}.{name}"));
+        let resolved = locate
+            .deserialize(&table, value)
+            .map_err(|e| vec![e])
+            .and_then(|entry| resolve(&name, entry).map_err(|problems| locate.problems(&span, &table, problems)));
+        match resolved {
+            Ok(value) => {
+                made.insert(name, value);
+            }
+            Err(found) => {
+                errors.extend(found);
+                broken.insert(name);
+            }
+        }
+    }
+    (made, broken)
+}
+
 /// The file's text and the name errors give it.
 fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok((text, file)),
+    match std::fs::read(path) {
+        Ok(bytes) => Ok((errors::utf8(bytes, &file)?, file)),
         Err(e) => Err(ConfigError {
             file,
             line: 0,
@@ -344,19 +358,6 @@ fn read_file(path: &Path) -> Result<(String, String), ConfigError> {
             message: format!("cannot read the configuration file: {e}"),
         }),
     }
-}
-
-/// The text as TOML, into the file's shape; mistakes located.
-fn parse_raw(locate: &Locator<'_>) -> Result<RawConfig, ConfigError> {
-    let deserializer = toml::Deserializer::parse(locate.text)
-        .map_err(|e| locate.error(e.span(), "", &format!("syntax error: {}", e.message())))?;
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        // Spanned<T> adds a private path segment; the user never wrote it.
-        let field = e.path().to_string().replace(".$__serde_spanned_private_value", "");
-        let inner = e.into_inner();
-        let field = if field == "." { String::new() } else { field };
-        locate.error(inner.span(), &field, inner.message())
-    })
 }
 
 /// The issuer whose discovery document fills this provider's endpoints:
@@ -402,194 +403,83 @@ pub struct UnknownProvider {
     pub known: String,
 }
 
-/// The most characters of the user's input an error quotes.
-pub const QUOTE_LIMIT: usize = 60;
-/// The most characters an error message has: a backstop for input that is
-/// not quoted, with room for serde's list of the fields a table may have.
-const MESSAGE_LIMIT: usize = 1_200;
-
-/// Shortens what an error quotes: every `…` or "…" longer than
-/// [`QUOTE_LIMIT`] characters keeps its first [`QUOTE_LIMIT`] and ends in
-/// `…`, and the whole text is cut at [`MESSAGE_LIMIT`], so a 5 MiB value is
-/// never printed whole. An unclosed quote is cut the same way.
-pub fn cut_quoted(text: &str) -> String {
-    let escaped = one_line(text);
-    let text = escaped.as_str();
-    let mut out = String::with_capacity(text.len().min(MESSAGE_LIMIT + 8));
-    let mut rest = text;
-    while let Some(open) = rest.find(['`', '"']) {
-        let quote = rest[open..].chars().next().unwrap_or('`');
-        out.push_str(&rest[..=open]);
-        let inside = &rest[open + 1..];
-        let (quoted, after) = match inside.find(quote) {
-            Some(close) => (&inside[..close], &inside[close..]),
-            None => (inside, ""),
-        };
-        match quoted.char_indices().nth(QUOTE_LIMIT) {
-            Some((cut, _)) => {
-                out.push_str(&quoted[..cut]);
-                out.push('…');
-            }
-            None => out.push_str(quoted),
-        }
-        match after.strip_prefix(quote) {
-            Some(after) => {
-                out.push(quote);
-                rest = after;
-            }
-            None => rest = after,
-        }
-        if out.len() > MESSAGE_LIMIT * 4 {
-            break;
-        }
-    }
-    out.push_str(rest);
-    match out.char_indices().nth(MESSAGE_LIMIT) {
-        Some((cut, _)) => format!("{}…", &out[..cut]),
-        None => out,
-    }
-}
-
-/// Control characters and line separators as escapes (`\r`, `\u{2028}`): a
-/// key or value may hold them, and an error stays one line of a log.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-/// A dotted field path with each part cut like a quote (a key may be the
-/// user's 5 MiB typo), and the whole path cut after [`FIELD_LIMIT`]
-/// characters (a quoted key may hold thousands of dots).
-fn cut_field(field: &str) -> String {
-    let path = one_line(field)
-        .split('.')
-        .map(|part| match part.char_indices().nth(QUOTE_LIMIT) {
-            Some((cut, _)) => format!("{}…", &part[..cut]),
-            None => part.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(".");
-    match path.char_indices().nth(FIELD_LIMIT) {
-        Some((cut, _)) => format!("{}…", &path[..cut]),
-        None => path,
-    }
-}
-
-/// The most characters of a field path an error shows: the table and key
-/// names a person needs, with room for a few quoted parts.
-const FIELD_LIMIT: usize = 4 * QUOTE_LIMIT;
-
-/// Turns byte spans into file:line:column.
-struct Locator<'a> {
-    text: &'a str,
-    file: &'a str,
-}
-
-impl Locator<'_> {
-    fn error(&self, span: Option<Range<usize>>, field: &str, message: &str) -> ConfigError {
-        let (line, column) = match span {
-            Some(span) => self.line_col(span.start),
-            None => (0, 0),
-        };
-        // serde quotes the value it refused (`invalid type: string "…"`), and
-        // a credential pasted in the wrong table (or inside an array or a
-        // table under its key) must not reach the log.
-        let names_a_credential = field.split(['.', '[']).any(|key| CREDENTIAL_KEYS.contains(&key));
-        let message = if names_a_credential {
-            CREDENTIALS_NEVER_HERE
-        } else {
-            message
-        };
-        ConfigError {
-            file: self.file.to_owned(),
-            line,
-            column,
-            field: cut_field(field),
-            message: cut_quoted(message),
-        }
-    }
-
-    /// An error found after parsing, about `key` inside the table at `table_span`:
-    /// points at the line that sets the key, or at the table when it is not set there.
-    fn field_error(&self, table_span: Range<usize>, table: &str, key: &str, message: &str) -> ConfigError {
-        let offset = self.key_offset(&table_span, key).unwrap_or(table_span.start);
-        let (line, column) = self.line_col(offset);
-        ConfigError {
-            file: self.file.to_owned(),
-            line,
-            column,
-            field: cut_field(&if key.is_empty() {
-                table.to_owned()
-            } else {
-                format!("{table}.{key}")
-            }),
-            message: cut_quoted(message),
-        }
-    }
-
-    /// Where `key = ...` is set in the table whose header (or inline table)
-    /// starts at `span`: the table's lines run until the next `[header]`.
-    fn key_offset(&self, span: &Range<usize>, key: &str) -> Option<usize> {
-        if key.is_empty() {
-            return None;
-        }
-        let mut offset = span.start;
-        for (index, line) in self.text.get(span.start..)?.split_inclusive('\n').enumerate() {
-            let trimmed = line.trim_start();
-            if index > 0 && trimmed.starts_with('[') {
-                break;
-            }
-            if let Some(rest) = trimmed.strip_prefix(key)
-                && rest.trim_start().starts_with('=')
-            {
-                return Some(offset + (line.len() - trimmed.len()));
-            }
-            offset += line.len();
-        }
-        None
-    }
-
-    fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        (line, column)
-    }
-}
-
-/// Keys that hold client credentials, wherever they are written: an error
-/// about one never quotes its value.
-const CREDENTIAL_KEYS: [&str; 2] = ["client_id", "client_secret"];
-
-const CREDENTIALS_NEVER_HERE: &str = "client credentials never go in the config file: store them in the Secrets \
-                                      Manager secret named by `credentials_secret`";
-
 /// (field, message) of a validation failure inside one table.
 type FieldProblem = (&'static str, String);
 
-fn resolve_provider(name: &str, entry: ProviderEntry, discovered: &Discovered) -> Result<Provider, FieldProblem> {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        return Err((
-            "",
-            format!("provider name `{name}` may use only a-z, 0-9, `_` and `-` (it appears in URLs)"),
-        ));
-    }
-    for (key, value) in [("client_id", &entry.client_id), ("client_secret", &entry.client_secret)] {
-        if value.is_some() {
-            return Err((key, CREDENTIALS_NEVER_HERE.to_owned()));
+/// What a table makes, when neither the checks made on their own
+/// (`problems`) nor the rest found a problem; else every problem.
+fn all_problems<T>(mut problems: Vec<FieldProblem>, rest: Result<T, FieldProblem>) -> Result<T, Vec<FieldProblem>> {
+    match rest {
+        Ok(made) if problems.is_empty() => Ok(made),
+        Ok(_) => Err(problems),
+        Err(problem) => {
+            problems.push(problem);
+            Err(problems)
         }
     }
+}
+
+/// Every problem of one provider table: its name, credentials written in
+/// the file, and the first problem of its settings.
+fn resolve_provider(name: &str, entry: ProviderEntry, discovered: &Discovered) -> Result<Provider, Vec<FieldProblem>> {
+    let mut problems: Vec<FieldProblem> = limits::check_name("provider", name, NameChars::Lower, "it appears in URLs")
+        .err()
+        .into_iter()
+        .collect();
+    for (key, value) in [("client_id", &entry.client_id), ("client_secret", &entry.client_secret)] {
+        if value.is_some() {
+            problems.push((key, CREDENTIALS_NEVER_HERE.to_owned()));
+        }
+    }
+    if let Some(preset) = entry.preset {
+        problems.extend(settings_problems(&preset.settings().with_overrides(entry.overrides())));
+    }
+    all_problems(problems, provider_settings(name, entry, discovered))
+}
+
+/// What is out of bounds in a provider's settings (numbers, the display
+/// name, scopes), each key on its own.
+fn settings_problems(settings: &ProviderSettings) -> Vec<FieldProblem> {
+    let numbers = [
+        ("refresh_lead_secs", Some(settings.refresh_lead_secs)),
+        ("min_refresh_interval_secs", Some(settings.min_refresh_interval_secs)),
+        ("reuse_grace_secs", Some(settings.reuse_grace_secs)),
+        ("refresh_token_idle_secs", settings.refresh_token_idle_secs),
+        ("default_expires_in_secs", Some(settings.default_expires_in_secs)),
+        ("error_budget_per_hour", settings.error_budget_per_hour),
+    ];
+    let statuses = settings
+        .dead_token
+        .iter()
+        .filter_map(|rule| rule.status)
+        .map(|status| limits::check_whole("status", status).map_err(|(_, message)| ("dead_token", message)));
+    let display_name = settings
+        .display_name
+        .iter()
+        .map(|text| limits::check_display_name(text).map_err(|message| ("display_name", message)));
+    let scopes = settings
+        .scopes
+        .iter()
+        .map(|scope| limits::check_scope(scope).map_err(|message| ("scopes", message)))
+        .chain(
+            settings
+                .offline_scope
+                .iter()
+                .map(|scope| limits::check_scope(scope).map_err(|message| ("offline_scope", message))),
+        );
+    numbers
+        .into_iter()
+        .filter_map(|(key, value)| Some(limits::check_whole(key, value?)))
+        .chain(statuses)
+        .chain(display_name)
+        .chain(scopes)
+        .filter_map(Result::err)
+        .collect()
+}
+
+/// The provider its preset, overrides and discovery document make, or the
+/// first problem found on the way.
+fn provider_settings(name: &str, entry: ProviderEntry, discovered: &Discovered) -> Result<Provider, FieldProblem> {
     let preset = entry.preset.ok_or((
         "preset",
         format!(
@@ -765,40 +655,6 @@ pub fn parse_http_url(text: &str) -> Result<Url, String> {
             "invalid URL `{text}`: expected an http:// or https:// URL with a host"
         )),
     }
-}
-
-fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_http_url(&text).map(Some).map_err(serde::de::Error::custom)
-}
-
-/// The refresher's default: 16 refreshes in flight.
-pub const DEFAULT_REFRESH_CONCURRENCY: usize = 16;
-/// The most refreshes one run may keep in flight.
-pub const MAX_REFRESH_CONCURRENCY: usize = 256;
-
-fn default_refresh_concurrency() -> usize {
-    DEFAULT_REFRESH_CONCURRENCY
-}
-
-fn de_refresh_concurrency<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    let value = i64::deserialize(d)?;
-    usize::try_from(value)
-        .ok()
-        .filter(|v| (1..=MAX_REFRESH_CONCURRENCY).contains(v))
-        .ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "refresh_concurrency must be between 1 and {MAX_REFRESH_CONCURRENCY}, not {value}"
-            ))
-        })
-}
-
-fn de_url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Url>, D::Error> {
-    let texts = Vec::<String>::deserialize(d)?;
-    texts
-        .iter()
-        .map(|t| parse_http_url(t).map_err(serde::de::Error::custom))
-        .collect()
 }
 
 #[cfg(test)]

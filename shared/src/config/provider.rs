@@ -99,6 +99,24 @@ impl<'de> Deserialize<'de> for Pagination {
                 "unknown field `{extra}`: pagination style `{style}` has no other fields"
             )));
         }
+        if let Some(first) = table.get("first") {
+            // Said here: serde's error from inside would not name the key.
+            let rule = super::limits::Whole::of("first");
+            let problem = rule.and_then(|rule| match first {
+                toml::Value::Integer(value) => rule.check(i128::from(*value)).err(),
+                toml::Value::Float(value) => {
+                    Some(format!("must be {}; got `{value}`, which is not whole", rule.words()))
+                }
+                toml::Value::String(text) => Some(format!(
+                    "must be {}; got the string \"{text}\" (write the number without quotes)",
+                    rule.words()
+                )),
+                other => Some(format!("must be {}; got {}", rule.words(), other.type_str())),
+            });
+            if let Some(problem) = problem {
+                return Err(D::Error::custom(format!("`first` {problem}")));
+            }
+        }
         Pagination::deserialize(toml::Value::Table(table)).map_err(|e| D::Error::custom(e.message()))
     }
 }

@@ -3,11 +3,12 @@
 //! incremental filter, rate-limit headers) come from the provider's preset,
 //! so a sync names only what is its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DeletedFeed, FieldProblem, IncrementalFilter, Pagination, Provider};
+use super::limits::NameChars;
+use super::{DeletedFeed, FieldProblem, IncrementalFilter, Pagination, Provider, all_problems, limits};
 
 /// How a sync pulls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -98,28 +99,54 @@ fn default_records(pagination: &Pagination) -> Option<&str> {
     }
 }
 
+/// Every problem of one sync table: its name, and the first problem of its
+/// settings. A sync of a provider in `broken` (one whose own table has a
+/// mistake, reported there) is checked only for its name: what the rest
+/// means depends on the provider. Such a sync with a good name is `Err`
+/// with no problem of its own.
 pub(crate) fn resolve(
     name: &str,
     entry: SyncEntry,
     providers: &BTreeMap<String, Provider>,
-) -> Result<Sync, FieldProblem> {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-    {
-        return Err((
-            "",
-            format!("sync name `{name}` may use only A-Z a-z 0-9 `_` `-` `.` (it is part of record keys)"),
-        ));
+    broken: &BTreeSet<String>,
+) -> Result<Sync, Vec<FieldProblem>> {
+    let mut problems: Vec<FieldProblem> =
+        limits::check_name("sync", name, NameChars::Mixed, "it is part of record keys")
+            .err()
+            .into_iter()
+            .collect();
+    let numbers = [
+        ("interval_secs", entry.interval_secs.map(i128::from)),
+        ("sweep_interval_secs", entry.sweep_interval_secs.map(i128::from)),
+        ("deleted_entity_type", entry.deleted_entity_type.map(i128::from)),
+    ];
+    for (key, value) in numbers {
+        if let Some(Err(problem)) = value.map(|value| limits::check_whole(key, value)) {
+            problems.push(problem);
+        }
     }
-    let provider = providers.get(&entry.provider).ok_or_else(|| {
-        let known = providers.keys().cloned().collect::<Vec<_>>().join(", ");
-        (
-            "provider",
-            format!("unknown provider `{}` (configured: {known})", entry.provider),
-        )
-    })?;
+    let provider = match providers.get(&entry.provider) {
+        Some(provider) => provider,
+        None if broken.contains(&entry.provider) => return Err(problems),
+        None => {
+            let known = providers
+                .keys()
+                .chain(broken)
+                .map(String::as_str)
+                .collect::<BTreeSet<_>>();
+            let known = known.into_iter().collect::<Vec<_>>().join(", ");
+            problems.push((
+                "provider",
+                format!("unknown provider `{}` (configured: {known})", entry.provider),
+            ));
+            return Err(problems);
+        }
+    };
+    all_problems(problems, resolve_with(name, entry, provider))
+}
+
+/// The sync its table and its provider make, or the first problem.
+fn resolve_with(name: &str, entry: SyncEntry, provider: &Provider) -> Result<Sync, FieldProblem> {
     let settings = &provider.settings;
     let endpoint = entry.endpoint.trim();
     if endpoint.is_empty() {
@@ -240,9 +267,6 @@ pub(crate) fn resolve(
         ));
     }
     let interval_secs = entry.interval_secs.unwrap_or(3600);
-    if interval_secs < 60 {
-        return Err(("interval_secs", format!("{interval_secs} is below the minimum of 60")));
-    }
     if let Some(sweep) = entry.sweep_interval_secs
         && sweep < interval_secs
     {

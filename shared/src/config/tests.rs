@@ -1,14 +1,20 @@
 use super::*;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Config::parse(text, "oauth-sync.toml")
 }
 
-fn err(text: &str) -> ConfigError {
+/// Every error of `text`, in file order.
+fn errs(text: &str) -> Vec<ConfigError> {
     match parse(text) {
         Ok(config) => panic!("expected an error, got {config:?}"),
-        Err(e) => e,
+        Err(e) => e.into_vec(),
     }
+}
+
+/// The first error of `text`.
+fn err(text: &str) -> ConfigError {
+    errs(text).remove(0)
 }
 
 #[test]
@@ -399,7 +405,10 @@ fn syntax_errors_are_located() {
 
 #[test]
 fn unreadable_file_is_named() {
-    let e = Config::load(Path::new("/nonexistent/oauth-sync.toml")).unwrap_err();
+    let e = Config::load(Path::new("/nonexistent/oauth-sync.toml"))
+        .unwrap_err()
+        .first()
+        .clone();
     assert_eq!(e.file, "/nonexistent/oauth-sync.toml");
     assert!(e.message.contains("cannot read"), "{e}");
 }
@@ -716,5 +725,496 @@ fn a_key_of_many_dots_is_cut_in_the_field_path() {
         e.to_string().chars().count() < 2_000,
         "{} chars",
         e.to_string().chars().count()
+    );
+}
+
+/// The line of `text` that contains `needle` (1-based).
+fn line_of(text: &str, needle: &str) -> usize {
+    1 + text
+        .lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no `{needle}`"))
+}
+
+#[test]
+fn every_table_with_a_mistake_is_reported_in_file_order() {
+    let text = "\
+[service]
+callback_url = \"not a url\"
+
+[providers.exact]
+preset = \"exact_online\"
+credentials_secret = \"s\"
+refresh_lead_secs = 300
+
+[providers.ms]
+preset = \"microsoft\"
+credentials_secret = \"s\"
+params = { tennant = \"contoso\" }
+
+[providers.ok]
+preset = \"google\"
+credentials_secret = \"s\"
+
+[syncs.projects]
+provider = \"ok\"
+endpoint = \"/x\"
+modes = \"incremental\"
+
+[syncs.contacts]
+provider = \"ms\"
+endpoint = \"/me/contacts\"
+mode = \"sometimes\"
+
+[syncs.mail]
+provider = \"ms\"
+endpoint = \"/me/messages\"
+
+[syncs.files]
+provider = \"gdrive\"
+endpoint = \"/files\"
+
+[webhooks.crm]
+url = \"http://crm.example.com/hooks\"
+events = [\"*\"]
+signing_secret = \"s\"
+";
+    let found: Vec<(usize, String)> = errs(text).into_iter().map(|e| (e.line, e.field)).collect();
+    let expected = [
+        (line_of(text, "not a url"), "service.callback_url"),
+        (line_of(text, "refresh_lead_secs"), "providers.exact.refresh_lead_secs"),
+        (line_of(text, "tennant"), "providers.ms.params"),
+        (line_of(text, "modes"), "syncs.projects.modes"),
+        // Not a mode at all, whatever the provider.
+        (line_of(text, "sometimes"), "syncs.contacts.mode"),
+        // `syncs.mail` names `ms`, whose own mistake is reported above: no
+        // second error says `ms` is unknown.
+        (line_of(text, "gdrive"), "syncs.files.provider"),
+        (line_of(text, "http://crm"), "webhooks.crm.url"),
+    ]
+    .map(|(line, field)| (line, field.to_owned()));
+    assert_eq!(found, expected);
+    let shown = parse(text).expect_err("mistakes").to_string();
+    assert_eq!(shown.lines().count(), expected.len(), "one error a line:\n{shown}");
+    assert!(
+        shown.contains("unknown provider `gdrive` (configured: exact, ms, ok)"),
+        "{shown}"
+    );
+    assert!(!shown.contains("unknown provider `ms`"), "{shown}");
+}
+
+#[test]
+fn a_table_reports_each_of_its_own_problems() {
+    // A bad name and credentials in the file are found whatever the rest says.
+    let found = errs(
+        "[providers.Exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\nclient_secret = \"cs-planted\"\nrefresh_lead_secs = 300\n",
+    );
+    let found: Vec<(usize, &str)> = found.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (1, "providers.Exact"),
+            (4, "providers.Exact.client_secret"),
+            (5, "providers.Exact.refresh_lead_secs")
+        ]
+    );
+    // A sync of a provider with a mistake still has its own name checked.
+    let found = errs("[providers.p]\npreset = \"nope\"\n\n[syncs.\"a#b\"]\nprovider = \"p\"\nendpoint = \"/x\"\n");
+    let found: Vec<(usize, &str)> = found.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(found, [(2, "providers.p.preset"), (4, "syncs.a#b")]);
+}
+
+#[test]
+fn a_syntax_error_is_the_only_error() {
+    let e = parse("[providers.p]\npreset = \"google\ncredentials_secret = 1\n\n[syncs.s]\nbogus = 1\n")
+        .expect_err("syntax");
+    assert_eq!(e.as_slice().len(), 1, "{e}");
+    assert!(e.first().message.starts_with("syntax error"), "{e}");
+}
+
+#[test]
+fn without_providers_other_mistakes_come_first() {
+    let found = errs("[sync.x]\nprovider = \"p\"\n");
+    let found: Vec<(usize, &str)> = found.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(found, [(1, "sync"), (0, "providers")]);
+}
+
+#[test]
+fn a_table_or_key_defined_twice_is_named_with_both_lines() {
+    let base = "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\n\n";
+    let cases = [
+        // A table, a key in a table, a key in an array of tables, a table
+        // over a dotted key, a quoted name.
+        (
+            format!("{base}[providers.ms]\npreset = \"microsoft\"\n\n[providers.exact]\npreset = \"exact_online\"\n"),
+            (8, 12),
+            "providers.exact",
+            "`providers.exact` is defined twice (lines 1 and 8)",
+        ),
+        (
+            format!("{base}[syncs.s]\nprovider = \"exact\"\nendpoint = \"/x\"\n  provider = \"ms\"\n"),
+            (8, 3),
+            "syncs.s.provider",
+            "`syncs.s.provider` is defined twice (lines 6 and 8)",
+        ),
+        (
+            format!("{base}[[providers.exact.dead_token]]\nequals = \"a\"\nequals = \"b\"\n"),
+            (7, 1),
+            "providers.exact.dead_token.equals",
+            "(lines 6 and 7)",
+        ),
+        (
+            format!("providers.exact.preset = \"exact_online\"\n{base}"),
+            (2, 12),
+            "providers.exact",
+            "`providers.exact` is defined twice (lines 1 and 2)",
+        ),
+        (
+            format!("{base}[providers.\"exact\"]\n"),
+            (5, 12),
+            "providers.exact",
+            "(lines 1 and 5)",
+        ),
+    ];
+    for (text, place, field, says) in cases {
+        let e = parse(&text).expect_err(&text);
+        assert_eq!(e.as_slice().len(), 1, "{e}");
+        let e = e.first();
+        assert_eq!(((e.line, e.column), e.field.as_str()), (place, field), "{text}\n{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
+    // Twice on one line, inside an inline table: the key and the line.
+    let e = err(&format!(
+        "{base}[providers.ms]\npreset = \"microsoft\"\nparams = {{ tenant = \"a\", tenant = \"b\" }}\n"
+    ));
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.message.contains("`tenant` is defined twice"), "{e}");
+}
+
+#[test]
+fn a_file_that_is_not_utf8_names_the_line_and_column_of_the_first_bad_byte() {
+    let path = std::env::temp_dir().join(format!("oauth-sync-latin1-{}.toml", std::process::id()));
+    let mut bytes = b"[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\ndisplay_name = \"Gr".to_vec();
+    bytes.extend([0xFC, b'n', b'e', b'"', b'\n', 0xFF]);
+    std::fs::write(&path, &bytes).expect("write");
+    let e = Config::load(&path).expect_err("not UTF-8");
+    std::fs::remove_file(&path).ok();
+    assert_eq!(e.as_slice().len(), 1, "{e}");
+    let e = e.first();
+    assert_eq!((e.line, e.column), (4, 19), "{e}");
+    assert_eq!(
+        e.message,
+        "the file is not UTF-8: invalid byte 0xFC at line 4, column 19 (save it as UTF-8)"
+    );
+    // Characters before it count as one column each.
+    let e = errors::utf8("é\n ü\u{2028}x\u{FF}".bytes().chain([0xC3]).collect(), "f").expect_err("cut");
+    assert_eq!((e.line, e.column), (2, 6), "{e}");
+}
+
+#[test]
+fn every_preset_is_within_the_bounds() {
+    for preset in PresetName::ALL {
+        assert_eq!(settings_problems(&preset.settings()), [], "{preset}");
+    }
+}
+
+#[test]
+fn a_number_out_of_range_or_of_the_wrong_type_says_what_the_key_takes() {
+    let provider = "[providers.exact]\npreset = \"exact_online\"\ncredentials_secret = \"s\"\n";
+    let sync = |line: &str| format!("{provider}\n[syncs.s]\nprovider = \"exact\"\nendpoint = \"/x\"\n{line}\n");
+    let seconds = "must be a whole number of seconds between 60 and 31536000 (365 days)";
+    let cases = [
+        (
+            sync("interval_secs = 99999999999999999999"),
+            "syncs.s.interval_secs",
+            format!("{seconds}; 99999999999999999999 is above the maximum of 31536000"),
+        ),
+        (
+            sync("interval_secs = -5"),
+            "syncs.s.interval_secs",
+            format!("{seconds}; -5 is below the minimum of 60"),
+        ),
+        (
+            sync("interval_secs = 31536001"),
+            "syncs.s.interval_secs",
+            format!("{seconds}; 31536001 is above the maximum of 31536000"),
+        ),
+        (
+            sync("interval_secs = \"900\""),
+            "syncs.s.interval_secs",
+            format!("{seconds}; got the string \"900\" (write the number without quotes)"),
+        ),
+        (
+            sync("interval_secs = 1.5"),
+            "syncs.s.interval_secs",
+            format!("{seconds}; got `1.5`, which is not whole"),
+        ),
+        (
+            sync("mode = \"incremental\"\ncursor_field = \"T\"\nsweep_interval_secs = 0"),
+            "syncs.s.sweep_interval_secs",
+            format!("{seconds}; 0 is below the minimum of 60"),
+        ),
+        (
+            sync("mode = \"incremental\"\ncursor_field = \"T\"\ndeleted_entity_type = 99999999999"),
+            "syncs.s.deleted_entity_type",
+            "must be a whole number between 0 and 2147483647; 99999999999 is above the maximum of 2147483647"
+                .to_owned(),
+        ),
+        (
+            format!("[service]\nrefresh_concurrency = 99999999999999999999\n{provider}"),
+            "service.refresh_concurrency",
+            "must be a whole number between 1 and 256; 99999999999999999999 is above the maximum of 256".to_owned(),
+        ),
+        (
+            format!("{provider}refresh_lead_secs = -1\n"),
+            "providers.exact.refresh_lead_secs",
+            "must be a whole number of seconds between 0 and 86400 (1 day); -1 is below the minimum of 0".to_owned(),
+        ),
+        (
+            format!("{provider}refresh_token_idle_secs = 60\n"),
+            "providers.exact.refresh_token_idle_secs",
+            "must be a whole number of seconds between 3600 and 315360000 (3650 days); 60 is below the minimum of 3600"
+                .to_owned(),
+        ),
+        (
+            format!("{provider}error_budget_per_hour = 0\n"),
+            "providers.exact.error_budget_per_hour",
+            "must be a whole number between 1 and 100000; 0 is below the minimum of 1".to_owned(),
+        ),
+        (
+            format!("{provider}dead_token = [{{ status = 70000, equals = \"x\" }}]\n"),
+            "providers.exact.dead_token[0].status",
+            "must be an HTTP status between 100 and 599; 70000 is above the maximum of 599".to_owned(),
+        ),
+        (
+            format!("{provider}dead_token = [{{ status = 99, equals = \"x\" }}]\n"),
+            "providers.exact.dead_token",
+            "must be an HTTP status between 100 and 599; 99 is below the minimum of 100".to_owned(),
+        ),
+        (
+            format!("{provider}pagination = {{ style = \"page_number\", param = \"p\", first = -1 }}\n"),
+            "providers.exact.pagination",
+            "`first` must be a whole number between 0 and 1000000; -1 is below the minimum of 0".to_owned(),
+        ),
+    ];
+    for (text, field, message) in cases {
+        let e = err(&text);
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            (field, message.as_str()),
+            "{text}"
+        );
+        let key = field
+            .rsplit('.')
+            .next()
+            .and_then(|k| k.split('[').next())
+            .unwrap_or_default();
+        assert_eq!(e.line, line_of(&text, key), "{e}");
+    }
+}
+
+#[test]
+fn no_error_names_a_rust_type() {
+    let provider = "[providers.p]\npreset = \"google\"\ncredentials_secret = \"s\"\n";
+    let sync = "[syncs.s]\nprovider = \"p\"\nendpoint = \"/x\"\n";
+    let mut texts: Vec<String> = Vec::new();
+    for value in [
+        "-1",
+        "99999999999999999999",
+        "999999999999999999999999999999999999999999",
+        "1.5",
+        "nan",
+        "\"7\"",
+        "true",
+        "[]",
+        "{}",
+        "1979-05-27",
+    ] {
+        for key in [
+            "refresh_lead_secs",
+            "min_refresh_interval_secs",
+            "reuse_grace_secs",
+            "refresh_token_idle_secs",
+            "default_expires_in_secs",
+            "error_budget_per_hour",
+            "pkce",
+            "scopes",
+            "params",
+            "dead_token",
+            "pagination",
+            "rate_limits",
+            "preset",
+            "display_name",
+        ] {
+            texts.push(format!("{provider}{key} = {value}\n"));
+        }
+        texts.push(format!(
+            "{provider}dead_token = [{{ status = {value}, equals = \"x\" }}]\n"
+        ));
+        texts.push(format!("{provider}dead_token = [{value}]\n"));
+        texts.push(format!("{provider}rate_limits = [{value}]\n"));
+        texts.push(format!(
+            "{provider}pagination = {{ style = \"offset\", offset_param = \"o\", limit_param = \"l\", first = {value} }}\n"
+        ));
+        for key in [
+            "interval_secs",
+            "sweep_interval_secs",
+            "deleted_entity_type",
+            "query",
+            "primary_key",
+        ] {
+            texts.push(format!("{provider}{sync}{key} = {value}\n"));
+        }
+        texts.push(format!("[service]\nrefresh_concurrency = {value}\n{provider}"));
+        texts.push(format!("[service]\nreturn_url_allow_list = {value}\n{provider}"));
+        texts.push(format!("service = {value}\n{provider}"));
+        texts.push(format!("providers = {value}\n"));
+        texts.push(format!("[providers]\np = {value}\n"));
+        texts.push(format!("[syncs]\ns = {value}\n{provider}"));
+    }
+    let mut messages = 0;
+    let mut wrong = Vec::new();
+    for text in &texts {
+        if let Err(errors) = parse(text) {
+            for e in &errors {
+                messages += 1;
+                if let Some(name) = limits::names_a_rust_type(&e.message) {
+                    wrong.push(format!("{name}: {e}"));
+                }
+            }
+        }
+    }
+    assert_eq!(wrong, Vec::<String>::new());
+    assert!(
+        messages > texts.len() / 2,
+        "{messages} errors from {} files",
+        texts.len()
+    );
+}
+
+#[test]
+fn text_shown_to_people_is_capped_and_one_line() {
+    let provider = |line: &str| format!("[providers.p]\npreset = \"google\"\ncredentials_secret = \"s\"\n{line}\n");
+    let fits = "é".repeat(MAX_DISPLAY_NAME_CHARS);
+    let config = parse(&provider(&format!("display_name = \"{fits}\""))).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.providers["p"].settings.display_name.as_deref(),
+        Some(fits.as_str())
+    );
+    let huge = "x".repeat(5 * 1024 * 1024);
+    let cases = [
+        (
+            format!("display_name = \"{huge}\""),
+            "providers.p.display_name",
+            "has 5242880 characters; at most 100 (the login pages show it)",
+        ),
+        (
+            format!("display_name = \"{fits}e\""),
+            "providers.p.display_name",
+            "has 101 characters; at most 100",
+        ),
+        (
+            "display_name = \" \"".to_owned(),
+            "providers.p.display_name",
+            "must not be empty",
+        ),
+        (
+            "display_name = \"Acme \\u202Egnp.exe\"".to_owned(),
+            "providers.p.display_name",
+            "invisible formatting",
+        ),
+        (
+            "display_name = \"a\\nb\"".to_owned(),
+            "providers.p.display_name",
+            "one line",
+        ),
+        (
+            "scopes = [\"openid email\"]".to_owned(),
+            "providers.p.scopes",
+            "`openid email` is several scopes: write each as its own list item",
+        ),
+        (
+            format!("scopes = [\"{}\"]", "s".repeat(MAX_SCOPE_CHARS + 1)),
+            "providers.p.scopes",
+            "has 201 characters; a scope has at most 200",
+        ),
+        (
+            "offline_scope = \"\"".to_owned(),
+            "providers.p.offline_scope",
+            "is not a scope",
+        ),
+    ];
+    for (line, field, says) in cases {
+        let e = err(&provider(&line));
+        assert_eq!((e.line, e.field.as_str()), (4, field), "{e}");
+        assert!(e.message.contains(says), "{e}");
+        assert!(e.to_string().len() < 400, "{e}");
+    }
+}
+
+#[test]
+fn names_have_at_most_64_characters() {
+    let name = "n".repeat(MAX_NAME_CHARS);
+    let text = |name: &str| {
+        format!(
+            "[providers.{name}]\npreset = \"google\"\ncredentials_secret = \"s\"\n\n\
+             [syncs.{name}]\nprovider = \"{name}\"\nendpoint = \"/x\"\n\n\
+             [webhooks.{name}]\nurl = \"https://h.example/x\"\nevents = [\"*\"]\nsigning_secret = \"s\"\n"
+        )
+    };
+    let config = parse(&text(&name)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.providers.contains_key(&name) && config.syncs.contains_key(&name));
+    let long = format!("{name}n");
+    let found = errs(&text(&long));
+    let found: Vec<(usize, &str)> = found.iter().map(|e| (e.line, e.message.as_str())).collect();
+    assert_eq!(found.len(), 3, "{found:?}");
+    for ((line, message), (want, kind)) in found.iter().zip([(1, "provider"), (5, "sync"), (9, "webhook")]) {
+        assert_eq!(*line, want, "{message}");
+        assert!(message.starts_with(&format!("{kind} name `nnn")), "{message}");
+        assert!(message.contains("has 65 characters; at most 64"), "{message}");
+    }
+}
+
+#[test]
+fn an_allow_list_entry_that_no_return_url_is_matched_on_is_refused_at_its_place() {
+    let text = "[service]\nreturn_url_allow_list = [\n  \"https://app.example.com/connected\",\n  \
+                \"https://user:pw-planted@app.example.com/\",\n  \"https://app.example.com/done#top\",\n  \
+                \"http://app.example.com/back\",\n]\n\n[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n";
+    let found = errs(text);
+    let places: Vec<(usize, usize, &str)> = found.iter().map(|e| (e.line, e.column, e.field.as_str())).collect();
+    let field = "service.return_url_allow_list";
+    assert_eq!(places, [(4, 3, field), (5, 3, field), (6, 3, field)]);
+    assert!(found[0].message.contains("has user info"), "{}", found[0]);
+    assert!(found[1].message.contains("remove `#top`"), "{}", found[1]);
+    assert!(found[2].message.contains("must be https"), "{}", found[2]);
+    let shown = parse(text).expect_err("refused").to_string();
+    assert!(!shown.contains("planted"), "{shown}");
+    let config = parse(
+        "[service]\nreturn_url_allow_list = [\"https://app.example.com/connected\", \"http://127.0.0.1:3000/\"]\n\
+         [providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.service.return_url_allow_list.len(), 2);
+}
+
+#[tokio::test]
+async fn a_discovery_document_that_cannot_be_fetched_is_one_error_among_the_others() {
+    // Nothing listens at the issuer: the fetch fails at once.
+    let text = "[providers.idp]\npreset = \"generic\"\ncredentials_secret = \"s\"\nissuer = \"http://127.0.0.1:9\"\n\n\
+                [providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\ndisplay_name = \"\"\n";
+    let e = Config::parse_and_discover(text, "oauth-sync.toml")
+        .await
+        .expect_err("unreachable");
+    let found: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(
+        found,
+        [(4, "providers.idp.issuer"), (9, "providers.g.display_name")],
+        "{e}"
+    );
+    assert!(
+        e.first()
+            .message
+            .starts_with("cannot fetch the OpenID Connect discovery document http://127.0.0.1:9/.well-known/"),
+        "{e}"
     );
 }

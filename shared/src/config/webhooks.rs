@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use url::Url;
 
-use super::FieldProblem;
+use super::limits::{self, NameChars};
+use super::{FieldProblem, all_problems};
 
 /// The event types the functions put on the bus (`detail-type`, source
 /// `oauth-sync`). An endpoint may name these, a prefix of them (`sync.*`) or
@@ -97,17 +98,19 @@ pub fn webhook_url_allowed(url: &Url) -> bool {
     }
 }
 
-pub(crate) fn resolve(name: &str, entry: WebhookEntry) -> Result<Webhook, FieldProblem> {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-    {
-        return Err((
-            "",
-            format!("webhook name `{name}` may use only a-z, 0-9, `_` and `-` (it is part of every webhook-id)"),
-        ));
-    }
+/// Every problem of one webhook table: its name, and the first problem of
+/// its settings.
+pub(crate) fn resolve(name: &str, entry: WebhookEntry) -> Result<Webhook, Vec<FieldProblem>> {
+    let problems: Vec<FieldProblem> =
+        limits::check_name("webhook", name, NameChars::Lower, "it is part of every webhook-id")
+            .err()
+            .into_iter()
+            .collect();
+    all_problems(problems, resolve_with(name, entry))
+}
+
+/// The endpoint its table makes, or the first problem.
+fn resolve_with(name: &str, entry: WebhookEntry) -> Result<Webhook, FieldProblem> {
     let text = entry
         .url
         .ok_or(("url", "missing field `url`: where the webhooks are POSTed".to_owned()))?;
@@ -243,8 +246,9 @@ mod tests {
 
     const PROVIDER: &str = "[providers.g]\npreset = \"google\"\ncredentials_secret = \"s\"\n";
 
+    /// The configuration, or its first error.
     fn parse(webhooks: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
-        crate::config::Config::parse(&format!("{PROVIDER}{webhooks}"), "oauth-sync.toml")
+        crate::config::Config::parse(&format!("{PROVIDER}{webhooks}"), "oauth-sync.toml").map_err(|e| e.first().clone())
     }
 
     #[test]

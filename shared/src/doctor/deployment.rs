@@ -60,7 +60,10 @@ pub async fn check_deployment_secrets(
                 "service",
                 "config secret",
                 Verdict::Fail,
-                format!("{e}: push a valid file with `oauth-sync config push FILE`"),
+                format!(
+                    "{}: push a valid file with `oauth-sync config push FILE`",
+                    e.in_one_line()
+                ),
             ),
             Ok(_) if text != local_text => finding(
                 "service",

@@ -6,14 +6,25 @@ use proptest::prelude::*;
 use toml::{Table, Value};
 
 use super::{assert_clear_error, cases, edge_integer, hostile_string, raw_bytes, truncate};
-use crate::config::{CONNECTION_PLACEHOLDERS, Config, ConfigError, MAX_FILLED_LEN, PresetName, fill_template};
+use crate::config::{CONNECTION_PLACEHOLDERS, Config, ConfigErrors, MAX_FILLED_LEN, PresetName, fill_template};
 
 /// Client credentials a user pasted into the file by mistake; no error may quote them.
 const PLANTED_SECRET: &str = "cs-planted-7d1e0a93b4";
 const PLANTED_ID: &str = "ci-planted-52c8f0e6aa";
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Config::parse(text, "oauth-sync.toml")
+}
+
+/// Each error is clear (one line, bounded, no planted secret, no Rust type
+/// name), and so is the one-line summary a function's start-up failure logs.
+fn assert_clear_errors(errors: &ConfigErrors, secrets: &[&str]) -> Result<(), TestCaseError> {
+    for error in errors {
+        assert_clear_error(error, secrets)?;
+        let rust_type = crate::config::names_a_rust_type(&error.message);
+        prop_assert!(rust_type.is_none(), "names {rust_type:?}: {error}");
+    }
+    assert_clear_error(&errors.in_one_line(), secrets)
 }
 
 /// The keys of every table in the schema, top level first.
@@ -190,8 +201,9 @@ fn valid_provider() -> impl Strategy<Value = ValidProvider> {
         "[a-z0-9_-]{1,20}",
         preset(),
         any::<String>(),
-        any::<String>(),
-        proptest::collection::vec(any::<String>(), 0..4),
+        // One line a person can read (config::MAX_DISPLAY_NAME_CHARS), and RFC 6749 scope tokens.
+        "[^\\p{C}\\p{Z}][^\\p{C}\\p{Zl}\\p{Zp}]{0,99}",
+        proptest::collection::vec("[!#-\\[\\]-~]{1,40}", 0..4),
         0u64..=30,
         any::<bool>(),
         proptest::collection::btree_map("x_[a-z_]{1,10}", any::<String>(), 0..3),
@@ -410,9 +422,11 @@ proptest! {
         };
         let text = damage(&text, how, at, depth);
         match parse(&text) {
-            Err(e) => {
-                assert_clear_error(&e, &[PLANTED_SECRET, PLANTED_ID])?;
-                prop_assert!(e.line <= text.lines().count() + 1, "line {} of {}", e.line, text.lines().count());
+            Err(errors) => {
+                assert_clear_errors(&errors, &[PLANTED_SECRET, PLANTED_ID])?;
+                for e in &errors {
+                    prop_assert!(e.line <= text.lines().count() + 1, "line {} of {}", e.line, text.lines().count());
+                }
             }
             Ok(config) => {
                 prop_assert!(!text.contains("client_secret = "), "client credentials were accepted");
@@ -449,7 +463,7 @@ proptest! {
         }
         let text = format!("[providers.x]\n{}\n", lines.join("\n"));
         match parse(&text) {
-            Err(e) => assert_clear_error(&e, &[])?,
+            Err(errors) => assert_clear_errors(&errors, &[])?,
             Ok(config) => {
                 let provider = &config.providers["x"];
                 let urls = [Some(&provider.authorize_url), Some(&provider.token_url), provider.revocation_url.as_ref()];
@@ -469,8 +483,8 @@ proptest! {
     #[test]
     fn raw_text_gives_a_clear_error(bytes in raw_bytes()) {
         let text = String::from_utf8_lossy(&bytes);
-        if let Err(e) = parse(&text) {
-            assert_clear_error(&e, &[])?;
+        if let Err(errors) = parse(&text) {
+            assert_clear_errors(&errors, &[])?;
         }
     }
 }
