@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use url::{Host, Url};
+use url::Url;
 
 use super::ClientAuth;
 
@@ -106,18 +106,15 @@ pub fn document_url(issuer: &str) -> Result<Url, DiscoveryError> {
     Url::parse(&text).map_err(|e| bad(&format!("not a URL ({e})")))
 }
 
-/// https, or http on a loopback host.
+/// https, or http on a loopback host ([`super::secure_url`]).
 fn secure(url: &Url) -> Result<(), String> {
-    let loopback = match url.host() {
-        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        None => return Err("has no host".to_owned()),
-    };
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        _ => Err("must use https (http only on localhost or a loopback address)".to_owned()),
+    if url.host().is_none() {
+        return Err("has no host".to_owned());
+    }
+    if super::secure_url(url) {
+        Ok(())
+    } else {
+        Err("must use https (http only on localhost or a loopback address)".to_owned())
     }
 }
 

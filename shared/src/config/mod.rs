@@ -646,14 +646,42 @@ fn check_params_are_used<'a>(
     }
 }
 
-/// Parses an absolute http(s) URL, with a message fit for a person.
+/// Parses an absolute URL the service may send to or send people to, with a
+/// message fit for a person: https, or http only to a loopback host
+/// ([`secure_url`]).
 pub fn parse_http_url(text: &str) -> Result<Url, String> {
+    let url = parse_absolute(text)?;
+    if !secure_url(&url) {
+        return Err(format!(
+            "`{text}` must use https (http:// only to localhost or a loopback address, for local test servers)"
+        ));
+    }
+    Ok(url)
+}
+
+/// An absolute http(s) URL with a host, whichever host: the caller judges it.
+pub(crate) fn parse_absolute(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("invalid URL `{text}`: {e}"))?;
     match url.scheme() {
         "https" | "http" if url.host().is_some() => Ok(url),
-        _ => Err(format!(
-            "invalid URL `{text}`: expected an http:// or https:// URL with a host"
-        )),
+        _ => Err(format!("invalid URL `{text}`: expected an https:// URL with a host")),
+    }
+}
+
+/// The one rule for every URL of the configuration (endpoints, discovery
+/// documents, webhooks, return URLs): https, or http to a loopback host
+/// (`localhost`, 127.0.0.0/8, `::1`), a test server on the same machine.
+/// Plain http anywhere else would carry tokens and codes in the clear.
+pub fn secure_url(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => match url.host() {
+            Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
     }
 }
 

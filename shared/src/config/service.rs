@@ -126,7 +126,7 @@ pub(crate) fn resolve(
 /// anywhere but this machine, which would carry the login's outcome
 /// unencrypted.
 fn return_url_entry(text: &str) -> Result<Url, String> {
-    let url = parse_http_url(text)?;
+    let url = super::parse_absolute(text)?;
     let matched = "a return URL is matched on scheme, host, port and path only";
     if !url.username().is_empty() || url.password().is_some() {
         // Not quoted: the password would reach the log.

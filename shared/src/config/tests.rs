@@ -1218,3 +1218,38 @@ async fn a_discovery_document_that_cannot_be_fetched_is_one_error_among_the_othe
         "{e}"
     );
 }
+
+#[test]
+fn endpoints_are_https_or_http_only_on_a_loopback_host() {
+    let with = |key: &str, url: &str| {
+        let mut table = String::from("[providers.g]\npreset = \"generic\"\ncredentials_secret = \"s\"\n");
+        for (k, v) in [
+            ("authorize_url", "https://id.example.com/authorize"),
+            ("token_url", "https://id.example.com/token"),
+            ("revocation_url", "https://id.example.com/revoke"),
+            ("api_base_url", "https://api.example.com"),
+        ] {
+            let v = if k == key { url } else { v };
+            table.push_str(&format!("{k} = \"{v}\"\n"));
+        }
+        table
+    };
+    for key in ["authorize_url", "token_url", "revocation_url", "api_base_url"] {
+        for url in [
+            "http://127.0.0.1:9000/x",
+            "http://localhost:9000/x",
+            "http://[::1]:9000/x",
+        ] {
+            Config::parse(&with(key, url), "f.toml").unwrap_or_else(|e| panic!("{key} = {url}: {e}"));
+        }
+        for url in [
+            "http://id.example.com/x",
+            "http://10.0.0.1/x",
+            "http://localhost.example.com/x",
+        ] {
+            let e = err(&with(key, url));
+            assert_eq!(e.field, format!("providers.g.{key}"), "{e}");
+            assert!(e.message.contains("must use https"), "{e}");
+        }
+    }
+}

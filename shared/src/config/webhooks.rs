@@ -10,8 +10,6 @@
 //! signing_secret = "oauth-sync/webhooks/crm"
 //! ```
 
-use std::net::IpAddr;
-
 use serde::Deserialize;
 use url::Url;
 
@@ -84,18 +82,10 @@ impl Webhook {
 }
 
 /// Is `url` one a webhook may be sent to: https, or http to a loopback
-/// address (a receiver on the same machine, as in tests)?
+/// address (a receiver on the same machine, as in tests)? The configuration's
+/// one rule, [`super::secure_url`].
 pub fn webhook_url_allowed(url: &Url) -> bool {
-    match url.scheme() {
-        "https" => url.host().is_some(),
-        "http" => match url.host() {
-            Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-            None => false,
-        },
-        _ => false,
-    }
+    super::secure_url(url)
 }
 
 /// Every problem of one webhook table: its name, and the first problem of
