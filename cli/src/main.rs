@@ -5,6 +5,7 @@
 
 mod api;
 mod args;
+mod config;
 mod keys;
 mod output;
 mod redirect;
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use shared::aws::AwsClients;
-use shared::config::{CONFIG_ENV, Config, ConfigErrors, PresetName};
+use shared::config::{CONFIG_ENV, Config, ConfigErrors};
 use shared::connection::store::ConnectionStore;
 use shared::connection::{ConnectionId, ConnectionKind, now_ms};
 use shared::login::{LinkKeys, LinkOrder, parse_lifetime};
@@ -42,19 +43,13 @@ async fn main() -> ExitCode {
     shared::telemetry::init(shared::telemetry::Target::Cli);
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Presets => {
-            let presets: Vec<_> = PresetName::ALL.iter().map(|p| (p.as_str(), p.settings())).collect();
-            output::presets(&presets, cli.json)
-        }
+        Command::Presets => config::presets(cli.json),
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match Config::load_and_discover(&config_path(file.or(cli.config))).await {
-            Ok(config) => output::config(&config, cli.json),
-            Err(e) => Err(anyhow::Error::new(e)),
-        },
+        } => config::check(&config_path(file.or(cli.config)), cli.json).await,
         Command::Config {
             command: ConfigCommand::Push { file },
-        } => keys::push(&file, cli.json).await,
+        } => config::push(&file, cli.json).await,
         Command::Keys { command } => keys_command(config_path(cli.config), command, cli.json).await,
         Command::DeployCheck { stack } => deploy_check(config_path(cli.config), stack, cli.json).await,
         Command::List => list(config_path(cli.config), cli.json).await,
@@ -592,7 +587,7 @@ async fn deploy_check(config_file: PathBuf, stack: Option<String>, as_json: bool
     }
     let aws = AwsClients::from_env().await;
     let secrets = SecretStore::new(aws.secrets);
-    findings.extend(check_deployment_secrets(&config, &local_text, &keys::config_secret_name(), &secrets).await);
+    findings.extend(check_deployment_secrets(&config, &local_text, &config::config_secret_name(), &secrets).await);
     output::findings(&findings, as_json)?;
     let failed = findings.iter().filter(|f| f.verdict == Verdict::Fail).count();
     anyhow::ensure!(failed == 0, "{failed} check(s) failed");

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shared::config::{ClientAuth, Config, ProviderSettings};
 use shared::connection::{Connection, ConnectionId, now_ms};
 use shared::sync::engine::{RunEnd, RunReport};
 use shared::sync::jobs::{Checkpoint, Job, Phase, RunCounts, RunRecord};
@@ -47,7 +46,7 @@ fn pad(text: &str, width: usize) -> String {
 }
 
 /// Left-aligned columns, two spaces apart; long cells cut ([`MAX_CELL`]).
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|row| row.iter().map(|c| cut_cell(c)).collect())
@@ -68,127 +67,6 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row));
     }
     out
-}
-
-fn days(secs: Option<u64>) -> String {
-    secs.map_or_else(|| "-".to_owned(), |s| format!("{}d", s / 86_400))
-}
-
-fn auth(auth: ClientAuth) -> &'static str {
-    match auth {
-        ClientAuth::Basic => "basic",
-        ClientAuth::Body => "body",
-    }
-}
-
-pub fn presets(presets: &[(&str, ProviderSettings)], as_json: bool) -> anyhow::Result<()> {
-    if as_json {
-        let map: serde_json::Map<String, Value> = presets
-            .iter()
-            .map(|(name, s)| Ok(((*name).to_owned(), serde_json::to_value(s)?)))
-            .collect::<Result<_, serde_json::Error>>()?;
-        return write_out(&format!("{}\n", serde_json::to_string_pretty(&map)?));
-    }
-    let rows: Vec<Vec<String>> = presets
-        .iter()
-        .map(|(name, s)| {
-            vec![
-                (*name).to_owned(),
-                auth(s.client_auth).to_owned(),
-                if s.rotates_refresh_tokens {
-                    "yes".to_owned()
-                } else {
-                    "no".to_owned()
-                },
-                format!("{}s", s.reuse_grace_secs),
-                days(s.refresh_token_idle_secs),
-                format!("{}s", s.refresh_lead_secs),
-                if s.revocation_url.is_some() {
-                    "yes".to_owned()
-                } else {
-                    "no".to_owned()
-                },
-            ]
-        })
-        .collect();
-    write_out(&table(
-        &[
-            "preset",
-            "client auth",
-            "rotates",
-            "reuse grace",
-            "idle life",
-            "refresh lead",
-            "RFC 7009",
-        ],
-        &rows,
-    ))
-}
-
-pub fn config(config: &Config, as_json: bool) -> anyhow::Result<()> {
-    if as_json {
-        let providers: serde_json::Map<String, Value> = config
-            .providers
-            .iter()
-            .map(|(name, p)| {
-                let mut value = serde_json::to_value(&p.settings)?;
-                value["preset"] = json!(p.preset.as_str());
-                value["credentials_secret"] = json!(p.credentials_secret);
-                value["authorize_url"] = json!(p.authorize_url.as_str());
-                value["token_url"] = json!(p.token_url.as_str());
-                value["revocation_url"] = json!(p.revocation_url.as_ref().map(|u| u.as_str()));
-                Ok((name.clone(), value))
-            })
-            .collect::<Result<_, serde_json::Error>>()?;
-        let syncs: serde_json::Map<String, Value> = config
-            .syncs
-            .iter()
-            .map(|(name, s)| Ok((name.clone(), serde_json::to_value(s)?)))
-            .collect::<Result<_, serde_json::Error>>()?;
-        return write_out(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&json!({"providers": providers, "syncs": syncs}))?
-        ));
-    }
-    let providers: Vec<Vec<String>> = config
-        .providers
-        .values()
-        .map(|p| {
-            vec![
-                p.name.clone(),
-                p.preset.to_string(),
-                p.token_url.to_string(),
-                p.credentials_secret.clone(),
-            ]
-        })
-        .collect();
-    let syncs: Vec<Vec<String>> = config
-        .syncs
-        .values()
-        .map(|s| {
-            vec![
-                s.name.clone(),
-                s.provider.clone(),
-                s.endpoint.clone(),
-                s.mode.as_str().to_owned(),
-                s.cursor_field.clone().unwrap_or_else(|| "-".to_owned()),
-                format!("{}s", s.interval_secs),
-            ]
-        })
-        .collect();
-    let mut out = String::from("configuration is valid\n\n");
-    out.push_str(&table(
-        &["provider", "preset", "token endpoint", "credentials secret"],
-        &providers,
-    ));
-    if !syncs.is_empty() {
-        out.push('\n');
-        out.push_str(&table(
-            &["sync", "provider", "endpoint", "mode", "cursor field", "every"],
-            &syncs,
-        ));
-    }
-    write_out(&out)
 }
 
 pub fn connect_link(url: &url::Url, claims: &shared::login::ConnectClaims, as_json: bool) -> anyhow::Result<()> {
