@@ -9,6 +9,7 @@ mod config;
 mod keys;
 mod output;
 mod redirect;
+mod sync;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,8 +27,7 @@ use shared::login::{LinkKeys, LinkOrder, parse_lifetime};
 use shared::refresh::{RefreshSettings, TokenService};
 use shared::runtime::{CONNECTIONS_TABLE_ENV, RECORDS_TABLE_ENV, SYNC_RUNS_TABLE_ENV, SYNC_STATE_TABLE_ENV};
 use shared::secrets::SecretStore;
-use shared::sync::engine::{RunEnd, SyncEngine, SyncSettings};
-use shared::sync::jobs::{Job, JobStore, RunRecord, job_id};
+use shared::sync::jobs::{JobStore, RunRecord, job_id};
 use shared::sync::records::RecordStore;
 
 use crate::args::{Cli, Command, ConfigCommand, KeysCommand, LinkRequest, SyncCommand};
@@ -69,14 +69,16 @@ async fn main() -> ExitCode {
                     timeout,
                     lease,
                 },
-        } => sync_run(config_path(cli.config), &id, &sync, &timeout, &lease, cli.json).await,
+        } => sync::sync_run(config_path(cli.config), &id, &sync, &timeout, &lease, cli.json).await,
         Command::Sync {
             command: SyncCommand::Status { id },
-        } => sync_status(config_path(cli.config), id, cli.json).await,
+        } => sync::sync_status(config_path(cli.config), id, cli.json).await,
         Command::Sync {
             command: SyncCommand::Schedule { sync },
-        } => sync_schedule(config_path(cli.config), &sync, cli.json).await,
-        Command::Records { id, sync, limit } => records(config_path(cli.config), &id, &sync, limit, cli.json).await,
+        } => sync::sync_schedule(config_path(cli.config), &sync, cli.json).await,
+        Command::Records { id, sync, limit } => {
+            sync::records(config_path(cli.config), &id, &sync, limit, cli.json).await
+        }
         Command::Token { id, min_valid } => api::token(&config_path(cli.config), &id, &min_valid, cli.json).await,
         Command::Proxy {
             id,
@@ -97,7 +99,7 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<Interrupted>() => {
+        Err(e) if e.is::<sync::Interrupted>() => {
             eprintln!("{e}");
             ExitCode::from(130)
         }
@@ -222,18 +224,6 @@ async fn token_service(config_file: &std::path::Path) -> anyhow::Result<TokenSer
     )
 }
 
-/// A configured sync, or an error that names the configured ones.
-fn sync_definition<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a shared::config::Sync> {
-    config.syncs.get(name).with_context(|| {
-        let known: Vec<&str> = config.syncs.keys().map(String::as_str).collect();
-        if known.is_empty() {
-            format!("unknown sync `{name}`: the configuration has no [syncs]")
-        } else {
-            format!("unknown sync `{name}` (configured: {})", known.join(", "))
-        }
-    })
-}
-
 async fn list(config_file: PathBuf, as_json: bool) -> anyhow::Result<()> {
     let config = Config::load_and_discover(&config_file).await?;
     let (aws, store) = store().await?;
@@ -304,202 +294,6 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         _ => anyhow::bail!("`{text}` is not a duration: a number and s, m or h (90s, 15m, 2h)"),
     };
     Ok(Duration::from_secs(seconds))
-}
-
-async fn sync_run(
-    config_file: PathBuf,
-    id: &str,
-    sync: &str,
-    timeout: &str,
-    lease: &str,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let lease = parse_duration(lease).context("--lease")?;
-    let settings = SyncSettings {
-        renewed_lease: Some(lease),
-        ..SyncSettings::default()
-    };
-    anyhow::ensure!(
-        lease > settings.write_fence() * 2,
-        "--lease: more than {}s (no write starts in its last {}s)",
-        (settings.write_fence() * 2).as_secs(),
-        settings.write_fence().as_secs()
-    );
-    let timeout = parse_duration(timeout).context("--timeout")?;
-    let least = settings.page_timeout + settings.commit_margin + Duration::from_secs(5);
-    anyhow::ensure!(
-        timeout >= least,
-        "--timeout: at least {}s (one page may take {}s, and the run keeps {}s for its last writes)",
-        least.as_secs(),
-        settings.page_timeout.as_secs(),
-        settings.commit_margin.as_secs()
-    );
-    let config = Arc::new(Config::load_and_discover(&config_file).await?);
-    let id = ConnectionId::parse(id)?;
-    let definition = sync_definition(&config, sync)?;
-    let (aws, store) = store().await?;
-    let jobs = job_store(&aws)?;
-    let records = record_store(&aws)?;
-    // Checked here, so that a typo creates no job.
-    let connection = store
-        .get(&id)
-        .await?
-        .with_context(|| format!("connection {id} does not exist"))?;
-    anyhow::ensure!(
-        connection.provider == definition.provider,
-        "connection {id} belongs to provider `{}`; sync `{sync}` pulls from `{}`",
-        connection.provider,
-        definition.provider
-    );
-    let tokens = TokenService::load(
-        config.clone(),
-        store,
-        SecretStore::new(aws.secrets.clone()),
-        RefreshSettings::default(),
-    )
-    .await?;
-    // Running a parked job takes it back into the schedule: say so.
-    if let Some(job) = jobs.get(&job_id(&id, sync)).await?
-        && let Some(reason) = &job.parked_reason
-    {
-        eprintln!(
-            "{}: was parked ({reason}); this run takes it back into the schedule",
-            job.id
-        );
-    }
-    let events = shared::events::EventSink::from_env(&shared::aws::load_sdk_config().await);
-    let stop = stop_on_signals()?;
-    let engine = SyncEngine::new(
-        config,
-        Arc::new(tokens.with_events(events.clone())),
-        jobs,
-        records,
-        settings,
-    )?
-    .with_events(events)
-    .with_stop(stop.clone());
-    let started = Instant::now();
-    let report = engine.run_now(&id, sync, started + timeout, &output::progress).await?;
-    output::run_report(&report, started.elapsed(), as_json)?;
-    if let (Some(why), RunEnd::Yielded { .. }) = (stop.borrow().clone(), &report.end) {
-        return Err(Interrupted(format!("{}: {why}", report.job)).into());
-    }
-    match report.end {
-        RunEnd::Finished | RunEnd::Yielded { .. } => Ok(()),
-        RunEnd::Parked(_) => anyhow::bail!("{}: the run was parked", report.job),
-        RunEnd::Failed(_) => anyhow::bail!("{}: the run failed", report.job),
-        RunEnd::LostLease => anyhow::bail!("{}: the run lost its lease", report.job),
-    }
-}
-
-/// A run ended early by a signal, its place saved and its lease released:
-/// exit code 130, as a shell reports an interrupted command.
-#[derive(Debug)]
-struct Interrupted(String);
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// The first Ctrl-C (SIGINT) or SIGTERM asks the run to stop: it abandons a
-/// page request or a wait in flight (a token refresh and a fetched page's
-/// writes finish), saves its place and releases the job's lease, so the
-/// next `sync run` or scheduled run can go on at once. A second signal quits
-/// at once, leaving the lease to run out.
-fn stop_on_signals() -> anyhow::Result<tokio::sync::watch::Receiver<Option<String>>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        };
-        eprintln!("{name}: stopping; saving the run's place and releasing its lease (send it again to quit at once)");
-        let why = format!("stopped by {name}; `oauth-sync sync run` again, or the schedule, goes on from here");
-        if tx.send(Some(why)).is_err() {
-            return;
-        }
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        eprintln!("quitting at once: the job's lease stays held until it runs out");
-        std::process::exit(130);
-    });
-    Ok(rx)
-}
-
-async fn sync_schedule(config_file: PathBuf, sync: &str, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let definition = sync_definition(&config, sync)?;
-    let (aws, store) = store().await?;
-    let jobs = job_store(&aws)?;
-    let mut scheduled = Vec::new();
-    let mut skipped = 0u64;
-    for connection in store.list().await? {
-        if connection.provider != definition.provider || connection.status != shared::connection::Status::Active {
-            skipped += 1;
-            continue;
-        }
-        jobs.schedule(&connection.id, sync).await?;
-        scheduled.push(connection.id.to_string());
-    }
-    if as_json {
-        let out = serde_json::json!({"sync": sync, "scheduled": scheduled, "skipped": skipped});
-        output::write_out(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
-    } else {
-        output::write_out(&format!(
-            "sync `{sync}` scheduled for {} active connection(s) of provider `{}`{}; {skipped} other connection(s) left alone\n",
-            scheduled.len(),
-            definition.provider,
-            if scheduled.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", scheduled.join(", "))
-            },
-        ))?;
-    }
-    Ok(())
-}
-
-/// Runs shown per job by `sync status ID`.
-const RECENT_RUNS: i32 = 5;
-
-async fn sync_status(config_file: PathBuf, id: Option<String>, as_json: bool) -> anyhow::Result<()> {
-    let _ = Config::load_and_discover(&config_file).await?;
-    let id = id.as_deref().map(ConnectionId::parse).transpose()?;
-    let aws = AwsClients::from_env().await;
-    let store = job_store(&aws)?;
-    let mut jobs: Vec<Job> = store.all().await?;
-    if let Some(id) = &id {
-        jobs.retain(|job| &job.connection == id);
-    }
-    jobs.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut history = BTreeMap::new();
-    if id.is_some() {
-        for job in &jobs {
-            history.insert(job.id.clone(), store.runs(&job.id, RECENT_RUNS).await?);
-        }
-    }
-    output::sync_status(&jobs, id.as_ref(), &history, as_json)
-}
-
-async fn records(config_file: PathBuf, id: &str, sync: &str, limit: usize, as_json: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(limit > 0, "--limit: at least 1");
-    let config = Config::load_and_discover(&config_file).await?;
-    let id = ConnectionId::parse(id)?;
-    sync_definition(&config, sync)?;
-    let aws = AwsClients::from_env().await;
-    let store = record_store(&aws)?;
-    let job = job_id(&id, sync);
-    let records = store.list(&job, limit).await?;
-    output::records(&job, &records, as_json)
 }
 
 async fn refresh(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {

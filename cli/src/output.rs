@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shared::connection::{Connection, ConnectionId, now_ms};
-use shared::sync::engine::{RunEnd, RunReport};
-use shared::sync::jobs::{Checkpoint, Job, Phase, RunCounts, RunRecord};
-use shared::sync::rate::RateState;
-use shared::sync::records::StoredRecord;
+use shared::sync::jobs::{Job, RunRecord};
 use shared::when;
+
+use crate::sync::{JOB_COLUMNS, job_cells, job_json};
 
 pub fn write_out(text: &str) -> anyhow::Result<()> {
     write_bytes(text.as_bytes())
@@ -39,7 +38,7 @@ fn cut_cell(text: &str) -> String {
 
 /// `text` and spaces up to `width` characters. Padded by hand: a `{:<w$}`
 /// width of 65,536 or more panics ("Formatting argument out of range").
-fn pad(text: &str, width: usize) -> String {
+pub fn pad(text: &str, width: usize) -> String {
     let mut padded = text.to_owned();
     padded.extend(std::iter::repeat_n(' ', width.saturating_sub(text.chars().count())));
     padded
@@ -102,13 +101,13 @@ fn status_text(c: &Connection) -> String {
 }
 
 /// "in 9 min 30 s", "3 min ago": how far an epoch-ms time is from now.
-fn relative(ms: Option<i64>) -> String {
+pub fn relative(ms: Option<i64>) -> String {
     ms.map_or_else(|| "-".to_owned(), |ms| when::relative(ms, now_ms()))
 }
 
 /// How long ago something happened ("just now" also for a time a little
 /// ahead: another host's clock, not the future).
-fn ago(ms: Option<i64>) -> String {
+pub fn ago(ms: Option<i64>) -> String {
     ms.map_or_else(|| "-".to_owned(), |ms| when::ago(ms, now_ms()))
 }
 
@@ -329,7 +328,7 @@ pub fn findings(findings: &[shared::doctor::Finding], as_json: bool) -> anyhow::
 }
 
 /// Text cut to `max` characters, on one line.
-fn shorten(text: &str, max: usize) -> String {
+pub fn shorten(text: &str, max: usize) -> String {
     let line: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if line.chars().count() <= max {
         return line;
@@ -339,282 +338,13 @@ fn shorten(text: &str, max: usize) -> String {
 }
 
 /// "1.2s", "3m 05s".
-fn elapsed(duration: Duration) -> String {
+pub fn elapsed(duration: Duration) -> String {
     let secs = duration.as_secs();
     if secs < 60 {
         format!("{:.1}s", duration.as_secs_f64())
     } else {
         format!("{}m {:02}s", secs / 60, secs % 60)
     }
-}
-
-/// One progress line per committed page, on stderr (the counts are the run's so far).
-pub fn progress(counts: &RunCounts) {
-    eprintln!(
-        "page {}: fetched {}, inserted {}, updated {}, unchanged {}, deleted {}",
-        counts.pages, counts.fetched, counts.inserted, counts.updated, counts.unchanged, counts.deleted
-    );
-}
-
-/// How a run ended, in words.
-fn run_end(end: &RunEnd) -> String {
-    match end {
-        RunEnd::Finished => "finished".to_owned(),
-        RunEnd::Yielded { until, reason } => {
-            let when = if *until > now_ms() + 1_000 {
-                format!(" until {}", relative(Some(*until)))
-            } else {
-                String::new()
-            };
-            format!(
-                "yielded{when}: {reason}; the next run (scheduled, or `sync run` again) resumes where this one stopped"
-            )
-        }
-        RunEnd::Parked(why) => format!("parked: {why}"),
-        RunEnd::Failed(why) => format!("failed: {why}"),
-        RunEnd::LostLease => {
-            "stopped: another invocation took the job over (the lease was lost); this run wrote nothing more".to_owned()
-        }
-    }
-}
-
-pub fn run_report(report: &RunReport, took: Duration, as_json: bool) -> anyhow::Result<()> {
-    if as_json {
-        return write_out(&format!("{}\n", serde_json::to_string_pretty(report)?));
-    }
-    let c = &report.counts;
-    let mut out = format!("{}: {} ({})\n", report.job, run_end(&report.end), elapsed(took));
-    out.push_str(&format!(
-        "  pages {}, fetched {}, inserted {}, updated {}, unchanged {}, deleted {}\n",
-        c.pages, c.fetched, c.inserted, c.updated, c.unchanged, c.deleted
-    ));
-    out.push_str(&format!(
-        "  requests {}, 429s {}, rate-limit waits {} ({} waited), retries {}, token refreshes {}\n",
-        c.requests,
-        c.throttled,
-        c.rate_limit_waits,
-        elapsed(Duration::from_millis(c.waited_ms)),
-        c.retries,
-        c.token_refreshes
-    ));
-    out.push_str(&format!("  rejected {}\n", c.rejected));
-    for example in &c.rejected_examples {
-        out.push_str(&format!("    {}\n", shorten(example, 160)));
-    }
-    if c.rejected > c.rejected_examples.len() as u64 {
-        out.push_str(&format!(
-            "    … and {} more\n",
-            c.rejected - c.rejected_examples.len() as u64
-        ));
-    }
-    write_out(&out)
-}
-
-/// `running`, `parked` or `scheduled`.
-fn job_state_word(job: &Job, now: i64) -> &'static str {
-    if job.lease_until.is_some_and(|until| until > now) {
-        "running"
-    } else if job.next_run_at.is_none() {
-        "parked"
-    } else {
-        "scheduled"
-    }
-}
-
-fn job_state(job: &Job, now: i64) -> String {
-    match job_state_word(job, now) {
-        "running" => format!(
-            "running (lease held by {} until {})",
-            job.lease_owner.as_deref().unwrap_or("another run"),
-            relative(job.lease_until)
-        ),
-        "parked" => format!(
-            "parked: {}",
-            job.parked_reason.as_deref().unwrap_or("no reason recorded")
-        ),
-        _ => match &job.checkpoint.run {
-            // A run that yielded or failed: the next one goes on from its place.
-            Some(run) => format!(
-                "scheduled, resumes its run at page {}{}",
-                run.pass_pages + 1,
-                match run.phase {
-                    Phase::Data => "",
-                    Phase::Deleted => " of the deleted-records feed",
-                }
-            ),
-            None => "scheduled".to_owned(),
-        },
-    }
-}
-
-fn last_run(run: Option<&RunRecord>) -> String {
-    run.map_or_else(
-        || "-".to_owned(),
-        |run| format!("{} {}", run.status, ago(Some(run.finished_at))),
-    )
-}
-
-/// inserted/updated/deleted of the last run.
-fn changes(run: Option<&RunRecord>) -> String {
-    run.map_or_else(
-        || "-".to_owned(),
-        |run| format!("{}/{}/{}", run.counts.inserted, run.counts.updated, run.counts.deleted),
-    )
-}
-
-fn cursor(checkpoint: &Checkpoint) -> String {
-    match (&checkpoint.cursor, &checkpoint.delta_link) {
-        (Some(cursor), _) => shorten(cursor, 32),
-        (None, Some(_)) => "delta link".to_owned(),
-        (None, None) => "-".to_owned(),
-    }
-}
-
-/// The smallest known remaining count of the provider's rate-limit windows,
-/// and when that window resets.
-fn budget(rate: &RateState) -> String {
-    let now = now_ms();
-    let mut text = match rate.windows.iter().min_by_key(|(_, w)| w.remaining) {
-        None => "-".to_owned(),
-        Some((_, window)) => match window.reset_at {
-            Some(at) if at > now => format!("{}, resets {}", window.remaining, relative(Some(at))),
-            Some(at) => format!("{} (stale: the window reset {})", window.remaining, relative(Some(at))),
-            None => window.remaining.to_string(),
-        },
-    };
-    if let Some(until) = rate.retry_after_until.filter(|until| *until > now) {
-        text.push_str(&format!("; Retry-After until {}", relative(Some(until))));
-    }
-    text
-}
-
-/// The last run's error, unless the state already says it (a parked job).
-fn job_error(job: &Job) -> String {
-    match job.last_run.as_ref().and_then(|r| r.error.as_deref()) {
-        Some(error) if job.next_run_at.is_some() || job.parked_reason.as_deref() != Some(error) => error.to_owned(),
-        _ => "-".to_owned(),
-    }
-}
-
-const JOB_COLUMNS: [&str; 7] = [
-    "state",
-    "next run",
-    "last run",
-    "ins/upd/del",
-    "cursor",
-    "budget left",
-    "error",
-];
-
-fn job_cells(job: &Job, now: i64) -> Vec<String> {
-    vec![
-        job_state(job, now),
-        if job.next_run_at.is_some() {
-            relative(job.next_run_at)
-        } else {
-            "-".to_owned()
-        },
-        last_run(job.last_run.as_ref()),
-        changes(job.last_run.as_ref()),
-        cursor(&job.checkpoint),
-        budget(&job.checkpoint.rate),
-        job_error(job),
-    ]
-}
-
-fn job_json(job: &Job, now: i64) -> Value {
-    json!({
-        "id": job.id,
-        "connection": job.connection.as_str(),
-        "sync": job.sync,
-        "state": job_state_word(job, now),
-        "next_run_at": job.next_run_at,
-        "parked_reason": job.parked_reason,
-        "lease_owner": job.lease_owner,
-        "lease_until": job.lease_until,
-        "budget_left": job.checkpoint.rate.least_remaining(),
-        "checkpoint": job.checkpoint,
-        "last_run": job.last_run,
-    })
-}
-
-/// `history`: the recent runs of each job, by job id (`sync status ID`).
-pub fn sync_status(
-    jobs: &[Job],
-    connection: Option<&ConnectionId>,
-    history: &BTreeMap<String, Vec<RunRecord>>,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let now = now_ms();
-    if as_json {
-        let values: Vec<Value> = jobs
-            .iter()
-            .map(|job| {
-                let mut value = job_json(job, now);
-                if let Some(runs) = history.get(&job.id) {
-                    value["recent_runs"] = json!(runs);
-                }
-                value
-            })
-            .collect();
-        return write_out(&format!("{}\n", serde_json::to_string_pretty(&values)?));
-    }
-    if jobs.is_empty() {
-        return write_out(&match connection {
-            Some(id) => format!("no sync jobs for {id}; a login creates them, or `oauth-sync sync run {id} SYNC`\n"),
-            None => "no sync jobs; a login creates them, or `oauth-sync sync run ID SYNC`\n".to_owned(),
-        });
-    }
-    let rows: Vec<Vec<String>> = jobs
-        .iter()
-        .map(|job| {
-            let mut row = vec![job.id.clone()];
-            row.extend(job_cells(job, now));
-            row
-        })
-        .collect();
-    let mut header = vec!["job"];
-    header.extend(JOB_COLUMNS);
-    let mut out = table(&header, &rows);
-    for job in jobs {
-        let Some(runs) = history.get(&job.id).filter(|runs| !runs.is_empty()) else {
-            continue;
-        };
-        out.push_str(&format!("\nrecent runs of {}\n", job.id));
-        let rows: Vec<Vec<String>> = runs
-            .iter()
-            .map(|run| {
-                vec![
-                    ago(Some(run.started_at)),
-                    run.status.clone(),
-                    elapsed(Duration::from_millis(
-                        u64::try_from(run.finished_at - run.started_at).unwrap_or(0),
-                    )),
-                    run.counts.pages.to_string(),
-                    run.counts.fetched.to_string(),
-                    changes(Some(run)),
-                    run.counts.requests.to_string(),
-                    run.counts.throttled.to_string(),
-                    run.error.clone().unwrap_or_else(|| "-".to_owned()),
-                ]
-            })
-            .collect();
-        out.push_str(&table(
-            &[
-                "started",
-                "status",
-                "took",
-                "pages",
-                "fetched",
-                "ins/upd/del",
-                "requests",
-                "429s",
-                "error",
-            ],
-            &rows,
-        ));
-    }
-    write_out(&out)
 }
 
 /// `jobs`: the job of each configured sync of the connection's provider (or
@@ -719,77 +449,6 @@ pub fn show(
             out.push_str(&table(&header, &rows));
         }
         Err(why) => out.push_str(&format!("\nsyncs: not shown: {why}\n")),
-    }
-    write_out(&out)
-}
-
-/// Data columns a records table shows at most.
-const RECORD_COLUMNS: usize = 5;
-
-/// A value in a table cell: strings as they are, everything else as JSON.
-fn cell(value: Option<&Value>) -> String {
-    match value {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) => shorten(s, 28),
-        Some(other) => shorten(&other.to_string(), 28),
-    }
-}
-
-pub fn records(job: &str, records: &[StoredRecord], as_json: bool) -> anyhow::Result<()> {
-    if as_json {
-        let values: Vec<Value> = records
-            .iter()
-            .map(|r| json!({"id": r.id, "record": r.data, "updated_at": r.updated_at, "deleted_at": r.deleted_at}))
-            .collect();
-        return write_out(&format!("{}\n", serde_json::to_string_pretty(&values)?));
-    }
-    if records.is_empty() {
-        return write_out(&format!("no records stored for {job}\n"));
-    }
-    // The records' top-level fields in order of first appearance, scalar
-    // ones first, leaving out protocol annotations (OData's `__metadata`,
-    // `@odata.etag`) and a field that only repeats the id.
-    let mut columns: Vec<&str> = Vec::new();
-    for record in records {
-        if let Value::Object(map) = &record.data {
-            for key in map.keys() {
-                if !columns.contains(&key.as_str()) && !key.starts_with("__") && !key.starts_with("@odata") {
-                    columns.push(key);
-                }
-            }
-        }
-    }
-    columns.retain(|column| {
-        !records
-            .iter()
-            .all(|r| r.data.get(*column).and_then(Value::as_str) == Some(r.id.as_str()))
-    });
-    let nested = |column: &str| {
-        records
-            .iter()
-            .any(|r| matches!(r.data.get(column), Some(Value::Object(_) | Value::Array(_))))
-    };
-    columns.sort_by_key(|column| nested(column));
-    let hidden = columns.len().saturating_sub(RECORD_COLUMNS);
-    columns.truncate(RECORD_COLUMNS);
-    let rows: Vec<Vec<String>> = records
-        .iter()
-        .map(|r| {
-            let mut row = vec![r.id.clone()];
-            row.extend(columns.iter().map(|c| cell(r.data.get(*c))));
-            row.push(
-                r.deleted_at
-                    .map_or_else(String::new, |at| format!("deleted {}", ago(Some(at)))),
-            );
-            row
-        })
-        .collect();
-    let mut header = vec!["id"];
-    header.extend(&columns);
-    header.push("");
-    let mut out = table(&header, &rows);
-    if hidden > 0 {
-        out.push_str(&format!("({hidden} more fields; --json shows every field)\n"));
     }
     write_out(&out)
 }
