@@ -6,6 +6,7 @@
 mod api;
 mod args;
 mod config;
+mod connections;
 mod keys;
 mod output;
 mod redirect;
@@ -22,15 +23,13 @@ use clap::Parser;
 use shared::aws::AwsClients;
 use shared::config::{CONFIG_ENV, Config, ConfigErrors};
 use shared::connection::store::ConnectionStore;
-use shared::connection::{ConnectionId, ConnectionKind, now_ms};
-use shared::login::{LinkKeys, LinkOrder, parse_lifetime};
 use shared::refresh::{RefreshSettings, TokenService};
 use shared::runtime::{CONNECTIONS_TABLE_ENV, RECORDS_TABLE_ENV, SYNC_RUNS_TABLE_ENV, SYNC_STATE_TABLE_ENV};
 use shared::secrets::SecretStore;
-use shared::sync::jobs::{JobStore, RunRecord, job_id};
+use shared::sync::jobs::JobStore;
 use shared::sync::records::RecordStore;
 
-use crate::args::{Cli, Command, ConfigCommand, KeysCommand, LinkRequest, SyncCommand};
+use crate::args::{Cli, Command, ConfigCommand, KeysCommand, SyncCommand};
 
 fn config_path(explicit: Option<PathBuf>) -> PathBuf {
     explicit
@@ -52,15 +51,15 @@ async fn main() -> ExitCode {
         } => config::push(&file, cli.json).await,
         Command::Keys { command } => keys_command(config_path(cli.config), command, cli.json).await,
         Command::DeployCheck { stack } => deploy_check(config_path(cli.config), stack, cli.json).await,
-        Command::List => list(config_path(cli.config), cli.json).await,
-        Command::Show { id } => show(config_path(cli.config), &id, cli.json).await,
-        Command::Refresh { id } => refresh(config_path(cli.config), &id, cli.json).await,
-        Command::Revoke { id } => revoke(config_path(cli.config), &id, cli.json).await,
+        Command::List => connections::list(config_path(cli.config), cli.json).await,
+        Command::Show { id } => connections::show(config_path(cli.config), &id, cli.json).await,
+        Command::Refresh { id } => connections::refresh(config_path(cli.config), &id, cli.json).await,
+        Command::Revoke { id } => connections::revoke(config_path(cli.config), &id, cli.json).await,
         Command::Doctor { provider } => doctor(config_path(cli.config), provider, cli.json).await,
         Command::RedirectUris { provider } => {
             redirect::print(&config_path(cli.config), provider.as_deref(), cli.json).await
         }
-        Command::ConnectLink(request) => connect_link(config_path(cli.config), request, cli.json).await,
+        Command::ConnectLink(request) => connections::connect_link(config_path(cli.config), request, cli.json).await,
         Command::Sync {
             command:
                 SyncCommand::Run {
@@ -128,44 +127,6 @@ fn print_error(error: &anyhow::Error) {
     }
 }
 
-/// Checks everything it can before touching AWS (the same checks as the
-/// API's `POST /links`: [`LinkOrder::claims`]), then signs with the link key.
-async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let lifetime = parse_lifetime(&request.expires).context("--expires")?;
-    let order = LinkOrder {
-        provider: request.provider,
-        connection: Some(request.connection),
-        kind: if request.shared {
-            ConnectionKind::Shared
-        } else {
-            ConnectionKind::PerUser
-        },
-        return_url: request.return_url,
-        lifetime,
-        label: request.label,
-        user: request.user,
-    };
-    let claims = order.claims(&config, now_ms()).map_err(|e| {
-        let flag = match e.field {
-            "provider" => "PROVIDER",
-            "connection" => "--connection",
-            "return_url" => "--return-url",
-            "expires_in" => "--expires",
-            "label" => "--label",
-            "for" => "--for",
-            other => other,
-        };
-        anyhow::anyhow!("{flag}: {}", e.reason)
-    })?;
-    let aws = AwsClients::from_env().await;
-    let secret = &config.service.link_key_secret;
-    let text = SecretStore::new(aws.secrets).text(secret).await?;
-    let keys = LinkKeys::from_json(&text).with_context(|| format!("link key secret `{secret}`"))?;
-    let url = keys.connect_url(config.service.callback_url.as_ref(), &claims)?;
-    output::connect_link(&url, &claims, as_json)
-}
-
 /// A table name from the environment, or an error that says where to find it.
 fn table_env(var: &str, what: &str) -> anyhow::Result<String> {
     std::env::var(var)
@@ -224,63 +185,6 @@ async fn token_service(config_file: &std::path::Path) -> anyhow::Result<TokenSer
     )
 }
 
-async fn list(config_file: PathBuf, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let (aws, store) = store().await?;
-    let connections = store.list().await?;
-    // The newest run of each connection's jobs, when syncs are configured
-    // and the sync-state table is known.
-    let mut last_sync: BTreeMap<String, RunRecord> = BTreeMap::new();
-    if !config.syncs.is_empty()
-        && let Ok(jobs) = job_store(&aws)
-    {
-        for job in jobs.all().await? {
-            if let Some(run) = job.last_run {
-                let newer = last_sync
-                    .get(job.connection.as_str())
-                    .is_none_or(|known| known.finished_at < run.finished_at);
-                if newer {
-                    last_sync.insert(job.connection.as_str().to_owned(), run);
-                }
-            }
-        }
-    }
-    output::connections(&connections, &last_sync, as_json)
-}
-
-async fn show(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let (aws, store) = store().await?;
-    let id = ConnectionId::parse(id)?;
-    let connection = store
-        .get(&id)
-        .await?
-        .with_context(|| format!("connection {id} does not exist"))?;
-    let syncs: Vec<&str> = config
-        .syncs
-        .values()
-        .filter(|s| s.provider == connection.provider)
-        .map(|s| s.name.as_str())
-        .collect();
-    // Without the sync tables' names the connection is still shown, with why
-    // its syncs are not.
-    let jobs = if syncs.is_empty() {
-        Ok(Vec::new())
-    } else {
-        match job_store(&aws) {
-            Ok(jobs) => {
-                let mut found = Vec::new();
-                for sync in syncs {
-                    found.push((sync.to_owned(), jobs.get(&job_id(&id, sync)).await?));
-                }
-                Ok(found)
-            }
-            Err(e) => Err(format!("{e:#}")),
-        }
-    };
-    output::show(&connection, &jobs, as_json)
-}
-
 /// `90s`, `15m`, `2h`.
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
@@ -294,22 +198,6 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         _ => anyhow::bail!("`{text}` is not a duration: a number and s, m or h (90s, 15m, 2h)"),
     };
     Ok(Duration::from_secs(seconds))
-}
-
-async fn refresh(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let service = token_service(&config_file).await?;
-    let id = ConnectionId::parse(id)?;
-    let fresh = service
-        .refresh_now(&id, Instant::now() + Duration::from_secs(60))
-        .await?;
-    output::refreshed(&id, &fresh, as_json)
-}
-
-async fn revoke(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let service = token_service(&config_file).await?;
-    let id = ConnectionId::parse(id)?;
-    let revoked = service.revoke(&id).await?;
-    output::revoked(&id, revoked, as_json)
 }
 
 async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> anyhow::Result<()> {
