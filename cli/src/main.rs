@@ -2,21 +2,27 @@
 //! default, `--json` for scripts. Commands that need AWS talk to DynamoDB and
 //! Secrets Manager through the same standard environment as the functions
 //! (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL_*`).
+//!
+//! The commands and their flags are in `args`; each family of commands in its
+//! own module (`config`, `connections`, `sync`, `keys`, `doctor`, `api`,
+//! `redirect`), its output beside it; `output` holds the table and stdout
+//! writing they share. This file dispatches, finds the tables and prints
+//! errors with their exit code.
 
 mod api;
 mod args;
 mod config;
 mod connections;
+mod doctor;
 mod keys;
 mod output;
 mod redirect;
 mod sync;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -50,12 +56,12 @@ async fn main() -> ExitCode {
             command: ConfigCommand::Push { file },
         } => config::push(&file, cli.json).await,
         Command::Keys { command } => keys_command(config_path(cli.config), command, cli.json).await,
-        Command::DeployCheck { stack } => deploy_check(config_path(cli.config), stack, cli.json).await,
+        Command::DeployCheck { stack } => doctor::deploy_check(config_path(cli.config), stack, cli.json).await,
         Command::List => connections::list(config_path(cli.config), cli.json).await,
         Command::Show { id } => connections::show(config_path(cli.config), &id, cli.json).await,
         Command::Refresh { id } => connections::refresh(config_path(cli.config), &id, cli.json).await,
         Command::Revoke { id } => connections::revoke(config_path(cli.config), &id, cli.json).await,
-        Command::Doctor { provider } => doctor(config_path(cli.config), provider, cli.json).await,
+        Command::Doctor { provider } => doctor::doctor(config_path(cli.config), provider, cli.json).await,
         Command::RedirectUris { provider } => {
             redirect::print(&config_path(cli.config), provider.as_deref(), cli.json).await
         }
@@ -200,41 +206,6 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(seconds))
 }
 
-async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> anyhow::Result<()> {
-    use shared::doctor::{Verdict, check_credentials, check_service_secrets, check_settings};
-    let config = Config::load_and_discover(&config_file).await?;
-    let providers: Vec<_> = match &only {
-        Some(name) => vec![config.provider(name)?],
-        None => config.providers.values().collect(),
-    };
-    let aws = AwsClients::from_env().await;
-    let secrets = SecretStore::new(aws.secrets);
-    let http = shared::http::client(Duration::from_secs(10), shared::http::Pooling::Off)?;
-    let mut findings = check_service_secrets(&config.service, &secrets).await;
-    for provider in providers {
-        findings.extend(check_settings(provider, &config.service));
-        findings.extend(shared::doctor::check_discovery(provider).await);
-        findings.extend(check_credentials(provider, &secrets, &http).await);
-    }
-    // With the connections table at hand, each connection that cannot be refreshed is named.
-    if let Some(table) = std::env::var(shared::runtime::CONNECTIONS_TABLE_ENV)
-        .ok()
-        .filter(|t| !t.is_empty())
-    {
-        let store = ConnectionStore::new(aws.dynamodb.clone(), table);
-        let connections = store.list().await?;
-        let connections: Vec<_> = connections
-            .into_iter()
-            .filter(|c| only.as_ref().is_none_or(|p| *p == c.provider))
-            .collect();
-        findings.extend(shared::doctor::check_connections(&connections));
-    }
-    output::findings(&findings, as_json)?;
-    let failed = findings.iter().filter(|f| f.verdict == Verdict::Fail).count();
-    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
-    Ok(())
-}
-
 async fn keys_command(config_file: PathBuf, command: KeysCommand, as_json: bool) -> anyhow::Result<()> {
     let config = Config::load_and_discover(&config_file).await?;
     let ring = |link: bool| if link { keys::Ring::Link } else { keys::Ring::Token };
@@ -244,101 +215,4 @@ async fn keys_command(config_file: PathBuf, command: KeysCommand, as_json: bool)
         KeysCommand::Reseal => keys::reseal(&config, as_json).await,
         KeysCommand::Retire { id, link } => keys::retire(&config, ring(link), &id, as_json).await,
     }
-}
-
-/// How long `aws cloudformation describe-stacks` may take.
-const STACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn deploy_check(config_file: PathBuf, stack: Option<String>, as_json: bool) -> anyhow::Result<()> {
-    use shared::doctor::{Verdict, check_deployment_secrets, check_settings, check_stack_outputs};
-    let config = Config::load_and_discover(&config_file).await?;
-    let local_text = std::fs::read_to_string(&config_file)?;
-    let mut findings = Vec::new();
-    if let Some(stack) = &stack {
-        let outputs = stack_outputs(stack).await?;
-        findings.extend(check_stack_outputs(&outputs, &config.service, &|var| {
-            std::env::var(var).ok().filter(|v| !v.is_empty())
-        }));
-    }
-    for provider in config.providers.values() {
-        findings.extend(
-            check_settings(provider, &config.service)
-                .into_iter()
-                .filter(|f| f.check == "redirect URI"),
-        );
-    }
-    let aws = AwsClients::from_env().await;
-    let secrets = SecretStore::new(aws.secrets);
-    findings.extend(check_deployment_secrets(&config, &local_text, &config::config_secret_name(), &secrets).await);
-    output::findings(&findings, as_json)?;
-    let failed = findings.iter().filter(|f| f.verdict == Verdict::Fail).count();
-    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
-    Ok(())
-}
-
-/// The stack's outputs, from `aws cloudformation describe-stacks` (the AWS
-/// CLI the operator deploys with; no CloudFormation SDK compiled in), killed
-/// after [`STACK_TIMEOUT`].
-async fn stack_outputs(stack: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    use std::io::Read;
-    use std::process::{Command as Process, Stdio};
-    let mut child = Process::new("aws")
-        .args([
-            "cloudformation",
-            "describe-stacks",
-            "--stack-name",
-            stack,
-            "--output",
-            "json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("--stack reads the stack's outputs with the AWS CLI (`aws`), which is not installed here")?;
-    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
-    let reader = std::thread::spawn(move || {
-        let (mut out, mut err) = (String::new(), String::new());
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_string(&mut out);
-        }
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_string(&mut err);
-        }
-        (out, err)
-    });
-    let deadline = Instant::now() + STACK_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!(
-                "`aws cloudformation describe-stacks` did not answer in {}s",
-                STACK_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (out, err) = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reading the AWS CLI's output failed"))?;
-    anyhow::ensure!(
-        status.success(),
-        "`aws cloudformation describe-stacks --stack-name {stack}` failed: {}",
-        err.trim().chars().take(500).collect::<String>()
-    );
-    let value: serde_json::Value = serde_json::from_str(&out).context("the AWS CLI's answer is not JSON")?;
-    let outputs = value["Stacks"][0]["Outputs"].as_array().cloned().unwrap_or_default();
-    Ok(outputs
-        .iter()
-        .filter_map(|o| {
-            Some((
-                o["OutputKey"].as_str()?.to_owned(),
-                o["OutputValue"].as_str()?.to_owned(),
-            ))
-        })
-        .collect())
 }
