@@ -256,8 +256,40 @@ fn print_connection(
         }
         return write_out(&format!("{}\n", serde_json::to_string_pretty(&[value])?));
     }
+    let rows = connection_rows(connection);
+    let width = rows.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
     let mut out = String::new();
-    let rows = vec![
+    for (key, value) in rows {
+        out.push_str(&format!("{}  {value}\n", pad(&format!("{key}:"), width)));
+    }
+    match jobs {
+        Ok(jobs) if jobs.is_empty() => {}
+        Ok(jobs) => {
+            out.push('\n');
+            let rows: Vec<Vec<String>> = jobs
+                .iter()
+                .map(|(sync, job)| {
+                    let mut row = vec![sync.clone()];
+                    match job {
+                        Some(job) => row.extend(job_cells(job, now)),
+                        None => row.push("no job yet: a login creates it, or `oauth-sync sync run`".to_owned()),
+                    }
+                    row
+                })
+                .collect();
+            let mut header = vec!["sync"];
+            header.extend(JOB_COLUMNS);
+            out.push_str(&table(&header, &rows));
+        }
+        Err(why) => out.push_str(&format!("\nsyncs: not shown: {why}\n")),
+    }
+    write_out(&out)
+}
+
+/// `show`'s lines: what the connection is, its tokens' times, what its
+/// login learned, and a refresh whose outcome is not known yet.
+fn connection_rows(connection: &Connection) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
         ("connection", connection.id.to_string()),
         ("provider", connection.provider.clone()),
         ("kind", connection.kind.as_str().to_owned()),
@@ -299,7 +331,6 @@ fn print_connection(
             },
         ),
     ];
-    let mut rows = rows;
     if let Some(since) = connection.outcome_unknown_since {
         let resend = match connection.outcome_unknown_resent_at {
             Some(at) => format!("its one resend started {}", ago(Some(at))),
@@ -313,32 +344,7 @@ fn print_connection(
     if let Some(error) = &connection.param_error {
         rows.push(("param error", error.clone()));
     }
-    let width = rows.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
-    for (key, value) in rows {
-        out.push_str(&format!("{}  {value}\n", pad(&format!("{key}:"), width)));
-    }
-    match jobs {
-        Ok(jobs) if jobs.is_empty() => {}
-        Ok(jobs) => {
-            out.push('\n');
-            let rows: Vec<Vec<String>> = jobs
-                .iter()
-                .map(|(sync, job)| {
-                    let mut row = vec![sync.clone()];
-                    match job {
-                        Some(job) => row.extend(job_cells(job, now)),
-                        None => row.push("no job yet: a login creates it, or `oauth-sync sync run`".to_owned()),
-                    }
-                    row
-                })
-                .collect();
-            let mut header = vec!["sync"];
-            header.extend(JOB_COLUMNS);
-            out.push_str(&table(&header, &rows));
-        }
-        Err(why) => out.push_str(&format!("\nsyncs: not shown: {why}\n")),
-    }
-    write_out(&out)
+    rows
 }
 
 fn print_refreshed(

@@ -37,17 +37,35 @@ use shared::sync::records::RecordStore;
 
 use crate::args::{Cli, Command, ConfigCommand, KeysCommand, SyncCommand};
 
+/// `--config`, else `$OAUTH_SYNC_CONFIG`, else `./oauth-sync.toml`.
 fn config_path(explicit: Option<PathBuf>) -> PathBuf {
     explicit
         .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("oauth-sync.toml"))
 }
 
+/// Exit codes: 0 done, 1 an error (printed by [`print_error`]), 2 a usage
+/// error (clap's), 130 a `sync run` stopped by a signal.
 #[tokio::main]
 async fn main() -> ExitCode {
     shared::telemetry::init(shared::telemetry::Target::Cli);
     let cli = Cli::parse();
-    let result = match cli.command {
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<sync::Interrupted>() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One arm per command: the module of its family does the work.
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Presets => config::presets(cli.json),
         Command::Config {
             command: ConfigCommand::Check { file },
@@ -66,21 +84,7 @@ async fn main() -> ExitCode {
             redirect::print(&config_path(cli.config), provider.as_deref(), cli.json).await
         }
         Command::ConnectLink(request) => connections::connect_link(config_path(cli.config), request, cli.json).await,
-        Command::Sync {
-            command:
-                SyncCommand::Run {
-                    id,
-                    sync,
-                    timeout,
-                    lease,
-                },
-        } => sync::sync_run(config_path(cli.config), &id, &sync, &timeout, &lease, cli.json).await,
-        Command::Sync {
-            command: SyncCommand::Status { id },
-        } => sync::sync_status(config_path(cli.config), id, cli.json).await,
-        Command::Sync {
-            command: SyncCommand::Schedule { sync },
-        } => sync::sync_schedule(config_path(cli.config), &sync, cli.json).await,
+        Command::Sync { command } => sync_command(config_path(cli.config), command, cli.json).await,
         Command::Records { id, sync, limit } => {
             sync::records(config_path(cli.config), &id, &sync, limit, cli.json).await
         }
@@ -101,17 +105,30 @@ async fn main() -> ExitCode {
             };
             api::proxy(&config_path(cli.config), args, cli.json).await
         }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<sync::Interrupted>() => {
-            eprintln!("{e}");
-            ExitCode::from(130)
-        }
-        Err(e) => {
-            print_error(&e);
-            ExitCode::FAILURE
-        }
+    }
+}
+
+async fn sync_command(config_file: PathBuf, command: SyncCommand, as_json: bool) -> anyhow::Result<()> {
+    match command {
+        SyncCommand::Run {
+            id,
+            sync,
+            timeout,
+            lease,
+        } => sync::sync_run(config_file, &id, &sync, &timeout, &lease, as_json).await,
+        SyncCommand::Status { id } => sync::sync_status(config_file, id, as_json).await,
+        SyncCommand::Schedule { sync } => sync::sync_schedule(config_file, &sync, as_json).await,
+    }
+}
+
+async fn keys_command(config_file: PathBuf, command: KeysCommand, as_json: bool) -> anyhow::Result<()> {
+    let config = Config::load_and_discover(&config_file).await?;
+    let ring = |link: bool| if link { keys::Ring::Link } else { keys::Ring::Token };
+    match command {
+        KeysCommand::Init => keys::init(&config, as_json).await,
+        KeysCommand::Rotate { link } => keys::rotate(&config, ring(link), as_json).await,
+        KeysCommand::Reseal => keys::reseal(&config, as_json).await,
+        KeysCommand::Retire { id, link } => keys::retire(&config, ring(link), &id, as_json).await,
     }
 }
 
@@ -204,15 +221,4 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         _ => anyhow::bail!("`{text}` is not a duration: a number and s, m or h (90s, 15m, 2h)"),
     };
     Ok(Duration::from_secs(seconds))
-}
-
-async fn keys_command(config_file: PathBuf, command: KeysCommand, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let ring = |link: bool| if link { keys::Ring::Link } else { keys::Ring::Token };
-    match command {
-        KeysCommand::Init => keys::init(&config, as_json).await,
-        KeysCommand::Rotate { link } => keys::rotate(&config, ring(link), as_json).await,
-        KeysCommand::Reseal => keys::reseal(&config, as_json).await,
-        KeysCommand::Retire { id, link } => keys::retire(&config, ring(link), &id, as_json).await,
-    }
 }

@@ -264,38 +264,43 @@ fn print_jobs(
             continue;
         };
         out.push_str(&format!("\nrecent runs of {}\n", job.id));
-        let rows: Vec<Vec<String>> = runs
-            .iter()
-            .map(|run| {
-                vec![
-                    ago(Some(run.started_at)),
-                    run.status.clone(),
-                    elapsed(Duration::from_millis(
-                        u64::try_from(run.finished_at - run.started_at).unwrap_or(0),
-                    )),
-                    run.counts.pages.to_string(),
-                    run.counts.fetched.to_string(),
-                    changes(Some(run)),
-                    run.counts.requests.to_string(),
-                    run.counts.throttled.to_string(),
-                    run.error.clone().unwrap_or_else(|| "-".to_owned()),
-                ]
-            })
-            .collect();
-        out.push_str(&table(
-            &[
-                "started",
-                "status",
-                "took",
-                "pages",
-                "fetched",
-                "ins/upd/del",
-                "requests",
-                "429s",
-                "error",
-            ],
-            &rows,
-        ));
+        out.push_str(&recent_runs(runs));
     }
     write_out(&out)
+}
+
+/// The table of a job's recent runs (`sync status ID`).
+fn recent_runs(runs: &[RunRecord]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            vec![
+                ago(Some(run.started_at)),
+                run.status.clone(),
+                elapsed(Duration::from_millis(
+                    u64::try_from(run.finished_at - run.started_at).unwrap_or(0),
+                )),
+                run.counts.pages.to_string(),
+                run.counts.fetched.to_string(),
+                changes(Some(run)),
+                run.counts.requests.to_string(),
+                run.counts.throttled.to_string(),
+                run.error.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "started",
+            "status",
+            "took",
+            "pages",
+            "fetched",
+            "ins/upd/del",
+            "requests",
+            "429s",
+            "error",
+        ],
+        &rows,
+    )
 }

@@ -28,26 +28,7 @@ pub async fn sync_run(
     lease: &str,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    let lease = parse_duration(lease).context("--lease")?;
-    let settings = SyncSettings {
-        renewed_lease: Some(lease),
-        ..SyncSettings::default()
-    };
-    anyhow::ensure!(
-        lease > settings.write_fence() * 2,
-        "--lease: more than {}s (no write starts in its last {}s)",
-        (settings.write_fence() * 2).as_secs(),
-        settings.write_fence().as_secs()
-    );
-    let timeout = parse_duration(timeout).context("--timeout")?;
-    let least = settings.page_timeout + settings.commit_margin + Duration::from_secs(5);
-    anyhow::ensure!(
-        timeout >= least,
-        "--timeout: at least {}s (one page may take {}s, and the run keeps {}s for its last writes)",
-        least.as_secs(),
-        settings.page_timeout.as_secs(),
-        settings.commit_margin.as_secs()
-    );
+    let (settings, timeout) = run_settings(timeout, lease)?;
     let config = Arc::new(Config::load_and_discover(&config_file).await?);
     let id = ConnectionId::parse(id)?;
     let definition = sync_definition(&config, sync)?;
@@ -104,6 +85,33 @@ pub async fn sync_run(
         RunEnd::Failed(_) => anyhow::bail!("{}: the run failed", report.job),
         RunEnd::LostLease => anyhow::bail!("{}: the run lost its lease", report.job),
     }
+}
+
+/// The engine's settings with `--lease`, and `--timeout`, checked before
+/// anything is read: a lease longer than twice the write fence, and time
+/// for one page and the run's last writes.
+fn run_settings(timeout: &str, lease: &str) -> anyhow::Result<(SyncSettings, Duration)> {
+    let lease = parse_duration(lease).context("--lease")?;
+    let settings = SyncSettings {
+        renewed_lease: Some(lease),
+        ..SyncSettings::default()
+    };
+    anyhow::ensure!(
+        lease > settings.write_fence() * 2,
+        "--lease: more than {}s (no write starts in its last {}s)",
+        (settings.write_fence() * 2).as_secs(),
+        settings.write_fence().as_secs()
+    );
+    let timeout = parse_duration(timeout).context("--timeout")?;
+    let least = settings.page_timeout + settings.commit_margin + Duration::from_secs(5);
+    anyhow::ensure!(
+        timeout >= least,
+        "--timeout: at least {}s (one page may take {}s, and the run keeps {}s for its last writes)",
+        least.as_secs(),
+        settings.page_timeout.as_secs(),
+        settings.commit_margin.as_secs()
+    );
+    Ok((settings, timeout))
 }
 
 /// A run ended early by a signal, its place saved and its lease released:
