@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use serde_json::{Value, json};
 use shared::api::proxy::{Proxy, ProxyRequest};
 use shared::api::{ApiError, MAX_MIN_VALID_SECS, TokenAnswer};
 use shared::config::Config;
@@ -18,7 +19,7 @@ use shared::connection::{ConnectionId, now_ms};
 use shared::refresh::{RefreshSettings, TokenService};
 use shared::secrets::SecretStore;
 
-use crate::output;
+use crate::output::{write_bytes, write_out};
 
 /// How long one command may take: a refresh, then a request and its one retry.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -46,7 +47,29 @@ pub async fn token(config_file: &Path, id: &str, min_valid: &str, as_json: bool)
         expires_in: (fresh.expires_at - now_ms()) / 1000,
         token_version: fresh.token_version,
     };
-    output::token(&id, &answer, fresh.expires_at, fresh.refreshed, as_json)
+    print_token(&id, &answer, fresh.expires_at, fresh.refreshed, as_json)
+}
+
+/// `token`: the token alone on stdout, what it is on stderr; with --json
+/// the token route's answer.
+fn print_token(
+    id: &ConnectionId,
+    answer: &shared::api::TokenAnswer,
+    expires_at: i64,
+    refreshed: bool,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    if as_json {
+        return write_out(&format!("{}\n", serde_json::to_string(answer)?));
+    }
+    write_out(&format!("{}\n", answer.access_token))?;
+    eprintln!(
+        "{id}: token_version {}{}, expires {}",
+        answer.token_version,
+        if refreshed { " (refreshed now)" } else { "" },
+        shared::when::moment(expires_at, now_ms())
+    );
+    Ok(())
 }
 
 /// What `oauth-sync proxy` was given.
@@ -83,13 +106,67 @@ pub async fn proxy(config_file: &Path, args: ProxyArgs, as_json: bool) -> anyhow
         .forward(&id, request, Instant::now() + DEADLINE)
         .await
         .map_err(|e| anyhow::anyhow!(describe(&e)))?;
-    output::proxied(&answer, as_json)?;
+    print_proxied(&answer, as_json)?;
     anyhow::ensure!(
         answer.status < 400,
         "the provider answered HTTP {} (its answer is above)",
         answer.status
     );
     Ok(())
+}
+
+/// `proxy`: the status line on stderr and the body as it came on stdout;
+/// with --json one object: status, headers, body (JSON when it parses,
+/// else text; a binary body only by its size), and whether the token was
+/// refreshed after a 401.
+fn print_proxied(answer: &shared::api::proxy::ProxyAnswer, as_json: bool) -> anyhow::Result<()> {
+    let refreshed = if answer.refreshed {
+        " (after one refresh: the provider refused the first token)"
+    } else {
+        ""
+    };
+    if !as_json {
+        eprintln!("HTTP {}{refreshed}", answer.status);
+        write_bytes(&answer.body)?;
+        // A terminal's prompt starts on a line of its own; a pipe gets the bytes unchanged.
+        if std::io::IsTerminal::is_terminal(&std::io::stdout())
+            && !answer.body.ends_with(b"\n")
+            && !answer.body.is_empty()
+        {
+            write_out("\n")?;
+        }
+        return Ok(());
+    }
+    let mut headers = serde_json::Map::new();
+    for (name, value) in &answer.headers {
+        let value = json!(String::from_utf8_lossy(value.as_bytes()));
+        match headers.get_mut(name.as_str()) {
+            Some(Value::Array(values)) => values.push(value),
+            Some(one) => *one = json!([one.take(), value]),
+            None => {
+                headers.insert(name.as_str().to_owned(), value);
+            }
+        }
+    }
+    let mut out = json!({
+        "status": answer.status,
+        "headers": headers,
+        "refreshed": answer.refreshed,
+    });
+    match (
+        serde_json::from_slice::<Value>(&answer.body),
+        std::str::from_utf8(&answer.body),
+    ) {
+        (_, Ok("")) => out["body"] = Value::Null,
+        (Ok(value), _) => out["body"] = value,
+        (Err(_), Ok(text)) => out["body"] = json!(text),
+        (Err(_), Err(_)) => {
+            out["body"] = Value::Null;
+            out["body_bytes"] = json!(answer.body.len());
+            out["note"] = json!("a binary body: without --json the bytes go to stdout");
+        }
+    }
+    write_out(&format!("{}\n", serde_json::to_string_pretty(&out)?))
 }
 
 /// The request `args` describe, or what is wrong with them, named by the

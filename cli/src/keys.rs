@@ -1,10 +1,9 @@
-//! `oauth-sync keys …` and `oauth-sync config push`: the deployment's secrets,
-//! made and changed by the CLI, never by hand. Key material goes from the
-//! CSPRNG to Secrets Manager and is never printed, logged or put in an error:
-//! the output names secrets and key ids only.
+//! `oauth-sync keys …`: the deployment's keys, made and changed by the CLI,
+//! never by hand. Key material goes from the CSPRNG to Secrets Manager and is
+//! never printed, logged or put in an error: the output names secrets and key
+//! ids only. (`config push`, which writes the config secret, is in `config`.)
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::Context;
 use shared::aws::AwsClients;
@@ -12,13 +11,9 @@ use shared::config::Config;
 use shared::connection::store::{ConnectionStore, Write};
 use shared::connection::{Connection, Sealed};
 use shared::crypto::{KeyRing, KeyRingSecret, sealed_key_id};
-use shared::runtime::CONFIG_SECRET_ENV;
 use shared::secrets::{SecretStore, SecretsError};
 
 use crate::output::write_out;
-
-/// The config secret when `OAUTH_SYNC_CONFIG_SECRET` is not set (the template's default).
-pub const DEFAULT_CONFIG_SECRET: &str = "oauth-sync/config";
 
 /// Attempts per connection when concurrent writes keep changing it.
 const RESEAL_ATTEMPTS: usize = 5;
@@ -54,14 +49,6 @@ impl Ring {
             Ring::Link => "l",
         }
     }
-}
-
-/// The config secret's name: `OAUTH_SYNC_CONFIG_SECRET`, else `oauth-sync/config`.
-pub fn config_secret_name() -> String {
-    std::env::var(CONFIG_SECRET_ENV)
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| DEFAULT_CONFIG_SECRET.to_owned())
 }
 
 fn secrets(aws: &AwsClients) -> SecretStore {
@@ -318,44 +305,6 @@ async fn reseal_one(
         connection.id
     ));
     Ok(())
-}
-
-/// Checks the file exactly as `config check` does, then writes it to the
-/// config secret. A file with errors writes nothing.
-pub async fn push(file: &Path, as_json: bool) -> anyhow::Result<()> {
-    let label = file.display().to_string();
-    let text = match std::fs::read_to_string(file) {
-        Ok(text) => text,
-        // The same error `config check` gives.
-        Err(_) => {
-            return Err(Config::load_and_discover(file)
-                .await
-                .err()
-                .map_or_else(|| anyhow::anyhow!("cannot read {label}"), Into::into));
-        }
-    };
-    let config = Config::parse_and_discover(&text, &label)
-        .await
-        .context("nothing was written")?;
-    let name = config_secret_name();
-    let aws = AwsClients::from_env().await;
-    secrets(&aws)
-        .put(
-            &name,
-            &text,
-            "oauth-sync configuration (written by `oauth-sync config push`)",
-        )
-        .await?;
-    if as_json {
-        let value = serde_json::json!({"secret": name, "file": label, "providers": config.providers.len(), "syncs": config.syncs.len()});
-        return write_out(&format!("{value}\n"));
-    }
-    write_out(&format!(
-        "configuration is valid ({} provider(s), {} sync(s)); written to secret `{name}`. The functions read it when \
-         they start.\n",
-        config.providers.len(),
-        config.syncs.len()
-    ))
 }
 
 #[cfg(test)]

@@ -2,324 +2,92 @@
 //! default, `--json` for scripts. Commands that need AWS talk to DynamoDB and
 //! Secrets Manager through the same standard environment as the functions
 //! (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL_*`).
+//!
+//! The commands and their flags are in `args`; each family of commands in its
+//! own module (`config`, `connections`, `sync`, `keys`, `doctor`, `api`,
+//! `redirect`), its output beside it; `output` holds the table and stdout
+//! writing they share. This file dispatches, finds the tables and prints
+//! errors with their exit code.
 
 mod api;
+mod args;
+mod config;
+mod connections;
+mod doctor;
 mod keys;
 mod output;
 mod redirect;
+mod sync;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use shared::aws::AwsClients;
-use shared::config::{CONFIG_ENV, Config, ConfigErrors, PresetName};
+use shared::config::{CONFIG_ENV, Config, ConfigErrors};
 use shared::connection::store::ConnectionStore;
-use shared::connection::{ConnectionId, ConnectionKind, now_ms};
-use shared::login::{LinkKeys, LinkOrder, parse_lifetime};
 use shared::refresh::{RefreshSettings, TokenService};
 use shared::runtime::{CONNECTIONS_TABLE_ENV, RECORDS_TABLE_ENV, SYNC_RUNS_TABLE_ENV, SYNC_STATE_TABLE_ENV};
 use shared::secrets::SecretStore;
-use shared::sync::engine::{RunEnd, SyncEngine, SyncSettings};
-use shared::sync::jobs::{Job, JobStore, RunRecord, job_id};
+use shared::sync::jobs::JobStore;
 use shared::sync::records::RecordStore;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "oauth-sync",
-    version,
-    about = "Operate oauth-sync: OAuth connections and data sync on AWS Lambda"
-)]
-struct Cli {
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    /// The configuration file (default: $OAUTH_SYNC_CONFIG, then ./oauth-sync.toml).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
+use crate::args::{Cli, Command, ConfigCommand, KeysCommand, SyncCommand};
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// List the built-in provider presets and what they set.
-    Presets,
-    /// Work with the configuration file.
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-    /// List the connections: status, token expiry, last refresh, last sync.
-    List,
-    /// Show one connection (never its tokens): its learned parameters and its syncs' state.
-    Show { id: String },
-    /// Refresh a connection's tokens now, through the refresh protocol.
-    Refresh { id: String },
-    /// Disconnect: revoke the tokens at the provider (RFC 7009), erase them, mark revoked.
-    Revoke { id: String },
-    /// Check the set-up of one provider (or all) and name the fix for what is wrong.
-    Doctor { provider: Option<String> },
-    /// The redirect URI to register at each provider (or one): `provider<TAB>uri`
-    /// per line; with --json an object from provider to URI.
-    RedirectUris { provider: Option<String> },
-    /// Make a signed connect link that lets one person connect one account.
-    ConnectLink {
-        /// The provider (a key of [providers] in the configuration).
-        #[arg(long)]
-        provider: String,
-        /// The connection id the login will create or renew.
-        #[arg(long)]
-        connection: String,
-        /// One service account shared by everyone, instead of a per-user connection.
-        #[arg(long)]
-        shared: bool,
-        /// Where to send the user afterwards (must be on service.return_url_allow_list).
-        #[arg(long)]
-        return_url: Option<String>,
-        /// How long the link works: 90s, 30m, 1h, 7d (at most 30d).
-        #[arg(long, default_value = "1h")]
-        expires: String,
-        /// What the connection is for, shown on the confirmation page
-        /// ("Connect your Xero account to LABEL"); the connection id by default.
-        #[arg(long)]
-        label: Option<String>,
-        /// Who the link is for, shown on the confirmation page ("alice@acme.example").
-        #[arg(long = "for")]
-        user: Option<String>,
-    },
-    /// Sync jobs: run one now, or show their state.
-    Sync {
-        #[command(subcommand)]
-        command: SyncCommand,
-    },
-    /// Make and rotate the deployment's keys: the token key ring and the connect-link key.
-    ///
-    /// Key material goes from the system's random generator to Secrets
-    /// Manager; it is never printed. Secret names come from the
-    /// configuration's [service] token_key_secret and link_key_secret.
-    Keys {
-        #[command(subcommand)]
-        command: KeysCommand,
-    },
-    /// Before and after a deploy: the stack's outputs, the redirect URI to
-    /// register per provider, and which secrets are missing.
-    DeployCheck {
-        /// The CloudFormation stack: its outputs are read with the AWS CLI
-        /// (`aws cloudformation describe-stacks`) and compared with the
-        /// configuration and the CLI's environment.
-        #[arg(long)]
-        stack: Option<String>,
-    },
-    /// Print an access token of a connection, valid for at least --min-valid.
-    ///
-    /// The token comes through the refresh protocol (refreshed first when it
-    /// would expire sooner), as the API's token route gives it. Only the token
-    /// goes to stdout (`TOKEN=$(oauth-sync token ID)`), its version and expiry
-    /// to stderr; with --json the token route's answer: access_token,
-    /// token_type, expires_at, expires_in, token_version. A provider whose
-    /// tokens live shorter than --min-valid gives one with at least half its
-    /// lifetime left. The token is never logged.
-    Token {
-        /// The connection id.
-        id: String,
-        /// How long the token must stay valid: 90s, 15m, 1h (at most 1h).
-        #[arg(long, default_value = "60s")]
-        min_valid: String,
-    },
-    /// Call the provider's API as the connection, through the API's proxy.
-    ///
-    /// PATH is below the provider's api_base_url (its placeholders, such as
-    /// Exact's {division}, filled from the connection): `oauth-sync proxy ID
-    /// GET '/project/Projects?$select=ID,Code'`. The request draws on the
-    /// provider's shared rate budget (with the syncs); a 401 gets one refresh
-    /// and one retry. The status line goes to stderr, the body as it came to
-    /// stdout; with --json one object with status, headers and body. Exits
-    /// non-zero when the provider answers 4xx or 5xx.
-    Proxy {
-        /// The connection id.
-        id: String,
-        /// GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS.
-        method: String,
-        /// The path below the provider's API, with its query: '/project/Projects?$top=5'.
-        path: String,
-        /// A request header, `Name: value` (repeat for more). Authorization,
-        /// cookies and hop-by-hop headers are not forwarded.
-        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
-        headers: Vec<String>,
-        /// The request body: @FILE, - (stdin) or the text itself. A JSON body
-        /// without a Content-Type header is sent as application/json.
-        #[arg(long, short = 'd', value_name = "@FILE|-|TEXT")]
-        data: Option<String>,
-    },
-    /// Show the stored records of one connection's sync, in key order.
-    Records {
-        /// The connection id.
-        id: String,
-        /// The sync (a key of [syncs] in the configuration).
-        sync: String,
-        /// How many records to show.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum SyncCommand {
-    /// Run one sync of one connection now, with a progress line per page.
-    ///
-    /// The run goes through the same engine, lease and checkpoint as the
-    /// scheduled runs (it creates the job when the connection has none). A
-    /// progress line per committed page goes to stderr, the summary to stdout.
-    /// Exits non-zero when the run failed or was parked.
-    Run {
-        /// The connection id.
-        id: String,
-        /// The sync (a key of [syncs] in the configuration).
-        sync: String,
-        /// How long the run may go on before it saves its place and yields: 90s, 15m, 2h.
-        #[arg(long, default_value = "15m")]
-        timeout: String,
-        /// How long the run's lease lasts between renewals (every third of it);
-        /// more than 40s, as no write starts in its last 20s. A run paused
-        /// longer (a laptop asleep) loses the job to the next run and writes
-        /// nothing more when it wakes.
-        #[arg(long, default_value = "60s")]
-        lease: String,
-    },
-    /// Schedule a sync for every active connection of its provider.
-    ///
-    /// A login schedules the syncs configured at that time; run this after
-    /// adding a sync to the configuration. Jobs that exist keep their
-    /// schedule and checkpoint. Scans the connections table.
-    Schedule {
-        /// The sync (a key of [syncs] in the configuration).
-        sync: String,
-    },
-    /// The sync jobs (all, or one connection's): state, last run, next run, cursor, budget left.
-    ///
-    /// With a connection id, also each job's recent runs.
-    Status {
-        /// Only this connection's jobs.
-        id: Option<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum KeysCommand {
-    /// Create the token key ring and the link key secrets, each with one fresh
-    /// random 256-bit key. A secret that exists is left as it is; fails when
-    /// both exist.
-    Init,
-    /// Add a fresh key to the token key ring (or the link key) and make it
-    /// current. The old keys stay, so what they sealed or signed still opens.
-    Rotate {
-        /// Rotate the connect-link signing key instead of the token key ring.
-        #[arg(long)]
-        link: bool,
-    },
-    /// Re-encrypt every connection sealed under an older key with the current
-    /// key. Each write is conditional on what was read, so a concurrent
-    /// refresh wins; token versions do not change. Scans the connections table.
-    Reseal,
-    /// Remove an old key from the ring. Refuses the current key, and, for the
-    /// token key ring, refuses while any connection is still sealed under it.
-    Retire {
-        /// The key id (`k1`).
-        id: String,
-        /// Retire a connect-link signing key: links signed with it stop working.
-        #[arg(long)]
-        link: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum ConfigCommand {
-    /// Validate a configuration file and show the resolved providers and syncs.
-    Check {
-        /// The file (default: --config, $OAUTH_SYNC_CONFIG, then ./oauth-sync.toml).
-        file: Option<PathBuf>,
-    },
-    /// Check a configuration file exactly as `config check` does, then write
-    /// it to the config secret ($OAUTH_SYNC_CONFIG_SECRET, default
-    /// oauth-sync/config). A file with errors writes nothing.
-    Push { file: PathBuf },
-}
-
+/// `--config`, else `$OAUTH_SYNC_CONFIG`, else `./oauth-sync.toml`.
 fn config_path(explicit: Option<PathBuf>) -> PathBuf {
     explicit
         .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("oauth-sync.toml"))
 }
 
+/// Exit codes: 0 done, 1 an error (printed by [`print_error`]), 2 a usage
+/// error (clap's), 130 a `sync run` stopped by a signal.
 #[tokio::main]
 async fn main() -> ExitCode {
     shared::telemetry::init(shared::telemetry::Target::Cli);
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Presets => {
-            let presets: Vec<_> = PresetName::ALL.iter().map(|p| (p.as_str(), p.settings())).collect();
-            output::presets(&presets, cli.json)
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<sync::Interrupted>() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
         }
+        Err(e) => {
+            print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One arm per command: the module of its family does the work.
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Presets => config::presets(cli.json),
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => match Config::load_and_discover(&config_path(file.or(cli.config))).await {
-            Ok(config) => output::config(&config, cli.json),
-            Err(e) => Err(anyhow::Error::new(e)),
-        },
+        } => config::check(&config_path(file.or(cli.config)), cli.json).await,
         Command::Config {
             command: ConfigCommand::Push { file },
-        } => keys::push(&file, cli.json).await,
+        } => config::push(&file, cli.json).await,
         Command::Keys { command } => keys_command(config_path(cli.config), command, cli.json).await,
-        Command::DeployCheck { stack } => deploy_check(config_path(cli.config), stack, cli.json).await,
-        Command::List => list(config_path(cli.config), cli.json).await,
-        Command::Show { id } => show(config_path(cli.config), &id, cli.json).await,
-        Command::Refresh { id } => refresh(config_path(cli.config), &id, cli.json).await,
-        Command::Revoke { id } => revoke(config_path(cli.config), &id, cli.json).await,
-        Command::Doctor { provider } => doctor(config_path(cli.config), provider, cli.json).await,
+        Command::DeployCheck { stack } => doctor::deploy_check(config_path(cli.config), stack, cli.json).await,
+        Command::List => connections::list(config_path(cli.config), cli.json).await,
+        Command::Show { id } => connections::show(config_path(cli.config), &id, cli.json).await,
+        Command::Refresh { id } => connections::refresh(config_path(cli.config), &id, cli.json).await,
+        Command::Revoke { id } => connections::revoke(config_path(cli.config), &id, cli.json).await,
+        Command::Doctor { provider } => doctor::doctor(config_path(cli.config), provider, cli.json).await,
         Command::RedirectUris { provider } => {
             redirect::print(&config_path(cli.config), provider.as_deref(), cli.json).await
         }
-        Command::ConnectLink {
-            provider,
-            connection,
-            shared,
-            return_url,
-            expires,
-            label,
-            user,
-        } => {
-            let request = LinkRequest {
-                provider,
-                connection,
-                shared,
-                return_url,
-                expires,
-                label,
-                user,
-            };
-            connect_link(config_path(cli.config), request, cli.json).await
+        Command::ConnectLink(request) => connections::connect_link(config_path(cli.config), request, cli.json).await,
+        Command::Sync { command } => sync_command(config_path(cli.config), command, cli.json).await,
+        Command::Records { id, sync, limit } => {
+            sync::records(config_path(cli.config), &id, &sync, limit, cli.json).await
         }
-        Command::Sync {
-            command:
-                SyncCommand::Run {
-                    id,
-                    sync,
-                    timeout,
-                    lease,
-                },
-        } => sync_run(config_path(cli.config), &id, &sync, &timeout, &lease, cli.json).await,
-        Command::Sync {
-            command: SyncCommand::Status { id },
-        } => sync_status(config_path(cli.config), id, cli.json).await,
-        Command::Sync {
-            command: SyncCommand::Schedule { sync },
-        } => sync_schedule(config_path(cli.config), &sync, cli.json).await,
-        Command::Records { id, sync, limit } => records(config_path(cli.config), &id, &sync, limit, cli.json).await,
         Command::Token { id, min_valid } => api::token(&config_path(cli.config), &id, &min_valid, cli.json).await,
         Command::Proxy {
             id,
@@ -337,17 +105,30 @@ async fn main() -> ExitCode {
             };
             api::proxy(&config_path(cli.config), args, cli.json).await
         }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<Interrupted>() => {
-            eprintln!("{e}");
-            ExitCode::from(130)
-        }
-        Err(e) => {
-            print_error(&e);
-            ExitCode::FAILURE
-        }
+    }
+}
+
+async fn sync_command(config_file: PathBuf, command: SyncCommand, as_json: bool) -> anyhow::Result<()> {
+    match command {
+        SyncCommand::Run {
+            id,
+            sync,
+            timeout,
+            lease,
+        } => sync::sync_run(config_file, &id, &sync, &timeout, &lease, as_json).await,
+        SyncCommand::Status { id } => sync::sync_status(config_file, id, as_json).await,
+        SyncCommand::Schedule { sync } => sync::sync_schedule(config_file, &sync, as_json).await,
+    }
+}
+
+async fn keys_command(config_file: PathBuf, command: KeysCommand, as_json: bool) -> anyhow::Result<()> {
+    let config = Config::load_and_discover(&config_file).await?;
+    let ring = |link: bool| if link { keys::Ring::Link } else { keys::Ring::Token };
+    match command {
+        KeysCommand::Init => keys::init(&config, as_json).await,
+        KeysCommand::Rotate { link } => keys::rotate(&config, ring(link), as_json).await,
+        KeysCommand::Reseal => keys::reseal(&config, as_json).await,
+        KeysCommand::Retire { id, link } => keys::retire(&config, ring(link), &id, as_json).await,
     }
 }
 
@@ -367,55 +148,6 @@ fn print_error(error: &anyhow::Error) {
         }
         None => eprintln!("error: {}", shared::telemetry::error_chain(error.as_ref())),
     }
-}
-
-#[derive(Debug)]
-struct LinkRequest {
-    provider: String,
-    connection: String,
-    shared: bool,
-    return_url: Option<String>,
-    expires: String,
-    label: Option<String>,
-    user: Option<String>,
-}
-
-/// Checks everything it can before touching AWS (the same checks as the
-/// API's `POST /links`: [`LinkOrder::claims`]), then signs with the link key.
-async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let lifetime = parse_lifetime(&request.expires).context("--expires")?;
-    let order = LinkOrder {
-        provider: request.provider,
-        connection: Some(request.connection),
-        kind: if request.shared {
-            ConnectionKind::Shared
-        } else {
-            ConnectionKind::PerUser
-        },
-        return_url: request.return_url,
-        lifetime,
-        label: request.label,
-        user: request.user,
-    };
-    let claims = order.claims(&config, now_ms()).map_err(|e| {
-        let flag = match e.field {
-            "provider" => "PROVIDER",
-            "connection" => "--connection",
-            "return_url" => "--return-url",
-            "expires_in" => "--expires",
-            "label" => "--label",
-            "for" => "--for",
-            other => other,
-        };
-        anyhow::anyhow!("{flag}: {}", e.reason)
-    })?;
-    let aws = AwsClients::from_env().await;
-    let secret = &config.service.link_key_secret;
-    let text = SecretStore::new(aws.secrets).text(secret).await?;
-    let keys = LinkKeys::from_json(&text).with_context(|| format!("link key secret `{secret}`"))?;
-    let url = keys.connect_url(config.service.callback_url.as_ref(), &claims)?;
-    output::connect_link(&url, &claims, as_json)
 }
 
 /// A table name from the environment, or an error that says where to find it.
@@ -476,75 +208,6 @@ async fn token_service(config_file: &std::path::Path) -> anyhow::Result<TokenSer
     )
 }
 
-/// A configured sync, or an error that names the configured ones.
-fn sync_definition<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a shared::config::Sync> {
-    config.syncs.get(name).with_context(|| {
-        let known: Vec<&str> = config.syncs.keys().map(String::as_str).collect();
-        if known.is_empty() {
-            format!("unknown sync `{name}`: the configuration has no [syncs]")
-        } else {
-            format!("unknown sync `{name}` (configured: {})", known.join(", "))
-        }
-    })
-}
-
-async fn list(config_file: PathBuf, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let (aws, store) = store().await?;
-    let connections = store.list().await?;
-    // The newest run of each connection's jobs, when syncs are configured
-    // and the sync-state table is known.
-    let mut last_sync: BTreeMap<String, RunRecord> = BTreeMap::new();
-    if !config.syncs.is_empty()
-        && let Ok(jobs) = job_store(&aws)
-    {
-        for job in jobs.all().await? {
-            if let Some(run) = job.last_run {
-                let newer = last_sync
-                    .get(job.connection.as_str())
-                    .is_none_or(|known| known.finished_at < run.finished_at);
-                if newer {
-                    last_sync.insert(job.connection.as_str().to_owned(), run);
-                }
-            }
-        }
-    }
-    output::connections(&connections, &last_sync, as_json)
-}
-
-async fn show(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let (aws, store) = store().await?;
-    let id = ConnectionId::parse(id)?;
-    let connection = store
-        .get(&id)
-        .await?
-        .with_context(|| format!("connection {id} does not exist"))?;
-    let syncs: Vec<&str> = config
-        .syncs
-        .values()
-        .filter(|s| s.provider == connection.provider)
-        .map(|s| s.name.as_str())
-        .collect();
-    // Without the sync tables' names the connection is still shown, with why
-    // its syncs are not.
-    let jobs = if syncs.is_empty() {
-        Ok(Vec::new())
-    } else {
-        match job_store(&aws) {
-            Ok(jobs) => {
-                let mut found = Vec::new();
-                for sync in syncs {
-                    found.push((sync.to_owned(), jobs.get(&job_id(&id, sync)).await?));
-                }
-                Ok(found)
-            }
-            Err(e) => Err(format!("{e:#}")),
-        }
-    };
-    output::show(&connection, &jobs, as_json)
-}
-
 /// `90s`, `15m`, `2h`.
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
@@ -558,359 +221,4 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         _ => anyhow::bail!("`{text}` is not a duration: a number and s, m or h (90s, 15m, 2h)"),
     };
     Ok(Duration::from_secs(seconds))
-}
-
-async fn sync_run(
-    config_file: PathBuf,
-    id: &str,
-    sync: &str,
-    timeout: &str,
-    lease: &str,
-    as_json: bool,
-) -> anyhow::Result<()> {
-    let lease = parse_duration(lease).context("--lease")?;
-    let settings = SyncSettings {
-        renewed_lease: Some(lease),
-        ..SyncSettings::default()
-    };
-    anyhow::ensure!(
-        lease > settings.write_fence() * 2,
-        "--lease: more than {}s (no write starts in its last {}s)",
-        (settings.write_fence() * 2).as_secs(),
-        settings.write_fence().as_secs()
-    );
-    let timeout = parse_duration(timeout).context("--timeout")?;
-    let least = settings.page_timeout + settings.commit_margin + Duration::from_secs(5);
-    anyhow::ensure!(
-        timeout >= least,
-        "--timeout: at least {}s (one page may take {}s, and the run keeps {}s for its last writes)",
-        least.as_secs(),
-        settings.page_timeout.as_secs(),
-        settings.commit_margin.as_secs()
-    );
-    let config = Arc::new(Config::load_and_discover(&config_file).await?);
-    let id = ConnectionId::parse(id)?;
-    let definition = sync_definition(&config, sync)?;
-    let (aws, store) = store().await?;
-    let jobs = job_store(&aws)?;
-    let records = record_store(&aws)?;
-    // Checked here, so that a typo creates no job.
-    let connection = store
-        .get(&id)
-        .await?
-        .with_context(|| format!("connection {id} does not exist"))?;
-    anyhow::ensure!(
-        connection.provider == definition.provider,
-        "connection {id} belongs to provider `{}`; sync `{sync}` pulls from `{}`",
-        connection.provider,
-        definition.provider
-    );
-    let tokens = TokenService::load(
-        config.clone(),
-        store,
-        SecretStore::new(aws.secrets.clone()),
-        RefreshSettings::default(),
-    )
-    .await?;
-    // Running a parked job takes it back into the schedule: say so.
-    if let Some(job) = jobs.get(&job_id(&id, sync)).await?
-        && let Some(reason) = &job.parked_reason
-    {
-        eprintln!(
-            "{}: was parked ({reason}); this run takes it back into the schedule",
-            job.id
-        );
-    }
-    let events = shared::events::EventSink::from_env(&shared::aws::load_sdk_config().await);
-    let stop = stop_on_signals()?;
-    let engine = SyncEngine::new(
-        config,
-        Arc::new(tokens.with_events(events.clone())),
-        jobs,
-        records,
-        settings,
-    )?
-    .with_events(events)
-    .with_stop(stop.clone());
-    let started = Instant::now();
-    let report = engine.run_now(&id, sync, started + timeout, &output::progress).await?;
-    output::run_report(&report, started.elapsed(), as_json)?;
-    if let (Some(why), RunEnd::Yielded { .. }) = (stop.borrow().clone(), &report.end) {
-        return Err(Interrupted(format!("{}: {why}", report.job)).into());
-    }
-    match report.end {
-        RunEnd::Finished | RunEnd::Yielded { .. } => Ok(()),
-        RunEnd::Parked(_) => anyhow::bail!("{}: the run was parked", report.job),
-        RunEnd::Failed(_) => anyhow::bail!("{}: the run failed", report.job),
-        RunEnd::LostLease => anyhow::bail!("{}: the run lost its lease", report.job),
-    }
-}
-
-/// A run ended early by a signal, its place saved and its lease released:
-/// exit code 130, as a shell reports an interrupted command.
-#[derive(Debug)]
-struct Interrupted(String);
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// The first Ctrl-C (SIGINT) or SIGTERM asks the run to stop: it abandons a
-/// page request or a wait in flight (a token refresh and a fetched page's
-/// writes finish), saves its place and releases the job's lease, so the
-/// next `sync run` or scheduled run can go on at once. A second signal quits
-/// at once, leaving the lease to run out.
-fn stop_on_signals() -> anyhow::Result<tokio::sync::watch::Receiver<Option<String>>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        };
-        eprintln!("{name}: stopping; saving the run's place and releasing its lease (send it again to quit at once)");
-        let why = format!("stopped by {name}; `oauth-sync sync run` again, or the schedule, goes on from here");
-        if tx.send(Some(why)).is_err() {
-            return;
-        }
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        eprintln!("quitting at once: the job's lease stays held until it runs out");
-        std::process::exit(130);
-    });
-    Ok(rx)
-}
-
-async fn sync_schedule(config_file: PathBuf, sync: &str, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let definition = sync_definition(&config, sync)?;
-    let (aws, store) = store().await?;
-    let jobs = job_store(&aws)?;
-    let mut scheduled = Vec::new();
-    let mut skipped = 0u64;
-    for connection in store.list().await? {
-        if connection.provider != definition.provider || connection.status != shared::connection::Status::Active {
-            skipped += 1;
-            continue;
-        }
-        jobs.schedule(&connection.id, sync).await?;
-        scheduled.push(connection.id.to_string());
-    }
-    if as_json {
-        let out = serde_json::json!({"sync": sync, "scheduled": scheduled, "skipped": skipped});
-        output::write_out(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
-    } else {
-        output::write_out(&format!(
-            "sync `{sync}` scheduled for {} active connection(s) of provider `{}`{}; {skipped} other connection(s) left alone\n",
-            scheduled.len(),
-            definition.provider,
-            if scheduled.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", scheduled.join(", "))
-            },
-        ))?;
-    }
-    Ok(())
-}
-
-/// Runs shown per job by `sync status ID`.
-const RECENT_RUNS: i32 = 5;
-
-async fn sync_status(config_file: PathBuf, id: Option<String>, as_json: bool) -> anyhow::Result<()> {
-    let _ = Config::load_and_discover(&config_file).await?;
-    let id = id.as_deref().map(ConnectionId::parse).transpose()?;
-    let aws = AwsClients::from_env().await;
-    let store = job_store(&aws)?;
-    let mut jobs: Vec<Job> = store.all().await?;
-    if let Some(id) = &id {
-        jobs.retain(|job| &job.connection == id);
-    }
-    jobs.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut history = BTreeMap::new();
-    if id.is_some() {
-        for job in &jobs {
-            history.insert(job.id.clone(), store.runs(&job.id, RECENT_RUNS).await?);
-        }
-    }
-    output::sync_status(&jobs, id.as_ref(), &history, as_json)
-}
-
-async fn records(config_file: PathBuf, id: &str, sync: &str, limit: usize, as_json: bool) -> anyhow::Result<()> {
-    anyhow::ensure!(limit > 0, "--limit: at least 1");
-    let config = Config::load_and_discover(&config_file).await?;
-    let id = ConnectionId::parse(id)?;
-    sync_definition(&config, sync)?;
-    let aws = AwsClients::from_env().await;
-    let store = record_store(&aws)?;
-    let job = job_id(&id, sync);
-    let records = store.list(&job, limit).await?;
-    output::records(&job, &records, as_json)
-}
-
-async fn refresh(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let service = token_service(&config_file).await?;
-    let id = ConnectionId::parse(id)?;
-    let fresh = service
-        .refresh_now(&id, Instant::now() + Duration::from_secs(60))
-        .await?;
-    output::refreshed(&id, &fresh, as_json)
-}
-
-async fn revoke(config_file: PathBuf, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let service = token_service(&config_file).await?;
-    let id = ConnectionId::parse(id)?;
-    let revoked = service.revoke(&id).await?;
-    output::revoked(&id, revoked, as_json)
-}
-
-async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -> anyhow::Result<()> {
-    use shared::doctor::{Verdict, check_credentials, check_service_secrets, check_settings};
-    let config = Config::load_and_discover(&config_file).await?;
-    let providers: Vec<_> = match &only {
-        Some(name) => vec![config.provider(name)?],
-        None => config.providers.values().collect(),
-    };
-    let aws = AwsClients::from_env().await;
-    let secrets = SecretStore::new(aws.secrets);
-    let http = shared::http::client(Duration::from_secs(10), shared::http::Pooling::Off)?;
-    let mut findings = check_service_secrets(&config.service, &secrets).await;
-    for provider in providers {
-        findings.extend(check_settings(provider, &config.service));
-        findings.extend(shared::doctor::check_discovery(provider).await);
-        findings.extend(check_credentials(provider, &secrets, &http).await);
-    }
-    // With the connections table at hand, each connection that cannot be refreshed is named.
-    if let Some(table) = std::env::var(shared::runtime::CONNECTIONS_TABLE_ENV)
-        .ok()
-        .filter(|t| !t.is_empty())
-    {
-        let store = ConnectionStore::new(aws.dynamodb.clone(), table);
-        let connections = store.list().await?;
-        let connections: Vec<_> = connections
-            .into_iter()
-            .filter(|c| only.as_ref().is_none_or(|p| *p == c.provider))
-            .collect();
-        findings.extend(shared::doctor::check_connections(&connections));
-    }
-    output::findings(&findings, as_json)?;
-    let failed = findings.iter().filter(|f| f.verdict == Verdict::Fail).count();
-    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
-    Ok(())
-}
-
-async fn keys_command(config_file: PathBuf, command: KeysCommand, as_json: bool) -> anyhow::Result<()> {
-    let config = Config::load_and_discover(&config_file).await?;
-    let ring = |link: bool| if link { keys::Ring::Link } else { keys::Ring::Token };
-    match command {
-        KeysCommand::Init => keys::init(&config, as_json).await,
-        KeysCommand::Rotate { link } => keys::rotate(&config, ring(link), as_json).await,
-        KeysCommand::Reseal => keys::reseal(&config, as_json).await,
-        KeysCommand::Retire { id, link } => keys::retire(&config, ring(link), &id, as_json).await,
-    }
-}
-
-/// How long `aws cloudformation describe-stacks` may take.
-const STACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-async fn deploy_check(config_file: PathBuf, stack: Option<String>, as_json: bool) -> anyhow::Result<()> {
-    use shared::doctor::{Verdict, check_deployment_secrets, check_settings, check_stack_outputs};
-    let config = Config::load_and_discover(&config_file).await?;
-    let local_text = std::fs::read_to_string(&config_file)?;
-    let mut findings = Vec::new();
-    if let Some(stack) = &stack {
-        let outputs = stack_outputs(stack).await?;
-        findings.extend(check_stack_outputs(&outputs, &config.service, &|var| {
-            std::env::var(var).ok().filter(|v| !v.is_empty())
-        }));
-    }
-    for provider in config.providers.values() {
-        findings.extend(
-            check_settings(provider, &config.service)
-                .into_iter()
-                .filter(|f| f.check == "redirect URI"),
-        );
-    }
-    let aws = AwsClients::from_env().await;
-    let secrets = SecretStore::new(aws.secrets);
-    findings.extend(check_deployment_secrets(&config, &local_text, &keys::config_secret_name(), &secrets).await);
-    output::findings(&findings, as_json)?;
-    let failed = findings.iter().filter(|f| f.verdict == Verdict::Fail).count();
-    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
-    Ok(())
-}
-
-/// The stack's outputs, from `aws cloudformation describe-stacks` (the AWS
-/// CLI the operator deploys with; no CloudFormation SDK compiled in), killed
-/// after [`STACK_TIMEOUT`].
-async fn stack_outputs(stack: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    use std::io::Read;
-    use std::process::{Command as Process, Stdio};
-    let mut child = Process::new("aws")
-        .args([
-            "cloudformation",
-            "describe-stacks",
-            "--stack-name",
-            stack,
-            "--output",
-            "json",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("--stack reads the stack's outputs with the AWS CLI (`aws`), which is not installed here")?;
-    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
-    let reader = std::thread::spawn(move || {
-        let (mut out, mut err) = (String::new(), String::new());
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.read_to_string(&mut out);
-        }
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.read_to_string(&mut err);
-        }
-        (out, err)
-    });
-    let deadline = Instant::now() + STACK_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!(
-                "`aws cloudformation describe-stacks` did not answer in {}s",
-                STACK_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (out, err) = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reading the AWS CLI's output failed"))?;
-    anyhow::ensure!(
-        status.success(),
-        "`aws cloudformation describe-stacks --stack-name {stack}` failed: {}",
-        err.trim().chars().take(500).collect::<String>()
-    );
-    let value: serde_json::Value = serde_json::from_str(&out).context("the AWS CLI's answer is not JSON")?;
-    let outputs = value["Stacks"][0]["Outputs"].as_array().cloned().unwrap_or_default();
-    Ok(outputs
-        .iter()
-        .filter_map(|o| {
-            Some((
-                o["OutputKey"].as_str()?.to_owned(),
-                o["OutputValue"].as_str()?.to_owned(),
-            ))
-        })
-        .collect())
 }
