@@ -101,166 +101,11 @@ async fn every_route_answers_as_documented_and_bad_input_changes_nothing() {
     fx.sim().seed_projects(30);
     let id = fx.connect("acme-1").await;
 
-    // Links: the same checks as connect-link.
-    let (status, link) = call(
-        &api,
-        "POST",
-        "/links",
-        "",
-        Some(json!({"provider": "sim", "connection": "acme-2", "label": "Acme", "expires_in": 600})),
-    )
-    .await;
-    assert_eq!(status, 201, "{link}");
-    assert!(
-        link["url"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("https://auth.example.com/connect/sim?"),
-        "{link}"
-    );
-    assert_eq!(link["connection"], "acme-2");
-    let (status, made) = call(&api, "POST", "/links", "", Some(json!({"provider": "sim"}))).await;
-    assert_eq!(status, 201);
-    assert!(made["connection"].as_str().unwrap_or_default().starts_with("conn-"));
-    for (body, field) in [
-        (json!({"provider": "nope"}), "provider"),
-        (json!({"provider": "sim", "connection": "a b"}), "connection"),
-        (json!({"provider": "sim", "expires_in": 99_999_999}), "expires_in"),
-        (
-            json!({"provider": "sim", "return_url": "https://evil.example/"}),
-            "return_url",
-        ),
-        (json!({"provider": "sim", "label": "two\nlines"}), "label"),
-        (json!({"provider": "sim", "kind": "team"}), "kind"),
-        (json!({"provider": "sim", "colour": "blue"}), "body"),
-        (json!({"connection": "x"}), "body"),
-    ] {
-        let (status, error) = call(&api, "POST", "/links", "", Some(body.clone())).await;
-        assert_eq!(
-            (status, error["error"].as_str()),
-            (400, Some("bad_request")),
-            "{body}: {error}"
-        );
-        let message = error["message"].as_str().unwrap_or_default();
-        assert!(
-            message.starts_with(field) || message.contains(&format!("`{field}`")) || field == "body",
-            "{body}: {message}"
-        );
-    }
-
-    // Connections: listed and shown, never a token.
-    let (status, page) = call(&api, "GET", "/connections", "provider=sim&status=active", None).await;
-    assert_eq!(status, 200, "{page}");
-    let listed: Vec<&str> = page["connections"]
-        .as_array()
-        .map(|c| c.iter().filter_map(|c| c["id"].as_str()).collect())
-        .unwrap_or_default();
-    assert_eq!(listed, ["acme-1"]);
-    let (status, shown) = call(&api, "GET", "/connections/acme-1", "", None).await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        (shown["status"].as_str(), shown["token_version"].as_u64()),
-        (Some("active"), Some(1))
-    );
-    assert!(shown["params"]["division"].is_string(), "{shown}");
-    assert_eq!(shown["syncs"][0]["sync"], "projects");
-    for secret in fx.sim().issued_secrets() {
-        assert!(!page.to_string().contains(&secret) && !shown.to_string().contains(&secret));
-    }
-    let (status, _) = call(&api, "GET", "/connections/nobody", "", None).await;
-    assert_eq!(status, 404);
-    let (status, error) = call(&api, "GET", "/connections", "status=sleeping", None).await;
-    assert_eq!(
-        (status, error["message"].as_str().map(|m| m.starts_with("status"))),
-        (400, Some(true))
-    );
-    let (status, error) = call(&api, "GET", "/connections", "limit=5&limit=6", None).await;
-    assert_eq!(status, 400, "a repeated parameter: {error}");
-    let (status, _) = call(&api, "PUT", "/connections/acme-1", "", None).await;
-    assert_eq!(status, 405);
-    let (status, _) = call(&api, "GET", "/nothing/here", "", None).await;
-    assert_eq!(status, 404);
-
-    // A token valid for what was asked, through the protocol.
-    let (status, token) = call(&api, "POST", "/connections/acme-1/token", "", None).await;
-    assert_eq!(status, 200, "{token}");
-    let access = token["access_token"].as_str().expect("a token").to_owned();
-    assert!(
-        fx.fixture.oauth.api_accepts(&access).await,
-        "the token works at the provider"
-    );
-    assert_eq!(token["token_type"], "Bearer");
-    let (status, error) = call(
-        &api,
-        "POST",
-        "/connections/acme-1/token",
-        "",
-        Some(json!({"min_valid_secs": 999_999})),
-    )
-    .await;
-    assert_eq!((status, error["error"].as_str()), (400, Some("bad_request")));
-
-    // The proxy: the provider's API with the connection's token and division.
-    let (status, projects) = {
-        let response = api::handle(
-            &api,
-            request("GET", "/proxy/acme-1/project/Projects", "$select=ID,Code", None),
-        )
-        .await
-        .unwrap_or_else(|never| match never {});
-        (response.status().as_u16(), text(&response))
-    };
-    assert_eq!(status, 200, "{projects}");
-    assert!(projects.contains("\"Code\""), "{projects}");
-    let (status, error) = call(&api, "GET", "/proxy/acme-1/..%2f..%2fother", "", None).await;
-    assert_eq!(status, 400, "{error}");
-    // A proxy-shaped path (IAM authorizes it as a proxy call) that would
-    // resolve to the token route is refused, never resolved.
-    for smuggled in [
-        "/proxy/acme-1/%2e%2e/%2e%2e/connections/acme-1/token",
-        "/proxy/acme-1/../../connections/acme-1/token",
-    ] {
-        let (status, error) = call(&api, "POST", smuggled, "", None).await;
-        assert_eq!(
-            (status, error["error"].as_str()),
-            (400, Some("bad_request")),
-            "{smuggled}: {error}"
-        );
-        assert!(error.get("access_token").is_none());
-    }
-
-    // Run now, the sync's status, and the records changed since a cursor.
-    let (status, job) = call(&api, "POST", "/syncs/acme-1/projects/run", "", None).await;
-    assert_eq!((status, job["state"].as_str()), (202, Some("scheduled")), "{job}");
-    fx.run(&id, "projects").await;
-    let (status, job) = call(&api, "GET", "/syncs/acme-1/projects", "", None).await;
-    assert_eq!(status, 200);
-    assert_eq!(job["last_run"]["status"], "finished", "{job}");
-    assert_eq!(job["runs"].as_array().map(Vec::len), Some(1));
-    let (seen, cursor) = read_changes(&api, "", 7).await;
-    assert_eq!(seen.len(), 30, "every record once, over pages of 7");
-    assert!(seen.iter().all(|(_, change)| change == "inserted"));
-    let (status, one) = call(
-        &api,
-        "GET",
-        &format!("/records/acme-1/projects/{}", seen[0].0),
-        "",
-        None,
-    )
-    .await;
-    assert_eq!((status, one["id"].as_str()), (200, Some(seen[0].0.as_str())), "{one}");
-    assert!(one["record"].is_object(), "{one}");
-    let (status, _) = call(&api, "GET", "/records/acme-1/projects/nothing-here", "", None).await;
-    assert_eq!(status, 404);
-    let (status, error) = call(&api, "GET", "/records/acme-1/projects", "since=garbage", None).await;
-    assert_eq!(status, 400, "{error}");
-    let (status, _) = call(&api, "GET", "/records/acme-1/other", "", None).await;
-    assert_eq!(status, 404);
-
-    // Nothing new: an empty page and the same place.
-    let (nothing, again) = read_changes(&api, &cursor, 7).await;
-    assert!(nothing.is_empty());
-    assert_eq!(again, cursor);
+    // Each part its own function: one test body this long has a stack
+    // frame (debug build) near the 2 MiB a test thread gets.
+    links_and_connections(&fx, &api).await;
+    token_and_proxy(&fx, &api).await;
+    syncs_and_records(&fx, &api, &id).await;
 
     // Revoke: the connection is revoked and its token route says so.
     let (status, revoked) = call(&api, "DELETE", "/connections/acme-1", "", None).await;
@@ -276,6 +121,169 @@ async fn every_route_answers_as_documented_and_bad_input_changes_nothing() {
     for secret in fx.sim().issued_secrets() {
         assert!(!logged.contains(&secret), "a token reached the log");
     }
+}
+
+/// `POST /links` and `GET /connections…`: the same checks as connect-link, never a token.
+async fn links_and_connections(fx: &SyncFixture, api: &ApiService) {
+    // Links: the same checks as connect-link.
+    let (status, link) = call(
+        api,
+        "POST",
+        "/links",
+        "",
+        Some(json!({"provider": "sim", "connection": "acme-2", "label": "Acme", "expires_in": 600})),
+    )
+    .await;
+    assert_eq!(status, 201, "{link}");
+    assert!(
+        link["url"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("https://auth.example.com/connect/sim?"),
+        "{link}"
+    );
+    assert_eq!(link["connection"], "acme-2");
+    let (status, made) = call(api, "POST", "/links", "", Some(json!({"provider": "sim"}))).await;
+    assert_eq!(status, 201);
+    assert!(made["connection"].as_str().unwrap_or_default().starts_with("conn-"));
+    for (body, field) in [
+        (json!({"provider": "nope"}), "provider"),
+        (json!({"provider": "sim", "connection": "a b"}), "connection"),
+        (json!({"provider": "sim", "expires_in": 99_999_999}), "expires_in"),
+        (
+            json!({"provider": "sim", "return_url": "https://evil.example/"}),
+            "return_url",
+        ),
+        (json!({"provider": "sim", "label": "two\nlines"}), "label"),
+        (json!({"provider": "sim", "kind": "team"}), "kind"),
+        (json!({"provider": "sim", "colour": "blue"}), "body"),
+        (json!({"connection": "x"}), "body"),
+    ] {
+        let (status, error) = call(api, "POST", "/links", "", Some(body.clone())).await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (400, Some("bad_request")),
+            "{body}: {error}"
+        );
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(field) || message.contains(&format!("`{field}`")) || field == "body",
+            "{body}: {message}"
+        );
+    }
+
+    // Connections: listed and shown, never a token.
+    let (status, page) = call(api, "GET", "/connections", "provider=sim&status=active", None).await;
+    assert_eq!(status, 200, "{page}");
+    let listed: Vec<&str> = page["connections"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, ["acme-1"]);
+    let (status, shown) = call(api, "GET", "/connections/acme-1", "", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (shown["status"].as_str(), shown["token_version"].as_u64()),
+        (Some("active"), Some(1))
+    );
+    assert!(shown["params"]["division"].is_string(), "{shown}");
+    assert_eq!(shown["syncs"][0]["sync"], "projects");
+    for secret in fx.sim().issued_secrets() {
+        assert!(!page.to_string().contains(&secret) && !shown.to_string().contains(&secret));
+    }
+    let (status, _) = call(api, "GET", "/connections/nobody", "", None).await;
+    assert_eq!(status, 404);
+    let (status, error) = call(api, "GET", "/connections", "status=sleeping", None).await;
+    assert_eq!(
+        (status, error["message"].as_str().map(|m| m.starts_with("status"))),
+        (400, Some(true))
+    );
+    let (status, error) = call(api, "GET", "/connections", "limit=5&limit=6", None).await;
+    assert_eq!(status, 400, "a repeated parameter: {error}");
+    let (status, _) = call(api, "PUT", "/connections/acme-1", "", None).await;
+    assert_eq!(status, 405);
+    let (status, _) = call(api, "GET", "/nothing/here", "", None).await;
+    assert_eq!(status, 404);
+}
+
+/// `POST /connections/{id}/token` and `ANY /proxy/{id}/…`.
+async fn token_and_proxy(fx: &SyncFixture, api: &ApiService) {
+    // A token valid for what was asked, through the protocol.
+    let (status, token) = call(api, "POST", "/connections/acme-1/token", "", None).await;
+    assert_eq!(status, 200, "{token}");
+    let access = token["access_token"].as_str().expect("a token").to_owned();
+    assert!(
+        fx.fixture.oauth.api_accepts(&access).await,
+        "the token works at the provider"
+    );
+    assert_eq!(token["token_type"], "Bearer");
+    let (status, error) = call(
+        api,
+        "POST",
+        "/connections/acme-1/token",
+        "",
+        Some(json!({"min_valid_secs": 999_999})),
+    )
+    .await;
+    assert_eq!((status, error["error"].as_str()), (400, Some("bad_request")));
+
+    // The proxy: the provider's API with the connection's token and division.
+    let (status, projects) = {
+        let response = api::handle(
+            api,
+            request("GET", "/proxy/acme-1/project/Projects", "$select=ID,Code", None),
+        )
+        .await
+        .unwrap_or_else(|never| match never {});
+        (response.status().as_u16(), text(&response))
+    };
+    assert_eq!(status, 200, "{projects}");
+    assert!(projects.contains("\"Code\""), "{projects}");
+    let (status, error) = call(api, "GET", "/proxy/acme-1/..%2f..%2fother", "", None).await;
+    assert_eq!(status, 400, "{error}");
+    // A proxy-shaped path (IAM authorizes it as a proxy call) that would
+    // resolve to the token route is refused, never resolved.
+    for smuggled in [
+        "/proxy/acme-1/%2e%2e/%2e%2e/connections/acme-1/token",
+        "/proxy/acme-1/../../connections/acme-1/token",
+    ] {
+        let (status, error) = call(api, "POST", smuggled, "", None).await;
+        assert_eq!(
+            (status, error["error"].as_str()),
+            (400, Some("bad_request")),
+            "{smuggled}: {error}"
+        );
+        assert!(error.get("access_token").is_none());
+    }
+}
+
+/// `POST /syncs/…/run`, `GET /syncs/…` and `GET /records/…`.
+async fn syncs_and_records(fx: &SyncFixture, api: &ApiService, id: &shared::connection::ConnectionId) {
+    // Run now, the sync's status, and the records changed since a cursor.
+    let (status, job) = call(api, "POST", "/syncs/acme-1/projects/run", "", None).await;
+    assert_eq!((status, job["state"].as_str()), (202, Some("scheduled")), "{job}");
+    fx.run(id, "projects").await;
+    let (status, job) = call(api, "GET", "/syncs/acme-1/projects", "", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(job["last_run"]["status"], "finished", "{job}");
+    assert_eq!(job["runs"].as_array().map(Vec::len), Some(1));
+    let (seen, cursor) = read_changes(api, "", 7).await;
+    assert_eq!(seen.len(), 30, "every record once, over pages of 7");
+    assert!(seen.iter().all(|(_, change)| change == "inserted"));
+    let (status, one) = call(api, "GET", &format!("/records/acme-1/projects/{}", seen[0].0), "", None).await;
+    assert_eq!((status, one["id"].as_str()), (200, Some(seen[0].0.as_str())), "{one}");
+    assert!(one["record"].is_object(), "{one}");
+    let (status, _) = call(api, "GET", "/records/acme-1/projects/nothing-here", "", None).await;
+    assert_eq!(status, 404);
+    let (status, error) = call(api, "GET", "/records/acme-1/projects", "since=garbage", None).await;
+    assert_eq!(status, 400, "{error}");
+    let (status, _) = call(api, "GET", "/records/acme-1/other", "", None).await;
+    assert_eq!(status, 404);
+
+    // Nothing new: an empty page and the same place.
+    let (nothing, again) = read_changes(api, &cursor, 7).await;
+    assert!(nothing.is_empty());
+    assert_eq!(again, cursor);
 }
 
 /// Every change from `since` to the end, `limit` at a time: (id, change)

@@ -241,7 +241,8 @@ impl TokenService {
 
     /// A valid access token for the connection, refreshed through the protocol when due.
     pub async fn access_token(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::IfDue, deadline, None, 0).await
+        // Boxed: the protocol's state is large, and every caller's future would carry it.
+        Box::pin(self.run(id, Mode::IfDue, deadline, None, 0)).await
     }
 
     /// [`TokenService::access_token`] for a caller that will use the token

@@ -536,7 +536,7 @@ impl SyncEngine {
         let _renewal = renewed.map(|every| self.renew_in_background(id, every, &lease));
         let mut checkpoint = job.checkpoint.clone();
         let before = checkpoint.run.as_ref().map(|r| r.counts.clone()).unwrap_or_default();
-        let (end, counts) = self.run_claimed(&job, &mut checkpoint, deadline, &lease, on_page).await;
+        let (end, counts) = Box::pin(self.run_claimed(&job, &mut checkpoint, deadline, &lease, on_page)).await;
         let invocation = counts.since(&before);
         let now = now_ms();
         let sync = self.config.syncs.get(&job.sync);

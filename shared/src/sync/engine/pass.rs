@@ -220,7 +220,9 @@ impl SyncEngine {
         on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
     ) -> RunEnd {
         loop {
-            match self.step(cx, checkpoint, run).await {
+            // Boxed: a step's state (a page in flight, its writes) is large,
+            // and the run's future would otherwise carry it inline.
+            match Box::pin(self.step(cx, checkpoint, run)).await {
                 Ok(Step::Page { finished }) => {
                     on_page(&run.counts);
                     if finished {
@@ -258,7 +260,7 @@ impl SyncEngine {
             return Ok(Step::Swept { finished });
         }
         let url = self.page_url(cx, checkpoint, run)?;
-        let page = match self.fetch(cx, &url, checkpoint, &mut run.counts).await {
+        let page = match Box::pin(self.fetch(cx, &url, checkpoint, &mut run.counts)).await {
             Ok(page) => page,
             Err(Stop::Yield { until, why }) => return Err(RunEnd::Yielded { until, reason: why }),
             Err(Stop::Park(why)) => return Err(RunEnd::Parked(why)),
