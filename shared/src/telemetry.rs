@@ -138,6 +138,79 @@ pub fn startup_failed(error: impl std::error::Error) -> StartupError {
     StartupError(text)
 }
 
+/// Log lines kept in memory, for the tests that check what reaches a log
+/// line: this module's own and the integration tests'
+/// (`oauth_sync_tests::logs`, through the `test-util` feature). Lines are
+/// JSON and filtered as [`init`] filters them, pinned targets included.
+#[cfg(any(test, feature = "test-util"))]
+pub mod capture {
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use tracing_subscriber::fmt::MakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt};
+
+    /// What a subscriber wrote; clones share it.
+    #[derive(Debug, Clone, Default)]
+    pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Logs {
+        /// A subscriber that writes here, with `directive` as the configured
+        /// level (`RUST_LOG`).
+        pub fn subscriber(&self, directive: &str) -> impl tracing::Subscriber + Send + Sync + use<> {
+            tracing_subscriber::registry().with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .json()
+                    .with_writer(self.clone())
+                    .with_filter(super::log_filter(EnvFilter::new(directive))),
+            )
+        }
+
+        /// What was written so far.
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        }
+    }
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Logs {
+        type Writer = Logs;
+
+        fn make_writer(&'a self) -> Logs {
+            self.clone()
+        }
+    }
+
+    /// Every log line of this test binary, from any thread, at `debug`:
+    /// installs (once per binary) the global subscriber writing into the
+    /// logs returned.
+    pub fn captured() -> Logs {
+        static LOGS: OnceLock<Logs> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            #[allow(clippy::expect_used)]
+            tracing::subscriber::set_global_default(logs.subscriber("debug"))
+                .expect("the only global subscriber of the test binary");
+            logs
+        })
+        .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,24 +225,6 @@ mod tests {
         source: Outer,
     }
 
-    /// Collects what a subscriber writes.
-    #[derive(Clone, Default)]
-    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn no_configured_level_prints_the_raw_events_the_lambda_runtime_traces() {
         for directive in [
@@ -178,15 +233,8 @@ mod tests {
             "trace,lambda_runtime::layers=trace",
             "debug",
         ] {
-            let buffer = Buffer::default();
-            let sink = buffer.clone();
-            let subscriber = tracing_subscriber::registry().with(
-                fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(move || sink.clone())
-                    .with_filter(log_filter(EnvFilter::new(directive))),
-            );
-            tracing::subscriber::with_default(subscriber, || {
+            let logs = capture::Logs::default();
+            tracing::subscriber::with_default(logs.subscriber(directive), || {
                 // What lambda_runtime 1.x emits for each invocation, and what
                 // lambda_http might: both planted with a code and a cookie.
                 tracing::trace!(
@@ -199,8 +247,7 @@ mod tests {
                 tracing::info!(target: "lambda_runtime::runtime", "INFO-STAYS");
                 tracing::debug!(target: "shared::login", "OURS-STAYS");
             });
-            let text =
-                String::from_utf8(buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default();
+            let text = logs.text();
             for planted in ["PLANTED-CODE", "PLANTED-COOKIE", "PLANTED-STATE"] {
                 assert!(!text.contains(planted), "{directive}: {planted} was printed: {text}");
             }
