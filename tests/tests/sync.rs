@@ -810,6 +810,10 @@ async fn no_token_reaches_a_log_line_through_401s_retries_and_failures() {
     for secret in secrets {
         assert!(!text.contains(&secret), "a token value appeared in the logs");
     }
+    assert!(
+        !text.contains(fx.fixture.oauth.credentials.client_secret.secret()),
+        "the client secret (read from Secrets Manager) appeared in the logs"
+    );
 }
 
 /// The engine's settings with in-run waits for a rate limit cut to `max_wait`.
