@@ -228,9 +228,7 @@ async fn in_browser(stack: &Stack, connection: &str) -> anyhow::Result<Vec<Strin
     )?;
     let root = stack.root;
     let driver = Driver::start().await?;
-    let profile = std::env::temp_dir().join(format!("oauth-sync-chromium-{}", std::process::id()));
-    std::fs::create_dir_all(&profile)?;
-    let browser = driver.session(&profile).await?;
+    let browser = driver.session().await?;
     // Every run takes the screenshots (their reference ids differ); only a run
     // asked to refresh docs/images (shown by docs/login.md) writes them into the checkout.
     let images = match std::env::var_os("OAUTH_SYNC_SCREENSHOTS") {
@@ -272,8 +270,8 @@ async fn in_browser(stack: &Stack, connection: &str) -> anyhow::Result<Vec<Strin
         images.join("login-connected.png").display()
     ));
     browser.quit().await?;
+    // The browser and its profile go with the driver (on every path out).
     drop(driver);
-    std::fs::remove_dir_all(&profile).ok();
     expect_active(stack, connection).await?;
     say("login in headless Chromium: ok (connection active)");
 
