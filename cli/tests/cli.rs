@@ -988,8 +988,8 @@ async fn a_sync_run_paused_past_its_lease_writes_nothing_when_it_wakes() {
 /// `token` and `proxy` (the API's token and proxy routes from a terminal)
 /// against the local stack and the simulator's Exact Online data API: the
 /// token works at the provider, the proxy returns the provider's data and
-/// refreshes once on a 401, bad input is named, and no token value ever
-/// reaches stderr, even with every log level on.
+/// refreshes once on a 401, bad input is named, and no token value or client
+/// secret ever reaches stderr, even with every log level on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applications_get_a_token_and_call_the_provider_through_the_proxy() {
     use oauth_sync_tests::simulator::SimConfig;
@@ -1019,12 +1019,15 @@ async fn applications_get_a_token_and_call_the_provider_through_the_proxy() {
     std::fs::write(&path, &fx.fixture.config_text).expect("write");
     let config = path.to_str().expect("utf8 path");
     let tables = &fx.fixture.tables;
-    // Every log level on: whatever is logged, no token may be among it.
+    // Every log level on, and the AWS SDK asked to print the answers it
+    // marks sensitive (the client secret, read from Secrets Manager for the
+    // refresh below): whatever is logged, no token or secret may be among it.
     let env = [
         ("OAUTH_SYNC_CONNECTIONS_TABLE", tables["ConnectionsTable"].as_str()),
         ("OAUTH_SYNC_SYNC_STATE_TABLE", tables["SyncStateTable"].as_str()),
         ("OAUTH_SYNC_SYNC_RUNS_TABLE", tables["SyncRunsTable"].as_str()),
         ("RUST_LOG", "trace"),
+        ("LOG_SENSITIVE_BODIES", "true"),
     ];
     let mut stderrs = Vec::new();
     let mut run = |args: &[&str]| {
@@ -1259,13 +1262,19 @@ async fn applications_get_a_token_and_call_the_provider_through_the_proxy() {
         "the provider never had to answer 429"
     );
 
-    // Not one token, refresh token or code the simulator issued is on stderr.
+    // Not one token, refresh token or code the simulator issued is on stderr,
+    // and not the client secret the refresh read.
     let secrets = fx.sim().issued_secrets();
     assert!(secrets.len() >= 4, "a code, two access and two refresh tokens");
+    let client_secret = fx.fixture.oauth.credentials.client_secret.secret();
     for stderr in &stderrs {
         for secret in &secrets {
             assert!(!stderr.contains(secret.as_str()), "a token on stderr:\n{stderr}");
         }
+        assert!(
+            !stderr.contains(client_secret),
+            "the client secret on stderr:\n{stderr}"
+        );
     }
     std::fs::remove_file(&path).ok();
 }

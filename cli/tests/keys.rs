@@ -445,6 +445,8 @@ async fn no_key_command_prints_the_key_material() {
                 ("OAUTH_SYNC_CONNECTIONS_TABLE", keys.fixture.connections_table()),
                 ("OAUTH_SYNC_CONFIG_SECRET", &config_secret),
                 ("RUST_LOG", "trace"),
+                // The SDK would print the key rings it reads at trace.
+                ("LOG_SENSITIVE_BODIES", "true"),
             ],
         );
         outputs.push(stdout);

@@ -31,12 +31,39 @@ pub fn env_filter() -> EnvFilter {
     EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Crates whose debug and trace lines carry the raw invocation: `lambda_runtime`
-/// traces every event it receives (`raw JSON event received from Lambda`,
-/// target `lambda_runtime::layers::api_response`), and an HTTP event holds the
-/// authorization code, the `state` and the login cookie. They log at most
-/// `info`, whatever level is configured.
-pub const PINNED_TARGETS: [&str; 3] = ["lambda_runtime", "lambda_runtime_api_client", "lambda_http"];
+/// Crates whose debug and trace lines can carry a secret. They log at most
+/// `info`, whatever level is configured. A target matches as a prefix of the
+/// module path (`aws_smithy_` is every Smithy crate, `hyper` also `hyper_util`).
+///
+/// - The Lambda runtime: `lambda_runtime` traces every event it receives
+///   (`raw JSON event received from Lambda`, target
+///   `lambda_runtime::layers::api_response`), and an HTTP event holds the
+///   authorization code, the `state` and the login cookie.
+/// - The AWS SDK: `aws_smithy_runtime` traces every answer it reads, body
+///   and all (`read HTTP response body`: items, queue messages), and the
+///   answer of `GetSecretValue` (the client secret, the token keys) too as
+///   soon as the SDK's own `LOG_SENSITIVE_BODIES=true` is set.
+/// - The HTTP and TLS stack under the SDK and our token client: `reqwest`
+///   traces the raw bytes of a connection in its verbose mode; `hyper`,
+///   `h2` and `rustls` log sizes and frames today, and are held with the rest
+///   so that no upgrade of theirs can print a token.
+pub const PINNED_TARGETS: [&str; 15] = [
+    "lambda_runtime",
+    "lambda_runtime_api_client",
+    "lambda_http",
+    "aws_smithy_",
+    "aws_sdk_",
+    "aws_config",
+    "aws_runtime",
+    "aws_sigv4",
+    "aws_credential_types",
+    "aws_types",
+    "hyper",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+    "reqwest",
+];
 
 /// The pin as a filter of its own, combined with the configured one by
 /// "and": no directive (`RUST_LOG=lambda_runtime=trace`, a span filter)
@@ -91,6 +118,11 @@ pub fn init(target: Target) {
     };
     // A second call (tests) keeps the first subscriber.
     drop(result);
+    // Says why a trace log holds no line of theirs (and shows that trace is on).
+    tracing::trace!(
+        held_at_info = ?PINNED_TARGETS,
+        "trace logging is on; the Lambda runtime, the AWS SDK and the HTTP stack log at most info, as their lines can carry secrets"
+    );
 }
 
 /// An error and its causes on one line ("error sending request: connection
@@ -138,6 +170,79 @@ pub fn startup_failed(error: impl std::error::Error) -> StartupError {
     StartupError(text)
 }
 
+/// Log lines kept in memory, for the tests that check what reaches a log
+/// line: this module's own and the integration tests'
+/// (`oauth_sync_tests::logs`, through the `test-util` feature). Lines are
+/// JSON and filtered as [`init`] filters them, pinned targets included.
+#[cfg(any(test, feature = "test-util"))]
+pub mod capture {
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use tracing_subscriber::fmt::MakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::{EnvFilter, Layer, fmt};
+
+    /// What a subscriber wrote; clones share it.
+    #[derive(Debug, Clone, Default)]
+    pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Logs {
+        /// A subscriber that writes here, with `directive` as the configured
+        /// level (`RUST_LOG`).
+        pub fn subscriber(&self, directive: &str) -> impl tracing::Subscriber + Send + Sync + use<> {
+            tracing_subscriber::registry().with(
+                fmt::layer()
+                    .with_ansi(false)
+                    .json()
+                    .with_writer(self.clone())
+                    .with_filter(super::log_filter(EnvFilter::new(directive))),
+            )
+        }
+
+        /// What was written so far.
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        }
+    }
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Logs {
+        type Writer = Logs;
+
+        fn make_writer(&'a self) -> Logs {
+            self.clone()
+        }
+    }
+
+    /// Every log line of this test binary, from any thread, at `trace`:
+    /// installs (once per binary) the global subscriber writing into the
+    /// logs returned.
+    pub fn captured() -> Logs {
+        static LOGS: OnceLock<Logs> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Logs::default();
+            #[allow(clippy::expect_used)]
+            tracing::subscriber::set_global_default(logs.subscriber("trace"))
+                .expect("the only global subscriber of the test binary");
+            logs
+        })
+        .clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,41 +257,19 @@ mod tests {
         source: Outer,
     }
 
-    /// Collects what a subscriber writes.
-    #[derive(Clone, Default)]
-    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
-    fn no_configured_level_prints_the_raw_events_the_lambda_runtime_traces() {
-        for directive in [
-            "trace",
-            "lambda_runtime=trace",
-            "trace,lambda_runtime::layers=trace",
-            "debug",
+    fn no_configured_level_prints_what_the_runtime_and_the_sdk_trace() {
+        const ALL: &[&str] = &["RUNTIME-INFO-STAYS", "SDK-INFO-STAYS", "OURS-STAYS"];
+        for (directive, stays) in [
+            ("trace", ALL),
+            ("lambda_runtime=trace", &["RUNTIME-INFO-STAYS"][..]),
+            ("trace,lambda_runtime::layers=trace", ALL),
+            ("trace,aws_smithy_runtime=trace,hyper=trace", ALL),
+            ("aws_smithy_runtime::client::orchestrator=trace", &["SDK-INFO-STAYS"]),
+            ("debug", ALL),
         ] {
-            let buffer = Buffer::default();
-            let sink = buffer.clone();
-            let subscriber = tracing_subscriber::registry().with(
-                fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(move || sink.clone())
-                    .with_filter(log_filter(EnvFilter::new(directive))),
-            );
-            tracing::subscriber::with_default(subscriber, || {
+            let logs = capture::Logs::default();
+            tracing::subscriber::with_default(logs.subscriber(directive), || {
                 // What lambda_runtime 1.x emits for each invocation, and what
                 // lambda_http might: both planted with a code and a cookie.
                 tracing::trace!(
@@ -196,17 +279,41 @@ mod tests {
                 );
                 tracing::debug!(target: "lambda_http::request", cookie = "PLANTED-COOKIE", "event");
                 tracing::debug!(target: "lambda_runtime_api_client", state = "PLANTED-STATE", "next");
-                tracing::info!(target: "lambda_runtime::runtime", "INFO-STAYS");
+                // What the AWS SDK 1.x emits for each answer (a secret read
+                // with LOG_SENSITIVE_BODIES=true), and what the layers under
+                // it might.
+                tracing::trace!(
+                    target: "aws_smithy_runtime::client::orchestrator::http",
+                    response = "body: b\"{\\\"SecretString\\\":\\\"PLANTED-SECRET\\\"}\"",
+                    "read HTTP response body"
+                );
+                tracing::trace!(target: "aws_smithy_runtime::client::orchestrator", request = "PLANTED-REQUEST", "transmitting request");
+                tracing::trace!(target: "aws_sdk_secretsmanager::operation", output = "PLANTED-OUTPUT");
+                tracing::trace!(target: "reqwest::connect::verbose", "read: PLANTED-TOKEN");
+                tracing::trace!(target: "hyper_util::client::legacy::pool", "PLANTED-HYPER");
+                tracing::trace!(target: "h2::codec::framed_read", "PLANTED-H2");
+                tracing::trace!(target: "rustls::conn", "PLANTED-TLS");
+                tracing::info!(target: "lambda_runtime::runtime", "RUNTIME-INFO-STAYS");
+                tracing::info!(target: "aws_smithy_runtime::client::orchestrator", "SDK-INFO-STAYS");
                 tracing::debug!(target: "shared::login", "OURS-STAYS");
             });
-            let text =
-                String::from_utf8(buffer.0.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default();
-            for planted in ["PLANTED-CODE", "PLANTED-COOKIE", "PLANTED-STATE"] {
+            let text = logs.text();
+            for planted in [
+                "PLANTED-CODE",
+                "PLANTED-COOKIE",
+                "PLANTED-STATE",
+                "PLANTED-SECRET",
+                "PLANTED-REQUEST",
+                "PLANTED-OUTPUT",
+                "PLANTED-TOKEN",
+                "PLANTED-HYPER",
+                "PLANTED-H2",
+                "PLANTED-TLS",
+            ] {
                 assert!(!text.contains(planted), "{directive}: {planted} was printed: {text}");
             }
-            assert!(text.contains("INFO-STAYS"), "{directive}: {text}");
-            if directive != "lambda_runtime=trace" {
-                assert!(text.contains("OURS-STAYS"), "{directive}: {text}");
+            for line in stays {
+                assert!(text.contains(line), "{directive}: {line} is missing: {text}");
             }
         }
     }

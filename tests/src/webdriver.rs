@@ -4,7 +4,7 @@
 //! source and screenshots. No WebDriver crate for six endpoints.
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,13 +21,16 @@ pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// A chromedriver process in a process group of its own, with the Chromium
-/// it starts; the whole group is stopped when dropped, so a failed test
-/// leaves no browser behind.
+/// it starts and the browser profile Chromium writes; when dropped, the
+/// whole group is stopped and then the profile removed, so a failed test
+/// leaves no browser and no profile behind.
 #[derive(Debug)]
 pub struct Driver {
     child: Child,
     base: String,
     http: reqwest::Client,
+    /// Dropped after `drop` below has stopped the browser that writes into it.
+    profile: Profile,
 }
 
 impl Drop for Driver {
@@ -35,6 +38,42 @@ impl Drop for Driver {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
         let _ = self.child.wait();
+        // Chromium's processes may outlive chromedriver by a moment, and one
+        // still running could write into the profile after it is removed.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while Command::new("kill")
+            .args(["-0", "--", &group])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if Instant::now() > give_up {
+                let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A fresh Chromium profile directory under the system's temporary
+/// directory, removed with everything in it when dropped (whether the test
+/// passed, failed or panicked).
+#[derive(Debug)]
+struct Profile(PathBuf);
+
+impl Profile {
+    fn create() -> anyhow::Result<Profile> {
+        let random = shared::crypto::random_token().context("a random profile name")?;
+        let path = std::env::temp_dir().join(format!("oauth-sync-chromium-{}-{}", std::process::id(), &random[..12]));
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Profile(path))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -54,6 +93,7 @@ impl Driver {
             child,
             base: format!("http://127.0.0.1:{port}"),
             http,
+            profile: Profile::create()?,
         };
         let give_up = Instant::now() + Duration::from_secs(60);
         loop {
@@ -76,8 +116,9 @@ impl Driver {
         }
     }
 
-    /// A new headless Chromium session with a fresh profile in `profile`.
-    pub async fn session(&self, profile: &Path) -> anyhow::Result<Session> {
+    /// A new headless Chromium session with the driver's fresh profile (one
+    /// session at a time).
+    pub async fn session(&self) -> anyhow::Result<Session> {
         let args = [
             "--headless",
             "--no-sandbox",
@@ -93,7 +134,7 @@ impl Driver {
         ]
         .into_iter()
         .map(str::to_owned)
-        .chain([format!("--user-data-dir={}", profile.display())])
+        .chain([format!("--user-data-dir={}", self.profile.0.display())])
         .collect::<Vec<_>>();
         let capabilities = json!({
             "capabilities": {
@@ -228,4 +269,34 @@ async fn call(
         );
     }
     Ok(answer["value"].clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_is_removed_with_what_was_written_into_it() {
+        let profile = Profile::create().expect("create");
+        let path = profile.0.clone();
+        assert!(path.starts_with(std::env::temp_dir()), "{}", path.display());
+        std::fs::create_dir_all(path.join("Default/Cache")).expect("mkdir");
+        std::fs::write(path.join("Default/Cache/data_0"), b"written by the browser").expect("write");
+        assert_ne!(Profile::create().expect("another").0, path, "each profile is fresh");
+        drop(profile);
+        assert!(!path.exists(), "{} is left behind", path.display());
+    }
+
+    #[test]
+    fn a_profile_is_removed_when_a_test_panics() {
+        let path = std::panic::catch_unwind(|| {
+            let profile = Profile::create().expect("create");
+            std::fs::write(profile.0.join("Local State"), b"{}").expect("write");
+            std::panic::panic_any(profile.0.clone());
+        })
+        .expect_err("it panicked")
+        .downcast::<PathBuf>()
+        .expect("the profile's path");
+        assert!(!path.exists(), "{} is left behind", path.display());
+    }
 }

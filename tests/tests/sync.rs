@@ -802,7 +802,7 @@ async fn no_token_reaches_a_log_line_through_401s_retries_and_failures() {
     });
     assert!(matches!(fx.run(&conn, "projects").await.end, RunEnd::Failed(_)));
 
-    let text = oauth_sync_tests::logs::text(&logs);
+    let text = logs.text();
     assert!(text.contains("sync run ended"), "the capture saw the engine's logs");
     assert!(text.contains("trying the page again"), "and its retries");
     let secrets = fx.sim().issued_secrets();
@@ -810,6 +810,10 @@ async fn no_token_reaches_a_log_line_through_401s_retries_and_failures() {
     for secret in secrets {
         assert!(!text.contains(&secret), "a token value appeared in the logs");
     }
+    assert!(
+        !text.contains(fx.fixture.oauth.credentials.client_secret.secret()),
+        "the client secret (read from Secrets Manager) appeared in the logs"
+    );
 }
 
 /// The engine's settings with in-run waits for a rate limit cut to `max_wait`.

@@ -117,7 +117,7 @@ async fn every_route_answers_as_documented_and_bad_input_changes_nothing() {
     let (status, error) = call(&api, "POST", "/connections/acme-1/token", "", None).await;
     assert_eq!((status, error["error"].as_str()), (409, Some("needs_login")), "{error}");
 
-    let logged = oauth_sync_tests::logs::text(&logs);
+    let logged = logs.text();
     for secret in fx.sim().issued_secrets() {
         assert!(!logged.contains(&secret), "a token reached the log");
     }
@@ -432,7 +432,7 @@ async fn the_token_route_the_refresher_and_the_sync_never_spend_a_refresh_token_
         counters.refreshes,
         "one version per rotation"
     );
-    let logged = oauth_sync_tests::logs::text(&logs);
+    let logged = logs.text();
     for token in handed_out.iter().filter(|t| !t.is_empty()) {
         assert!(!logged.contains(token.as_str()), "a token handed out reached the log");
     }

@@ -18,7 +18,8 @@
 //!
 //! A line per step; the tables at the end come from the CLI (scripts/demo).
 //! Needs the stack's environment with the functions and `OAUTH_SYNC_CONFIG`
-//! naming the demo's configuration (provider `sim`, sync `projects`).
+//! naming the stack's generated configuration (provider `sim`, sync
+//! `projects`) on the demo's schedule (`OAUTH_SYNC_STACK_*_SECS`).
 //! `DEMO_SECONDS` (default 60) is how long the schedule runs.
 
 use std::io::Write;

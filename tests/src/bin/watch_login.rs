@@ -156,15 +156,18 @@ async fn main() -> anyhow::Result<()> {
     ];
     seen.extend(in_browser(&stack, &format!("{run}-browser")).await?);
 
-    // The function's own output during the run, at trace level, never holds them.
+    // The function's own output during the run, at trace level, never holds
+    // them. That trace is on, each function said as it started (before the
+    // run: shared::telemetry::init), as no line of the crates that trace
+    // most (the runtime, the AWS SDK) gets through below info.
     let mut logs = String::new();
     let mut file = std::fs::File::open(&log_path)?;
-    file.seek(std::io::SeekFrom::Start(log_start))?;
-    file.read_to_string(&mut logs)?;
     ensure!(
-        logs.contains("TRACE") || logs.contains("\"level\":\"TRACE\""),
+        std::io::read_to_string(&file)?.contains("trace logging is on"),
         "the function did not log at trace level: start the functions with OAUTH_SYNC_FUNCTIONS_RUST_LOG=trace"
     );
+    file.seek(std::io::SeekFrom::Start(log_start))?;
+    file.read_to_string(&mut logs)?;
     for secret in seen.iter().filter(|s| s.len() >= 16) {
         if logs.contains(secret.as_str()) {
             bail!("a code, state or login cookie reached the function's trace log ({log_path})");
@@ -225,9 +228,7 @@ async fn in_browser(stack: &Stack, connection: &str) -> anyhow::Result<Vec<Strin
     )?;
     let root = stack.root;
     let driver = Driver::start().await?;
-    let profile = std::env::temp_dir().join(format!("oauth-sync-chromium-{}", std::process::id()));
-    std::fs::create_dir_all(&profile)?;
-    let browser = driver.session(&profile).await?;
+    let browser = driver.session().await?;
     // Every run takes the screenshots (their reference ids differ); only a run
     // asked to refresh docs/images (shown by docs/login.md) writes them into the checkout.
     let images = match std::env::var_os("OAUTH_SYNC_SCREENSHOTS") {
@@ -269,8 +270,8 @@ async fn in_browser(stack: &Stack, connection: &str) -> anyhow::Result<Vec<Strin
         images.join("login-connected.png").display()
     ));
     browser.quit().await?;
+    // The browser and its profile go with the driver (on every path out).
     drop(driver);
-    std::fs::remove_dir_all(&profile).ok();
     expect_active(stack, connection).await?;
     say("login in headless Chromium: ok (connection active)");
 

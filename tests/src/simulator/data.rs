@@ -1,6 +1,13 @@
 //! Data APIs for a sync engine to page through, in the style of Exact Online
-//! (OData v2 under `/api/v1`) and Microsoft Graph (under `/v1.0`), as
-//! `shared/PROVIDERS.md` describes them.
+//! (OData v2 under `/api/v1`) and Microsoft Graph (under `/v1.0`), as their
+//! documentation describes them: Exact's REST API reference
+//! (<https://start.exactonline.nl/docs/HlpRestAPIResources.aspx>, each
+//! endpoint at `HlpRestAPIResourcesDetails.aspx?name=SyncProjectProjects`,
+//! `…=SyncDeleted`), Graph's paging and delta query pages
+//! (<https://learn.microsoft.com/en-us/graph/paging>,
+//! <https://learn.microsoft.com/en-us/graph/delta-query-overview>,
+//! <https://learn.microsoft.com/en-us/graph/delta-query-users>).
+//! docs/simulator.md lists what is served.
 //!
 //! Records live in B-tree indexes (projects by `ID` and by `Timestamp`, the
 //! deleted feed and the contact and user changes by sequence), so one page

@@ -22,8 +22,9 @@
 //!   be queued over HTTP at `POST /_sim/faults` for other processes.
 //!
 //! Data APIs for the sync engine, mounted whatever the preset (see
-//! `data.rs` and `shared/PROVIDERS.md`). Bearer tokens are checked against the
-//! token state above: an unknown, expired or revoked one answers 401 with
+//! `data.rs`, for the providers' pages it follows, and docs/simulator.md).
+//! Bearer tokens are checked against the token state above: an unknown,
+//! expired or revoked one answers 401 with
 //! `WWW-Authenticate: Bearer error="invalid_token"`.
 //! - Exact Online style (OData v2, `{"d": {"results": [...], "__next": url}}`,
 //!   JSON only with `Accept: application/json`, XML otherwise):
