@@ -1357,24 +1357,20 @@ async fn change_numbers_reused_after_a_failed_run_are_read_once_each() {
         })
     };
     let fence = LeaseClock::unfenced();
+    // A page stored as the engine stores one: its plan, then its writes from `first`.
+    let store = |changes: Vec<Change>, now: i64, first: u64| {
+        let (records, fence) = (&records, &fence);
+        async move {
+            let plan = records.plan(pk, changes, now).await.expect("plan");
+            records.write(&plan, fence, first).await.expect("write");
+        }
+    };
     // The failed run: its writes landed with numbers 0 and 1, its checkpoint never moved.
-    records
-        .apply(pk, vec![upsert("b-failed"), upsert("d-failed")], 1, &fence, 0)
-        .await
-        .expect("write");
+    store(vec![upsert("b-failed"), upsert("d-failed")], 1, 0).await;
     let none = records.changes(pk, None, 0, 10).await.expect("changes");
     assert!(none.records.is_empty(), "nothing is readable below the committed 0");
     // The next run starts again from the committed number 0 and commits 3.
-    records
-        .apply(
-            pk,
-            vec![upsert("a-next"), upsert("c-next"), upsert("e-next")],
-            2,
-            &fence,
-            0,
-        )
-        .await
-        .expect("write");
+    store(vec![upsert("a-next"), upsert("c-next"), upsert("e-next")], 2, 0).await;
     let mut seen = Vec::new();
     let mut after: Option<ChangePlace> = None;
     loop {

@@ -179,21 +179,6 @@ impl RecordStore {
         &self.ops
     }
 
-    /// Applies one page: [`RecordStore::plan`], then [`RecordStore::write`]
-    /// with change numbers from `first_seq`.
-    pub async fn apply(
-        &self,
-        pk: &str,
-        changes: Vec<Change>,
-        now: i64,
-        fence: &LeaseClock,
-        first_seq: u64,
-    ) -> Result<Applied, StoreError> {
-        let plan = self.plan(pk, changes, now).await?;
-        self.write(&plan, fence, first_seq).await?;
-        Ok(plan.counts)
-    }
-
     /// Reads the stored hashes of the page's keys and decides what to write:
     /// new, changed and undeleted records, and deletions of live ones. The
     /// last change of a record in the page wins.
