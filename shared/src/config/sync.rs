@@ -146,6 +146,10 @@ pub(crate) fn resolve(
 }
 
 /// The sync its table and its provider make, or the first problem.
+///
+/// One function: a list of checks in the order of the table's keys, each
+/// depending on the ones before (mode, then cursor, then pagination), as
+/// docs/configuration.md lists them.
 fn resolve_with(name: &str, entry: SyncEntry, provider: &Provider) -> Result<Sync, FieldProblem> {
     let settings = &provider.settings;
     let endpoint = entry.endpoint.trim();
