@@ -201,15 +201,18 @@ pub struct SyncEngine {
 }
 
 /// Who holds a lease and until when, in words: `held by pid 4242 on build-7
-/// #1a2b3c4d until 2026-12-06T13:20:00Z (45 s from now)`.
+/// #1a2b3c4d until 13:20:00 UTC, in 45 s` (as [`crate::when`] says times).
 fn busy_holder(holder: Option<&str>, until: Option<i64>) -> String {
     let holder = holder.unwrap_or("another run");
     match until {
-        Some(until) => format!(
-            "its lease is held by {holder} until {} ({} s from now)",
-            crate::when::rfc3339(until),
-            (until - now_ms()).max(0).saturating_add(999) / 1000
-        ),
+        Some(until) => {
+            let now = now_ms();
+            format!(
+                "its lease is held by {holder} until {}, {}",
+                crate::when::clock(until, now),
+                crate::when::relative(until, now)
+            )
+        }
         None => format!("its lease is held by {holder}"),
     }
 }
