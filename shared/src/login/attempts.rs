@@ -11,12 +11,11 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
 use crate::connection::{ConnectionId, ConnectionKind, Sealed};
 use crate::crypto::sha256_b64url;
-use crate::dynamo::{Conditional, Item, StoreError, conditional, dynamo_error, has_s, n, s, sdk_failure};
+use crate::dynamo::{Conditional, Item, StoreError, conditional, has_s, n, s, sdk_failure};
 
 /// A login in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,12 +184,9 @@ impl AttemptStore {
             .expression_attribute_values(":superseded", s("superseded"))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Finished, cancelled or expired meanwhile: nothing left to spend.
-            Err(SdkError::ServiceError(service)) if service.err().is_conditional_check_failed_exception() => Ok(()),
-            Err(e) => Err(self.fail("UpdateItem(supersede login attempt)", e)),
-        }
+        // Refused: finished, cancelled or expired meanwhile; nothing left to spend.
+        conditional(result, "UpdateItem(supersede login attempt)", &self.table, |_| false)?;
+        Ok(())
     }
 
     /// Whether the link `link_id` has already finished a login (consistent read).
@@ -266,27 +262,22 @@ impl AttemptStore {
             .expression_attribute_values(":browser", s(&cookie.map(browser_key).unwrap_or_default()))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        match request.send().await {
-            Ok(output) => from_item(output.attributes.unwrap_or_default()),
-            Err(SdkError::ServiceError(service)) => match service.into_err() {
-                UpdateItemError::ConditionalCheckFailedException(failed) => Err(match failed.item {
-                    None => AttemptError::Unknown,
-                    Some(item) if matches!(item.get("outcome"), Some(AttributeValue::S(o)) if o == "cancelled") => {
-                        AttemptError::Cancelled
-                    }
-                    Some(item) if matches!(item.get("outcome"), Some(AttributeValue::S(o)) if o == "superseded") => {
-                        AttemptError::Superseded
-                    }
-                    Some(item) if item.contains_key("consumed_at") => AttemptError::Replayed,
-                    Some(item) if number(&item, "expires_at").is_none_or(|e| e <= now_secs) => AttemptError::Expired,
-                    Some(_) => AttemptError::OtherBrowser,
-                }),
-                other => {
-                    Err(dynamo_error("UpdateItem(consume login attempt)", &self.table, other.into(), false).into())
-                }
-            },
-            Err(e) => Err(self.fail("UpdateItem(consume login attempt)", e)),
-        }
+        let sent = match request.send().await {
+            Ok(output) => return from_item(output.attributes.unwrap_or_default()),
+            Err(e) => Err::<(), _>(e),
+        };
+        let item = match conditional(sent, "UpdateItem(consume login attempt)", &self.table, |_| false)? {
+            Conditional::Refused(item) => item,
+            Conditional::Done => unreachable!("a failed call is never done"),
+        };
+        Err(match item {
+            None => AttemptError::Unknown,
+            Some(item) if has_s(&item, "outcome", "cancelled") => AttemptError::Cancelled,
+            Some(item) if has_s(&item, "outcome", "superseded") => AttemptError::Superseded,
+            Some(item) if item.contains_key("consumed_at") => AttemptError::Replayed,
+            Some(item) if number(&item, "expires_at").is_none_or(|e| e <= now_secs) => AttemptError::Expired,
+            Some(_) => AttemptError::OtherBrowser,
+        })
     }
 }
 

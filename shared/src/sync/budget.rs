@@ -25,7 +25,7 @@ use tracing::warn;
 use super::rate::{Answer, Draw, POLL_MS, RateState, Ticket};
 use crate::backoff::jitter;
 use crate::connection::now_ms;
-use crate::dynamo::{StoreError, n, s, sdk_failure};
+use crate::dynamo::{Conditional, StoreError, conditional, n, s, sdk_failure};
 
 /// How long one DynamoDB call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -189,16 +189,14 @@ impl RateBudget {
             .map_err(|_| StoreError::TimedOut {
                 operation: "PutItem(rate budget)",
             })?;
-        match sent {
-            Ok(_) => Ok(Tried::Done(value)),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Tried::Lost)
-            }
-            Err(e) => Err(sdk_failure("PutItem(rate budget)", &self.table, e)),
-        }
+        // Refused: another caller wrote first (a lost answer of our own
+        // write reads the same way; its ticket expires on its own).
+        Ok(
+            match conditional(sent, "PutItem(rate budget)", &self.table, |_| false)? {
+                Conditional::Done => Tried::Done(value),
+                Conditional::Refused(_) => Tried::Lost,
+            },
+        )
     }
 
     /// The stored state and its version, read consistently.

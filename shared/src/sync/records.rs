@@ -24,7 +24,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, Wri
 use serde_json::{Map, Number, Value};
 
 use super::jobs::LeaseClock;
-use crate::dynamo::{BATCH_ATTEMPTS, OpCounts, StoreError, batch_get, n, s, sdk_failure};
+use crate::dynamo::{BATCH_ATTEMPTS, Conditional, OpCounts, StoreError, batch_get, conditional, n, s, sdk_failure};
 
 /// The local secondary index of the records table that orders a partition by `change_seq`.
 pub const CHANGES_INDEX: &str = "changes";
@@ -602,12 +602,9 @@ impl RecordStore {
                 .expression_attribute_values(":seq", n(seq))
                 .send()
                 .await;
-            match result {
-                Ok(_) => deleted += 1,
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
-                Err(e) => return Err(sdk_failure("UpdateItem(delete record)", &self.table, e)),
+            // Refused: deleted already, or gone.
+            if let Conditional::Done = conditional(result, "UpdateItem(delete record)", &self.table, |_| false)? {
+                deleted += 1;
             }
         }
         Ok(deleted)
