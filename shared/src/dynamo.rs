@@ -232,6 +232,36 @@ where
     }
 }
 
+/// Every item of `table`, by a paginated `Scan`: for operator commands only
+/// (`list`, `sync status`), never on a function's path. Each page is counted
+/// in `ops.queries` when given.
+pub async fn scan_all(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    ops: Option<&OpCounts>,
+    operation: &'static str,
+) -> Result<Vec<Item>, StoreError> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        if let Some(ops) = ops {
+            ops.queries.fetch_add(1, Ordering::Relaxed);
+        }
+        let output = client
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| sdk_failure(operation, table, e))?;
+        items.extend(output.items.unwrap_or_default());
+        start = output.last_evaluated_key.filter(|k| !k.is_empty());
+        if start.is_none() {
+            return Ok(items);
+        }
+    }
+}
+
 /// Attempts for a batch whose items keep coming back unprocessed.
 pub const BATCH_ATTEMPTS: u32 = 8;
 

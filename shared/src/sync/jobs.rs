@@ -288,32 +288,17 @@ impl JobStore {
     /// Every job item (the CLI's `sync status`; the functions never scan).
     /// Items that are not jobs (the shared rate budgets, `rate#…`) are skipped.
     pub async fn all(&self) -> Result<Vec<Job>, StoreError> {
-        let mut jobs = Vec::new();
-        let mut start = None;
-        loop {
-            let output = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_failure("Scan(jobs)", &self.table, e))?;
-            for item in output.items.unwrap_or_default() {
-                if item
+        let items = crate::dynamo::scan_all(&self.client, &self.table, None, "Scan(jobs)").await?;
+        items
+            .iter()
+            .filter(|item| {
+                !item
                     .get("id")
                     .and_then(|v| v.as_s().ok())
                     .is_some_and(|id| id.starts_with("rate#"))
-                {
-                    continue;
-                }
-                jobs.push(from_item(&item)?);
-            }
-            start = output.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() {
-                return Ok(jobs);
-            }
-        }
+            })
+            .map(from_item)
+            .collect()
     }
 
     /// Ids of jobs due by `now` in one shard of the `sync-due` index, a page at a time.

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{ConnectionStore, PROVIDER_INDEX, from_item};
 use crate::connection::{Connection, ConnectionId};
-use crate::dynamo::{StoreError, batch_get, n, s};
+use crate::dynamo::{StoreError, batch_get, n, s, scan_all};
 
 /// One page of the refresh-due index, from [`ConnectionStore::due`].
 #[derive(Debug)]
@@ -27,26 +27,8 @@ impl ConnectionStore {
     /// Every connection, for the operator's `list` (a paginated Scan: an
     /// operator command, never on a function's path).
     pub async fn list(&self) -> Result<Vec<Connection>, StoreError> {
-        let mut connections = Vec::new();
-        let mut start = None;
-        loop {
-            self.ops.queries.fetch_add(1, Ordering::Relaxed);
-            let output = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| self.fail("Scan", e))?;
-            for item in output.items.unwrap_or_default() {
-                connections.push(from_item(item)?);
-            }
-            start = output.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
+        let items = scan_all(&self.client, &self.table, Some(&self.ops), "Scan").await?;
+        let mut connections = items.into_iter().map(from_item).collect::<Result<Vec<_>, _>>()?;
         connections.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(connections)
     }
