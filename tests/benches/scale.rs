@@ -327,7 +327,9 @@ async fn run_schedule(
             // Refreshes start for one tick (as in the function: its timeout
             // less the time a send needs); those in flight then finish.
             let deadline = began + tick + RefreshSettings::default().time_for_a_send();
-            let summary = service.refresh_due(deadline, concurrency).await;
+            let summary = service
+                .refresh_due(shared::refresh::DueRun::all(deadline, concurrency))
+                .await;
             in_flight.fetch_sub(1, Ordering::SeqCst);
             refreshed.fetch_add(summary.refreshed as usize, Ordering::Relaxed);
             Invocation {

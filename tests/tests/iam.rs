@@ -254,7 +254,10 @@ async fn the_refresher_may_call_exactly_what_its_code_calls() {
     let summary = recorded
         .token_service(&fixture)
         .await
-        .refresh_due(deadline(30), token_refresher_concurrency())
+        .refresh_due(shared::refresh::DueRun::all(
+            deadline(30),
+            token_refresher_concurrency(),
+        ))
         .await;
     assert_eq!(
         (summary.due, summary.refreshed, summary.needs_reauth),
