@@ -51,7 +51,7 @@ impl DueRun {
 }
 
 /// What [`TokenService::refresh_due`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DueSummary {
     /// Shards this run worked (their leases taken).
     pub shards: u64,

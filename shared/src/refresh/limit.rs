@@ -51,7 +51,7 @@ impl Gate {
 }
 
 /// What a provider's cap did, for the run's metrics and the bench.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProviderLoad {
     pub provider: String,
     /// The cap this process kept (`token_concurrency / groups`).
