@@ -9,6 +9,7 @@ use oauth_sync_tests::stack::{SyncFixture, quick_sync_settings};
 use shared::config::PresetName;
 use shared::connection::now_ms;
 use shared::sync::jobs::job_id;
+use shared::sync::reconcile::{ReconcileSettings, Reconciler};
 
 /// A scheduled event with two minutes left in the invocation.
 fn scheduled_event() -> LambdaEvent<serde_json::Value> {
@@ -38,8 +39,14 @@ async fn a_scheduled_run_syncs_every_due_job_and_schedules_the_next() {
     fx.sim().seed_projects(150);
     let ids = [fx.connect("tenant-a").await, fx.connect("tenant-b").await];
     let engine: &Arc<_> = &fx.engine;
+    let reconciler = Reconciler::new(
+        fx.fixture.config.clone(),
+        fx.fixture.service.store().clone(),
+        engine.jobs().clone(),
+        ReconcileSettings::default(),
+    );
 
-    let summary = sync::function_handler(engine, scheduled_event())
+    let summary = sync::function_handler(engine, &reconciler, scheduled_event())
         .await
         .expect("the run succeeds");
     assert_eq!(
@@ -61,7 +68,7 @@ async fn a_scheduled_run_syncs_every_due_job_and_schedules_the_next() {
     }
 
     // Nothing is due until the interval has passed.
-    let summary = sync::function_handler(engine, scheduled_event())
+    let summary = sync::function_handler(engine, &reconciler, scheduled_event())
         .await
         .expect("the run succeeds");
     assert_eq!(summary.due, 0, "{summary:?}");

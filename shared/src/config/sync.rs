@@ -297,3 +297,23 @@ fn resolve_with(name: &str, entry: SyncEntry, provider: &Provider) -> Result<Syn
         interval_secs,
     })
 }
+
+impl Sync {
+    /// What makes this sync's jobs: its name (a job is a (connection, sync)
+    /// pair) and its provider (whose active connections get one). The rest
+    /// of a sync's settings change how its jobs run, not which jobs exist.
+    pub fn job_key(&self) -> String {
+        format!("{}\t{}", self.name, self.provider)
+    }
+
+    /// A fingerprint of a set of syncs as far as jobs go (the
+    /// [`Sync::job_key`] of each, sorted): SHA-256, base64url. Equal
+    /// fingerprints mean the same jobs are wanted; the sync function
+    /// compares the configuration's with the one its jobs were last
+    /// reconciled for (`sync::reconcile`).
+    pub fn jobs_fingerprint<'a>(syncs: impl IntoIterator<Item = &'a Sync>) -> String {
+        let mut keys: Vec<String> = syncs.into_iter().map(Sync::job_key).collect();
+        keys.sort_unstable();
+        crate::crypto::sha256_b64url(keys.join("\n").as_bytes())
+    }
+}
