@@ -321,7 +321,7 @@ async fn the_sync_may_call_exactly_what_its_code_calls() {
     let engine = Arc::new(
         shared::sync::engine::SyncEngine::new(
             fx.fixture.config.clone(),
-            tokens,
+            tokens.clone(),
             shared::sync::jobs::JobStore::new(
                 recorded.aws.dynamodb.clone(),
                 &tables["SyncStateTable"],
@@ -370,6 +370,16 @@ async fn the_sync_may_call_exactly_what_its_code_calls() {
     make_due().await;
     let third = engine.run_due(deadline(120)).await;
     assert_eq!(third.busy, 1, "{third:?}");
+    // What the handler does first: the jobs of the configured syncs (the
+    // first invocation walks every sync once; the job exists).
+    let reconciler = shared::sync::reconcile::Reconciler::new(
+        fx.fixture.config.clone(),
+        tokens.store().clone(),
+        engine.jobs().clone(),
+        shared::sync::reconcile::ReconcileSettings::default(),
+    );
+    let reconciled = reconciler.run(deadline(120)).await.expect("reconcile");
+    assert!(reconciled.finished && reconciled.existing == 1, "{reconciled:?}");
 
     assert_policy_is("sync", &recorded.grants(tables));
 }

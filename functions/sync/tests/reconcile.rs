@@ -48,13 +48,20 @@ async fn job(engine: &SyncEngine, id: &ConnectionId, sync: &str) -> Option<Job> 
     engine.jobs().get(&job_id(id, sync)).await.expect("read job")
 }
 
-#[tokio::test]
-async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_once() {
+/// A fixture with ten logins to `sim` (each scheduling `projects`), two of
+/// them revoked since.
+async fn ten_logins() -> (SyncFixture, Vec<ConnectionId>) {
     let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
     sim.data.rate_limit = None;
-    let fx = SyncFixture::start(sim, "min_refresh_interval_secs = 0", PROJECTS, quick_sync_settings(), "reconcile").await;
+    let fx = SyncFixture::start(
+        sim,
+        "min_refresh_interval_secs = 0",
+        PROJECTS,
+        quick_sync_settings(),
+        "reconcile",
+    )
+    .await;
     fx.sim().seed_projects(5);
-    // Ten logins (each schedules `projects`), two of them revoked since.
     let mut ids = Vec::new();
     for i in 0..10 {
         ids.push(fx.connect(&format!("tenant-{i:02}")).await);
@@ -62,14 +69,50 @@ async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_on
     for revoked in [&ids[3], &ids[7]] {
         fx.fixture.service.revoke(revoked).await.expect("revoke");
     }
+    (fx, ids)
+}
+
+/// Late invocations, one page each, until the walk finishes: how many it
+/// took and the jobs they created.
+async fn walk_to_the_end(engine: &Arc<SyncEngine>, reconciler: &Reconciler) -> (u64, u64) {
+    let (mut invocations, mut created) = (0, 0);
+    loop {
+        invocations += 1;
+        assert!(invocations <= 6, "the walk of 10 connections, 4 a page, ends");
+        let done = sync::invoke(engine, reconciler, late_event())
+            .await
+            .expect("invocation");
+        let reconciled = done.reconciled.expect("reconciled");
+        assert_eq!(reconciled.pages, 1, "{reconciled:?}");
+        created += reconciled.created;
+        if reconciled.finished {
+            return (invocations, created);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_once() {
+    let (fx, ids) = ten_logins().await;
     let old = reconciler(&fx, fx.fixture.config.clone(), &fx.engine);
     // A job of `accounts` from before it was configured (scheduled by hand),
     // parked by its run as not configured.
     fx.engine.jobs().schedule(&ids[1], "accounts").await.expect("schedule");
-    let first = sync::invoke(&fx.engine, &old, scheduled_event()).await.expect("invocation");
+    let first = sync::invoke(&fx.engine, &old, scheduled_event())
+        .await
+        .expect("invocation");
     let reconciled = first.reconciled.expect("reconciled");
-    assert!(reconciled.finished && reconciled.created == 0, "every `projects` job exists: {reconciled:?}");
-    assert!(job(&fx.engine, &ids[1], "accounts").await.expect("job").parked_reason.is_some());
+    assert!(
+        reconciled.finished && reconciled.created == 0,
+        "every `projects` job exists: {reconciled:?}"
+    );
+    assert!(
+        job(&fx.engine, &ids[1], "accounts")
+            .await
+            .expect("job")
+            .parked_reason
+            .is_some()
+    );
 
     // The configuration gains `accounts`. One active connection got its job
     // by hand and ran it: that job must stay exactly as it is.
@@ -94,19 +137,7 @@ async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_on
     let new = reconciler(&fx, config, &engine);
 
     // Late invocations, one page each: the walk resumes where the last stopped.
-    let mut created = 0;
-    let mut invocations = 0;
-    loop {
-        invocations += 1;
-        assert!(invocations <= 6, "the walk of 10 connections, 4 a page, ends");
-        let done = sync::invoke(&engine, &new, late_event()).await.expect("invocation");
-        let reconciled = done.reconciled.expect("reconciled");
-        assert_eq!(reconciled.pages, 1, "{reconciled:?}");
-        created += reconciled.created;
-        if reconciled.finished {
-            break;
-        }
-    }
+    let (invocations, created) = walk_to_the_end(&engine, &new).await;
     assert!(invocations >= 3, "10 connections, 4 a page: {invocations} invocations");
     // 8 active connections, one of which had its job: 7 created (one of
     // them the parked job of a sync configured again, made due).
@@ -128,7 +159,11 @@ async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_on
     let again = sync::invoke(&engine, &new, late_event()).await.expect("invocation");
     let reconciled = again.reconciled.expect("reconciled");
     assert!(reconciled.up_to_date && reconciled.created == 0, "{reconciled:?}");
-    assert_eq!(fx.fixture.service.store().ops().snapshot().2, queries, "no query of the connections");
+    assert_eq!(
+        fx.fixture.service.store().ops().snapshot().2,
+        queries,
+        "no query of the connections"
+    );
     assert_eq!(
         job(&engine, &ids[0], "accounts").await.as_ref(),
         Some(&ran),
