@@ -103,15 +103,6 @@ pub async fn jobs_for_page(
     let mut page = PageJobs::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut first_error = None;
-    let mut collect = |done: Result<(ConnectionId, Result<bool, StoreError>), tokio::task::JoinError>,
-                       page: &mut PageJobs| match done {
-        Ok((id, Ok(true))) => page.written.push(id),
-        Ok((_, Ok(false))) => page.existing += 1,
-        Ok((_, Err(e))) => {
-            first_error.get_or_insert(e);
-        }
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    };
     for connection in connections {
         if !wants_job(connection, provider) {
             page.skipped += 1;
@@ -119,7 +110,7 @@ pub async fn jobs_for_page(
         }
         while tasks.len() >= concurrency.max(1) {
             if let Some(done) = tasks.join_next().await {
-                collect(done, &mut page);
+                count_write(done, &mut page, &mut first_error);
             }
         }
         let (jobs, id, sync) = (jobs.clone(), connection.id.clone(), sync.to_owned());
@@ -132,15 +123,30 @@ pub async fn jobs_for_page(
         });
     }
     while let Some(done) = tasks.join_next().await {
-        collect(done, &mut page);
+        count_write(done, &mut page, &mut first_error);
     }
-    drop(collect);
     match first_error {
         Some(e) => Err(e),
         None => {
             page.written.sort();
             Ok(page)
         }
+    }
+}
+
+/// One job write of [`jobs_for_page`], counted; the first error kept.
+fn count_write(
+    done: Result<(ConnectionId, Result<bool, StoreError>), tokio::task::JoinError>,
+    page: &mut PageJobs,
+    first_error: &mut Option<StoreError>,
+) {
+    match done {
+        Ok((id, Ok(true))) => page.written.push(id),
+        Ok((_, Ok(false))) => page.existing += 1,
+        Ok((_, Err(e))) => {
+            first_error.get_or_insert(e);
+        }
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
