@@ -2,13 +2,15 @@
 //! gives every active connection of its provider the job, by itself, over
 //! several invocations, against the local stack and the simulator.
 
+mod common;
+
 use std::sync::Arc;
 
-use lambda_runtime::{Context, LambdaEvent};
+use common::scheduled_event;
 use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::{SyncFixture, deadline, quick_sync_settings};
 use shared::config::{Config, PresetName};
-use shared::connection::{ConnectionId, now_ms};
+use shared::connection::ConnectionId;
 use shared::sync::engine::SyncEngine;
 use shared::sync::jobs::{Job, job_id};
 use shared::sync::reconcile::{ReconcileSettings, Reconciler};
@@ -18,17 +20,6 @@ const PROJECTS: &str = "[syncs.projects]\nprovider = \"sim\"\nendpoint = \"/proj
 /// The sync the configuration gains.
 const ACCOUNTS: &str = "[syncs.accounts]\nprovider = \"sim\"\nendpoint = \"/project/Projects\"\n\
                         query = { \"$select\" = \"ID,Code\" }\nmode = \"full\"\n";
-
-/// A scheduled event whose deadline has passed: the reconciliation reads
-/// one page and stops, and no due job starts.
-fn late_event() -> LambdaEvent<serde_json::Value> {
-    let event: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/eventbridge-schedule.json")).expect("fixture event");
-    let mut context = Context::default();
-    context.request_id = "req-late".to_owned();
-    context.deadline = u64::try_from(now_ms()).expect("time");
-    LambdaEvent::new(event, context)
-}
 
 /// Four connections a page.
 fn reconciler(fx: &SyncFixture, config: Arc<Config>, engine: &SyncEngine) -> Reconciler {
@@ -72,14 +63,15 @@ async fn ten_logins() -> (SyncFixture, Vec<ConnectionId>) {
     (fx, ids)
 }
 
-/// Late invocations, one page each, until the walk finishes: how many it
+/// Late invocations (their deadline has passed, so the walk reads one page
+/// and no due job starts), until the walk finishes: how many it
 /// took and the jobs they created.
 async fn walk_to_the_end(engine: &Arc<SyncEngine>, reconciler: &Reconciler) -> (u64, u64) {
     let (mut invocations, mut created) = (0, 0);
     loop {
         invocations += 1;
         assert!(invocations <= 6, "the walk of 10 connections, 4 a page, ends");
-        let done = sync::invoke(engine, reconciler, late_event())
+        let done = sync::invoke(engine, reconciler, scheduled_event(0))
             .await
             .expect("invocation");
         let reconciled = done.reconciled.expect("reconciled");
@@ -98,7 +90,7 @@ async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_on
     // A job of `accounts` from before it was configured (scheduled by hand),
     // parked by its run as not configured.
     fx.engine.jobs().schedule(&ids[1], "accounts").await.expect("schedule");
-    let first = sync::invoke(&fx.engine, &old, scheduled_event())
+    let first = sync::invoke(&fx.engine, &old, scheduled_event(120_000))
         .await
         .expect("invocation");
     let reconciled = first.reconciled.expect("reconciled");
@@ -156,7 +148,9 @@ async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_on
 
     // The same configuration again: one read, no query, nothing created.
     let queries = fx.fixture.service.store().ops().snapshot().2;
-    let again = sync::invoke(&engine, &new, late_event()).await.expect("invocation");
+    let again = sync::invoke(&engine, &new, scheduled_event(0))
+        .await
+        .expect("invocation");
     let reconciled = again.reconciled.expect("reconciled");
     assert!(reconciled.up_to_date && reconciled.created == 0, "{reconciled:?}");
     assert_eq!(
@@ -169,14 +163,4 @@ async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_on
         Some(&ran),
         "the existing job is untouched"
     );
-}
-
-/// A scheduled event with two minutes left in the invocation.
-fn scheduled_event() -> LambdaEvent<serde_json::Value> {
-    let event: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/eventbridge-schedule.json")).expect("fixture event");
-    let mut context = Context::default();
-    context.request_id = "req-1".to_owned();
-    context.deadline = u64::try_from(now_ms()).expect("time") + 120_000;
-    LambdaEvent::new(event, context)
 }

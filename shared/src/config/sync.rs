@@ -317,3 +317,36 @@ impl Sync {
         crate::crypto::sha256_b64url(keys.join("\n").as_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Sync;
+    use crate::config::Config;
+
+    fn fingerprint(syncs: &str) -> String {
+        let text = format!(
+            "[providers.a]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\n\
+             [providers.b]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\n{syncs}"
+        );
+        let config = Config::parse(&text, "oauth-sync.toml").unwrap_or_else(|e| panic!("{e}"));
+        Sync::jobs_fingerprint(config.syncs.values())
+    }
+
+    const USERS: &str = "[syncs.users]\nprovider = \"a\"\nendpoint = \"/users\"\n";
+    const GROUPS: &str = "[syncs.groups]\nprovider = \"a\"\nendpoint = \"/groups\"\n";
+
+    #[test]
+    fn the_jobs_fingerprint_changes_with_the_jobs_a_configuration_wants_and_nothing_else() {
+        let both = fingerprint(&format!("{USERS}{GROUPS}"));
+        assert_eq!(both, fingerprint(&format!("{GROUPS}{USERS}")), "order does not matter");
+        assert_ne!(both, fingerprint(USERS), "a sync added or removed");
+        let moved = GROUPS.replace("\"a\"", "\"b\"");
+        assert_ne!(
+            both,
+            fingerprint(&format!("{USERS}{moved}")),
+            "a sync moved to another provider"
+        );
+        let slower = format!("{USERS}{GROUPS}interval_secs = 86400\n");
+        assert_eq!(both, fingerprint(&slower), "how a job runs is not which jobs exist");
+    }
+}
