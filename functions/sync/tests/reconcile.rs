@@ -83,6 +83,21 @@ async fn walk_to_the_end(engine: &Arc<SyncEngine>, reconciler: &Reconciler) -> (
     }
 }
 
+/// The fixture's configuration with `accounts` added, and a sync engine on it.
+fn with_accounts(fx: &SyncFixture) -> (Arc<Config>, Arc<SyncEngine>) {
+    let text = format!("{}\n{ACCOUNTS}", fx.fixture.config_text);
+    let config = Arc::new(Config::parse(&text, "fixture.toml").unwrap_or_else(|e| panic!("{e}")));
+    let engine = SyncEngine::new(
+        config.clone(),
+        fx.fixture.service.clone(),
+        fx.engine.jobs().clone(),
+        fx.engine.records().clone(),
+        quick_sync_settings(),
+    )
+    .expect("engine");
+    (config, Arc::new(engine))
+}
+
 #[tokio::test]
 async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_once() {
     let (fx, ids) = ten_logins().await;
@@ -108,18 +123,7 @@ async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_on
 
     // The configuration gains `accounts`. One active connection got its job
     // by hand and ran it: that job must stay exactly as it is.
-    let text = format!("{}\n{ACCOUNTS}", fx.fixture.config_text);
-    let config = Arc::new(Config::parse(&text, "fixture.toml").unwrap_or_else(|e| panic!("{e}")));
-    let engine = Arc::new(
-        SyncEngine::new(
-            config.clone(),
-            fx.fixture.service.clone(),
-            fx.engine.jobs().clone(),
-            fx.engine.records().clone(),
-            quick_sync_settings(),
-        )
-        .expect("engine"),
-    );
+    let (config, engine) = with_accounts(&fx);
     let report = engine
         .run_now(&ids[0], "accounts", deadline(120), &|_| {})
         .await
@@ -163,4 +167,32 @@ async fn a_sync_added_after_the_logins_gets_a_job_for_every_active_connection_on
         Some(&ran),
         "the existing job is untouched"
     );
+}
+
+#[tokio::test]
+async fn two_invocations_at_once_never_both_walk() {
+    let (fx, ids) = ten_logins().await;
+    let (config, engine) = with_accounts(&fx);
+    // Two warm instances, each with its own reconciler, invoked together.
+    let (a, b) = (
+        reconciler(&fx, config.clone(), &engine),
+        reconciler(&fx, config, &engine),
+    );
+    let (one, other) = tokio::join!(
+        sync::invoke(&engine, &a, scheduled_event(120_000)),
+        sync::invoke(&engine, &b, scheduled_event(120_000)),
+    );
+    let (one, other) = (
+        one.expect("invocation").reconciled.expect("reconciled"),
+        other.expect("invocation").reconciled.expect("reconciled"),
+    );
+    assert!(
+        one.pages == 0 || other.pages == 0,
+        "one walks, the other finds it held or done: {one:?} {other:?}"
+    );
+    assert_eq!(one.created + other.created, 8, "a job for each active connection");
+    for (i, id) in ids.iter().enumerate() {
+        let job = job(&engine, id, "accounts").await;
+        assert_eq!(job.is_some(), i != 3 && i != 7, "{id}");
+    }
 }
