@@ -125,7 +125,7 @@ impl SyncEngine {
     ) -> (RunEnd, RunCounts) {
         let Some(sync) = self.config.syncs.get(&job.sync) else {
             return (
-                RunEnd::Parked(format!("sync `{}` is no longer configured", job.sync)),
+                RunEnd::Parked(crate::sync::jobs::unconfigured_reason(&job.sync)),
                 RunCounts::default(),
             );
         };
