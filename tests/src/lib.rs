@@ -8,6 +8,7 @@ pub mod invoke;
 pub mod logs;
 pub mod proxy;
 pub mod schema;
+pub mod secrets_standin;
 pub mod serve;
 pub mod simulator;
 pub mod stack;
