@@ -1,6 +1,6 @@
 //! Wires the `api` function: logging, clients, the token service and the
 //! stores are built once; each request runs the handler. The link keys are
-//! read by the first `POST /links`, not here.
+//! read in the background from the start; only `POST /links` waits for them.
 
 use std::sync::Arc;
 
@@ -14,12 +14,14 @@ use shared::telemetry::{Target, init, startup_failed};
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
     let app = App::from_env().await.map_err(startup_failed)?;
+    let links = LinkKeySource::lazy(&app.config, &app.secrets);
+    links.prefetch();
     let service = ApiService::new(
         Arc::new(app.config.clone()),
         Arc::new(app.token_service().await.map_err(startup_failed)?),
         app.job_store().map_err(startup_failed)?,
         app.record_store().map_err(startup_failed)?,
-        LinkKeySource::lazy(&app.config, &app.secrets),
+        links,
     )
     .map_err(startup_failed)?;
     run(service_fn(|request: Request| api::handle(&service, request))).await

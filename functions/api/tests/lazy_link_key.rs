@@ -4,7 +4,7 @@
 //! then a 500 naming the secret, and works once the secret exists; in one
 //! process, a failed read is tried again by the next call.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +62,7 @@ async fn without_link_key(fx: &LoginFixture, test: &str) -> (String, String, Str
 }
 
 /// One start of the real binary, handed `event`: its answer's status and body.
-async fn start_and_call(fx: &LoginFixture, config: &PathBuf, event: Value, log: &str) -> (u64, Value) {
+async fn start_and_call(fx: &LoginFixture, config: &Path, event: Value, log: &str) -> (u64, Value) {
     let env = function_env(&fx.fixture, config, "api", "info");
     let log = std::env::temp_dir().join(log);
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_api"));
@@ -91,13 +91,28 @@ async fn the_api_starts_without_the_link_key_and_reads_it_for_a_link() {
     let (status, page) = start_and_call(&fx, &config, request("GET", "/connections", None), "api-lazy-1.log").await;
     assert_eq!(status, 200, "{page}");
 
-    let (status, error) = start_and_call(&fx, &config, request("POST", "/links", Some(link_body())), "api-lazy-2.log").await;
+    let (status, error) = start_and_call(
+        &fx,
+        &config,
+        request("POST", "/links", Some(link_body())),
+        "api-lazy-2.log",
+    )
+    .await;
     assert_eq!((status, error["error"].as_str()), (500, Some("internal")), "{error}");
     let message = error["message"].as_str().unwrap_or_default();
-    assert!(message.contains(&absent) && message.contains("does not exist"), "{error}");
+    assert!(
+        message.contains(&absent) && message.contains("does not exist"),
+        "{error}"
+    );
 
     create_secret(&fx.fixture.aws, &absent, key).await;
-    let (status, link) = start_and_call(&fx, &config, request("POST", "/links", Some(link_body())), "api-lazy-3.log").await;
+    let (status, link) = start_and_call(
+        &fx,
+        &config,
+        request("POST", "/links", Some(link_body())),
+        "api-lazy-3.log",
+    )
+    .await;
     assert_eq!(status, 201, "{link}");
 }
 
@@ -126,6 +141,9 @@ async fn a_failed_read_of_the_link_key_is_tried_again_by_the_next_call() {
     let error = api.create_link(body()).await.expect_err("no link key yet");
     assert!(error.status() == 500 && error.to_string().contains(&absent), "{error}");
     create_secret(&fx.fixture.aws, &absent, key).await;
-    let link = api.create_link(body()).await.expect("the same service read the key again");
+    let link = api
+        .create_link(body())
+        .await
+        .expect("the same service read the key again");
     assert!(link.url.contains("sig="), "{}", link.url);
 }

@@ -12,14 +12,16 @@ use shared::telemetry::{Target, init, startup_failed};
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
     let app = App::from_env().await.map_err(startup_failed)?;
-    // The link keys are read by the first request that needs them (a
-    // connect link's page or button, beside its first DynamoDB reads), not
-    // here: `/callback` never needs them.
+    // The link keys are read in the background from here, beside the token
+    // key ring: no request waits for them but a link's page or button (never
+    // `/callback`), and a start does not fail without them.
+    let links = LinkKeySource::lazy(&app.config, &app.secrets);
+    links.prefetch();
     let login = LoginService::new(
         Arc::new(app.config.clone()),
         Arc::new(app.token_service().await.map_err(startup_failed)?),
         app.attempt_store().map_err(startup_failed)?,
-        LinkKeySource::lazy(&app.config, &app.secrets),
+        links,
         ATTEMPT_TTL,
     )
     .with_jobs(app.job_store().map_err(startup_failed)?);

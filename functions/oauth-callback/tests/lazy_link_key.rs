@@ -6,7 +6,7 @@
 //! again by the next request.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,15 +56,16 @@ async fn without_link_key(fx: &LoginFixture, test: &str) -> (String, String, Str
         .secret_string()
         .expect("text")
         .to_owned();
-    let text = fx
-        .config_text
-        .replace(&format!("link_key_secret = \"{present}\""), &format!("link_key_secret = \"{absent}\""));
+    let text = fx.config_text.replace(
+        &format!("link_key_secret = \"{present}\""),
+        &format!("link_key_secret = \"{absent}\""),
+    );
     assert!(text.contains(&absent), "the configuration names the link key secret");
     (text, absent, key)
 }
 
 /// One start of the real binary, handed `event`: the status and body of its answer.
-async fn start_and_get(fx: &LoginFixture, config: &PathBuf, event: Value, log: &str) -> (u64, String) {
+async fn start_and_get(fx: &LoginFixture, config: &Path, event: Value, log: &str) -> (u64, String) {
     let env = function_env(&fx.fixture, config, "oauth-callback", "info");
     let log = std::env::temp_dir().join(log);
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_oauth-callback"));
@@ -116,7 +117,9 @@ async fn a_failed_read_of_the_link_key_is_tried_again_by_the_next_request() {
         let request = lambda_http::request::from_str(&event.to_string()).expect("event");
         let login = &login;
         async move {
-            let response = oauth_callback::handle(login, request).await.unwrap_or_else(|never| match never {});
+            let response = oauth_callback::handle(login, request)
+                .await
+                .unwrap_or_else(|never| match never {});
             let body = match response.body() {
                 Body::Text(text) => text.clone(),
                 _ => String::new(),

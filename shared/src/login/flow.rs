@@ -203,14 +203,18 @@ impl LoginError {
     }
 }
 
-/// The link keys, read from Secrets Manager by the first request that needs
-/// them and kept for the life of the process: a function starts without
-/// them, so a route that needs no link key (`/callback`, most of the API)
-/// never waits for the read, and one that does reads the secret beside its
-/// first DynamoDB read. A failed read is that request's error
-/// ([`LoginError::Secrets`], 503) and is tried again by the next.
+/// The link keys, read from Secrets Manager apart from a function's
+/// start-up and kept for the life of the process: a start never waits for
+/// them nor fails without them, so a route that needs no link key
+/// (`/callback`, most of the API) never waits for the read. A function
+/// starts the read at once in the background ([`LinkKeySource::prefetch`],
+/// beside its token key ring's read); the first request that needs the keys
+/// waits for that read, or makes it (a link's page beside its first DynamoDB
+/// reads). A failed read is that request's error ([`LoginError::Secrets`],
+/// 503) and is tried again by the next. Clones share the keys.
+#[derive(Clone)]
 pub struct LinkKeySource {
-    keys: tokio::sync::OnceCell<LinkKeys>,
+    keys: Arc<tokio::sync::OnceCell<LinkKeys>>,
     /// Where the keys come from; `None` when they were given.
     secret: Option<(SecretStore, String)>,
 }
@@ -219,9 +223,22 @@ impl LinkKeySource {
     /// Keys read from `config`'s `link_key_secret` when first needed.
     pub fn lazy(config: &Config, secrets: &SecretStore) -> LinkKeySource {
         LinkKeySource {
-            keys: tokio::sync::OnceCell::new(),
+            keys: Arc::new(tokio::sync::OnceCell::new()),
             secret: Some((secrets.clone(), config.service.link_key_secret.clone())),
         }
+    }
+
+    /// Starts reading the keys in the background and returns at once. A
+    /// failure is logged (naming the secret) and left for the first request
+    /// that needs the keys to try again. Call it inside the runtime.
+    pub fn prefetch(&self) {
+        let source = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = source.get().await {
+                tracing::warn!(error = %crate::telemetry::error_chain(&error),
+                    "the link keys could not be read; the first request that needs them tries again");
+            }
+        });
     }
 
     /// The keys if they were read (or given) already.
@@ -247,7 +264,7 @@ impl LinkKeySource {
 impl From<LinkKeys> for LinkKeySource {
     fn from(keys: LinkKeys) -> LinkKeySource {
         LinkKeySource {
-            keys: tokio::sync::OnceCell::new_with(Some(keys)),
+            keys: Arc::new(tokio::sync::OnceCell::new_with(Some(keys))),
             secret: None,
         }
     }

@@ -35,6 +35,7 @@ use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::LoginFixture;
 use serde_json::{Value, json};
 use shared::config::PresetName;
+use shared::webhooks::queue::DELIVERIES_QUEUE_ENV;
 
 const FUNCTIONS: [&str; 6] = [
     "oauth-callback",
@@ -217,6 +218,12 @@ async fn main() -> anyhow::Result<()> {
         let mut env = function_env(&login.fixture, &config, function, &rust_log);
         if let Some(standin) = &standin {
             env.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER".into(), standin.endpoint()));
+        }
+        if function == "webhooks" {
+            // Needed to start; an empty batch sends nothing to it.
+            let queue = std::env::var(DELIVERIES_QUEUE_ENV)
+                .unwrap_or_else(|_| "http://127.0.0.1:9/000000000000/coldstart-deliveries".into());
+            env.push((DELIVERIES_QUEUE_ENV.into(), queue));
         }
         say(&measure(function, &binary, &env, &query, runs, &work).await?)?;
     }
