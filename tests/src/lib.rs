@@ -5,6 +5,7 @@
 pub mod events;
 pub mod functions;
 pub mod invoke;
+pub mod link_keys;
 pub mod logs;
 pub mod proxy;
 pub mod schema;

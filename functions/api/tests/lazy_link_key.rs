@@ -4,13 +4,12 @@
 //! then a 500 naming the secret, and works once the secret exists; in one
 //! process, a failed read is tried again by the next call.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use oauth_sync_tests::invoke::{function_env, invoke_once};
+use oauth_sync_tests::link_keys::{start_and_answer, without_link_key};
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{LoginFixture, create_secret, unique_prefix};
+use oauth_sync_tests::stack::{LoginFixture, create_secret};
 use serde_json::{Value, json};
 use shared::api::{ApiService, LinkBody};
 use shared::config::{Config, PresetName};
@@ -36,45 +35,11 @@ fn request(method: &str, path: &str, body: Option<Value>) -> Value {
     event
 }
 
-/// The fixture's configuration with its link key secret renamed to one
-/// that does not exist yet; its name and the key it must hold.
-async fn without_link_key(fx: &LoginFixture, test: &str) -> (String, String, String) {
-    let present = fx.config.service.link_key_secret.clone();
-    let absent = format!("{}link-key", unique_prefix(test));
-    let key = fx
-        .fixture
-        .aws
-        .secrets
-        .get_secret_value()
-        .secret_id(&present)
-        .send()
-        .await
-        .expect("the fixture's link key")
-        .secret_string()
-        .expect("text")
-        .to_owned();
-    let text = fx.config_text.replace(
-        &format!("link_key_secret = \"{present}\""),
-        &format!("link_key_secret = \"{absent}\""),
-    );
-    assert!(text.contains(&absent), "the configuration names the link key secret");
-    (text, absent, key)
-}
-
-/// One start of the real binary, handed `event`: its answer's status and body.
-async fn start_and_call(fx: &LoginFixture, config: &Path, event: Value, log: &str) -> (u64, Value) {
-    let env = function_env(&fx.fixture, config, "api", "info");
-    let log = std::env::temp_dir().join(log);
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_api"));
-    let invocation = invoke_once(&binary, &env, event, &log, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
-    let answer: Value = serde_json::from_slice(&invocation.body).expect("the function's answer");
-    let body = answer["body"]
-        .as_str()
-        .and_then(|b| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (answer["statusCode"].as_u64().unwrap_or(0), body)
+/// One start of the real binary, handed `event`: its answer's status and JSON body.
+async fn start_and_call(fx: &LoginFixture, config: &Path, event: Value) -> (u64, Value) {
+    let binary = Path::new(env!("CARGO_BIN_EXE_api"));
+    let (status, body) = start_and_answer(fx, binary, "api", config, event).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn link_body() -> Value {
@@ -84,43 +49,31 @@ fn link_body() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_starts_without_the_link_key_and_reads_it_for_a_link() {
     let fx = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "api-lazy-bin").await;
-    let (text, absent, key) = without_link_key(&fx, "api-lazy-bin").await;
-    let config = std::env::temp_dir().join(format!("{absent}.toml"));
-    std::fs::write(&config, &text).expect("config file");
+    let absent = without_link_key(&fx, "api-lazy-bin").await;
+    let config = std::env::temp_dir().join(format!("{}.toml", absent.secret));
+    std::fs::write(&config, &absent.config_text).expect("config file");
 
-    let (status, page) = start_and_call(&fx, &config, request("GET", "/connections", None), "api-lazy-1.log").await;
+    let (status, page) = start_and_call(&fx, &config, request("GET", "/connections", None)).await;
     assert_eq!(status, 200, "{page}");
 
-    let (status, error) = start_and_call(
-        &fx,
-        &config,
-        request("POST", "/links", Some(link_body())),
-        "api-lazy-2.log",
-    )
-    .await;
+    let (status, error) = start_and_call(&fx, &config, request("POST", "/links", Some(link_body()))).await;
     assert_eq!((status, error["error"].as_str()), (500, Some("internal")), "{error}");
     let message = error["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains(&absent) && message.contains("does not exist"),
+        message.contains(&absent.secret) && message.contains("does not exist"),
         "{error}"
     );
 
-    create_secret(&fx.fixture.aws, &absent, key).await;
-    let (status, link) = start_and_call(
-        &fx,
-        &config,
-        request("POST", "/links", Some(link_body())),
-        "api-lazy-3.log",
-    )
-    .await;
+    create_secret(&fx.fixture.aws, &absent.secret, absent.key).await;
+    let (status, link) = start_and_call(&fx, &config, request("POST", "/links", Some(link_body()))).await;
     assert_eq!(status, 201, "{link}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_read_of_the_link_key_is_tried_again_by_the_next_call() {
     let fx = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "api-lazy-lib").await;
-    let (text, absent, key) = without_link_key(&fx, "api-lazy-lib").await;
-    let config = Arc::new(Config::parse(&text, "lazy.toml").unwrap_or_else(|e| panic!("{e}")));
+    let absent = without_link_key(&fx, "api-lazy-lib").await;
+    let config = Arc::new(Config::parse(&absent.config_text, "lazy.toml").unwrap_or_else(|e| panic!("{e}")));
     let secrets = shared::secrets::SecretStore::new(fx.fixture.aws.secrets.clone());
     let tables = &fx.fixture.tables;
     let dynamodb = fx.fixture.aws.dynamodb.clone();
@@ -139,8 +92,11 @@ async fn a_failed_read_of_the_link_key_is_tried_again_by_the_next_call() {
     };
 
     let error = api.create_link(body()).await.expect_err("no link key yet");
-    assert!(error.status() == 500 && error.to_string().contains(&absent), "{error}");
-    create_secret(&fx.fixture.aws, &absent, key).await;
+    assert!(
+        error.status() == 500 && error.to_string().contains(&absent.secret),
+        "{error}"
+    );
+    create_secret(&fx.fixture.aws, &absent.secret, absent.key).await;
     let link = api
         .create_link(body())
         .await

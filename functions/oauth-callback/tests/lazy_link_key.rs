@@ -6,14 +6,13 @@
 //! again by the next request.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lambda_http::Body;
-use oauth_sync_tests::invoke::{function_env, invoke_once};
+use oauth_sync_tests::link_keys::{start_and_answer, without_link_key};
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{LoginFixture, create_secret, unique_prefix};
+use oauth_sync_tests::stack::{LoginFixture, create_secret};
 use serde_json::{Value, json};
 use shared::config::{Config, PresetName};
 use shared::login::flow::{ATTEMPT_TTL, LinkKeySource, LoginService};
@@ -39,72 +38,43 @@ fn get(path: &str, query: &BTreeMap<String, String>) -> Value {
     })
 }
 
-/// The fixture's configuration with its link key secret renamed to one
-/// that does not exist yet; its name and the key it must hold.
-async fn without_link_key(fx: &LoginFixture, test: &str) -> (String, String, String) {
-    let present = fx.config.service.link_key_secret.clone();
-    let absent = format!("{}link-key", unique_prefix(test));
-    let key = fx
-        .fixture
-        .aws
-        .secrets
-        .get_secret_value()
-        .secret_id(&present)
-        .send()
-        .await
-        .expect("the fixture's link key")
-        .secret_string()
-        .expect("text")
-        .to_owned();
-    let text = fx.config_text.replace(
-        &format!("link_key_secret = \"{present}\""),
-        &format!("link_key_secret = \"{absent}\""),
-    );
-    assert!(text.contains(&absent), "the configuration names the link key secret");
-    (text, absent, key)
-}
-
 /// One start of the real binary, handed `event`: the status and body of its answer.
-async fn start_and_get(fx: &LoginFixture, config: &Path, event: Value, log: &str) -> (u64, String) {
-    let env = function_env(&fx.fixture, config, "oauth-callback", "info");
-    let log = std::env::temp_dir().join(log);
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_oauth-callback"));
-    let invocation = invoke_once(&binary, &env, event, &log, Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
-    let answer: Value = serde_json::from_slice(&invocation.body).expect("the function's answer");
-    let status = answer["statusCode"].as_u64().unwrap_or(0);
-    (status, answer["body"].as_str().unwrap_or_default().to_owned())
+async fn start_and_get(fx: &LoginFixture, config: &Path, event: Value) -> (u64, String) {
+    let binary = Path::new(env!("CARGO_BIN_EXE_oauth-callback"));
+    start_and_answer(fx, binary, "oauth-callback", config, event).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_function_starts_without_the_link_key_and_reads_it_when_a_link_needs_it() {
     let fx = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "lazy-key-bin").await;
-    let (text, absent, key) = without_link_key(&fx, "lazy-key-bin").await;
-    let config = std::env::temp_dir().join(format!("{absent}.toml"));
-    std::fs::write(&config, &text).expect("config file");
+    let absent = without_link_key(&fx, "lazy-key-bin").await;
+    let config = std::env::temp_dir().join(format!("{}.toml", absent.secret));
+    std::fs::write(&config, &absent.config_text).expect("config file");
 
     // No link key needed: an answer for a login this service never started.
     let callback = BTreeMap::from([("state".to_owned(), "x".repeat(43)), ("code".to_owned(), "c".into())]);
-    let (status, page) = start_and_get(&fx, &config, get("/callback/sim", &callback), "lazy-1.log").await;
+    let (status, page) = start_and_get(&fx, &config, get("/callback/sim", &callback)).await;
     assert_eq!(status, 400, "{page}");
 
     // A link's page needs the key: a clear error naming the secret.
     let link = fx.link("lazy-1");
-    let (status, page) = start_and_get(&fx, &config, get("/connect/sim", &link), "lazy-2.log").await;
+    let (status, page) = start_and_get(&fx, &config, get("/connect/sim", &link)).await;
     assert_eq!(status, 503, "{page}");
-    assert!(page.contains(&absent) && page.contains("does not exist"), "{page}");
+    assert!(
+        page.contains(&absent.secret) && page.contains("does not exist"),
+        "{page}"
+    );
 
-    create_secret(&fx.fixture.aws, &absent, key).await;
-    let (status, page) = start_and_get(&fx, &config, get("/connect/sim", &link), "lazy-3.log").await;
+    create_secret(&fx.fixture.aws, &absent.secret, absent.key).await;
+    let (status, page) = start_and_get(&fx, &config, get("/connect/sim", &link)).await;
     assert_eq!(status, 200, "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_read_of_the_link_key_is_tried_again_by_the_next_request() {
     let fx = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "lazy-key-lib").await;
-    let (text, absent, key) = without_link_key(&fx, "lazy-key-lib").await;
-    let config = Arc::new(Config::parse(&text, "lazy.toml").unwrap_or_else(|e| panic!("{e}")));
+    let absent = without_link_key(&fx, "lazy-key-lib").await;
+    let config = Arc::new(Config::parse(&absent.config_text, "lazy.toml").unwrap_or_else(|e| panic!("{e}")));
     let secrets = shared::secrets::SecretStore::new(fx.fixture.aws.secrets.clone());
     let attempts = shared::login::attempts::AttemptStore::new(
         fx.fixture.aws.dynamodb.clone(),
@@ -130,8 +100,8 @@ async fn a_failed_read_of_the_link_key_is_tried_again_by_the_next_request() {
 
     let (status, body) = page(get("/connect/sim", &link)).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains(&absent), "{body}");
-    create_secret(&fx.fixture.aws, &absent, key).await;
+    assert!(body.contains(&absent.secret), "{body}");
+    create_secret(&fx.fixture.aws, &absent.secret, absent.key).await;
     let (status, body) = page(get("/connect/sim", &link)).await;
     assert_eq!(status, 200, "the same service read the key again: {body}");
 }

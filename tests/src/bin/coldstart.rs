@@ -57,44 +57,41 @@ fn event_for(function: &str, link_query: &str) -> (Value, bool) {
     }
 }
 
-/// An HTTP API (payload 2.0) request, signed by IAM as API Gateway passes it
-/// on, for the first page of connections.
-fn connections_event() -> Value {
+/// An HTTP API (payload 2.0) GET of `path?query` on route `route`, as API
+/// Gateway passes it on.
+fn get_event(route: &str, path: &str, query: &str, accept: &str) -> Value {
     let host = "abc123.execute-api.eu-west-1.amazonaws.com";
-    json!({
-        "version": "2.0", "routeKey": "$default", "rawPath": "/connections", "rawQueryString": "limit=10",
-        "headers": {"host": host, "user-agent": "coldstart", "accept": "application/json",
+    let parameters: serde_json::Map<String, Value> = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| (name.into_owned(), value.into_owned().into()))
+        .collect();
+    let mut event = json!({
+        "version": "2.0", "routeKey": route, "rawPath": path, "rawQueryString": query,
+        "headers": {"host": host, "user-agent": "coldstart", "accept": accept, "sec-fetch-site": "none",
                      "x-forwarded-proto": "https", "x-forwarded-for": "127.0.0.1"},
-        "queryStringParameters": {"limit": "10"},
+        "queryStringParameters": parameters,
         "requestContext": {
             "accountId": "123456789012", "apiId": "abc123", "domainName": host, "domainPrefix": "abc123",
-            "http": {"method": "GET", "path": "/connections", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
+            "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
                      "userAgent": "coldstart"},
-            "requestId": "coldstart", "routeKey": "$default", "stage": "$default",
+            "requestId": "coldstart", "routeKey": route, "stage": "$default",
             "time": "01/Dec/2026:00:00:00 +0000", "timeEpoch": 1_796_083_200_000_i64
         },
         "isBase64Encoded": false
-    })
+    });
+    if let Some(provider) = path.strip_prefix("/connect/") {
+        event["pathParameters"] = json!({ "provider": provider });
+    }
+    event
 }
 
-/// An HTTP API (payload 2.0) request for a connect link's confirmation page.
+/// A connect link's confirmation page.
 fn confirmation_event(query: &str) -> Value {
-    let host = "abc123.execute-api.eu-west-1.amazonaws.com";
-    json!({
-        "version": "2.0", "routeKey": "GET /connect/{provider}", "rawPath": "/connect/sim",
-        "rawQueryString": query,
-        "headers": {"host": host, "user-agent": "coldstart", "accept": "text/html", "sec-fetch-site": "none",
-                     "x-forwarded-proto": "https", "x-forwarded-for": "127.0.0.1"},
-        "pathParameters": {"provider": "sim"},
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "abc123", "domainName": host, "domainPrefix": "abc123",
-            "http": {"method": "GET", "path": "/connect/sim", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                     "userAgent": "coldstart"},
-            "requestId": "coldstart", "routeKey": "GET /connect/{provider}", "stage": "$default",
-            "time": "01/Dec/2026:00:00:00 +0000", "timeEpoch": 1_796_083_200_000_i64
-        },
-        "isBase64Encoded": false
-    })
+    get_event("GET /connect/{provider}", "/connect/sim", query, "text/html")
+}
+
+/// The first page of connections (the route is IAM-signed; API Gateway checks it).
+fn connections_event() -> Value {
+    get_event("$default", "/connections", "limit=10", "application/json")
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
