@@ -11,7 +11,7 @@ use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::layer::{Filter, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, fmt};
+use tracing_subscriber::{Layer, fmt};
 
 /// Where the process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,13 +22,33 @@ pub enum Target {
     Cli,
 }
 
-/// The filter: `AWS_LAMBDA_LOG_LEVEL`, then `RUST_LOG`, then `info`.
-pub fn env_filter() -> EnvFilter {
+/// The configured filter: `AWS_LAMBDA_LOG_LEVEL`, then `RUST_LOG`, then
+/// `info`, read by [`parse_filter`].
+pub fn configured_filter() -> Targets {
     let directive = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .map(|level| level.to_lowercase())
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned());
-    EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"))
+    parse_filter(&directive)
+}
+
+/// A `RUST_LOG`-style filter: directives separated by commas, each a level
+/// (`warn`, the default for every target), `target=level`
+/// (`shared::sync=debug`; a target matches as a prefix of the module path,
+/// and the longest match wins) or a bare target (`shared`, at `trace`).
+/// Empty directives are skipped. Span and field filters
+/// (`[span{field=x}]=debug`) are not supported: the filter is
+/// `tracing_subscriber`'s `Targets`, which needs no regular expressions. A
+/// text that does not parse, or names no directive, means `info`.
+pub fn parse_filter(directive: &str) -> Targets {
+    let directives: Vec<&str> = directive.split(',').map(str::trim).filter(|d| !d.is_empty()).collect();
+    if directives.is_empty() {
+        return Targets::new().with_default(LevelFilter::INFO);
+    }
+    directives
+        .join(",")
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
 }
 
 /// Crates whose debug and trace lines can carry a secret. They log at most
@@ -67,7 +87,7 @@ pub const PINNED_TARGETS: [&str; 15] = [
 
 /// The pin as a filter of its own, combined with the configured one by
 /// "and": no directive (`RUST_LOG=lambda_runtime=trace`, a span filter)
-/// can widen it, which a directive appended to the `EnvFilter` could not promise.
+/// can widen it, which a directive appended to the configured one could not promise.
 fn pinned() -> Targets {
     PINNED_TARGETS
         .iter()
@@ -77,7 +97,7 @@ fn pinned() -> Targets {
 }
 
 /// The configured filter with the pinned targets held at `info`.
-pub fn log_filter<S: Subscriber + for<'a> LookupSpan<'a>>(configured: EnvFilter) -> impl Filter<S> {
+pub fn log_filter<S: Subscriber + for<'a> LookupSpan<'a>>(configured: Targets) -> impl Filter<S> {
     configured.and(pinned())
 }
 
@@ -97,11 +117,11 @@ pub fn init(target: Target) {
                     .flatten_event(true)
                     .with_current_span(false)
                     .without_time()
-                    .with_filter(log_filter(env_filter())),
+                    .with_filter(log_filter(configured_filter())),
             )
             .try_init(),
         (Target::Lambda, false) => tracing_subscriber::registry()
-            .with(layer.without_time().with_filter(log_filter(env_filter())))
+            .with(layer.without_time().with_filter(log_filter(configured_filter())))
             .try_init(),
         (Target::Cli, true) => tracing_subscriber::registry()
             .with(
@@ -109,11 +129,15 @@ pub fn init(target: Target) {
                     .json()
                     .flatten_event(true)
                     .with_writer(std::io::stderr)
-                    .with_filter(log_filter(env_filter())),
+                    .with_filter(log_filter(configured_filter())),
             )
             .try_init(),
         (Target::Cli, false) => tracing_subscriber::registry()
-            .with(layer.with_writer(std::io::stderr).with_filter(log_filter(env_filter())))
+            .with(
+                layer
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter(configured_filter())),
+            )
             .try_init(),
     };
     // A second call (tests) keeps the first subscriber.
@@ -180,7 +204,7 @@ pub mod capture {
 
     use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::{EnvFilter, Layer, fmt};
+    use tracing_subscriber::{Layer, fmt};
 
     /// What a subscriber wrote; clones share it.
     #[derive(Debug, Clone, Default)]
@@ -195,7 +219,7 @@ pub mod capture {
                     .with_ansi(false)
                     .json()
                     .with_writer(self.clone())
-                    .with_filter(super::log_filter(EnvFilter::new(directive))),
+                    .with_filter(super::log_filter(super::parse_filter(directive))),
             )
         }
 
@@ -314,6 +338,47 @@ mod tests {
             }
             for line in stays {
                 assert!(text.contains(line), "{directive}: {line} is missing: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_rust_log_directive_sets_each_targets_level_and_a_bad_one_means_info() {
+        const ALL: [&str; 5] = [
+            "SYNC-DEBUG",
+            "SYNC-TRACE",
+            "LOGIN-TRACE",
+            "REFRESH-INFO",
+            "REFRESH-WARN",
+        ];
+        for (directive, stays) in [
+            (
+                "warn,shared::sync=debug,shared::login=trace",
+                &["SYNC-DEBUG", "LOGIN-TRACE", "REFRESH-WARN"][..],
+            ),
+            // Spaces and empty directives are skipped, not read as "every target at trace".
+            (" warn , shared::sync=debug ,", &["SYNC-DEBUG", "REFRESH-WARN"]),
+            ("shared::login", &["LOGIN-TRACE"]),
+            ("", &["REFRESH-INFO", "REFRESH-WARN"]),
+            (",", &["REFRESH-INFO", "REFRESH-WARN"]),
+            ("shared=loud", &["REFRESH-INFO", "REFRESH-WARN"]),
+            ("off", &[]),
+        ] {
+            let logs = capture::Logs::default();
+            tracing::subscriber::with_default(logs.subscriber(directive), || {
+                tracing::debug!(target: "shared::sync::engine", "SYNC-DEBUG");
+                tracing::trace!(target: "shared::sync::engine", "SYNC-TRACE");
+                tracing::trace!(target: "shared::login::flow", "LOGIN-TRACE");
+                tracing::info!(target: "shared::refresh", "REFRESH-INFO");
+                tracing::warn!(target: "shared::refresh", "REFRESH-WARN");
+            });
+            let text = logs.text();
+            for line in ALL {
+                assert_eq!(
+                    text.contains(line),
+                    stays.contains(&line),
+                    "{directive:?}: {line}: {text}"
+                );
             }
         }
     }

@@ -5,9 +5,11 @@
 pub mod events;
 pub mod functions;
 pub mod invoke;
+pub mod link_keys;
 pub mod logs;
 pub mod proxy;
 pub mod schema;
+pub mod secrets_standin;
 pub mod serve;
 pub mod simulator;
 pub mod stack;

@@ -504,6 +504,7 @@ async fn the_api_may_call_exactly_what_its_code_calls() {
         provider: PROVIDER.to_owned(),
         ..Default::default()
     })
+    .await
     .expect("link");
     let page = api.list_connections(None, None, None, None).await.expect("list");
     assert_eq!(page.connections.len(), 1);

@@ -156,7 +156,7 @@ async fn answer(
     match route {
         Route::Links if method == Method::POST => {
             let body: LinkBody = json_body(request)?;
-            Ok(json_response(StatusCode::CREATED, &service.create_link(body)?))
+            Ok(json_response(StatusCode::CREATED, &service.create_link(body).await?))
         }
         Route::Links => Err(only("POST")),
         Route::Connections if method == Method::GET => {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use lambda_http::{Error, Request, run, service_fn};
-use shared::login::flow::{ATTEMPT_TTL, LoginService};
+use shared::login::flow::{ATTEMPT_TTL, LinkKeySource, LoginService};
 use shared::runtime::App;
 use shared::telemetry::{Target, init, startup_failed};
 
@@ -12,13 +12,16 @@ use shared::telemetry::{Target, init, startup_failed};
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
     let app = App::from_env().await.map_err(startup_failed)?;
-    // The token key ring and the link keys are two secrets: fetched at once.
-    let (tokens, links) = tokio::join!(app.token_service(), LoginService::link_keys(&app.config, &app.secrets));
+    // The link keys are read in the background from here, beside the token
+    // key ring: no request waits for them but a link's page or button (never
+    // `/callback`), and a start does not fail without them.
+    let links = LinkKeySource::lazy(&app.config, &app.secrets);
+    links.prefetch();
     let login = LoginService::new(
         Arc::new(app.config.clone()),
-        Arc::new(tokens.map_err(startup_failed)?),
+        Arc::new(app.token_service().await.map_err(startup_failed)?),
         app.attempt_store().map_err(startup_failed)?,
-        links.map_err(startup_failed)?,
+        links,
         ATTEMPT_TTL,
     )
     .with_jobs(app.job_store().map_err(startup_failed)?);

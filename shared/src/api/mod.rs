@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::connection::{Connection, ConnectionId, ConnectionKind, Status, now_ms};
-use crate::login::link::{LinkKeys, LinkOrder};
+use crate::login::flow::LinkKeySource;
+use crate::login::link::LinkOrder;
 use crate::refresh::{RefreshError, TokenService};
 use crate::sync::jobs::{JobStore, RunRecord, job_id};
 use crate::sync::records::{ChangePlace, RecordStore};
@@ -335,7 +336,7 @@ pub struct ApiService {
     tokens: Arc<TokenService>,
     jobs: JobStore,
     records: RecordStore,
-    links: LinkKeys,
+    links: LinkKeySource,
     proxy: proxy::Proxy,
 }
 
@@ -345,7 +346,7 @@ impl ApiService {
         tokens: Arc<TokenService>,
         jobs: JobStore,
         records: RecordStore,
-        links: LinkKeys,
+        links: impl Into<LinkKeySource>,
     ) -> Result<ApiService, reqwest::Error> {
         let proxy = proxy::Proxy::new(tokens.clone(), jobs.budget())?;
         Ok(ApiService {
@@ -353,7 +354,7 @@ impl ApiService {
             tokens,
             jobs,
             records,
-            links,
+            links: links.into(),
             proxy,
         })
     }
@@ -370,8 +371,10 @@ impl ApiService {
         &self.proxy
     }
 
-    /// `POST /links`: the checks of `oauth-sync connect-link`, then the signed URL.
-    pub fn create_link(&self, body: LinkBody) -> Result<Link, ApiError> {
+    /// `POST /links`: the checks of `oauth-sync connect-link`, then the
+    /// signed URL (the link key is read here the first time: a failed read
+    /// is a 500 naming the secret, and the next call reads again).
+    pub async fn create_link(&self, body: LinkBody) -> Result<Link, ApiError> {
         let kind = match body.kind.as_deref() {
             None => ConnectionKind::PerUser,
             Some(text) => ConnectionKind::parse(text).ok_or_else(|| ApiError::bad("kind", "`per_user` or `shared`"))?,
@@ -390,6 +393,9 @@ impl ApiService {
             .map_err(|e| ApiError::bad(e.field, e.reason))?;
         let url = self
             .links
+            .get()
+            .await
+            .map_err(|e| ApiError::internal(&e))?
             .connect_url(self.config.service.callback_url.as_ref(), &claims)
             .map_err(|e| ApiError::internal(&e))?;
         Ok(Link {

@@ -203,13 +203,90 @@ impl LoginError {
     }
 }
 
+/// The link keys, read from Secrets Manager apart from a function's
+/// start-up and kept for the life of the process: a start never waits for
+/// them nor fails without them, so a route that needs no link key
+/// (`/callback`, most of the API) never waits for the read. A function
+/// starts the read at once in the background ([`LinkKeySource::prefetch`],
+/// beside its token key ring's read); the first request that needs the keys
+/// waits for that read, or makes it (a link's page beside its first DynamoDB
+/// reads). A failed read is that request's error ([`LoginError::Secrets`],
+/// 503) and is tried again by the next. Clones share the keys.
+#[derive(Clone)]
+pub struct LinkKeySource {
+    keys: Arc<tokio::sync::OnceCell<LinkKeys>>,
+    /// Where the keys come from; `None` when they were given.
+    secret: Option<(SecretStore, String)>,
+}
+
+impl LinkKeySource {
+    /// Keys read from `config`'s `link_key_secret` when first needed.
+    pub fn lazy(config: &Config, secrets: &SecretStore) -> LinkKeySource {
+        LinkKeySource {
+            keys: Arc::new(tokio::sync::OnceCell::new()),
+            secret: Some((secrets.clone(), config.service.link_key_secret.clone())),
+        }
+    }
+
+    /// Starts reading the keys in the background and returns at once. A
+    /// failure is logged (naming the secret) and left for the first request
+    /// that needs the keys to try again. Call it inside the runtime.
+    pub fn prefetch(&self) {
+        let source = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = source.get().await {
+                tracing::warn!(error = %crate::telemetry::error_chain(&error),
+                    "the link keys could not be read; the first request that needs them tries again");
+            }
+        });
+    }
+
+    /// The keys if they were read (or given) already.
+    pub fn loaded(&self) -> Option<&LinkKeys> {
+        self.keys.get()
+    }
+
+    /// The keys: read on the first call (concurrent callers wait for the
+    /// one read), then kept. A failure keeps nothing.
+    pub async fn get(&self) -> Result<&LinkKeys, LoginError> {
+        self.keys
+            .get_or_try_init(|| async {
+                match &self.secret {
+                    Some((secrets, name)) => Ok(LinkKeys::from_json(&secrets.text(name).await?)?),
+                    // Given keys fill the cell at once: never reached.
+                    None => Err(LinkError::Keys(CryptoError::KeyRing("no link keys were given")).into()),
+                }
+            })
+            .await
+    }
+}
+
+impl From<LinkKeys> for LinkKeySource {
+    fn from(keys: LinkKeys) -> LinkKeySource {
+        LinkKeySource {
+            keys: Arc::new(tokio::sync::OnceCell::new_with(Some(keys))),
+            secret: None,
+        }
+    }
+}
+
+/// Names the secret, never a key.
+impl std::fmt::Debug for LinkKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkKeySource")
+            .field("secret", &self.secret.as_ref().map(|(_, name)| name))
+            .field("loaded", &self.keys.initialized())
+            .finish()
+    }
+}
+
 /// The login flow, built once per process.
 #[derive(Debug)]
 pub struct LoginService {
     config: Arc<Config>,
     tokens: Arc<TokenService>,
     attempts: AttemptStore,
-    links: LinkKeys,
+    links: LinkKeySource,
     attempt_ttl: Duration,
     /// Schedules the provider's syncs for a connection that logged in.
     jobs: Option<crate::sync::jobs::JobStore>,
@@ -228,27 +305,28 @@ impl LoginService {
         Ok(Self::new(config, tokens, attempts, links, attempt_ttl))
     }
 
-    /// The link keys named by the configuration, from Secrets Manager (a
-    /// function start-up fetches them while the token service loads its key
-    /// ring, then calls [`LoginService::new`]).
+    /// The link keys named by the configuration, from Secrets Manager, read
+    /// at once (the functions read them lazily: [`LinkKeySource::lazy`]).
     pub async fn link_keys(config: &Config, secrets: &SecretStore) -> Result<LinkKeys, LoginError> {
         Ok(LinkKeys::from_json(
             &secrets.text(&config.service.link_key_secret).await?,
         )?)
     }
 
+    /// `links`: the keys themselves, or a [`LinkKeySource::lazy`] that reads
+    /// them when a route first needs them.
     pub fn new(
         config: Arc<Config>,
         tokens: Arc<TokenService>,
         attempts: AttemptStore,
-        links: LinkKeys,
+        links: impl Into<LinkKeySource>,
         attempt_ttl: Duration,
     ) -> LoginService {
         LoginService {
             config,
             tokens,
             attempts,
-            links,
+            links: links.into(),
             attempt_ttl,
             jobs: None,
         }
@@ -272,18 +350,20 @@ impl LoginService {
     ) -> Result<Confirm, LoginError> {
         let provider = self.config.provider(provider)?;
         let claims = self.check_link(provider, query).await?;
+        // Read by check_link: kept since.
+        let links = self.links.get().await?;
         // One cookie per browser, kept across logins, so two tabs do not
         // break each other; one this service did not issue is never adopted.
-        let cookie = match browser_cookie.filter(|c| cookie_is_ours(&self.links, c)) {
+        let cookie = match browser_cookie.filter(|c| cookie_is_ours(links, c)) {
             Some(existing) => existing.to_owned(),
-            None => new_cookie(&self.links, &random_token()?)?,
+            None => new_cookie(links, &random_token()?)?,
         };
         let link_id = link_id(query).ok_or(LinkError::Missing("sig"))?;
         let mut fields: Vec<(String, String)> = LINK_FIELDS
             .iter()
             .filter_map(|key| query.get(*key).map(|value| ((*key).to_owned(), value.clone())))
             .collect();
-        fields.push((FORM_TOKEN.to_owned(), form_token(&self.links, &cookie, &link_id)?));
+        fields.push((FORM_TOKEN.to_owned(), form_token(links, &cookie, &link_id)?));
         let authorize = &provider.authorize_url;
         Ok(Confirm {
             provider: provider.name.clone(),
@@ -308,14 +388,17 @@ impl LoginService {
         browser_cookie: Option<&str>,
     ) -> Result<Begin, LoginError> {
         let provider = self.config.provider(provider)?;
+        // The form token is checked before anything is read: the keys first
+        // (read here if this process has not needed them yet).
+        let links = self.links.get().await?;
         let cookie = browser_cookie
-            .filter(|c| cookie_is_ours(&self.links, c))
+            .filter(|c| cookie_is_ours(links, c))
             .ok_or(LoginError::NotConfirmed("this browser sent no login cookie"))?;
         let token = form
             .get(FORM_TOKEN)
             .ok_or(LoginError::NotConfirmed("the form has no confirmation token"))?;
         let link_id = link_id(form).ok_or(LinkError::Missing("sig"))?;
-        if !form_token_matches(&self.links, token, cookie, &link_id) {
+        if !form_token_matches(links, token, cookie, &link_id) {
             return Err(LoginError::NotConfirmed(
                 "the confirmation token is not this browser's for this link",
             ));
@@ -528,7 +611,23 @@ impl LoginService {
         provider: &Provider,
         query: &BTreeMap<String, String>,
     ) -> Result<super::link::ConnectClaims, LoginError> {
-        let claims = self.links.verify(
+        // A process's first link: the key's read and the link's two
+        // DynamoDB reads at once, the connection read under the id the link
+        // names before its signature is checked (nothing is decided on it
+        // until then). Afterwards the signature comes first, so a forged
+        // link costs no read.
+        let early = match (self.links.loaded(), link_id(query), query.get("connection")) {
+            (None, Some(link), Some(named)) => match ConnectionId::parse(named) {
+                Ok(named) => {
+                    let (keys, reads) = tokio::join!(self.links.get(), self.link_reads(link, named));
+                    keys?;
+                    Some(reads)
+                }
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        let claims = self.links.get().await?.verify(
             &provider.name,
             query,
             now_ms() / 1000,
@@ -539,15 +638,35 @@ impl LoginService {
         // connection, a connection revoked after the link was made.
         // The two reads are independent: one round trip, not two.
         let link_id = link_id(query).ok_or(LinkError::Missing("sig"))?;
-        let (used, connection) = tokio::join!(
-            self.attempts.link_used(&link_id),
-            self.check_connection(&claims.connection, &provider.name, claims.issued_at)
-        );
-        if used? {
+        let reads = match early {
+            Some(reads) if reads.connection == claims.connection => reads,
+            _ => self.link_reads(link_id, claims.connection.clone()).await,
+        };
+        if reads.used? {
             return Err(LinkError::Used.into());
         }
-        connection?;
+        may_connect(reads.existing?, &claims.connection, &provider.name, claims.issued_at)?;
         Ok(claims)
+    }
+
+    /// Whether link `link_id` was used, and the stored `connection`: read at once.
+    async fn link_reads(&self, link_id: String, connection: ConnectionId) -> LinkReads {
+        let (used, existing) = tokio::join!(self.attempts.link_used(&link_id), self.stored(&connection));
+        LinkReads {
+            used,
+            existing,
+            connection,
+        }
+    }
+
+    /// The stored connection `connection`, if any.
+    async fn stored(&self, connection: &ConnectionId) -> Result<Option<crate::connection::Connection>, LoginError> {
+        self.tokens.store().get(connection).await.map_err(|source| {
+            LoginError::from(RefreshError::Store {
+                id: connection.clone(),
+                source,
+            })
+        })
     }
 
     /// `{callback_url}/{provider}`.
@@ -559,34 +678,45 @@ impl LoginService {
     }
 
     /// May a login through a link made at `link_issued_at` (epoch ms) store
-    /// tokens in `connection` at `provider`? Not when the connection belongs
-    /// to another provider, nor when it was revoked after the link was made.
+    /// tokens in `connection` at `provider`? [`may_connect`] on what is stored.
     async fn check_connection(
         &self,
         connection: &ConnectionId,
         provider: &str,
         link_issued_at: i64,
     ) -> Result<(), LoginError> {
-        let existing = self
-            .tokens
-            .store()
-            .get(connection)
-            .await
-            .map_err(|source| RefreshError::Store {
-                id: connection.clone(),
-                source,
-            })?;
-        match existing {
-            Some(existing) if existing.provider != provider => Err(LoginError::OtherProvider {
-                connection: connection.clone(),
-                existing: existing.provider,
-                requested: provider.to_owned(),
-            }),
-            Some(existing) if existing.revoked_at.is_some_and(|revoked| revoked >= link_issued_at) => {
-                Err(LinkError::PredatesRevoke(connection.clone()).into())
-            }
-            _ => Ok(()),
+        may_connect(self.stored(connection).await?, connection, provider, link_issued_at)
+    }
+}
+
+/// What [`LoginService::link_reads`] read.
+struct LinkReads {
+    /// Whether the link was used.
+    used: Result<bool, AttemptError>,
+    /// The stored connection, if any.
+    existing: Result<Option<crate::connection::Connection>, LoginError>,
+    /// The id it was read under.
+    connection: ConnectionId,
+}
+
+/// Not when the stored connection belongs to another provider, nor when it
+/// was revoked after the link was made (`link_issued_at`, epoch ms).
+fn may_connect(
+    existing: Option<crate::connection::Connection>,
+    connection: &ConnectionId,
+    provider: &str,
+    link_issued_at: i64,
+) -> Result<(), LoginError> {
+    match existing {
+        Some(existing) if existing.provider != provider => Err(LoginError::OtherProvider {
+            connection: connection.clone(),
+            existing: existing.provider,
+            requested: provider.to_owned(),
+        }),
+        Some(existing) if existing.revoked_at.is_some_and(|revoked| revoked >= link_issued_at) => {
+            Err(LinkError::PredatesRevoke(connection.clone()).into())
         }
+        _ => Ok(()),
     }
 }
 

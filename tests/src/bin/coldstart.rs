@@ -1,18 +1,27 @@
-//! Cold starts of the three function binaries, measured from outside: each
+//! Cold starts of the six function binaries, measured from outside: each
 //! start spawns the binary against a Lambda runtime API served on loopback
-//! (`oauth_sync_tests::invoke`), hands it one event the way AWS would (an HTTP API v2 request
-//! for `oauth-callback`, an EventBridge scheduled event for the others) and
-//! takes the time from the spawn to the function's answer. The binaries run
-//! against the local stack (DynamoDB Local, Secrets Manager on moto) with a
-//! fixture's configuration, secrets and tables; nothing is due, so the
-//! figure is the start-up plus one empty run.
+//! (`oauth_sync_tests::invoke`), hands it one event the way AWS would and
+//! takes the time from the spawn to the function's answer. The events: a
+//! connect link's confirmation page for `oauth-callback` (it reads the link
+//! key and two DynamoDB items), `GET /connections` for `api`, an EventBridge
+//! scheduled event for the refresher and the sync (nothing is due), and an
+//! empty batch for `record-events` (a stream batch) and `webhooks` (an SQS
+//! batch). The figure is the start-up plus that one invocation.
+//!
+//! The binaries run against the local stack's DynamoDB Local with a
+//! fixture's configuration, secrets and tables. Their Secrets Manager is a
+//! stand-in (`oauth_sync_tests::secrets_standin`) holding a copy of the
+//! stack's secrets and answering each read after
+//! `COLDSTART_SECRETS_LATENCY_MS` (default 15, an assumed in-region latency:
+//! AWS publishes none), not moto, whose Python answers are slower than the
+//! service's; `COLDSTART_SECRETS=moto` measures against moto instead.
 //!
 //! Also reported: each process's peak resident memory (`VmHWM`) at its
 //! answer, and the binaries' sizes raw and zipped as deployed.
 //!
 //! usage: coldstart [BIN_DIR] (default `target/release`; build them with
-//! `cargo build --release -p oauth-callback -p token-refresher -p sync`),
-//! `COLDSTART_RUNS` starts per function (default 21). Run by `scripts/bench`.
+//! `cargo build --release` and the six function packages, as `scripts/bench`
+//! does), `COLDSTART_RUNS` starts per function (default 21).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,31 +30,68 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use oauth_sync_tests::functions::scheduled_event;
 use oauth_sync_tests::invoke::{function_env, invoke_once};
+use oauth_sync_tests::secrets_standin::{DEFAULT_LATENCY, SecretsStandIn};
 use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::LoginFixture;
 use serde_json::{Value, json};
 use shared::config::PresetName;
+use shared::webhooks::queue::DELIVERIES_QUEUE_ENV;
 
-const FUNCTIONS: [&str; 3] = ["oauth-callback", "token-refresher", "sync"];
+const FUNCTIONS: [&str; 6] = [
+    "oauth-callback",
+    "api",
+    "token-refresher",
+    "sync",
+    "record-events",
+    "webhooks",
+];
 
-/// An HTTP API (payload 2.0) request for a connect link's confirmation page.
-fn confirmation_event(query: &str) -> Value {
+/// What `function` is handed, and whether its answer is an HTTP one
+/// (whose status must be 200).
+fn event_for(function: &str, link_query: &str) -> (Value, bool) {
+    match function {
+        "oauth-callback" => (confirmation_event(link_query), true),
+        "api" => (connections_event(), true),
+        "record-events" | "webhooks" => (json!({"Records": []}), false),
+        _ => (scheduled_event(), false),
+    }
+}
+
+/// An HTTP API (payload 2.0) GET of `path?query` on route `route`, as API
+/// Gateway passes it on.
+fn get_event(route: &str, path: &str, query: &str, accept: &str) -> Value {
     let host = "abc123.execute-api.eu-west-1.amazonaws.com";
-    json!({
-        "version": "2.0", "routeKey": "GET /connect/{provider}", "rawPath": "/connect/sim",
-        "rawQueryString": query,
-        "headers": {"host": host, "user-agent": "coldstart", "accept": "text/html", "sec-fetch-site": "none",
+    let parameters: serde_json::Map<String, Value> = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| (name.into_owned(), value.into_owned().into()))
+        .collect();
+    let mut event = json!({
+        "version": "2.0", "routeKey": route, "rawPath": path, "rawQueryString": query,
+        "headers": {"host": host, "user-agent": "coldstart", "accept": accept, "sec-fetch-site": "none",
                      "x-forwarded-proto": "https", "x-forwarded-for": "127.0.0.1"},
-        "pathParameters": {"provider": "sim"},
+        "queryStringParameters": parameters,
         "requestContext": {
             "accountId": "123456789012", "apiId": "abc123", "domainName": host, "domainPrefix": "abc123",
-            "http": {"method": "GET", "path": "/connect/sim", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
+            "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
                      "userAgent": "coldstart"},
-            "requestId": "coldstart", "routeKey": "GET /connect/{provider}", "stage": "$default",
+            "requestId": "coldstart", "routeKey": route, "stage": "$default",
             "time": "01/Dec/2026:00:00:00 +0000", "timeEpoch": 1_796_083_200_000_i64
         },
         "isBase64Encoded": false
-    })
+    });
+    if let Some(provider) = path.strip_prefix("/connect/") {
+        event["pathParameters"] = json!({ "provider": provider });
+    }
+    event
+}
+
+/// A connect link's confirmation page.
+fn confirmation_event(query: &str) -> Value {
+    get_event("GET /connect/{provider}", "/connect/sim", query, "text/html")
+}
+
+/// The first page of connections (the route is IAM-signed; API Gateway checks it).
+fn connections_event() -> Value {
+    get_event("$default", "/connections", "limit=10", "application/json")
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -77,6 +123,58 @@ fn say(text: &str) -> anyhow::Result<()> {
     Ok(out.flush()?)
 }
 
+/// Where a function's Secrets Manager is: the stand-in, or moto when
+/// `COLDSTART_SECRETS=moto` (then `None`).
+async fn secrets_endpoint(login: &LoginFixture) -> anyhow::Result<(Option<SecretsStandIn>, String)> {
+    if std::env::var("COLDSTART_SECRETS").is_ok_and(|v| v == "moto") {
+        return Ok((None, "Secrets Manager on moto".into()));
+    }
+    let latency = std::env::var("COLDSTART_SECRETS_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(DEFAULT_LATENCY, Duration::from_millis);
+    let standin = SecretsStandIn::copy_of(&login.fixture.aws.secrets, latency).await?;
+    let said = format!("Secrets Manager stand-in answering in {} ms", latency.as_millis());
+    Ok((Some(standin), said))
+}
+
+/// One function's row: `runs` starts, each handed its event.
+async fn measure(
+    function: &str,
+    binary: &Path,
+    env: &[(String, String)],
+    link_query: &str,
+    runs: usize,
+    work: &Path,
+) -> anyhow::Result<String> {
+    let (mut times, mut rss) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let (event, http) = event_for(function, link_query);
+        let log = work.join(format!("{function}-{run}.log"));
+        let invocation = invoke_once(binary, env, event, &log, Duration::from_secs(60)).await?;
+        if http {
+            let answer: Value = serde_json::from_slice(&invocation.body).context("the function's answer")?;
+            if answer["statusCode"] != 200 {
+                bail!("{function} answered {} (log: {})", answer["statusCode"], log.display());
+            }
+        }
+        times.push(invocation.took.as_secs_f64() * 1000.0);
+        rss.push(invocation.peak_rss_kib as f64 / 1024.0);
+    }
+    let raw = std::fs::metadata(binary)?.len();
+    let zipped = zipped_size(binary, work)?;
+    let (min, max) = times
+        .iter()
+        .fold((f64::MAX, 0.0_f64), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
+    Ok(format!(
+        "| {function} | {:.1} | {min:.1} | {max:.1} | {:.1} | {:.2} | {:.2} |",
+        median(times),
+        median(rss),
+        raw as f64 / 1e6,
+        zipped as f64 / 1e6
+    ))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
@@ -97,9 +195,10 @@ async fn main() -> anyhow::Result<()> {
     let query = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(&login.link("coldstart-1"))
         .finish();
+    let (standin, secrets) = secrets_endpoint(&login).await?;
 
     say(&format!(
-        "Cold starts: {runs} per function, binaries in {}, against the local stack\n",
+        "Cold starts: {runs} per function, binaries in {}, against DynamoDB Local and the {secrets}\n",
         bin_dir.display()
     ))?;
     say("| function | median ms | min ms | max ms | peak RSS MiB (median) | raw MB | zipped MB |")?;
@@ -108,44 +207,22 @@ async fn main() -> anyhow::Result<()> {
         let binary = bin_dir.join(function);
         if !binary.exists() {
             bail!(
-                "{} is missing: build with `cargo build --release -p oauth-callback -p token-refresher -p sync`",
-                binary.display()
+                "{} is missing: build with `cargo build --release -p {}`",
+                binary.display(),
+                FUNCTIONS.join(" -p ")
             );
         }
-        let env = function_env(&login.fixture, &config, function, &rust_log);
-        let (mut times, mut rss) = (Vec::new(), Vec::new());
-        for run in 0..runs {
-            let event = match function {
-                "oauth-callback" => confirmation_event(&query),
-                _ => scheduled_event(),
-            };
-            let log = work.join(format!("{function}-{run}.log"));
-            let invocation = invoke_once(&binary, &env, event, &log, Duration::from_secs(60)).await?;
-            if function == "oauth-callback" {
-                let answer: Value = serde_json::from_slice(&invocation.body).context("the function's answer")?;
-                if answer["statusCode"] != 200 {
-                    bail!(
-                        "the confirmation page answered {} (log: {})",
-                        answer["statusCode"],
-                        log.display()
-                    );
-                }
-            }
-            times.push(invocation.took.as_secs_f64() * 1000.0);
-            rss.push(invocation.peak_rss_kib as f64 / 1024.0);
+        let mut env = function_env(&login.fixture, &config, function, &rust_log);
+        if let Some(standin) = &standin {
+            env.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER".into(), standin.endpoint()));
         }
-        let raw = std::fs::metadata(&binary)?.len();
-        let zipped = zipped_size(&binary, &work)?;
-        let (min, max) = times
-            .iter()
-            .fold((f64::MAX, 0.0_f64), |(lo, hi), t| (lo.min(*t), hi.max(*t)));
-        say(&format!(
-            "| {function} | {:.1} | {min:.1} | {max:.1} | {:.1} | {:.2} | {:.2} |",
-            median(times),
-            median(rss),
-            raw as f64 / 1e6,
-            zipped as f64 / 1e6
-        ))?;
+        if function == "webhooks" {
+            // Needed to start; an empty batch sends nothing to it.
+            let queue = std::env::var(DELIVERIES_QUEUE_ENV)
+                .unwrap_or_else(|_| "http://127.0.0.1:9/000000000000/coldstart-deliveries".into());
+            env.push((DELIVERIES_QUEUE_ENV.into(), queue));
+        }
+        say(&measure(function, &binary, &env, &query, runs, &work).await?)?;
     }
     Ok(())
 }
