@@ -15,7 +15,7 @@ async fn main() -> Result<(), Error> {
     // The token key ring and the link keys are two secrets: fetched at once.
     let (tokens, links) = tokio::join!(app.token_service(), LoginService::link_keys(&app.config, &app.secrets));
     let login = LoginService::new(
-        Arc::new(app.config.clone()),
+        app.live_config(),
         Arc::new(tokens.map_err(startup_failed)?),
         app.attempt_store().map_err(startup_failed)?,
         links.map_err(startup_failed)?,

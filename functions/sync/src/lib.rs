@@ -34,6 +34,8 @@ pub async fn function_handler(
     engine: &Arc<SyncEngine>,
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<DueRuns, SyncRunError> {
+    // A pushed configuration or a rotated key ring, at most once a minute.
+    engine.reload_if_changed().await;
     let summary = engine
         .run_due(shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN))
         .await;

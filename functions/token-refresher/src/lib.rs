@@ -37,6 +37,8 @@ pub async fn function_handler(
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<DueSummary, RefresherError> {
     let deadline = shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN);
+    // A pushed configuration or a rotated key ring, at most once a minute.
+    service.reload_if_changed().await;
     // `[service] refresh_concurrency`: refreshes in flight (default 16).
     let concurrency = service.config().service.refresh_concurrency;
     let summary = service.refresh_due(deadline, concurrency).await;
