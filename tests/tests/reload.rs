@@ -5,17 +5,21 @@
 //! - A pushed configuration is used from the first check that is due
 //!   (the interval is made zero here instead of sleeping a minute); a bad one
 //!   is refused, logged and counted, and the one in use stays.
-//! - A value sealed under a key added by another process opens in a warm
-//!   process built with the old ring, and the warm process seals under the
-//!   new key once it has re-read the ring.
+//! - A value sealed under a key added by another process (a token, a login
+//!   attempt's PKCE verifier) opens in a warm process built with the old
+//!   ring, and the warm process seals under the new key once it has re-read
+//!   the ring.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{PROVIDER, RefreshFixture, create_secret, deadline, unique_prefix};
+use oauth_sync_tests::stack::{LoginFixture, PROVIDER, RefreshFixture, create_secret, deadline, unique_prefix};
 use shared::config::PresetName;
 use shared::connection::store::ConnectionStore;
 use shared::crypto::{KeyRingSecret, sealed_key_id};
+use shared::login::attempts::AttemptStore;
+use shared::login::flow::{ATTEMPT_TTL, LoginService};
 use shared::refresh::{RefreshError, RefreshSettings, TokenService};
 use shared::reload::{CHECK_INTERVAL, Reload};
 use shared::secrets::SecretStore;
@@ -262,4 +266,33 @@ async fn a_key_no_ring_lists_is_the_same_error_and_does_not_make_every_open_read
         keys.open(id.as_str(), "access_token", &sealed).await.as_deref(),
         Ok("at")
     );
+}
+
+#[tokio::test]
+async fn a_login_begun_by_an_instance_with_the_rotated_ring_finishes_at_a_warm_one_with_the_old_ring() {
+    let login = LoginFixture::start(SimConfig::for_preset(PresetName::Generic), "reload-login").await;
+    // The warm instance: the fixture's token service, built with ring k1.
+    let warm = login.service(ATTEMPT_TTL).await;
+    assert_eq!(rotate(&login.fixture).await, "k2");
+    // A new instance starts after the rotation and begins the login: the
+    // attempt's PKCE verifier is sealed under k2.
+    let store = ConnectionStore::new(login.fixture.aws.dynamodb.clone(), login.fixture.connections_table());
+    let secrets = SecretStore::new(login.fixture.aws.secrets.clone());
+    let tokens = TokenService::load(login.config.clone(), store, secrets.clone(), RefreshSettings::default())
+        .await
+        .expect("a new process");
+    let attempts = AttemptStore::new(
+        login.fixture.aws.dynamodb.clone(),
+        &login.fixture.tables["LoginAttemptsTable"],
+    );
+    let new = LoginService::load(login.config.clone(), Arc::new(tokens), attempts, &secrets, ATTEMPT_TTL)
+        .await
+        .expect("login service");
+    let (query, cookie) = login.to_callback(&new, "reload-login").await;
+
+    // The provider's callback reaches the warm instance.
+    let finished = warm.finish(PROVIDER, &query, Some(&cookie)).await.expect("finish");
+    assert_eq!(finished.connection.as_str(), "reload-login");
+    let stored = login.fixture.connection(&finished.connection).await;
+    assert_eq!(sealed_key_id(&stored.access_token.expect("sealed").0), Ok("k2"));
 }
