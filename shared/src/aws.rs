@@ -51,3 +51,26 @@ impl AwsClients {
         }
     }
 }
+
+/// This process's name in the leases it takes (a sync job's `lease_owner`,
+/// the refresher's shard leases), so that whoever waits can say for whom: the Lambda function and log stream (where its
+/// logs are), else the process id and host; plus a random suffix, as two
+/// engines of one process must not share a lease.
+pub fn worker_name() -> String {
+    let who = match (
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME"),
+        std::env::var("AWS_LAMBDA_LOG_STREAM_NAME"),
+    ) {
+        (Ok(function), Ok(stream)) => format!("{function} {stream}"),
+        _ => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.chars().filter(char::is_ascii_graphic).take(100).collect::<String>())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "an unnamed host".to_owned());
+            format!("pid {} on {host}", std::process::id())
+        }
+    };
+    format!("{who} #{:08x}", fastrand::u32(..))
+}

@@ -9,7 +9,8 @@ use serde_json::{Map, Value, json};
 
 /// The CloudWatch namespace of every metric.
 pub const NAMESPACE: &str = "OauthSync";
-/// The one dimension: which function wrote it.
+/// The dimension of every metric: which function wrote it. A document may
+/// add more ([`Metrics::with_dimension`]: the refresher's per-provider caps).
 pub const DIMENSION: &str = "Function";
 
 /// A metric's unit, as CloudWatch names it.
@@ -35,6 +36,7 @@ impl Unit {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
     function: &'static str,
+    dimensions: Vec<(&'static str, String)>,
     values: Vec<(&'static str, f64, Unit)>,
 }
 
@@ -42,8 +44,16 @@ impl Metrics {
     pub fn new(function: &'static str) -> Metrics {
         Metrics {
             function,
+            dimensions: Vec::new(),
             values: Vec::new(),
         }
+    }
+
+    /// Every metric of this document also has the dimension `name` = `value`
+    /// (e.g. `Provider` = `exact`).
+    pub fn with_dimension(mut self, name: &'static str, value: &str) -> Metrics {
+        self.dimensions.push((name, value.to_owned()));
+        self
     }
 
     pub fn count(mut self, name: &'static str, value: u64) -> Metrics {
@@ -67,6 +77,9 @@ impl Metrics {
             .iter()
             .map(|(name, _, unit)| json!({"Name": name, "Unit": unit.as_str()}))
             .collect();
+        let dimensions: Vec<&str> = std::iter::once(DIMENSION)
+            .chain(self.dimensions.iter().map(|(name, _)| *name))
+            .collect();
         let mut root = Map::new();
         root.insert(
             "_aws".into(),
@@ -74,12 +87,15 @@ impl Metrics {
                 "Timestamp": timestamp_ms,
                 "CloudWatchMetrics": [{
                     "Namespace": NAMESPACE,
-                    "Dimensions": [[DIMENSION]],
+                    "Dimensions": [dimensions],
                     "Metrics": definitions,
                 }],
             }),
         );
         root.insert(DIMENSION.into(), json!(self.function));
+        for (name, value) in &self.dimensions {
+            root.insert((*name).into(), json!(value));
+        }
         for (name, value, _) in &self.values {
             root.insert((*name).into(), json!(value));
         }

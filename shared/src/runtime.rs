@@ -44,6 +44,8 @@ pub enum StartupError {
     TokenService(#[from] LoadError),
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("refresh-due index layout: {0}")]
+    Layout(#[from] crate::shards::LayoutError),
 }
 
 impl From<ConfigErrors> for StartupError {
@@ -89,11 +91,13 @@ impl App {
         self.live.clone()
     }
 
-    /// The connection store on the table named by `OAUTH_SYNC_CONNECTIONS_TABLE`.
+    /// The connection store on the table named by `OAUTH_SYNC_CONNECTIONS_TABLE`,
+    /// writing refresh-due entries over `OAUTH_SYNC_REFRESH_SHARDS` shards.
     pub fn connection_store(&self) -> Result<ConnectionStore, StartupError> {
         let table =
             std::env::var(CONNECTIONS_TABLE_ENV).map_err(|_| StartupError::MissingEnv(CONNECTIONS_TABLE_ENV))?;
-        Ok(ConnectionStore::new(self.aws.dynamodb.clone(), table))
+        let layout = crate::shards::Layout::from_env()?;
+        Ok(ConnectionStore::new(self.aws.dynamodb.clone(), table).with_refresh_shards(layout.shards))
     }
 
     /// The login-attempt store on the table named by `OAUTH_SYNC_LOGIN_ATTEMPTS_TABLE`.

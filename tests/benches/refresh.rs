@@ -94,7 +94,10 @@ async fn run_once(connections: usize, concurrency: usize) -> Run {
     let raw_rate = raw_conditional_updates(&fixture, connections, concurrency).await;
     let before = fixture.service.store().ops().snapshot();
     let started = Instant::now();
-    let summary = fixture.service.refresh_due(deadline(600), concurrency).await;
+    let summary = fixture
+        .service
+        .refresh_due(shared::refresh::DueRun::all(deadline(600), concurrency))
+        .await;
     let elapsed = started.elapsed();
     let after = fixture.service.store().ops().snapshot();
     assert_eq!(summary.refreshed as usize, connections, "{summary:?}");

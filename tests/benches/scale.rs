@@ -1,18 +1,24 @@
-//! Scale: 100,000 connections across presets with staggered expiries,
-//! refreshed by the token-refresher's schedule in compressed time against
-//! DynamoDB Local and one strict simulator per provider.
+//! Scale: 200,000 connections across presets with staggered expiries,
+//! refreshed by the token-refresher fanned out over shard groups, each group
+//! its own process on the real one-minute schedule, against DynamoDB Local
+//! and one strict simulator per provider answering in 300 ms.
 //!
 //! The population stands for connections that logged in at different times:
 //! their refresh-due times are spread evenly over `BENCH_SPAN_SECS` (540 s,
 //! shorter than Exact's 575 s cycle, so each connection comes due once),
 //! a mix of Exact Online (40 %, single-use refresh tokens that Exact refuses
 //! to refresh more than 30 s early), Microsoft (20 %), Xero (20 %) and Google
-//! (20 %). The refresher's schedule is compressed: a run every
-//! `BENCH_TICK_SECS` (10 s) that starts refreshes for that long (the template
-//! runs it every minute with a 60 s timeout), each run
-//! `TokenService::refresh_due` at the function's concurrency (16) unless
-//! `BENCH_REFRESH_CONCURRENCY` says otherwise. Runs start on schedule even if
-//! the previous one is still going, as EventBridge starts them.
+//! (20 %). `BENCH_GROUPS` (4) worker processes (this binary again, with
+//! `SCALE_WORKER_GROUP` set) each play one shard group's schedule: a run
+//! every `BENCH_TICK_SECS` (60 s, the template's), each
+//! `TokenService::refresh_due` over the group's shards with the function's
+//! deadline (its 80 s timeout: refreshes start for the tick plus 3 s, each
+//! at its due time) at `BENCH_REFRESH_CONCURRENCY` (64), each process
+//! keeping `BENCH_TOKEN_CONCURRENCY / BENCH_GROUPS` of each provider's cap
+//! (96). Runs start on schedule even if the previous one is still going, as
+//! EventBridge starts them. After the run, DynamoDB Local's raw rate of
+//! conditional updates is measured on the same stack, and the refreshes a
+//! second are reported against it.
 //!
 //! Checked and reported: every connection refreshed exactly once (token
 //! version), never before its due time, within its window (before its access
@@ -23,21 +29,22 @@
 //! README's model derives the Lambda concurrency at a million connections.
 //!
 //! Needs a freshly started local stack (`scripts/bench scale` starts one).
-//! Knobs: BENCH_CONNECTIONS (100000), BENCH_SPAN_SECS (540), BENCH_TICK_SECS
-//! (10), BENCH_REFRESH_CONCURRENCY (16), BENCH_TOKEN_LATENCY_MS (0: the
-//! simulators answer at once; a real provider takes a few hundred ms).
+//! Knobs: BENCH_CONNECTIONS (200000), BENCH_SPAN_SECS (540), BENCH_TICK_SECS
+//! (60), BENCH_GROUPS (4), BENCH_REFRESH_CONCURRENCY (64),
+//! BENCH_TOKEN_CONCURRENCY (96), BENCH_TOKEN_LATENCY_MS (300).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeValue, Select};
-use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
+use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::{self, OauthFixture};
 use shared::config::{Config, PresetName};
 use shared::connection::{ConnectionId, ConnectionKind, DUE_SHARDS, now_ms};
-use shared::refresh::{DueSummary, RefreshSettings, TokenService};
+use shared::refresh::{DueRun, DueSummary, RefreshSettings, TokenService};
+use shared::shards::Layout;
 
 /// The provider mix: name in the configuration, preset, share in tenths.
 const MIX: [(&str, PresetName, usize); 4] = [
@@ -80,21 +87,37 @@ struct Seeded {
     late: bool,
 }
 
-/// One scheduled run of the refresher.
-#[derive(Debug)]
+/// One scheduled run of the refresher, as a worker process reports it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Invocation {
-    started: f64,
+    group: u32,
+    /// Epoch ms.
+    started_at: i64,
     seconds: f64,
     summary: DueSummary,
 }
 
+/// The figures of one run of the bench that are not in the table.
+#[derive(Debug)]
+struct Fanout {
+    groups: u32,
+    token_concurrency: u64,
+    /// DynamoDB Local's conditional updates a second, measured after the run.
+    raw_updates_per_sec: f64,
+}
+
 #[tokio::main]
 async fn main() {
-    let connections = env("BENCH_CONNECTIONS", 100_000) as usize;
+    if let Ok(group) = std::env::var("SCALE_WORKER_GROUP") {
+        return worker(group.parse().expect("SCALE_WORKER_GROUP")).await;
+    }
+    let connections = env("BENCH_CONNECTIONS", 200_000) as usize;
     let span = Duration::from_secs(env("BENCH_SPAN_SECS", 540));
-    let tick = Duration::from_secs(env("BENCH_TICK_SECS", 10));
-    let concurrency = env("BENCH_REFRESH_CONCURRENCY", 16) as usize;
-    let latency_ms = env("BENCH_TOKEN_LATENCY_MS", 0);
+    let tick = Duration::from_secs(env("BENCH_TICK_SECS", 60));
+    let concurrency = env("BENCH_REFRESH_CONCURRENCY", 64) as usize;
+    let latency_ms = env("BENCH_TOKEN_LATENCY_MS", 300);
+    let groups = env("BENCH_GROUPS", 4) as u32;
+    let token_concurrency = env("BENCH_TOKEN_CONCURRENCY", 96);
 
     let aws = stack::aws().await;
     let tables = stack::fresh_tables(&aws, "scale").await;
@@ -106,22 +129,19 @@ async fn main() {
         shared::crypto::KeyRing::generate_json("k1").expect("rng"),
     )
     .await;
-    let mut config_text = format!("[service]\ntoken_key_secret = \"{keys_secret}\"\n\n");
+    let mut config_text = format!(
+        "[service]\ntoken_key_secret = \"{keys_secret}\"\nrefresh_concurrency = {concurrency}\n\
+         token_concurrency = {token_concurrency}\n\n"
+    );
     let mut providers = Vec::new();
     for (name, preset, _) in MIX {
         let mut sim = SimConfig::for_preset(preset);
+        sim.token_latency = Duration::from_millis(latency_ms);
         if preset == PresetName::ExactOnline {
             // Exact refuses a refresh more than ~30 s before expiry.
             sim.too_early = Some(Duration::from_secs(30));
         }
         let fixture = OauthFixture::start(sim, Duration::from_secs(10)).await;
-        if latency_ms > 0 {
-            fixture.sim.sim.inject(FaultPlan {
-                grant: Grant::RefreshToken,
-                fault: Fault::DelayAfterProcessing { millis: latency_ms },
-                times: u32::MAX,
-            });
-        }
         let credentials_secret = format!("{prefix}{name}");
         let credentials = serde_json::json!({
             "client_id": fixture.credentials.client_id,
@@ -210,7 +230,15 @@ async fn main() {
     let mut save_tasks = tokio::task::JoinSet::new();
     // Give up once every due time is a minute past and 20 runs more went by.
     let give_up = Duration::from_secs(lead_in + 60) + span + 20 * tick;
-    let schedule = tokio::spawn(run_schedule(service.clone(), tick, concurrency, connections, give_up));
+    let config_path = std::env::temp_dir().join(format!("{prefix}scale.toml"));
+    std::fs::write(&config_path, &config_text).expect("write the workers' configuration");
+    let workers = Workers {
+        groups,
+        tick,
+        config: config_path.clone(),
+        table: tables["ConnectionsTable"].clone(),
+    };
+    let schedule = tokio::task::spawn_blocking(move || workers.run(connections, give_up));
     for (i, set) in tokens.into_iter().enumerate() {
         let mut set = set.expect("every login finished");
         let provider = provider_of(i);
@@ -253,6 +281,7 @@ async fn main() {
     eprintln!("scale: logins {login_seconds:.0} s, saves {save_seconds:.0} s; the schedule runs");
     let (invocations, max_in_flight) = schedule.await.expect("schedule");
     let run_seconds = schedule_start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&config_path);
     let seeded = std::mem::take(&mut *seeded.lock().expect("lock"));
 
     // 3. What the providers saw, and what the table holds.
@@ -262,6 +291,8 @@ async fn main() {
     }
     let stored = scan(&aws.dynamodb, &tables["ConnectionsTable"]).await;
     let per_shard = due_index_items(&aws.dynamodb, &tables["ConnectionsTable"]).await;
+    eprintln!("scale: measuring DynamoDB Local's raw conditional updates");
+    let raw_updates_per_sec = raw_update_rate(&aws.dynamodb, &tables["SyncStateTable"]).await;
 
     let report = Report {
         connections,
@@ -278,6 +309,11 @@ async fn main() {
         stored,
         per_shard,
         counters,
+        fanout: Fanout {
+            groups,
+            token_concurrency,
+            raw_updates_per_sec,
+        },
     };
     let (text, problems) = report.render();
     #[allow(clippy::print_stdout)]
@@ -287,61 +323,207 @@ async fn main() {
     assert!(problems.is_empty(), "{}", problems.join("; "));
 }
 
-/// Starts a refresher run every `tick` (each starting refreshes for `tick`,
-/// at `concurrency`), on schedule whether or not the last one ended, until all
-/// `connections` were refreshed or `give_up` passed; returns the runs and the
-/// most that ran at once.
-async fn run_schedule(
-    service: Arc<TokenService>,
+/// The shard groups' worker processes.
+struct Workers {
+    groups: u32,
     tick: Duration,
-    concurrency: usize,
-    connections: usize,
-    give_up: Duration,
-) -> (Vec<Invocation>, usize) {
-    let start = Instant::now();
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let max_in_flight = Arc::new(AtomicUsize::new(0));
-    let refreshed = Arc::new(AtomicUsize::new(0));
+    config: std::path::PathBuf,
+    table: String,
+}
+
+impl Workers {
+    /// Starts one worker process per group, reads the runs they report
+    /// until all `connections` were refreshed or `give_up` passed, then
+    /// closes their input (they start no more runs) and waits for them;
+    /// returns the runs and the most that ran at once across the groups.
+    fn run(self, connections: usize, give_up: Duration) -> (Vec<Invocation>, usize) {
+        use std::io::BufRead;
+        let start = Instant::now();
+        let exe = std::env::current_exe().expect("this binary");
+        let (lines, found) = std::sync::mpsc::channel::<Invocation>();
+        let mut children = Vec::new();
+        for group in 0..self.groups {
+            let mut child = std::process::Command::new(&exe)
+                .env("SCALE_WORKER_GROUP", group.to_string())
+                .env("SCALE_GROUPS", self.groups.to_string())
+                .env("SCALE_CONFIG", &self.config)
+                .env("SCALE_TABLE", &self.table)
+                .env("BENCH_TICK_SECS", self.tick.as_secs().to_string())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a worker");
+            let stdout = child.stdout.take().expect("stdout");
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Ok(run) = serde_json::from_str::<Invocation>(&line) {
+                        let _ = lines.send(run);
+                    }
+                }
+            });
+            children.push(child);
+        }
+        drop(lines);
+        let mut done = Vec::new();
+        let mut refreshed = 0;
+        while refreshed < connections as u64 && start.elapsed() < give_up {
+            if let Ok(run) = found.recv_timeout(Duration::from_secs(1)) {
+                refreshed += run.summary.refreshed;
+                done.push(run);
+            }
+        }
+        for child in &mut children {
+            drop(child.stdin.take());
+        }
+        for mut child in children {
+            let status = child.wait().expect("a worker");
+            assert!(status.success(), "a worker failed: {status}");
+        }
+        done.extend(found.try_iter());
+        done.sort_by_key(|run| run.started_at);
+        let max_in_flight = most_at_once(&done);
+        (done, max_in_flight)
+    }
+}
+
+/// The most runs that overlapped in time.
+fn most_at_once(runs: &[Invocation]) -> usize {
+    let mut edges: Vec<(i64, i32)> = runs
+        .iter()
+        .flat_map(|run| {
+            [
+                (run.started_at, 1),
+                (run.started_at + (run.seconds * 1000.0) as i64, -1),
+            ]
+        })
+        .collect();
+    edges.sort_unstable();
+    let (mut now, mut most) = (0, 0);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// A worker process: one shard group's schedule, a run every tick (each
+/// with the function's deadline), each reported as a JSON line on stdout,
+/// until its input closes.
+async fn worker(group: u32) {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name}"));
+    let groups: u32 = var("SCALE_GROUPS").parse().expect("SCALE_GROUPS");
+    let tick = Duration::from_secs(env("BENCH_TICK_SECS", 60));
+    let text = std::fs::read_to_string(var("SCALE_CONFIG")).expect("the configuration");
+    let config = Arc::new(Config::parse(&text, "scale.toml").unwrap_or_else(|e| panic!("{e}")));
+    let concurrency = config.service.refresh_concurrency;
+    let aws = stack::aws().await;
+    let store = shared::connection::store::ConnectionStore::new(aws.dynamodb.clone(), var("SCALE_TABLE"));
+    let service = TokenService::load(
+        config,
+        store,
+        shared::secrets::SecretStore::new(aws.secrets.clone()),
+        RefreshSettings::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let service = Arc::new(service.with_token_groups(groups));
+    let shards = Layout::new(DUE_SHARDS, groups)
+        .and_then(|layout| layout.shards_of(group))
+        .expect("the group's shards");
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = closed.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        flag.store(true, Ordering::SeqCst);
+    });
     let mut runs = tokio::task::JoinSet::new();
-    let mut done = Vec::new();
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        interval.tick().await;
-        while let Some(result) = runs.try_join_next() {
-            done.push(result.expect("run"));
+    while !closed.load(Ordering::SeqCst) {
+        tokio::select! {
+            _ = interval.tick() => {}
+            Some(run) = runs.join_next(), if !runs.is_empty() => {
+                report(run.expect("run"));
+                continue;
+            }
         }
-        if refreshed.load(Ordering::Relaxed) >= connections || start.elapsed() > give_up {
-            break;
-        }
-        let (service, in_flight, max_in_flight, refreshed) = (
-            service.clone(),
-            in_flight.clone(),
-            max_in_flight.clone(),
-            refreshed.clone(),
-        );
+        let (service, shards) = (service.clone(), shards.clone());
         runs.spawn(async move {
-            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            max_in_flight.fetch_max(now, Ordering::SeqCst);
             let began = Instant::now();
-            // Refreshes start for one tick (as in the function: its timeout
-            // less the time a send needs); those in flight then finish.
-            let deadline = began + tick + RefreshSettings::default().time_for_a_send();
-            let summary = service.refresh_due(deadline, concurrency).await;
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            refreshed.fetch_add(summary.refreshed as usize, Ordering::Relaxed);
+            let started_at = now_ms();
+            // The function's deadline: an 80 s timeout less its 2 s margin,
+            // so refreshes start for the tick and 3 s more.
+            let deadline = began + tick + Duration::from_secs(3) + RefreshSettings::default().time_for_a_send();
+            let summary = service
+                .refresh_due(DueRun {
+                    shards,
+                    deadline,
+                    concurrency,
+                })
+                .await;
             Invocation {
-                started: began.duration_since(start).as_secs_f64(),
+                group,
+                started_at,
                 seconds: began.elapsed().as_secs_f64(),
                 summary,
             }
         });
     }
-    while let Some(result) = runs.join_next().await {
-        done.push(result.expect("run"));
+    while let Some(run) = runs.join_next().await {
+        report(run.expect("run"));
     }
-    done.sort_by(|a, b| a.started.total_cmp(&b.started));
-    (done, max_in_flight.load(Ordering::SeqCst))
+}
+
+fn report(run: Invocation) {
+    let line = serde_json::to_string(&run).expect("json");
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{line}");
+    }
+}
+
+/// DynamoDB Local's conditional updates a second: 64 workers, each
+/// updating its own item conditionally on the value it last wrote (as a
+/// lease and a commit do), for 10 s.
+async fn raw_update_rate(client: &aws_sdk_dynamodb::Client, table: &str) -> f64 {
+    let window = Duration::from_secs(10);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..64 {
+        let (client, table) = (client.clone(), table.to_owned());
+        tasks.spawn(async move {
+            let key = AttributeValue::S(format!("raw#{worker}"));
+            let mut seen = 0u64;
+            let mut done = 0u64;
+            let end = Instant::now() + window;
+            while Instant::now() < end {
+                let (condition, update) = if seen == 0 {
+                    ("attribute_not_exists(v)", "SET v = :next")
+                } else {
+                    ("v = :seen", "SET v = :next")
+                };
+                let mut request = client
+                    .update_item()
+                    .table_name(&table)
+                    .key("id", key.clone())
+                    .update_expression(update)
+                    .condition_expression(condition)
+                    .expression_attribute_values(":next", AttributeValue::N((seen + 1).to_string()));
+                if seen > 0 {
+                    request = request.expression_attribute_values(":seen", AttributeValue::N(seen.to_string()));
+                }
+                request.send().await.expect("a conditional update");
+                seen += 1;
+                done += 1;
+            }
+            done
+        });
+    }
+    let mut total = 0;
+    while let Some(done) = tasks.join_next().await {
+        total += done.expect("worker");
+    }
+    total as f64 / window.as_secs_f64()
 }
 
 /// A connection as the table holds it after the run.
@@ -431,6 +613,7 @@ struct Report {
     stored: HashMap<String, Stored>,
     per_shard: Vec<u64>,
     counters: Vec<oauth_sync_tests::simulator::Counters>,
+    fanout: Fanout,
 }
 
 impl Report {
@@ -523,13 +706,17 @@ impl Report {
             &mut out,
             format!(
                 "{n} connections (Exact Online 40 %, Microsoft 20 %, Xero 20 %, Google 20 %), due times spread over {} s \
-                 ({needed_rate:.0} due/s); a refresher run every {} s that starts refreshes for {} s, {} at a time; \
-                 token endpoint latency {} ms. Logins took {:.0} s, the saves {:.0} s (before the first due time), \
-                 the schedule {:.0} s.",
+                 ({needed_rate:.0} due/s); {} shard groups, each its own process, each running the refresher every {} s \
+                 (refreshes start for {} s, each at its due time), {} at a time, each provider capped at {} in flight \
+                 ({} a group); token endpoint latency {} ms. Logins took {:.0} s, the saves {:.0} s (before the first \
+                 due time), the schedule {:.0} s.",
                 self.span.as_secs(),
+                self.fanout.groups,
                 self.tick.as_secs(),
-                self.tick.as_secs(),
+                self.tick.as_secs() + 3,
                 self.concurrency,
+                self.fanout.token_concurrency,
+                (self.fanout.token_concurrency / u64::from(self.fanout.groups.max(1))).max(1),
                 self.latency_ms,
                 self.login_seconds,
                 self.save_seconds,
@@ -566,13 +753,14 @@ impl Report {
         line(
             &mut out,
             format!(
-                "Refresher runs: {} ({} found something due); at most {} at once; the longest took {longest:.1} s of its {} s; \
-                 peak {peak_rate:.0} refreshes/s in one run ({:.0} ms a refresh at {} at a time); \
-                 {left} found due but left for the next run, {still_fresh} found already refreshed by another run.",
+                "Refresher runs: {} ({} found something due); at most {} at once across the groups; the longest took \
+                 {longest:.1} s; {} shards left to another run (busy); peak {peak_rate:.0} refreshes/s in one run \
+                 ({:.0} ms a refresh at {} at a time); {left} found due but left for the next run, {still_fresh} found \
+                 already refreshed by another run.",
                 self.invocations.len(),
                 busy.len(),
                 self.max_in_flight,
-                self.tick.as_secs(),
+                self.invocations.iter().map(|i| i.summary.shards_busy).sum::<u64>(),
                 if peak_rate > 0.0 {
                     1000.0 * self.concurrency as f64 / peak_rate
                 } else {
@@ -581,6 +769,68 @@ impl Report {
                 self.concurrency,
             ),
         );
+        line(&mut out, String::new());
+
+        // Throughput against DynamoDB Local's own rate, and each provider's cap.
+        let mut per_second: BTreeMap<i64, u64> = BTreeMap::new();
+        for stored in self.stored.values().filter(|s| s.version >= 2) {
+            if let Some(at) = stored.last_refresh_at {
+                *per_second.entry(at / 1000).or_default() += 1;
+            }
+        }
+        let seconds = match (per_second.keys().next(), per_second.keys().last()) {
+            (Some(first), Some(last)) => (last - first + 1) as f64,
+            _ => 1.0,
+        };
+        let mean_rate = per_second.values().sum::<u64>() as f64 / seconds;
+        let peak_second = per_second.values().copied().max().unwrap_or(0);
+        let raw = self.fanout.raw_updates_per_sec;
+        line(
+            &mut out,
+            format!(
+                "Throughput: {mean_rate:.0} refreshes/s over the {seconds:.0} s of refreshes (peak second {peak_second}). \
+                 DynamoDB Local's raw conditional updates on the same stack, after the run (64 at a time): {raw:.0}/s. \
+                 A refresh is 3 operations (a consistent read, the lease and the commit): the refreshes' operations \
+                 were {:.0} % of the raw rate on average and {:.0} % in the peak second.",
+                300.0 * mean_rate / raw.max(1.0),
+                300.0 * peak_second as f64 / raw.max(1.0),
+            ),
+        );
+        line(&mut out, String::new());
+        line(&mut out, "| provider | cap (token_concurrency) | peak in flight at the provider | sum of the groups' peaks | lowest limit (AIMD) | 429/503 |".to_owned());
+        line(&mut out, "| --- | --- | --- | --- | --- | --- |".to_owned());
+        for (p, (name, _, _)) in MIX.iter().enumerate() {
+            let mut group_peaks: BTreeMap<u32, u64> = BTreeMap::new();
+            let (mut lowest, mut throttled) = (u64::MAX, 0);
+            for run in &self.invocations {
+                for load in run.summary.providers.iter().filter(|l| l.provider == *name) {
+                    let peak = group_peaks.entry(run.group).or_default();
+                    *peak = (*peak).max(load.peak_in_flight);
+                    lowest = lowest.min(load.lowest_limit);
+                    throttled = throttled.max(load.throttled);
+                }
+            }
+            let at_provider = self.counters[p].peak_refreshes_in_flight;
+            line(
+                &mut out,
+                format!(
+                    "| {name} | {} | {at_provider} | {} | {} | {throttled} |",
+                    self.fanout.token_concurrency,
+                    group_peaks.values().sum::<u64>(),
+                    if lowest == u64::MAX {
+                        "–".to_owned()
+                    } else {
+                        lowest.to_string()
+                    },
+                ),
+            );
+            if at_provider > self.fanout.token_concurrency {
+                problems.push(format!(
+                    "{name}: {at_provider} refreshes in flight at once, over the cap of {}",
+                    self.fanout.token_concurrency
+                ));
+            }
+        }
         line(&mut out, String::new());
 
         // The due index per shard.

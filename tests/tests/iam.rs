@@ -254,7 +254,10 @@ async fn the_refresher_may_call_exactly_what_its_code_calls() {
     let summary = recorded
         .token_service(&fixture)
         .await
-        .refresh_due(deadline(30), token_refresher_concurrency())
+        .refresh_due(shared::refresh::DueRun::all(
+            deadline(30),
+            token_refresher_concurrency(),
+        ))
         .await;
     assert_eq!(
         (summary.due, summary.refreshed, summary.needs_reauth),
@@ -296,6 +299,22 @@ fn token_refresher_concurrency() -> usize {
     16
 }
 
+/// The sync function's reconciliation of jobs with the configured syncs,
+/// as its `main.rs` wires it, on the recorded clients.
+async fn reconcile(
+    fx: &SyncFixture,
+    tokens: &TokenService,
+    engine: &shared::sync::engine::SyncEngine,
+) -> shared::sync::reconcile::Reconciled {
+    let reconciler = shared::sync::reconcile::Reconciler::new(
+        fx.fixture.config.clone(),
+        tokens.store().clone(),
+        engine.jobs().clone(),
+        shared::sync::reconcile::ReconcileSettings::default(),
+    );
+    reconciler.run(deadline(120)).await.expect("reconcile")
+}
+
 #[tokio::test]
 async fn the_sync_may_call_exactly_what_its_code_calls() {
     let mut sim = SimConfig::for_preset(PresetName::ExactOnline);
@@ -321,7 +340,7 @@ async fn the_sync_may_call_exactly_what_its_code_calls() {
     let engine = Arc::new(
         shared::sync::engine::SyncEngine::new(
             fx.fixture.config.clone(),
-            tokens,
+            tokens.clone(),
             shared::sync::jobs::JobStore::new(
                 recorded.aws.dynamodb.clone(),
                 &tables["SyncStateTable"],
@@ -370,6 +389,10 @@ async fn the_sync_may_call_exactly_what_its_code_calls() {
     make_due().await;
     let third = engine.run_due(deadline(120)).await;
     assert_eq!(third.busy, 1, "{third:?}");
+    // What the handler does first: the jobs of the configured syncs (the
+    // first invocation walks every sync once; the job exists).
+    let reconciled = reconcile(&fx, &tokens, &engine).await;
+    assert!(reconciled.finished && reconciled.existing == 1, "{reconciled:?}");
 
     assert_policy_is("sync", &recorded.grants(tables));
 }

@@ -294,7 +294,10 @@ async fn the_refresher_finds_due_connections_through_the_index() {
     fixture
         .sim()
         .reconfigure(|c| c.access_token_ttl = Duration::from_secs(3600));
-    let summary = fixture.service.refresh_due(deadline(60), 4).await;
+    let summary = fixture
+        .service
+        .refresh_due(shared::refresh::DueRun::all(deadline(60), 4))
+        .await;
     assert_eq!(
         (summary.due, summary.refreshed, summary.failed, summary.complete),
         (5, 5, 0, true),
@@ -312,7 +315,10 @@ async fn the_refresher_finds_due_connections_through_the_index() {
         assert_eq!(fixture.connection(id).await.token_version, 1, "{id}");
     }
     // Refreshed for an hour now: nothing is due any more.
-    let summary = fixture.service.refresh_due(deadline(60), 4).await;
+    let summary = fixture
+        .service
+        .refresh_due(shared::refresh::DueRun::all(deadline(60), 4))
+        .await;
     assert_eq!(summary.due, 0, "{summary:?}");
 }
 
@@ -387,7 +393,10 @@ async fn the_refresher_pages_through_a_shard_and_leaves_what_it_cannot_start() {
 
     // Five due in shard 0, two per page: three queries there, one per other shard.
     let (_, _, queries_before) = fixture.service.store().ops().snapshot();
-    let summary = fixture.service.refresh_due(deadline(60), 4).await;
+    let summary = fixture
+        .service
+        .refresh_due(shared::refresh::DueRun::all(deadline(60), 4))
+        .await;
     let (_, _, queries_after) = fixture.service.store().ops().snapshot();
     assert_eq!(
         (summary.due, summary.refreshed, summary.complete),
@@ -417,7 +426,10 @@ async fn the_refresher_pages_through_a_shard_and_leaves_what_it_cannot_start() {
         times: 1,
     });
     let requests_before = fixture.sim().counters().refresh_requests;
-    let summary = fixture.service.refresh_due(deadline(18), 1).await;
+    let summary = fixture
+        .service
+        .refresh_due(shared::refresh::DueRun::all(deadline(18), 1))
+        .await;
     assert_eq!(
         (
             summary.due,

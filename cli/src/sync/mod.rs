@@ -36,28 +36,46 @@ fn sync_definition<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a sha
 }
 
 /// `sync schedule SYNC`: a job for every active connection of the sync's
-/// provider; a job that exists keeps its schedule and checkpoint.
+/// provider, read a page at a time from the `by-provider` index; a job that
+/// exists keeps its schedule and checkpoint, a parked one is made due. The
+/// same code path as the sync function's reconciliation
+/// ([`shared::sync::reconcile::jobs_for_page`]).
 pub async fn sync_schedule(config_file: PathBuf, sync: &str, as_json: bool) -> anyhow::Result<()> {
+    use shared::sync::reconcile::{JobWrite, ReconcileSettings, jobs_for_page};
     let config = Config::load_and_discover(&config_file).await?;
     let definition = sync_definition(&config, sync)?;
     let (aws, store) = store().await?;
     let jobs = job_store(&aws)?;
+    let settings = ReconcileSettings::default();
     let mut scheduled = Vec::new();
     let mut skipped = 0u64;
-    for connection in store.list().await? {
-        if connection.provider != definition.provider || connection.status != shared::connection::Status::Active {
-            skipped += 1;
-            continue;
+    let mut after = None;
+    loop {
+        let (connections, last) = store
+            .page_of_provider(&definition.provider, after.as_ref(), settings.page_size)
+            .await?;
+        let page = jobs_for_page(
+            &jobs,
+            sync,
+            &definition.provider,
+            &connections,
+            JobWrite::Schedule,
+            settings.concurrency,
+        )
+        .await?;
+        scheduled.extend(page.written.iter().map(ToString::to_string));
+        skipped += page.skipped;
+        after = last;
+        if after.is_none() {
+            break;
         }
-        jobs.schedule(&connection.id, sync).await?;
-        scheduled.push(connection.id.to_string());
     }
     if as_json {
         let out = serde_json::json!({"sync": sync, "scheduled": scheduled, "skipped": skipped});
         write_out(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
     } else {
         write_out(&format!(
-            "sync `{sync}` scheduled for {} active connection(s) of provider `{}`{}; {skipped} other connection(s) left alone\n",
+            "sync `{sync}` scheduled for {} active connection(s) of provider `{}`{}; {skipped} inactive connection(s) left alone\n",
             scheduled.len(),
             definition.provider,
             if scheduled.is_empty() {

@@ -375,7 +375,7 @@ async fn the_token_route_the_refresher_and_the_sync_never_spend_a_refresh_token_
         let (service, done) = (fx.fixture.service.clone(), done.clone());
         background.spawn(async move {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                service.refresh_due(deadline(30), 4).await;
+                service.refresh_due(shared::refresh::DueRun::all(deadline(30), 4)).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });

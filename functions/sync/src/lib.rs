@@ -1,4 +1,6 @@
-//! The `sync` Lambda function: on an EventBridge schedule, claims every due
+//! The `sync` Lambda function: on an EventBridge schedule, first gives the
+//! configuration's syncs the jobs they lack (a sync added after the logins,
+//! [`Reconciler`]; one read when nothing changed), then claims every due
 //! sync job through the `sync-due` index and runs it (pages, upserts,
 //! checkpoints) until the invocation's deadline; what is left resumes in the
 //! next invocation from its checkpoint.
@@ -9,9 +11,19 @@ use std::time::Duration;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use shared::connection::DUE_SHARDS;
 use shared::sync::engine::{DueRuns, SyncEngine};
+use shared::sync::reconcile::{Reconciled, Reconciler};
 
 /// Time kept back from the invocation's deadline for the last checkpoint.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// What one invocation did: the reconciliation (`None` when it failed; the
+/// failure is logged and counted, and the next invocation tries again) and
+/// the due jobs' runs (the function's answer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invocation {
+    pub reconciled: Option<Reconciled>,
+    pub runs: DueRuns,
+}
 
 /// Part of the sync-due index could not be read (each failure is logged);
 /// the rest was served. Worth retrying, and the next schedule will.
@@ -30,15 +42,26 @@ impl From<SyncRunError> for Diagnostic {
     }
 }
 
+/// The handler: answers with the due jobs' runs ([`invoke`]).
 pub async fn function_handler(
     engine: &Arc<SyncEngine>,
+    reconciler: &Reconciler,
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<DueRuns, SyncRunError> {
+    invoke(engine, reconciler, event).await.map(|done| done.runs)
+}
+
+/// One invocation: the reconciliation, then the due jobs until the deadline.
+pub async fn invoke(
+    engine: &Arc<SyncEngine>,
+    reconciler: &Reconciler,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<Invocation, SyncRunError> {
+    let deadline = shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN);
     // A pushed configuration or a rotated key ring, at most once a minute.
     engine.reload_if_changed().await;
-    let summary = engine
-        .run_due(shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN))
-        .await;
+    let reconciled = reconcile(reconciler, &event.context.request_id, deadline).await;
+    let summary = engine.run_due(deadline).await;
     tracing::info!(
         request_id = %event.context.request_id,
         due = summary.due,
@@ -63,5 +86,38 @@ pub async fn function_handler(
             summary,
         });
     }
-    Ok(summary)
+    Ok(Invocation {
+        reconciled,
+        runs: summary,
+    })
+}
+
+/// The reconciliation's share of the invocation (bounded by its settings'
+/// budget), logged and counted; `None` when it failed.
+async fn reconcile(reconciler: &Reconciler, request_id: &str, deadline: std::time::Instant) -> Option<Reconciled> {
+    match reconciler.run(deadline).await {
+        Ok(done) => {
+            if !done.up_to_date {
+                tracing::info!(
+                    request_id,
+                    created = done.created,
+                    existing = done.existing,
+                    skipped = done.skipped,
+                    pages = done.pages,
+                    finished = done.finished,
+                    busy = done.busy,
+                    lost_lease = done.lost_lease,
+                    "sync jobs reconciled with the configuration's syncs"
+                );
+                done.metrics().emit();
+            }
+            Some(done)
+        }
+        Err(e) => {
+            tracing::error!(request_id, error = %shared::telemetry::error_chain(&e),
+                "the configuration's syncs could not be reconciled with the jobs; the next invocation goes on from the saved place");
+            shared::metrics::Metrics::new("sync").count("ReconcileFailed", 1).emit();
+            None
+        }
+    }
 }

@@ -1,24 +1,17 @@
 //! The handler, called directly with a fixture EventBridge schedule event,
 //! against the local stack and the simulator's Exact Online data API.
 
+mod common;
+
 use std::sync::Arc;
 
-use lambda_runtime::{Context, LambdaEvent};
+use common::scheduled_event;
 use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::{SyncFixture, quick_sync_settings};
 use shared::config::PresetName;
 use shared::connection::now_ms;
 use shared::sync::jobs::job_id;
-
-/// A scheduled event with two minutes left in the invocation.
-fn scheduled_event() -> LambdaEvent<serde_json::Value> {
-    let event: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/eventbridge-schedule.json")).expect("fixture event");
-    let mut context = Context::default();
-    context.request_id = "req-1".to_owned();
-    context.deadline = u64::try_from(now_ms()).expect("time") + 120_000;
-    LambdaEvent::new(event, context)
-}
+use shared::sync::reconcile::{ReconcileSettings, Reconciler};
 
 #[tokio::test]
 async fn a_scheduled_run_syncs_every_due_job_and_schedules_the_next() {
@@ -38,8 +31,14 @@ async fn a_scheduled_run_syncs_every_due_job_and_schedules_the_next() {
     fx.sim().seed_projects(150);
     let ids = [fx.connect("tenant-a").await, fx.connect("tenant-b").await];
     let engine: &Arc<_> = &fx.engine;
+    let reconciler = Reconciler::new(
+        fx.fixture.config.clone(),
+        fx.fixture.service.store().clone(),
+        engine.jobs().clone(),
+        ReconcileSettings::default(),
+    );
 
-    let summary = sync::function_handler(engine, scheduled_event())
+    let summary = sync::function_handler(engine, &reconciler, scheduled_event(120_000))
         .await
         .expect("the run succeeds");
     assert_eq!(
@@ -61,7 +60,7 @@ async fn a_scheduled_run_syncs_every_due_job_and_schedules_the_next() {
     }
 
     // Nothing is due until the interval has passed.
-    let summary = sync::function_handler(engine, scheduled_event())
+    let summary = sync::function_handler(engine, &reconciler, scheduled_event(120_000))
         .await
         .expect("the run succeeds");
     assert_eq!(summary.due, 0, "{summary:?}");

@@ -11,6 +11,8 @@ use oauth_sync_tests::stack::{RefreshFixture, deadline, ids_in_shard};
 use shared::config::PresetName;
 use shared::connection::now_ms;
 use shared::refresh::RefreshSettings;
+use shared::shards::Layout;
+use token_refresher::RefresherError;
 
 /// A scheduled event with a minute left in the invocation.
 fn scheduled_event() -> LambdaEvent<serde_json::Value> {
@@ -35,7 +37,7 @@ async fn a_scheduled_run_refreshes_what_is_due() {
     let fixture = RefreshFixture::start(due_at_once(PresetName::Xero), RefreshSettings::default(), "", "handler").await;
     let ids = [fixture.connect("tenant-a").await, fixture.connect("tenant-b").await];
 
-    let summary = token_refresher::function_handler(&fixture.service, scheduled_event())
+    let summary = token_refresher::function_handler(&fixture.service, &Layout::default(), scheduled_event())
         .await
         .expect("the run succeeds");
     assert_eq!(
@@ -97,12 +99,14 @@ async fn a_shard_whose_index_query_fails_is_reported_after_the_others_are_served
         times,
     });
 
-    let e = token_refresher::function_handler(&service, scheduled_event())
+    let e = token_refresher::function_handler(&service, &Layout::default(), scheduled_event())
         .await
         .unwrap_err();
     assert_eq!(proxy.unavailable(), u64::from(times), "shard 3's query was refused");
-    assert!(e.to_string().contains("1 of 16 shards"), "{e}");
-    let summary = &e.summary;
+    assert!(e.to_string().contains("1 of the 16 shards"), "{e}");
+    let RefresherError::ShardsFailed { summary, .. } = &e else {
+        panic!("{e}");
+    };
     assert_eq!(
         (summary.shards_failed, summary.complete, summary.due, summary.refreshed),
         (1, false, 2, 2),
@@ -121,7 +125,7 @@ async fn a_shard_whose_index_query_fails_is_reported_after_the_others_are_served
     assert_eq!(Diagnostic::from(e).error_type, "Retryable");
 
     // Once DynamoDB answers again, the next run takes them.
-    let summary = service.refresh_due(deadline(60), 4).await;
+    let summary = service.refresh_due(shared::refresh::DueRun::all(deadline(60), 4)).await;
     assert_eq!(
         (summary.shards_failed, summary.complete, summary.refreshed),
         (0, true, 2),

@@ -28,9 +28,11 @@ enum Unit {
 /// Every whole-number key of the file and its range. The upper bounds are
 /// far above any real value; they keep a typo from becoming a schedule
 /// that overflows (`interval_secs` in milliseconds) or never comes.
-pub(crate) const WHOLE_NUMBERS: [Whole; 12] = [
+pub(crate) const WHOLE_NUMBERS: [Whole; 13] = [
     // [service]
     Whole::count("refresh_concurrency", 1, super::MAX_REFRESH_CONCURRENCY as i128),
+    // [service] and [providers.NAME]
+    Whole::count("token_concurrency", 1, super::MAX_TOKEN_CONCURRENCY as i128),
     // [providers.NAME]
     Whole::seconds("refresh_lead_secs", 0, DAY),
     Whole::seconds("min_refresh_interval_secs", 0, DAY),

@@ -50,7 +50,10 @@ pub use provider::{
     ProviderSettings, RateLimitHeaders, ResetFormat, provider_message,
 };
 use service::ServiceEntry;
-pub use service::{DEFAULT_REFRESH_CONCURRENCY, MAX_REFRESH_CONCURRENCY, ServiceSettings};
+pub use service::{
+    DEFAULT_REFRESH_CONCURRENCY, DEFAULT_TOKEN_CONCURRENCY, MAX_REFRESH_CONCURRENCY, MAX_TOKEN_CONCURRENCY,
+    ServiceSettings,
+};
 pub use sync::{Sync, SyncMode};
 pub use template::{CONNECTION_PLACEHOLDERS, MAX_FILLED_LEN, TemplateError, fill_template};
 pub use webhooks::{EVENT_TYPES, EventPattern, Webhook, webhook_url_allowed};
@@ -85,6 +88,12 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// Refreshes in flight to this provider at most, across the refresher's
+    /// shard groups: its own `token_concurrency`, else `[service]`'s.
+    pub fn token_concurrency(&self, service: &ServiceSettings) -> u64 {
+        self.settings.token_concurrency.unwrap_or(service.token_concurrency)
+    }
+
     /// Is an authorization response without `iss` refused (RFC 9207 §2.4)?
     /// `require_iss` when set, else what the discovery document announces.
     pub fn requires_iss(&self) -> bool {
@@ -447,6 +456,7 @@ fn settings_problems(settings: &ProviderSettings) -> Vec<FieldProblem> {
         ("refresh_token_idle_secs", settings.refresh_token_idle_secs),
         ("default_expires_in_secs", Some(settings.default_expires_in_secs)),
         ("error_budget_per_hour", settings.error_budget_per_hour),
+        ("token_concurrency", settings.token_concurrency),
     ];
     let statuses = settings
         .dead_token

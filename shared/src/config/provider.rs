@@ -324,6 +324,13 @@ provider_fields! {
     refresh_lead_secs: u64 = 300;
     /// At most one refresh per this many seconds (Exact Online: 570).
     min_refresh_interval_secs: u64 = 0;
+    /// Refreshes in flight to this provider's token endpoint at most, across
+    /// every shard group of the token-refresher (each of the stack's
+    /// `RefreshGroups` keeps `token_concurrency / groups`); unset:
+    /// `[service] token_concurrency`. Fewer while the provider answers
+    /// refreshes with 429 or 503 (halved per such answer, one more per
+    /// `limit` refreshes that succeed).
+    token_concurrency: Option<u64> = None;
     /// Each refresh returns a new refresh token and invalidates the old one.
     rotates_refresh_tokens: bool = true;
     /// How long a rotated-out refresh token still works (Xero: 1800 s);

@@ -32,6 +32,10 @@ pub struct ServiceSettings {
     /// Little's law a run carries this many ÷ the provider's token-endpoint
     /// latency refreshes a second: 16 at 300 ms is about 50/s.
     pub refresh_concurrency: usize,
+    /// Refreshes in flight to one provider's token endpoint at most, across
+    /// every shard group of the token-refresher (1–10,000; default 64), for a
+    /// provider without its own `token_concurrency`.
+    pub token_concurrency: u64,
 }
 
 impl ServiceSettings {
@@ -56,6 +60,7 @@ impl Default for ServiceSettings {
             link_key_secret: "oauth-sync/link-key".to_owned(),
             return_url_allow_list: Vec::new(),
             refresh_concurrency: DEFAULT_REFRESH_CONCURRENCY,
+            token_concurrency: DEFAULT_TOKEN_CONCURRENCY,
         }
     }
 }
@@ -64,6 +69,10 @@ impl Default for ServiceSettings {
 pub const DEFAULT_REFRESH_CONCURRENCY: usize = 16;
 /// The most refreshes one run may keep in flight.
 pub const MAX_REFRESH_CONCURRENCY: usize = 256;
+/// Refreshes in flight to one provider, across the refresher's shard groups.
+pub const DEFAULT_TOKEN_CONCURRENCY: u64 = 64;
+/// The most `token_concurrency` may be.
+pub const MAX_TOKEN_CONCURRENCY: u64 = 10_000;
 
 /// A user's `[service]` table as written; URLs keep their place in the file.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +84,7 @@ pub(crate) struct ServiceEntry {
     #[serde(default)]
     return_url_allow_list: Vec<Spanned<String>>,
     refresh_concurrency: Option<usize>,
+    token_concurrency: Option<u64>,
 }
 
 /// The settings the table at `span` makes, or every problem, each at its
@@ -105,6 +115,10 @@ pub(crate) fn resolve(
     let refresh_concurrency = entry.refresh_concurrency.unwrap_or(defaults.refresh_concurrency);
     let concurrency = i128::try_from(refresh_concurrency).unwrap_or(i128::MAX);
     if let Err((key, message)) = limits::check_whole("refresh_concurrency", concurrency) {
+        errors.push(locate.field_error(span.clone(), "service", key, &message));
+    }
+    let token_concurrency = entry.token_concurrency.unwrap_or(defaults.token_concurrency);
+    if let Err((key, message)) = limits::check_whole("token_concurrency", token_concurrency) {
         errors.push(locate.field_error(span, "service", key, &message));
     }
     if !errors.is_empty() {
@@ -116,6 +130,7 @@ pub(crate) fn resolve(
         link_key_secret: entry.link_key_secret.unwrap_or(defaults.link_key_secret),
         return_url_allow_list,
         refresh_concurrency,
+        token_concurrency,
     })
 }
 

@@ -297,3 +297,56 @@ fn resolve_with(name: &str, entry: SyncEntry, provider: &Provider) -> Result<Syn
         interval_secs,
     })
 }
+
+impl Sync {
+    /// What makes this sync's jobs: its name (a job is a (connection, sync)
+    /// pair) and its provider (whose active connections get one). The rest
+    /// of a sync's settings change how its jobs run, not which jobs exist.
+    pub fn job_key(&self) -> String {
+        format!("{}\t{}", self.name, self.provider)
+    }
+
+    /// A fingerprint of a set of syncs as far as jobs go (the
+    /// [`Sync::job_key`] of each, sorted): SHA-256, base64url. Equal
+    /// fingerprints mean the same jobs are wanted; the sync function
+    /// compares the configuration's with the one its jobs were last
+    /// reconciled for (`sync::reconcile`).
+    pub fn jobs_fingerprint<'a>(syncs: impl IntoIterator<Item = &'a Sync>) -> String {
+        let mut keys: Vec<String> = syncs.into_iter().map(Sync::job_key).collect();
+        keys.sort_unstable();
+        crate::crypto::sha256_b64url(keys.join("\n").as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sync;
+    use crate::config::Config;
+
+    fn fingerprint(syncs: &str) -> String {
+        let text = format!(
+            "[providers.a]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\n\
+             [providers.b]\npreset = \"microsoft\"\ncredentials_secret = \"s\"\n{syncs}"
+        );
+        let config = Config::parse(&text, "oauth-sync.toml").unwrap_or_else(|e| panic!("{e}"));
+        Sync::jobs_fingerprint(config.syncs.values())
+    }
+
+    const USERS: &str = "[syncs.users]\nprovider = \"a\"\nendpoint = \"/users\"\n";
+    const GROUPS: &str = "[syncs.groups]\nprovider = \"a\"\nendpoint = \"/groups\"\n";
+
+    #[test]
+    fn the_jobs_fingerprint_changes_with_the_jobs_a_configuration_wants_and_nothing_else() {
+        let both = fingerprint(&format!("{USERS}{GROUPS}"));
+        assert_eq!(both, fingerprint(&format!("{GROUPS}{USERS}")), "order does not matter");
+        assert_ne!(both, fingerprint(USERS), "a sync added or removed");
+        let moved = GROUPS.replace("\"a\"", "\"b\"");
+        assert_ne!(
+            both,
+            fingerprint(&format!("{USERS}{moved}")),
+            "a sync moved to another provider"
+        );
+        let slower = format!("{USERS}{GROUPS}interval_secs = 86400\n");
+        assert_eq!(both, fingerprint(&slower), "how a job runs is not which jobs exist");
+    }
+}

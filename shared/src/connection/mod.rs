@@ -38,12 +38,20 @@ impl ConnectionId {
         &self.0
     }
 
-    /// The shard of the refresh-due index this connection lives in.
+    /// The shard of a due index of [`DUE_SHARDS`] shards this id lives in
+    /// (the sync jobs' `sync-due` index).
     pub fn due_shard(&self) -> String {
+        self.shard_of(DUE_SHARDS).to_string()
+    }
+
+    /// The shard of an index split `shards` ways this id lives in (FNV-1a of
+    /// the id): the refresh-due index, whose shard count is the stack's
+    /// `RefreshShards` ([`crate::shards::Layout`]).
+    pub fn shard_of(&self, shards: u32) -> u32 {
         let hash = self.0.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
-        (hash % u64::from(DUE_SHARDS)).to_string()
+        u32::try_from(hash % u64::from(shards.max(1))).unwrap_or(0)
     }
 }
 
@@ -59,8 +67,10 @@ impl fmt::Display for ConnectionId {
     }
 }
 
-/// Partitions of the refresh-due index: enough that no single partition key
-/// gets hot, few enough that the refresher queries them all every minute.
+/// Partitions of the sync-due index, and the fewest of the refresh-due index
+/// (the stack's `RefreshShards` may raise it, [`crate::shards::Layout`]):
+/// enough that no single partition key gets hot, few enough that a run
+/// queries them all every minute.
 pub const DUE_SHARDS: u32 = 16;
 
 /// Per end user (each user logs in once) or shared (one service account for everyone).

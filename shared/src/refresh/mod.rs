@@ -37,6 +37,7 @@ mod decide;
 mod due;
 mod error;
 mod lease;
+mod limit;
 mod revoke;
 mod send;
 mod settings;
@@ -48,9 +49,10 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 pub use self::decide::{Action, Answer, Plan, ResendPolicy, Sent, UnknownSend, decide, plan};
-pub use self::due::DueSummary;
+pub use self::due::{DueRun, DueSummary};
 pub use self::error::{LoadError, RefreshError};
 use self::lease::LeaseState;
+pub use self::limit::{Permit, ProviderLimits, ProviderLoad};
 pub use self::revoke::Revoked;
 pub use self::settings::RefreshSettings;
 use crate::config::{Config, Provider};
@@ -104,6 +106,8 @@ pub(crate) struct Pass<'a> {
     owner: &'a str,
     deadline: Instant,
     mode: Mode,
+    /// This refresh's place under the provider's `token_concurrency`.
+    permit: Option<&'a Permit>,
 }
 
 /// Why no refresh is sent before an unknown send's resend may go.
@@ -133,6 +137,8 @@ pub struct TokenService {
     unknown_outcomes: std::sync::atomic::AtomicU64,
     /// Where connection events go (off unless [`TokenService::with_events`]).
     events: crate::events::EventSink,
+    /// Refreshes in flight per provider (`token_concurrency`, AIMD).
+    limits: ProviderLimits,
 }
 
 impl TokenService {
@@ -165,7 +171,21 @@ impl TokenService {
             worker: format!("{:08x}", fastrand::u32(..)),
             unknown_outcomes: std::sync::atomic::AtomicU64::new(0),
             events: crate::events::EventSink::off(),
+            limits: ProviderLimits::new(1),
         })
+    }
+
+    /// Keeps `token_concurrency / groups` of each provider's cap: the
+    /// token-refresher, one of the stack's `RefreshGroups` shard groups.
+    pub fn with_token_groups(mut self, groups: u32) -> TokenService {
+        self.limits = ProviderLimits::new(groups);
+        self
+    }
+
+    /// Each provider's refreshes in flight and limit so far (the refresher's
+    /// metrics).
+    pub fn provider_loads(&self) -> Vec<ProviderLoad> {
+        self.limits.loads()
     }
 
     /// Publishes connection events (connected, refresh failed, needs a new
@@ -384,6 +404,7 @@ impl TokenService {
                 owner: &owner,
                 deadline,
                 mode,
+                permit: None,
             };
             let lease = LeaseState::of(&conn, &owner, now);
             if let LeaseState::Free = lease
@@ -391,6 +412,16 @@ impl TokenService {
             {
                 return held_back;
             }
+            // A place under the provider's cap before the lease: a refresh
+            // waiting for one holds no lease and spends none of it.
+            let permit = match lease {
+                LeaseState::Live(_) => None,
+                _ => Some(self.place_at(provider, id, deadline).await?),
+            };
+            let pass = Pass {
+                permit: permit.as_ref(),
+                ..pass
+            };
             let policy = ResendPolicy::new(&provider.settings, self.settings.token_timeout);
             let step = match lease {
                 LeaseState::Live(_) => {
@@ -450,6 +481,24 @@ impl TokenService {
                 Step::Again => continue,
             }
         }
+    }
+
+    /// A place among the refreshes in flight to `provider`, waited for while
+    /// a send still fits before `deadline`.
+    async fn place_at(
+        &self,
+        provider: &Provider,
+        id: &ConnectionId,
+        deadline: Instant,
+    ) -> Result<Permit, RefreshError> {
+        let cap = provider.token_concurrency(&self.config().service);
+        let until = deadline
+            .checked_sub(self.settings.time_for_a_send())
+            .unwrap_or_else(Instant::now);
+        self.limits
+            .acquire(&provider.name, cap, until)
+            .await
+            .ok_or_else(|| RefreshError::Deadline { id: id.clone() })
     }
 
     /// The provider's own limits before any lease: one refresh per interval

@@ -48,6 +48,7 @@ impl TokenService {
                 owner: &owner,
                 deadline,
                 mode: Mode::Force,
+                permit: None,
             };
             let taken = match LeaseState::of(&conn, &owner, now_ms()) {
                 LeaseState::Live(_) => {

@@ -88,7 +88,15 @@ impl TokenService {
             http: &self.http,
         };
         debug!(connection = %id, version = conn.token_version, resend = earlier.is_some(), "sending refresh");
-        let error = match endpoint.refresh(&refresh_token).await {
+        let answer = endpoint.refresh(&refresh_token).await;
+        if let Some(permit) = pass.permit {
+            match &answer {
+                Ok(_) => permit.succeeded(),
+                Err(TokenError::Unavailable { .. }) => permit.throttled(),
+                Err(_) => {}
+            }
+        }
+        let error = match answer {
             Ok(tokens) => {
                 let sent_at = match sent {
                     Sent::First { at } => at,

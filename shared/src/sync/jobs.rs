@@ -27,6 +27,13 @@ const SEEN_TTL_SECS: i64 = 2 * 86_400;
 /// mark the records they held as deleted. A day less than the markers' life.
 pub const SWEEP_MAX_AGE_MS: i64 = (SEEN_TTL_SECS - 86_400) * 1000;
 
+/// Why a job whose sync is not in the configuration is parked. A job
+/// parked for this reason is brought back by [`JobStore::create`] when the
+/// sync is configured again.
+pub fn unconfigured_reason(sync: &str) -> String {
+    format!("sync `{sync}` is no longer configured")
+}
+
 /// A job's id: `{connection}#{sync}` (neither may contain `#`).
 pub fn job_id(connection: &ConnectionId, sync: &str) -> String {
     format!("{connection}#{sync}")
@@ -233,19 +240,46 @@ impl JobStore {
     /// parked (a new login brings a parked job back); a scheduled job keeps
     /// its time.
     pub async fn schedule(&self, connection: &ConnectionId, sync: &str) -> Result<(), StoreError> {
-        self.set_due(connection, sync, "if_not_exists(next_run_at, :now)").await
+        self.set_due(connection, sync, "if_not_exists(next_run_at, :now)", None)
+            .await
+            .map(|_| ())
     }
 
     /// [`JobStore::schedule`], but due now whatever its time was: the API's
     /// "run now" (the sync function picks it up on its next schedule; a run
     /// in progress keeps its lease and goes on).
     pub async fn make_due(&self, connection: &ConnectionId, sync: &str) -> Result<(), StoreError> {
-        self.set_due(connection, sync, ":now").await
+        self.set_due(connection, sync, ":now", None).await.map(|_| ())
     }
 
-    async fn set_due(&self, connection: &ConnectionId, sync: &str, next_run_at: &str) -> Result<(), StoreError> {
+    /// [`JobStore::schedule`] only where no job would otherwise run: the job
+    /// does not exist, or it was parked because its sync was not configured
+    /// ([`unconfigured_reason`]: the sync was removed and is back). Any other
+    /// job, parked or not, is left exactly as it is. `true`: written.
+    pub async fn create(&self, connection: &ConnectionId, sync: &str) -> Result<bool, StoreError> {
+        let condition = "attribute_not_exists(id) OR parked_reason = :unconfigured";
+        self.set_due(
+            connection,
+            sync,
+            "if_not_exists(next_run_at, :now)",
+            Some((condition, unconfigured_reason(sync))),
+        )
+        .await
+    }
+
+    /// The one write that schedules a job, under `condition` (and the value
+    /// of its `:unconfigured`) when given. `true`: written.
+    async fn set_due(
+        &self,
+        connection: &ConnectionId,
+        sync: &str,
+        next_run_at: &str,
+        condition: Option<(&str, String)>,
+    ) -> Result<bool, StoreError> {
         let id = job_id(connection, sync);
-        self.client
+        let nonce = format!("{:016x}", fastrand::u64(..));
+        let mut request = self
+            .client
             .update_item()
             .table_name(&self.table)
             .key("id", s(&id))
@@ -254,17 +288,24 @@ impl JobStore {
                  next_run_at = {next_run_at}, updated_at = :now, schedule_nonce = :nonce \
                  REMOVE parked_reason"
             ))
-            .expression_attribute_values(":nonce", s(&format!("{:016x}", fastrand::u64(..))))
+            .expression_attribute_values(":nonce", s(&nonce))
             .expression_attribute_names("#connection", "connection")
             .expression_attribute_names("#sync", "sync")
             .expression_attribute_values(":connection", s(connection.as_str()))
             .expression_attribute_values(":sync", s(sync))
             .expression_attribute_values(":shard", s(&shard_of(&id)))
-            .expression_attribute_values(":now", n(now_ms()))
-            .send()
-            .await
-            .map_err(|e| sdk_failure("UpdateItem(schedule job)", &self.table, e))?;
-        Ok(())
+            .expression_attribute_values(":now", n(now_ms()));
+        if let Some((condition, unconfigured)) = condition {
+            request = request
+                .condition_expression(condition)
+                .expression_attribute_values(":unconfigured", s(&unconfigured))
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        }
+        // A retry after a lost answer finds our own nonce: written.
+        let written = conditional(request.send().await, "UpdateItem(schedule job)", &self.table, |item| {
+            has_s(item, "schedule_nonce", &nonce)
+        })?;
+        Ok(matches!(written, Conditional::Done))
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -280,13 +321,20 @@ impl JobStore {
         output.item.map(|item| from_item(&item)).transpose()
     }
 
+    /// The table's client and name, for the other items kept in it
+    /// (the reconciliation's, `sync::reconcile`).
+    pub(crate) fn table(&self) -> (&aws_sdk_dynamodb::Client, &str) {
+        (&self.client, &self.table)
+    }
+
     /// The shared rate budgets, kept in the same table (`rate#…` items).
     pub fn budget(&self) -> super::budget::RateBudget {
         super::budget::RateBudget::new(self.client.clone(), self.table.clone())
     }
 
     /// Every job item (the CLI's `sync status`; the functions never scan).
-    /// Items that are not jobs (the shared rate budgets, `rate#…`) are skipped.
+    /// Items that are not jobs (the shared rate budgets, `rate#…`, and the
+    /// reconciliation's `reconcile#…`) are skipped.
     pub async fn all(&self) -> Result<Vec<Job>, StoreError> {
         let items = crate::dynamo::scan_all(&self.client, &self.table, None, "Scan(jobs)").await?;
         items
@@ -295,7 +343,7 @@ impl JobStore {
                 !item
                     .get("id")
                     .and_then(|v| v.as_s().ok())
-                    .is_some_and(|id| id.starts_with("rate#"))
+                    .is_some_and(|id| id.starts_with("rate#") || id.starts_with("reconcile#"))
             })
             .map(from_item)
             .collect()

@@ -9,6 +9,8 @@
 //! - [`records`]: the records table: content hashes, writes only for new or
 //!   changed records, soft deletes.
 //! - [`engine`]: one run of one job, and the scheduled run over all due jobs.
+//! - [`reconcile`]: jobs for a sync added after the logins, created once by
+//!   the sync function (and the code path `sync schedule` shares).
 //!
 //! The engine gets every access token through
 //! [`TokenService`](crate::refresh::TokenService), never from the store.
@@ -18,6 +20,7 @@ pub mod engine;
 pub mod jobs;
 pub mod pages;
 pub mod rate;
+pub mod reconcile;
 pub mod records;
 
 use std::cmp::Ordering;

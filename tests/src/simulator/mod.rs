@@ -96,6 +96,9 @@ pub struct SimConfig {
     pub offline_access_needs_consent: bool,
     /// Exact Online: refuse a refresh while the access token has more than this left.
     pub too_early: Option<Duration>,
+    /// How long the token endpoint takes to answer a refresh (a real one
+    /// takes a few hundred ms; the scale bench's is 300 ms).
+    pub token_latency: Duration,
     /// Scopes granted regardless of the request (`None`: grant what was asked).
     pub granted_scopes: Option<Vec<String>>,
     /// The account that "logs in".
@@ -127,6 +130,7 @@ impl SimConfig {
             issue_refresh_token: true,
             offline_access_needs_consent: false,
             too_early: None,
+            token_latency: Duration::ZERO,
             granted_scopes: None,
             user: "user@example.com".to_owned(),
             tenant: "tenant-1".to_owned(),
@@ -225,6 +229,8 @@ pub struct Counters {
     pub data_faults: u64,
     /// Requests for the discovery document.
     pub discovery_requests: u64,
+    /// The most refresh requests in flight at once (being answered).
+    pub peak_refreshes_in_flight: u64,
 }
 
 /// The simulator's state, shared by its handlers and the test that owns it.
@@ -249,6 +255,16 @@ struct State {
     /// The next code exchange, once processed, says so here and waits for the release.
     hold_next_exchange: Option<(tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>)>,
     counters: Counters,
+    refreshes_in_flight: u64,
+}
+
+/// A refresh request being answered (see [`Counters::peak_refreshes_in_flight`]).
+pub(crate) struct InFlight(Arc<Simulator>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state().refreshes_in_flight -= 1;
+    }
 }
 
 /// A code exchange held after the provider issued the tokens and before it
@@ -416,6 +432,15 @@ impl Simulator {
         }
         state.counters.faults_injected += 1;
         Some(fault)
+    }
+
+    /// A refresh request came in; the guard counts it out when answered.
+    pub(crate) fn refresh_in_flight(self: &Arc<Self>) -> InFlight {
+        let mut state = self.state();
+        state.refreshes_in_flight += 1;
+        state.counters.peak_refreshes_in_flight =
+            state.counters.peak_refreshes_in_flight.max(state.refreshes_in_flight);
+        InFlight(Arc::clone(self))
     }
 
     pub(crate) fn note_dropped(&self) {

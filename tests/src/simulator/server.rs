@@ -85,6 +85,11 @@ async fn token(
         _ => return answer((400, serde_json::json!({"error": "unsupported_grant_type"}))),
     };
     sim.count(Some(grant));
+    let _in_flight = (grant == Grant::RefreshToken).then(|| sim.refresh_in_flight());
+    let latency = sim.config().token_latency;
+    if grant == Grant::RefreshToken && !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let response = with_faults(&sim, &kill, grant, &headers, &form, |sim, form| match grant {
         Grant::AuthorizationCode => sim.exchange_code(form),
         _ => sim.refresh(form),

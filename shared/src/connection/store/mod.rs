@@ -16,11 +16,13 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 
 mod read;
 mod refresh;
+mod shard_lease;
 
 pub use read::{DueCursor, DuePage};
+pub use shard_lease::ShardLease;
 
 use super::clock::ServerClock;
-use super::{Connection, ConnectionId, ConnectionKind, Lease, Sealed, Status, now_ms};
+use super::{Connection, ConnectionId, ConnectionKind, DUE_SHARDS, Lease, Sealed, Status, now_ms};
 use crate::dynamo::{Conditional, Item, OpCounts, StoreError, n, s, sdk_failure};
 
 /// The result of a conditional write.
@@ -75,6 +77,7 @@ pub struct ConnectionStore {
     table: String,
     ops: Arc<OpCounts>,
     clock: ServerClock,
+    refresh_shards: u32,
 }
 
 /// The index of the connections table by provider (keys only), for the API's listing.
@@ -100,7 +103,23 @@ impl ConnectionStore {
             table: table.into(),
             ops: Arc::new(OpCounts::default()),
             clock,
+            refresh_shards: DUE_SHARDS,
         }
+    }
+
+    /// Writes each connection's refresh-due entry into one of `shards`
+    /// shards (the stack's `RefreshShards`; [`DUE_SHARDS`] when not given).
+    /// Every writer of one deployment must use the same count or fewer: the
+    /// refresher reads shards `0..RefreshShards`, so an entry written to a
+    /// shard beyond it would never be found.
+    pub fn with_refresh_shards(mut self, shards: u32) -> ConnectionStore {
+        self.refresh_shards = shards.max(1);
+        self
+    }
+
+    /// The shard of the refresh-due index `id`'s entry goes to.
+    pub(crate) fn refresh_shard(&self, id: &ConnectionId) -> String {
+        id.shard_of(self.refresh_shards).to_string()
     }
 
     /// How far our clock is from DynamoDB's, as last measured.
@@ -240,7 +259,7 @@ impl ConnectionStore {
             .expression_attribute_values(":scopes", s(&login.scopes.join(" ")))
             .expression_attribute_values(":next", n(seen.unwrap_or(0) + 1))
             .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":shard", s(&login.id.due_shard()))
+            .expression_attribute_values(":shard", s(&self.refresh_shard(&login.id)))
             .expression_attribute_values(":due", n(login.refresh_due_at))
             .expression_attribute_values(":now", n(now));
         match &login.refresh_token {

@@ -14,6 +14,8 @@ use crate::dynamo::{StoreError, batch_get, n, s, scan_all};
 #[derive(Debug)]
 pub struct DuePage {
     pub ids: Vec<ConnectionId>,
+    /// Each id's `refresh_due_at` (epoch ms), in the same order.
+    pub due_at: Vec<i64>,
     /// Where the next page starts; `None` after the last page.
     pub next: Option<DueCursor>,
 }
@@ -28,7 +30,11 @@ impl ConnectionStore {
     /// operator command, never on a function's path).
     pub async fn list(&self) -> Result<Vec<Connection>, StoreError> {
         let items = scan_all(&self.client, &self.table, Some(&self.ops), "Scan").await?;
-        let mut connections = items.into_iter().map(from_item).collect::<Result<Vec<_>, _>>()?;
+        // The refresher's shard leases share the table; a `#` is in no connection id.
+        let connections = items
+            .into_iter()
+            .filter(|item| !matches!(item.get("id"), Some(AttributeValue::S(id)) if id.contains('#')));
+        let mut connections = connections.map(from_item).collect::<Result<Vec<_>, _>>()?;
         connections.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(connections)
     }
@@ -99,11 +105,12 @@ impl ConnectionStore {
     }
 
     /// One page of the ids of active connections in `shard` whose refresh is
-    /// due by `now`, oldest due first; `after` is the previous page's `next`.
+    /// due by `until` (epoch ms), with their due times, soonest first; `after`
+    /// is the previous page's `next`.
     pub async fn due(
         &self,
         shard: &str,
-        now: i64,
+        until: i64,
         limit: i32,
         after: Option<DueCursor>,
     ) -> Result<DuePage, StoreError> {
@@ -113,32 +120,44 @@ impl ConnectionStore {
             .query()
             .table_name(&self.table)
             .index_name("refresh-due")
-            .key_condition_expression("due_shard = :shard AND refresh_due_at <= :now")
+            .key_condition_expression("due_shard = :shard AND refresh_due_at <= :until")
             .expression_attribute_values(":shard", s(shard))
-            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":until", n(until))
             .limit(limit)
             .set_exclusive_start_key(after.map(|cursor| cursor.0))
             .send()
             .await
             .map_err(|e| self.fail("Query(refresh-due)", e))?;
-        let ids = output
+        let (ids, due_at) = output
             .items
             .unwrap_or_default()
             .iter()
-            .map(|item| match item.get("id") {
-                Some(AttributeValue::S(id)) => ConnectionId::parse(id).map_err(|e| StoreError::Malformed {
-                    id: id.clone(),
-                    reason: e.to_string(),
-                }),
-                _ => Err(StoreError::Malformed {
-                    id: "?".into(),
-                    reason: "index item without id".into(),
-                }),
-            })
-            .collect::<Result<_, _>>()?;
+            .map(due_entry)
+            .collect::<Result<(Vec<_>, Vec<_>), _>>()?;
         Ok(DuePage {
             ids,
+            due_at,
             next: output.last_evaluated_key.filter(|key| !key.is_empty()).map(DueCursor),
         })
     }
+}
+
+/// An entry of the refresh-due index: the id and its due time (the index's
+/// keys, which a keys-only projection carries).
+fn due_entry(item: &HashMap<String, AttributeValue>) -> Result<(ConnectionId, i64), StoreError> {
+    let malformed = |id: &str, reason: &str| StoreError::Malformed {
+        id: id.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let Some(AttributeValue::S(id)) = item.get("id") else {
+        return Err(malformed("?", "index item without id"));
+    };
+    let parsed = ConnectionId::parse(id).map_err(|e| malformed(id, &e.to_string()))?;
+    let due_at = match item.get("refresh_due_at") {
+        Some(AttributeValue::N(due)) => due
+            .parse()
+            .map_err(|_| malformed(id, "refresh_due_at is not a number"))?,
+        _ => return Err(malformed(id, "index item without refresh_due_at")),
+    };
+    Ok((parsed, due_at))
 }

@@ -184,7 +184,7 @@ impl ConnectionStore {
             .expression_attribute_values(":ok", s("ok"))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":due", n(commit.refresh_due_at))
-            .expression_attribute_values(":shard", s(&commit.id.due_shard()))
+            .expression_attribute_values(":shard", s(&self.refresh_shard(&commit.id)))
             .expression_attribute_values(":me", s(&commit.owner));
         if let Some(refresh) = &commit.refresh_token {
             set.push("refresh_token = :refresh");

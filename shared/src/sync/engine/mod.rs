@@ -194,7 +194,7 @@ pub struct SyncEngine {
     budget: RateBudget,
     http: reqwest::Client,
     settings: SyncSettings,
-    /// This process's name in the leases it takes ([`worker_name`]).
+    /// This process's name in the leases it takes ([`crate::aws::worker_name`]).
     worker: String,
     /// Where run events go (off unless [`SyncEngine::with_events`]).
     events: crate::events::EventSink,
@@ -217,29 +217,6 @@ fn busy_holder(holder: Option<&str>, until: Option<i64>) -> String {
         }
         None => format!("its lease is held by {holder}"),
     }
-}
-
-/// This process's name in a job's `lease_owner`, so that a refused run can
-/// say whom it waits for: the Lambda function and log stream (where its
-/// logs are), else the process id and host; plus a random suffix, as two
-/// engines of one process must not share a lease.
-fn worker_name() -> String {
-    let who = match (
-        std::env::var("AWS_LAMBDA_FUNCTION_NAME"),
-        std::env::var("AWS_LAMBDA_LOG_STREAM_NAME"),
-    ) {
-        (Ok(function), Ok(stream)) => format!("{function} {stream}"),
-        _ => {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .map(|h| h.chars().filter(char::is_ascii_graphic).take(100).collect::<String>())
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "an unnamed host".to_owned());
-            format!("pid {} on {host}", std::process::id())
-        }
-    };
-    format!("{who} #{:08x}", fastrand::u32(..))
 }
 
 /// Something the run knows for its whole length.
@@ -352,7 +329,7 @@ impl SyncEngine {
             records,
             http,
             settings,
-            worker: worker_name(),
+            worker: crate::aws::worker_name(),
             events: crate::events::EventSink::off(),
             stop: None,
         })
@@ -419,7 +396,8 @@ impl SyncEngine {
             .checked_sub(self.settings.page_timeout + self.settings.commit_margin)
             .unwrap_or_else(Instant::now);
         let (jobs, now) = (self.jobs.clone(), now_ms());
-        let mut found = crate::shards::read_all(start_by, move |shard, start| {
+        let shards: Vec<u32> = (0..crate::connection::DUE_SHARDS).collect();
+        let mut found = crate::shards::read_all(&shards, start_by, move |shard, start| {
             let jobs = jobs.clone();
             async move {
                 let page = jobs.due(shard, now, 100, start).await.map_err(|e| error_chain(&e))?;

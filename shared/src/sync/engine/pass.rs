@@ -127,7 +127,7 @@ impl SyncEngine {
         let config = self.config();
         let Some(sync) = config.syncs.get(&job.sync) else {
             return (
-                RunEnd::Parked(format!("sync `{}` is no longer configured", job.sync)),
+                RunEnd::Parked(crate::sync::jobs::unconfigured_reason(&job.sync)),
                 RunCounts::default(),
             );
         };

@@ -1,0 +1,254 @@
+//! The cap on refreshes in flight to one provider (`token_concurrency`),
+//! shared by everything one process refreshes, adjusted by AIMD: halved when
+//! the provider answers a refresh with 429 or 503, raised by one per `limit`
+//! refreshes that succeed, never above the cap.
+//!
+//! The cap is for all of the token-refresher's shard groups together; each
+//! group's process keeps `cap / groups` (at least 1) and no counter is
+//! shared: a counter in DynamoDB would take two writes per refresh on one
+//! item, a hot key at a few hundred refreshes a second (a partition takes
+//! 1,000 writes a second), and the groups are even by construction (every
+//! shard holds an equal share of the connections, by hash).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+/// One provider's state.
+#[derive(Debug)]
+struct Window {
+    /// The cap this process keeps.
+    cap: u64,
+    /// The current limit (fractional: grows by 1/limit per success).
+    limit: f64,
+    in_flight: u64,
+    peak: u64,
+    lowest: u64,
+    throttled: u64,
+    /// Bumped at each decrease: only a refresh started after the last
+    /// decrease may cause another, so one burst of 429s halves once.
+    epoch: u64,
+}
+
+impl Window {
+    fn allowed(&self) -> u64 {
+        (self.limit.floor() as u64).clamp(1, self.cap)
+    }
+}
+
+#[derive(Debug)]
+struct Gate {
+    window: Mutex<Window>,
+    freed: Notify,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a provider's cap did, for the run's metrics and the bench.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProviderLoad {
+    pub provider: String,
+    /// The cap this process kept (`token_concurrency / groups`).
+    pub cap: u64,
+    /// The limit now.
+    pub limit: u64,
+    /// The lowest limit since the process started.
+    pub lowest_limit: u64,
+    /// The most refreshes in flight at once.
+    pub peak_in_flight: u64,
+    /// Refreshes the provider answered with 429 or 503.
+    pub throttled: u64,
+}
+
+/// Every provider's cap in one process.
+#[derive(Debug)]
+pub struct ProviderLimits {
+    /// The caps are divided by this (the refresher's shard groups; 1 elsewhere).
+    share_of: u64,
+    gates: Mutex<HashMap<String, Arc<Gate>>>,
+}
+
+/// A refresh in flight to one provider; dropping it frees its place.
+#[derive(Debug)]
+pub struct Permit {
+    gate: Arc<Gate>,
+    epoch: u64,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.gate.lock().in_flight -= 1;
+        self.gate.freed.notify_waiters();
+    }
+}
+
+impl Permit {
+    /// The provider answered 429 or 503: halve the limit (once per burst).
+    pub fn throttled(&self) {
+        let mut window = self.gate.lock();
+        window.throttled += 1;
+        if self.epoch == window.epoch {
+            window.epoch += 1;
+            window.limit = (window.limit / 2.0).max(1.0);
+            window.lowest = window.lowest.min(window.allowed());
+        }
+    }
+
+    /// The refresh went through: one more place per `limit` of these.
+    pub fn succeeded(&self) {
+        let mut window = self.gate.lock();
+        window.limit = (window.limit + 1.0 / window.limit).min(window.cap as f64);
+        drop(window);
+        self.gate.freed.notify_waiters();
+    }
+}
+
+impl ProviderLimits {
+    /// Caps divided among `groups` processes (1 outside the refresher).
+    pub fn new(groups: u32) -> ProviderLimits {
+        ProviderLimits {
+            share_of: u64::from(groups.max(1)),
+            gates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn gate(&self, provider: &str, cap: u64) -> Arc<Gate> {
+        let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        let gate = gates.entry(provider.to_owned()).or_insert_with(|| {
+            let cap = (cap / self.share_of).max(1);
+            Arc::new(Gate {
+                window: Mutex::new(Window {
+                    cap,
+                    limit: cap as f64,
+                    in_flight: 0,
+                    peak: 0,
+                    lowest: cap,
+                    throttled: 0,
+                    epoch: 0,
+                }),
+                freed: Notify::new(),
+            })
+        });
+        Arc::clone(gate)
+    }
+
+    /// A place among the refreshes in flight to `provider` (whose whole cap
+    /// is `cap`), waiting for one until `until`; `None` when none came.
+    pub async fn acquire(&self, provider: &str, cap: u64, until: Instant) -> Option<Permit> {
+        let gate = self.gate(provider, cap);
+        loop {
+            let freed = gate.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut window = gate.lock();
+                if window.in_flight < window.allowed() {
+                    window.in_flight += 1;
+                    window.peak = window.peak.max(window.in_flight);
+                    let epoch = window.epoch;
+                    drop(window);
+                    return Some(Permit {
+                        gate: Arc::clone(&gate),
+                        epoch,
+                    });
+                }
+            }
+            if tokio::time::timeout_at(until.into(), freed).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Each provider's load so far.
+    pub fn loads(&self) -> Vec<ProviderLoad> {
+        let gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut loads: Vec<ProviderLoad> = gates
+            .iter()
+            .map(|(provider, gate)| {
+                let window = gate.lock();
+                ProviderLoad {
+                    provider: provider.clone(),
+                    cap: window.cap,
+                    limit: window.allowed(),
+                    lowest_limit: window.lowest,
+                    peak_in_flight: window.peak,
+                    throttled: window.throttled,
+                }
+            })
+            .collect();
+        loads.sort_by(|a, b| a.provider.cmp(&b.provider));
+        loads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn the_cap_is_divided_among_the_groups_and_never_exceeded() {
+        // A cap of 10 over 4 groups: 2 places here; the other tries wait in vain.
+        let limits = ProviderLimits::new(4);
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let briefly = Instant::now() + Duration::from_millis(20);
+            held.push(limits.acquire("exact", 10, briefly).await);
+        }
+        assert_eq!(held.iter().filter(|p| p.is_some()).count(), 2);
+        let load = &limits.loads()[0];
+        assert_eq!((load.cap, load.peak_in_flight), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_429s_halves_the_limit_once_and_successes_win_it_back() {
+        let limits = ProviderLimits::new(1);
+        let mut permits = Vec::new();
+        for _ in 0..8 {
+            permits.push(limits.acquire("xero", 8, soon()).await.expect("place"));
+        }
+        for permit in &permits {
+            permit.throttled();
+        }
+        assert_eq!(limits.loads()[0].limit, 4, "eight 429s of one burst halve once");
+        drop(permits);
+        let permit = limits.acquire("xero", 8, soon()).await.expect("place");
+        permit.throttled();
+        assert_eq!(limits.loads()[0].limit, 2, "a 429 after the decrease halves again");
+        assert_eq!(limits.loads()[0].lowest_limit, 2);
+        // Additive increase, 1/limit per success: about one place per
+        // limit's worth of successes (2 → 3 in three, 3 → 4 in four more).
+        for _ in 0..3 {
+            permit.succeeded();
+        }
+        assert_eq!(limits.loads()[0].limit, 3);
+        for _ in 0..4 {
+            permit.succeeded();
+        }
+        assert_eq!(limits.loads()[0].limit, 4);
+        assert_eq!(limits.loads()[0].throttled, 9);
+    }
+
+    #[tokio::test]
+    async fn a_freed_place_wakes_a_waiter() {
+        let limits = Arc::new(ProviderLimits::new(1));
+        let first = limits.acquire("google", 1, soon()).await.expect("place");
+        let waiter = {
+            let limits = Arc::clone(&limits);
+            tokio::spawn(async move { limits.acquire("google", 1, soon()).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(first);
+        assert!(waiter.await.expect("task"), "the waiter got the freed place");
+    }
+}
