@@ -127,8 +127,8 @@ pub async fn rotate(config: &Config, ring: Ring, as_json: bool) -> anyhow::Resul
     }
     let next = match ring {
         Ring::Token => format!(
-            "The functions read the ring when they start: once they have restarted (a deploy, or any change \
-             to their configuration), nothing new is sealed under {old}. Then run `oauth-sync keys reseal` and \
+            "Running functions check the ring at most once a minute: 6 minutes from now (their check and the \
+             longest invocation), nothing new is sealed under {old}. Then run `oauth-sync keys reseal` and \
              `oauth-sync keys retire {old}`."
         ),
         Ring::Link => format!(
@@ -362,7 +362,7 @@ mod tests {
         for field in ["access_token", "refresh_token"] {
             assert_eq!(
                 open(&now, field, &ring),
-                open(&refreshed, field, fixture.service.keys()),
+                open(&refreshed, field, &fixture.service.keys()),
                 "{field}"
             );
         }

@@ -132,6 +132,11 @@ impl KeyRing {
         &self.current
     }
 
+    /// Does the ring list key `id`?
+    pub fn has_key(&self, id: &str) -> bool {
+        self.keys.contains_key(id)
+    }
+
     /// Opens a value and seals it again under the current key, for the same
     /// connection and field; `None` when it is already under the current key.
     pub fn reseal(&self, connection_id: &str, field: &str, sealed: &[u8]) -> Result<Option<Vec<u8>>, CryptoError> {

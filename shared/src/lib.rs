@@ -13,6 +13,7 @@
 //! - [`sync`]: the sync engine: jobs, pages, rate limits, records
 //! - [`webhooks`]: signed webhooks: fan-out, delivery, retry schedule
 //! - [`doctor`]: set-up checks with the fix named
+//! - [`reload`]: the configuration and the token key ring of a warm process, kept current without a restart
 //! - [`events`]: connection, sync-run and record events on the stack's EventBridge bus
 //! - [`aws`]: AWS clients from the standard environment
 //! - [`dynamo`]: what every table shares: attributes, errors, batched reads, the one retry and lost-answer check
@@ -41,6 +42,7 @@ pub mod login;
 pub mod metrics;
 pub mod oauth;
 pub mod refresh;
+pub mod reload;
 pub mod runtime;
 pub mod secret;
 pub mod secrets;

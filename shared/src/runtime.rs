@@ -3,7 +3,9 @@
 //!
 //! The configuration comes from the file named by `OAUTH_SYNC_CONFIG`, or,
 //! in Lambda, from the Secrets Manager secret named by
-//! `OAUTH_SYNC_CONFIG_SECRET` (set by infra/template.yaml).
+//! `OAUTH_SYNC_CONFIG_SECRET` (set by infra/template.yaml). From the secret
+//! it is a [`LiveConfig`]: the services built here share it, and a pushed
+//! configuration reaches them without a restart ([`crate::reload`]).
 
 use std::sync::Arc;
 
@@ -11,6 +13,7 @@ use crate::aws::AwsClients;
 use crate::config::{CONFIG_ENV, Config, ConfigErrors};
 use crate::connection::store::ConnectionStore;
 use crate::refresh::{LoadError, RefreshSettings, TokenService};
+use crate::reload::{CHECK_INTERVAL, LiveConfig};
 use crate::secrets::{SecretStore, SecretsError};
 
 /// The environment variable naming the connections table (set by infra/template.yaml).
@@ -54,11 +57,15 @@ impl From<ConfigErrors> for StartupError {
 /// Clients and configuration, built once per process and borrowed by handlers.
 #[derive(Debug, Clone)]
 pub struct App {
+    /// The configuration at start-up, for what is wired once (the link key
+    /// secret's name, the webhook endpoints). Services take
+    /// [`App::live_config`], which follows `config push`.
     pub config: Config,
     pub aws: AwsClients,
     pub secrets: SecretStore,
     /// The stack's event bus (`OAUTH_SYNC_EVENT_BUS`), or off.
     pub events: crate::events::EventSink,
+    live: LiveConfig,
 }
 
 impl App {
@@ -67,13 +74,21 @@ impl App {
         let aws = AwsClients::from_sdk_config(&sdk);
         let events = crate::events::EventSink::from_env(&sdk);
         let secrets = SecretStore::new(aws.secrets.clone());
-        let config = load_config(&secrets).await?;
+        let live = load_config(&secrets).await?;
         Ok(App {
-            config,
+            config: Config::clone(&live.current()),
             aws,
             secrets,
             events,
+            live,
         })
+    }
+
+    /// The configuration holder every service of the process shares: from
+    /// the secret, it is checked for a new version at most once a minute, at
+    /// the start of an invocation (the services' `reload_if_changed`).
+    pub fn live_config(&self) -> LiveConfig {
+        self.live.clone()
     }
 
     /// The connection store on the table named by `OAUTH_SYNC_CONNECTIONS_TABLE`,
@@ -119,25 +134,24 @@ impl App {
         settings: crate::sync::engine::SyncSettings,
     ) -> Result<crate::sync::engine::SyncEngine, StartupError> {
         let records = self.record_store()?;
-        Ok(crate::sync::engine::SyncEngine::new(
-            Arc::new(self.config.clone()),
-            tokens,
-            self.job_store()?,
-            records,
-            settings,
-        )?
-        .with_events(self.events.clone()))
-    }
-
-    /// The token service (loads the key ring from Secrets Manager).
-    pub async fn token_service(&self) -> Result<TokenService, StartupError> {
-        let config = Arc::new(self.config.clone());
-        let store = self.connection_store()?;
         Ok(
-            TokenService::load(config, store, self.secrets.clone(), RefreshSettings::default())
-                .await?
+            crate::sync::engine::SyncEngine::new(self.live_config(), tokens, self.job_store()?, records, settings)?
                 .with_events(self.events.clone()),
         )
+    }
+
+    /// The token service (loads the key ring from Secrets Manager), on the
+    /// shared configuration.
+    pub async fn token_service(&self) -> Result<TokenService, StartupError> {
+        let store = self.connection_store()?;
+        Ok(TokenService::load(
+            self.live_config(),
+            store,
+            self.secrets.clone(),
+            RefreshSettings::default(),
+        )
+        .await?
+        .with_events(self.events.clone()))
     }
 }
 
@@ -167,19 +181,36 @@ fn env(name: &'static str) -> Result<String, StartupError> {
 
 /// `OAUTH_SYNC_CONFIG_SECRET` when set, else the file of `OAUTH_SYNC_CONFIG`,
 /// with the discovery documents its providers need fetched once, here (a
-/// document that cannot be fetched or used stops the start).
-pub async fn load_config(secrets: &SecretStore) -> Result<Config, StartupError> {
+/// document that cannot be fetched or used stops the start). From the
+/// secret, it is checked for new versions every [`CHECK_INTERVAL`]; a file is
+/// read once.
+pub async fn load_config(secrets: &SecretStore) -> Result<LiveConfig, StartupError> {
     match std::env::var(CONFIG_SECRET_ENV) {
-        Ok(name) if !name.is_empty() => {
-            let text = secrets.text(&name).await?;
-            Ok(Config::parse_and_discover(&text, &format!("secret {name}")).await?)
-        }
+        Ok(name) if !name.is_empty() => load_config_secret(secrets, &name, CHECK_INTERVAL).await,
         _ => {
             tracing::debug!(variable = CONFIG_ENV, "reading the configuration file");
             let path = std::env::var(CONFIG_ENV).unwrap_or_else(|_| "oauth-sync.toml".to_owned());
-            Ok(Config::load_and_discover(std::path::Path::new(&path)).await?)
+            Ok(Config::load_and_discover(std::path::Path::new(&path)).await?.into())
         }
     }
+}
+
+/// The configuration in secret `name`, checked for a new version at most
+/// once per `interval`.
+pub async fn load_config_secret(
+    secrets: &SecretStore,
+    name: &str,
+    interval: std::time::Duration,
+) -> Result<LiveConfig, StartupError> {
+    let read = secrets.versioned(name).await?;
+    let config = Config::parse_and_discover(&read.text, &format!("secret {name}")).await?;
+    Ok(LiveConfig::from_secret(
+        config,
+        secrets.clone(),
+        name,
+        &read.version_id,
+        interval,
+    ))
 }
 
 #[cfg(test)]

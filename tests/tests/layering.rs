@@ -13,7 +13,15 @@ const FLOORS: &[&[&str]] = &[
     &["runtime", "lambda", "doctor", "api", "webhooks", "fuzz"],
     &["login", "sync"],
     &["refresh"],
-    &["connection", "oauth", "secrets", "metrics", "shards", "events"],
+    &[
+        "connection",
+        "oauth",
+        "secrets",
+        "metrics",
+        "shards",
+        "events",
+        "reload",
+    ],
     &["config", "crypto"],
     // The ground floor.
     &[

@@ -50,6 +50,8 @@ pub async fn handle(service: &ApiService, request: Request) -> Result<Response<B
     } else {
         Route::of(&path)
     };
+    // A pushed configuration or a rotated key ring, at most once a minute.
+    service.reload_if_changed().await;
     let result = answer(service, &request, route, deadline).await;
     let response = match result {
         Ok(response) => response,

@@ -17,7 +17,7 @@ async fn main() -> Result<(), Error> {
     let links = LinkKeySource::lazy(&app.config, &app.secrets);
     links.prefetch();
     let service = ApiService::new(
-        Arc::new(app.config.clone()),
+        app.live_config(),
         Arc::new(app.token_service().await.map_err(startup_failed)?),
         app.job_store().map_err(startup_failed)?,
         app.record_store().map_err(startup_failed)?,

@@ -24,6 +24,8 @@ pub async fn handle(login: &LoginService, request: Request) -> Result<Response<B
         .map(|c| c.request_id.clone())
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| format!("{:016x}", fastrand::u64(..)));
+    // A pushed configuration or a rotated key ring, at most once a minute.
+    login.reload_if_changed().await;
     let path = request.uri().path().to_owned();
     let response = route(login, &request, &path, &correlation).await;
     tracing::info!(correlation = %correlation, method = %request.method(), path = %path, status = response.status().as_u16(), "request");

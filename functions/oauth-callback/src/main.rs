@@ -18,7 +18,7 @@ async fn main() -> Result<(), Error> {
     let links = LinkKeySource::lazy(&app.config, &app.secrets);
     links.prefetch();
     let login = LoginService::new(
-        Arc::new(app.config.clone()),
+        app.live_config(),
         Arc::new(app.token_service().await.map_err(startup_failed)?),
         app.attempt_store().map_err(startup_failed)?,
         links,

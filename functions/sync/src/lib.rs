@@ -58,6 +58,8 @@ pub async fn invoke(
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<Invocation, SyncRunError> {
     let deadline = shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN);
+    // A pushed configuration or a rotated key ring, at most once a minute.
+    engine.reload_if_changed().await;
     let reconciled = reconcile(reconciler, &event.context.request_id, deadline).await;
     let summary = engine.run_due(deadline).await;
     tracing::info!(

@@ -20,7 +20,7 @@ async fn main() -> Result<(), Error> {
             .map_err(startup_failed)?,
     );
     let reconciler = Reconciler::new(
-        Arc::new(tokens.config().clone()),
+        tokens.live_config(),
         tokens.store().clone(),
         engine.jobs().clone(),
         ReconcileSettings::default(),

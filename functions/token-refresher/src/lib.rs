@@ -67,6 +67,8 @@ pub async fn function_handler(
     layout: &Layout,
     event: LambdaEvent<serde_json::Value>,
 ) -> Result<DueSummary, RefresherError> {
+    // A pushed configuration or a rotated key ring, at most once a minute.
+    service.reload_if_changed().await;
     let shards = group_of(&event.payload, layout)?;
     let run = DueRun {
         shards,

@@ -24,6 +24,7 @@ use crate::connection::{Connection, ConnectionId, ConnectionKind, Status, now_ms
 use crate::login::flow::LinkKeySource;
 use crate::login::link::LinkOrder;
 use crate::refresh::{RefreshError, TokenService};
+use crate::reload::LiveConfig;
 use crate::sync::jobs::{JobStore, RunRecord, job_id};
 use crate::sync::records::{ChangePlace, RecordStore};
 use crate::telemetry::error_chain;
@@ -332,7 +333,8 @@ pub struct ChangesAnswer {
 /// The services the API's operations use, built once per process.
 #[derive(Debug)]
 pub struct ApiService {
-    config: Arc<Config>,
+    /// Shared with the token service in the functions ([`crate::reload`]).
+    config: LiveConfig,
     tokens: Arc<TokenService>,
     jobs: JobStore,
     records: RecordStore,
@@ -341,8 +343,10 @@ pub struct ApiService {
 }
 
 impl ApiService {
+    /// `config`: an `Arc<Config>` (never reloaded), or the [`LiveConfig`]
+    /// the token service reloads (the `api` function's).
     pub fn new(
-        config: Arc<Config>,
+        config: impl Into<LiveConfig>,
         tokens: Arc<TokenService>,
         jobs: JobStore,
         records: RecordStore,
@@ -350,7 +354,7 @@ impl ApiService {
     ) -> Result<ApiService, reqwest::Error> {
         let proxy = proxy::Proxy::new(tokens.clone(), jobs.budget())?;
         Ok(ApiService {
-            config,
+            config: config.into(),
             tokens,
             jobs,
             records,
@@ -359,8 +363,16 @@ impl ApiService {
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in use now: a request keeps the snapshot it started with.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
+    }
+
+    /// At the start of a request: picks up a pushed configuration and a
+    /// rotated key ring ([`TokenService::reload_if_changed`]).
+    pub async fn reload_if_changed(&self) {
+        self.config.check().await;
+        self.tokens.reload_if_changed().await;
     }
 
     pub fn tokens(&self) -> &Arc<TokenService> {
@@ -389,14 +401,14 @@ impl ApiService {
             user: body.user,
         };
         let claims = order
-            .claims(&self.config, now_ms())
+            .claims(&self.config(), now_ms())
             .map_err(|e| ApiError::bad(e.field, e.reason))?;
         let url = self
             .links
             .get()
             .await
             .map_err(|e| ApiError::internal(&e))?
-            .connect_url(self.config.service.callback_url.as_ref(), &claims)
+            .connect_url(self.config().service.callback_url.as_ref(), &claims)
             .map_err(|e| ApiError::internal(&e))?;
         Ok(Link {
             url: url.to_string(),
@@ -422,13 +434,13 @@ impl ApiService {
             .transpose()?;
         let providers: Vec<String> = match provider {
             Some(name) => vec![
-                self.config
+                self.config()
                     .provider(name)
                     .map_err(|e| ApiError::bad("provider", e.to_string()))?
                     .name
                     .clone(),
             ],
-            None => self.config.providers.keys().cloned().collect(),
+            None => self.config().providers.keys().cloned().collect(),
         };
         let mut place = match cursor {
             Some(text) => Some(
@@ -492,7 +504,7 @@ impl ApiService {
     pub async fn connection(&self, id: &str) -> Result<ConnectionView, ApiError> {
         let conn = self.read(id).await?;
         let mut syncs = Vec::new();
-        for sync in self.config.syncs.values().filter(|s| s.provider == conn.provider) {
+        for sync in self.config().syncs.values().filter(|s| s.provider == conn.provider) {
             syncs.push(self.sync_view(&conn.id, &sync.name, false).await?);
         }
         Ok(view(&conn, Some(syncs)))
@@ -590,7 +602,7 @@ impl ApiService {
             _ => None,
         };
         let job = job_id(&id, sync);
-        if !self.config.syncs.contains_key(sync) {
+        if !self.config().syncs.contains_key(sync) {
             return Err(ApiError::NotFound(format!("there is no sync `{sync}`")));
         }
         let Some(state) = self.jobs.get(&job).await.map_err(|e| ApiError::internal(&e))? else {
@@ -624,7 +636,7 @@ impl ApiService {
     /// `record.*` event too large for EventBridge names it and says `truncated`).
     pub async fn record(&self, connection: &str, sync: &str, id: &str) -> Result<ChangeView, ApiError> {
         let conn = connection_id(connection)?;
-        if !self.config.syncs.contains_key(sync) {
+        if !self.config().syncs.contains_key(sync) {
             return Err(ApiError::NotFound(format!("there is no sync `{sync}`")));
         }
         if id.is_empty() || id.len() > 1024 {
@@ -650,7 +662,7 @@ impl ApiService {
     }
 
     fn sync_of(&self, conn: &Connection, sync: &str) -> Result<(), ApiError> {
-        match self.config.syncs.get(sync) {
+        match self.config().syncs.get(sync) {
             Some(s) if s.provider == conn.provider => Ok(()),
             Some(s) => Err(ApiError::NotFound(format!(
                 "sync `{sync}` is for provider `{}`, and connection {} is of `{}`",

@@ -16,6 +16,7 @@ use crate::crypto::{CryptoError, Pkce, random_token};
 use crate::dynamo::StoreError;
 use crate::oauth::{TokenEndpoint, TokenError, TokenHint, TokenSet, authorize_url};
 use crate::refresh::{RefreshError, TokenService};
+use crate::reload::LiveConfig;
 use crate::secret::{AuthorizationCode, PkceVerifier};
 use crate::secrets::{SecretStore, SecretsError};
 use crate::text::excerpt;
@@ -283,7 +284,8 @@ impl std::fmt::Debug for LinkKeySource {
 /// The login flow, built once per process.
 #[derive(Debug)]
 pub struct LoginService {
-    config: Arc<Config>,
+    /// Shared with the token service in the functions ([`crate::reload`]).
+    config: LiveConfig,
     tokens: Arc<TokenService>,
     attempts: AttemptStore,
     links: LinkKeySource,
@@ -295,13 +297,14 @@ pub struct LoginService {
 impl LoginService {
     /// Loads the link keys named by the configuration from Secrets Manager.
     pub async fn load(
-        config: Arc<Config>,
+        config: impl Into<LiveConfig>,
         tokens: Arc<TokenService>,
         attempts: AttemptStore,
         secrets: &SecretStore,
         attempt_ttl: Duration,
     ) -> Result<LoginService, LoginError> {
-        let links = Self::link_keys(&config, secrets).await?;
+        let config: LiveConfig = config.into();
+        let links = Self::link_keys(&config.current(), secrets).await?;
         Ok(Self::new(config, tokens, attempts, links, attempt_ttl))
     }
 
@@ -313,23 +316,37 @@ impl LoginService {
         )?)
     }
 
+    /// `config`: an `Arc<Config>` (never reloaded), or the [`LiveConfig`]
+    /// the token service reloads (the `oauth-callback` function's).
     /// `links`: the keys themselves, or a [`LinkKeySource::lazy`] that reads
     /// them when a route first needs them.
     pub fn new(
-        config: Arc<Config>,
+        config: impl Into<LiveConfig>,
         tokens: Arc<TokenService>,
         attempts: AttemptStore,
         links: impl Into<LinkKeySource>,
         attempt_ttl: Duration,
     ) -> LoginService {
         LoginService {
-            config,
+            config: config.into(),
             tokens,
             attempts,
             links: links.into(),
             attempt_ttl,
             jobs: None,
         }
+    }
+
+    /// At the start of a request: picks up a pushed configuration and a
+    /// rotated key ring ([`TokenService::reload_if_changed`]).
+    pub async fn reload_if_changed(&self) {
+        self.config.check().await;
+        self.tokens.reload_if_changed().await;
+    }
+
+    /// The configuration in use now: a request keeps the snapshot it started with.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
     }
 
     /// After each login, schedule every configured sync of the connection's
@@ -348,7 +365,8 @@ impl LoginService {
         query: &BTreeMap<String, String>,
         browser_cookie: Option<&str>,
     ) -> Result<Confirm, LoginError> {
-        let provider = self.config.provider(provider)?;
+        let config = self.config();
+        let provider = config.provider(provider)?;
         let claims = self.check_link(provider, query).await?;
         // Read by check_link: kept since.
         let links = self.links.get().await?;
@@ -387,7 +405,8 @@ impl LoginService {
         form: &BTreeMap<String, String>,
         browser_cookie: Option<&str>,
     ) -> Result<Begin, LoginError> {
-        let provider = self.config.provider(provider)?;
+        let config = self.config();
+        let provider = config.provider(provider)?;
         // The form token is checked before anything is read: the keys first
         // (read here if this process has not needed them yet).
         let links = self.links.get().await?;
@@ -455,7 +474,8 @@ impl LoginService {
         browser_cookie: Option<&str>,
     ) -> Result<Finished, LoginError> {
         // An address no provider has touches nothing.
-        let path_provider = self.config.provider(path_provider)?;
+        let config = self.config();
+        let path_provider = config.provider(path_provider)?;
         let state = query.get("state").ok_or(LoginError::BadCallback("state"))?;
         // RFC 6749 §4.1.2: an answer carries a `code` or an `error`. One with
         // neither is malformed (perhaps not the provider's): it is refused
@@ -469,7 +489,7 @@ impl LoginService {
             .consume(state, browser_cookie, now_ms() / 1000, cancelled)
             .await?;
         let code = answer_code(path_provider, query, &attempt)?;
-        let provider = self.config.provider(&attempt.provider)?;
+        let provider = config.provider(&attempt.provider)?;
         // Checked again, now that the login is about to count: the connection
         // may have been revoked meanwhile, and two tabs may race on one link.
         self.check_connection(&attempt.connection, &provider.name, attempt.link_issued_at)
@@ -506,11 +526,13 @@ impl LoginService {
         state: &str,
         code: &AuthorizationCode,
     ) -> Result<(crate::connection::Connection, Vec<String>), LoginError> {
-        let verifier = PkceVerifier::new(self.tokens.keys().open(
-            &attempt_aad(state),
-            "pkce_verifier",
-            &attempt.pkce_verifier.0,
-        )?);
+        // Sealed by the instance that began the login, whose ring may be newer.
+        let verifier = PkceVerifier::new(
+            self.tokens
+                .live_keys()
+                .open(&attempt_aad(state), "pkce_verifier", &attempt.pkce_verifier.0)
+                .await?,
+        );
         let credentials = self.tokens.credentials(provider).await?;
         let endpoint = TokenEndpoint {
             provider,
@@ -590,7 +612,7 @@ impl LoginService {
             ));
         }
         if let Some(jobs) = &self.jobs {
-            for sync in self.config.syncs.values().filter(|s| s.provider == provider.name) {
+            for sync in self.config().syncs.values().filter(|s| s.provider == provider.name) {
                 if let Err(e) = jobs.schedule(&attempt.connection, &sync.name).await {
                     tracing::error!(connection = %attempt.connection, sync = %sync.name, error = %crate::telemetry::error_chain(&e),
                         "the sync job could not be scheduled; `oauth-sync sync run` schedules it");
@@ -631,7 +653,7 @@ impl LoginService {
             &provider.name,
             query,
             now_ms() / 1000,
-            &self.config.service.return_url_allow_list,
+            &self.config().service.return_url_allow_list,
         )?;
         self.redirect_uri(&provider.name)?;
         // Refused before the user logs in: a used link, another provider's
@@ -671,7 +693,7 @@ impl LoginService {
 
     /// `{callback_url}/{provider}`.
     fn redirect_uri(&self, provider: &str) -> Result<Url, LinkError> {
-        self.config
+        self.config()
             .service
             .redirect_uri(provider)
             .ok_or(LinkError::NoCallbackUrl)

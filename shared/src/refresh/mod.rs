@@ -61,6 +61,7 @@ use crate::connection::{Connection, ConnectionId, Status, now_ms, refresh_due_at
 use crate::crypto::KeyRing;
 use crate::dynamo::StoreError;
 use crate::oauth::{ClientCredentials, TokenSet};
+use crate::reload::{CHECK_INTERVAL, LiveConfig, LiveKeys, Reloads};
 use crate::secret::AccessToken;
 use crate::secrets::{SecretStore, SecretsError};
 
@@ -114,12 +115,20 @@ const WAITING_TO_RESEND: &str = "waiting to resend a refresh whose outcome is un
 
 /// The one entry point for access tokens: every function and the CLI go
 /// through it. Build it once per process.
+///
+/// The configuration and the key ring follow their secrets without a
+/// restart ([`crate::reload`]): [`TokenService::reload_if_changed`] at the
+/// start of an invocation, and a re-read of the ring when a value names a
+/// key it does not list. Each call takes a snapshot of the configuration
+/// ([`TokenService::config`]) when it starts.
 #[derive(Debug)]
 pub struct TokenService {
     store: ConnectionStore,
-    keys: Arc<KeyRing>,
-    config: Arc<Config>,
+    keys: LiveKeys,
+    config: LiveConfig,
     secrets: SecretStore,
+    /// By credentials secret name, so a reloaded configuration that names
+    /// another secret reads it.
     credentials: Mutex<HashMap<String, ClientCredentials>>,
     http: reqwest::Client,
     settings: RefreshSettings,
@@ -134,21 +143,26 @@ pub struct TokenService {
 
 impl TokenService {
     /// Loads the key ring named by the configuration from Secrets Manager.
+    /// `config`: an `Arc<Config>` (never reloaded) or a [`LiveConfig`] that
+    /// the process's other services share.
     pub async fn load(
-        config: Arc<Config>,
+        config: impl Into<LiveConfig>,
         store: ConnectionStore,
         secrets: SecretStore,
         settings: RefreshSettings,
     ) -> Result<TokenService, LoadError> {
-        let text = secrets.text(&config.service.token_key_secret).await?;
-        let keys = KeyRing::from_json(&text).map_err(|source| LoadError::KeyRing {
-            secret: config.service.token_key_secret.clone(),
+        let config: LiveConfig = config.into();
+        let name = config.current().service.token_key_secret.clone();
+        let read = secrets.versioned(&name).await?;
+        let ring = KeyRing::from_json(&read.text).map_err(|source| LoadError::KeyRing {
+            secret: name.clone(),
             source,
         })?;
+        let keys = LiveKeys::from_secret(ring, secrets.clone(), &name, &read.version_id, CHECK_INTERVAL);
         let http = crate::http::client(settings.token_timeout, crate::http::Pooling::Off).map_err(LoadError::Http)?;
         Ok(TokenService {
             store,
-            keys: Arc::new(keys),
+            keys,
             config,
             secrets,
             credentials: Mutex::new(HashMap::new()),
@@ -190,13 +204,41 @@ impl TokenService {
         &self.store
     }
 
-    /// The configuration it was loaded with.
-    pub fn config(&self) -> &Config {
+    /// The key ring's version is checked at most once per `interval`
+    /// (default [`CHECK_INTERVAL`]; tests make it shorter).
+    pub fn with_key_check_interval(mut self, interval: std::time::Duration) -> TokenService {
+        self.keys = self.keys.checked_every(interval);
+        self
+    }
+
+    /// The configuration in use now: keep the snapshot for the whole of a
+    /// piece of work.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
+    }
+
+    /// The configuration's holder, for services that share it.
+    pub fn live_config(&self) -> &LiveConfig {
         &self.config
     }
 
-    pub fn keys(&self) -> &KeyRing {
+    /// The key ring in use now.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.current()
+    }
+
+    /// The key ring's holder: seals under the current key, and opens values
+    /// under a key added since the process started.
+    pub fn live_keys(&self) -> &LiveKeys {
         &self.keys
+    }
+
+    /// At the start of an invocation: picks up a pushed configuration and a
+    /// rotated key ring, each checked at most once a minute
+    /// ([`crate::reload`]).
+    pub async fn reload_if_changed(&self) -> Reloads {
+        let (config, keys) = tokio::join!(self.config.check(), self.keys.check());
+        Reloads { config, keys }
     }
 
     /// The HTTP client for authorization servers (no redirects, timeouts).
@@ -218,7 +260,8 @@ impl TokenService {
         tokens: &TokenSet,
         link_issued_at: Option<i64>,
     ) -> Result<Connection, RefreshError> {
-        let settings = &self.config.provider(provider)?.settings;
+        let config = self.config();
+        let settings = &config.provider(provider)?.settings;
         let (params, param_error) = crate::connection::params::learn(&self.http, settings, &tokens.access_token).await;
         if let Some(error) = &param_error {
             warn!(connection = %id, provider, error, "a connection parameter could not be learned; the connection will not be synced");
@@ -318,6 +361,7 @@ impl TokenService {
         valid_for_ms: i64,
     ) -> Result<Fresh, RefreshError> {
         let owner = self.owner();
+        let config = self.config();
         let mut forced_from = forced_from;
         let mut poll = self.settings.poll_min;
         loop {
@@ -325,6 +369,10 @@ impl TokenService {
                 return Err(RefreshError::Deadline { id: id.clone() });
             }
             let conn = self.read(id).await?;
+            if let Some(sealed) = &conn.access_token {
+                // Sealed by a process with a rotated ring: re-read ours.
+                self.keys.prepare(&sealed.0).await;
+            }
             if conn.status != Status::Active {
                 return Err(RefreshError::NotActive {
                     id: id.clone(),
@@ -333,7 +381,7 @@ impl TokenService {
                     message: conn.provider_message,
                 });
             }
-            let provider = self.config.provider(&conn.provider)?;
+            let provider = config.provider(&conn.provider)?;
             let now = now_ms();
             let access_valid = usable(&conn, now, needed_margin(&conn, valid_for_ms));
             let due = match mode {
@@ -527,11 +575,12 @@ impl TokenService {
         id: &ConnectionId,
         tokens: &TokenSet,
     ) -> Result<(crate::connection::Sealed, Option<crate::connection::Sealed>), RefreshError> {
-        let access = seal_bounded(&self.keys, id, "access_token", tokens.access_token.secret())?;
+        let keys = self.keys.current();
+        let access = seal_bounded(&keys, id, "access_token", tokens.access_token.secret())?;
         let refresh = tokens
             .refresh_token
             .as_ref()
-            .map(|t| seal_bounded(&self.keys, id, "refresh_token", t.secret()))
+            .map(|t| seal_bounded(&keys, id, "refresh_token", t.secret()))
             .transpose()?;
         Ok((access, refresh))
     }
@@ -546,6 +595,7 @@ impl TokenService {
         })?;
         let access = self
             .keys
+            .current()
             .open(id.as_str(), "access_token", &sealed.0)
             .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?;
         Ok(Fresh {
@@ -568,13 +618,14 @@ impl TokenService {
         result.map_err(|source| RefreshError::Store { id: id.clone(), source })
     }
 
-    /// The provider's client credentials, read from Secrets Manager once per process.
+    /// The provider's client credentials, read from Secrets Manager once per
+    /// process and secret.
     pub(crate) async fn credentials(&self, provider: &Provider) -> Result<ClientCredentials, SecretsError> {
         if let Some(found) = self
             .credentials
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&provider.name)
+            .get(&provider.credentials_secret)
         {
             return Ok(found.clone());
         }
@@ -582,7 +633,7 @@ impl TokenService {
         self.credentials
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(provider.name.clone(), loaded.clone());
+            .insert(provider.credentials_secret.clone(), loaded.clone());
         Ok(loaded)
     }
 }

@@ -40,7 +40,8 @@ impl TokenService {
                     already: true,
                 });
             }
-            let provider = self.config.provider(&conn.provider)?;
+            let config = self.config();
+            let provider = config.provider(&conn.provider)?;
             let pass = Pass {
                 conn: &conn,
                 provider,
@@ -130,6 +131,7 @@ impl TokenService {
             let token = self
                 .keys
                 .open(id.as_str(), field, &sealed.0)
+                .await
                 .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?;
             at_provider |= endpoint
                 .revoke(&token, hint)

@@ -19,17 +19,17 @@
 //! here: its jobs park themselves on their next run.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use serde::{Deserialize, Serialize};
 
 use super::jobs::JobStore;
-use crate::config::{Config, Sync};
+use crate::config::Sync;
 use crate::connection::store::ConnectionStore;
 use crate::connection::{Connection, ConnectionId, Status, now_ms};
 use crate::dynamo::{Conditional, StoreError, conditional, has_s, n, s, sdk_failure};
+use crate::reload::LiveConfig;
 
 /// The reconciliation's item in the sync-state table.
 pub const ITEM_ID: &str = "reconcile#syncs";
@@ -217,7 +217,9 @@ impl Reconciled {
 /// The reconciliation: the configuration's syncs, the connections, the jobs.
 #[derive(Debug, Clone)]
 pub struct Reconciler {
-    config: Arc<Config>,
+    /// Shared with the token service in the `sync` function, so a pushed
+    /// configuration's syncs are reconciled without a restart ([`crate::reload`]).
+    config: LiveConfig,
     connections: ConnectionStore,
     jobs: JobStore,
     settings: ReconcileSettings,
@@ -232,14 +234,16 @@ struct Read {
 }
 
 impl Reconciler {
+    /// `config`: an `Arc<Config>` (never reloaded), or the [`LiveConfig`]
+    /// the token service reloads (the `sync` function's).
     pub fn new(
-        config: Arc<Config>,
+        config: impl Into<LiveConfig>,
         connections: ConnectionStore,
         jobs: JobStore,
         settings: ReconcileSettings,
     ) -> Reconciler {
         Reconciler {
-            config,
+            config: config.into(),
             connections,
             jobs,
             settings,
@@ -249,7 +253,7 @@ impl Reconciler {
 
     /// The configuration's fingerprint ([`Sync::jobs_fingerprint`]).
     pub fn fingerprint(&self) -> String {
-        Sync::jobs_fingerprint(self.config.syncs.values())
+        Sync::jobs_fingerprint(self.config.current().syncs.values())
     }
 
     /// Creates the jobs the configuration wants and lacks, until `deadline`
@@ -291,6 +295,7 @@ impl Reconciler {
     fn new_walk(&self, state: &State, target: String) -> Walk {
         let pending = self
             .config
+            .current()
             .syncs
             .values()
             .filter(|sync| !state.reconciled_keys.contains(&sync.job_key()))
@@ -316,7 +321,7 @@ impl Reconciler {
             };
             let Some(current) = walk.pending.first().cloned() else {
                 state.reconciled = Some(walk.target.clone());
-                state.reconciled_keys = self.config.syncs.values().map(Sync::job_key).collect();
+                state.reconciled_keys = self.config.current().syncs.values().map(Sync::job_key).collect();
                 state.walk = None;
                 done.finished = true;
                 return Ok(done);

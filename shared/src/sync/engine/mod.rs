@@ -32,6 +32,7 @@ use crate::config::{Config, Provider, Sync};
 use crate::connection::{ConnectionId, now_ms};
 use crate::dynamo::StoreError;
 use crate::refresh::TokenService;
+use crate::reload::LiveConfig;
 use crate::shards::ShardPage;
 use crate::telemetry::error_chain;
 
@@ -184,7 +185,8 @@ pub struct DueRuns {
 /// The sync engine: built once per process.
 #[derive(Debug)]
 pub struct SyncEngine {
-    config: Arc<Config>,
+    /// Shared with the token service in the functions ([`crate::reload`]).
+    config: LiveConfig,
     tokens: Arc<TokenService>,
     jobs: JobStore,
     records: RecordStore,
@@ -309,8 +311,10 @@ impl DueRuns {
 }
 
 impl SyncEngine {
+    /// `config`: an `Arc<Config>` (never reloaded), or the [`LiveConfig`]
+    /// the token service reloads (the `sync` function's).
     pub fn new(
-        config: Arc<Config>,
+        config: impl Into<LiveConfig>,
         tokens: Arc<TokenService>,
         jobs: JobStore,
         records: RecordStore,
@@ -318,7 +322,7 @@ impl SyncEngine {
     ) -> Result<SyncEngine, reqwest::Error> {
         let http = crate::http::client(settings.page_timeout, crate::http::Pooling::On)?;
         Ok(SyncEngine {
-            config,
+            config: config.into(),
             tokens,
             budget: jobs.budget(),
             jobs,
@@ -329,6 +333,18 @@ impl SyncEngine {
             events: crate::events::EventSink::off(),
             stop: None,
         })
+    }
+
+    /// The configuration in use now: a job's pass keeps the snapshot it started with.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
+    }
+
+    /// At the start of an invocation: picks up a pushed configuration and a
+    /// rotated key ring ([`TokenService::reload_if_changed`]).
+    pub async fn reload_if_changed(&self) {
+        self.config.check().await;
+        self.tokens.reload_if_changed().await;
     }
 
     /// Stops runs early when `stop` holds a reason (the CLI's Ctrl-C): a run
@@ -451,7 +467,8 @@ impl SyncEngine {
     /// last finish (`due_at` is that finish plus the interval) as a
     /// percentage of the sync's interval.
     fn lag_percent(&self, id: &str, due_at: i64, now: i64) -> u64 {
-        let sync = id.rsplit_once('#').and_then(|(_, sync)| self.config.syncs.get(sync));
+        let config = self.config();
+        let sync = id.rsplit_once('#').and_then(|(_, sync)| config.syncs.get(sync));
         let interval = sync.map_or(3_600_000, |s| i64::try_from(s.interval_secs).unwrap_or(3600) * 1000);
         lag_percent(interval, due_at, now)
     }
@@ -465,7 +482,7 @@ impl SyncEngine {
         deadline: Instant,
         on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
     ) -> Result<RunReport, SyncError> {
-        if !self.config.syncs.contains_key(sync) {
+        if !self.config().syncs.contains_key(sync) {
             return Err(SyncError::UnknownSync(sync.to_owned()));
         }
         let id = job_id(connection, sync);
@@ -520,7 +537,8 @@ impl SyncEngine {
         let (end, counts) = Box::pin(self.run_claimed(&job, &mut checkpoint, deadline, &lease, on_page)).await;
         let invocation = counts.since(&before);
         let now = now_ms();
-        let sync = self.config.syncs.get(&job.sync);
+        let config = self.config();
+        let sync = config.syncs.get(&job.sync);
         let interval = sync.map_or(3_600_000, |s| i64::try_from(s.interval_secs).unwrap_or(3600) * 1000);
         let Some((next, last_run)) = conclude(&end, &mut checkpoint, &counts, interval, now) else {
             return Ok(RunReport {

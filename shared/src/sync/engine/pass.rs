@@ -123,13 +123,15 @@ impl SyncEngine {
         lease: &LeaseClock,
         on_page: &(dyn Fn(&RunCounts) + std::marker::Sync),
     ) -> (RunEnd, RunCounts) {
-        let Some(sync) = self.config.syncs.get(&job.sync) else {
+        // The configuration this pass started with, whatever is reloaded meanwhile.
+        let config = self.config();
+        let Some(sync) = config.syncs.get(&job.sync) else {
             return (
                 RunEnd::Parked(crate::sync::jobs::unconfigured_reason(&job.sync)),
                 RunCounts::default(),
             );
         };
-        let provider = match self.config.provider(&sync.provider) {
+        let provider = match config.provider(&sync.provider) {
             Ok(provider) => provider,
             Err(e) => return (RunEnd::Parked(e.to_string()), RunCounts::default()),
         };
