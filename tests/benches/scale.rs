@@ -695,12 +695,6 @@ impl Report {
         lateness_all.sort_by(f64::total_cmp);
 
         let refreshed: u64 = self.invocations.iter().map(|i| i.summary.refreshed).sum();
-        let peak_rate = self
-            .invocations
-            .iter()
-            .filter(|i| i.seconds > 0.0)
-            .map(|i| i.summary.refreshed as f64 / i.seconds)
-            .fold(0.0, f64::max);
         let needed_rate = n as f64 / self.span.as_secs_f64();
         line(
             &mut out,
@@ -754,19 +748,12 @@ impl Report {
             &mut out,
             format!(
                 "Refresher runs: {} ({} found something due); at most {} at once across the groups; the longest took \
-                 {longest:.1} s; {} shards left to another run (busy); peak {peak_rate:.0} refreshes/s in one run \
-                 ({:.0} ms a refresh at {} at a time); {left} found due but left for the next run, {still_fresh} found \
-                 already refreshed by another run.",
+                 {longest:.1} s; {} shards left to another run (busy); {left} found due but left for the next run, \
+                 {still_fresh} found already refreshed by another run.",
                 self.invocations.len(),
                 busy.len(),
                 self.max_in_flight,
                 self.invocations.iter().map(|i| i.summary.shards_busy).sum::<u64>(),
-                if peak_rate > 0.0 {
-                    1000.0 * self.concurrency as f64 / peak_rate
-                } else {
-                    0.0
-                },
-                self.concurrency,
             ),
         );
         line(&mut out, String::new());
