@@ -362,7 +362,7 @@ mod tests {
         for field in ["access_token", "refresh_token"] {
             assert_eq!(
                 open(&now, field, &ring),
-                open(&refreshed, field, &fixture.service.keys()),
+                open(&refreshed, field, &fixture.service.keys().await.expect("the key ring")),
                 "{field}"
             );
         }

@@ -158,10 +158,9 @@ impl Keys {
 /// The plaintext tokens of a connection and its version.
 async fn tokens(service: &TokenService, id: &ConnectionId) -> (String, String, u64) {
     let c = service.store().get(id).await.expect("read").expect("exists");
+    let ring = service.keys().await.expect("the key ring");
     let open = |field: &str, sealed: &Option<shared::connection::Sealed>| {
-        service
-            .keys()
-            .open(id.as_str(), field, &sealed.as_ref().expect("sealed").0)
+        ring.open(id.as_str(), field, &sealed.as_ref().expect("sealed").0)
             .expect("opens")
     };
     (
@@ -268,10 +267,9 @@ async fn a_reseal_from_a_stale_read_does_not_overwrite_a_concurrent_refresh() {
     assert!(ok, "{stderr}");
     let service = keys.fresh_service().await;
     let stale = service.store().get(&id).await.expect("read").expect("exists");
+    let ring = service.keys().await.expect("the key ring");
     let resealed = |field: &str, sealed: &Option<shared::connection::Sealed>| {
-        service
-            .keys()
-            .reseal(id.as_str(), field, &sealed.as_ref().expect("sealed").0)
+        ring.reseal(id.as_str(), field, &sealed.as_ref().expect("sealed").0)
             .expect("reseal")
             .map(shared::connection::Sealed)
     };
@@ -306,6 +304,8 @@ async fn a_reseal_from_a_stale_read_does_not_overwrite_a_concurrent_refresh() {
     let read = service.store().get(&id).await.expect("read").expect("exists");
     let first = service
         .keys()
+        .await
+        .expect("the key ring")
         .reseal(
             id.as_str(),
             "access_token",
@@ -315,6 +315,8 @@ async fn a_reseal_from_a_stale_read_does_not_overwrite_a_concurrent_refresh() {
         .map(shared::connection::Sealed);
     let again = service
         .keys()
+        .await
+        .expect("the key ring")
         .reseal(
             id.as_str(),
             "access_token",

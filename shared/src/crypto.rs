@@ -25,7 +25,7 @@ pub struct RandomError;
 /// `N` bytes from the system CSPRNG.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
     let mut bytes = [0u8; N];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| RandomError)?;
+    getrandom::getrandom(&mut bytes).map_err(|_| RandomError)?;
     Ok(bytes)
 }
 

@@ -171,8 +171,7 @@ fn time_left(deadline_ms: u64, now_ms: i64) -> std::time::Duration {
     if deadline_ms < EPOCH_MS_FLOOR {
         return std::time::Duration::from_millis(deadline_ms);
     }
-    let left = i64::try_from(deadline_ms).unwrap_or(i64::MAX).saturating_sub(now_ms);
-    std::time::Duration::from_millis(u64::try_from(left).unwrap_or(0))
+    crate::when::until(i64::try_from(deadline_ms).unwrap_or(i64::MAX), now_ms)
 }
 
 fn env(name: &'static str) -> Result<String, StartupError> {

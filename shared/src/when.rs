@@ -2,7 +2,29 @@
 //! "14:03:12 UTC", "9 min 30 s", "at 14:03:12 UTC, in 9 min 30 s".
 //!
 //! Every time here is epoch milliseconds in UTC (what DynamoDB items hold);
-//! `now` is passed in so that messages are testable.
+//! `now` is passed in so that messages are testable. And the one conversion
+//! between those times and the monotonic clock's `Instant`s that deadlines
+//! and timers use.
+
+use std::time::{Duration, Instant};
+
+/// The time from `now` to `at` (epoch ms): zero when `at` is past.
+pub fn until(at: i64, now: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+}
+
+/// The `Instant` of epoch time `at` (this moment when `at` is past), `now`
+/// being this moment's epoch time.
+pub fn instant_of(at: i64, now: i64) -> Instant {
+    Instant::now() + until(at, now)
+}
+
+/// The epoch time of `at` (this moment's when `at` is past), `now` being
+/// this moment's epoch time.
+pub fn epoch_of(at: Instant, now: i64) -> i64 {
+    let ahead = at.saturating_duration_since(Instant::now()).as_millis();
+    now.saturating_add(i64::try_from(ahead).unwrap_or(i64::MAX))
+}
 
 /// "2026-12-01 14:03:12 UTC".
 pub fn utc(ms: i64) -> String {

@@ -4,8 +4,11 @@
 //! and one strict simulator per provider answering in 300 ms.
 //!
 //! The population stands for connections that logged in at different times:
-//! their refresh-due times are spread evenly over `BENCH_SPAN_SECS` (540 s,
-//! shorter than Exact's 575 s cycle, so each connection comes due once),
+//! their refresh-due times are spread evenly over `BENCH_SPAN_SECS` (480 s:
+//! a token refreshed at the start comes due again after Exact's 575 s cycle,
+//! no run starts whose window would reach that, and the last run that may
+//! start still sees the last due time 30 s before its window ends; so each
+//! connection comes due once and its run has Exact's slack to refresh it),
 //! a mix of Exact Online (40 %, single-use refresh tokens that Exact refuses
 //! to refresh more than 30 s early), Microsoft (20 %), Xero (20 %) and Google
 //! (20 %). `BENCH_GROUPS` (4) worker processes (this binary again, with
@@ -15,7 +18,7 @@
 //! deadline (its 80 s timeout: refreshes start for the tick plus 3 s, each
 //! at its due time) at `BENCH_REFRESH_CONCURRENCY` (64), each process
 //! keeping `BENCH_TOKEN_CONCURRENCY / BENCH_GROUPS` of each provider's cap
-//! (96). Runs start on schedule even if the previous one is still going, as
+//! (128). Runs start on schedule even if the previous one is still going, as
 //! EventBridge starts them. After the run, DynamoDB Local's raw rate of
 //! conditional updates is measured on the same stack, and the refreshes a
 //! second are reported against it.
@@ -29,9 +32,9 @@
 //! README's model derives the Lambda concurrency at a million connections.
 //!
 //! Needs a freshly started local stack (`scripts/bench scale` starts one).
-//! Knobs: BENCH_CONNECTIONS (200000), BENCH_SPAN_SECS (540), BENCH_TICK_SECS
+//! Knobs: BENCH_CONNECTIONS (200000), BENCH_SPAN_SECS (480), BENCH_TICK_SECS
 //! (60), BENCH_GROUPS (4), BENCH_REFRESH_CONCURRENCY (64),
-//! BENCH_TOKEN_CONCURRENCY (96), BENCH_TOKEN_LATENCY_MS (300).
+//! BENCH_TOKEN_CONCURRENCY (128), BENCH_TOKEN_LATENCY_MS (300).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -112,12 +115,12 @@ async fn main() {
         return worker(group.parse().expect("SCALE_WORKER_GROUP")).await;
     }
     let connections = env("BENCH_CONNECTIONS", 200_000) as usize;
-    let span = Duration::from_secs(env("BENCH_SPAN_SECS", 540));
+    let span = Duration::from_secs(env("BENCH_SPAN_SECS", 480));
     let tick = Duration::from_secs(env("BENCH_TICK_SECS", 60));
     let concurrency = env("BENCH_REFRESH_CONCURRENCY", 64) as usize;
     let latency_ms = env("BENCH_TOKEN_LATENCY_MS", 300);
     let groups = env("BENCH_GROUPS", 4) as u32;
-    let token_concurrency = env("BENCH_TOKEN_CONCURRENCY", 96);
+    let token_concurrency = env("BENCH_TOKEN_CONCURRENCY", 128);
 
     let aws = stack::aws().await;
     let tables = stack::fresh_tables(&aws, "scale").await;
@@ -175,10 +178,17 @@ async fn main() {
         })
         .min()
         .unwrap_or(0);
+    // A run reads what comes due in its window (the tick and 3 s). No run
+    // may start whose window reaches a second due time (the earliest is
+    // `shortest_cycle` after the first); and one of the runs that may start
+    // must see the last due time at least 30 s before its window ends (the
+    // lateness a refresh may have before Exact's token expires).
+    let window = tick.as_secs() + 3;
     assert!(
-        span.as_secs() + 30 <= shortest_cycle,
-        "BENCH_SPAN_SECS must be at most {} s: a token refreshed at the start comes due again after {shortest_cycle} s",
-        shortest_cycle - 30
+        span.as_secs() + 30 + tick.as_secs() <= shortest_cycle,
+        "BENCH_SPAN_SECS must be at most {} s: a token refreshed at the start comes due again after {shortest_cycle} s, \
+         and the last run must start before then less its {window} s window",
+        shortest_cycle.saturating_sub(30 + tick.as_secs())
     );
     let leads: Vec<i64> = MIX
         .iter()
@@ -230,6 +240,8 @@ async fn main() {
     let mut save_tasks = tokio::task::JoinSet::new();
     // Give up once every due time is a minute past and 20 runs more went by.
     let give_up = Duration::from_secs(lead_in + 60) + span + 20 * tick;
+    // The workers start no run whose window would reach a second due time.
+    let last_start = t0 + (shortest_cycle - window - 1) as i64 * 1000;
     let config_path = std::env::temp_dir().join(format!("{prefix}scale.toml"));
     std::fs::write(&config_path, &config_text).expect("write the workers' configuration");
     let workers = Workers {
@@ -237,6 +249,7 @@ async fn main() {
         tick,
         config: config_path.clone(),
         table: tables["ConnectionsTable"].clone(),
+        last_start,
     };
     let schedule = tokio::task::spawn_blocking(move || workers.run(connections, give_up));
     for (i, set) in tokens.into_iter().enumerate() {
@@ -329,11 +342,14 @@ struct Workers {
     tick: Duration,
     config: std::path::PathBuf,
     table: String,
+    /// Epoch ms: no run starts after this.
+    last_start: i64,
 }
 
 impl Workers {
     /// Starts one worker process per group, reads the runs they report
-    /// until all `connections` were refreshed or `give_up` passed, then
+    /// until all `connections` were refreshed, every worker ended (no run
+    /// starts after `last_start`) or `give_up` passed, then
     /// closes their input (they start no more runs) and waits for them;
     /// returns the runs and the most that ran at once across the groups.
     fn run(self, connections: usize, give_up: Duration) -> (Vec<Invocation>, usize) {
@@ -349,6 +365,7 @@ impl Workers {
                 .env("SCALE_CONFIG", &self.config)
                 .env("SCALE_TABLE", &self.table)
                 .env("BENCH_TICK_SECS", self.tick.as_secs().to_string())
+                .env("SCALE_LAST_START_MS", self.last_start.to_string())
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -368,9 +385,14 @@ impl Workers {
         let mut done = Vec::new();
         let mut refreshed = 0;
         while refreshed < connections as u64 && start.elapsed() < give_up {
-            if let Ok(run) = found.recv_timeout(Duration::from_secs(1)) {
-                refreshed += run.summary.refreshed;
-                done.push(run);
+            match found.recv_timeout(Duration::from_secs(1)) {
+                Ok(run) => {
+                    refreshed += run.summary.refreshed;
+                    done.push(run);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // Every worker is done: its last run has started and ended.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
         for child in &mut children {
@@ -409,11 +431,13 @@ fn most_at_once(runs: &[Invocation]) -> usize {
 
 /// A worker process: one shard group's schedule, a run every tick (each
 /// with the function's deadline), each reported as a JSON line on stdout,
-/// until its input closes.
+/// until its input closes or the last start time (`SCALE_LAST_START_MS`)
+/// passed.
 async fn worker(group: u32) {
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name}"));
     let groups: u32 = var("SCALE_GROUPS").parse().expect("SCALE_GROUPS");
     let tick = Duration::from_secs(env("BENCH_TICK_SECS", 60));
+    let last_start: i64 = var("SCALE_LAST_START_MS").parse().expect("SCALE_LAST_START_MS");
     let text = std::fs::read_to_string(var("SCALE_CONFIG")).expect("the configuration");
     let config = Arc::new(Config::parse(&text, "scale.toml").unwrap_or_else(|e| panic!("{e}")));
     let concurrency = config.service.refresh_concurrency;
@@ -440,13 +464,16 @@ async fn worker(group: u32) {
     let mut runs = tokio::task::JoinSet::new();
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while !closed.load(Ordering::SeqCst) {
+    while !closed.load(Ordering::SeqCst) && now_ms() <= last_start {
         tokio::select! {
             _ = interval.tick() => {}
             Some(run) = runs.join_next(), if !runs.is_empty() => {
                 report(run.expect("run"));
                 continue;
             }
+        }
+        if now_ms() > last_start {
+            break;
         }
         let (service, shards) = (service.clone(), shards.clone());
         runs.spawn(async move {
@@ -631,6 +658,9 @@ impl Report {
         let mut rows = Vec::new();
         let mut lateness_all = Vec::new();
         let mut shard_seconds: BTreeMap<(String, i64), u64> = BTreeMap::new();
+        // Refreshes more than 5 s late, by the minute they came due.
+        let mut late_by_minute: BTreeMap<i64, u64> = BTreeMap::new();
+        let first_due = self.seeded.values().map(|s| s.due_at).min().unwrap_or(0);
         for (p, (name, preset, _)) in MIX.iter().enumerate() {
             let (mut once, mut more, mut never, mut early, mut outside, mut late_saves) = (0, 0, 0, 0, 0, 0);
             let mut lateness = Vec::new();
@@ -653,6 +683,9 @@ impl Report {
                         outside += 1;
                     }
                     lateness.push((at - seed.due_at) as f64 / 1000.0);
+                    if at - seed.due_at > 5_000 {
+                        *late_by_minute.entry((seed.due_at - first_due) / 60_000).or_default() += 1;
+                    }
                     let shard = ConnectionId::parse(id).map(|id| id.due_shard()).unwrap_or_default();
                     *shard_seconds.entry((shard, at / 1000)).or_default() += 1;
                 }
@@ -757,6 +790,8 @@ impl Report {
             ),
         );
         line(&mut out, String::new());
+        line(&mut out, late_episodes(&late_by_minute, &self.invocations));
+        line(&mut out, String::new());
 
         // Throughput against DynamoDB Local's own rate, and each provider's cap.
         let mut per_second: BTreeMap<i64, u64> = BTreeMap::new();
@@ -852,6 +887,32 @@ impl Report {
         }
         (out, problems)
     }
+}
+
+/// The refreshes more than 5 s late by the minute they came due, and the
+/// runs' latest start after a due time, as one line.
+fn late_episodes(late_by_minute: &BTreeMap<i64, u64>, invocations: &[Invocation]) -> String {
+    let late_total: u64 = late_by_minute.values().sum();
+    let minutes: Vec<String> = late_by_minute
+        .iter()
+        .map(|(minute, count)| format!("minute {minute}: {count}"))
+        .collect();
+    let latest_start = invocations
+        .iter()
+        .map(|i| i.summary.started_late_max_ms)
+        .max()
+        .unwrap_or(0);
+    format!(
+        "Refreshed more than 5 s after their due time: {late_total}{}{}. The runs' latest start of a refresh \
+         after its due time (its timer and its wait for one of the run's places): {:.1} s.",
+        if minutes.is_empty() {
+            ""
+        } else {
+            "; by the minute they came due, from the first: "
+        },
+        minutes.join(", "),
+        latest_start as f64 / 1000.0,
+    )
 }
 
 /// The `q` quantile of sorted `values`, to one decimal, or "–".

@@ -413,6 +413,8 @@ impl RefreshFixture {
         shared::secret::RefreshToken::new(
             self.service
                 .keys()
+                .await
+                .expect("the key ring")
                 .open(id.as_str(), "refresh_token", &sealed.0)
                 .expect("open"),
         )
@@ -427,6 +429,8 @@ impl RefreshFixture {
         let access = self
             .service
             .keys()
+            .await
+            .expect("the key ring")
             .open(id.as_str(), "access_token", &sealed.0)
             .expect("open");
         let refresh = self.stored_refresh_token(id).await;

@@ -168,7 +168,7 @@ async fn rotate(fixture: &RefreshFixture) -> String {
 async fn a_value_sealed_under_a_rotated_key_opens_in_a_warm_process_built_with_the_old_ring() {
     let fixture = fixture("reload-keys").await;
     let warm = &fixture.service;
-    assert_eq!(warm.keys().current_key_id(), "k1");
+    assert_eq!(warm.keys().await.expect("the key ring").current_key_id(), "k1");
     assert_eq!(rotate(&fixture).await, "k2");
 
     // Another process, started after the rotation, logs in: sealed under k2.
@@ -189,7 +189,11 @@ async fn a_value_sealed_under_a_rotated_key_opens_in_a_warm_process_built_with_t
     // The warm process (ring k1, its minute not up) reads the token and refreshes.
     let fresh = warm.access_token(&id, deadline(30)).await.expect("opens under k2");
     assert_eq!(fresh.access_token.secret(), tokens.access_token.secret());
-    assert_eq!(warm.keys().current_key_id(), "k2", "the ring was re-read");
+    assert_eq!(
+        warm.keys().await.expect("the key ring").current_key_id(),
+        "k2",
+        "the ring was re-read"
+    );
     let refreshed = warm.refresh_now(&id, deadline(30)).await.expect("refresh");
     assert!(refreshed.refreshed);
     let stored = fixture.connection(&id).await;
@@ -242,7 +246,7 @@ async fn a_key_no_ring_lists_is_the_same_error_and_does_not_make_every_open_read
     let k9 = shared::crypto::KeyRing::generate_json("k9").expect("rng");
     let stranger = shared::crypto::KeyRing::from_json(&k9).expect("ring");
     let sealed = stranger.seal(id.as_str(), "access_token", "at").expect("seal");
-    let keys = fixture.service.live_keys();
+    let keys = fixture.service.live_keys().await.expect("the key ring");
     let unknown = Err(shared::crypto::CryptoError::UnknownKey("k9".to_owned()));
     assert_eq!(keys.open(id.as_str(), "access_token", &sealed).await, unknown);
 

@@ -1,6 +1,8 @@
 //! Wires the `api` function: logging, clients, the token service and the
-//! stores are built once; each request runs the handler. The link keys are
-//! read in the background from the start; only `POST /links` waits for them.
+//! stores are built once; each request runs the handler. The link keys and
+//! the token key ring are read in the background from the start: only
+//! `POST /links` waits for the link keys, and only a route that opens a
+//! token (a fresh token, the proxy) for the ring.
 
 use std::sync::Arc;
 
@@ -16,9 +18,11 @@ async fn main() -> Result<(), Error> {
     let app = App::from_env().await.map_err(startup_failed)?;
     let links = LinkKeySource::lazy(&app.config, &app.secrets);
     links.prefetch();
+    let tokens = Arc::new(app.token_service().await.map_err(startup_failed)?);
+    tokens.prefetch_keys();
     let service = ApiService::new(
         app.live_config(),
-        Arc::new(app.token_service().await.map_err(startup_failed)?),
+        tokens,
         app.job_store().map_err(startup_failed)?,
         app.record_store().map_err(startup_failed)?,
         links,

@@ -7,33 +7,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use oauth_sync_tests::link_keys::{start_and_answer, without_link_key};
+use oauth_sync_tests::link_keys::{api_request, start_and_answer, without_link_key};
 use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::{LoginFixture, create_secret};
 use serde_json::{Value, json};
 use shared::api::{ApiService, LinkBody};
 use shared::config::{Config, PresetName};
 use shared::login::flow::LinkKeySource;
-
-/// An HTTP API (payload 2.0) request, as API Gateway passes it on.
-fn request(method: &str, path: &str, body: Option<Value>) -> Value {
-    let mut event = json!({
-        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
-        "headers": {"host": "api.example.com", "accept": "application/json"},
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "abc123", "domainName": "api.example.com", "domainPrefix": "api",
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.10", "userAgent": "test"},
-            "requestId": "lazy-link-key", "routeKey": "$default", "stage": "$default",
-            "time": "01/Dec/2026:00:00:00 +0000", "timeEpoch": 1_796_083_200_000_i64
-        },
-        "isBase64Encoded": false
-    });
-    if let Some(body) = body {
-        event["headers"]["content-type"] = "application/json".into();
-        event["body"] = body.to_string().into();
-    }
-    event
-}
 
 /// One start of the real binary, handed `event`: its answer's status and JSON body.
 async fn start_and_call(fx: &LoginFixture, config: &Path, event: Value) -> (u64, Value) {
@@ -53,10 +33,10 @@ async fn the_api_starts_without_the_link_key_and_reads_it_for_a_link() {
     let config = std::env::temp_dir().join(format!("{}.toml", absent.secret));
     std::fs::write(&config, &absent.config_text).expect("config file");
 
-    let (status, page) = start_and_call(&fx, &config, request("GET", "/connections", None)).await;
+    let (status, page) = start_and_call(&fx, &config, api_request("GET", "/connections", None)).await;
     assert_eq!(status, 200, "{page}");
 
-    let (status, error) = start_and_call(&fx, &config, request("POST", "/links", Some(link_body()))).await;
+    let (status, error) = start_and_call(&fx, &config, api_request("POST", "/links", Some(link_body()))).await;
     assert_eq!((status, error["error"].as_str()), (500, Some("internal")), "{error}");
     let message = error["message"].as_str().unwrap_or_default();
     assert!(
@@ -65,7 +45,7 @@ async fn the_api_starts_without_the_link_key_and_reads_it_for_a_link() {
     );
 
     create_secret(&fx.fixture.aws, &absent.secret, absent.key).await;
-    let (status, link) = start_and_call(&fx, &config, request("POST", "/links", Some(link_body()))).await;
+    let (status, link) = start_and_call(&fx, &config, api_request("POST", "/links", Some(link_body()))).await;
     assert_eq!(status, 201, "{link}");
 }
 

@@ -12,14 +12,18 @@ use shared::telemetry::{Target, init, startup_failed};
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
     let app = App::from_env().await.map_err(startup_failed)?;
-    // The link keys are read in the background from here, beside the token
-    // key ring: no request waits for them but a link's page or button (never
-    // `/callback`), and a start does not fail without them.
+    // The link keys and the token key ring are read in the background from
+    // here: no request waits for the link keys but a link's page or button
+    // (never `/callback`), none for the ring but the button and `/callback`
+    // (they seal and open the PKCE verifier), and a start fails for the
+    // want of neither.
     let links = LinkKeySource::lazy(&app.config, &app.secrets);
     links.prefetch();
+    let tokens = Arc::new(app.token_service().await.map_err(startup_failed)?);
+    tokens.prefetch_keys();
     let login = LoginService::new(
         app.live_config(),
-        Arc::new(app.token_service().await.map_err(startup_failed)?),
+        tokens,
         app.attempt_store().map_err(startup_failed)?,
         links,
         ATTEMPT_TTL,

@@ -15,6 +15,9 @@ async fn main() -> Result<(), Error> {
     init(Target::Lambda);
     let app = App::from_env().await.map_err(startup_failed)?;
     let tokens = Arc::new(app.token_service().await.map_err(startup_failed)?);
+    // Read beside the run's first DynamoDB reads; a run with nothing due
+    // never waits for it.
+    tokens.prefetch_keys();
     let engine = Arc::new(
         app.sync_engine(tokens.clone(), SyncSettings::default())
             .map_err(startup_failed)?,

@@ -16,6 +16,9 @@ async fn main() -> Result<(), Error> {
     let app = App::from_env().await.map_err(startup_failed)?;
     let service = app.token_service().await.map_err(startup_failed)?;
     let service = Arc::new(service.with_token_groups(layout.groups));
+    // Read beside the run's first DynamoDB reads; a run with nothing due
+    // never waits for it.
+    service.prefetch_keys();
     run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         token_refresher::function_handler(&service, &layout, event)
     }))

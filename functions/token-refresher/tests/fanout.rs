@@ -9,8 +9,8 @@ use std::time::Duration;
 use lambda_runtime::{Context, LambdaEvent};
 use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
 use oauth_sync_tests::stack::{RefreshFixture, deadline};
-use shared::config::PresetName;
-use shared::connection::{ConnectionId, now_ms};
+use shared::config::{Config, PresetName};
+use shared::connection::{ConnectionId, ConnectionKind, now_ms};
 use shared::refresh::{DueRun, RefreshSettings, TokenService};
 use shared::shards::Layout;
 use token_refresher::RefresherError;
@@ -22,6 +22,14 @@ fn due_at_once(latency_ms: u64) -> SimConfig {
         token_latency: Duration::from_millis(latency_ms),
         ..SimConfig::for_preset(PresetName::Xero)
     }
+}
+
+/// How many shards of 16 hold `ids` (a run takes a lease only for those).
+fn shards_holding<'a>(ids: impl IntoIterator<Item = &'a ConnectionId>) -> u64 {
+    ids.into_iter()
+        .map(|id| id.shard_of(16))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64
 }
 
 async fn connect_n(fixture: &RefreshFixture, prefix: &str, n: usize) -> Vec<ConnectionId> {
@@ -51,7 +59,8 @@ fn event(payload: serde_json::Value) -> LambdaEvent<serde_json::Value> {
 #[tokio::test]
 async fn two_runs_of_one_group_never_work_a_shard_at_once() {
     let fixture = RefreshFixture::start(due_at_once(100), RefreshSettings::default(), "", "shard-lease").await;
-    connect_n(&fixture, "lease", 24).await;
+    let ids = connect_n(&fixture, "lease", 24).await;
+    let holding = shards_holding(&ids);
     let other = another_process(&fixture).await;
 
     let (a, b) = tokio::join!(
@@ -66,11 +75,12 @@ async fn two_runs_of_one_group_never_work_a_shard_at_once() {
         (24, 0),
         "{a:?} {b:?}"
     );
-    // Two runs of one schedule (a duplicate delivery): each shard is worked by
-    // the run that took it first; the other leaves it at once.
+    // Two runs of one schedule (a duplicate delivery): each shard with
+    // something due is worked by the run that took it first; the other leaves
+    // it at once. A shard with nothing due takes no lease.
     assert_eq!(
         (a.shards + b.shards, a.shards_busy + b.shards_busy),
-        (16, 16),
+        (holding, holding),
         "{a:?} {b:?}"
     );
     let counters = fixture.sim().counters();
@@ -106,9 +116,14 @@ async fn the_next_run_waits_for_the_last_to_give_its_shards_back() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         next.refresh_due(DueRun::all(deadline(40), 4)).await
     });
-    assert_eq!((last.shards, last.refreshed), (16, 1), "{last:?}");
-    // Without the wait it would find every shard held and leave them.
-    assert_eq!((next.shards, next.shards_busy, next.refreshed), (16, 0, 1), "{next:?}");
+    // The last run's window holds `first` only: one shard leased.
+    assert_eq!((last.shards, last.refreshed), (1, 1), "{last:?}");
+    // Without the wait it would find `first`'s shard held and leave it.
+    assert_eq!(
+        (next.shards, next.shards_busy, next.refreshed),
+        (shards_holding([&first, &second]), 0, 1),
+        "{next:?}"
+    );
     for id in [&first, &second] {
         assert_eq!(fixture.connection(id).await.token_version, 2, "{id}");
     }
@@ -142,10 +157,11 @@ async fn each_shard_group_works_only_its_own_shards() {
     }
     while let Some(joined) = runs.join_next().await {
         let (group, summary) = joined.expect("task");
-        let mine = ids.iter().filter(|id| id.shard_of(16) % 4 == group).count() as u64;
+        let mine: Vec<&ConnectionId> = ids.iter().filter(|id| id.shard_of(16) % 4 == group).collect();
+        let count = mine.len() as u64;
         assert_eq!(
             (summary.shards, summary.due, summary.refreshed),
-            (4, mine, mine),
+            (shards_holding(mine), count, count),
             "group {group}"
         );
     }
@@ -260,4 +276,72 @@ async fn a_provider_that_answers_503_gets_fewer_refreshes_in_flight() {
     let metrics = summary.provider_metrics()[0].to_string();
     assert!(metrics.contains(r#""Provider":"sim""#), "{metrics}");
     assert!(metrics.contains(r#""TokenThrottled":4"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_provider_at_its_cap_does_not_keep_the_runs_places_from_another() {
+    // "sim" capped at one refresh in flight, its token endpoint answering in
+    // 1.5 s; "other" is the same simulator under another name, uncapped.
+    let fixture = RefreshFixture::start(
+        due_at_once(1500),
+        RefreshSettings::default(),
+        "token_concurrency = 1",
+        "hol",
+    )
+    .await;
+    let (_, sim_table) = fixture
+        .config_text
+        .split_once("[providers.sim]\n")
+        .expect("the fixture's provider table");
+    let text = format!(
+        "{}\n[providers.other]\n{}",
+        fixture.config_text,
+        sim_table.replace("token_concurrency = 1\n", "")
+    );
+    let config = Arc::new(Config::parse(&text, "hol.toml").unwrap_or_else(|e| panic!("{e}")));
+    let service = Arc::new(
+        TokenService::load(
+            config,
+            fixture.service.store().clone(),
+            shared::secrets::SecretStore::new(fixture.aws.secrets.clone()),
+            RefreshSettings::default(),
+        )
+        .await
+        .expect("service"),
+    );
+    // Four of "sim" come due first, then one of "other".
+    let mut capped = Vec::new();
+    for i in 0..4 {
+        capped.push(fixture.connect(&format!("hol-sim-{i}")).await);
+    }
+    let other = ConnectionId::parse("hol-other").expect("id");
+    let tokens = fixture.oauth.login().await;
+    service
+        .save_login(&other, "other", ConnectionKind::Shared, &tokens, None)
+        .await
+        .expect("save");
+    fixture
+        .sim()
+        .reconfigure(|c| c.access_token_ttl = Duration::from_secs(3600));
+
+    // Two places in the run: one refresh of "sim" at a time, so three wait
+    // for their provider; the one of "other" must not wait behind them.
+    let summary = service.refresh_due(DueRun::all(deadline(60), 2)).await;
+    assert_eq!(summary.refreshed, 5, "{summary:?}");
+    let refreshed_at = |conn: shared::connection::Connection| conn.last_refresh_at.expect("refreshed");
+    let mut sim_times = Vec::new();
+    for id in &capped {
+        sim_times.push(refreshed_at(fixture.connection(id).await));
+    }
+    sim_times.sort_unstable();
+    let other_at = refreshed_at(fixture.connection(&other).await);
+    // Without giving the run's place back while waiting for the provider's,
+    // the waiting "sim" refreshes hold both places and "other" is refreshed
+    // after the third "sim" one; with it, beside the first.
+    assert!(
+        other_at < sim_times[1],
+        "other refreshed at {other_at}, sim at {sim_times:?}"
+    );
+    let sim_load = summary.providers.iter().find(|l| l.provider == "sim").expect("sim");
+    assert_eq!(sim_load.peak_in_flight, 1, "{sim_load:?}");
 }

@@ -187,6 +187,13 @@ impl From<RefreshError> for ApiError {
                 message: error.to_string(),
                 retry_after_secs: 1,
             },
+            // Secrets Manager did not answer: the next request reads again.
+            RefreshError::KeyRing(
+                crate::reload::KeyRingError::Read(_) | crate::reload::KeyRingError::Unavailable { .. },
+            ) => ApiError::Unavailable {
+                message: error.to_string(),
+                retry_after_secs: 5,
+            },
             other => ApiError::internal(&other),
         }
     }

@@ -179,6 +179,9 @@ pub enum LoginError {
     Secrets(#[from] SecretsError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The token key ring could not be read (the page says to try again).
+    #[error(transparent)]
+    KeyRing(#[from] crate::reload::KeyRingError),
 }
 
 impl From<crate::crypto::RandomError> for LoginError {
@@ -199,7 +202,7 @@ impl LoginError {
             LoginError::Attempt(_) | LoginError::BadCallback(_) | LoginError::Cancelled { .. } => 400,
             LoginError::Refused { .. } | LoginError::Exchange(_) => 502,
             LoginError::OtherProvider { .. } => 409,
-            LoginError::Store(_) | LoginError::Secrets(_) | LoginError::Crypto(_) => 503,
+            LoginError::Store(_) | LoginError::Secrets(_) | LoginError::Crypto(_) | LoginError::KeyRing(_) => 503,
         }
     }
 }
@@ -431,6 +434,7 @@ impl LoginService {
         let sealed = self
             .tokens
             .keys()
+            .await?
             .seal(&attempt_aad(&state), "pkce_verifier", pkce.verifier.secret())?;
         let ttl = i64::try_from(self.attempt_ttl.as_secs()).unwrap_or(600);
         let attempt = Attempt {
@@ -530,6 +534,7 @@ impl LoginService {
         let verifier = PkceVerifier::new(
             self.tokens
                 .live_keys()
+                .await?
                 .open(&attempt_aad(state), "pkce_verifier", &attempt.pkce_verifier.0)
                 .await?,
         );

@@ -40,7 +40,7 @@ impl TokenService {
         } = *pass;
         let id = &conn.id;
         // Sealed before any write: a token over the bound is refused while we hold the lease.
-        let (access_token, refresh_token) = self.seal_tokens(id, &tokens)?;
+        let (access_token, refresh_token) = self.seal_tokens(id, &tokens).await?;
         // The lifetime counts from when the provider could have issued it.
         let now = now_ms();
         let expires_at = expiry(sent_at, tokens.expires_in);

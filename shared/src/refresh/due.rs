@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use super::{Fresh, ProviderLoad, RefreshError, TokenService, millis};
+use super::{Fresh, ProviderLoad, RefreshError, RunPlace, TokenService, millis};
 use crate::connection::ConnectionId;
 use crate::connection::now_ms;
 use crate::connection::store::ShardLease;
@@ -53,10 +53,11 @@ impl DueRun {
 /// What [`TokenService::refresh_due`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DueSummary {
-    /// Shards this run worked (their leases taken).
+    /// Shards this run worked (their leases taken). A shard with nothing
+    /// due is looked at (one query) and not counted.
     pub shards: u64,
-    /// Shards another run still held when this one had to start: that run
-    /// works them.
+    /// Shards with something due that another run held for as long as this
+    /// one would: that run works them.
     pub shards_busy: u64,
     /// Due connections found in the index (started or left for the next run).
     pub due: u64,
@@ -76,7 +77,8 @@ pub struct DueSummary {
     pub shards_failed: u64,
     /// Refresh sends whose outcome was unknown (each is recorded and resent once).
     pub outcome_unknown: u64,
-    /// The latest a refresh started after its due time, in milliseconds.
+    /// The latest a refresh started after its due time, in milliseconds: its
+    /// timer and its wait for a place among the run's `concurrency`.
     pub started_late_max_ms: u64,
     /// Each provider's cap, limit and refreshes in flight (`token_concurrency`).
     pub providers: Vec<ProviderLoad>,
@@ -116,7 +118,11 @@ impl DueSummary {
             .collect()
     }
 
-    fn count(&mut self, result: Result<Option<Result<Fresh, RefreshError>>, tokio::task::JoinError>) {
+    fn count(&mut self, result: Result<Option<Started>, tokio::task::JoinError>) {
+        if let Ok(Some((late_ms, _))) = &result {
+            self.started_late_max_ms = self.started_late_max_ms.max(*late_ms);
+        }
+        let result = result.map(|started| started.map(|(_, refreshed)| refreshed));
         match result {
             Ok(None) => {
                 self.left_for_next_run += 1;
@@ -145,14 +151,16 @@ impl DueSummary {
 
 /// The `Instant` of the epoch time `at_ms`.
 fn instant_of(at_ms: i64) -> Instant {
-    let now = now_ms();
-    Instant::now() + Duration::from_millis(u64::try_from(at_ms.saturating_sub(now)).unwrap_or(0))
+    crate::when::instant_of(at_ms, now_ms())
 }
 
 /// The epoch time of `at`.
 fn epoch_of(at: Instant) -> i64 {
-    now_ms() + millis(at.saturating_duration_since(Instant::now()))
+    crate::when::epoch_of(at, now_ms())
 }
+
+/// A refresh the run started: how late (ms after its due time), and how it went.
+type Started = (u64, Result<Fresh, RefreshError>);
 
 /// A due connection in the wheel: soonest first.
 type Timer = Reverse<(i64, ConnectionId)>;
@@ -182,14 +190,23 @@ impl TokenService {
         let leases = Arc::new(Leases::default());
         let (store, page_size) = (self.store.clone(), self.settings.due_page_size);
         let (held, me) = (Arc::clone(&leases), owner.clone());
-        // Each shard's reader takes the shard's lease before its first page
-        // (waiting while another run holds it), so no run waits for a shard
-        // before reading the ones it already has.
+        // Each shard's reader looks for anything due first: a shard with
+        // nothing due costs that one query and no lease. Otherwise it takes
+        // the shard's lease (waiting while another run holds it, so no run
+        // waits for a shard before reading the ones it already has) and
+        // reads the shard again under it: the run it waited for may have
+        // refreshed some of what the first look found.
         let found = crate::shards::read_all(&run.shards, start_by, move |shard, after| {
             let (store, held, me) = (store.clone(), Arc::clone(&held), me.clone());
             async move {
-                if after.is_none() && !held.take(&store, shard, &me, start_by, lease_until).await? {
-                    return Ok((Vec::new(), None));
+                if after.is_none() {
+                    let look = store
+                        .due(&shard.to_string(), until, 1, None)
+                        .await
+                        .map_err(|e| error_chain(&e))?;
+                    if look.ids.is_empty() || !held.take(&store, shard, &me, start_by, lease_until).await? {
+                        return Ok((Vec::new(), None));
+                    }
                 }
                 let page = store
                     .due(&shard.to_string(), until, page_size, after)
@@ -201,11 +218,18 @@ impl TokenService {
         Box::pin(self.run_wheel(found, &run, start_by, &mut summary)).await;
         let (taken, busy) = leases.outcome();
         (summary.shards, summary.shards_busy) = (taken.len() as u64, busy);
+        // Given back at once, not one after another: a run that found
+        // nothing costs three round trips, not two and one per shard.
+        let mut releases = tokio::task::JoinSet::new();
         for shard in taken {
-            if let Err(e) = self.store.release_shard_lease(shard, &owner).await {
-                warn!(shard, error = %error_chain(&e), "a shard lease could not be given back; it ends by itself");
-            }
+            let (store, owner) = (self.store.clone(), owner.clone());
+            releases.spawn(async move {
+                if let Err(e) = store.release_shard_lease(shard, &owner).await {
+                    warn!(shard, error = %error_chain(&e), "a shard lease could not be given back; it ends by itself");
+                }
+            });
         }
+        while releases.join_next().await.is_some() {}
         summary.outcome_unknown = self.unknown_outcomes().saturating_sub(unknown_before);
         summary.providers = self.provider_loads();
         summary
@@ -238,15 +262,15 @@ impl TokenService {
                         && *at <= now
                     {
                         let Some(Reverse((at, id))) = wheel.pop() else { break };
-                        summary.started_late_max_ms =
-                            summary.started_late_max_ms.max(u64::try_from(now - at).unwrap_or(0));
                         let (service, permits, deadline) = (Arc::clone(self), Arc::clone(&permits), run.deadline);
                         tasks.spawn(async move {
-                            let _permit = permits.acquire_owned().await.ok()?;
+                            let place = RunPlace::take(permits).await?;
                             if Instant::now() >= start_by {
                                 return None;
                             }
-                            Some(service.access_token(&id, deadline).await)
+                            // Late by the timer and the wait for a place among the run's refreshes.
+                            let late_ms = u64::try_from(now_ms() - at).unwrap_or(0);
+                            Some((late_ms, service.access_token_in_run(&id, deadline, &place).await))
                         });
                     }
                 }

@@ -54,6 +54,10 @@ pub enum RefreshError {
     Crypto { id: ConnectionId, source: CryptoError },
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    /// The token key ring could not be read (or does not parse): nothing was
+    /// sealed or opened.
+    #[error(transparent)]
+    KeyRing(#[from] crate::reload::KeyRingError),
     #[error(transparent)]
     UnknownProvider(#[from] UnknownProvider),
     /// A login's tokens were not stored: the connection was revoked at or
@@ -65,10 +69,6 @@ pub enum RefreshError {
 /// Why a [`TokenService`](super::TokenService) could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error(transparent)]
-    Secrets(#[from] SecretsError),
-    #[error("token key ring in secret `{secret}`: {source}")]
-    KeyRing { secret: String, source: CryptoError },
     #[error("HTTP client: {0}")]
     Http(reqwest::Error),
 }

@@ -48,6 +48,20 @@ impl Gate {
     fn lock(&self) -> MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// A place if one is free.
+    fn try_take(gate: &Arc<Gate>) -> Option<Permit> {
+        let mut window = gate.lock();
+        if window.in_flight >= window.allowed() {
+            return None;
+        }
+        window.in_flight += 1;
+        window.peak = window.peak.max(window.in_flight);
+        Some(Permit {
+            gate: Arc::clone(gate),
+            epoch: window.epoch,
+        })
+    }
 }
 
 /// What a provider's cap did, for the run's metrics and the bench.
@@ -103,9 +117,15 @@ impl Permit {
     /// The refresh went through: one more place per `limit` of these.
     pub fn succeeded(&self) {
         let mut window = self.gate.lock();
+        let before = window.allowed();
         window.limit = (window.limit + 1.0 / window.limit).min(window.cap as f64);
+        let opened = window.allowed() > before;
         drop(window);
-        self.gate.freed.notify_waiters();
+        // Waiters wake only when a place opened (most successes raise the
+        // limit by a fraction); a finished refresh frees its own place on drop.
+        if opened {
+            self.gate.freed.notify_waiters();
+        }
     }
 }
 
@@ -146,23 +166,18 @@ impl ProviderLimits {
             let freed = gate.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            {
-                let mut window = gate.lock();
-                if window.in_flight < window.allowed() {
-                    window.in_flight += 1;
-                    window.peak = window.peak.max(window.in_flight);
-                    let epoch = window.epoch;
-                    drop(window);
-                    return Some(Permit {
-                        gate: Arc::clone(&gate),
-                        epoch,
-                    });
-                }
+            if let Some(permit) = Gate::try_take(&gate) {
+                return Some(permit);
             }
             if tokio::time::timeout_at(until.into(), freed).await.is_err() {
                 return None;
             }
         }
+    }
+
+    /// A place now, or `None` when every place is taken.
+    pub fn try_acquire(&self, provider: &str, cap: u64) -> Option<Permit> {
+        Gate::try_take(&self.gate(provider, cap))
     }
 
     /// Each provider's load so far.
@@ -250,5 +265,45 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(first);
         assert!(waiter.await.expect("task"), "the waiter got the freed place");
+    }
+}
+
+/// A place among one refresher run's refreshes (`refresh_concurrency`),
+/// given back while its refresh waits for a place under its provider's cap:
+/// a provider at its cap (or throttled by AIMD) does not keep the run's
+/// places from the other providers' due refreshes.
+#[derive(Debug)]
+pub struct RunPlace {
+    places: Arc<tokio::sync::Semaphore>,
+    held: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl RunPlace {
+    /// Waits for one of `places`; `None` once they are closed.
+    pub async fn take(places: Arc<tokio::sync::Semaphore>) -> Option<RunPlace> {
+        let permit = Arc::clone(&places).acquire_owned().await.ok()?;
+        Some(RunPlace {
+            places,
+            held: Mutex::new(Some(permit)),
+        })
+    }
+
+    fn held(&self) -> MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lets another refresh of the run have the place meanwhile.
+    pub fn give_back(&self) {
+        drop(self.held().take());
+    }
+
+    /// Takes a place again (after [`RunPlace::give_back`]).
+    pub async fn retake(&self) {
+        if self.held().is_some() {
+            return;
+        }
+        if let Ok(permit) = Arc::clone(&self.places).acquire_owned().await {
+            *self.held() = Some(permit);
+        }
     }
 }

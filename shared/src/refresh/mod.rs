@@ -52,7 +52,7 @@ pub use self::decide::{Action, Answer, Plan, ResendPolicy, Sent, UnknownSend, de
 pub use self::due::{DueRun, DueSummary};
 pub use self::error::{LoadError, RefreshError};
 use self::lease::LeaseState;
-pub use self::limit::{Permit, ProviderLimits, ProviderLoad};
+pub use self::limit::{Permit, ProviderLimits, ProviderLoad, RunPlace};
 pub use self::revoke::Revoked;
 pub use self::settings::RefreshSettings;
 use crate::config::{Config, Provider};
@@ -61,7 +61,7 @@ use crate::connection::{Connection, ConnectionId, Status, now_ms, refresh_due_at
 use crate::crypto::KeyRing;
 use crate::dynamo::StoreError;
 use crate::oauth::{ClientCredentials, TokenSet};
-use crate::reload::{CHECK_INTERVAL, LiveConfig, LiveKeys, Reloads};
+use crate::reload::{CHECK_INTERVAL, KeyRingError, KeySource, LiveConfig, LiveKeys, Reloads};
 use crate::secret::AccessToken;
 use crate::secrets::{SecretStore, SecretsError};
 
@@ -124,7 +124,7 @@ const WAITING_TO_RESEND: &str = "waiting to resend a refresh whose outcome is un
 #[derive(Debug)]
 pub struct TokenService {
     store: ConnectionStore,
-    keys: LiveKeys,
+    keys: KeySource,
     config: LiveConfig,
     secrets: SecretStore,
     /// By credentials secret name, so a reloaded configuration that names
@@ -142,9 +142,11 @@ pub struct TokenService {
 }
 
 impl TokenService {
-    /// Loads the key ring named by the configuration from Secrets Manager.
-    /// `config`: an `Arc<Config>` (never reloaded) or a [`LiveConfig`] that
-    /// the process's other services share.
+    /// The token service on `store`. The key ring named by the configuration
+    /// is read from Secrets Manager when first needed, or in the background
+    /// from [`TokenService::prefetch_keys`] on. `config`: an `Arc<Config>`
+    /// (never reloaded) or a [`LiveConfig`] that the process's other
+    /// services share.
     pub async fn load(
         config: impl Into<LiveConfig>,
         store: ConnectionStore,
@@ -153,12 +155,7 @@ impl TokenService {
     ) -> Result<TokenService, LoadError> {
         let config: LiveConfig = config.into();
         let name = config.current().service.token_key_secret.clone();
-        let read = secrets.versioned(&name).await?;
-        let ring = KeyRing::from_json(&read.text).map_err(|source| LoadError::KeyRing {
-            secret: name.clone(),
-            source,
-        })?;
-        let keys = LiveKeys::from_secret(ring, secrets.clone(), &name, &read.version_id, CHECK_INTERVAL);
+        let keys = KeySource::lazy(secrets.clone(), &name, CHECK_INTERVAL);
         let http = crate::http::client(settings.token_timeout, crate::http::Pooling::Off).map_err(LoadError::Http)?;
         Ok(TokenService {
             store,
@@ -222,15 +219,23 @@ impl TokenService {
         &self.config
     }
 
-    /// The key ring in use now.
-    pub fn keys(&self) -> Arc<KeyRing> {
-        self.keys.current()
+    /// The key ring in use now (read first if it was not yet).
+    pub async fn keys(&self) -> Result<Arc<KeyRing>, KeyRingError> {
+        Ok(self.keys.get().await?.current())
     }
 
     /// The key ring's holder: seals under the current key, and opens values
-    /// under a key added since the process started.
-    pub fn live_keys(&self) -> &LiveKeys {
-        &self.keys
+    /// under a key added since the process started. Read from its secret on
+    /// the first call, unless [`TokenService::prefetch_keys`] did already.
+    pub async fn live_keys(&self) -> Result<&LiveKeys, KeyRingError> {
+        self.keys.get().await
+    }
+
+    /// Starts reading the key ring in the background and returns at once: a
+    /// function's start does not wait for it, only the first work that seals
+    /// or opens a token does ([`KeySource`]). Call it inside the runtime.
+    pub fn prefetch_keys(&self) {
+        self.keys.prefetch();
     }
 
     /// At the start of an invocation: picks up a pushed configuration and a
@@ -266,7 +271,7 @@ impl TokenService {
         if let Some(error) = &param_error {
             warn!(connection = %id, provider, error, "a connection parameter could not be learned; the connection will not be synced");
         }
-        let (access_token, refresh_token) = self.seal_tokens(id, tokens)?;
+        let (access_token, refresh_token) = self.seal_tokens(id, tokens).await?;
         let now = now_ms();
         let expires_at = expiry(now, tokens.expires_in);
         let login = crate::connection::store::NewLogin {
@@ -305,7 +310,19 @@ impl TokenService {
     /// A valid access token for the connection, refreshed through the protocol when due.
     pub async fn access_token(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
         // Boxed: the protocol's state is large, and every caller's future would carry it.
-        Box::pin(self.run(id, Mode::IfDue, deadline, None, 0)).await
+        Box::pin(self.run(id, Mode::IfDue, deadline, None, 0, None)).await
+    }
+
+    /// [`TokenService::access_token`] for a refresher run, holding one of
+    /// the run's places: given back while the refresh waits for a place
+    /// under its provider's cap.
+    pub async fn access_token_in_run(
+        &self,
+        id: &ConnectionId,
+        deadline: Instant,
+        place: &RunPlace,
+    ) -> Result<Fresh, RefreshError> {
+        Box::pin(self.run(id, Mode::IfDue, deadline, None, 0, Some(place))).await
     }
 
     /// [`TokenService::access_token`] for a caller that will use the token
@@ -320,12 +337,12 @@ impl TokenService {
         valid_for: Duration,
         deadline: Instant,
     ) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::IfDue, deadline, None, millis(valid_for)).await
+        self.run(id, Mode::IfDue, deadline, None, millis(valid_for), None).await
     }
 
     /// Refreshes now, unless another worker refreshed it while this call waited.
     pub async fn refresh_now(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::Force, deadline, None, 0).await
+        self.run(id, Mode::Force, deadline, None, 0, None).await
     }
 
     /// The provider refused the access token of `refused_version` (a 401):
@@ -338,7 +355,8 @@ impl TokenService {
         refused_version: u64,
         deadline: Instant,
     ) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::Force, deadline, Some(refused_version), 0).await
+        self.run(id, Mode::Force, deadline, Some(refused_version), 0, None)
+            .await
     }
 
     /// A lease owner id for one call: unique, not secret.
@@ -359,6 +377,7 @@ impl TokenService {
         deadline: Instant,
         forced_from: Option<u64>,
         valid_for_ms: i64,
+        run_place: Option<&RunPlace>,
     ) -> Result<Fresh, RefreshError> {
         let owner = self.owner();
         let config = self.config();
@@ -368,10 +387,13 @@ impl TokenService {
             if Instant::now() >= deadline {
                 return Err(RefreshError::Deadline { id: id.clone() });
             }
-            let conn = self.read(id).await?;
+            // The first work of a process waits for its key ring here,
+            // beside the connection's read.
+            let (keys, conn) = tokio::join!(self.keys.get(), self.read(id));
+            let (keys, conn) = (keys?, conn?);
             if let Some(sealed) = &conn.access_token {
                 // Sealed by a process with a rotated ring: re-read ours.
-                self.keys.prepare(&sealed.0).await;
+                keys.prepare(&sealed.0).await;
             }
             if conn.status != Status::Active {
                 return Err(RefreshError::NotActive {
@@ -416,7 +438,7 @@ impl TokenService {
             // waiting for one holds no lease and spends none of it.
             let permit = match lease {
                 LeaseState::Live(_) => None,
-                _ => Some(self.place_at(provider, id, deadline).await?),
+                _ => Some(self.place_at(provider, id, deadline, run_place).await?),
             };
             let pass = Pass {
                 permit: permit.as_ref(),
@@ -484,21 +506,35 @@ impl TokenService {
     }
 
     /// A place among the refreshes in flight to `provider`, waited for while
-    /// a send still fits before `deadline`.
+    /// a send still fits before `deadline`. A refresher run's refresh gives
+    /// its place in the run back while it waits (`run_place`), and takes one
+    /// again once it has the provider's.
     async fn place_at(
         &self,
         provider: &Provider,
         id: &ConnectionId,
         deadline: Instant,
+        run_place: Option<&RunPlace>,
     ) -> Result<Permit, RefreshError> {
         let cap = provider.token_concurrency(&self.config().service);
+        if let Some(permit) = self.limits.try_acquire(&provider.name, cap) {
+            return Ok(permit);
+        }
+        if let Some(place) = run_place {
+            place.give_back();
+        }
         let until = deadline
             .checked_sub(self.settings.time_for_a_send())
             .unwrap_or_else(Instant::now);
-        self.limits
+        let permit = self
+            .limits
             .acquire(&provider.name, cap, until)
             .await
-            .ok_or_else(|| RefreshError::Deadline { id: id.clone() })
+            .ok_or_else(|| RefreshError::Deadline { id: id.clone() })?;
+        if let Some(place) = run_place {
+            place.retake().await;
+        }
+        Ok(permit)
     }
 
     /// The provider's own limits before any lease: one refresh per interval
@@ -567,15 +603,14 @@ impl TokenService {
         })
     }
 
-    /// Seals a token for `field` of connection `id`.
     /// Seals a token set's access and refresh token for connection `id`:
     /// the one place tokens are sealed, so the one place they are bounded.
-    fn seal_tokens(
+    async fn seal_tokens(
         &self,
         id: &ConnectionId,
         tokens: &TokenSet,
     ) -> Result<(crate::connection::Sealed, Option<crate::connection::Sealed>), RefreshError> {
-        let keys = self.keys.current();
+        let keys = self.keys.get().await?.current();
         let access = seal_bounded(&keys, id, "access_token", tokens.access_token.secret())?;
         let refresh = tokens
             .refresh_token
@@ -585,6 +620,8 @@ impl TokenService {
         Ok((access, refresh))
     }
 
+    /// The connection's access token, opened with the ring its pass read
+    /// (every pass reads the ring before the connection is decided on).
     fn fresh(&self, conn: &Connection, refreshed: bool) -> Result<Fresh, RefreshError> {
         let id = &conn.id;
         let sealed = conn.access_token.as_ref().ok_or_else(|| RefreshError::NotActive {
@@ -593,8 +630,8 @@ impl TokenService {
             reason: Some("no access token".to_owned()),
             message: None,
         })?;
-        let access = self
-            .keys
+        let keys = self.keys.loaded().ok_or_else(|| self.keys.not_read())?;
+        let access = keys
             .current()
             .open(id.as_str(), "access_token", &sealed.0)
             .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?;

@@ -130,6 +130,8 @@ impl TokenService {
             let Some(sealed) = sealed else { continue };
             let token = self
                 .keys
+                .get()
+                .await?
                 .open(id.as_str(), field, &sealed.0)
                 .await
                 .map_err(|source| RefreshError::Crypto { id: id.clone(), source })?;

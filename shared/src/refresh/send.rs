@@ -51,7 +51,15 @@ impl TokenService {
         };
         // Every exit before the send releases the lease (and unspends a
         // resend): a lease left behind would make the next worker assume a send happened.
-        let refresh_token = match self.keys.open(id.as_str(), "refresh_token", &sealed.0).await {
+        let keys = match self.keys.get().await {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.back_off(pass, "the token key ring could not be read", earlier, None)
+                    .await?;
+                return Err(e.into());
+            }
+        };
+        let refresh_token = match keys.open(id.as_str(), "refresh_token", &sealed.0).await {
             Ok(token) => RefreshToken::new(token),
             Err(source) => {
                 self.back_off(pass, "the stored refresh token cannot be decrypted", earlier, None)

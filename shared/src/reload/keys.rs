@@ -172,3 +172,193 @@ impl LiveKeys {
         }
     }
 }
+
+/// Why the token key ring could not be had. The message names the secret,
+/// never a key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRingError {
+    #[error("token key ring: {0}")]
+    Read(#[from] crate::secrets::SecretsError),
+    #[error("token key ring in secret `{secret}`: {source}")]
+    Invalid { secret: String, source: CryptoError },
+    /// The last read failed less than [`KEY_RING_RETRY`] ago: not read again yet.
+    #[error(
+        "token key ring in secret `{secret}` could not be read a moment ago ({reason}); it is read again within a second"
+    )]
+    Unavailable { secret: String, reason: String },
+}
+
+/// After a failed read of the key ring, work that needs it fails at once
+/// for this long instead of reading again: a refresher run of thousands of
+/// due connections makes one read a second, not one per connection.
+pub const KEY_RING_RETRY: Duration = Duration::from_secs(1);
+
+/// A process's token key ring, read from its secret apart from the start:
+/// a function starts the read in the background ([`KeySource::prefetch`],
+/// beside its first DynamoDB reads) and only work that seals or opens a
+/// token waits for it ([`KeySource::get`]); a scheduled run that finds
+/// nothing due, `GET /connections` or `/callback`'s first reads never do.
+/// A failed read is the error of the work that needed the ring (it names
+/// the secret) and is tried again by the next. Clones share the ring.
+#[derive(Clone)]
+pub struct KeySource {
+    inner: Arc<KeySourceInner>,
+}
+
+struct KeySourceInner {
+    keys: tokio::sync::OnceCell<LiveKeys>,
+    /// Where the ring comes from; `None` when it was given.
+    secret: Option<(SecretStore, String)>,
+    /// How often the ring, once read, is checked for a new version.
+    interval: std::sync::Mutex<Duration>,
+    /// When the last read failed, and why (the error's text names the
+    /// secret, never a key).
+    failed: std::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl KeySource {
+    /// The ring in secret `name`, read when first needed, then checked for
+    /// a new version at most once per `interval`.
+    pub fn lazy(secrets: SecretStore, name: &str, interval: Duration) -> KeySource {
+        KeySource {
+            inner: Arc::new(KeySourceInner {
+                keys: tokio::sync::OnceCell::new(),
+                secret: Some((secrets, name.to_owned())),
+                interval: std::sync::Mutex::new(interval),
+                failed: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Checks the ring's version at most once per `interval` instead (for a
+    /// ring not read yet; tests make it shorter).
+    pub fn checked_every(self, interval: Duration) -> KeySource {
+        *self.inner.interval.lock().unwrap_or_else(|p| p.into_inner()) = interval;
+        self
+    }
+
+    /// Starts reading the ring in the background and returns at once. A
+    /// failure is logged (naming the secret) and left for the first work
+    /// that needs the ring to try again. Call it inside the runtime.
+    pub fn prefetch(&self) {
+        let source = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = source.get().await {
+                warn!(error = %crate::telemetry::error_chain(&error),
+                    "the token key ring could not be read; the first work that needs it tries again");
+            }
+        });
+    }
+
+    /// The ring's holder if it was read (or given) already.
+    pub fn loaded(&self) -> Option<&LiveKeys> {
+        self.inner.keys.get()
+    }
+
+    /// The ring's holder: read on the first call (concurrent callers wait
+    /// for the one read), then kept and checked by [`LiveKeys::check`]. A
+    /// failure keeps nothing; for [`KEY_RING_RETRY`] after it, callers get
+    /// [`KeyRingError::Unavailable`] without a read.
+    pub async fn get(&self) -> Result<&LiveKeys, KeyRingError> {
+        if let Some(keys) = self.loaded() {
+            return Ok(keys);
+        }
+        self.inner
+            .keys
+            .get_or_try_init(|| async {
+                // Callers that waited for a read that failed do not each read again.
+                if let Some(reason) = self.failed_recently() {
+                    return Err(self.unavailable(reason));
+                }
+                let read = self.read().await;
+                if let Err(error) = &read {
+                    *self.failed() = Some((Instant::now(), crate::telemetry::error_chain(error)));
+                }
+                read
+            })
+            .await
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, Option<(Instant, String)>> {
+        self.inner.failed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why the last read failed, if that was less than [`KEY_RING_RETRY`] ago.
+    fn failed_recently(&self) -> Option<String> {
+        self.failed()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < KEY_RING_RETRY)
+            .map(|(_, reason)| reason.clone())
+    }
+
+    /// The error of work that needs a ring not read yet and cannot wait for it.
+    pub fn not_read(&self) -> KeyRingError {
+        self.unavailable("not read yet".to_owned())
+    }
+
+    fn unavailable(&self, reason: String) -> KeyRingError {
+        let secret = self
+            .inner
+            .secret
+            .as_ref()
+            .map(|(_, name)| name.clone())
+            .unwrap_or_default();
+        KeyRingError::Unavailable { secret, reason }
+    }
+
+    /// One read of the ring's secret.
+    async fn read(&self) -> Result<LiveKeys, KeyRingError> {
+        let Some((secrets, name)) = &self.inner.secret else {
+            // A given ring fills the cell at once: never reached.
+            return Err(KeyRingError::Invalid {
+                secret: String::new(),
+                source: CryptoError::KeyRing("no token key ring was given"),
+            });
+        };
+        let read = secrets.versioned(name).await?;
+        let ring = KeyRing::from_json(&read.text).map_err(|source| KeyRingError::Invalid {
+            secret: name.clone(),
+            source,
+        })?;
+        let interval = *self.inner.interval.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(LiveKeys::from_secret(
+            ring,
+            secrets.clone(),
+            name,
+            &read.version_id,
+            interval,
+        ))
+    }
+
+    /// At the start of an invocation: [`LiveKeys::check`] once the ring was
+    /// read; before that there is nothing to compare ([`Reload::NotDue`]).
+    pub async fn check(&self) -> Reload {
+        match self.loaded() {
+            Some(keys) => keys.check().await,
+            None => Reload::NotDue,
+        }
+    }
+}
+
+impl From<LiveKeys> for KeySource {
+    fn from(keys: LiveKeys) -> KeySource {
+        KeySource {
+            inner: Arc::new(KeySourceInner {
+                keys: tokio::sync::OnceCell::new_with(Some(keys)),
+                secret: None,
+                interval: std::sync::Mutex::new(super::CHECK_INTERVAL),
+                failed: std::sync::Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// Names the secret, never a key.
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeySource")
+            .field("secret", &self.inner.secret.as_ref().map(|(_, name)| name))
+            .field("keys", &self.loaded())
+            .finish()
+    }
+}

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use self::config::LiveConfig;
-pub use self::keys::LiveKeys;
+pub use self::keys::{KEY_RING_RETRY, KeyRingError, KeySource, LiveKeys};
 use crate::metrics::Metrics;
 use crate::secrets::{SecretStore, Versioned};
 
