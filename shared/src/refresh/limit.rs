@@ -202,6 +202,46 @@ impl ProviderLimits {
     }
 }
 
+/// A place among one refresher run's refreshes (`refresh_concurrency`),
+/// given back while its refresh waits for a place under its provider's cap:
+/// a provider at its cap (or throttled by AIMD) does not keep the run's
+/// places from the other providers' due refreshes.
+#[derive(Debug)]
+pub struct RunPlace {
+    places: Arc<tokio::sync::Semaphore>,
+    held: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl RunPlace {
+    /// Waits for one of `places`; `None` once they are closed.
+    pub async fn take(places: Arc<tokio::sync::Semaphore>) -> Option<RunPlace> {
+        let permit = Arc::clone(&places).acquire_owned().await.ok()?;
+        Some(RunPlace {
+            places,
+            held: Mutex::new(Some(permit)),
+        })
+    }
+
+    fn held(&self) -> MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lets another refresh of the run have the place meanwhile.
+    pub fn give_back(&self) {
+        drop(self.held().take());
+    }
+
+    /// Takes a place again (after [`RunPlace::give_back`]).
+    pub async fn retake(&self) {
+        if self.held().is_some() {
+            return;
+        }
+        if let Ok(permit) = Arc::clone(&self.places).acquire_owned().await {
+            *self.held() = Some(permit);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,45 +305,5 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(first);
         assert!(waiter.await.expect("task"), "the waiter got the freed place");
-    }
-}
-
-/// A place among one refresher run's refreshes (`refresh_concurrency`),
-/// given back while its refresh waits for a place under its provider's cap:
-/// a provider at its cap (or throttled by AIMD) does not keep the run's
-/// places from the other providers' due refreshes.
-#[derive(Debug)]
-pub struct RunPlace {
-    places: Arc<tokio::sync::Semaphore>,
-    held: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
-}
-
-impl RunPlace {
-    /// Waits for one of `places`; `None` once they are closed.
-    pub async fn take(places: Arc<tokio::sync::Semaphore>) -> Option<RunPlace> {
-        let permit = Arc::clone(&places).acquire_owned().await.ok()?;
-        Some(RunPlace {
-            places,
-            held: Mutex::new(Some(permit)),
-        })
-    }
-
-    fn held(&self) -> MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Lets another refresh of the run have the place meanwhile.
-    pub fn give_back(&self) {
-        drop(self.held().take());
-    }
-
-    /// Takes a place again (after [`RunPlace::give_back`]).
-    pub async fn retake(&self) {
-        if self.held().is_some() {
-            return;
-        }
-        if let Ok(permit) = Arc::clone(&self.places).acquire_owned().await {
-            *self.held() = Some(permit);
-        }
     }
 }

@@ -260,9 +260,6 @@ impl KeySource {
     /// failure keeps nothing; for [`KEY_RING_RETRY`] after it, callers get
     /// [`KeyRingError::Unavailable`] without a read.
     pub async fn get(&self) -> Result<&LiveKeys, KeyRingError> {
-        if let Some(keys) = self.loaded() {
-            return Ok(keys);
-        }
         self.inner
             .keys
             .get_or_try_init(|| async {
