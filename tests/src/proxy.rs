@@ -37,6 +37,10 @@ pub enum ProxyFault {
     /// Answer the next `times` requests whose body contains `marker` with
     /// HTTP 503 (unforwarded), the way DynamoDB says it is briefly unavailable.
     Unavailable { marker: String, times: u32 },
+    /// Forward the next request whose body contains `marker` and hold
+    /// DynamoDB's answer back for `delay`: a write that lands at once and is
+    /// heard of late, as under a loaded table.
+    SlowAnswer { marker: String, delay: Duration },
 }
 
 #[derive(Debug)]
@@ -220,7 +224,8 @@ async fn forward(
             Some(
                 ProxyFault::LoseResponse { marker }
                 | ProxyFault::RefuseFor { marker, .. }
-                | ProxyFault::Unavailable { marker, .. },
+                | ProxyFault::Unavailable { marker, .. }
+                | ProxyFault::SlowAnswer { marker, .. },
             ) => text.contains(marker.as_str()),
             None => false,
         };
@@ -272,6 +277,9 @@ async fn forward(
         // DynamoDB applied the write; its caller never hears.
         state.lost_responses.fetch_add(1, Ordering::Relaxed);
         kill.drop_connection().await;
+    }
+    if let Some(ProxyFault::SlowAnswer { delay, .. }) = &triggered {
+        tokio::time::sleep(*delay).await;
     }
     let mut out = (status, body).into_response();
     for (name, value) in &headers {

@@ -348,6 +348,59 @@ async fn a_clock_far_from_dynamodbs_refuses_to_take_a_lease_and_says_why() {
     assert_eq!(fresh.token_version, 2);
 }
 
+/// The lease's write, heard of `delay` late (a loaded table), on a service
+/// whose leases are 5 s + 6 s and whose sends need 10 s of the deadline.
+async fn slow_lease_write(name: &str, delay: Duration) -> (RefreshFixture, DynamoProxy, shared::refresh::TokenService) {
+    let fixture = fixture(PresetName::Generic, name).await;
+    let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
+    let service = fixture.service_via(&proxy.url, settings()).await;
+    proxy.arm(ProxyFault::SlowAnswer {
+        marker: "attribute_not_exists(lease_owner)".into(),
+        delay,
+    });
+    (fixture, proxy, service)
+}
+
+#[tokio::test]
+async fn a_run_that_ends_before_the_send_leaves_no_failure_and_no_backoff() {
+    // The deadline leaves time for a send when the lease is taken (10 s
+    // are needed, 11 s are left) but not once its slow write is heard of.
+    // That is the run's time running out, not the connection failing: the
+    // lease goes back unused, nothing is counted against the connection, and
+    // the next caller refreshes it at once (a backoff would hold it back for
+    // 30 s, past Exact Online's 25 s window).
+    let (fixture, _proxy, service) = slow_lease_write("run-ends", Duration::from_secs(2)).await;
+    let id = fixture.connect("run-ends").await;
+    let e = service
+        .refresh_now(&id, std::time::Instant::now() + Duration::from_secs(11))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RefreshError::Deadline { .. }), "{e}");
+    let connection = fixture.connection(&id).await;
+    assert!(connection.lease.is_none(), "the lease was given back");
+    assert_eq!(connection.consecutive_failures, 0, "no failure counted");
+    assert_eq!(connection.next_attempt_at, None, "no backoff");
+    assert_eq!(connection.last_refresh_outcome, None);
+    assert_eq!(fixture.sim().counters().refresh_requests, 0, "nothing sent");
+    let fresh = service.refresh_now(&id, deadline(30)).await.expect("refreshed at once");
+    assert_eq!((fresh.token_version, fresh.refreshed), (2, true));
+}
+
+#[tokio::test]
+async fn a_lease_used_up_before_the_send_is_taken_again_within_the_deadline() {
+    // The lease (11 s) has less than the 8 s a send needs once its write is
+    // heard of, and the caller's deadline is far: the lease goes back and is
+    // taken again, and the one refresh goes out under the new one.
+    let (fixture, _proxy, service) = slow_lease_write("lease-used-up", Duration::from_millis(3500)).await;
+    let id = fixture.connect("lease-used-up").await;
+    let fresh = service.refresh_now(&id, deadline(60)).await.expect("refreshed");
+    assert_eq!((fresh.token_version, fresh.refreshed), (2, true));
+    let connection = fixture.connection(&id).await;
+    assert_eq!((connection.consecutive_failures, connection.next_attempt_at), (0, None));
+    let counters = fixture.sim().counters();
+    assert_eq!((counters.refreshes, counters.refresh_tokens_reused), (1, 0));
+}
+
 #[tokio::test]
 async fn a_revoke_takes_over_an_abandoned_lease_and_calls_the_provider_once() {
     let fixture = fixture(PresetName::Generic, "revoke-abandoned").await;

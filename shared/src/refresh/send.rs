@@ -15,6 +15,16 @@ use crate::oauth::{TokenEndpoint, TokenError};
 use crate::secret::RefreshToken;
 use crate::telemetry::error_chain;
 
+/// How a lease's release is retried: until the caller's deadline.
+fn release_retry(deadline: Instant) -> crate::dynamo::Retry {
+    crate::dynamo::Retry {
+        until: deadline,
+        attempts: u32::MAX,
+        base: Duration::from_millis(50),
+        cap: Duration::from_secs(2),
+    }
+}
+
 /// What the protocol makes of a failed token call.
 fn answer_to(error: &TokenError) -> Answer {
     match error {
@@ -77,14 +87,21 @@ impl TokenService {
         };
         // Invariant 1: never start a send with less lease left than the call's
         // timeout and a commit attempt; and never one whose commit would have
-        // no time left (what came before the send, e.g. fetching the
-        // credentials, took it).
-        if lease_until - now_ms() < millis(self.settings.lease_needed_to_send())
-            || deadline.saturating_duration_since(Instant::now()) < self.settings.time_for_a_send()
+        // no time left (what came before the send, e.g. the lease's write
+        // under load or fetching the credentials, took it). Time running out
+        // is no failure of the connection's: the lease goes back unused, with
+        // no failure counted and no backoff, so the next run (or a retake,
+        // while the deadline allows one) refreshes it at once.
+        let deadline_left = deadline.saturating_duration_since(Instant::now());
+        if deadline_left < self.settings.time_for_a_send()
+            || lease_until - now_ms() < millis(self.settings.lease_needed_to_send())
         {
-            self.back_off(pass, "too little time left to send and commit", earlier, None)
-                .await?;
-            return Err(RefreshError::Deadline { id: id.clone() });
+            self.give_back_unsent(pass).await?;
+            if deadline.saturating_duration_since(Instant::now()) < self.settings.time_for_a_send() {
+                debug!(connection = %id, "too little of the invocation left to send and commit; left for the next run");
+                return Err(RefreshError::Deadline { id: id.clone() });
+            }
+            return Ok(Step::Again);
         }
         let sent = match sent {
             Sent::First { .. } => Sent::First { at: now_ms() },
@@ -294,6 +311,21 @@ impl TokenService {
         }
     }
 
+    /// Gives back a lease under which nothing was sent (a resend it marked
+    /// is unspent; an unknown outcome on record stays), retried until the
+    /// caller's deadline: a lease left behind would read as a send to the
+    /// next worker. Nothing is counted against the connection.
+    async fn give_back_unsent(&self, pass: &Pass<'_>) -> Result<(), RefreshError> {
+        let (conn, owner) = (pass.conn, pass.owner);
+        let released = crate::dynamo::retry_transient(
+            release_retry(pass.deadline),
+            &format!("giving back the unused lease of {}", conn.id),
+            || self.store.release_unused_lease(&conn.id, conn.token_version, owner),
+        )
+        .await;
+        self.write(&conn.id, released).map(drop)
+    }
+
     /// Releases the lease after a refresh that did not happen, with
     /// exponential backoff and jitter per connection. Returns the next attempt time.
     /// `unknown` keeps an earlier send with an unknown outcome on record (its
@@ -318,12 +350,7 @@ impl TokenService {
         warn!(connection = %conn.id, failures, cause, "refresh failed; backing off");
         // A lease left behind would read as a send to the next worker: the
         // release is retried (conditional on our lease, so a late one is harmless).
-        let retry = crate::dynamo::Retry {
-            until: pass.deadline,
-            attempts: u32::MAX,
-            base: Duration::from_millis(50),
-            cap: Duration::from_secs(2),
-        };
+        let retry = release_retry(pass.deadline);
         let released = crate::dynamo::retry_transient(retry, &format!("releasing the lease of {}", conn.id), || {
             self.store.release_after_failure(
                 &conn.id,
