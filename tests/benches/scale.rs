@@ -366,6 +366,8 @@ impl Workers {
                 .env("SCALE_TABLE", &self.table)
                 .env("BENCH_TICK_SECS", self.tick.as_secs().to_string())
                 .env("SCALE_LAST_START_MS", self.last_start.to_string())
+                // The refresher's warnings (a failure, a backoff) on stderr; `RUST_LOG` to see more.
+                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .spawn()
@@ -434,6 +436,7 @@ fn most_at_once(runs: &[Invocation]) -> usize {
 /// until its input closes or the last start time (`SCALE_LAST_START_MS`)
 /// passed.
 async fn worker(group: u32) {
+    shared::telemetry::init(shared::telemetry::Target::Cli);
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name}"));
     let groups: u32 = var("SCALE_GROUPS").parse().expect("SCALE_GROUPS");
     let tick = Duration::from_secs(env("BENCH_TICK_SECS", 60));

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// One provider's state.
 #[derive(Debug)]
@@ -30,6 +30,9 @@ struct Window {
     /// Bumped at each decrease: only a refresh started after the last
     /// decrease may cause another, so one burst of 429s halves once.
     epoch: u64,
+    /// Places the limit took away while they were in flight: that many
+    /// returning places are forgotten, not handed on.
+    debt: u64,
 }
 
 impl Window {
@@ -38,10 +41,15 @@ impl Window {
     }
 }
 
+/// A provider's places: a fair (first come, first served) semaphore whose
+/// free places plus those in flight, less the debt, are the limit. A freed
+/// place goes to the longest waiter, never to a newcomer, and wakes only
+/// that one: thousands of refreshes waiting for a provider at its cap cost
+/// nothing while they wait, and none waits while later ones go ahead.
 #[derive(Debug)]
 struct Gate {
     window: Mutex<Window>,
-    freed: Notify,
+    places: Arc<Semaphore>,
 }
 
 impl Gate {
@@ -49,18 +57,30 @@ impl Gate {
         self.window.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A place if one is free.
-    fn try_take(gate: &Arc<Gate>) -> Option<Permit> {
+    fn permit(gate: &Arc<Gate>, place: OwnedSemaphorePermit) -> Permit {
         let mut window = gate.lock();
-        if window.in_flight >= window.allowed() {
-            return None;
-        }
         window.in_flight += 1;
         window.peak = window.peak.max(window.in_flight);
-        Some(Permit {
+        Permit {
             gate: Arc::clone(gate),
             epoch: window.epoch,
-        })
+            place: Mutex::new(Some(place)),
+        }
+    }
+
+    /// A place if one is free and nobody waits for it.
+    fn try_take(gate: &Arc<Gate>) -> Option<Permit> {
+        let place = Arc::clone(&gate.places).try_acquire_owned().ok()?;
+        Some(Gate::permit(gate, place))
+    }
+
+    /// A place, waited for in turn until `until`.
+    async fn take(gate: &Arc<Gate>, until: Instant) -> Option<Permit> {
+        let place = tokio::time::timeout_at(until.into(), Arc::clone(&gate.places).acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some(Gate::permit(gate, place))
     }
 }
 
@@ -88,28 +108,50 @@ pub struct ProviderLimits {
     gates: Mutex<HashMap<String, Arc<Gate>>>,
 }
 
-/// A refresh in flight to one provider; dropping it frees its place.
+/// A refresh in flight to one provider; dropping it (or
+/// [`Permit::release`]) frees its place.
 #[derive(Debug)]
 pub struct Permit {
     gate: Arc<Gate>,
     epoch: u64,
+    place: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.gate.lock().in_flight -= 1;
-        self.gate.freed.notify_waiters();
+        self.release();
     }
 }
 
 impl Permit {
+    /// Frees the place now: the provider has answered, and what follows
+    /// (the commit) is no request to it. Once; dropping it later does nothing more.
+    pub fn release(&self) {
+        let Some(place) = self.place.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return;
+        };
+        let mut window = self.gate.lock();
+        window.in_flight -= 1;
+        if window.debt > 0 {
+            window.debt -= 1;
+            place.forget();
+        } else {
+            drop(place);
+        }
+    }
+
     /// The provider answered 429 or 503: halve the limit (once per burst).
     pub fn throttled(&self) {
         let mut window = self.gate.lock();
         window.throttled += 1;
         if self.epoch == window.epoch {
             window.epoch += 1;
+            let before = window.allowed();
             window.limit = (window.limit / 2.0).max(1.0);
+            let fewer = before - window.allowed();
+            // Free places go at once; places in flight as they come back.
+            let forgotten = self.gate.places.forget_permits(fewer as usize) as u64;
+            window.debt += fewer - forgotten;
             window.lowest = window.lowest.min(window.allowed());
         }
     }
@@ -119,12 +161,12 @@ impl Permit {
         let mut window = self.gate.lock();
         let before = window.allowed();
         window.limit = (window.limit + 1.0 / window.limit).min(window.cap as f64);
-        let opened = window.allowed() > before;
-        drop(window);
-        // Waiters wake only when a place opened (most successes raise the
-        // limit by a fraction); a finished refresh frees its own place on drop.
-        if opened {
-            self.gate.freed.notify_waiters();
+        if window.allowed() > before {
+            if window.debt > 0 {
+                window.debt -= 1;
+            } else {
+                self.gate.places.add_permits(1);
+            }
         }
     }
 }
@@ -151,8 +193,9 @@ impl ProviderLimits {
                     lowest: cap,
                     throttled: 0,
                     epoch: 0,
+                    debt: 0,
                 }),
-                freed: Notify::new(),
+                places: Arc::new(Semaphore::new(cap as usize)),
             })
         });
         Arc::clone(gate)
@@ -160,22 +203,12 @@ impl ProviderLimits {
 
     /// A place among the refreshes in flight to `provider` (whose whole cap
     /// is `cap`), waiting for one until `until`; `None` when none came.
+    /// Places go in the order they were asked for.
     pub async fn acquire(&self, provider: &str, cap: u64, until: Instant) -> Option<Permit> {
-        let gate = self.gate(provider, cap);
-        loop {
-            let freed = gate.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            if let Some(permit) = Gate::try_take(&gate) {
-                return Some(permit);
-            }
-            if tokio::time::timeout_at(until.into(), freed).await.is_err() {
-                return None;
-            }
-        }
+        Gate::take(&self.gate(provider, cap), until).await
     }
 
-    /// A place now, or `None` when every place is taken.
+    /// A place now, or `None` when every place is taken or others wait for one.
     pub fn try_acquire(&self, provider: &str, cap: u64) -> Option<Permit> {
         Gate::try_take(&self.gate(provider, cap))
     }
@@ -305,5 +338,62 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(first);
         assert!(waiter.await.expect("task"), "the waiter got the freed place");
+    }
+
+    #[tokio::test]
+    async fn a_freed_place_goes_to_the_longest_waiter_not_a_newcomer() {
+        // Thousands of due Exact connections may wait for its cap: each freed
+        // place goes to the one that waited longest, so none starves while
+        // later ones (or a refresh that just arrived) go ahead.
+        let limits = Arc::new(ProviderLimits::new(1));
+        let first = limits.acquire("exact", 1, soon()).await.expect("place");
+        let (order, mut waiters) = (Arc::new(Mutex::new(Vec::new())), Vec::new());
+        for n in 0..3 {
+            let (limits, order) = (Arc::clone(&limits), Arc::clone(&order));
+            waiters.push(tokio::spawn(async move {
+                let permit = limits.acquire("exact", 1, soon()).await.expect("place");
+                order.lock().expect("order").push(n);
+                tokio::task::yield_now().await;
+                drop(permit);
+            }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(first);
+        assert!(
+            limits.try_acquire("exact", 1).is_none(),
+            "a newcomer does not take a waiter's place"
+        );
+        for waiter in waiters {
+            waiter.await.expect("waiter");
+        }
+        assert_eq!(*order.lock().expect("order"), vec![0, 1, 2], "in the order they came");
+    }
+
+    #[tokio::test]
+    async fn a_place_released_after_the_answer_is_freed_once() {
+        let limits = ProviderLimits::new(1);
+        let answered = limits.try_acquire("xero", 1).expect("place");
+        answered.release();
+        let next = limits.try_acquire("xero", 1).expect("the released place");
+        drop(answered);
+        assert!(
+            limits.try_acquire("xero", 1).is_none(),
+            "dropping it later frees nothing more"
+        );
+        assert_eq!(limits.loads()[0].peak_in_flight, 1);
+        drop(next);
+    }
+
+    #[tokio::test]
+    async fn a_decrease_while_every_place_is_in_flight_takes_effect_as_they_return() {
+        let limits = ProviderLimits::new(1);
+        let held: Vec<_> = (0..4)
+            .map(|_| limits.try_acquire("google", 4).expect("place"))
+            .collect();
+        held[0].throttled();
+        assert_eq!(limits.loads()[0].limit, 2);
+        drop(held);
+        let again: Vec<_> = (0..3).filter_map(|_| limits.try_acquire("google", 4)).collect();
+        assert_eq!(again.len(), 2, "two of the four returned places were forgotten");
     }
 }

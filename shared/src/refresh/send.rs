@@ -116,7 +116,11 @@ impl TokenService {
         let answer = endpoint.refresh(&refresh_token).await;
         if let Some(permit) = pass.permit {
             match &answer {
-                Ok(_) => permit.succeeded(),
+                Ok(_) => {
+                    permit.succeeded();
+                    // The provider has answered: the commit is no request to it.
+                    permit.release();
+                }
                 Err(TokenError::Unavailable { .. }) => permit.throttled(),
                 Err(_) => {}
             }
