@@ -92,12 +92,12 @@ impl TokenService {
         // is no failure of the connection's: the lease goes back unused, with
         // no failure counted and no backoff, so the next run (or a retake,
         // while the deadline allows one) refreshes it at once.
-        let deadline_left = deadline.saturating_duration_since(Instant::now());
-        if deadline_left < self.settings.time_for_a_send()
+        if self.settings.no_send_before(deadline)
             || lease_until - now_ms() < millis(self.settings.lease_needed_to_send())
         {
             self.give_back_unsent(pass).await?;
-            if deadline.saturating_duration_since(Instant::now()) < self.settings.time_for_a_send() {
+            // Asked again: the release took some of the time.
+            if self.settings.no_send_before(deadline) {
                 debug!(connection = %id, "too little of the invocation left to send and commit; left for the next run");
                 return Err(RefreshError::Deadline { id: id.clone() });
             }

@@ -59,4 +59,9 @@ impl RefreshSettings {
     pub fn time_for_a_send(&self) -> Duration {
         self.token_timeout + MIN_COMMIT
     }
+
+    /// Whether `deadline` is too near for a send to start now.
+    pub(super) fn no_send_before(&self, deadline: std::time::Instant) -> bool {
+        deadline.saturating_duration_since(std::time::Instant::now()) < self.time_for_a_send()
+    }
 }
