@@ -1,7 +1,10 @@
 //! AWS clients, built once per process from the standard environment:
 //! `AWS_REGION`, credentials, and `AWS_ENDPOINT_URL_DYNAMODB` /
 //! `AWS_ENDPOINT_URL_SECRETS_MANAGER` (or `AWS_ENDPOINT_URL`), so the same
-//! binary talks to AWS or to the local stack.
+//! binary talks to AWS or to the local stack. Every SDK client sends through
+//! [`http::sdk_http_client`] (reqwest, HTTP/1.1, rustls on `ring`).
+
+pub mod http;
 
 use std::time::Duration;
 
@@ -27,6 +30,7 @@ pub struct AwsClients {
 /// and retry bounds.
 pub async fn load_sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http::sdk_http_client())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)

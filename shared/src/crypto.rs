@@ -1,5 +1,5 @@
 //! Randomness, hashing, PKCE, and the encryption of tokens at rest, all from
-//! aws-lc-rs (already compiled in as rustls' crypto provider).
+//! `ring` (already compiled in as rustls' crypto provider).
 //!
 //! Tokens are sealed with AES-256-GCM under a key ring kept in Secrets Manager:
 //! new values are sealed with the ring's current key, and any key still listed
@@ -10,10 +10,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use aws_lc_rs::digest;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::digest;
 
 use crate::secret::PkceVerifier;
 

@@ -2,7 +2,9 @@
 //! documents, data APIs (the sync and the API's proxy), webhook endpoints and
 //! `doctor`'s probes. All of them follow no redirect (a redirecting endpoint
 //! is an SSRF door, and a token endpoint that redirects is misconfigured),
-//! time out every call, connect within 5 s and name themselves.
+//! time out every call, connect within 5 s and name themselves. The AWS SDK's
+//! clients use reqwest too (`shared::aws::http`): one HTTP stack, one TLS
+//! stack, rustls on `ring`.
 
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ pub enum Pooling {
 /// (connecting within the lesser of it and 5 s), no redirects, our user
 /// agent, and connections kept or not by `pooling`.
 pub fn client(timeout: Duration, pooling: Pooling) -> Result<reqwest::Client, reqwest::Error> {
+    install_crypto_provider();
     let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -35,4 +38,17 @@ pub fn client(timeout: Duration, pooling: Pooling) -> Result<reqwest::Client, re
         Pooling::On => builder.pool_idle_timeout(Duration::from_secs(30)),
     }
     .build()
+}
+
+/// Makes `ring` rustls' crypto provider for this process, once, before any
+/// client is built (reqwest goes without a provider of its own: its default,
+/// aws-lc, is a C library of about 1 MB in every binary; `ring` is a few
+/// hundred KiB and needs no start-up work). Every client builder here calls
+/// it; a provider installed before (a test's, say) is kept.
+pub fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Err: a provider was installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }

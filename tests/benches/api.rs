@@ -425,6 +425,7 @@ async fn proxy_overhead(
         .await
         .unwrap_or_else(|e| panic!("token route: {e}"))
         .access_token;
+    shared::http::install_crypto_provider();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))

@@ -142,6 +142,7 @@ pub struct DynamoProxy {
 impl DynamoProxy {
     /// Starts a proxy to `upstream` (DynamoDB Local's URL) on a free loopback port.
     pub async fn start(upstream: &str) -> std::io::Result<DynamoProxy> {
+        shared::http::install_crypto_provider();
         let state = Arc::new(ProxyState {
             upstream: upstream.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()

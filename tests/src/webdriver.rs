@@ -88,6 +88,7 @@ impl Driver {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {CHROMEDRIVER} (scripts/bootstrap installs chromium-driver)"))?;
+        shared::http::install_crypto_provider();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
         let driver = Driver {
             child,

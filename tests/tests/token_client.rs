@@ -150,6 +150,7 @@ async fn a_refresh_never_leaves_on_a_connection_the_provider_may_have_closed() {
 #[tokio::test]
 async fn a_pooling_client_would_turn_the_idle_close_into_an_unknown_outcome() {
     let server = ClosesIdleConnections::start().await;
+    shared::http::install_crypto_provider();
     let pooling = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(5))

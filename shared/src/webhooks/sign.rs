@@ -5,9 +5,9 @@
 
 use std::fmt;
 
-use aws_lc_rs::{digest, hmac};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use ring::{digest, hmac};
 use serde_json::{Value, json};
 
 /// The prefix the specification gives a signing secret.

@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(60);
     let config = env("OAUTH_SYNC_CONFIG")?;
     let aws = shared::aws::AwsClients::from_env().await;
+    shared::http::install_crypto_provider();
     let demo = Demo {
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -102,6 +102,7 @@ impl Client {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     use reqwest::Method;
+    shared::http::install_crypto_provider();
     let client = Client {
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

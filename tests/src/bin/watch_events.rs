@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
     let config = std::path::PathBuf::from(env("OAUTH_SYNC_CONFIG")?);
     let sdk = shared::aws::load_sdk_config().await;
     let connection = format!("events-{}", std::process::id());
+    shared::http::install_crypto_provider();
     let run = Run {
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -99,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
     // Connection ids of this run: the stack's tables outlive it.
     let run = format!("watch-{}", std::process::id());
 
+    shared::http::install_crypto_provider();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))
