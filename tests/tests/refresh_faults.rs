@@ -348,6 +348,27 @@ async fn a_clock_far_from_dynamodbs_refuses_to_take_a_lease_and_says_why() {
     assert_eq!(fresh.token_version, 2);
 }
 
+#[tokio::test]
+async fn a_slow_answer_from_dynamodb_is_not_taken_for_a_skewed_clock() {
+    // DynamoDB stamps its `Date` as it answers; an answer heard of 3 s later
+    // (a loaded table, a busy process) once read as "this machine's clock
+    // is 3 s ahead" and the worker refused its lease: 90,650 refusals in a
+    // 200,000-connection run at 128 places a group, on one machine whose
+    // clock is DynamoDB's.
+    let fixture = fixture(PresetName::Generic, "slow-date").await;
+    let proxy = DynamoProxy::start(&upstream()).await.expect("proxy");
+    let service = fixture.service_via(&proxy.url, settings()).await;
+    let id = fixture.connect("slow-date").await;
+    // The first request naming the connection is the refresh's read of it.
+    proxy.arm(ProxyFault::SlowAnswer {
+        marker: id.to_string(),
+        delay: Duration::from_secs(3),
+    });
+    let fresh = service.refresh_now(&id, deadline(30)).await.expect("refreshed");
+    assert_eq!(fresh.token_version, 2);
+    assert_eq!(fixture.sim().counters().refresh_requests, 1);
+}
+
 /// The lease's write, heard of `delay` late (a loaded table), on a service
 /// whose leases are 5 s + 6 s and whose sends need 10 s of the deadline.
 async fn slow_lease_write(name: &str, delay: Duration) -> (RefreshFixture, DynamoProxy, shared::refresh::TokenService) {
