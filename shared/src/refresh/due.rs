@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use super::{Fresh, ProviderLoad, RefreshError, RunPlace, TokenService, millis};
+use super::{Fresh, ProviderLoad, RefreshError, RunPlace, RunPlaces, TokenService, millis};
 use crate::connection::ConnectionId;
 use crate::connection::now_ms;
 use crate::connection::store::ShardLease;
@@ -245,7 +245,7 @@ impl TokenService {
         start_by: Instant,
         summary: &mut DueSummary,
     ) {
-        let permits = Arc::new(tokio::sync::Semaphore::new(run.concurrency.max(1)));
+        let permits = RunPlaces::new(run.concurrency.max(1));
         let mut tasks = tokio::task::JoinSet::new();
         let mut wheel: BinaryHeap<Timer> = BinaryHeap::new();
         let mut reading = true;

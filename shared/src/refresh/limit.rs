@@ -10,11 +10,11 @@
 //! 1,000 writes a second), and the groups are even by construction (every
 //! shard holds an equal share of the connections, by hash).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// One provider's state.
 #[derive(Debug)]
@@ -235,43 +235,112 @@ impl ProviderLimits {
     }
 }
 
-/// A place among one refresher run's refreshes (`refresh_concurrency`),
-/// given back while its refresh waits for a place under its provider's cap:
-/// a provider at its cap (or throttled by AIMD) does not keep the run's
-/// places from the other providers' due refreshes.
+/// The places of one refresher run (`refresh_concurrency`): a fair
+/// semaphore for newly due refreshes, and a queue ahead of it for refreshes
+/// that gave their place back while they waited for their provider's
+/// (see [`RunPlace`]).
+#[derive(Debug)]
+pub struct RunPlaces {
+    places: Arc<Semaphore>,
+    /// Refreshes holding a place under their provider's cap and waiting for
+    /// one in the run again, first come first served. Each freed place goes
+    /// to the first of them before any newly due refresh.
+    returning: Mutex<VecDeque<oneshot::Sender<OwnedSemaphorePermit>>>,
+}
+
+impl RunPlaces {
+    pub fn new(places: usize) -> Arc<RunPlaces> {
+        Arc::new(RunPlaces {
+            places: Arc::new(Semaphore::new(places)),
+            returning: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    fn returning(&self) -> MutexGuard<'_, VecDeque<oneshot::Sender<OwnedSemaphorePermit>>> {
+        self.returning.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A freed place: to the longest-waiting returning refresh, else to the
+    /// semaphore (and its first newly due refresh). Under the queue's lock,
+    /// so that a returning refresh that found no free place is always in the
+    /// queue before the next place is freed.
+    fn free(&self, mut place: OwnedSemaphorePermit) {
+        let mut returning = self.returning();
+        while let Some(waiter) = returning.pop_front() {
+            match waiter.send(place) {
+                Ok(()) => return,
+                // It stopped waiting (its task ended): the next one.
+                Err(back) => place = back,
+            }
+        }
+        drop(place);
+    }
+}
+
+/// A place among one refresher run's refreshes, given back while its
+/// refresh waits for a place under its provider's cap: a provider at its
+/// cap (or throttled by AIMD) does not keep the run's places from the other
+/// providers' due refreshes. Taking one again goes **ahead of every newly
+/// due refresh**: a refresh that holds its provider's place must not wait
+/// behind the run's whole backlog with it, or the provider's places are
+/// held by refreshes that are not sending, and a busy provider (Exact's
+/// 40 % of the mix) starves while the others run.
 #[derive(Debug)]
 pub struct RunPlace {
-    places: Arc<tokio::sync::Semaphore>,
-    held: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    places: Arc<RunPlaces>,
+    held: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl RunPlace {
     /// Waits for one of `places`; `None` once they are closed.
-    pub async fn take(places: Arc<tokio::sync::Semaphore>) -> Option<RunPlace> {
-        let permit = Arc::clone(&places).acquire_owned().await.ok()?;
+    pub async fn take(places: Arc<RunPlaces>) -> Option<RunPlace> {
+        let permit = Arc::clone(&places.places).acquire_owned().await.ok()?;
         Some(RunPlace {
             places,
             held: Mutex::new(Some(permit)),
         })
     }
 
-    fn held(&self) -> MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
+    fn held(&self) -> MutexGuard<'_, Option<OwnedSemaphorePermit>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Lets another refresh of the run have the place meanwhile.
     pub fn give_back(&self) {
-        drop(self.held().take());
+        if let Some(place) = self.held().take() {
+            self.places.free(place);
+        }
     }
 
-    /// Takes a place again (after [`RunPlace::give_back`]).
+    /// Takes a place again (after [`RunPlace::give_back`]), before any
+    /// newly due refresh.
     pub async fn retake(&self) {
         if self.held().is_some() {
             return;
         }
-        if let Ok(permit) = Arc::clone(&self.places).acquire_owned().await {
-            *self.held() = Some(permit);
+        let waiting = {
+            let mut returning = self.places.returning();
+            match Arc::clone(&self.places.places).try_acquire_owned() {
+                Ok(place) => {
+                    *self.held() = Some(place);
+                    return;
+                }
+                Err(_) => {
+                    let (tx, rx) = oneshot::channel();
+                    returning.push_back(tx);
+                    rx
+                }
+            }
+        };
+        if let Ok(place) = waiting.await {
+            *self.held() = Some(place);
         }
+    }
+}
+
+impl Drop for RunPlace {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -367,6 +436,38 @@ mod tests {
             waiter.await.expect("waiter");
         }
         assert_eq!(*order.lock().expect("order"), vec![0, 1, 2], "in the order they came");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_back_from_its_providers_wait_goes_before_newly_due_ones() {
+        // One place in the run. A refresh gives it back to wait for its
+        // provider's cap; a newly due refresh takes it, another queues.
+        // When the first has its provider's place, the next freed run
+        // place is its, not the queued newcomer's: it holds one of its
+        // provider's few places and must not wait behind the run's backlog.
+        let places = RunPlaces::new(1);
+        let returning = Arc::new(RunPlace::take(Arc::clone(&places)).await.expect("a place"));
+        returning.give_back();
+        let newcomer = RunPlace::take(Arc::clone(&places)).await.expect("the freed place");
+        let queued = tokio::spawn(RunPlace::take(Arc::clone(&places)));
+        tokio::task::yield_now().await;
+        let back = {
+            let returning = Arc::clone(&returning);
+            tokio::spawn(async move { returning.retake().await })
+        };
+        tokio::task::yield_now().await;
+        drop(newcomer);
+        // A bound only so that the old behaviour fails instead of hanging.
+        tokio::time::timeout(Duration::from_secs(10), back)
+            .await
+            .expect("the returning refresh has the freed place")
+            .expect("task");
+        assert!(!queued.is_finished(), "the newcomer still waits");
+        drop(returning);
+        let place = queued.await.expect("task").expect("then the newcomer's turn");
+        assert_eq!(places.places.available_permits(), 0, "one place, held once");
+        drop(place);
+        assert_eq!(places.places.available_permits(), 1);
     }
 
     #[tokio::test]

@@ -52,7 +52,7 @@ pub use self::decide::{Action, Answer, Plan, ResendPolicy, Sent, UnknownSend, de
 pub use self::due::{DueRun, DueSummary};
 pub use self::error::{LoadError, RefreshError};
 use self::lease::LeaseState;
-pub use self::limit::{Permit, ProviderLimits, ProviderLoad, RunPlace};
+pub use self::limit::{Permit, ProviderLimits, ProviderLoad, RunPlace, RunPlaces};
 pub use self::revoke::Revoked;
 pub use self::settings::RefreshSettings;
 use crate::config::{Config, Provider};
