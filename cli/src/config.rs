@@ -6,7 +6,6 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use shared::aws::AwsClients;
 use shared::config::{ClientAuth, Config, PresetName};
 use shared::runtime::CONFIG_SECRET_ENV;
 use shared::secrets::SecretStore;
@@ -174,7 +173,7 @@ pub async fn push(file: &Path, as_json: bool) -> anyhow::Result<()> {
         .await
         .context("nothing was written")?;
     let name = config_secret_name();
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     SecretStore::new(aws.secrets.clone())
         .put(
             &name,

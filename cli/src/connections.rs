@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use shared::aws::AwsClients;
 use shared::config::Config;
 use shared::connection::{Connection, ConnectionId, ConnectionKind, now_ms};
 use shared::login::{LinkKeys, LinkOrder, parse_lifetime};
@@ -130,7 +129,7 @@ pub async fn connect_link(config_file: PathBuf, request: LinkRequest, as_json: b
         };
         anyhow::anyhow!("{flag}: {}", e.reason)
     })?;
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     let secret = &config.service.link_key_secret;
     let text = SecretStore::new(aws.secrets).text(secret).await?;
     let keys = LinkKeys::from_json(&text).with_context(|| format!("link key secret `{secret}`"))?;

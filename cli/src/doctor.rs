@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use shared::aws::AwsClients;
 use shared::config::Config;
 use shared::connection::store::ConnectionStore;
 use shared::secrets::SecretStore;
@@ -24,7 +23,7 @@ pub async fn doctor(config_file: PathBuf, only: Option<String>, as_json: bool) -
         Some(name) => vec![config.provider(name)?],
         None => config.providers.values().collect(),
     };
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     let secrets = SecretStore::new(aws.secrets);
     let http = shared::http::client(Duration::from_secs(10), shared::http::Pooling::Off)?;
     let mut findings = check_service_secrets(&config.service, &secrets).await;
@@ -74,7 +73,7 @@ pub async fn deploy_check(config_file: PathBuf, stack: Option<String>, as_json: 
                 .filter(|f| f.check == "redirect URI"),
         );
     }
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     let secrets = SecretStore::new(aws.secrets);
     findings.extend(check_deployment_secrets(&config, &local_text, &config_secret_name(), &secrets).await);
     print_findings(&findings, as_json)?;

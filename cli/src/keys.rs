@@ -59,7 +59,7 @@ fn secrets(aws: &AwsClients) -> SecretStore {
 /// random 32-byte key; one that exists is left exactly as it is. Fails when
 /// both exist (nothing to do, nothing changed).
 pub async fn init(config: &Config, as_json: bool) -> anyhow::Result<()> {
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     let store = secrets(&aws);
     let mut report = Vec::new();
     for ring in [Ring::Token, Ring::Link] {
@@ -113,7 +113,7 @@ async fn read_ring(store: &SecretStore, ring: Ring, name: &str) -> anyhow::Resul
 
 /// Adds a fresh key to the ring and makes it current; the old keys stay.
 pub async fn rotate(config: &Config, ring: Ring, as_json: bool) -> anyhow::Result<()> {
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     let store = secrets(&aws);
     let name = ring.secret(config);
     let (mut secret, version) = read_ring(&store, ring, name).await?;
@@ -164,7 +164,7 @@ fn sealed_counts(connections: &[Connection]) -> BTreeMap<String, u64> {
 /// Removes a key from the ring. The token ring refuses while any connection
 /// is still sealed under it; no ring lets its current key go.
 pub async fn retire(config: &Config, ring: Ring, id: &str, as_json: bool) -> anyhow::Result<()> {
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     let store = secrets(&aws);
     let name = ring.secret(config);
     let (mut secret, version) = read_ring(&store, ring, name).await?;

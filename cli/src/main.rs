@@ -11,6 +11,7 @@
 
 mod api;
 mod args;
+mod aws;
 mod config;
 mod connections;
 mod doctor;
@@ -165,7 +166,7 @@ pub(crate) async fn store() -> anyhow::Result<(AwsClients, ConnectionStore)> {
         CONNECTIONS_TABLE_ENV,
         "the connections table (the stack's ConnectionsTableName output)",
     )?;
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     let store = ConnectionStore::new(aws.dynamodb.clone(), table);
     Ok((aws, store))
 }
@@ -200,7 +201,7 @@ fn record_store(aws: &AwsClients) -> anyhow::Result<RecordStore> {
 async fn token_service(config_file: &std::path::Path) -> anyhow::Result<TokenService> {
     let config = Arc::new(Config::load_and_discover(config_file).await?);
     let (aws, store) = store().await?;
-    let events = shared::events::EventSink::from_env(&shared::aws::load_sdk_config().await);
+    let events = shared::events::EventSink::from_env(&crate::aws::sdk_config().await);
     Ok(
         TokenService::load(config, store, SecretStore::new(aws.secrets), RefreshSettings::default())
             .await?

@@ -6,6 +6,8 @@
 //! the offending value, so malformed secrets are described, not echoed. The
 //! SDK's own `Debug` of a request redacts `SecretString`.
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use serde_json::Value;
 
 use crate::oauth::ClientCredentials;
@@ -45,11 +47,19 @@ pub enum SecretsError {
 
 /// A secret's text and the id of the version it came from, for
 /// [`SecretStore::replace`].
-#[derive(Debug)]
 pub struct Versioned {
     /// The secret's text: never print it.
     pub text: String,
     pub version_id: String,
+}
+
+/// Names the version, never the text.
+impl std::fmt::Debug for Versioned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Versioned")
+            .field("version_id", &self.version_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The staging label a replacement gets before it becomes `AWSCURRENT`.
@@ -59,11 +69,65 @@ const NEXT_STAGE: &str = "OAUTH_SYNC_NEXT";
 #[derive(Debug, Clone)]
 pub struct SecretStore {
     client: aws_sdk_secretsmanager::Client,
+    /// Reads started before anything asked for them ([`SecretStore::read_ahead`]),
+    /// by name: the first read of that name takes one instead of calling.
+    ahead: Arc<Mutex<Vec<(String, ReadAhead)>>>,
 }
+
+type ReadAhead = tokio::task::JoinHandle<Result<Versioned, SecretsError>>;
 
 impl SecretStore {
     pub fn new(client: aws_sdk_secretsmanager::Client) -> SecretStore {
-        SecretStore { client }
+        SecretStore {
+            client,
+            ahead: Arc::default(),
+        }
+    }
+
+    fn ahead(&self) -> MutexGuard<'_, Vec<(String, ReadAhead)>> {
+        self.ahead.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts reading secret `name` in the background, before anything
+    /// needs it (a function's start reads the secrets it will need beside its
+    /// configuration, whose read would otherwise come first). The next read
+    /// of `name` takes this one's answer, once; if it failed, that read asks
+    /// again. Call it inside the runtime.
+    pub fn read_ahead(&self, name: &str) {
+        let store = SecretStore::new(self.client.clone());
+        let owned = name.to_owned();
+        let read = tokio::spawn(async move { store.versioned(&owned).await });
+        self.ahead().push((name.to_owned(), read));
+    }
+
+    /// Drops the reads ahead of any secret but `wanted` (the configuration
+    /// named others): nothing will take them.
+    pub fn keep_reads_ahead_of(&self, wanted: &[&str]) {
+        self.ahead().retain(|(name, read)| {
+            let keep = wanted.contains(&name.as_str());
+            if !keep {
+                read.abort();
+            }
+            keep
+        });
+    }
+
+    /// The answer of a read ahead of `name`, if one was started and
+    /// succeeded.
+    async fn taken_ahead(&self, name: &str) -> Option<Versioned> {
+        let read = {
+            let mut ahead = self.ahead();
+            let at = ahead.iter().position(|(n, _)| n == name)?;
+            ahead.swap_remove(at).1
+        };
+        match read.await {
+            Ok(Ok(read)) => Some(read),
+            Ok(Err(error)) => {
+                tracing::debug!(error = %crate::telemetry::error_chain(&error), "a read ahead failed; reading again");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// The secret's text (the AWSCURRENT version).
@@ -73,6 +137,9 @@ impl SecretStore {
 
     /// The secret's text (the AWSCURRENT version) and that version's id.
     pub async fn versioned(&self, name: &str) -> Result<Versioned, SecretsError> {
+        if let Some(read) = self.taken_ahead(name).await {
+            return Ok(read);
+        }
         let output = self
             .client
             .get_secret_value()
@@ -236,6 +303,69 @@ pub fn parse_client_credentials(name: &str, text: &str) -> Result<ClientCredenti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Secrets Manager stand-in answering every `GetSecretValue` with one
+    /// secret, and how many it was asked.
+    async fn secrets_manager() -> (SecretStore, Arc<std::sync::atomic::AtomicUsize>) {
+        let body = r#"{"Name":"oauth-sync/link-key","SecretString":"the-keys","VersionId":"v1"}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (endpoint, asked) = crate::aws::http::tests::server(answer).await;
+        let config = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+            .region(aws_sdk_secretsmanager::config::Region::new("eu-west-1"))
+            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                "AKIDTEST",
+                "not-a-secret",
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url(endpoint)
+            .http_client(crate::aws::http::sdk_http_client())
+            .build();
+        (
+            SecretStore::new(aws_sdk_secretsmanager::Client::from_conf(config)),
+            asked,
+        )
+    }
+
+    /// Until the stand-in has been asked `n` times (a read ahead runs in
+    /// the background).
+    async fn asked(counter: &std::sync::atomic::AtomicUsize, n: usize) {
+        while counter.load(std::sync::atomic::Ordering::SeqCst) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_ahead_answers_the_first_read_of_its_secret() {
+        let (secrets, counter) = secrets_manager().await;
+        secrets.read_ahead("oauth-sync/link-key");
+        asked(&counter, 1).await;
+        assert_eq!(secrets.text("oauth-sync/link-key").await.expect("read"), "the-keys");
+        assert_eq!(
+            counter.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one call for both"
+        );
+        // Taken once: the next read asks again.
+        secrets.text("oauth-sync/link-key").await.expect("read");
+        assert_eq!(counter.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_read_ahead_the_configuration_does_not_want_is_dropped() {
+        let (secrets, counter) = secrets_manager().await;
+        secrets.read_ahead("oauth-sync/link-key");
+        asked(&counter, 1).await;
+        secrets.keep_reads_ahead_of(&["elsewhere/link-key"]);
+        assert!(secrets.ahead().is_empty());
+        secrets.text("oauth-sync/link-key").await.expect("read");
+        assert_eq!(counter.load(std::sync::atomic::Ordering::SeqCst), 2, "read again");
+    }
 
     #[test]
     fn client_credentials_parse_and_never_echo() {

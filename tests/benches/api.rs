@@ -558,7 +558,7 @@ async fn counted_proxy_calls(fx: &SyncFixture, id: &ConnectionId) -> Counted {
     let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("AWS_ENDPOINT_URL_DYNAMODB (the local stack)");
     let recorder = DynamoProxy::start(&upstream).await.expect("recording proxy");
     let tokens = Arc::new(fx.fixture.service_via(&recorder.url, RefreshSettings::default()).await);
-    let sdk = shared::aws::load_sdk_config().await;
+    let sdk = shared::aws::sdk_config_from_env();
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
             .endpoint_url(&recorder.url)

@@ -23,7 +23,7 @@ pub struct EventsFixture {
     pub queue_url: String,
     pub sqs: aws_sdk_sqs::Client,
     pub eventbridge: aws_sdk_eventbridge::Client,
-    sdk: aws_config::SdkConfig,
+    sdk: shared::aws::SdkConfig,
 }
 
 impl EventsFixture {
@@ -37,7 +37,7 @@ impl EventsFixture {
                 "{var} is `{value}`: start the local stack (scripts/stack start) and source its env file"
             );
         }
-        let sdk = shared::aws::load_sdk_config().await;
+        let sdk = shared::aws::sdk_config_from_env();
         let eventbridge = aws_sdk_eventbridge::Client::new(&sdk);
         let stack = unique_prefix(test).trim_end_matches('-').to_owned();
         let buses = create_event_buses(&eventbridge, &template_path(), &stack)
@@ -49,7 +49,7 @@ impl EventsFixture {
 
     /// A queue named `{name}-events` and a rule `{name}-all` on an existing
     /// `bus` sending it every `oauth-sync` event.
-    pub async fn subscribe(sdk: &aws_config::SdkConfig, bus: &str, name: &str) -> EventsFixture {
+    pub async fn subscribe(sdk: &shared::aws::SdkConfig, bus: &str, name: &str) -> EventsFixture {
         let (sdk, bus, stack) = (sdk.clone(), bus.to_owned(), name.to_owned());
         let eventbridge = aws_sdk_eventbridge::Client::new(&sdk);
         let sqs = aws_sdk_sqs::Client::new(&sdk);

@@ -23,7 +23,7 @@ pub async fn aws() -> AwsClients {
             "{var} is `{value}`; {NOT_RUNNING}"
         );
     }
-    AwsClients::from_env().await
+    AwsClients::from_env()
 }
 
 /// A unique prefix so parallel tests never see each other's items.
@@ -346,7 +346,7 @@ impl RefreshFixture {
         dynamodb_url: &str,
         settings: shared::refresh::RefreshSettings,
     ) -> shared::refresh::TokenService {
-        let sdk = shared::aws::load_sdk_config().await;
+        let sdk = shared::aws::sdk_config_from_env();
         let dynamodb = aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&sdk)
                 .endpoint_url(dynamodb_url)
@@ -761,7 +761,7 @@ impl RefreshFixture {
     /// DynamoDB Local answers a consistent 100-key BatchGetItem slowly on a
     /// loaded 2-core machine, and that is not what these tests are about.
     pub async fn engine(&self, settings: shared::sync::engine::SyncSettings) -> shared::sync::engine::SyncEngine {
-        let sdk = shared::aws::load_sdk_config().await;
+        let sdk = shared::aws::sdk_config_from_env();
         let dynamodb = aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(&sdk)
                 .timeout_config(

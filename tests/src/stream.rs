@@ -18,7 +18,7 @@ pub async fn stream_records(dynamodb: &aws_sdk_dynamodb::Client, table: &str) ->
         .table
         .and_then(|t| t.latest_stream_arn)
         .expect("the table has a stream");
-    let sdk = shared::aws::load_sdk_config().await;
+    let sdk = shared::aws::sdk_config_from_env();
     let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack");
     let streams = aws_sdk_dynamodbstreams::Client::from_conf(
         aws_sdk_dynamodbstreams::config::Builder::from(&sdk)

@@ -171,7 +171,7 @@ pub async fn sqs() -> aws_sdk_sqs::Client {
         value.starts_with("http://127.0.0.1:"),
         "AWS_ENDPOINT_URL_SQS is `{value}`: start the local stack (scripts/stack start) and source its env file"
     );
-    aws_sdk_sqs::Client::new(&shared::aws::load_sdk_config().await)
+    aws_sdk_sqs::Client::new(&shared::aws::sdk_config_from_env())
 }
 
 impl Queues {

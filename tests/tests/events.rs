@@ -261,7 +261,7 @@ async fn an_unreachable_event_bus_fails_no_login_and_no_revoke_but_is_counted() 
 
 /// A sink whose EventBridge is at `endpoint`, with short backoffs.
 async fn sink_at(endpoint: &str, bus: &str) -> shared::events::EventSink {
-    let sdk = shared::aws::load_sdk_config().await;
+    let sdk = shared::aws::sdk_config_from_env();
     shared::events::EventSink::with_config(
         aws_sdk_eventbridge::config::Builder::from(&sdk).endpoint_url(endpoint),
         bus,

@@ -44,7 +44,7 @@ impl Recorded {
         let secrets = DynamoProxy::start(&upstream("AWS_ENDPOINT_URL_SECRETS_MANAGER"))
             .await
             .expect("proxy");
-        let sdk = shared::aws::load_sdk_config().await;
+        let sdk = shared::aws::sdk_config_from_env();
         let aws = AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(
                 aws_sdk_dynamodb::config::Builder::from(&sdk)
@@ -167,7 +167,7 @@ async fn the_webhooks_function_may_call_exactly_what_its_code_calls() {
     let sqs_proxy = RecordingProxy::start(&std::env::var("AWS_ENDPOINT_URL_SQS").expect("AWS_ENDPOINT_URL_SQS"))
         .await
         .expect("proxy");
-    let sdk = shared::aws::load_sdk_config().await;
+    let sdk = shared::aws::sdk_config_from_env();
     let sqs = aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::config::Builder::from(&sdk)
             .endpoint_url(&sqs_proxy.url)

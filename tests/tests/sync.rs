@@ -663,7 +663,7 @@ async fn stream_events(fx: &SyncFixture) -> Vec<(String, String, bool)> {
         .table
         .and_then(|t| t.latest_stream_arn)
         .expect("the records table has a stream");
-    let sdk = shared::aws::load_sdk_config().await;
+    let sdk = shared::aws::sdk_config_from_env();
     let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("the local stack");
     let streams = aws_sdk_dynamodbstreams::Client::from_conf(
         aws_sdk_dynamodbstreams::config::Builder::from(&sdk)
@@ -952,7 +952,7 @@ async fn a_sweep_whose_early_markers_are_gone_starts_again_and_deletes_nothing_w
     assert!(stopped.counts.pages >= 2, "{stopped:?}");
 
     // The markers of the pass so far expire.
-    let sdk = shared::aws::load_sdk_config().await;
+    let sdk = shared::aws::sdk_config_from_env();
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let runs_table = &fx.fixture.tables["SyncRunsTable"];
     let markers = seen_markers(&dynamodb, runs_table, &job_id(&conn, "projects")).await;

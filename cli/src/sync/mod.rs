@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use shared::aws::AwsClients;
 use shared::config::Config;
 use shared::connection::{ConnectionId, now_ms};
 use shared::sync::jobs::{Checkpoint, Job, Phase, RunRecord};
@@ -95,7 +94,7 @@ const RECENT_RUNS: i32 = 5;
 pub async fn sync_status(config_file: PathBuf, id: Option<String>, as_json: bool) -> anyhow::Result<()> {
     let _ = Config::load_and_discover(&config_file).await?;
     let id = id.as_deref().map(ConnectionId::parse).transpose()?;
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     let store = job_store(&aws)?;
     let mut jobs: Vec<Job> = store.all().await?;
     if let Some(id) = &id {

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use shared::aws::AwsClients;
 use shared::config::Config;
 use shared::connection::ConnectionId;
 use shared::sync::jobs::job_id;
@@ -20,7 +19,7 @@ pub async fn records(config_file: PathBuf, id: &str, sync: &str, limit: usize, a
     let config = Config::load_and_discover(&config_file).await?;
     let id = ConnectionId::parse(id)?;
     sync_definition(&config, sync)?;
-    let aws = AwsClients::from_env().await;
+    let aws = crate::aws::clients().await;
     let store = record_store(&aws)?;
     let job = job_id(&id, sync);
     let records = store.list(&job, limit).await?;

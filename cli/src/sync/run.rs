@@ -62,7 +62,7 @@ pub async fn sync_run(
             job.id
         );
     }
-    let events = shared::events::EventSink::from_env(&shared::aws::load_sdk_config().await);
+    let events = shared::events::EventSink::from_env(&crate::aws::sdk_config().await);
     let stop = stop_on_signals()?;
     let engine = SyncEngine::new(
         config,

@@ -9,13 +9,17 @@ use std::sync::Arc;
 use lambda_http::{Error, Request, run, service_fn};
 use shared::api::ApiService;
 use shared::login::flow::LinkKeySource;
-use shared::runtime::App;
+use shared::runtime::{App, KeySecret};
 use shared::telemetry::{Target, init, startup_failed};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
-    let app = App::from_env().await.map_err(startup_failed)?;
+    // The link keys (`POST /links`) and the token key ring (the token
+    // route) are read beside the configuration, not after it.
+    let app = App::from_env_reading_keys_ahead(&[KeySecret::LinkKeys, KeySecret::TokenKeys])
+        .await
+        .map_err(startup_failed)?;
     let links = LinkKeySource::lazy(&app.config, &app.secrets);
     links.prefetch();
     let tokens = Arc::new(app.token_service().await.map_err(startup_failed)?);

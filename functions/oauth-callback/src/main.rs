@@ -5,13 +5,17 @@ use std::sync::Arc;
 
 use lambda_http::{Error, Request, run, service_fn};
 use shared::login::flow::{ATTEMPT_TTL, LinkKeySource, LoginService};
-use shared::runtime::App;
+use shared::runtime::{App, KeySecret};
 use shared::telemetry::{Target, init, startup_failed};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
-    let app = App::from_env().await.map_err(startup_failed)?;
+    // The link keys (a link's page) and the token key ring (the button,
+    // `/callback`) are read beside the configuration, not after it.
+    let app = App::from_env_reading_keys_ahead(&[KeySecret::LinkKeys, KeySecret::TokenKeys])
+        .await
+        .map_err(startup_failed)?;
     // The link keys and the token key ring are read in the background from
     // here: no request waits for the link keys but a link's page or button
     // (never `/callback`), none for the ring but the button and `/callback`

@@ -8,7 +8,7 @@ use shared::telemetry::{Target, init};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
-    let events = EventSink::from_env(&shared::aws::load_sdk_config().await);
+    let events = EventSink::from_env(&shared::aws::sdk_config_from_env());
     run(service_fn(|event: LambdaEvent<serde_json::Value>| {
         record_events::function_handler(&events, event)
     }))

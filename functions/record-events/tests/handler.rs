@@ -161,7 +161,7 @@ async fn a_stream_record_that_cannot_be_read_or_published_is_reported_alone() {
 
     // EventBridge refusing everything (a bus that does not exist): every
     // record is reported, none is lost.
-    let sdk = shared::aws::load_sdk_config().await;
+    let sdk = shared::aws::sdk_config_from_env();
     let missing = shared::events::EventSink::new(
         &sdk,
         format!("{}-missing", events.bus),

@@ -170,7 +170,7 @@ impl std::fmt::Display for SharedError {
 impl StdError for SharedError {}
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
@@ -202,7 +202,7 @@ mod tests {
 
     /// Serves each connection with `answer` (closing at once if empty),
     /// counting connections.
-    async fn server(answer: String) -> (String, Arc<AtomicUsize>) {
+    pub(crate) async fn server(answer: String) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("address"));
         let accepted = Arc::new(AtomicUsize::new(0));

@@ -296,7 +296,7 @@ impl EventSink {
 
     /// Events on `bus`. The client's own retries are off: [`PublishSettings`]
     /// bound the calls, and only refused entries are sent again.
-    pub fn new(sdk: &aws_config::SdkConfig, bus: impl Into<String>, settings: PublishSettings) -> EventSink {
+    pub fn new(sdk: &aws_types::SdkConfig, bus: impl Into<String>, settings: PublishSettings) -> EventSink {
         EventSink::with_config(aws_sdk_eventbridge::config::Builder::from(sdk), bus, settings)
     }
 
@@ -307,7 +307,9 @@ impl EventSink {
         bus: impl Into<String>,
         settings: PublishSettings,
     ) -> EventSink {
-        let config = config.retry_config(aws_config::retry::RetryConfig::disabled()).build();
+        let config = config
+            .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+            .build();
         EventSink {
             inner: Some(Arc::new(Publisher {
                 client: aws_sdk_eventbridge::Client::from_conf(config),
@@ -319,7 +321,7 @@ impl EventSink {
     }
 
     /// Events on the bus named by `OAUTH_SYNC_EVENT_BUS`, or off (said once, here).
-    pub fn from_env(sdk: &aws_config::SdkConfig) -> EventSink {
+    pub fn from_env(sdk: &aws_types::SdkConfig) -> EventSink {
         match std::env::var(EVENT_BUS_ENV) {
             Ok(bus) if !bus.trim().is_empty() => {
                 info!(bus = %bus, "events go to the EventBridge bus");

@@ -64,7 +64,7 @@ impl DeliveryQueue {
     pub async fn from_env() -> Result<DeliveryQueue, crate::runtime::StartupError> {
         let url = std::env::var(DELIVERIES_QUEUE_ENV)
             .map_err(|_| crate::runtime::StartupError::MissingEnv(DELIVERIES_QUEUE_ENV))?;
-        let sdk = crate::aws::load_sdk_config().await;
+        let sdk = crate::aws::sdk_config_from_env();
         Ok(DeliveryQueue::new(aws_sdk_sqs::Client::new(&sdk), url))
     }
 

@@ -55,7 +55,7 @@ fn fingerprint(secret: &str) -> String {
 async fn main() -> anyhow::Result<()> {
     let simulator =
         std::env::var("OAUTH_SYNC_SIMULATOR_URL").context("OAUTH_SYNC_SIMULATOR_URL: start the stack first")?;
-    let aws = shared::aws::AwsClients::from_env().await;
+    let aws = shared::aws::AwsClients::from_env();
     let http = shared::http::client(Duration::from_secs(10), shared::http::Pooling::Off)?;
 
     say("1. client credentials → Secrets Manager");

@@ -119,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let config = env("OAUTH_SYNC_CONFIG")?;
-    let aws = shared::aws::AwsClients::from_env().await;
+    let aws = shared::aws::AwsClients::from_env();
     shared::http::install_crypto_provider();
     let demo = Demo {
         http: reqwest::Client::builder()

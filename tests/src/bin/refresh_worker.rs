@@ -53,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
         poll_max: Duration::from_millis(100),
         ..RefreshSettings::default()
     };
-    let aws = shared::aws::AwsClients::from_env().await;
+    let aws = shared::aws::AwsClients::from_env();
     let store = ConnectionStore::new(aws.dynamodb.clone(), env("OAUTH_SYNC_CONNECTIONS_TABLE")?);
     let service = Arc::new(TokenService::load(config, store, SecretStore::new(aws.secrets.clone()), settings).await?);
     let (calls, refreshed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

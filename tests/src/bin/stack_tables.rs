@@ -11,7 +11,7 @@ use oauth_sync_tests::template::{create_event_buses, create_tables, template_pat
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let prefix = std::env::args().nth(1).unwrap_or_else(|| "oauth-sync-".to_owned());
-    let config = shared::aws::load_sdk_config().await;
+    let config = shared::aws::sdk_config_from_env();
     let client = aws_sdk_dynamodb::Client::new(&config);
     let mut names = create_tables(&client, &template_path(), &prefix)
         .await

@@ -136,7 +136,7 @@ fn types(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
 async fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let config = std::path::PathBuf::from(env("OAUTH_SYNC_CONFIG")?);
-    let sdk = shared::aws::load_sdk_config().await;
+    let sdk = shared::aws::sdk_config_from_env();
     let connection = format!("events-{}", std::process::id());
     shared::http::install_crypto_provider();
     let run = Run {

@@ -84,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
          start the functions without OAUTH_SYNC_CONFIG",
         config.display()
     );
-    let aws = shared::aws::AwsClients::from_env().await;
+    let aws = shared::aws::AwsClients::from_env();
     let stack = Stack {
         root,
         base: base.clone(),
