@@ -108,13 +108,11 @@ impl App {
             secrets.read_ahead(key.name(&defaults));
         }
         let live = load_config(&secrets).await?;
-        if !keys.is_empty() {
-            let current = live.current();
-            let named: Vec<&str> = keys.iter().map(|key| key.name(&current.service)).collect();
-            secrets.keep_reads_ahead_of(&named);
-        }
+        let config = Config::clone(&live.current());
+        let named: Vec<&str> = keys.iter().map(|key| key.name(&config.service)).collect();
+        secrets.keep_reads_ahead_of(&named);
         Ok(App {
-            config: Config::clone(&live.current()),
+            config,
             aws,
             secrets,
             events,

@@ -62,6 +62,36 @@ impl std::fmt::Debug for Versioned {
     }
 }
 
+/// One `GetSecretValue` of `name`'s AWSCURRENT version.
+async fn fetch(client: &aws_sdk_secretsmanager::Client, name: &str) -> Result<Versioned, SecretsError> {
+    let output = client
+        .get_secret_value()
+        .secret_id(name)
+        // AWS's default, named: the Secrets Manager emulator needs it after a replace.
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .map_err(|e| {
+            let error = aws_sdk_secretsmanager::Error::from(e);
+            match error {
+                aws_sdk_secretsmanager::Error::ResourceNotFoundException(_) => {
+                    SecretsError::NotFound { name: name.to_owned() }
+                }
+                other => SecretsError::Service {
+                    name: name.to_owned(),
+                    source: Box::new(other),
+                },
+            }
+        })?;
+    let text = output
+        .secret_string
+        .ok_or_else(|| SecretsError::NotText { name: name.to_owned() })?;
+    Ok(Versioned {
+        text,
+        version_id: output.version_id.unwrap_or_default(),
+    })
+}
+
 /// The staging label a replacement gets before it becomes `AWSCURRENT`.
 const NEXT_STAGE: &str = "OAUTH_SYNC_NEXT";
 
@@ -94,9 +124,8 @@ impl SecretStore {
     /// of `name` takes this one's answer, once; if it failed, that read asks
     /// again. Call it inside the runtime.
     pub fn read_ahead(&self, name: &str) {
-        let store = SecretStore::new(self.client.clone());
-        let owned = name.to_owned();
-        let read = tokio::spawn(async move { store.versioned(&owned).await });
+        let (client, owned) = (self.client.clone(), name.to_owned());
+        let read = tokio::spawn(async move { fetch(&client, &owned).await });
         self.ahead().push((name.to_owned(), read));
     }
 
@@ -137,36 +166,10 @@ impl SecretStore {
 
     /// The secret's text (the AWSCURRENT version) and that version's id.
     pub async fn versioned(&self, name: &str) -> Result<Versioned, SecretsError> {
-        if let Some(read) = self.taken_ahead(name).await {
-            return Ok(read);
+        match self.taken_ahead(name).await {
+            Some(read) => Ok(read),
+            None => fetch(&self.client, name).await,
         }
-        let output = self
-            .client
-            .get_secret_value()
-            .secret_id(name)
-            // AWS's default, named: the Secrets Manager emulator needs it after a replace.
-            .version_stage("AWSCURRENT")
-            .send()
-            .await
-            .map_err(|e| {
-                let error = aws_sdk_secretsmanager::Error::from(e);
-                match error {
-                    aws_sdk_secretsmanager::Error::ResourceNotFoundException(_) => {
-                        SecretsError::NotFound { name: name.to_owned() }
-                    }
-                    other => SecretsError::Service {
-                        name: name.to_owned(),
-                        source: Box::new(other),
-                    },
-                }
-            })?;
-        let text = output
-            .secret_string
-            .ok_or_else(|| SecretsError::NotText { name: name.to_owned() })?;
-        Ok(Versioned {
-            text,
-            version_id: output.version_id.unwrap_or_default(),
-        })
     }
 
     /// Creates the secret with `text`; refuses, changing nothing, when a

@@ -11,16 +11,14 @@ use shared::telemetry::{Target, init, startup_failed};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init(Target::Lambda);
-    // The link keys (a link's page) and the token key ring (the button,
-    // `/callback`) are read beside the configuration, not after it.
+    // The link keys and the token key ring are read in the background from
+    // the start, beside the configuration (not after it): no request waits
+    // for the link keys but a link's page or button (never `/callback`),
+    // none for the ring but the button and `/callback` (they seal and open
+    // the PKCE verifier), and a start fails for the want of neither.
     let app = App::from_env_reading_keys_ahead(&[KeySecret::LinkKeys, KeySecret::TokenKeys])
         .await
         .map_err(startup_failed)?;
-    // The link keys and the token key ring are read in the background from
-    // here: no request waits for the link keys but a link's page or button
-    // (never `/callback`), none for the ring but the button and `/callback`
-    // (they seal and open the PKCE verifier), and a start fails for the
-    // want of neither.
     let links = LinkKeySource::lazy(&app.config, &app.secrets);
     links.prefetch();
     let tokens = Arc::new(app.token_service().await.map_err(startup_failed)?);

@@ -307,7 +307,10 @@ impl RunPlace {
 
     /// Lets another refresh of the run have the place meanwhile.
     pub fn give_back(&self) {
-        if let Some(place) = self.held().take() {
+        // Out of `held` first: `free` takes the queue's lock, which
+        // `retake` holds while it takes `held`.
+        let place = self.held().take();
+        if let Some(place) = place {
             self.places.free(place);
         }
     }
