@@ -164,12 +164,26 @@ where
         Ok(_) => return Ok(Conditional::Done),
         Err(error) => error,
     };
+    match refused(error, operation, table)? {
+        Some(item) if ours(&item) => Ok(Conditional::Done),
+        item => Ok(Conditional::Refused(item)),
+    }
+}
+
+/// A failed conditional write sent with `ReturnValuesOnConditionCheckFailure
+/// = ALL_OLD`: the item its condition was checked against (`None` when there
+/// is none), or, when it failed for another reason, that error.
+pub fn refused<E>(
+    error: SdkError<E, HttpResponse>,
+    operation: &'static str,
+    table: &str,
+) -> Result<Option<Item>, StoreError>
+where
+    aws_sdk_dynamodb::Error: From<SdkError<E, HttpResponse>>,
+{
     let transient = is_transient(&error);
     match aws_sdk_dynamodb::Error::from(error) {
-        aws_sdk_dynamodb::Error::ConditionalCheckFailedException(failed) => match failed.item {
-            Some(item) if ours(&item) => Ok(Conditional::Done),
-            item => Ok(Conditional::Refused(item)),
-        },
+        aws_sdk_dynamodb::Error::ConditionalCheckFailedException(failed) => Ok(failed.item),
         other => Err(dynamo_error(operation, table, other, transient)),
     }
 }

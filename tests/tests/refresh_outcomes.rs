@@ -6,9 +6,11 @@
 
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
 use oauth_sync_tests::stack::{PROVIDER, RefreshFixture, deadline, ids_in_shard};
 use shared::config::PresetName;
+use shared::connection::store::Write;
 use shared::connection::{DUE_SHARDS, Status, now_ms, reason};
 use shared::refresh::{RefreshError, RefreshSettings};
 
@@ -393,18 +395,22 @@ async fn the_refresher_pages_through_a_shard_and_leaves_what_it_cannot_start() {
 
     // Five due in shard 0, two per page: a look and three pages there (under
     // its lease), one look at each other shard (nothing due: no lease).
-    let (_, _, queries_before) = fixture.service.store().ops().snapshot();
+    let (reads_before, writes_before, queries_before) = fixture.service.store().ops().snapshot();
     let summary = fixture
         .service
         .refresh_due(shared::refresh::DueRun::all(deadline(60), 4))
         .await;
-    let (_, _, queries_after) = fixture.service.store().ops().snapshot();
+    let (reads_after, writes_after, queries_after) = fixture.service.store().ops().snapshot();
     assert_eq!(
         (summary.due, summary.refreshed, summary.complete),
         (5, 5, true),
         "{summary:?}"
     );
     assert_eq!(queries_after - queries_before, u64::from(DUE_SHARDS) + 3);
+    // A refresh the index found due is two writes, the lease and the commit,
+    // with no read before the lease; and the shard's lease, taken and given back.
+    assert_eq!(reads_after - reads_before, 0, "no connection read");
+    assert_eq!(writes_after - writes_before, 5 * 2 + 2);
     for id in &ids {
         assert_eq!(fixture.connection(id).await.token_version, 2, "{id}");
     }
@@ -528,4 +534,98 @@ async fn microsofts_long_tokens_are_stored_refreshed_and_used_intact() {
     assert!(fixture.sim().is_latest_access_token(fresh.access_token.secret()));
     assert!(fixture.stored_tokens_work(&id).await, "the rotated long tokens work");
     assert_eq!(fixture.sim().counters().refresh_tokens_reused, 0);
+}
+
+#[tokio::test]
+async fn a_run_resends_an_unknown_outcome_from_the_item_its_refused_lease_write_returned() {
+    // A worker sent a refresh a minute ago and never heard back: the unknown
+    // outcome is on record, and the connection is due. The run's lease write
+    // (taken without a read) is refused by the record; the protocol goes on
+    // from the item the refusal returned, without a read, to the one resend.
+    let sim = SimConfig {
+        access_token_ttl: Duration::from_secs(60),
+        ..SimConfig::for_preset(PresetName::Generic)
+    };
+    let fixture = RefreshFixture::start(sim, settings(), "", "due-unknown").await;
+    let id = fixture.connect("unknown").await;
+    let store = fixture.service.store();
+    let read = fixture.connection(&id).await;
+    let now = now_ms();
+    let taken = store
+        .take_lease(&read, "vanished", now - 60_000, now - 30_000, false)
+        .await
+        .expect("the vanished worker's lease");
+    assert!(matches!(taken, Write::Done));
+    let recorded = store
+        .release_after_failure(
+            &id,
+            read.token_version,
+            "vanished",
+            "outcome unknown",
+            1,
+            now - 1,
+            Some(now - 60_000),
+        )
+        .await
+        .expect("its unknown outcome on record");
+    assert!(matches!(recorded, Write::Done));
+
+    let (reads_before, ..) = store.ops().snapshot();
+    let summary = fixture
+        .service
+        .refresh_due(shared::refresh::DueRun::all(deadline(60), 4))
+        .await;
+    assert_eq!((summary.due, summary.refreshed), (1, 1), "{summary:?}");
+    assert_eq!(store.ops().snapshot().0 - reads_before, 0, "no connection read");
+    let connection = fixture.connection(&id).await;
+    assert_eq!(connection.token_version, 2);
+    assert!(connection.lease.is_none() && connection.outcome_unknown_since.is_none());
+    let counters = fixture.sim().counters();
+    assert_eq!(
+        (counters.refresh_requests, counters.refresh_tokens_reused),
+        (1, 0),
+        "the one resend (the planted send never reached the provider)"
+    );
+    assert!(fixture.stored_tokens_work(&id).await);
+}
+
+#[tokio::test]
+async fn a_lease_taken_without_a_read_goes_back_unused_when_the_configuration_holds_the_refresh_back() {
+    // A due time written under an older configuration (here: planted) says
+    // due, the provider's interval since the login (now 600 s) says not yet. The run's lease, taken on the due time alone, is given back
+    // unsent, and the connection keeps its token, as the configuration says.
+    let fixture = RefreshFixture::start(
+        SimConfig::for_preset(PresetName::Generic),
+        settings(),
+        "min_refresh_interval_secs = 600",
+        "due-held-back",
+    )
+    .await;
+    let id = fixture.connect("interval").await;
+    fixture
+        .aws
+        .dynamodb
+        .update_item()
+        .table_name(fixture.connections_table())
+        .key("id", AttributeValue::S(id.to_string()))
+        .update_expression("SET refresh_due_at = :due")
+        .expression_attribute_values(":due", AttributeValue::N((now_ms() - 1).to_string()))
+        .send()
+        .await
+        .expect("plant a due time");
+
+    let summary = fixture
+        .service
+        .refresh_due(shared::refresh::DueRun::all(deadline(60), 4))
+        .await;
+    assert_eq!(
+        (summary.due, summary.refreshed, summary.still_fresh),
+        (1, 0, 1),
+        "{summary:?}"
+    );
+    let connection = fixture.connection(&id).await;
+    assert_eq!(connection.token_version, 1, "not refreshed");
+    assert!(connection.lease.is_none(), "the lease went back");
+    assert_eq!(connection.consecutive_failures, 0, "no failure counted");
+    assert_eq!(fixture.sim().counters().refresh_requests, 0, "nothing sent");
 }

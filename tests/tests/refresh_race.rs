@@ -9,7 +9,7 @@ use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::{RefreshFixture, deadline};
 use shared::config::PresetName;
 use shared::connection::ConnectionId;
-use shared::refresh::RefreshSettings;
+use shared::refresh::{RefreshSettings, RunPlace, RunPlaces};
 
 const ROTATIONS: u64 = 200;
 const CONNECTIONS: usize = 3;
@@ -84,11 +84,16 @@ async fn sixteen_tasks_never_spend_a_refresh_token_twice() {
             let mut versions = vec![1u64; ids.len()];
             while versions.iter().any(|v| *v <= ROTATIONS) {
                 for (id, version) in ids.iter().zip(versions.iter_mut()).filter(|(_, v)| **v <= ROTATIONS) {
-                    // Half ask for a token (2 s access tokens are always due), half force a refresh.
-                    let fresh = if worker % 2 == 0 {
-                        service.refresh_now(id, deadline(60)).await
-                    } else {
-                        service.access_token(id, deadline(60)).await
+                    // Half force a refresh; the others ask for a token (2 s
+                    // access tokens are always due), a quarter of all as a
+                    // refresher run does (the lease taken without a read).
+                    let fresh = match worker % 4 {
+                        0 | 2 => service.refresh_now(id, deadline(60)).await,
+                        1 => service.access_token(id, deadline(60)).await,
+                        _ => {
+                            let place = RunPlace::take(RunPlaces::new(1)).await.expect("a place");
+                            service.access_token_in_run(id, deadline(60), &place).await
+                        }
                     };
                     *version = fresh.unwrap_or_else(|e| panic!("worker {worker}: {e}")).token_version;
                 }

@@ -8,7 +8,7 @@ use tracing::warn;
 
 use super::{Pass, RefreshError, TokenService};
 use crate::connection::clock::{CLOCK_SKEW_MS, MAX_CLOCK_OFFSET_MS};
-use crate::connection::store::Write;
+use crate::connection::store::{DueLease, Write};
 use crate::connection::{Connection, ConnectionId, Lease, now_ms};
 use crate::dynamo::StoreError;
 use crate::telemetry::error_chain;
@@ -79,6 +79,33 @@ impl TokenService {
         }
     }
 
+    /// Takes the lease of a connection the refresh-due index found due,
+    /// without reading it first ([`ConnectionStore::take_due_lease`]): a
+    /// refresher run's refresh is then two writes, this and the commit. A
+    /// write that failed may still have landed: it is given back (nothing
+    /// was sent under it), known by `owner` alone.
+    ///
+    /// [`ConnectionStore::take_due_lease`]: crate::connection::store::ConnectionStore::take_due_lease
+    pub(crate) async fn lease_due(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        deadline: Instant,
+    ) -> Result<DueLease, RefreshError> {
+        self.check_clock(id)?;
+        let now = now_ms();
+        let until = self.lease_until(id, now, deadline)?;
+        match self.store.take_due_lease(id, owner, now, until).await {
+            Ok(taken) => Ok(taken),
+            Err(source) => {
+                if let Err(e) = self.store.release_unused_lease(id, None, owner).await {
+                    warn!(connection = %id, error = %error_chain(&e), "a lease write failed and its possible lease could not be given back");
+                }
+                Err(RefreshError::Store { id: id.clone(), source })
+            }
+        }
+    }
+
     /// Takes over a lease whose holder vanished (to resend, with `resend`).
     /// Returns the lease end, or `None` when someone else got there first.
     pub(crate) async fn take_over_lease(
@@ -127,7 +154,7 @@ impl TokenService {
             Err(source) => {
                 if let Err(e) = self
                     .store
-                    .release_unused_lease(&conn.id, conn.token_version, pass.owner)
+                    .release_unused_lease(&conn.id, Some(conn.token_version), pass.owner)
                     .await
                 {
                     warn!(connection = %conn.id, error = %error_chain(&e), "a lease write failed and its possible lease could not be given back");

@@ -28,6 +28,10 @@
 //! processed, and otherwise turns a token already lost into the provider's
 //! dead-token answer.
 //!
+//! A refresher run's refresh of a connection its index found due starts at
+//! step 3 without step 1: the lease write's condition is the read's decision
+//! and the write returns the item either way ([`TokenService::access_token_in_run`]).
+//!
 //! Beside the steps: the token-refresher's run over the refresh-due index
 //! (`due.rs`), disconnecting (`revoke.rs`), the errors (`error.rs`) and the
 //! protocol's timing (`settings.rs`).
@@ -56,7 +60,7 @@ pub use self::limit::{Permit, ProviderLimits, ProviderLoad, RunPlace, RunPlaces}
 pub use self::revoke::Revoked;
 pub use self::settings::RefreshSettings;
 use crate::config::{Config, Provider};
-use crate::connection::store::{ConnectionStore, Write};
+use crate::connection::store::{ConnectionStore, DueLease, Write};
 use crate::connection::{Connection, ConnectionId, Status, now_ms, refresh_due_at};
 use crate::crypto::KeyRing;
 use crate::dynamo::StoreError;
@@ -108,6 +112,20 @@ pub(crate) struct Pass<'a> {
     mode: Mode,
     /// This refresh's place under the provider's `token_concurrency`.
     permit: Option<&'a Permit>,
+}
+
+/// Where a call's pass through the protocol starts.
+#[derive(Default)]
+struct Start<'a> {
+    /// A refresher run's place, given back while the refresh waits for its
+    /// provider's.
+    run_place: Option<&'a RunPlace>,
+    /// The call's lease owner, when a lease was taken under it before the loop.
+    owner: Option<String>,
+    /// The configuration that decided before the loop.
+    config: Option<Arc<Config>>,
+    /// The item as a write returned it: the first pass needs no read.
+    first: Option<Connection>,
 }
 
 /// Why no refresh is sent before an unknown send's resend may go.
@@ -310,19 +328,58 @@ impl TokenService {
     /// A valid access token for the connection, refreshed through the protocol when due.
     pub async fn access_token(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
         // Boxed: the protocol's state is large, and every caller's future would carry it.
-        Box::pin(self.run(id, Mode::IfDue, deadline, None, 0, None)).await
+        Box::pin(self.run(id, Mode::IfDue, deadline, None, 0, Start::default())).await
     }
 
-    /// [`TokenService::access_token`] for a refresher run, holding one of
-    /// the run's places: given back while the refresh waits for a place
-    /// under its provider's cap.
+    /// [`TokenService::access_token`] for a refresher run, of a connection
+    /// the refresh-due index found due, holding one of the run's places
+    /// (given back while the refresh waits for a place under its provider's
+    /// cap). The lease is taken first, without a read: the write's condition
+    /// is the read's decision, and the item comes back either way (see
+    /// [`ConnectionStore::take_due_lease`]), so a refresh is two writes, the
+    /// lease and the commit. A connection the write finds not due, leased or
+    /// with an unknown send on record goes through the protocol from the
+    /// item it returned.
+    ///
+    /// [`ConnectionStore::take_due_lease`]: crate::connection::store::ConnectionStore::take_due_lease
     pub async fn access_token_in_run(
         &self,
         id: &ConnectionId,
         deadline: Instant,
         place: &RunPlace,
     ) -> Result<Fresh, RefreshError> {
-        Box::pin(self.run(id, Mode::IfDue, deadline, None, 0, Some(place))).await
+        Box::pin(self.run_due(id, deadline, place)).await
+    }
+
+    /// [`TokenService::access_token_in_run`]'s lease first, then the loop.
+    async fn run_due(&self, id: &ConnectionId, deadline: Instant, place: &RunPlace) -> Result<Fresh, RefreshError> {
+        let owner = self.owner();
+        let config = self.config();
+        let (keys, taken) = tokio::join!(self.keys.get(), self.lease_due(id, &owner, deadline));
+        let mut start = Start {
+            run_place: Some(place),
+            owner: Some(owner),
+            config: Some(Arc::clone(&config)),
+            first: None,
+        };
+        match taken? {
+            DueLease::Refused(None) => return Err(RefreshError::NotFound(id.clone())),
+            DueLease::Refused(Some(conn)) => start.first = Some(*conn),
+            DueLease::Taken(conn) => {
+                let owner = start.owner.as_deref().unwrap_or_default();
+                if keys.is_ok() && send_on_due_lease(&config, &conn) {
+                    start.first = Some(*conn);
+                } else {
+                    // The ring could not be read, or the configuration holds
+                    // this refresh back (a provider it no longer has, a longer
+                    // lead or interval since the due time was written): the
+                    // lease goes back unused, and the loop reads and decides.
+                    self.give_back_unsent(&conn, owner, deadline).await?;
+                }
+            }
+        }
+        keys?;
+        self.run(id, Mode::IfDue, deadline, None, 0, start).await
     }
 
     /// [`TokenService::access_token`] for a caller that will use the token
@@ -337,12 +394,13 @@ impl TokenService {
         valid_for: Duration,
         deadline: Instant,
     ) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::IfDue, deadline, None, millis(valid_for), None).await
+        self.run(id, Mode::IfDue, deadline, None, millis(valid_for), Start::default())
+            .await
     }
 
     /// Refreshes now, unless another worker refreshed it while this call waited.
     pub async fn refresh_now(&self, id: &ConnectionId, deadline: Instant) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::Force, deadline, None, 0, None).await
+        self.run(id, Mode::Force, deadline, None, 0, Start::default()).await
     }
 
     /// The provider refused the access token of `refused_version` (a 401):
@@ -355,7 +413,7 @@ impl TokenService {
         refused_version: u64,
         deadline: Instant,
     ) -> Result<Fresh, RefreshError> {
-        self.run(id, Mode::Force, deadline, Some(refused_version), 0, None)
+        self.run(id, Mode::Force, deadline, Some(refused_version), 0, Start::default())
             .await
     }
 
@@ -377,10 +435,16 @@ impl TokenService {
         deadline: Instant,
         forced_from: Option<u64>,
         valid_for_ms: i64,
-        run_place: Option<&RunPlace>,
+        start: Start<'_>,
     ) -> Result<Fresh, RefreshError> {
-        let owner = self.owner();
-        let config = self.config();
+        let Start {
+            run_place,
+            owner,
+            config,
+            mut first,
+        } = start;
+        let owner = owner.unwrap_or_else(|| self.owner());
+        let config = config.unwrap_or_else(|| self.config());
         let mut forced_from = forced_from;
         let mut poll = self.settings.poll_min;
         loop {
@@ -388,8 +452,15 @@ impl TokenService {
                 return Err(RefreshError::Deadline { id: id.clone() });
             }
             // The first work of a process waits for its key ring here,
-            // beside the connection's read.
-            let (keys, conn) = tokio::join!(self.keys.get(), self.read(id));
+            // beside the connection's read (none when the call starts from
+            // an item a write returned).
+            let read = async {
+                match first.take() {
+                    Some(conn) => Ok(conn),
+                    None => self.read(id).await,
+                }
+            };
+            let (keys, conn) = tokio::join!(self.keys.get(), read);
             let (keys, conn) = (keys?, conn?);
             if let Some(sealed) = &conn.access_token {
                 // Sealed by a process with a rotated ring: re-read ours.
@@ -438,7 +509,22 @@ impl TokenService {
             // waiting for one holds no lease and spends none of it.
             let permit = match lease {
                 LeaseState::Live(_) => None,
-                _ => Some(self.place_at(provider, id, deadline, run_place).await?),
+                LeaseState::Mine(mine) => {
+                    match self.place_at(provider, id, deadline, run_place, Some(mine.until)).await {
+                        Ok(permit) => Some(permit),
+                        // No place before too little of our lease was left to
+                        // send: it goes back unused, and the loop waits for a
+                        // place without one.
+                        Err(e) => {
+                            self.give_back_unsent(&conn, &owner, deadline).await?;
+                            if self.settings.no_send_before(deadline) {
+                                return Err(e);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                _ => Some(self.place_at(provider, id, deadline, run_place, None).await?),
             };
             let pass = Pass {
                 permit: permit.as_ref(),
@@ -506,15 +592,17 @@ impl TokenService {
     }
 
     /// A place among the refreshes in flight to `provider`, waited for while
-    /// a send still fits before `deadline`. A refresher run's refresh gives
-    /// its place in the run back while it waits (`run_place`), and takes one
-    /// again once it has the provider's.
+    /// a send still fits before `deadline` and, for a caller that holds the
+    /// lease already (until `lease_until`, epoch ms), in what is left of it.
+    /// A refresher run's refresh gives its place in the run back while it
+    /// waits (`run_place`), and takes one again once it has the provider's.
     async fn place_at(
         &self,
         provider: &Provider,
         id: &ConnectionId,
         deadline: Instant,
         run_place: Option<&RunPlace>,
+        lease_until: Option<i64>,
     ) -> Result<Permit, RefreshError> {
         let cap = provider.token_concurrency(&self.config().service);
         if let Some(permit) = self.limits.try_acquire(&provider.name, cap) {
@@ -523,9 +611,15 @@ impl TokenService {
         if let Some(place) = run_place {
             place.give_back();
         }
-        let until = deadline
+        let mut until = deadline
             .checked_sub(self.settings.time_for_a_send())
             .unwrap_or_else(Instant::now);
+        if let Some(lease_until) = lease_until {
+            let lease_left = crate::when::instant_of(lease_until, now_ms())
+                .checked_sub(self.settings.lease_needed_to_send())
+                .unwrap_or_else(Instant::now);
+            until = until.min(lease_left);
+        }
         let permit = self
             .limits
             .acquire(&provider.name, cap, until)
@@ -696,6 +790,20 @@ fn needed_margin(conn: &Connection, valid_for_ms: i64) -> i64 {
         valid_for_ms
     };
     reachable.max(USABLE_MARGIN_MS)
+}
+
+/// Whether a lease taken without a read is one the loop sends under:
+/// `config` knows the provider and has the connection due, and the
+/// provider's interval since the last refresh has passed (the rest of the
+/// read's decision was the write's condition).
+fn send_on_due_lease(config: &Config, conn: &Connection) -> bool {
+    let Ok(provider) = config.provider(&conn.provider) else {
+        return false;
+    };
+    let now = now_ms();
+    let interval = millis(Duration::from_secs(provider.settings.min_refresh_interval_secs));
+    let interval_passed = conn.last_refresh_at.is_none_or(|t| t.saturating_add(interval) <= now);
+    interval_passed && (!usable(conn, now, USABLE_MARGIN_MS) || is_due(conn, provider, now))
 }
 
 /// When a token issued at `issued_at` (epoch ms) that lives `expires_in` seconds expires.

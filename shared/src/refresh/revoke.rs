@@ -70,7 +70,9 @@ impl TokenService {
                 Err(e) => {
                     self.write(
                         id,
-                        self.store.release_unused_lease(id, conn.token_version, &owner).await,
+                        self.store
+                            .release_unused_lease(id, Some(conn.token_version), &owner)
+                            .await,
                     )?;
                     return Err(e);
                 }

@@ -95,7 +95,7 @@ impl TokenService {
         if self.settings.no_send_before(deadline)
             || lease_until - now_ms() < millis(self.settings.lease_needed_to_send())
         {
-            self.give_back_unsent(pass).await?;
+            self.give_back_unsent(conn, pass.owner, deadline).await?;
             // Asked again: the release took some of the time.
             if self.settings.no_send_before(deadline) {
                 debug!(connection = %id, "too little of the invocation left to send and commit; left for the next run");
@@ -319,12 +319,19 @@ impl TokenService {
     /// is unspent; an unknown outcome on record stays), retried until the
     /// caller's deadline: a lease left behind would read as a send to the
     /// next worker. Nothing is counted against the connection.
-    async fn give_back_unsent(&self, pass: &Pass<'_>) -> Result<(), RefreshError> {
-        let (conn, owner) = (pass.conn, pass.owner);
+    pub(super) async fn give_back_unsent(
+        &self,
+        conn: &crate::connection::Connection,
+        owner: &str,
+        deadline: Instant,
+    ) -> Result<(), RefreshError> {
         let released = crate::dynamo::retry_transient(
-            release_retry(pass.deadline),
+            release_retry(deadline),
             &format!("giving back the unused lease of {}", conn.id),
-            || self.store.release_unused_lease(&conn.id, conn.token_version, owner),
+            || {
+                self.store
+                    .release_unused_lease(&conn.id, Some(conn.token_version), owner)
+            },
         )
         .await;
         self.write(&conn.id, released).map(drop)

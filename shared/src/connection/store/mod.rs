@@ -53,6 +53,16 @@ pub struct NewLogin {
     pub param_error: Option<String>,
 }
 
+/// What [`ConnectionStore::take_due_lease`] came to.
+#[derive(Debug)]
+pub enum DueLease {
+    /// The lease is the caller's: the item with it.
+    Taken(Box<Connection>),
+    /// The item was not due for a refresh by this caller (or someone holds
+    /// its lease): the item as it is, when it exists.
+    Refused(Option<Box<Connection>>),
+}
+
 /// A refreshed token set, sealed, for [`ConnectionStore::commit`].
 #[derive(Debug, Clone)]
 pub struct Commit {

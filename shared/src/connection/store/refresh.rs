@@ -4,7 +4,10 @@
 //! reseal under a new key. Each is conditional on the version (and the lease
 //! owner) the protocol read.
 
-use super::{Commit, ConnectionStore, LEASE_FIELDS, UNKNOWN_FIELDS, Write, b, holds_lease, never};
+use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
+use std::sync::atomic::Ordering;
+
+use super::{Commit, ConnectionStore, DueLease, LEASE_FIELDS, UNKNOWN_FIELDS, Write, b, from_item, holds_lease, never};
 use crate::connection::{Connection, ConnectionId, Lease, Sealed, Status, now_ms};
 use crate::dynamo::{StoreError, n, s};
 
@@ -74,17 +77,86 @@ impl ConnectionStore {
         .await
     }
 
+    /// Takes the refresh lease of a connection the refresh-due index found
+    /// due, without reading it first: one write where a read and a lease
+    /// write were two. The condition is the read's whole decision: active,
+    /// due (`refresh_due_at`, which a backoff moves to `next_attempt_at`),
+    /// not backed off, no lease (not even an expired one: its holder may
+    /// have sent), and no send with an unknown outcome on record. Taken, the
+    /// answer is the item with the lease (`ReturnValues = ALL_NEW`); refused,
+    /// the item as it is (`ALL_OLD` on the failed condition), so the caller
+    /// goes on from it without a read. A retry of a take that landed
+    /// although its answer was lost finds the caller's own lease: taken.
+    pub async fn take_due_lease(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<DueLease, StoreError> {
+        self.ops.writes.fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .update(id)
+            .update_expression("SET lease_owner = :me, lease_until = :until, lease_taken_at = :now")
+            .condition_expression(
+                "#status = :active AND refresh_due_at <= :now \
+                 AND attribute_not_exists(lease_owner) \
+                 AND attribute_not_exists(outcome_unknown_since) AND attribute_not_exists(outcome_unknown_resent_at) \
+                 AND (attribute_not_exists(next_attempt_at) OR next_attempt_at <= :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":active", s(Status::Active.as_str()))
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":now", n(now))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let error = match sent {
+            Ok(output) => {
+                let item = output.attributes.ok_or_else(|| StoreError::Malformed {
+                    id: id.to_string(),
+                    reason: "the lease write returned no item".into(),
+                })?;
+                return Ok(DueLease::Taken(Box::new(from_item(item)?)));
+            }
+            Err(error) => error,
+        };
+        let Some(item) = crate::dynamo::refused(error, "UpdateItem(lease due)", &self.table)? else {
+            return Ok(DueLease::Refused(None));
+        };
+        let now = Box::new(from_item(item)?);
+        if now.lease.as_ref().is_some_and(|lease| lease.owner == owner) {
+            Ok(DueLease::Taken(now))
+        } else {
+            Ok(DueLease::Refused(Some(now)))
+        }
+    }
+
     /// Gives back the caller's own lease when nothing was sent under it (a
     /// take whose answer was an error although it landed, a revocation the
     /// provider could not do right now), unspending a resend it may have
     /// marked; nothing else changes.
-    pub async fn release_unused_lease(&self, id: &ConnectionId, seen: u64, owner: &str) -> Result<Write, StoreError> {
-        let request = self
+    /// `seen`: the version the lease was taken on, when the caller knows it
+    /// (a lease taken without a read, [`ConnectionStore::take_due_lease`],
+    /// whose answer was lost, is known by its owner id alone: unique per call).
+    pub async fn release_unused_lease(
+        &self,
+        id: &ConnectionId,
+        seen: Option<u64>,
+        owner: &str,
+    ) -> Result<Write, StoreError> {
+        let mut request = self
             .update(id)
             .update_expression(format!("REMOVE {LEASE_FIELDS}, outcome_unknown_resent_at"))
-            .condition_expression("token_version = :seen AND lease_owner = :me")
-            .expression_attribute_values(":seen", n(seen))
             .expression_attribute_values(":me", s(owner));
+        request = match seen {
+            Some(seen) => request
+                .condition_expression("token_version = :seen AND lease_owner = :me")
+                .expression_attribute_values(":seen", n(seen)),
+            None => request.condition_expression("lease_owner = :me"),
+        };
         self.conditional_update("UpdateItem(release unused lease)", request, never)
             .await
     }
