@@ -101,7 +101,14 @@ impl App {
     pub async fn from_env_reading_keys_ahead(keys: &[KeySecret]) -> Result<App, StartupError> {
         let sdk = crate::aws::sdk_config_from_env();
         let aws = AwsClients::from_sdk_config(&sdk);
-        let events = crate::events::EventSink::from_env(&sdk);
+        App::load(&sdk, aws, keys).await
+    }
+
+    /// [`App::from_env_reading_keys_ahead`] on clients built already from
+    /// `sdk`: a function that queries before its configuration is read
+    /// ([`Starting`]) shares them.
+    pub async fn load(sdk: &crate::aws::SdkConfig, aws: AwsClients, keys: &[KeySecret]) -> Result<App, StartupError> {
+        let events = crate::events::EventSink::from_env(sdk);
         let secrets = SecretStore::new(aws.secrets.clone());
         let defaults = crate::config::ServiceSettings::default();
         for key in keys {
@@ -130,10 +137,7 @@ impl App {
     /// The connection store on the table named by `OAUTH_SYNC_CONNECTIONS_TABLE`,
     /// writing refresh-due entries over `OAUTH_SYNC_REFRESH_SHARDS` shards.
     pub fn connection_store(&self) -> Result<ConnectionStore, StartupError> {
-        let table =
-            std::env::var(CONNECTIONS_TABLE_ENV).map_err(|_| StartupError::MissingEnv(CONNECTIONS_TABLE_ENV))?;
-        let layout = crate::shards::Layout::from_env()?;
-        Ok(ConnectionStore::new(self.aws.dynamodb.clone(), table).with_refresh_shards(layout.shards))
+        connection_store_on(&self.aws)
     }
 
     /// The login-attempt store on the table named by `OAUTH_SYNC_LOGIN_ATTEMPTS_TABLE`.
@@ -148,11 +152,7 @@ impl App {
 
     /// The sync-state and sync-runs tables named by the environment.
     pub fn job_store(&self) -> Result<crate::sync::jobs::JobStore, StartupError> {
-        Ok(crate::sync::jobs::JobStore::new(
-            self.aws.dynamodb.clone(),
-            env(SYNC_STATE_TABLE_ENV)?,
-            env(SYNC_RUNS_TABLE_ENV)?,
-        ))
+        job_store_on(&self.aws)
     }
 
     /// The records table named by `OAUTH_SYNC_RECORDS_TABLE`.
@@ -210,6 +210,93 @@ fn time_left(deadline_ms: u64, now_ms: i64) -> std::time::Duration {
     crate::when::until(i64::try_from(deadline_ms).unwrap_or(i64::MAX), now_ms)
 }
 
+/// The connection store on the table named by `OAUTH_SYNC_CONNECTIONS_TABLE`
+/// through `aws`, writing refresh-due entries over
+/// `OAUTH_SYNC_REFRESH_SHARDS` shards: from the environment alone, so a
+/// function can query before its configuration is read.
+pub fn connection_store_on(aws: &AwsClients) -> Result<ConnectionStore, StartupError> {
+    let layout = crate::shards::Layout::from_env()?;
+    Ok(ConnectionStore::new(aws.dynamodb.clone(), env(CONNECTIONS_TABLE_ENV)?).with_refresh_shards(layout.shards))
+}
+
+/// The sync-state and sync-runs tables named by the environment, through
+/// `aws`: from the environment alone, as [`connection_store_on`].
+pub fn job_store_on(aws: &AwsClients) -> Result<crate::sync::jobs::JobStore, StartupError> {
+    Ok(crate::sync::jobs::JobStore::new(
+        aws.dynamodb.clone(),
+        env(SYNC_STATE_TABLE_ENV)?,
+        env(SYNC_RUNS_TABLE_ENV)?,
+    ))
+}
+
+/// A function's start-up (reading its configuration, building its
+/// services) running beside its runtime loop instead of before it, so that
+/// the first invocation starts what needs none of it (the first queries of a
+/// due index) while the configuration is still being read. A failed
+/// start-up ends the process with its error, as one awaited before the loop
+/// does ([`Starting::beside`]), and is each waiting invocation's error.
+#[derive(Debug)]
+pub struct Starting<T> {
+    done: tokio::sync::watch::Receiver<Option<Started<T>>>,
+}
+
+/// What a start-up came to.
+pub type Started<T> = Result<Arc<T>, crate::telemetry::StartupError>;
+
+impl<T: Send + Sync + 'static> Starting<T> {
+    /// Starts `start` in the background. Call it inside the runtime; log its
+    /// failure in it ([`crate::telemetry::startup_failed`]).
+    pub fn spawn(start: impl std::future::Future<Output = Started<T>> + Send + 'static) -> Starting<T> {
+        let (done, waiting) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            let started = start.await;
+            done.send_replace(Some(started));
+        });
+        Starting { done: waiting }
+    }
+
+    /// Whether the start-up has ended, well or not.
+    pub fn ended(&self) -> bool {
+        self.done.borrow().is_some()
+    }
+
+    /// What the start-up built, once it has; its error when it failed.
+    pub async fn get(&self) -> Started<T> {
+        let mut done = self.done.clone();
+        let ended = done.wait_for(Option::is_some).await.map(|started| started.clone());
+        match ended {
+            Ok(Some(started)) => started,
+            // The start-up's task ended without an answer: it panicked.
+            _ => Err(crate::telemetry::startup_failed(std::io::Error::other(
+                "the start-up ended without a result",
+            ))),
+        }
+    }
+
+    /// Runs `runtime`, the function's runtime loop, beside the start-up:
+    /// a start-up that fails ends it with that error. When the loop ends by
+    /// itself (it cannot reach the runtime API), a failed start-up is still
+    /// the error reported, as it would have been had the start-up run first.
+    pub async fn beside<E: From<crate::telemetry::StartupError>>(
+        &self,
+        runtime: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), E> {
+        let failed = async {
+            match self.get().await {
+                Err(e) => e,
+                Ok(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            e = failed => Err(e.into()),
+            ended = runtime => match self.get().await {
+                Err(e) => Err(e.into()),
+                Ok(_) => ended,
+            },
+        }
+    }
+}
+
 fn env(name: &'static str) -> Result<String, StartupError> {
     std::env::var(name).map_err(|_| StartupError::MissingEnv(name))
 }
@@ -250,9 +337,48 @@ pub async fn load_config_secret(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
-    use super::time_left;
+    use super::{Starting, time_left};
+    use crate::telemetry::startup_failed;
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    #[tokio::test]
+    async fn a_start_up_beside_the_loop_is_waited_for_and_its_failure_ends_the_loop() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let starting = Starting::spawn(async move {
+            let _ = released.await;
+            Ok(Arc::new(7))
+        });
+        assert!(!starting.ended());
+        release.send(()).expect("the start-up waits");
+        assert_eq!(*starting.get().await.expect("started"), 7);
+        assert!(starting.ended());
+        // A loop that ends by itself ends the process with its own outcome.
+        let ended = starting
+            .beside(async { Err::<(), BoxError>("no runtime API".into()) })
+            .await;
+        assert_eq!(ended.expect_err("the loop's").to_string(), "no runtime API");
+
+        let failing: Starting<u8> =
+            Starting::spawn(async { Err(startup_failed(std::io::Error::other("the configuration is missing"))) });
+        // A loop that would wait for events forever is ended by the failure.
+        let ended: Result<(), BoxError> = failing.beside(std::future::pending()).await;
+        let error = ended.expect_err("the start-up failed");
+        assert_eq!(error.to_string(), "the configuration is missing");
+        let again = failing.get().await.expect_err("each waiting invocation gets it");
+        assert_eq!(again.to_string(), "the configuration is missing");
+        // A loop that cannot reach the runtime API reports the start-up's failure.
+        let ended = failing
+            .beside(async { Err::<(), BoxError>("no runtime API".into()) })
+            .await;
+        assert_eq!(
+            ended.expect_err("the start-up's").to_string(),
+            "the configuration is missing"
+        );
+    }
 
     #[test]
     fn a_deadline_is_an_epoch_time_unless_it_is_cargo_lambda_watchs_duration() {

@@ -24,6 +24,32 @@ pub enum ShardPage<T> {
     OutOfTime,
 }
 
+/// The shards of `shards` where `look` (one query: is anything due?) says
+/// yes, all asked at once. A look that fails keeps its shard: the run reads
+/// it again and reports it. A function's first invocation asks while its
+/// configuration is still being read ([`crate::runtime::Starting`]), then
+/// works only these.
+pub async fn with_due<E, F, Fut>(shards: &[u32], look: F) -> Vec<u32>
+where
+    E: Send + 'static,
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Result<bool, E>> + Send + 'static,
+{
+    let mut looks = tokio::task::JoinSet::new();
+    for &shard in shards {
+        let due = look(shard);
+        looks.spawn(async move { (shard, due.await.unwrap_or(true)) });
+    }
+    let mut due: Vec<u32> = looks
+        .join_all()
+        .await
+        .into_iter()
+        .filter_map(|(shard, due)| due.then_some(shard))
+        .collect();
+    due.sort_unstable();
+    due
+}
+
 /// One page of a shard: its items and where the next page starts.
 pub type Page<T, C> = (Vec<T>, Option<C>);
 

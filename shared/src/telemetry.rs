@@ -170,6 +170,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 ///
 /// `main` returns it, and the runtime prints a returned error in `Debug`
 /// form, so `Debug` is that readable line too, not the nested structure.
+#[derive(Clone)]
 pub struct StartupError(String);
 
 impl std::fmt::Debug for StartupError {

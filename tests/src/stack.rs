@@ -34,6 +34,13 @@ pub fn unique_prefix(test: &str) -> String {
 }
 
 /// Creates the template's tables under a fresh prefix; logical id → name.
+/// A DynamoDB client of the stack's configuration that sends to `url` (a
+/// [`crate::proxy::DynamoProxy`]).
+pub fn dynamodb_via(url: &str) -> aws_sdk_dynamodb::Client {
+    let sdk = shared::aws::sdk_config_from_env();
+    aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(url).build())
+}
+
 pub async fn fresh_tables(clients: &AwsClients, test: &str) -> BTreeMap<String, String> {
     let prefix = unique_prefix(test);
     match create_tables(&clients.dynamodb, &template_path(), &prefix).await {
@@ -346,13 +353,8 @@ impl RefreshFixture {
         dynamodb_url: &str,
         settings: shared::refresh::RefreshSettings,
     ) -> shared::refresh::TokenService {
-        let sdk = shared::aws::sdk_config_from_env();
-        let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(&sdk)
-                .endpoint_url(dynamodb_url)
-                .build(),
-        );
-        let store = shared::connection::store::ConnectionStore::new(dynamodb, self.connections_table());
+        let store =
+            shared::connection::store::ConnectionStore::new(dynamodb_via(dynamodb_url), self.connections_table());
         shared::refresh::TokenService::load(
             self.config.clone(),
             store,

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_runtime::{Diagnostic, LambdaEvent};
-use shared::connection::DUE_SHARDS;
+use shared::connection::{DUE_SHARDS, now_ms};
+use shared::runtime::Starting;
 use shared::sync::engine::{DueRuns, SyncEngine};
+use shared::sync::jobs::JobStore;
 use shared::sync::reconcile::{Reconciled, Reconciler};
+use shared::telemetry::StartupError;
 
 /// Time kept back from the invocation's deadline for the last checkpoint.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
@@ -25,20 +28,30 @@ pub struct Invocation {
     pub runs: DueRuns,
 }
 
-/// Part of the sync-due index could not be read (each failure is logged);
-/// the rest was served. Worth retrying, and the next schedule will.
+/// Why an invocation did not do all it should.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the sync-due index could not be read for {shards_failed} of {DUE_SHARDS} shards; their jobs wait for the next run"
-)]
-pub struct SyncRunError {
-    pub shards_failed: u64,
-    pub summary: DueRuns,
+pub enum SyncRunError {
+    /// Part of the sync-due index could not be read (each failure is
+    /// logged); the rest was served. Worth retrying, and the next schedule will.
+    #[error(
+        "the sync-due index could not be read for {shards_failed} of {DUE_SHARDS} shards; their jobs wait for the next run"
+    )]
+    ShardsFailed { shards_failed: u64, summary: Box<DueRuns> },
+    /// The function could not start (its configuration, its clients):
+    /// nothing was done, and the process ends with the same error.
+    #[error("start-up failed: {0}")]
+    Startup(#[from] StartupError),
 }
 
 impl From<SyncRunError> for Diagnostic {
     fn from(error: SyncRunError) -> Diagnostic {
-        shared::lambda::retryable(&error)
+        match error {
+            SyncRunError::ShardsFailed { .. } => shared::lambda::retryable(&error),
+            SyncRunError::Startup(_) => Diagnostic {
+                error_type: "StartupFailed".to_owned(),
+                error_message: error.to_string(),
+            },
+        }
     }
 }
 
@@ -62,8 +75,13 @@ pub async fn invoke(
     engine.reload_if_changed().await;
     let reconciled = reconcile(reconciler, &event.context.request_id, deadline).await;
     let summary = engine.run_due(deadline).await;
+    finish(reconciled, summary, &event.context.request_id)
+}
+
+/// Logs and emits an invocation's runs, and judges them.
+fn finish(reconciled: Option<Reconciled>, summary: DueRuns, request_id: &str) -> Result<Invocation, SyncRunError> {
     tracing::info!(
-        request_id = %event.context.request_id,
+        request_id,
         due = summary.due,
         finished = summary.finished,
         yielded = summary.yielded,
@@ -81,15 +99,52 @@ pub async fn invoke(
     );
     summary.metrics().emit();
     if summary.shards_failed > 0 {
-        return Err(SyncRunError {
+        return Err(SyncRunError::ShardsFailed {
             shards_failed: summary.shards_failed,
-            summary,
+            summary: Box::new(summary),
         });
     }
     Ok(Invocation {
         reconciled,
         runs: summary,
     })
+}
+
+/// What the sync function builds at start-up: the engine and the job
+/// reconciliation.
+#[derive(Debug)]
+pub struct Services {
+    pub engine: Arc<SyncEngine>,
+    pub reconciler: Reconciler,
+}
+
+/// [`invoke`] while the function's start-up may still be running
+/// ([`Starting`]): the process's first invocation looks at each shard of
+/// the sync-due index for a due job (one query each, on `jobs`, which needs
+/// only the environment) while the configuration is read, and works only
+/// the shards where one is (all of them when the reconciliation created
+/// jobs). An invocation with nothing due then costs its queries beside the
+/// start-up, not after it.
+pub async fn invoke_starting(
+    starting: &Starting<Services>,
+    jobs: &JobStore,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<Invocation, SyncRunError> {
+    if starting.ended() {
+        let services = starting.get().await.map_err(SyncRunError::from)?;
+        return invoke(&services.engine, &services.reconciler, event).await;
+    }
+    let deadline = shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN);
+    let shards: Vec<u32> = (0..DUE_SHARDS).collect();
+    let (services, due) = tokio::join!(starting.get(), jobs.shards_with_due(&shards, now_ms()));
+    let services = services.map_err(SyncRunError::from)?;
+    let reconciled = reconcile(&services.reconciler, &event.context.request_id, deadline).await;
+    let shards = match &reconciled {
+        Some(done) if done.created > 0 => shards,
+        _ => due,
+    };
+    let summary = services.engine.run_due_in(&shards, deadline).await;
+    finish(reconciled, summary, &event.context.request_id)
 }
 
 /// The reconciliation's share of the invocation (bounded by its settings'

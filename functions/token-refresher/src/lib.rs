@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_runtime::{Diagnostic, LambdaEvent};
-use shared::refresh::{DueRun, DueSummary, TokenService};
+use shared::connection::store::ConnectionStore;
+use shared::refresh::{DueRun, DueSummary, RefreshSettings, TokenService, shards_with_due};
+use shared::runtime::Starting;
 use shared::shards::{Layout, LayoutError};
+use shared::telemetry::StartupError;
 
 /// Time kept back from the invocation's deadline: no refresh starts in it.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
@@ -33,6 +36,10 @@ pub enum RefresherError {
     /// and the stack's `RefreshGroups` disagree): nothing was done.
     #[error("the event's `group` {0}")]
     Group(String),
+    /// The function could not start (its configuration, its clients):
+    /// nothing was done, and the process ends with the same error.
+    #[error("start-up failed: {0}")]
+    Startup(StartupError),
 }
 
 impl From<RefresherError> for Diagnostic {
@@ -41,6 +48,10 @@ impl From<RefresherError> for Diagnostic {
             RefresherError::ShardsFailed { .. } => shared::lambda::retryable(&error),
             RefresherError::Group(_) => Diagnostic {
                 error_type: "InvalidGroup".to_owned(),
+                error_message: error.to_string(),
+            },
+            RefresherError::Startup(_) => Diagnostic {
+                error_type: "StartupFailed".to_owned(),
                 error_message: error.to_string(),
             },
         }
@@ -62,6 +73,7 @@ pub fn group_of(event: &serde_json::Value, layout: &Layout) -> Result<Vec<u32>, 
         .map_err(|e: LayoutError| RefresherError::Group(e.to_string()))
 }
 
+/// One scheduled run: the event's shard group, refreshed until the deadline.
 pub async fn function_handler(
     service: &Arc<TokenService>,
     layout: &Layout,
@@ -70,16 +82,52 @@ pub async fn function_handler(
     // A pushed configuration or a rotated key ring, at most once a minute.
     service.reload_if_changed().await;
     let shards = group_of(&event.payload, layout)?;
+    let deadline = shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN);
+    run_shards(service, shards, deadline, &event.context.request_id).await
+}
+
+/// [`function_handler`] while the function's start-up may still be running
+/// ([`Starting`]): the process's first run looks at each of its shards for
+/// anything due (one query each, on `store`, which needs only the
+/// environment) while the configuration is read, and works only the shards
+/// where something is. A run with nothing due then costs its queries beside
+/// the start-up, not after it.
+pub async fn handle_starting(
+    starting: &Starting<TokenService>,
+    store: &ConnectionStore,
+    layout: &Layout,
+    event: LambdaEvent<serde_json::Value>,
+) -> Result<DueSummary, RefresherError> {
+    if starting.ended() {
+        let service = starting.get().await.map_err(RefresherError::Startup)?;
+        return function_handler(&service, layout, event).await;
+    }
+    let shards = group_of(&event.payload, layout)?;
+    let deadline = shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN);
+    // The settings the start-up's service has (`App::token_service`).
+    let until = DueRun::due_until(deadline, &RefreshSettings::default());
+    let (service, due) = tokio::join!(starting.get(), shards_with_due(store, &shards, until));
+    let service = service.map_err(RefresherError::Startup)?;
+    run_shards(&service, due, deadline, &event.context.request_id).await
+}
+
+/// Works `shards` until `deadline`, then logs, emits and judges the run.
+async fn run_shards(
+    service: &Arc<TokenService>,
+    shards: Vec<u32>,
+    deadline: std::time::Instant,
+    request_id: &str,
+) -> Result<DueSummary, RefresherError> {
     let run = DueRun {
         shards,
-        deadline: shared::lambda::deadline_of(&event.context, DEADLINE_MARGIN),
+        deadline,
         // `[service] refresh_concurrency`: refreshes in flight (default 16).
         concurrency: service.config().service.refresh_concurrency,
     };
     let shard_count = run.shards.len();
     let summary = service.refresh_due(run).await;
     tracing::info!(
-        request_id = %event.context.request_id,
+        request_id,
         shards = summary.shards,
         shards_busy = summary.shards_busy,
         due = summary.due,

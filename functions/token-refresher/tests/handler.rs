@@ -9,9 +9,11 @@ use oauth_sync_tests::proxy::{DynamoProxy, ProxyFault};
 use oauth_sync_tests::simulator::SimConfig;
 use oauth_sync_tests::stack::{RefreshFixture, deadline, ids_in_shard};
 use shared::config::PresetName;
-use shared::connection::now_ms;
+use shared::connection::{DUE_SHARDS, now_ms};
 use shared::refresh::RefreshSettings;
+use shared::runtime::Starting;
 use shared::shards::Layout;
+use shared::telemetry::startup_failed;
 use token_refresher::RefresherError;
 
 /// A scheduled event with a minute left in the invocation.
@@ -134,4 +136,91 @@ async fn a_shard_whose_index_query_fails_is_reported_after_the_others_are_served
     for id in &in_3 {
         assert_eq!(fixture.connection(id).await.token_version, 2, "{id}");
     }
+}
+
+#[tokio::test]
+async fn the_first_run_looks_at_its_shards_while_the_start_up_still_runs() {
+    let fixture = RefreshFixture::start(
+        due_at_once(PresetName::Generic),
+        RefreshSettings::default(),
+        "",
+        "starting",
+    )
+    .await;
+    let mut ids = Vec::new();
+    for name in ids_in_shard("starting", "5", 2) {
+        ids.push(fixture.connect(&name).await);
+    }
+    let store = fixture.service.store().clone();
+    // A start-up still reading its configuration when the event comes.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let service = Arc::clone(&fixture.service);
+    let starting = Arc::new(Starting::spawn(async move {
+        let _ = released.await;
+        Ok(service)
+    }));
+    let queries = || store.ops().snapshot().2;
+    let before = queries();
+    let run = {
+        let (starting, store) = (Arc::clone(&starting), store.clone());
+        tokio::spawn(async move {
+            token_refresher::handle_starting(&starting, &store, &Layout::default(), scheduled_event()).await
+        })
+    };
+    // Every shard is looked at before the start-up ends.
+    let looked = deadline(30);
+    while queries() - before < u64::from(DUE_SHARDS) {
+        assert!(std::time::Instant::now() < looked, "the shards were not looked at");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!starting.ended() && !run.is_finished());
+    release.send(()).expect("the start-up waits");
+    let summary = run.await.expect("the run").expect("the run succeeds");
+    assert_eq!(
+        (summary.shards, summary.due, summary.refreshed, summary.complete),
+        (1, 2, 2, true),
+        "only the shard with something due is worked: {summary:?}"
+    );
+    for id in &ids {
+        assert_eq!(fixture.connection(id).await.token_version, 2);
+    }
+    // Once started, a run is the ordinary one (the minute-long tokens are due again).
+    let summary = token_refresher::handle_starting(&starting, &store, &Layout::default(), scheduled_event())
+        .await
+        .expect("the next run");
+    assert_eq!((summary.due, summary.refreshed), (2, 2), "{summary:?}");
+}
+
+#[tokio::test]
+async fn a_run_whose_start_up_failed_says_so_and_does_nothing() {
+    let fixture = RefreshFixture::start(
+        due_at_once(PresetName::Generic),
+        RefreshSettings::default(),
+        "",
+        "start-failed",
+    )
+    .await;
+    let id = fixture.connect("waiting").await;
+    let starting: Starting<shared::refresh::TokenService> = Starting::spawn(async {
+        Err(startup_failed(std::io::Error::other(
+            "configuration secret: oauth-sync/config not found",
+        )))
+    });
+    let e = token_refresher::handle_starting(
+        &starting,
+        fixture.service.store(),
+        &Layout::default(),
+        scheduled_event(),
+    )
+    .await
+    .expect_err("no start-up, no run");
+    assert!(matches!(e, RefresherError::Startup(_)), "{e}");
+    let diagnostic = Diagnostic::from(e);
+    assert_eq!(diagnostic.error_type, "StartupFailed");
+    assert!(
+        diagnostic.error_message.contains("oauth-sync/config not found"),
+        "{}",
+        diagnostic.error_message
+    );
+    assert_eq!(fixture.connection(&id).await.token_version, 1, "nothing refreshed");
 }

@@ -14,7 +14,7 @@ use tracing::{error, warn};
 use super::{Fresh, ProviderLoad, RefreshError, RunPlace, RunPlaces, TokenService, millis};
 use crate::connection::ConnectionId;
 use crate::connection::now_ms;
-use crate::connection::store::ShardLease;
+use crate::connection::store::{ConnectionStore, ShardLease};
 use crate::shards::ShardPage;
 use crate::telemetry::error_chain;
 
@@ -39,6 +39,13 @@ pub struct DueRun {
 }
 
 impl DueRun {
+    /// The latest due time (epoch ms) a run with `deadline` starts
+    /// refreshes for, with the protocol's `settings`: a send and a commit
+    /// must still fit before the deadline.
+    pub fn due_until(deadline: Instant, settings: &super::RefreshSettings) -> i64 {
+        epoch_of(start_by(deadline, settings))
+    }
+
     /// Every shard of a refresh-due index of [`crate::connection::DUE_SHARDS`]
     /// shards (one group; the tests' and the CLI's run).
     pub fn all(deadline: Instant, concurrency: usize) -> DueRun {
@@ -149,6 +156,26 @@ impl DueSummary {
     }
 }
 
+/// The last moment a run with `deadline` starts a refresh.
+fn start_by(deadline: Instant, settings: &super::RefreshSettings) -> Instant {
+    deadline
+        .checked_sub(settings.time_for_a_send())
+        .unwrap_or_else(Instant::now)
+}
+
+/// The shards of `shards` with a connection due by `until` (epoch ms, see
+/// [`DueRun::due_until`]), on the store alone: [`crate::shards::with_due`].
+pub async fn shards_with_due(store: &ConnectionStore, shards: &[u32], until: i64) -> Vec<u32> {
+    crate::shards::with_due(shards, |shard| {
+        let store = store.clone();
+        async move {
+            let look = store.due(&shard.to_string(), until, 1, None).await?;
+            Ok::<_, crate::dynamo::StoreError>(!look.ids.is_empty())
+        }
+    })
+    .await
+}
+
 /// The `Instant` of the epoch time `at_ms`.
 fn instant_of(at_ms: i64) -> Instant {
     crate::when::instant_of(at_ms, now_ms())
@@ -175,10 +202,7 @@ impl TokenService {
     /// deadline; what is left waits for the next run. A failed query of one
     /// shard is logged and counted, and the other shards are still served.
     pub async fn refresh_due(self: &Arc<Self>, run: DueRun) -> DueSummary {
-        let start_by = run
-            .deadline
-            .checked_sub(self.settings.time_for_a_send())
-            .unwrap_or_else(Instant::now);
+        let start_by = start_by(run.deadline, &self.settings);
         let mut summary = DueSummary {
             complete: true,
             ..DueSummary::default()

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 pub use self::decide::{Action, Answer, Plan, ResendPolicy, Sent, UnknownSend, decide, plan};
-pub use self::due::{DueRun, DueSummary};
+pub use self::due::{DueRun, DueSummary, shards_with_due};
 pub use self::error::{LoadError, RefreshError};
 use self::lease::LeaseState;
 pub use self::limit::{Permit, ProviderLimits, ProviderLoad, RunPlace, RunPlaces};

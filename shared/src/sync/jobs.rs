@@ -349,6 +349,16 @@ impl JobStore {
             .collect()
     }
 
+    /// The shards of `shards` of the sync-due index with a job due at `now`
+    /// (epoch ms): one query each, all at once ([`crate::shards::with_due`]).
+    pub async fn shards_with_due(&self, shards: &[u32], now: i64) -> Vec<u32> {
+        crate::shards::with_due(shards, |shard| {
+            let jobs = self.clone();
+            async move { Ok::<_, StoreError>(!jobs.due(shard, now, 1, None).await?.ids.is_empty()) }
+        })
+        .await
+    }
+
     /// Ids of jobs due by `now` in one shard of the `sync-due` index, a page at a time.
     pub async fn due(
         &self,

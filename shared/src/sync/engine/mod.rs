@@ -389,6 +389,14 @@ impl SyncEngine {
 
     /// Runs every due job, `concurrency` at a time, until `deadline`.
     pub async fn run_due(self: &Arc<Self>, deadline: Instant) -> DueRuns {
+        let shards: Vec<u32> = (0..crate::connection::DUE_SHARDS).collect();
+        self.run_due_in(&shards, deadline).await
+    }
+
+    /// [`SyncEngine::run_due`] over `shards` of the sync-due index alone
+    /// (those a function's first invocation found something due in:
+    /// [`JobStore::shards_with_due`]).
+    pub async fn run_due_in(self: &Arc<Self>, shards: &[u32], deadline: Instant) -> DueRuns {
         let mut summary = DueRuns::default();
         let permits = Arc::new(tokio::sync::Semaphore::new(self.settings.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
@@ -396,8 +404,7 @@ impl SyncEngine {
             .checked_sub(self.settings.page_timeout + self.settings.commit_margin)
             .unwrap_or_else(Instant::now);
         let (jobs, now) = (self.jobs.clone(), now_ms());
-        let shards: Vec<u32> = (0..crate::connection::DUE_SHARDS).collect();
-        let mut found = crate::shards::read_all(&shards, start_by, move |shard, start| {
+        let mut found = crate::shards::read_all(shards, start_by, move |shard, start| {
             let jobs = jobs.clone();
             async move {
                 let page = jobs.due(shard, now, 100, start).await.map_err(|e| error_chain(&e))?;
