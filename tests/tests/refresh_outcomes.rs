@@ -592,7 +592,8 @@ async fn a_run_resends_an_unknown_outcome_from_the_item_its_refused_lease_write_
 #[tokio::test]
 async fn a_lease_taken_without_a_read_goes_back_unused_when_the_configuration_holds_the_refresh_back() {
     // A due time written under an older configuration (here: planted) says
-    // due, the provider's interval since the login (now 600 s) says not yet. The run's lease, taken on the due time alone, is given back
+    // due, the provider's interval since the login (now 600 s) says not
+    // yet. The run's lease, taken on the due time alone, is given back
     // unsent, and the connection keeps its token, as the configuration says.
     let fixture = RefreshFixture::start(
         SimConfig::for_preset(PresetName::Generic),

@@ -34,6 +34,11 @@ fn due_at_once(preset: PresetName) -> SimConfig {
     }
 }
 
+/// A generic provider's fixture whose connections are due at once.
+async fn generic_due_at_once(test: &str) -> RefreshFixture {
+    RefreshFixture::start(due_at_once(PresetName::Generic), RefreshSettings::default(), "", test).await
+}
+
 #[tokio::test]
 async fn a_scheduled_run_refreshes_what_is_due() {
     let fixture = RefreshFixture::start(due_at_once(PresetName::Xero), RefreshSettings::default(), "", "handler").await;
@@ -69,13 +74,7 @@ fn the_deadline_keeps_a_margin() {
 
 #[tokio::test]
 async fn a_shard_whose_index_query_fails_is_reported_after_the_others_are_served() {
-    let fixture = RefreshFixture::start(
-        due_at_once(PresetName::Generic),
-        RefreshSettings::default(),
-        "",
-        "shard-down",
-    )
-    .await;
+    let fixture = generic_due_at_once("shard-down").await;
     let mut in_3 = Vec::new();
     for name in ids_in_shard("down", "3", 2) {
         in_3.push(fixture.connect(&name).await);
@@ -140,13 +139,7 @@ async fn a_shard_whose_index_query_fails_is_reported_after_the_others_are_served
 
 #[tokio::test]
 async fn the_first_run_looks_at_its_shards_while_the_start_up_still_runs() {
-    let fixture = RefreshFixture::start(
-        due_at_once(PresetName::Generic),
-        RefreshSettings::default(),
-        "",
-        "starting",
-    )
-    .await;
+    let fixture = generic_due_at_once("starting").await;
     let mut ids = Vec::new();
     for name in ids_in_shard("starting", "5", 2) {
         ids.push(fixture.connect(&name).await);
@@ -193,13 +186,7 @@ async fn the_first_run_looks_at_its_shards_while_the_start_up_still_runs() {
 
 #[tokio::test]
 async fn a_run_whose_start_up_failed_says_so_and_does_nothing() {
-    let fixture = RefreshFixture::start(
-        due_at_once(PresetName::Generic),
-        RefreshSettings::default(),
-        "",
-        "start-failed",
-    )
-    .await;
+    let fixture = generic_due_at_once("start-failed").await;
     let id = fixture.connect("waiting").await;
     let starting: Starting<shared::refresh::TokenService> = Starting::spawn(async {
         Err(startup_failed(std::io::Error::other(

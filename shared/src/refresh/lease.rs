@@ -97,12 +97,7 @@ impl TokenService {
         let until = self.lease_until(id, now, deadline)?;
         match self.store.take_due_lease(id, owner, now, until).await {
             Ok(taken) => Ok(taken),
-            Err(source) => {
-                if let Err(e) = self.store.release_unused_lease(id, None, owner).await {
-                    warn!(connection = %id, error = %error_chain(&e), "a lease write failed and its possible lease could not be given back");
-                }
-                Err(RefreshError::Store { id: id.clone(), source })
-            }
+            Err(source) => Err(self.release_possible_lease(id, None, owner, source).await),
         }
     }
 
@@ -151,20 +146,26 @@ impl TokenService {
         let conn = pass.conn;
         match written {
             Ok(write) => Ok(write),
-            Err(source) => {
-                if let Err(e) = self
-                    .store
-                    .release_unused_lease(&conn.id, Some(conn.token_version), pass.owner)
-                    .await
-                {
-                    warn!(connection = %conn.id, error = %error_chain(&e), "a lease write failed and its possible lease could not be given back");
-                }
-                Err(RefreshError::Store {
-                    id: conn.id.clone(),
-                    source,
-                })
-            }
+            Err(source) => Err(self
+                .release_possible_lease(&conn.id, Some(conn.token_version), pass.owner, source)
+                .await),
         }
+    }
+
+    /// After a lease write of `owner`'s failed with `source`: gives back
+    /// the lease it may have taken (on version `seen`, when known), and
+    /// returns the write's error.
+    async fn release_possible_lease(
+        &self,
+        id: &ConnectionId,
+        seen: Option<u64>,
+        owner: &str,
+        source: StoreError,
+    ) -> RefreshError {
+        if let Err(e) = self.store.release_unused_lease(id, seen, owner).await {
+            warn!(connection = %id, error = %error_chain(&e), "a lease write failed and its possible lease could not be given back");
+        }
+        RefreshError::Store { id: id.clone(), source }
     }
 }
 

@@ -356,29 +356,26 @@ impl TokenService {
         let owner = self.owner();
         let config = self.config();
         let (keys, taken) = tokio::join!(self.keys.get(), self.lease_due(id, &owner, deadline));
-        let mut start = Start {
+        let first = match taken? {
+            DueLease::Refused(None) => return Err(RefreshError::NotFound(id.clone())),
+            DueLease::Refused(Some(conn)) => Some(*conn),
+            DueLease::Taken(conn) if keys.is_ok() && send_on_due_lease(&config, &conn) => Some(*conn),
+            DueLease::Taken(conn) => {
+                // The ring could not be read, or the configuration holds
+                // this refresh back (a provider it no longer has, a longer
+                // lead or interval since the due time was written): the
+                // lease goes back unused, and the loop reads and decides.
+                self.give_back_unsent(&conn, &owner, deadline).await?;
+                None
+            }
+        };
+        keys?;
+        let start = Start {
             run_place: Some(place),
             owner: Some(owner),
-            config: Some(Arc::clone(&config)),
-            first: None,
+            config: Some(config),
+            first,
         };
-        match taken? {
-            DueLease::Refused(None) => return Err(RefreshError::NotFound(id.clone())),
-            DueLease::Refused(Some(conn)) => start.first = Some(*conn),
-            DueLease::Taken(conn) => {
-                let owner = start.owner.as_deref().unwrap_or_default();
-                if keys.is_ok() && send_on_due_lease(&config, &conn) {
-                    start.first = Some(*conn);
-                } else {
-                    // The ring could not be read, or the configuration holds
-                    // this refresh back (a provider it no longer has, a longer
-                    // lead or interval since the due time was written): the
-                    // lease goes back unused, and the loop reads and decides.
-                    self.give_back_unsent(&conn, owner, deadline).await?;
-                }
-            }
-        }
-        keys?;
         self.run(id, Mode::IfDue, deadline, None, 0, start).await
     }
 
@@ -635,12 +632,7 @@ impl TokenService {
     /// (Exact Online: 570 s), and the backoff after earlier failures.
     fn held_back_by_provider(&self, pass: &Pass<'_>, now: i64) -> Option<Result<Fresh, RefreshError>> {
         let (conn, provider) = (pass.conn, pass.provider);
-        let interval = millis(Duration::from_secs(provider.settings.min_refresh_interval_secs));
-        if let Some(until) = conn
-            .last_refresh_at
-            .map(|t| t.saturating_add(interval))
-            .filter(|t| *t > now)
-        {
+        if let Some(until) = next_refresh_allowed_at(conn, provider).filter(|t| *t > now) {
             let cause = format!(
                 "provider `{}` allows one refresh per {} s",
                 provider.name, provider.settings.min_refresh_interval_secs
@@ -801,9 +793,15 @@ fn send_on_due_lease(config: &Config, conn: &Connection) -> bool {
         return false;
     };
     let now = now_ms();
-    let interval = millis(Duration::from_secs(provider.settings.min_refresh_interval_secs));
-    let interval_passed = conn.last_refresh_at.is_none_or(|t| t.saturating_add(interval) <= now);
+    let interval_passed = next_refresh_allowed_at(conn, provider).is_none_or(|t| t <= now);
     interval_passed && (!usable(conn, now, USABLE_MARGIN_MS) || is_due(conn, provider, now))
+}
+
+/// When the provider's minimum interval since the last refresh ends
+/// (Exact Online: 570 s), if the connection was refreshed.
+fn next_refresh_allowed_at(conn: &Connection, provider: &Provider) -> Option<i64> {
+    let interval = millis(Duration::from_secs(provider.settings.min_refresh_interval_secs));
+    conn.last_refresh_at.map(|t| t.saturating_add(interval))
 }
 
 /// When a token issued at `issued_at` (epoch ms) that lives `expires_in` seconds expires.

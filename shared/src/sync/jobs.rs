@@ -423,21 +423,15 @@ impl JobStore {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
-        let mut claimed = None;
-        let ours = |item: &Item| {
-            // A retry that met the claim its lost answer came from: the item is the claimed job.
-            let mine = has_s(item, "lease_owner", owner) && item.get("lease_until") == Some(&n(until));
-            if mine {
-                claimed = Some(item.clone());
-            }
-            mine
-        };
-        let answer = match result {
+        let error = match result {
             Ok(output) => return output.attributes.map(|item| from_item(&item)).transpose(),
-            Err(e) => conditional(Err::<(), _>(e), "UpdateItem(claim job)", &self.table, ours)?,
+            Err(e) => e,
         };
-        match (answer, claimed) {
-            (Conditional::Done, Some(item)) => from_item(&item).map(Some),
+        match crate::dynamo::refused(error, "UpdateItem(claim job)", &self.table)? {
+            // A retry that met the claim its lost answer came from: the item is the claimed job.
+            Some(item) if has_s(&item, "lease_owner", owner) && item.get("lease_until") == Some(&n(until)) => {
+                from_item(&item).map(Some)
+            }
             _ => Ok(None),
         }
     }
