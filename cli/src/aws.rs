@@ -1,8 +1,8 @@
 //! The command line's AWS configuration: `aws-config`'s default chain (the
 //! environment, then the shared config and credentials files: profiles,
 //! SSO, assumed roles, IMDS on an instance), which an operator's laptop
-//! needs, with the timeouts, retry bounds and HTTP client every function
-//! uses. The functions read the environment alone
+//! needs, with the timeouts, retry bounds, stalled-stream setting and HTTP
+//! client every function uses. The functions read the environment alone
 //! ([`shared::aws::sdk_config_from_env`]).
 
 use aws_config::BehaviorVersion;
@@ -13,6 +13,7 @@ pub(crate) async fn sdk_config() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(shared::aws::http::sdk_http_client())
         .timeout_config(shared::aws::timeout_config())
+        .stalled_stream_protection(shared::aws::stalled_stream_protection())
         .retry_config(shared::aws::retry_config())
         .load()
         .await

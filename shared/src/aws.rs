@@ -23,6 +23,7 @@ use std::time::Duration;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, error::CredentialsError, future};
 use aws_smithy_runtime_api::client::behavior_version::BehaviorVersion;
+use aws_smithy_runtime_api::client::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 pub use aws_types::SdkConfig;
@@ -56,6 +57,16 @@ pub fn timeout_config() -> TimeoutConfig {
         .operation_attempt_timeout(ATTEMPT_TIMEOUT)
         .operation_timeout(OPERATION_TIMEOUT)
         .build()
+}
+
+/// The SDK's stalled-stream protection, off: every attempt is cut by
+/// [`ATTEMPT_TIMEOUT`] already, and our bodies are small JSON documents, so
+/// a stalled one is a timed-out attempt, which the retry classifies and
+/// retries as such. Left on, it fired first under load (DynamoDB Local on
+/// two busy cores) with an error of its own ("minimum throughput was
+/// specified at 1 B/s"), a second wording for the same failure.
+pub fn stalled_stream_protection() -> StalledStreamProtectionConfig {
+    StalledStreamProtectionConfig::disabled()
 }
 
 /// Our retry bounds: the SDK's standard retry (jittered exponential
@@ -114,6 +125,7 @@ fn sdk_config_from(env: Env) -> SdkConfig {
         .credentials_provider(SharedCredentialsProvider::new(EnvCredentials(credentials)))
         .http_client(http::sdk_http_client())
         .timeout_config(timeout_config())
+        .stalled_stream_protection(stalled_stream_protection())
         .retry_config(retry_config());
     builder.set_use_fips(flag("AWS_USE_FIPS_ENDPOINT"));
     builder.set_use_dual_stack(flag("AWS_USE_DUALSTACK_ENDPOINT"));
@@ -222,6 +234,17 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{LIST_TABLES}",
             LIST_TABLES.len()
         )
+    }
+
+    #[test]
+    fn stalled_stream_protection_is_off_and_the_attempt_timeout_bounds_a_stall() {
+        let config = sdk_config_from(env(&[]));
+        let stalled = config
+            .stalled_stream_protection()
+            .expect("set, not left to the SDK's default (on)");
+        assert!(!stalled.is_enabled());
+        let timeouts = config.timeout_config().expect("our timeouts");
+        assert_eq!(timeouts.operation_attempt_timeout(), Some(super::ATTEMPT_TIMEOUT));
     }
 
     #[tokio::test]
