@@ -196,9 +196,18 @@ impl ValidProvider {
     }
 }
 
+/// A name the user chooses (a provider's, a sync's): one an error may quote,
+/// so never one the clear-error check takes for a Rust type (`u8`, `enum`).
+fn user_name(pattern: &'static str) -> impl Strategy<Value = String> {
+    pattern.prop_filter(
+        "a Rust type's name, which an error quoting it would be taken for",
+        |name| crate::config::names_a_rust_type(name).is_none(),
+    )
+}
+
 fn valid_provider() -> impl Strategy<Value = ValidProvider> {
     (
-        "[a-z0-9_-]{1,20}",
+        user_name("[a-z0-9_-]{1,20}"),
         preset(),
         any::<String>(),
         // One line a person can read (config::MAX_DISPLAY_NAME_CHARS), and RFC 6749 scope tokens.
@@ -229,7 +238,7 @@ fn valid_document() -> impl Strategy<Value = (Table, Vec<ValidProvider>)> {
     (
         proptest::collection::vec(valid_provider(), 1..4),
         any::<bool>(),
-        proptest::option::of("[a-z]{1,10}"),
+        proptest::option::of(user_name("[a-z]{1,10}")),
     )
         .prop_map(|(providers, with_service, sync)| {
             let mut doc = Table::new();
