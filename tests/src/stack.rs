@@ -33,7 +33,6 @@ pub fn unique_prefix(test: &str) -> String {
     format!("t-{test}-{}-", &random[..8].replace(['-', '_'], "x"))
 }
 
-/// Creates the template's tables under a fresh prefix; logical id → name.
 /// A DynamoDB client of the stack's configuration that sends to `url` (a
 /// [`crate::proxy::DynamoProxy`]).
 pub fn dynamodb_via(url: &str) -> aws_sdk_dynamodb::Client {
@@ -41,6 +40,7 @@ pub fn dynamodb_via(url: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(url).build())
 }
 
+/// Creates the template's tables under a fresh prefix; logical id → name.
 pub async fn fresh_tables(clients: &AwsClients, test: &str) -> BTreeMap<String, String> {
     let prefix = unique_prefix(test);
     match create_tables(&clients.dynamodb, &template_path(), &prefix).await {
