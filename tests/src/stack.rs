@@ -377,6 +377,21 @@ impl RefreshFixture {
         id
     }
 
+    /// Logs in `count` connections named `{prefix}-N` whose refresh-due
+    /// shard is `shard` ([`ids_in_shard`]), one after the other.
+    pub async fn connect_in_shard(
+        &self,
+        prefix: &str,
+        shard: &str,
+        count: usize,
+    ) -> Vec<shared::connection::ConnectionId> {
+        let mut ids = Vec::with_capacity(count);
+        for name in ids_in_shard(prefix, shard, count) {
+            ids.push(self.connect(&name).await);
+        }
+        ids
+    }
+
     /// Logs in `n` connections named `{prefix}-N` (`concurrency` logins at a time).
     pub async fn connect_many(self: &std::sync::Arc<Self>, prefix: &str, n: usize, concurrency: usize) {
         // At most `concurrency` tasks exist at a time: a task per connection

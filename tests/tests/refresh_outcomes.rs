@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use oauth_sync_tests::simulator::{Fault, FaultPlan, Grant, SimConfig};
-use oauth_sync_tests::stack::{PROVIDER, RefreshFixture, deadline, ids_in_shard};
+use oauth_sync_tests::stack::{PROVIDER, RefreshFixture, deadline};
 use shared::config::PresetName;
 use shared::connection::store::Write;
 use shared::connection::{DUE_SHARDS, Status, now_ms, reason};
@@ -385,10 +385,7 @@ async fn the_refresher_pages_through_a_shard_and_leaves_what_it_cannot_start() {
         ..SimConfig::for_preset(PresetName::Generic)
     };
     let fixture = RefreshFixture::start(sim, settings, "", "paging").await;
-    let mut ids = Vec::new();
-    for name in ids_in_shard("page", "0", 5) {
-        ids.push(fixture.connect(&name).await);
-    }
+    let ids = fixture.connect_in_shard("page", "0", 5).await;
     fixture
         .sim()
         .reconfigure(|c| c.access_token_ttl = Duration::from_secs(3600));
@@ -423,10 +420,7 @@ async fn the_refresher_pages_through_a_shard_and_leaves_what_it_cannot_start() {
     fixture
         .sim()
         .reconfigure(|c| c.access_token_ttl = Duration::from_secs(60));
-    let mut late = Vec::new();
-    for name in ids_in_shard("late", "0", 3) {
-        late.push(fixture.connect(&name).await);
-    }
+    let late = fixture.connect_in_shard("late", "0", 3).await;
     fixture.sim().inject(FaultPlan {
         grant: Grant::RefreshToken,
         fault: Fault::DelayAfterProcessing { millis: 8_000 },

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lambda_runtime::{Context, Diagnostic, LambdaEvent};
 use oauth_sync_tests::proxy::{DynamoProxy, ProxyFault};
 use oauth_sync_tests::simulator::SimConfig;
-use oauth_sync_tests::stack::{RefreshFixture, deadline, ids_in_shard};
+use oauth_sync_tests::stack::{RefreshFixture, deadline};
 use shared::config::PresetName;
 use shared::connection::{DUE_SHARDS, now_ms};
 use shared::refresh::RefreshSettings;
@@ -75,17 +75,9 @@ fn the_deadline_keeps_a_margin() {
 #[tokio::test]
 async fn a_shard_whose_index_query_fails_is_reported_after_the_others_are_served() {
     let fixture = generic_due_at_once("shard-down").await;
-    let mut in_3 = Vec::new();
-    for name in ids_in_shard("down", "3", 2) {
-        in_3.push(fixture.connect(&name).await);
-    }
-    let mut elsewhere = Vec::new();
-    for name in ids_in_shard("up", "5", 1)
-        .into_iter()
-        .chain(ids_in_shard("up", "12", 1))
-    {
-        elsewhere.push(fixture.connect(&name).await);
-    }
+    let in_3 = fixture.connect_in_shard("down", "3", 2).await;
+    let mut elsewhere = fixture.connect_in_shard("up", "5", 1).await;
+    elsewhere.extend(fixture.connect_in_shard("up", "12", 1).await);
     // Refreshed tokens live an hour: not due again in the second run.
     fixture
         .sim()
@@ -140,10 +132,7 @@ async fn a_shard_whose_index_query_fails_is_reported_after_the_others_are_served
 #[tokio::test]
 async fn the_first_run_looks_at_its_shards_while_the_start_up_still_runs() {
     let fixture = generic_due_at_once("starting").await;
-    let mut ids = Vec::new();
-    for name in ids_in_shard("starting", "5", 2) {
-        ids.push(fixture.connect(&name).await);
-    }
+    let ids = fixture.connect_in_shard("starting", "5", 2).await;
     let store = fixture.service.store().clone();
     // A start-up still reading its configuration when the event comes.
     let (release, released) = tokio::sync::oneshot::channel::<()>();
